@@ -1,0 +1,175 @@
+"""Capture files in, an ordered stream of HTTP exchanges out.
+
+    capture = Capture(["incident.gor", "captures/*.pcap"])
+    for exchange in capture:          # streaming, ordered by request timestamp across all files
+        ...
+    capture.stats                     # what was read, skipped and why (complete after iteration)
+
+Formats are recognised by content, not by name: .gor (optionally gzip-compressed), pcap (both byte
+orders, micro/nanosecond) and pcapng, each optionally gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import heapq
+import os
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from ..http.message import Exchange
+from ..http.normalize import endpoint_of
+from .draft import Draft
+from .gor import GorReader, looks_like_gor
+from .pcap import PCAP_MAGICS, PCAPNG_MAGIC, read_pcap
+from .stats import CaptureError, CaptureStats, CaptureWarning
+
+__all__ = ["Capture", "CaptureError", "CaptureStats", "CaptureWarning", "expand_paths", "load", "sniff"]
+
+GZIP_MAGIC = b"\x1f\x8b"
+CAPTURE_SUFFIXES = (".gor", ".pcap", ".pcapng", ".cap", ".gz", ".dump", ".dmp")
+
+
+def expand_paths(paths: Iterable[str]) -> list[str]:
+    """Files, globs and directories (their capture files, recursively, sorted) to file paths."""
+    out: list[str] = []
+    for spec in paths:
+        spec = os.fspath(spec)
+        if os.path.isdir(spec):
+            found = sorted(os.path.join(root, name) for root, _, names in os.walk(spec) for name in names
+                           if name.lower().endswith(CAPTURE_SUFFIXES))
+            if not found:
+                raise CaptureError(spec, "the directory holds no capture files (*.gor, *.pcap, *.pcapng, "
+                                   "*.cap, optionally .gz)")
+            out.extend(found)
+        elif os.path.exists(spec):
+            out.append(spec)
+        elif glob.has_magic(spec):
+            found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise CaptureError(spec, "no file matches this pattern")
+            out.extend(found)
+        else:
+            raise CaptureError(spec, "no such file or directory")
+    return list(dict.fromkeys(out))
+
+
+def sniff(head: bytes) -> str | None:
+    """The format of a file from its first bytes: "gor", "pcap", "pcapng" or None."""
+    if head[:4] in PCAP_MAGICS:
+        return "pcap"
+    if head[:4] == PCAPNG_MAGIC:
+        return "pcapng"
+    if looks_like_gor(head):
+        return "gor"
+    return None
+
+
+class Capture:
+    """One or more capture files read as a single stream of exchanges, merged by timestamp."""
+
+    def __init__(self, paths: Iterable[str] | str, *, server_ports: Iterable[int] | None = None) -> None:
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = expand_paths(paths)
+        self.server_ports = frozenset(server_ports) if server_ports else None
+        self.stats = CaptureStats()
+
+    def __iter__(self) -> Iterator[Exchange]:
+        streams = [self._drafts(order, path) for order, path in enumerate(self.paths)]
+        merged = heapq.merge(*streams, key=_merge_key) if len(streams) > 1 else streams[0]
+        stats = self.stats
+        for index, draft in enumerate(merged):
+            exchange = draft.to_exchange(index)
+            stats.exchanges += 1
+            if exchange.flags:
+                for code in {flag.code for flag in exchange.flags}:
+                    stats.incomplete[code] += 1
+                if exchange.response is None:
+                    stats.no_response += 1
+            else:
+                stats.complete += 1
+            stats.endpoints[endpoint_of(exchange.request.method, exchange.request.target)] += 1
+            yield exchange
+
+    def _drafts(self, order: int, path: str) -> Iterator[Draft]:
+        stats = self.stats
+        stream, size, fmt, compressed = open_capture(path)
+        info = {"path": path, "format": fmt, "bytes": os.path.getsize(path), "compressed": compressed}
+        stats.files.append(info)
+        with stream:
+            if fmt == "gor":
+                reader = GorReader(path, stats)
+                drafts = reader.read(stream)
+            else:
+                kwargs = {"server_ports": self.server_ports} if self.server_ports else {}
+                drafts = read_pcap(path, stream, size, stats, info, **kwargs)
+            for draft in drafts:
+                draft.seq = order  # ties between files: the order they were given in
+                yield draft
+            if fmt == "gor":
+                reader.finish_notes()
+                info["records"] = reader.records
+
+
+def _merge_key(draft: Draft) -> tuple[int, int]:
+    return (draft.ts, draft.seq)
+
+
+def open_capture(path: str) -> tuple[BinaryIO, int | None, str, bool]:
+    """Open `path` and recognise its format: (stream, size or None if compressed, format, compressed)."""
+    try:
+        raw = open(path, "rb")
+    except OSError as exc:
+        raise CaptureError(path, f"cannot open: {exc.strerror or exc}") from None
+    head = raw.read(64)
+    if not head:
+        raw.close()
+        raise CaptureError(path, "the file is empty; expected a .gor, pcap or pcapng capture", offset=0)
+    raw.seek(0)
+    compressed = head[:2] == GZIP_MAGIC
+    if compressed:
+        stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb")
+        try:
+            head = stream.read(64)
+        except (OSError, EOFError) as exc:
+            raw.close()
+            raise CaptureError(path, f"gzip-compressed, but the compressed data is damaged: {exc}",
+                               offset=0) from None
+        stream.close()
+        raw.seek(0)
+        stream = _GzipWithRaw(raw)
+        size = None
+    else:
+        stream = raw
+        size = os.fstat(raw.fileno()).st_size
+    fmt = sniff(head)
+    if fmt is None:
+        stream.close()
+        shown = head[:24]
+        raise CaptureError(path, f"not a capture file: starts with {shown!r}; expected a pcap magic number "
+                           "(a1b2c3d4 or a1b23c4d, either byte order), a pcapng section header (0a0d0d0a), "
+                           "or a GoReplay record header like '1 <hex id> <timestamp ns>'"
+                           + (" (after gzip decompression)" if compressed else ""), offset=0)
+    return stream, size, fmt, compressed
+
+
+class _GzipWithRaw(gzip.GzipFile):
+    """A GzipFile that also closes the file it reads from."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw_file = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw_file.close()
+
+
+def load(paths: Iterable[str] | str, **kwargs) -> tuple[list[Exchange], CaptureStats]:
+    """Read whole captures: (exchanges, stats)."""
+    capture = Capture(paths, **kwargs)
+    return list(capture), capture.stats

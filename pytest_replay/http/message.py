@@ -1,0 +1,187 @@
+"""Frozen values for captured HTTP/1.x messages and exchanges.
+
+Bytes and integer nanoseconds at the core: bodies and header pairs stay bytes (order, case and
+duplicates kept); strings appear only for the start-line fields people filter and display on.
+Nothing here imports asyncio or pytest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+# Why an exchange is not complete. One code per cause; the detail says where and how many bytes.
+NO_RESPONSE = "no-response"  # the request is there, its response is not in the capture
+GAP = "gap"  # bytes of the message are missing (lost segments, capture drops)
+TRUNCATED = "truncated"  # packets were cut by the snapshot length, or the record was cut short
+UNPARSABLE = "unparsable"  # the bytes are not valid HTTP/1.x where a message was expected
+CAPTURE_ENDED = "capture-ended"  # the capture stops in the middle of the message
+CLOSED = "closed"  # the connection was closed or reset before the message was complete
+REASON_CODES = (NO_RESPONSE, GAP, TRUNCATED, UNPARSABLE, CAPTURE_ENDED, CLOSED)
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """One reason an exchange is incomplete: which part ("request" or "response") and why."""
+
+    code: str
+    part: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.part}): {self.detail}" if self.detail else f"{self.code} ({self.part})"
+
+
+def header_value(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of header `name` (lower-case bytes), case-insensitively, or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def split_head(head: bytes) -> Headers:
+    """Header pairs of a message head (start line first), keeping order, case and duplicates.
+
+    The head was validated by httptools when it was framed; this only cuts it up. Obsolete line
+    folding is unfolded into the previous value; bare-LF heads are accepted.
+    """
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    pairs: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and pairs:
+            name, value = pairs[-1]
+            pairs[-1] = (name, value + b" " + line.strip(b" \t\r"))
+            continue
+        name, _, value = line.partition(b":")
+        pairs.append((name.rstrip(b" \t"), value.strip(b" \t\r")))
+    return tuple(pairs)
+
+
+def build_head(start_line: bytes, headers: Headers) -> bytes:
+    return start_line + b"\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+
+
+class _Message:
+    """Shared behaviour of requests and responses: header pairs parsed from the head on first use."""
+
+    __slots__ = ()
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = split_head(self.head)
+            object.__setattr__(self, "_headers", headers)
+        return headers
+
+    def header(self, name: str) -> bytes | None:
+        return header_value(self.headers, name.lower().encode("latin-1"))
+
+
+@dataclass(frozen=True, slots=True)
+class Request(_Message):
+    method: str
+    target: str
+    version: str  # "1.1", "1.0"
+    head: bytes  # request line and header lines up to and including the empty line, as captured
+    body: bytes  # after removing chunked framing; content-encoding untouched
+    raw: bytes  # the whole message as captured: on the wire, or as stored in the .gor record
+    trailers: Headers = ()
+    lf_only: bool = False  # the head used bare LF line endings (hand-edited .gor files)
+    _headers: Headers | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def build(cls, method: str, target: str, headers: Headers = (), body: bytes = b"",
+              version: str = "1.1") -> Request:
+        """A request made from parts (tests, rewrites): head and raw bytes are generated."""
+        head = build_head(f"{method} {target} HTTP/{version}".encode("latin-1"), headers)
+        return cls(method, target, version, head, body, head + body, (), False, tuple(headers))
+
+    @property
+    def host(self) -> str | None:
+        value = self.header("host")
+        return value.decode("latin-1") if value is not None else None
+
+    @property
+    def path(self) -> str:
+        """The target without its query string."""
+        return self.target.split("?", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Response(_Message):
+    status: int
+    reason: str
+    version: str
+    head: bytes
+    body: bytes
+    raw: bytes
+    trailers: Headers = ()
+    interim: tuple[int, ...] = ()  # 1xx statuses that came before this final response
+    lf_only: bool = False
+    _headers: Headers | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def build(cls, status: int, reason: str = "", headers: Headers = (), body: bytes = b"",
+              version: str = "1.1") -> Response:
+        head = build_head(f"HTTP/{version} {status} {reason}".rstrip().encode("latin-1"), headers)
+        return cls(status, reason, version, head, body, head + body, (), (), False, tuple(headers))
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an exchange was read from: enough to find it again with a hex editor or Wireshark."""
+
+    file: str
+    offset: int  # byte offset of the request's record (.gor) or of its first frame (pcap)
+    record: int | None = None  # 0-based record index of the request in a .gor file
+    frames: tuple[int, ...] = ()  # 1-based frame numbers: request's first frame, response's first frame
+
+    def __str__(self) -> str:
+        where = f"record {self.record}" if self.record is not None else (
+            "frame " + "/".join(map(str, self.frames)) if self.frames else "")
+        return f"{self.file} ({where}, byte {self.offset})" if where else f"{self.file} (byte {self.offset})"
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """A captured request with its recorded response (when there is one), timing and provenance."""
+
+    index: int  # position in the merged stream, ordered by request timestamp
+    request: Request
+    response: Response | None
+    request_ts_ns: int  # first byte of the request
+    response_ts_ns: int | None  # first byte of the final response
+    connection: str  # e.g. "10.0.0.1:51534 -> 10.0.0.2:80" or "gor:1f90c1a2b3c4d5e6"
+    position: int  # 0-based position of the request on its connection
+    source: Source
+    flags: tuple[Flag, ...] = ()
+    replayed: tuple[Response, ...] = ()  # type 3 records: responses seen by an earlier GoReplay replay
+
+    @property
+    def recorded_latency_ns(self) -> int | None:
+        """Server latency as recorded: response start minus request start."""
+        if self.response_ts_ns is None:
+            return None
+        return self.response_ts_ns - self.request_ts_ns
+
+    @property
+    def complete(self) -> bool:
+        return not self.flags
+
+    @property
+    def replayable(self) -> bool:
+        """The request is whole, so it can be sent again (its response may be absent)."""
+        return not any(flag.part == "request" for flag in self.flags)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(str(flag) for flag in self.flags)
+
+    @property
+    def label(self) -> str:
+        return f"{self.request.method} {self.request.target}"

@@ -1,0 +1,371 @@
+"""TCP connections: which side is the server, both directions reassembled and framed, responses
+paired with their requests (sans-IO).
+
+Pairing is first-in-first-out on a connection, corrected by TCP acknowledgements where the capture
+lost data: a response's first segment acknowledges the request bytes the server had received, so a
+response that follows a capture gap is paired with the request the server had actually seen, and a
+response whose request fell into a gap is reported as an orphan instead of being paired wrongly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+
+from ..capture.draft import Draft, Reorder, flags_of, to_request, to_response
+from ..capture.stats import CaptureStats
+from ..http.message import CAPTURE_ENDED, CLOSED, NO_RESPONSE, Flag, Request, header_value
+from ..http.parser import Framer, Lost, Parsed, Stop
+from .tcp import Stream
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+DEFAULT_SERVER_PORTS = frozenset({80, 81, 591, 3000, 4000, 5000, 5984, 8000, 8008, 8080, 8081, 8088, 8443, 8888,
+                                  9000, 9080, 9200, 443})
+TOMBSTONES = 4096  # recently closed connections whose stray packets are ignored
+
+
+def format_address(addr: bytes, port: int) -> str:
+    if len(addr) == 4:
+        return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}:{port}"
+    return f"[{ipaddress.IPv6Address(addr).compressed}]:{port}"
+
+
+class LostSpan:
+    """Request-stream bytes the capture lost: they may have held whole requests."""
+
+    __slots__ = ("start", "end")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+
+
+class Connection:
+    __slots__ = ("name", "table", "client", "server", "requests", "responses", "queue", "answering",
+                 "current", "position", "client_isn", "stopped", "finished", "_server_gaps", "_client_gaps",
+                 "file", "key")
+
+    def __init__(self, table: FlowTable, name: str, key: tuple, mid_stream: bool) -> None:
+        self.table = table
+        self.name = name
+        self.key = key
+        self.file = table.file
+        self.requests = Framer(True, on_head=self._request_head, resync=mid_stream)
+        self.responses = Framer(False, on_head=self._response_head, resync=mid_stream)
+        self.client = Stream(self.requests)
+        self.server = Stream(self.responses)
+        self.queue: deque[Draft | LostSpan] = deque()  # requests awaiting their response, in order
+        self.answering: Draft | None = None  # the request the response being framed answers
+        self.current: Draft | None = None  # the request whose head is parsed and body is in progress
+        self.position = 0
+        self.client_isn: int | None = None
+        self.stopped = False
+        self.finished = False
+        self._server_gaps = 0  # server-stream gaps seen at the last response head
+        self._client_gaps = 0
+
+    # -- packets -----------------------------------------------------------------------------
+    def packet(self, from_client: bool, seg, ts_ns: int, frame: int, where: int) -> None:
+        flags = seg.flags
+        stream, other = (self.client, self.server) if from_client else (self.server, self.client)
+        ack = seg.ack if flags & ACK else None
+        if ack is not None:
+            if other.waiting:
+                other.acked(ack)
+                self._drain(not from_client)
+            else:
+                other.last_ack = ack
+        if flags & SYN:
+            stream.syn(seg.seq)
+            seq = (seg.seq + 1) & 0xFFFFFFFF
+        else:
+            seq = seg.seq
+        if seg.payload or seg.missing or flags & FIN:
+            stream.segment(seq, seg.payload, ts_ns, frame, where, ack, seg.missing, bool(flags & FIN))
+        if flags & RST:
+            for side in (self.client, self.server):
+                side.end(CLOSED, f"connection reset (frame {frame})")
+            self._drain(True)
+        self._drain(from_client)
+        if self.client.closed and self.server.closed:
+            self.finish("connection closed before a response")
+
+    def _drain(self, client_side: bool) -> None:
+        framer = self.requests if client_side else self.responses
+        if framer.idle:
+            return
+        handle = self._request_event if client_side else self._response_event
+        while (event := framer.next_event()) is not None:
+            handle(event)
+        if client_side and self.client.gaps != self._client_gaps:
+            self._note_client_gaps()
+
+    # -- requests ----------------------------------------------------------------------------
+    def _request_head(self, msg: Parsed) -> None:
+        draft = Draft(None, msg.ts_ns, self.name, self.position, self.file, msg.where, frames=(msg.frame,))
+        draft.end = msg.start  # until the request completes: where it starts
+        draft.head = msg
+        self.position += 1
+        self.current = draft
+        self.table.reorder.push(draft)
+        self.table.stats.see_ts(msg.ts_ns)
+        self.queue.append(draft)
+
+    def _request_event(self, event) -> None:
+        if isinstance(event, Parsed):
+            draft = self.current
+            self.current = None
+            if draft is None:  # cannot happen: a request message always had its head parsed
+                return
+            draft.request = to_request(event)
+            draft.head = None
+            draft.end = event.end
+            draft.flags.extend(flags_of(event, "request"))
+            if event.lf_only:
+                self.table.stats.lf_only += 1
+            if draft.response is not None or draft.done:
+                self.table.settled(draft)
+        elif isinstance(event, Lost):
+            self.table.stats.lost[event.code] += event.nbytes
+        elif isinstance(event, Stop):
+            self._stop(event)
+
+    def _note_client_gaps(self) -> None:
+        """Request bytes were lost: remember where, since they may have held whole requests."""
+        self._client_gaps = self.client.gaps
+        end = self.client.offset
+        span = LostSpan(end - 1, end)
+        queue = self.queue
+        # The span goes after the requests that started before it.
+        index = len(queue)
+        while index and isinstance(queue[index - 1], Draft) and queue[index - 1].end >= end:
+            index -= 1
+        queue.insert(index, span)
+
+    # -- responses ---------------------------------------------------------------------------
+    def _response_head(self, msg: Parsed) -> str | None:
+        """A final response starts: find the request it answers, and return its method."""
+        self.client.flush_acked()  # request bytes the server acknowledged but the capture lacks
+        self._drain(True)
+        ack_off = self.client.offset_of(msg.ack) if msg.ack is not None else None
+        queue = self.queue
+        if self.server.gaps != self._server_gaps and ack_off is not None:
+            # Responses may have been lost in this gap: skip requests the server had answered,
+            # i.e. all but the newest request that started before what the server acknowledged.
+            newest = None
+            for item in queue:
+                if isinstance(item, Draft) and _received(item, ack_off):
+                    newest = item
+            while newest is not None and queue[0] is not newest:
+                item = queue.popleft()
+                if isinstance(item, Draft):
+                    self._no_response(item, "its response was lost in a capture gap")
+        self._server_gaps = self.server.gaps
+        while queue and isinstance(queue[0], LostSpan):
+            following = next((item for item in queue if isinstance(item, Draft)), None)
+            if following is not None and (ack_off is None or _received(following, ack_off)):
+                queue.popleft()  # the lost bytes held no request this response answers
+                continue
+            self.answering = None
+            self.table.orphan("its request was lost in a capture gap", msg)
+            return None
+        if not queue:
+            self.answering = None
+            self.table.orphan("no request was seen for it on this connection", msg)
+            return None
+        draft = queue.popleft()
+        if draft.done:  # released already (its response window passed)
+            self.answering = None
+            self.table.orphan("it came after its request had been given up on", msg)
+            return None
+        self.answering = draft
+        return draft.method
+
+    def _response_event(self, event) -> None:
+        if isinstance(event, Parsed):
+            status = event.status
+            if status < 200 and status != 101:
+                head = next((item for item in self.queue if isinstance(item, Draft)), None)
+                if head is not None:
+                    head.interim.append(status)
+                return
+            if status == 101:
+                self._response_head(event)
+            draft, self.answering = self.answering, None
+            if draft is None:
+                return
+            draft.response = to_response(event)
+            draft.resp_ts = event.ts_ns
+            draft.frames = draft.frames[:1] + (event.frame,)
+            draft.flags.extend(flags_of(event, "response"))
+            if event.lf_only:
+                self.table.stats.lf_only += 1
+            if draft.request is not None:
+                self.table.settled(draft)
+            else:
+                draft.done = True  # the request is still arriving: settled when it completes
+            if status == 101:
+                self._stop(Stop("upgraded", f"101 Switching Protocols to "
+                                f"{(event_header(event, b'upgrade') or b'?').decode('latin-1')}", event.end))
+            elif draft.request is not None and draft.request.method == "CONNECT" and status < 300:
+                self._stop(Stop("tunnel", "CONNECT established a tunnel", event.end))
+        elif isinstance(event, Lost):
+            self.table.stats.lost[event.code] += event.nbytes
+        elif isinstance(event, Stop):
+            self._stop(event)
+
+    # -- ends --------------------------------------------------------------------------------
+    def _stop(self, event: Stop) -> None:
+        """The connection stops being HTTP/1.x (not HTTP at all, or upgraded)."""
+        if not self.stopped:
+            self.stopped = True
+            self.table.skipped(event.code, f"{self.name}: {event.detail}")
+        self.requests.stop(event.code, event.detail)
+        self.responses.stop(event.code, event.detail)
+
+    def _no_response(self, draft: Draft, why: str) -> None:
+        draft.flags.append(Flag(NO_RESPONSE, "response", why))
+        self.table.settled(draft)
+
+    def finish(self, why: str, code: str | None = None) -> None:
+        """Both directions ended (or the capture did): settle every request still waiting."""
+        if self.finished:
+            return
+        if code is not None:
+            self.client.end(code, why)
+            self.server.end(code, why)
+        self._drain(True)
+        self._drain(False)
+        self.finished = True
+        current, self.current = self.current, None
+        if current is not None and current.request is None:  # its framer stopped mid-message
+            head = current.head
+            current.request = Request(head.method, head.target, head.version, head.head, b"", head.head)
+            current.flags.append(Flag(CLOSED, "request", "the request was never completed"))
+            current.head = None
+        for item in self.queue:
+            if isinstance(item, Draft):
+                self._no_response(item, why)
+        self.queue.clear()
+        if self.answering is not None:
+            self._no_response(self.answering, why)
+            self.answering = None
+        stats = self.table.stats
+        for side in (self.client, self.server):
+            stats.gaps += side.gaps
+            stats.gap_bytes += side.gap_bytes
+            stats.retransmitted_bytes += side.retransmitted
+        self.table.closed(self)
+
+
+def _received(draft: Draft, ack_off: int) -> bool:
+    """Had the server received this request (all of it, or the part captured so far) at `ack_off`?"""
+    return draft.end <= ack_off if draft.request is not None else draft.end < ack_off
+
+
+def event_header(msg: Parsed, name: bytes) -> bytes | None:
+    return header_value(msg.headers, name)
+
+
+class FlowTable:
+    """All connections of one capture file, keyed by (src, sport, dst, dport) in both directions."""
+
+    def __init__(self, file: str, stats: CaptureStats, reorder: Reorder,
+                 server_ports: frozenset[int] = DEFAULT_SERVER_PORTS) -> None:
+        self.file = file
+        self.stats = stats
+        self.reorder = reorder
+        self.server_ports = server_ports
+        self.flows: dict[tuple, tuple[Connection, bool]] = {}
+        self.tombstones: OrderedDict[tuple, None] = OrderedDict()
+        self.generations: dict[tuple, int] = {}
+        self.stray = 0
+
+    def packet(self, seg, ts_ns: int, frame: int, where: int) -> None:
+        key = (seg.src, seg.sport, seg.dst, seg.dport)
+        entry = self.flows.get(key)
+        if entry is None or (seg.flags & (SYN | ACK) == SYN and self._reused(entry[0], seg)):
+            entry = self._new(key, seg)
+            if entry is None:
+                return
+        conn, from_client = entry
+        conn.packet(from_client, seg, ts_ns, frame, where)
+
+    def _reused(self, conn: Connection, seg) -> bool:
+        """A SYN on a known 4-tuple: a new connection unless it repeats the first SYN."""
+        if conn.client_isn == seg.seq:
+            return False
+        conn.finish("a new connection reused the same addresses and ports", CLOSED)
+        return True
+
+    def _new(self, key: tuple, seg) -> tuple[Connection, bool] | None:
+        flags = seg.flags
+        if key in self.tombstones and not flags & SYN:
+            self.stray += 1
+            return None
+        if flags & SYN:
+            from_client = not flags & ACK
+            mid_stream = False
+        elif seg.payload:
+            from_client = self._client_speaks(seg)
+            mid_stream = True
+        else:
+            return None  # an ACK, FIN or RST of a connection that carried nothing here
+        reverse = (key[2], key[3], key[0], key[1])
+        ckey = key if from_client else reverse
+        generation = self.generations.get(ckey, 0) + 1
+        self.generations[ckey] = generation
+        name = f"{format_address(ckey[0], ckey[1])} -> {format_address(ckey[2], ckey[3])}"
+        if generation > 1:
+            name += f" #{generation}"
+        conn = Connection(self, name, ckey, mid_stream)
+        if flags & SYN and from_client:
+            conn.client_isn = seg.seq
+        self.tombstones.pop(key, None)
+        self.tombstones.pop(reverse, None)
+        self.flows[ckey] = (conn, True)
+        self.flows[(ckey[2], ckey[3], ckey[0], ckey[1])] = (conn, False)
+        self.stats.connections += 1
+        return (conn, from_client)
+
+    def _client_speaks(self, seg) -> bool:
+        """No SYN seen: the sender is the client if it speaks a request line, the server if it
+        speaks a status line; otherwise the side on a known server port is the server."""
+        head = seg.payload[:16]
+        if head.startswith(b"HTTP/"):
+            return False
+        token, space, _ = head.partition(b" ")
+        if space and token.isalpha() and token.isupper():
+            return True
+        if seg.dport in self.server_ports and seg.sport not in self.server_ports:
+            return True
+        if seg.sport in self.server_ports and seg.dport not in self.server_ports:
+            return False
+        return seg.dport < seg.sport
+
+    # -- called by connections ---------------------------------------------------------------
+    def settled(self, draft: Draft) -> None:
+        draft.done = True
+
+    def orphan(self, why: str, msg: Parsed) -> None:
+        self.stats.orphan_responses[why] += 1
+
+    def skipped(self, code: str, detail: str) -> None:
+        self.stats.skipped_streams[code] += 1
+        if self.stats.warning_counts[f"skipped-{code}"] < 20:
+            from ..capture.stats import CaptureWarning
+            self.stats.warn(CaptureWarning(self.file, f"skipped-{code}", f"stream not parsed: {detail}"))
+
+    def closed(self, conn: Connection) -> None:
+        for key in (conn.key, (conn.key[2], conn.key[3], conn.key[0], conn.key[1])):
+            entry = self.flows.get(key)
+            if entry is not None and entry[0] is conn:
+                del self.flows[key]
+                self.tombstones[key] = None
+        while len(self.tombstones) > TOMBSTONES:
+            self.tombstones.popitem(last=False)
+
+    def finish(self) -> None:
+        """The capture ended: settle every connection still open."""
+        for conn, from_client in list(self.flows.values()):
+            if from_client:
+                conn.finish("the capture ended before a response", CAPTURE_ENDED)
