@@ -31,7 +31,7 @@ class Draft:
         self.offset = offset
         self.record = record
         self.frames = frames
-        self.flags: list[Flag] = []
+        self.flags: tuple[Flag, ...] = ()
         self.replayed: list[Response] = []
         self.interim: list[int] = []
         self.done = False
@@ -51,7 +51,7 @@ class Draft:
         return Exchange(index=index, request=self.request, response=response, request_ts_ns=self.ts,
                         response_ts_ns=self.resp_ts, connection=self.connection, position=self.position,
                         source=Source(self.file, self.offset, self.record, self.frames),
-                        flags=tuple(self.flags), replayed=tuple(self.replayed))
+                        flags=self.flags, replayed=tuple(self.replayed))
 
 
 def to_request(msg: Parsed) -> Request:
@@ -63,8 +63,8 @@ def to_response(msg: Parsed) -> Response:
                     msg.lf_only)
 
 
-def flags_of(msg: Parsed, part: str) -> list[Flag]:
-    return [Flag(code, part, detail) for code, detail in msg.flags]
+def flags_of(msg: Parsed, part: str) -> tuple[Flag, ...]:
+    return tuple(Flag(code, part, detail) for code, detail in msg.flags)
 
 
 class Reorder:

@@ -128,7 +128,8 @@ class GorReader:
         position = self.positions.get(connection, 0)
         self.positions[connection] = position + 1
         draft = Draft(to_request(msg), ts, connection, position, self.name, offset, record=index)
-        draft.flags.extend(flags_of(msg, "request"))
+        if msg.flags:
+            draft.flags += flags_of(msg, "request")
         draft.end = self.records
         draft.key = rid
         self.reorder.push(draft)
@@ -160,7 +161,7 @@ class GorReader:
             self.stats.records["unparsable"] += 1
             self._warn("unparsable", f"response record is not an HTTP/1.x response: {error}", offset, index)
             if kind == b"2":
-                draft.flags.append(Flag("unparsable", "response", f"record {index}: {error}"))
+                draft.flags += (Flag("unparsable", "response", f"record {index}: {error}"),)
                 draft.done = True
             return
         self._note_message(msg, extra, offset, index)
@@ -174,7 +175,8 @@ class GorReader:
             ts = draft.ts + latency
             self.request_start_latency += 1
         draft.resp_ts = ts
-        draft.flags.extend(flags_of(msg, "response"))
+        if msg.flags:
+            draft.flags += flags_of(msg, "response")
         draft.done = True
 
     # -- release -----------------------------------------------------------------------------
@@ -195,8 +197,8 @@ class GorReader:
                 if not queue:
                     del queues[draft.key]
         if draft.response is None and not any(flag.part == "response" for flag in draft.flags):
-            draft.flags.append(Flag(NO_RESPONSE, "response", "no original response (type 2) record for this request"
-                                    if self.has_responses else "the file holds requests only"))
+            draft.flags += (Flag(NO_RESPONSE, "response", "no original response (type 2) record for this request"
+                                 if self.has_responses else "the file holds requests only"),)
 
     def _expire_early(self) -> None:
         """Responses that waited REORDER_RECORDS records for their request have none."""

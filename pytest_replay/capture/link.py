@@ -95,14 +95,13 @@ LINK_DECODERS: dict[int, LinkDecoder] = {
 
 def scapy_link_decoder(linktype: int) -> LinkDecoder | None:
     """A slow-path decoder for a link type scapy knows (802.11 radiotap, NFLOG, PPP, ...)."""
+    import scapy.layers.all  # noqa: F401  (registers every link type scapy can dissect; ~0.4 s, once)
     from scapy.config import conf
 
-    layer = conf.l2types.get(linktype) if hasattr(conf.l2types, "get") else None
-    if layer is None:
-        try:
-            layer = conf.l2types[linktype]
-        except KeyError:
-            return None
+    try:
+        layer = conf.l2types[linktype]
+    except KeyError:
+        return None
     from scapy.layers.inet import IP
     from scapy.layers.inet6 import IPv6
 
@@ -124,16 +123,9 @@ def scapy_link_decoder(linktype: int) -> LinkDecoder | None:
     return decode
 
 
-class Segment:
-    """A TCP segment as the reassembler needs it."""
-
-    __slots__ = ("src", "dst", "sport", "dport", "seq", "ack", "flags", "payload", "missing")
-
-    def __init__(self, src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
-                 payload: bytes, missing: int) -> None:
-        self.src, self.dst, self.sport, self.dport = src, dst, sport, dport
-        self.seq, self.ack, self.flags, self.payload, self.missing = seq, ack, flags, payload, missing
-
+# A decoded TCP segment: (src, sport, dst, dport, seq, ack, flags, payload, missing) where `missing`
+# counts payload bytes the snapshot length cut off. A plain tuple: one is built per packet.
+Segment = tuple
 
 _TCP = struct.Struct("!HHIIBB")
 
@@ -145,6 +137,7 @@ class Decoder:
         self.not_decoded = not_decoded
         self.fragments = fragments
         self._frags: dict[tuple, _Fragments] = {}
+        self.ts_ns = 0
         self._link: dict[int, LinkDecoder | None] = dict(LINK_DECODERS)
 
     def link_decoder(self, linktype: int) -> LinkDecoder | None:
@@ -155,6 +148,9 @@ class Decoder:
             return decoder
 
     def decode(self, linktype: int, data: bytes, ts_ns: int) -> Segment | None:
+        """The TCP segment in a frame, or None (counted by reason). After a fragmented datagram is
+        put back together, `self.ts_ns` is the time of its first fragment, else of this frame."""
+        self.ts_ns = ts_ns
         decoder = self.link_decoder(linktype)
         if decoder is None:
             self.not_decoded[f"unknown link type {linktype}"] += 1
@@ -249,7 +245,7 @@ class Decoder:
             else:
                 self.not_decoded["bad TCP header"] += 1
             return None
-        return Segment(src, dst, sport, dport, seq, ack, flags, data[off + hlen:end], missing)
+        return (src, sport, dst, dport, seq, ack, flags, data[off + hlen:end], missing)
 
     # -- fragments ---------------------------------------------------------------------------
     def _fragment(self, key: tuple, offset: int, more: bool, payload: bytes, ts_ns: int) -> bytes | None:
@@ -258,11 +254,12 @@ class Decoder:
             frags = self._frags[key] = _Fragments(ts_ns)
             if len(self._frags) > 1024:  # expire datagrams whose fragments never all came
                 self._expire(ts_ns)
-        frags.add(offset, more, payload)
+        frags.add(offset, more, payload, ts_ns)
         datagram = frags.datagram()
         if datagram is not None:
             del self._frags[key]
             self.fragments["reassembled datagrams"] += 1
+            self.ts_ns = frags.start_ts  # the datagram starts when its first bytes were sent
         return datagram
 
     def _expire(self, now_ns: int) -> None:
@@ -278,15 +275,19 @@ class Decoder:
 
 
 class _Fragments:
-    __slots__ = ("pieces", "total", "first_ts")
+    __slots__ = ("pieces", "total", "first_ts", "start_ts")
 
     def __init__(self, ts_ns: int) -> None:
         self.pieces: dict[int, bytes] = {}
         self.total: int | None = None
-        self.first_ts = ts_ns
+        self.first_ts = ts_ns  # first fragment seen (for expiry)
+        self.start_ts = ts_ns  # the fragment at offset 0
 
-    def add(self, offset: int, more: bool, payload: bytes) -> None:
-        self.pieces.setdefault(offset, payload)
+    def add(self, offset: int, more: bool, payload: bytes, ts_ns: int) -> None:
+        if offset not in self.pieces:
+            self.pieces[offset] = payload
+            if offset == 0:
+                self.start_ts = ts_ns
         if not more:
             self.total = offset + len(payload)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -23,9 +24,10 @@ PCAP_MAGICS = (b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 MAX_READ = 16 << 20  # no sane capture record is larger; bigger reads are capped to what the file has
 SCAPY_MAX_CAPLEN = 0xFFFF * 4  # scapy's RawPcapReader keeps at most this much of a record
-RELEASE_LAG_NS = 10**9  # a finished exchange waits this long (capture time) for earlier ones to appear
+RELEASE_LAG_NS = 100_000_000  # a finished exchange waits this long (capture time) for earlier ones to appear
 RESPONSE_WINDOW_NS = 120 * 10**9  # a request without a response start this long after it has none
 RELEASE_EVERY = 256  # packets between releases
+BLOCK = 1 << 20  # classic pcap is read in blocks of this size
 
 
 class _Guarded(io.RawIOBase):
@@ -72,104 +74,78 @@ def _scapy_log(messages: list[str]):
         logger.propagate = propagate
 
 
-def read_frames(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats, info: dict
-                ) -> Iterator[tuple[int, int, int, bytes, int, int]]:
-    """Yield (frame number, ts_ns, link type, data, bytes cut off, file offset) per packet."""
+def open_reader(name: str, stream: BinaryIO, size: int | None):
+    """scapy's raw reader for the stream (pcap or pcapng, chosen by its magic number)."""
     from scapy.error import Scapy_Exception
     from scapy.utils import RawPcapNgReader, RawPcapReader
 
-    guarded = _Guarded(stream, size, name)
     log: list[str] = []
     with _scapy_log(log):
         try:
-            reader = RawPcapReader(guarded)
+            reader = RawPcapReader(stream)
         except (Scapy_Exception, EOFError, OSError, ValueError) as exc:
             raise CaptureError(name, f"not a readable pcap or pcapng file: {exc}"
                                + (f" ({log[-1]})" if log else ""), offset=0) from None
-        ng = isinstance(reader, RawPcapNgReader)
-        fmt = "pcapng" if ng else ("pcap (nanosecond)" if reader.nano else "pcap")
-        info["format"] = fmt
-        nano = getattr(reader, "nano", False)
-        pcap_linktype = getattr(reader, "linktype", None)
-        frame = 0
-        last_ts = 0
-        link_names = stats.link_types
-        while True:
-            where = guarded.tell()
-            try:
-                data, meta = reader._read_packet()
-            except EOFError:
-                break
-            except (Scapy_Exception, OSError, ValueError, MemoryError) as exc:
-                log.append(str(exc))
-                break
-            frame += 1
-            if ng:
-                linktype = meta.linktype
-                if meta.tshigh is None:  # simple packet block: no timestamp
-                    ts = last_ts
-                else:
-                    ts = ((meta.tshigh << 32) | meta.tslow) * 10**9 // meta.tsresol
-                wirelen = meta.wirelen
-                caplen = len(data)
-            else:
-                linktype = pcap_linktype
-                ts = meta.sec * 10**9 + (meta.usec if nano else meta.usec * 1000)
-                wirelen = meta.wirelen
-                caplen = meta.caplen
-                if len(data) < min(caplen, SCAPY_MAX_CAPLEN):
-                    stats.warn(CaptureWarning(name, "truncated-file", f"the file ends inside this packet: "
-                                              f"{len(data)} of {caplen} captured bytes present", offset=where,
-                                              frame=frame))
-            last_ts = ts
-            link_names[LINKTYPE_NAMES.get(linktype, f"link type {linktype}")] += 1
-            yield frame, ts, linktype, data, max(0, wirelen - len(data)) if wirelen >= caplen else 0, where
-        end = guarded.tell()
-        if size is not None and where < size and (end < size or log):
-            why = f": {log[-1]}" if log else ""
-            stats.warn(CaptureWarning(name, "truncated-file", f"reading stopped at a damaged or incomplete "
-                                      f"record{why}; {size - where} bytes from here on were not read",
-                                      offset=where, frame=frame + 1))
-        elif log and any("truncated" in line.lower() or "invalid" in line.lower() for line in log):
-            stats.warn(CaptureWarning(name, "damaged-record", "; ".join(log[-3:]), offset=where))
+    if isinstance(reader, RawPcapNgReader) and size is not None:
+        # pcapng block lengths are read before they are checked: never ask for more than is left.
+        reader.f = _Guarded(stream, size, name)
+    return reader
 
 
 def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats, info: dict,
               server_ports: frozenset[int] = DEFAULT_SERVER_PORTS) -> Iterator[Draft]:
-    """Drafts of one pcap/pcapng file, released in request-timestamp order."""
+    """Drafts of one pcap/pcapng file, released in request-timestamp order.
+
+    This loop runs once per packet, so it is written for speed: locals instead of attribute
+    lookups, and Ethernet/IPv4/TCP (most captures) decoded inline; everything else goes through
+    the decoder tables in link.py.
+    """
+    reader = open_reader(name, stream, size)
     decoder = Decoder(stats.not_decoded, stats.fragments)
     reorder = Reorder()
     table = FlowTable(name, stats, reorder, server_ports)
-    packet = table.packet
+    flows = table.flows
+    new_packet = table.packet
     decode = decoder.decode
-    now = 0
-    frames = 0
-
-    def ready(draft: Draft) -> bool:
-        if draft.request is None:
-            return False
-        if draft.done:
-            return draft.ts <= now - RELEASE_LAG_NS
-        if draft.ts < now - RESPONSE_WINDOW_NS:
-            draft.flags.append(_no_response_in_window())
-            draft.done = True
-            return True
-        return False
-
-    for frame, ts, linktype, data, cut, where in read_frames(name, stream, size, stats, info):
-        frames = frame
-        stats.bytes += len(data)
+    unpack_tcp = _TCP.unpack_from
+    link_counts: dict[int, int] = {}
+    now = frame = 0
+    ready = _releaser(lambda: now)
+    frames = _classic_frames(name, reader, size, stats, info) if hasattr(reader, "nano") else \
+        _pcapng_frames(name, reader, size, stats, info)
+    for ts, linktype, data, cut, where in frames:
+        frame += 1
         if ts > now:
             now = ts
+        link_counts[linktype] = link_counts.get(linktype, 0) + 1
+        if (linktype == 1 and cut == 0 and data[12] == 8 and data[13] == 0 and data[14] == 0x45
+                and data[23] == 6 and not (data[20] & 0x3F or data[21]) and len(data) >= 54):
+            # Ethernet, IPv4 without options, TCP, not a fragment, nothing cut off
+            end = 14 + ((data[16] << 8) | data[17])
+            sport, dport, seq, ack, doff, flags = unpack_tcp(data, 34)
+            start = 34 + ((doff >> 4) << 2)
+            if start <= end <= len(data) and doff >= 0x50:
+                src, dst = data[26:30], data[30:34]
+                entry = flows.get((src, sport, dst, dport))
+                payload = data[start:end] if start < end else b""
+                if entry is not None and flags & 0x02 == 0:
+                    entry[0].packet(entry[1], seq, ack, flags, payload, 0, ts, frame, where)
+                else:
+                    new_packet(src, sport, dst, dport, seq, ack, flags, payload, 0, ts, frame, where)
+                if frame % RELEASE_EVERY == 0:
+                    yield from reorder.pop_ready(ready)
+                continue
         seg = decode(linktype, data, ts)
         if seg is not None:
-            if cut and not seg.missing:
-                seg.missing = 0  # cut bytes beyond the IP datagram (link trailer): nothing lost
-            packet(seg, ts, frame, where)
+            if cut < 0:  # the file ends inside this packet: what is missing is the capture's end
+                seg = seg[:-1] + (0,)
+            new_packet(*seg, decoder.ts_ns, frame, where)
         if frame % RELEASE_EVERY == 0:
             yield from reorder.pop_ready(ready)
-    stats.packets += frames
-    info["packets"] = frames
+    stats.packets += frame
+    info["packets"] = frame
+    for linktype, count in link_counts.items():
+        stats.link_types[LINKTYPE_NAMES.get(linktype, f"link type {linktype}")] += count
     table.finish()
     decoder.finish()
     for key in [k for k in stats.not_decoded if k.startswith("unknown link type")]:
@@ -177,7 +153,135 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     yield from reorder.drain()
 
 
-def _no_response_in_window():
+def _releaser(now):
+    """When a draft may leave: done, and old enough (capture time) that nothing earlier can appear."""
     from ..http.message import NO_RESPONSE, Flag
 
-    return Flag(NO_RESPONSE, "response", f"no response within {RESPONSE_WINDOW_NS // 10**9} s of capture time")
+    def ready(draft: Draft) -> bool:
+        if draft.request is None:
+            return False
+        if draft.done:
+            return draft.ts <= now() - RELEASE_LAG_NS
+        if draft.ts < now() - RESPONSE_WINDOW_NS:
+            draft.flags += (Flag(NO_RESPONSE, "response",
+                                 f"no response within {RESPONSE_WINDOW_NS // 10**9} s of capture time"),)
+            draft.done = True
+            return True
+        return False
+
+    return ready
+
+
+def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, info: dict
+                    ) -> Iterator[tuple[int, int, bytes, int, int]]:
+    """(ts_ns, link type, data, bytes cut off, file offset) of each record of a classic pcap; bytes
+    cut off is -1 for a last record the file ends inside.
+
+    scapy's RawPcapReader has read the file header (magic, byte order, precision, link type); the
+    records are read here in 1 MiB blocks, which is three times faster per packet than scapy's
+    two reads per record, and a damaged record length is reported instead of skipped over
+    (tests check this against scapy's own record loop).
+    """
+    nano = reader.nano
+    info["format"] = "pcap (nanosecond)" if nano else "pcap"
+    linktype = reader.linktype
+    unpack = struct.Struct(reader.endian + "IIII").unpack_from
+    read = reader.f.read
+    scale = 1 if nano else 1000
+    buf = b""
+    pos = 0
+    base = 24  # file offset of buf[0]
+    first = last = None
+    frame = 0
+    while True:
+        if len(buf) - pos < 16:
+            more = read(BLOCK)
+            if not more:
+                break
+            buf = buf[pos:] + more
+            base += pos
+            pos = 0
+            if len(buf) < 16:
+                continue
+        sec, frac, caplen, wirelen = unpack(buf, pos)
+        if caplen > MAX_READ:
+            stats.warn(CaptureWarning(name, "damaged-record", f"packet record claims {caplen} captured bytes; "
+                                      f"the file is damaged from here ({max(0, (size or 0) - base - pos)} bytes "
+                                      "not read)", offset=base + pos, frame=frame + 1))
+            return
+        end = pos + 16 + caplen
+        if end > len(buf):
+            more = read(max(BLOCK, caplen + 16))
+            if more:
+                buf = buf[pos:] + more
+                base += pos
+                pos = 0
+                continue
+            data = buf[pos + 16:]
+            stats.warn(CaptureWarning(name, "truncated-file", f"the file ends inside this packet: {len(data)} of "
+                                      f"{caplen} captured bytes present", offset=base + pos, frame=frame + 1))
+            pos = len(buf)
+            cut = -1  # marks "the capture ends here" for the packet loop
+        else:
+            data = buf[pos + 16:end]
+            cut = wirelen - caplen if wirelen > caplen else 0
+        frame += 1
+        ts = sec * 1_000_000_000 + frac * scale
+        if first is None:
+            first = ts
+        last = ts
+        yield ts, linktype, data, cut, base + pos
+        pos = end
+    if len(buf) - pos > 0:
+        stats.warn(CaptureWarning(name, "truncated-file", f"the file ends inside a packet record header "
+                                  f"({len(buf) - pos} of 16 bytes)", offset=base + pos, frame=frame + 1))
+    if first is not None:
+        stats.see_ts(first)
+        stats.see_ts(last)
+
+
+def _pcapng_frames(name: str, reader, size: int | None, stats: CaptureStats, info: dict
+                   ) -> Iterator[tuple[int, int, bytes, int, int]]:
+    """(ts_ns, link type, data, bytes cut off, file offset) of each packet block, from scapy's
+    RawPcapNgReader (several interfaces, link types and timestamp resolutions)."""
+    from scapy.error import Scapy_Exception
+
+    info["format"] = "pcapng"
+    read_packet = reader._read_packet
+    tell = reader.f.tell
+    log: list[str] = []
+    frame = 0
+    where = tell()
+    last = 0
+    with _scapy_log(log):
+        while True:
+            where = tell()
+            try:
+                data, meta = read_packet()
+            except EOFError:
+                break
+            except (Scapy_Exception, OSError, ValueError, MemoryError) as exc:
+                log.append(str(exc))
+                break
+            frame += 1
+            if meta.tshigh is not None:  # a simple packet block has no timestamp
+                last = ((meta.tshigh << 32) | meta.tslow) * 10**9 // meta.tsresol
+                stats.see_ts(last)
+            yield last, meta.linktype, data, max(0, meta.wirelen - len(data)), where
+    _report_end(name, stats, reader, size, where, frame, log)
+
+
+def _report_end(name: str, stats: CaptureStats, reader, size: int | None, where: int, frames: int,
+                log: list[str]) -> None:
+    """Say where and why reading stopped if the file was not read to its end."""
+    end = reader.f.tell()
+    if size is not None and where < size and (end < size or log):
+        why = f": {log[-1]}" if log else ""
+        stats.warn(CaptureWarning(name, "truncated-file", f"reading stopped at a damaged or incomplete record"
+                                  f"{why}; {size - where} bytes from here on were not read", offset=where,
+                                  frame=frames + 1))
+    elif log:
+        stats.warn(CaptureWarning(name, "damaged-record", "; ".join(log[-3:]), offset=where))
+
+
+_TCP = struct.Struct("!HHIIBB")

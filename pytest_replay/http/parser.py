@@ -119,14 +119,42 @@ _LENIENT = dict(lenient_headers=True, lenient_optional_cr_before_lf=True, lenien
 _FRAMING = re.compile(rb"\n(content-length|transfer-encoding)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
+class _NoCallbacks:
+    __slots__ = ()
+
+
+_NO_CALLBACKS = _NoCallbacks()
+_RequestParser, _ResponseParser = httptools.HttpRequestParser, httptools.HttpResponseParser
+_Upgrade, _ParserError = httptools.HttpParserUpgrade, httptools.HttpParserError
+
+
 def parse_head(head: bytes, is_request: bool) -> tuple[str, str, str, int, bool] | str:
     """Validate and parse a complete head with httptools.
 
-    Returns (method, target-or-reason, version, status, lenient) or an error text. Strict first;
-    then with llhttp's leniencies (bare LF, obs-fold, odd whitespace) because real captures hold
-    hand-edited and old-client traffic. A method llhttp does not know (any RFC 9110 token is a valid
-    method) is validated with a stand-in and kept as written.
+    Returns (method, target-or-reason, version, status, lenient) or an error text. The strict
+    parse runs without callbacks (they cost more than the parse); once llhttp has accepted the
+    start line, its fields are where the grammar puts them. If the strict parse fails, llhttp's
+    leniencies are tried (bare LF, obs-fold, odd whitespace: real captures hold hand-edited and
+    old-client traffic), and a method llhttp does not know (any RFC 9110 token is a valid method)
+    is validated with a stand-in and kept as written.
     """
+    parser = httptools.HttpRequestParser(_NO_CALLBACKS) if is_request else httptools.HttpResponseParser(_NO_CALLBACKS)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
+        return _parse_head_leniently(head, is_request)
+    line = head[:head.find(b"\r\n")]
+    if is_request:
+        parts = line.split()
+        if len(parts) != 3:  # llhttp accepts runs of spaces; let its callbacks say what is what
+            return _parse_head_leniently(head, is_request)
+        return parts[0].decode("latin-1"), parts[1].decode("latin-1"), parts[2][5:].decode("latin-1"), 0, False
+    return "", line[13:].decode("latin-1"), line[5:8].decode("latin-1"), int(line[9:12]), False
+
+
+def _parse_head_leniently(head: bytes, is_request: bool) -> tuple[str, str, str, int, bool] | str:
     error = ""
     for lenient in (False, True):
         sink = _StartLine()
@@ -142,7 +170,7 @@ def parse_head(head: bytes, is_request: bool) -> tuple[str, str, str, int, bool]
             name = head[:space] if space > 0 else b""
             if not _TOKEN.match(name):
                 return "invalid method"
-            result = parse_head(b"POST" + head[space:], True)
+            result = _parse_head_leniently(b"POST" + head[space:], True)
             if isinstance(result, str):
                 return result
             return (name.decode("latin-1"),) + result[1:]
@@ -172,12 +200,16 @@ class Framer:
     """Frames the messages of one direction. See the module docstring for the protocol."""
 
     def __init__(self, is_request: bool, *, on_head: Callable[[Parsed], str | None] | None = None,
-                 resync: bool = False, check_signature: bool = True, cut_code: str = CLOSED) -> None:
+                 on_message: Callable[[Parsed], None] | None = None, resync: bool = False,
+                 check_signature: bool = True, cut_code: str = CLOSED) -> None:
         self.is_request = is_request
         # Called when a request head or a final response head is parsed, before its body. For a
         # response it returns the method of the request it answers (HEAD and CONNECT change the
         # framing): the connection pairs the response with its request there.
         self._on_head = on_head or (lambda msg: None)
+        # Optional: whole messages framed straight from a segment are handed here at once instead
+        # of waiting in the queue for next_event() (the per-packet fast path; order is kept).
+        self._on_message = on_message
         self.cut_code = cut_code  # flag of a message cut short by an orderly close
         self._buf = bytearray()
         self._pos = 0  # read position in _buf
@@ -216,46 +248,63 @@ class Framer:
 
         Returns False (nothing changed) when the general path must handle it; once the head's
         callback has run it always finishes the job, loading the buffer if the body goes on.
+        The strict httptools parse is inlined from parse_head(): this runs once per message.
         """
         end = data.find(_CRLF2)
-        if end < 0 or data[0] in (13, 10) or data.find(b"\n\n", 0, end) >= 0:
+        if end < 0 or data[0] in (13, 10):
             return False
         head_end = end + 4
         head = data if head_end == len(data) else data[:head_end]
-        result = parse_head(head, self.is_request)
-        if isinstance(result, str):
-            return False
-        te, cl = framing_headers(head)
-        if te is not None or (cl is not None and not cl.isdigit()):
-            return False
-        method, text, version, status, lenient = result
+        is_request = self.is_request
+        parser = _RequestParser(_NO_CALLBACKS) if is_request else _ResponseParser(_NO_CALLBACKS)
+        try:
+            parser.feed_data(head)
+        except _Upgrade:
+            pass
+        except _ParserError:
+            return False  # the general path reports it, or parses it leniently
+        te = cl = None
+        for name, value in _FRAMING.findall(head):
+            if te is not None or cl is not None or len(name) != 14:
+                return False  # Transfer-Encoding or repeated Content-Length: the general path
+            cl = value.rstrip(b" \t")
+            if not cl.isdigit():
+                return False
+        line = head[:head.find(b"\r\n")]
         base = self._base
-        msg = Parsed(self.is_request, head, version, base)
-        msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
-        if lenient:
-            msg.lf_only = b"\r\n" not in head
         length = int(cl) if cl is not None else 0
-        if self.is_request:
-            msg.method = method
-            msg.target = text
+        if is_request:
+            parts = line.split()
+            if len(parts) != 3:
+                return False
+            msg = Parsed(True, head, parts[2][5:].decode("latin-1"), base)
+            msg.method = parts[0].decode("latin-1")
+            msg.target = parts[1].decode("latin-1")
+            msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
             self._on_head(msg)
         else:
-            msg.status = status
-            msg.reason = text
+            msg = Parsed(False, head, line[5:8].decode("latin-1"), base)
+            msg.status = status = int(line[9:12])
+            msg.reason = line[13:].decode("latin-1")
+            msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
             if status >= 200:
                 answered = self._on_head(msg)
                 if answered == "HEAD" or status in (204, 304) or (answered == "CONNECT" and status < 300):
                     length = 0
                 elif cl is None:
                     length = -1  # the body runs until the connection closes
+        self._first = False
         if head_end + length == len(data):
             msg.raw = data
             msg.body = data[head_end:] if length else b""
             msg.end = base + len(data)
             msg.end_ts_ns, msg.end_frame = ts_ns, frame
             self._base = msg.end
-            self._pending.append(msg)
             self.messages += 1
+            if self._on_message is not None and not self._pending:
+                self._on_message(msg)
+            else:
+                self._pending.append(msg)
             return True
         # The body goes on past this segment (or another message follows): buffer and continue.
         self._marks.append((base, ts_ns, frame, ack, where))
@@ -576,8 +625,8 @@ class Framer:
         state, cur = self._state, self._cur
         rest = len(self._buf) - self._pos
         self._closing = False
-        self._state = STOPPED
         if cur is not None and state == UNTIL_CLOSE:
+            self._state = STOPPED
             self._parts.append(bytes(self._buf[self._pos:]))
             if code is not None:
                 cur.flag(code, detail or "the body may go on past the end of the stream")
@@ -586,13 +635,15 @@ class Framer:
             code = code or self.cut_code
             what = detail or _CUT.get(code, code)
             if state == FIXED:
-                have = rest + sum(map(len, self._parts))
-                what += f" after {have} of {have + self._remaining} body bytes"
+                stashed = sum(map(len, self._parts))
+                what += f" after {stashed + rest} of {stashed + self._remaining} body bytes"
             else:
                 what += " inside a chunked body"
             self._stash_current()
+            self._state = STOPPED
             cur.flag(code, what)
             return self._emit(cur)
+        self._state = STOPPED
         if rest and state in (HEAD, RESYNC):
             start = self._offset_of(self._pos)
             return Lost(rest, start, code or self.cut_code,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict, deque
 
-from ..capture.draft import Draft, Reorder, flags_of, to_request, to_response
+from ..capture.draft import Draft, Reorder, flags_of
 from ..capture.stats import CaptureStats
-from ..http.message import CAPTURE_ENDED, CLOSED, NO_RESPONSE, Flag, Request, header_value
+from ..http.message import CAPTURE_ENDED, CLOSED, NO_RESPONSE, Flag, Request, Response, header_value
 from ..http.parser import Framer, Lost, Parsed, Stop
 from .tcp import Stream
 
@@ -49,8 +49,9 @@ class Connection:
         self.name = name
         self.key = key
         self.file = table.file
-        self.requests = Framer(True, on_head=self._request_head, resync=mid_stream)
-        self.responses = Framer(False, on_head=self._response_head, resync=mid_stream)
+        self.requests = Framer(True, on_head=self._request_head, on_message=self._request_event, resync=mid_stream)
+        self.responses = Framer(False, on_head=self._response_head, on_message=self._response_event,
+                                resync=mid_stream)
         self.client = Stream(self.requests)
         self.server = Stream(self.responses)
         self.queue: deque[Draft | LostSpan] = deque()  # requests awaiting their response, in order
@@ -64,38 +65,58 @@ class Connection:
         self._client_gaps = 0
 
     # -- packets -----------------------------------------------------------------------------
-    def packet(self, from_client: bool, seg, ts_ns: int, frame: int, where: int) -> None:
-        flags = seg.flags
-        stream, other = (self.client, self.server) if from_client else (self.server, self.client)
-        ack = seg.ack if flags & ACK else None
-        if ack is not None:
+    def packet(self, from_client: bool, seq: int, ack: int, flags: int, payload: bytes, missing: int,
+               ts_ns: int, frame: int, where: int) -> None:
+        if from_client:
+            stream, other, framer = self.client, self.server, self.requests
+        else:
+            stream, other, framer = self.server, self.client, self.responses
+        if flags & ACK:
             if other.waiting:
                 other.acked(ack)
                 self._drain(not from_client)
             else:
                 other.last_ack = ack
-        if flags & SYN:
-            stream.syn(seg.seq)
-            seq = (seg.seq + 1) & 0xFFFFFFFF
         else:
-            seq = seg.seq
-        if seg.payload or seg.missing or flags & FIN:
-            stream.segment(seq, seg.payload, ts_ns, frame, where, ack, seg.missing, bool(flags & FIN))
-        if flags & RST:
-            for side in (self.client, self.server):
-                side.end(CLOSED, f"connection reset (frame {frame})")
-            self._drain(True)
-        self._drain(from_client)
-        if self.client.closed and self.server.closed:
+            ack = None
+        if payload and not flags & 0x07 and not missing and seq == stream.next_seq and not stream.waiting:
+            # in order, nothing special: the common case, inlined
+            stream.offset += len(payload)
+            stream.next_seq = (seq + len(payload)) & 0xFFFFFFFF
+            framer.feed(payload, ts_ns, frame, ack, where)
+        else:
+            if flags & SYN:
+                stream.syn(seq)
+                seq = (seq + 1) & 0xFFFFFFFF
+            if payload or missing or flags & FIN:
+                stream.segment(seq, payload, ts_ns, frame, where, ack, missing, bool(flags & FIN))
+            if flags & RST:
+                for side in (self.client, self.server):
+                    side.end(CLOSED, f"connection reset (frame {frame})")
+                self._drain(not from_client)
+        if framer._pending or framer._buf or framer._closing:
+            self._drain(from_client)
+        elif from_client and stream.gaps != self._client_gaps:
+            self._note_client_gaps()
+        if stream.closed and other.closed:
             self.finish("connection closed before a response")
 
     def _drain(self, client_side: bool) -> None:
-        framer = self.requests if client_side else self.responses
-        if framer.idle:
-            return
-        handle = self._request_event if client_side else self._response_event
-        while (event := framer.next_event()) is not None:
-            handle(event)
+        if client_side:
+            framer, handle = self.requests, self._request_event
+        else:
+            framer, handle = self.responses, self._response_event
+        pending = framer._pending
+        while True:
+            if pending:
+                handle(pending.pop(0))
+            elif framer._buf or framer._closing:
+                event = framer.next_event()
+                if event is None:
+                    break
+                handle(event)
+            else:
+                break
         if client_side and self.client.gaps != self._client_gaps:
             self._note_client_gaps()
 
@@ -107,23 +128,22 @@ class Connection:
         self.position += 1
         self.current = draft
         self.table.reorder.push(draft)
-        self.table.stats.see_ts(msg.ts_ns)
         self.queue.append(draft)
 
     def _request_event(self, event) -> None:
-        if isinstance(event, Parsed):
+        if type(event) is Parsed:
             draft = self.current
             self.current = None
-            if draft is None:  # cannot happen: a request message always had its head parsed
-                return
-            draft.request = to_request(event)
+            draft.request = Request(event.method, event.target, event.version, event.head, event.body, event.raw,
+                                    event.trailers, event.lf_only)
             draft.head = None
             draft.end = event.end
-            draft.flags.extend(flags_of(event, "request"))
+            if event.flags:
+                draft.flags += flags_of(event, "request")
             if event.lf_only:
                 self.table.stats.lf_only += 1
-            if draft.response is not None or draft.done:
-                self.table.settled(draft)
+            if draft.response is not None:
+                draft.done = True
         elif isinstance(event, Lost):
             self.table.stats.lost[event.code] += event.nbytes
         elif isinstance(event, Stop):
@@ -144,10 +164,20 @@ class Connection:
     # -- responses ---------------------------------------------------------------------------
     def _response_head(self, msg: Parsed) -> str | None:
         """A final response starts: find the request it answers, and return its method."""
-        self.client.flush_acked()  # request bytes the server acknowledged but the capture lacks
-        self._drain(True)
-        ack_off = self.client.offset_of(msg.ack) if msg.ack is not None else None
+        client = self.client
+        if client.last_ack != client.next_seq and client.last_ack is not None:
+            client.flush_acked()  # request bytes the server acknowledged but the capture lacks
+        requests = self.requests
+        if requests._pending or requests._buf or client.gaps != self._client_gaps:
+            self._drain(True)
         queue = self.queue
+        if queue and type(queue[0]) is Draft and self.server.gaps == self._server_gaps:
+            draft = queue.popleft()  # the common case: first in, first out
+            if not draft.done:
+                self.answering = draft
+                return draft.method
+            queue.appendleft(draft)
+        ack_off = client.offset_of(msg.ack) if msg.ack is not None else None
         if self.server.gaps != self._server_gaps and ack_off is not None:
             # Responses may have been lost in this gap: skip requests the server had answered,
             # i.e. all but the newest request that started before what the server acknowledged.
@@ -181,7 +211,7 @@ class Connection:
         return draft.method
 
     def _response_event(self, event) -> None:
-        if isinstance(event, Parsed):
+        if type(event) is Parsed:
             status = event.status
             if status < 200 and status != 101:
                 head = next((item for item in self.queue if isinstance(item, Draft)), None)
@@ -193,16 +223,16 @@ class Connection:
             draft, self.answering = self.answering, None
             if draft is None:
                 return
-            draft.response = to_response(event)
+            draft.response = Response(status, event.reason, event.version, event.head, event.body, event.raw,
+                                      event.trailers, (), event.lf_only)
             draft.resp_ts = event.ts_ns
-            draft.frames = draft.frames[:1] + (event.frame,)
-            draft.flags.extend(flags_of(event, "response"))
+            draft.frames = (draft.frames[0], event.frame)
+            if event.flags:
+                draft.flags += flags_of(event, "response")
             if event.lf_only:
                 self.table.stats.lf_only += 1
-            if draft.request is not None:
-                self.table.settled(draft)
-            else:
-                draft.done = True  # the request is still arriving: settled when it completes
+            # done when the request is complete too (it may still be arriving: a server can answer early)
+            draft.done = draft.request is not None
             if status == 101:
                 self._stop(Stop("upgraded", f"101 Switching Protocols to "
                                 f"{(event_header(event, b'upgrade') or b'?').decode('latin-1')}", event.end))
@@ -223,7 +253,7 @@ class Connection:
         self.responses.stop(event.code, event.detail)
 
     def _no_response(self, draft: Draft, why: str) -> None:
-        draft.flags.append(Flag(NO_RESPONSE, "response", why))
+        draft.flags += (Flag(NO_RESPONSE, "response", why),)
         self.table.settled(draft)
 
     def finish(self, why: str, code: str | None = None) -> None:
@@ -231,8 +261,8 @@ class Connection:
         if self.finished:
             return
         if code is not None:
-            self.client.end(code, why)
-            self.server.end(code, why)
+            self.client.end(code, "")
+            self.server.end(code, "")
         self._drain(True)
         self._drain(False)
         self.finished = True
@@ -240,7 +270,7 @@ class Connection:
         if current is not None and current.request is None:  # its framer stopped mid-message
             head = current.head
             current.request = Request(head.method, head.target, head.version, head.head, b"", head.head)
-            current.flags.append(Flag(CLOSED, "request", "the request was never completed"))
+            current.flags += (Flag(CLOSED, "request", "the request was never completed"),)
             current.head = None
         for item in self.queue:
             if isinstance(item, Draft):
@@ -280,33 +310,32 @@ class FlowTable:
         self.generations: dict[tuple, int] = {}
         self.stray = 0
 
-    def packet(self, seg, ts_ns: int, frame: int, where: int) -> None:
-        key = (seg.src, seg.sport, seg.dst, seg.dport)
+    def packet(self, src: bytes, sport: int, dst: bytes, dport: int, seq: int, ack: int, flags: int,
+               payload: bytes, missing: int, ts_ns: int, frame: int, where: int) -> None:
+        key = (src, sport, dst, dport)
         entry = self.flows.get(key)
-        if entry is None or (seg.flags & (SYN | ACK) == SYN and self._reused(entry[0], seg)):
-            entry = self._new(key, seg)
+        if entry is None or (flags & (SYN | ACK) == SYN and self._reused(entry[0], seq)):
+            entry = self._new(key, flags, seq, payload)
             if entry is None:
                 return
-        conn, from_client = entry
-        conn.packet(from_client, seg, ts_ns, frame, where)
+        entry[0].packet(entry[1], seq, ack, flags, payload, missing, ts_ns, frame, where)
 
-    def _reused(self, conn: Connection, seg) -> bool:
+    def _reused(self, conn: Connection, seq: int) -> bool:
         """A SYN on a known 4-tuple: a new connection unless it repeats the first SYN."""
-        if conn.client_isn == seg.seq:
+        if conn.client_isn == seq:
             return False
         conn.finish("a new connection reused the same addresses and ports", CLOSED)
         return True
 
-    def _new(self, key: tuple, seg) -> tuple[Connection, bool] | None:
-        flags = seg.flags
+    def _new(self, key: tuple, flags: int, seq: int, payload: bytes) -> tuple[Connection, bool] | None:
         if key in self.tombstones and not flags & SYN:
             self.stray += 1
             return None
         if flags & SYN:
             from_client = not flags & ACK
             mid_stream = False
-        elif seg.payload:
-            from_client = self._client_speaks(seg)
+        elif payload:
+            from_client = self._client_speaks(payload, key[1], key[3])
             mid_stream = True
         else:
             return None  # an ACK, FIN or RST of a connection that carried nothing here
@@ -319,7 +348,7 @@ class FlowTable:
             name += f" #{generation}"
         conn = Connection(self, name, ckey, mid_stream)
         if flags & SYN and from_client:
-            conn.client_isn = seg.seq
+            conn.client_isn = seq
         self.tombstones.pop(key, None)
         self.tombstones.pop(reverse, None)
         self.flows[ckey] = (conn, True)
@@ -327,20 +356,20 @@ class FlowTable:
         self.stats.connections += 1
         return (conn, from_client)
 
-    def _client_speaks(self, seg) -> bool:
+    def _client_speaks(self, payload: bytes, sport: int, dport: int) -> bool:
         """No SYN seen: the sender is the client if it speaks a request line, the server if it
         speaks a status line; otherwise the side on a known server port is the server."""
-        head = seg.payload[:16]
+        head = payload[:16]
         if head.startswith(b"HTTP/"):
             return False
         token, space, _ = head.partition(b" ")
         if space and token.isalpha() and token.isupper():
             return True
-        if seg.dport in self.server_ports and seg.sport not in self.server_ports:
+        if dport in self.server_ports and sport not in self.server_ports:
             return True
-        if seg.sport in self.server_ports and seg.dport not in self.server_ports:
+        if sport in self.server_ports and dport not in self.server_ports:
             return False
-        return seg.dport < seg.sport
+        return dport < sport
 
     # -- called by connections ---------------------------------------------------------------
     def settled(self, draft: Draft) -> None:
