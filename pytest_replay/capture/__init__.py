@@ -120,8 +120,7 @@ class Capture:
                 draft.seq = order  # ties between files: the order they were given in
                 yield draft
             if fmt == "gor":
-                reader.finish_notes()
-                info["records"] = reader.records
+                reader.finish_notes(info)
 
 
 def _merge_key(draft: Draft) -> tuple[int, int]:

@@ -76,6 +76,7 @@ class GorReader:
         self.max_ts = 0
         self.has_responses = False
         self.request_start_latency = 0  # type 2 records stamped with their request's start (old GoReplay)
+        self.first_ts: int | None = None
 
     def read(self, stream: BinaryIO) -> Iterator[Draft]:
         stats = self.stats
@@ -98,7 +99,8 @@ class GorReader:
             latency = int(match.group(4)) if match.group(4) is not None else None
             payload = record[nl + 1:]
             stats.records[kind.decode()] += 1
-            stats.see_ts(ts)
+            if self.first_ts is None or ts < self.first_ts:
+                self.first_ts = ts
             if ts > self.max_ts:
                 self.max_ts = ts
             if kind == b"1":
@@ -232,7 +234,12 @@ class GorReader:
     def _warn(self, kind: str, message: str, offset: int | None, index: int | None) -> None:
         self.stats.warn(CaptureWarning(self.name, kind, message, offset=offset, record=index))
 
-    def finish_notes(self) -> None:
+    def finish_notes(self, info: dict) -> None:
+        info["records"] = self.records
+        if self.first_ts is not None:
+            self.stats.see_ts(self.first_ts)
+            self.stats.see_ts(self.max_ts)
+            info["first_ts_ns"], info["last_ts_ns"] = self.first_ts, self.max_ts
         if self.request_start_latency:
             self.stats.note(f"{self.name}: {self.request_start_latency} original responses carry their "
                             "request's timestamp; their latency field (response end - request start) was used")

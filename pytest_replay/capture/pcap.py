@@ -113,10 +113,15 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     ready = _releaser(lambda: now)
     frames = _classic_frames(name, reader, size, stats, info) if hasattr(reader, "nano") else \
         _pcapng_frames(name, reader, size, stats, info)
+    first = None
+    nbytes = 0
     for ts, linktype, data, cut, where in frames:
         frame += 1
+        nbytes += len(data)
         if ts > now:
             now = ts
+            if first is None:
+                first = ts
         link_counts[linktype] = link_counts.get(linktype, 0) + 1
         if (linktype == 1 and cut == 0 and data[12] == 8 and data[13] == 0 and data[14] == 0x45
                 and data[23] == 6 and not (data[20] & 0x3F or data[21]) and len(data) >= 54):
@@ -143,7 +148,12 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
         if frame % RELEASE_EVERY == 0:
             yield from reorder.pop_ready(ready)
     stats.packets += frame
+    stats.bytes += nbytes
     info["packets"] = frame
+    if first is not None:
+        stats.see_ts(first)
+        stats.see_ts(now)
+        info["first_ts_ns"], info["last_ts_ns"] = first, now
     for linktype, count in link_counts.items():
         stats.link_types[LINKTYPE_NAMES.get(linktype, f"link type {linktype}")] += count
     table.finish()
@@ -191,7 +201,6 @@ def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, in
     buf = b""
     pos = 0
     base = 24  # file offset of buf[0]
-    first = last = None
     frame = 0
     while True:
         if len(buf) - pos < 16:
@@ -226,18 +235,11 @@ def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, in
             data = buf[pos + 16:end]
             cut = wirelen - caplen if wirelen > caplen else 0
         frame += 1
-        ts = sec * 1_000_000_000 + frac * scale
-        if first is None:
-            first = ts
-        last = ts
-        yield ts, linktype, data, cut, base + pos
+        yield sec * 1_000_000_000 + frac * scale, linktype, data, cut, base + pos
         pos = end
     if len(buf) - pos > 0:
         stats.warn(CaptureWarning(name, "truncated-file", f"the file ends inside a packet record header "
                                   f"({len(buf) - pos} of 16 bytes)", offset=base + pos, frame=frame + 1))
-    if first is not None:
-        stats.see_ts(first)
-        stats.see_ts(last)
 
 
 def _pcapng_frames(name: str, reader, size: int | None, stats: CaptureStats, info: dict
@@ -266,7 +268,6 @@ def _pcapng_frames(name: str, reader, size: int | None, stats: CaptureStats, inf
             frame += 1
             if meta.tshigh is not None:  # a simple packet block has no timestamp
                 last = ((meta.tshigh << 32) | meta.tslow) * 10**9 // meta.tsresol
-                stats.see_ts(last)
             yield last, meta.linktype, data, max(0, meta.wirelen - len(data)), where
     _report_end(name, stats, reader, size, where, frame, log)
 
