@@ -19,10 +19,15 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-@lru_cache(maxsize=65536)
-def path_template(path: str) -> str:
+def path_template(target: str) -> str:
     """The path (no query string) with identifier-like segments replaced by placeholders."""
-    path = path.split("?", 1)[0].split("#", 1)[0]
+    cut = target.find("?")
+    return _template(target if cut < 0 else target[:cut])
+
+
+@lru_cache(maxsize=16384)  # keyed by path only: query strings are mostly unique
+def _template(path: str) -> str:
+    path = path.split("#", 1)[0]
     if "://" in path:  # absolute-form target (proxy requests): keep only the path
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     segments = path.split("/")
@@ -35,4 +40,10 @@ def path_template(path: str) -> str:
 
 
 def endpoint_of(method: str, target: str) -> str:
-    return f"{method} {path_template(target)}"
+    cut = target.find("?")
+    return _endpoint(method, target if cut < 0 else target[:cut])
+
+
+@lru_cache(maxsize=16384)
+def _endpoint(method: str, path: str) -> str:
+    return f"{method} {_template(path)}"

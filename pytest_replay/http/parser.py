@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import httptools
 
-from .message import CAPTURE_ENDED, CLOSED, GAP, TRUNCATED, UNPARSABLE, split_head
+from .message import CAPTURE_ENDED, CLOSED, GAP, TRUNCATED, UNPARSABLE, Request, Response, split_head
 
 MAX_HEAD = 64 * 1024  # a head longer than this is not HTTP we can use
 _CRLF2 = b"\r\n\r\n"
@@ -775,6 +775,51 @@ class Framer:
 
 _AGAIN = object()
 _CUT = {CLOSED: "connection closed", CAPTURE_ENDED: "capture ended", TRUNCATED: "data ends"}
+
+
+def fast_message(data: bytes, is_request: bool, method: str | None = None) -> Request | Response | None:
+    """One whole message in `data` (a .gor record), in the common case only: a CRLF head that
+    httptools accepts strictly, no Transfer-Encoding, a body exactly as long as the framing says.
+    Returns None for anything else; parse_single() then handles it (and says what is wrong).
+    """
+    end = data.find(_CRLF2)
+    if end < 0 or data[0] in (13, 10):
+        return None
+    head_end = end + 4
+    head = data if head_end == len(data) else data[:head_end]
+    try:
+        (_RequestParser if is_request else _ResponseParser)(_NO_CALLBACKS).feed_data(head)
+    except _Upgrade:
+        pass
+    except _ParserError:
+        return None
+    framing = _FRAMING.findall(head)
+    cl = None
+    if framing:
+        if len(framing) > 1 or len(framing[0][0]) != 14:
+            return None
+        cl = framing[0][1].rstrip(b" \t")
+        if not cl.isdigit():
+            return None
+    body_length = len(data) - head_end
+    line = head[:head.find(b"\r\n")]
+    if is_request:
+        if body_length != (int(cl) if cl is not None else 0):
+            return None
+        parts = line.split()
+        if len(parts) != 3:
+            return None
+        return Request(parts[0].decode("latin-1"), parts[1].decode("latin-1"), parts[2][5:].decode("latin-1"),
+                       head, data[head_end:] if body_length else b"", data)
+    status = int(line[9:12])
+    if status < 200 or status in (204, 304) or method == "HEAD" or (method == "CONNECT" and status < 300):
+        expected = 0
+    else:
+        expected = int(cl) if cl is not None else body_length  # no length: the record's end ends it
+    if body_length != expected:
+        return None
+    return Response(status, line[13:].decode("latin-1"), line[5:8].decode("latin-1"), head,
+                    data[head_end:] if body_length else b"", data)
 
 
 def parse_single(data: bytes, is_request: bool, *, method: str | None = None,

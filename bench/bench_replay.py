@@ -1,0 +1,335 @@
+#!/usr/bin/env python
+"""Replay-engine benchmark: dispatch throughput and timing fidelity, against references measured in the same run.
+
+    python bench/bench_replay.py [--quick] [--requests N] [--seconds S]
+
+Starts nginx on 127.0.0.1 (a free port, temp config: keepalive_requests 1000000, access_log off, a small
+JSON file) and stops it in `finally`.
+
+(a) Throughput at speed 0, 32 lanes (captured connections), concurrency 64, a synthetic plan of GET requests
+    (100k; 50k with --quick), RawTarget, the engine in its own thread. References in the same run:
+    `wrk -c 32 -t 1 -d 5s` on the same URL, and a bare asyncio Protocol + httptools client on 32 connections
+    (design.md section 3: ~17,500 req/s) - what the engine costs on top of the socket work. Also the engine
+    while pytest's thread consumes every observation with wait(key) in key order (how the plugin uses it).
+    Targets: >= 10,000 req/s; aim >= 1/4 of wrk.
+(b) Timing fidelity: a plan at a fixed 2,000 requests/s for 60 s (10 s with --quick), 16 lanes. Lateness is
+    sent - (t0 + offset). Prints p50/p99/max and drift (median lateness of the last 10% minus the first 10%).
+    Targets: p99 <= 1 ms, |drift| <= 0.1 ms. For contrast, GoReplay-style relative sleeping (each sleep
+    relative to the previous send) simulated from the same run: the same per-request wake-up errors, but
+    summed, since nothing pulls a late send back onto the schedule.
+(c) The GIL: the same 2,000 req/s plan while pytest's thread behaves like pytest (wait(key), then ~1.15 ms of
+    Python per item, design.md section 3), with the interpreter's default switch interval (5 ms) and with the
+    engine's (0.2 ms).
+
+Needs nginx and wrk on PATH. Loopback only. Stdlib plus the project only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import httptools  # noqa: E402
+
+from pytest_replay.http.message import Request  # noqa: E402
+from pytest_replay.schedule.engine import SWITCH_INTERVAL_S, Engine  # noqa: E402
+from pytest_replay.schedule.plan import PlannedRequest  # noqa: E402
+from pytest_replay.targets.raw import RawTarget  # noqa: E402
+
+TARGET_RPS = 10_000
+TARGET_WRK_RATIO = 0.25
+TARGET_P99_MS = 1.0
+TARGET_DRIFT_MS = 0.1
+LANES_THROUGHPUT = 32
+LANES_FIDELITY = 16
+RATE = 2_000
+PYTEST_ITEM_S = 0.00115
+
+FULL = {"requests": 100_000, "seconds": 60.0, "gil_seconds": 15.0}
+QUICK = {"requests": 50_000, "seconds": 10.0, "gil_seconds": 4.0}
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir}/www;
+    }}
+}}
+"""
+SMALL_JSON = b'{"id": 42, "name": "Espresso Beans 1kg", "price_cents": 2490, "tags": ["coffee", "beans"]}\n'
+
+
+# -- nginx -------------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_nginx(workdir: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    os.makedirs(os.path.join(workdir, "www"))
+    with open(os.path.join(workdir, "www", "small.json"), "wb") as f:
+        f.write(SMALL_JSON)
+    conf = os.path.join(workdir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(dir=workdir, port=port))
+    proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited: {proc.stderr.read().decode(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("nginx did not start listening")
+
+
+# -- references ----------------------------------------------------------------------------------------------------
+def run_wrk(url: str, seconds: int) -> float:
+    out = subprocess.run(["wrk", "-c", "32", "-t", "1", "-d", f"{seconds}s", url + "/small.json"],
+                         capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not match or "Non-2xx" in out:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    return float(match.group(1))
+
+
+class _BareClient(asyncio.Protocol):
+    """Reference: send raw request bytes, count responses with httptools' on_message_complete."""
+
+    def __init__(self, wire: bytes, budget: list, done: asyncio.Future) -> None:
+        self.wire, self.budget, self.done = wire, budget, done
+        self.parser = httptools.HttpResponseParser(self)
+        self.count = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self._next()
+
+    def _next(self) -> None:
+        if self.budget[0] > 0:
+            self.budget[0] -= 1
+            self.transport.write(self.wire)
+        elif not self.done.done():
+            self.done.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        self.count += 1
+        self._next()
+
+
+def bare_client(url: str, wire: bytes, n: int, conns: int) -> float:
+    host, port = url.split("//")[1].split(":")
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        budget, done = [n], loop.create_future()
+        protocols = []
+        start = time.perf_counter()
+        for _ in range(conns):
+            _, proto = await loop.create_connection(lambda: _BareClient(wire, budget, done), host, int(port))
+            protocols.append(proto)
+        await done
+        while sum(p.count for p in protocols) < n:
+            await asyncio.sleep(0.001)
+        elapsed = time.perf_counter() - start
+        for p in protocols:
+            p.transport.close()
+        return n / elapsed
+
+    return asyncio.run(main())
+
+
+# -- the engine ------------------------------------------------------------------------------------------------------
+def make_plan(target: RawTarget, n: int, lanes: int, step_ns: int) -> list[PlannedRequest]:
+    request = Request.build("GET", "/small.json", ((b"Host", b"shop.example"), (b"User-Agent", b"bench"),
+                                                   (b"Accept", b"application/json")))
+    wire = target.wire(request)
+    return [PlannedRequest(i, i * step_ns, f"conn{i % lanes}", request, wire) for i in range(n)]
+
+
+def run_engine(url: str, n: int, lanes: int, step_ns: int, *, consume: str = "none",
+               switch_interval: float | None = SWITCH_INTERVAL_S) -> tuple[Engine, float]:
+    """consume: 'none' (pytest's thread just joins), 'wait' (wait(key) for each key in order),
+    'pytest' (wait, then ~1.15 ms of Python per item)."""
+    target = RawTarget(url)
+    plan = make_plan(target, n, lanes, step_ns)
+    engine = Engine(plan, target, concurrency=64, switch_interval=switch_interval)
+    saved = sys.getswitchinterval()
+    start = time.perf_counter()
+    engine.start()
+    if consume != "none":
+        for p in plan:
+            engine.wait(p.key)
+            if consume == "pytest":
+                end = time.perf_counter() + PYTEST_ITEM_S
+                while time.perf_counter() < end:
+                    pass
+    engine.stop()
+    elapsed = time.perf_counter() - start
+    assert sys.getswitchinterval() == saved
+    return engine, elapsed
+
+
+def check(engine: Engine) -> list:
+    observations = sorted(engine.observations(), key=lambda o: o.key)
+    bad = [o for o in observations if not o.ok]
+    if len(observations) != len(engine.plan) or bad:
+        raise RuntimeError(f"{len(observations)} observations for {len(engine.plan)} requests, {len(bad)} errors; "
+                           f"first: {bad[0].error_kind if bad else '-'} {bad[0].error if bad else ''}")
+    return observations
+
+
+def rate_of(observations) -> float:
+    span = max(o.done_ns for o in observations) - min(o.sent_ns for o in observations)
+    return len(observations) / (span / 1e9)
+
+
+def lateness_stats(lateness_ns: list[int]) -> dict:
+    ordered = sorted(lateness_ns)
+    n = len(ordered)
+    k = max(1, n // 10)
+    return {
+        "p50": ordered[n // 2] / 1e6,
+        "p99": ordered[min(n - 1, int(n * 0.99))] / 1e6,
+        "max": ordered[-1] / 1e6,
+        "drift": (statistics.median(lateness_ns[-k:]) - statistics.median(lateness_ns[:k])) / 1e6,
+    }
+
+
+def relative_sleeping(observations) -> list[int]:
+    """GoReplay sleeps for the recorded gap after the previous send. Each wake-up error then adds to all
+    later sends: lateness_k = sum of the errors up to k. The errors are this run's own (its lateness)."""
+    total, out = 0, []
+    for o in observations:
+        total += max(0, o.lateness_ns)
+        out.append(total)
+    return out
+
+
+# -- main ----------------------------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (< 60 s)")
+    parser.add_argument("--requests", type=int, help="requests in the throughput plan")
+    parser.add_argument("--seconds", type=float, help="duration of the 2,000 req/s fidelity plan")
+    args = parser.parse_args()
+    cfg = dict(QUICK if args.quick else FULL)
+    cfg["requests"] = args.requests or cfg["requests"]
+    cfg["seconds"] = args.seconds or cfg["seconds"]
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not on PATH", file=sys.stderr)
+            return 2
+
+    rows: list[tuple[str, str, str]] = []
+    ok = True
+
+    def row(what: str, figure: str, verdict: str = "") -> None:
+        rows.append((what, figure, verdict))
+        print(f"  {what:<58} {figure:>26}  {verdict}", flush=True)
+
+    def judge(passed: bool) -> str:
+        nonlocal ok
+        ok &= passed
+        return "PASS" if passed else "FAIL"
+
+    workdir = tempfile.mkdtemp(prefix="bench-replay-")
+    os.chmod(workdir, 0o755)  # nginx workers run as nobody
+    nginx = None
+    began = time.monotonic()
+    try:
+        nginx, url = start_nginx(workdir)
+        print(f"nginx on {url}; python {sys.version.split()[0]}; {os.cpu_count()} cores; "
+              f"load average {os.getloadavg()[0]:.2f}")
+        n = cfg["requests"]
+        print("\n(a) throughput, speed 0, 32 lanes")
+        wrk = run_wrk(url, 5)
+        row("wrk -c 32 -t 1 -d 5s", f"{wrk:,.0f} req/s")
+        wire = make_plan(RawTarget(url), 1, 1, 0)[0].wire
+        bare = bare_client(url, wire, n, LANES_THROUGHPUT)
+        row(f"bare asyncio Protocol + httptools, 32 conns, {n:,} req", f"{bare:,.0f} req/s")
+        engine, wall = run_engine(url, n, LANES_THROUGHPUT, 0)
+        rps = rate_of(check(engine))
+        row(f"engine + RawTarget, {n:,} req (first send to last answer)", f"{rps:,.0f} req/s",
+            judge(rps >= TARGET_RPS) + f" (>= {TARGET_RPS:,})")
+        row("  wall time incl. thread start, lead 50 ms, close", f"{n / wall:,.0f} req/s")
+        row("  engine / wrk", f"{rps / wrk:.2f}", judge(rps / wrk >= TARGET_WRK_RATIO) + f" (>= {TARGET_WRK_RATIO})")
+        row("  engine / bare Protocol client", f"{rps / bare:.2f}")
+        engine, wall = run_engine(url, n, LANES_THROUGHPUT, 0, consume="wait")
+        rps_wait = rate_of(check(engine))
+        row("engine while pytest's thread wait()s for every key", f"{rps_wait:,.0f} req/s")
+
+        print(f"\n(b) timing fidelity, {RATE:,} req/s for {cfg['seconds']:g} s, 16 lanes")
+        n_fid = int(RATE * cfg["seconds"])
+        engine, _ = run_engine(url, n_fid, LANES_FIDELITY, 1_000_000_000 // RATE, consume="wait")
+        observations = check(engine)
+        stats = lateness_stats([o.lateness_ns for o in observations])
+        row("lateness p50 / p99 / max (ms)", f"{stats['p50']:.3f} / {stats['p99']:.3f} / {stats['max']:.2f}",
+            judge(stats["p99"] <= TARGET_P99_MS) + f" (p99 <= {TARGET_P99_MS} ms)")
+        row("drift: median lateness last 10% - first 10% (ms)", f"{stats['drift']:+.4f}",
+            judge(abs(stats["drift"]) <= TARGET_DRIFT_MS) + f" (|drift| <= {TARGET_DRIFT_MS} ms)")
+        latency = sorted(o.latency_ns for o in observations)
+        row("  (nginx latency p50 / p99, ms)", f"{latency[len(latency) // 2] / 1e6:.3f} / "
+                                               f"{latency[int(len(latency) * .99)] / 1e6:.3f}")
+        rel = lateness_stats(relative_sleeping(observations))
+        row("GoReplay-style relative sleeps (simulated): p50 / p99 (ms)", f"{rel['p50']:,.1f} / {rel['p99']:,.1f}")
+        row("  its drift (ms)", f"{rel['drift']:+,.1f}")
+
+        print(f"\n(c) the GIL: pytest's thread busy ~1.15 ms per item, {RATE:,} req/s for {cfg['gil_seconds']:g} s")
+        n_gil = int(RATE * cfg["gil_seconds"])
+        for label, interval in (("default switch interval (5 ms)", None), (f"engine's ({SWITCH_INTERVAL_S * 1e3:g} ms)",
+                                                                           SWITCH_INTERVAL_S)):
+            engine, _ = run_engine(url, n_gil, LANES_FIDELITY, 1_000_000_000 // RATE, consume="pytest",
+                                   switch_interval=interval)
+            stats = lateness_stats([o.lateness_ns for o in check(engine)])
+            row(f"{label}: p50 / p99 / max (ms)", f"{stats['p50']:.3f} / {stats['p99']:.3f} / {stats['max']:.1f}")
+    finally:
+        if nginx is not None:
+            nginx.terminate()
+            try:
+                nginx.wait(5)
+            except subprocess.TimeoutExpired:
+                nginx.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\n{'all targets met' if ok else 'SOME TARGETS MISSED'} ({time.monotonic() - began:.0f} s; "
+          f"load average {os.getloadavg()[0]:.2f})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

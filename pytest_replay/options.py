@@ -1,0 +1,245 @@
+"""Every option declared once: command-line flag, ini twin, help text with its default, converter.
+
+Precedence: the command line, then the ini file ([tool.pytest.ini_options] or pytest.ini), then
+the default. Repeatable options (captures, filters, ignore rules) add the command line's values to
+the ini file's. A bad value is a pytest.UsageError naming the option and the accepted forms.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+GROUPS = ("exchange", "endpoint", "connection")
+DIFF_PARTS = ("status", "headers", "body")
+
+
+def _number(flag: str, text: str, *, minimum: float, inclusive: bool, meaning: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value != value or (value < minimum if inclusive else value <= minimum):
+        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        raise pytest.UsageError(f"{flag}: expected a number {bound} ({meaning}), got {text!r}")
+    return value
+
+
+def speed(text: str) -> float:
+    return _number("--speed", text, minimum=0, inclusive=True,
+                   meaning="1 = the recorded pace, 2 = twice as fast, 0.5 = half, 0 = no waiting")
+
+
+def rate(text: str) -> float:
+    return _number("--rate", text, minimum=0, inclusive=False, meaning="requests per second")
+
+
+def seconds(flag: str) -> Callable[[str], float]:
+    return lambda text: _number(flag, text, minimum=0, inclusive=False, meaning="seconds, e.g. 2.5")
+
+
+def concurrency(text: str) -> int:
+    value = _number("--replay-concurrency", text, minimum=1, inclusive=True, meaning="requests in flight")
+    if value != int(value):
+        raise pytest.UsageError(f"--replay-concurrency: expected a whole number >= 1, got {text!r}")
+    return int(value)
+
+
+def regex(flag: str) -> Callable[[str], re.Pattern[str]]:
+    def convert(text: str) -> re.Pattern[str]:
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            raise pytest.UsageError(f"{flag}: {text!r} is not a valid regular expression ({exc}); it is "
+                                    "matched against 'METHOD target', e.g. '^GET /api/' or 'POST .*/orders'") from None
+    return convert
+
+
+def choice(flag: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text not in choices:
+            raise pytest.UsageError(f"{flag}: expected one of {', '.join(choices)}, got {text!r}")
+        return text
+    return convert
+
+
+def diff_parts(text: str) -> frozenset[str]:
+    parts = {p.strip() for p in text.split(",") if p.strip()}
+    unknown = parts - set(DIFF_PARTS)
+    if not parts or unknown:
+        raise pytest.UsageError(f"--replay-diff: expected a comma-separated subset of {', '.join(DIFF_PARTS)}, "
+                                f"got {text!r}")
+    return frozenset(parts)
+
+
+def ignore_rule(text: str):
+    from .verdicts.rules import parse_rule
+
+    try:
+        return parse_rule(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--replay-ignore: {exc}") from None
+
+
+def names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip().lower() for n in text.split(",") if n.strip())
+
+
+def ports(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        values = ()
+    if not values or not all(0 < p < 65536 for p in values):
+        raise pytest.UsageError(f"--replay-server-ports: expected comma-separated ports (1-65535), got {text!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, its ini twin, how its text becomes a value, and its help."""
+
+    dest: str
+    flag: str
+    help: str
+    default: Any = None
+    convert: Callable[[str], Any] | None = None
+    many: bool = False  # repeatable (append); the ini twin is a list of lines
+    flag_only: bool = False  # a boolean switch
+    metavar: str | None = None
+
+    @property
+    def ini(self) -> str:
+        return self.dest
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("replay", "--replay", "capture to replay: a .gor, pcap or pcapng file, a glob or a directory "
+           "(repeatable; several are merged by timestamp). Turns replay on. Default: none.", many=True,
+           metavar="PATH"),
+    Option("replay_speed", "--speed", "replay speed factor over the recorded timing: 1 = recorded pace, "
+           "2 = twice as fast, 0 = no waiting. Default: 1.", 1.0, speed, metavar="FACTOR"),
+    Option("replay_rate", "--rate", "send at a fixed arrival rate (requests per second) instead of the "
+           "recorded timing. Default: off.", None, rate, metavar="RPS"),
+    Option("replay_target", "--replay-target", "where to send: an http(s) URL, 'asgi:module:app', "
+           "'wsgi:module:app', or 'demo' (the embedded demo service). A replay_target fixture in conftest.py "
+           "may return a URL, an ASGI or WSGI app, or an httpx.AsyncClient instead. Default: none.",
+           metavar="URL"),
+    Option("replay_concurrency", "--replay-concurrency", "most requests in flight at once. Default: 64.", 64,
+           concurrency, metavar="N"),
+    Option("replay_max_wait", "--replay-max-wait", "cap each idle gap between requests to this many seconds "
+           "(after --speed). Default: no cap.", None, seconds("--replay-max-wait"), metavar="SECONDS"),
+    Option("replay_timeout", "--replay-timeout", "time allowed for each request and its response. "
+           "Default: 10.", 10.0, seconds("--replay-timeout"), metavar="SECONDS"),
+    Option("replay_include", "--replay-include", "replay only exchanges whose 'METHOD target' matches this "
+           "regular expression (repeatable: any may match). Default: all.", many=True,
+           convert=regex("--replay-include"), metavar="REGEX"),
+    Option("replay_exclude", "--replay-exclude", "do not replay exchanges whose 'METHOD target' matches this "
+           "regular expression (repeatable). Default: none.", many=True, convert=regex("--replay-exclude"),
+           metavar="REGEX"),
+    Option("replay_diff", "--replay-diff", "what each exchange compares: a comma-separated subset of status, "
+           "headers, body. Default: status,body.", frozenset({"status", "body"}), diff_parts,
+           metavar="PARTS"),
+    Option("replay_headers", "--replay-headers", "response headers compared when --replay-diff includes "
+           "headers (comma-separated names). Default: none.", (), names, metavar="NAMES"),
+    Option("replay_ignore", "--replay-ignore", "diff ignore rule (repeatable): 'header:NAME', 'json:$.path', "
+           "'regex:PATTERN', 'keep:json:$.path', optionally scoped as 'GET /api/x: json:$.id'. Default: none.",
+           many=True, convert=ignore_rule, metavar="RULE"),
+    Option("replay_noise", "--replay-noise", "treat fields that differ between recorded responses of "
+           "identical requests as noise: auto or off. Default: auto.", "auto",
+           choice("--replay-noise", ("auto", "off")), metavar="MODE"),
+    Option("replay_max_latency", "--replay-max-latency", "fail an exchange whose replayed latency exceeds this "
+           "many seconds. Default: no cap.", None, seconds("--replay-max-latency"), metavar="SECONDS"),
+    Option("replay_group", "--replay-group", "one test item per exchange, per endpoint (method and path "
+           "template) or per captured connection; group huge captures (pytest costs ~1 ms per item). "
+           "Default: exchange.", "exchange", choice("--replay-group", GROUPS), metavar="BY"),
+    Option("replay_server_ports", "--replay-server-ports", "ports that are servers, for pcap connections "
+           "captured without their SYN on unusual ports. Default: common HTTP ports.", None, ports,
+           metavar="P1,P2"),
+    Option("replay_insecure", "--replay-insecure", "do not verify the TLS certificate of an https target "
+           "(sandboxes with self-signed certificates). Default: verify.", False, flag_only=True),
+)
+BY_DEST = {option.dest: option for option in OPTIONS}
+
+
+def register(parser: pytest.Parser, *, skip: tuple[str, ...] = ()) -> None:
+    group = parser.getgroup("replay", "traffic replay (pytest-traffic-replay)")
+    for option in OPTIONS:
+        if option.flag in skip:
+            continue
+        if option.flag_only:
+            group.addoption(option.flag, dest=option.dest, action="store_true", default=None, help=option.help)
+            parser.addini(option.ini, option.help, type="bool", default=False)
+        elif option.many:
+            group.addoption(option.flag, dest=option.dest, action="append", default=[], metavar=option.metavar,
+                            help=option.help)
+            parser.addini(option.ini, option.help, type="linelist", default=[])
+        else:
+            group.addoption(option.flag, dest=option.dest, default=None, metavar=option.metavar, help=option.help)
+            parser.addini(option.ini, option.help, type="string", default=None)
+
+
+def _value(config: pytest.Config, option: Option) -> Any:
+    cli = config.getoption(option.dest, default=None)
+    if option.many:
+        ini = config.getini(option.ini) or []
+        texts = [*ini, *(cli or [])]
+        return tuple(option.convert(t) if option.convert else t for t in texts)
+    if option.flag_only:
+        return bool(cli) or bool(config.getini(option.ini))
+    text = cli if cli is not None else config.getini(option.ini)
+    if text is None or text == "":
+        return option.default
+    return option.convert(str(text)) if option.convert else text
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed options of one run."""
+
+    captures: tuple[str, ...] = ()
+    speed: float = 1.0
+    rate: float | None = None
+    target: str | None = None
+    concurrency: int = 64
+    max_wait: float | None = None
+    timeout: float = 10.0
+    include: tuple[re.Pattern[str], ...] = ()
+    exclude: tuple[re.Pattern[str], ...] = ()
+    diff: frozenset[str] = frozenset({"status", "body"})
+    headers: tuple[str, ...] = ()
+    ignore: tuple = ()  # parsed rules (verdicts.rules)
+    noise: str = "auto"
+    max_latency: float | None = None
+    group: str = "exchange"
+    server_ports: tuple[int, ...] | None = None
+    insecure: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.captures)
+
+    def selects(self, label: str) -> bool:
+        """Does 'METHOD target' pass --replay-include/--replay-exclude?"""
+        if self.include and not any(p.search(label) for p in self.include):
+            return False
+        return not any(p.search(label) for p in self.exclude)
+
+
+def load(config: pytest.Config) -> Settings:
+    value = {option.dest: _value(config, option) for option in OPTIONS}
+    if value["replay_rate"] is not None and config.getoption("replay_speed") is not None:
+        raise pytest.UsageError("--rate and --speed exclude each other: --speed scales the recorded timing, "
+                                "--rate replaces it with a fixed arrival rate")
+    return Settings(
+        captures=value["replay"], speed=value["replay_speed"], rate=value["replay_rate"],
+        target=value["replay_target"], concurrency=value["replay_concurrency"], max_wait=value["replay_max_wait"],
+        timeout=value["replay_timeout"], include=value["replay_include"], exclude=value["replay_exclude"],
+        diff=value["replay_diff"], headers=value["replay_headers"], ignore=value["replay_ignore"],
+        noise=value["replay_noise"], max_latency=value["replay_max_latency"], group=value["replay_group"],
+        server_ports=value["replay_server_ports"], insecure=value["replay_insecure"])

@@ -1,0 +1,427 @@
+"""The replay engine: sends the plan open-loop, on its own schedule, in its own thread and event loop.
+
+Each request is due at t0 + offset (absolute deadlines: lateness never accumulates, unlike a replayer
+that sleeps relative to the previous send). One dispatcher coroutine walks the plan in deadline order,
+sleeps until each deadline and hands the request to its lane. A lane (one captured connection) is one
+coroutine that sends its requests in plan order, one at a time, and lives from its first due request to
+its last; so there is no task per request, and lanes run concurrently. At most `concurrency` requests
+are in flight; a request waiting for its lane or a free slot goes as soon as possible, and the wait
+shows as its lateness (sent_ns - deadline_ns) in its Observation.
+
+pytest's thread talks to the engine through `start`, `wait(key)`, `progress()`, `observations()` and
+`stop(cancel)`. Everything that crosses threads is an Observation (frozen) or a Progress (frozen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from ..targets.base import APP_ERROR, CANCELLED, TIMEOUT, Observation, Target, TargetError, describe
+from .clock import Clock, RealClock
+from .plan import PlannedRequest
+
+SWITCH_INTERVAL_S = 0.0002  # see Engine.start: how fast the engine thread gets the GIL back
+_BURST = 256  # requests dispatched back to back (all due) before the dispatcher yields to the lanes
+_CLOSE_TIMEOUT_S = 2.0
+_REFREEZE_EVERY = 8192  # observations between two gc.freeze() calls (with freeze_gc)  # a target's close() may not hold up a stop longer than this
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    planned: int
+    sent: int  # handed to the target
+    completed: int  # observation recorded (ok or error)
+    errors: int  # observations with an error (cancelled in-flight ones included)
+    running: bool
+    cancelled: bool  # stop(cancel=True) was called (or the run was cancelled)
+    failure: str | None  # the engine itself failed (a bug, or the target's start() raised)
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.completed
+
+
+class _Lane:
+    __slots__ = ("name", "queue", "remaining", "task", "wake", "timed_out")
+
+    def __init__(self, name: str, count: int) -> None:
+        self.name = name
+        self.queue: deque[PlannedRequest] = deque()
+        self.remaining = count  # requests of this lane not yet dispatched
+        self.task: asyncio.Task | None = None
+        self.wake: asyncio.Future | None = None  # set while the lane waits for its next due request
+        self.timed_out = False  # the watchdog cancelled the send in flight
+
+
+class Engine:
+    """Open-loop replay of `plan` against `target`.
+
+    Requests of one lane go in plan order (the plan is ordered by offset: build_plan does it; an
+    unordered plan is sorted stably by offset), never before their deadline. `timeout_s` bounds each
+    whole exchange (on real time, also under a FakeClock; checked every timeout_s/20, at most 0.25 s);
+    a timed-out request gets error_kind "timeout" and the target drops the lane's connection
+    (cancellation contract of Target). `start()` also lowers sys.setswitchinterval to
+    `switch_interval` and freezes the GC (`freeze_gc`) for the duration of the replay.
+    """
+
+    def __init__(self, plan: list[PlannedRequest], target: Target, *, clock: Clock | None = None,
+                 concurrency: int = 64, timeout_s: float = 10.0, lead_ns: int = 50_000_000,
+                 switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        plan = list(plan)
+        if any(a.offset_ns > b.offset_ns for a, b in zip(plan, plan[1:])):
+            plan.sort(key=lambda p: p.offset_ns)
+        self.plan = plan
+        self._planned = {p.key: p for p in plan}
+        if len(self._planned) != len(plan):
+            raise ValueError("plan keys must be unique")
+        self.target = target
+        self.clock = clock if clock is not None else RealClock()
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.lead_ns = lead_ns
+        self.switch_interval = switch_interval
+        self.freeze_gc = freeze_gc
+        self._frozen = False
+        self.t0_ns: int | None = None
+        self.sent = self.completed = self.errors = 0
+        self.failure: BaseException | None = None
+        self.cancelled = False
+        self._obs: dict[int, Observation] = {}
+        self._waiters: dict[int, threading.Event] = {}
+        self._finished = threading.Event()
+        self._started = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task | None = None
+        self._cancel_requested = False
+        self._lanes: dict[str, _Lane] = {}
+        self._live: set[asyncio.Task] = set()
+        self._free = concurrency
+        self._busy: dict[_Lane, float] = {}  # lanes with a request in flight -> when it times out (monotonic s)
+        self._slot_queue: deque[asyncio.Future] = deque()
+        self._saved_switch: float | None = None
+
+    # -- pytest's side (any thread) ------------------------------------------------------------
+    def start(self) -> None:
+        """Run the replay in a daemon thread with its own event loop."""
+        if self._started:
+            raise RuntimeError("the engine was already started")
+        self._started = True
+        if self.switch_interval is not None:
+            # pytest's thread keeps running Python while the engine works. Each time the engine thread
+            # blocks (a poll, a socket call) and comes back, it waits for the GIL up to the switch
+            # interval (5 ms by default). bench/bench_replay.py (c) measures it with a pytest-like
+            # thread at 2,000 req/s: 5 ms -> the engine falls behind, lateness in seconds; 0.2 ms ->
+            # lateness p50 ~0.2-0.5 ms. Restored when the replay ends.
+            self._saved_switch = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._saved_switch, self.switch_interval))
+        if self.freeze_gc and gc.get_freeze_count() == 0:  # (someone else's freeze: leave it alone)
+            # A full collection scans every object of the process while holding the GIL: with pytest's
+            # items, the capture and the plan in memory that is tens of ms (measured: 20 ms at 20k
+            # requests), a stall of every send. Collect once now, before t0, and leave what exists
+            # now out of later collections until the replay ends (gc.unfreeze in stop).
+            gc.collect()
+            gc.freeze()
+            self._frozen = True
+        self._thread = threading.Thread(target=self._thread_main, name="pytest-replay-engine", daemon=True)
+        self._thread.start()
+
+    def wait(self, key: int, timeout: float | None = None) -> Observation:
+        """Block until request `key` has its observation. If the replay was stopped or failed before
+        that request completed, returns at once with a "cancelled" observation. Raises KeyError for
+        a key not in the plan, TimeoutError when `timeout` (seconds) passes first."""
+        obs = self._obs.get(key)
+        if obs is not None:
+            return obs
+        if key not in self._planned:
+            raise KeyError(f"request {key} is not in the replay plan")
+        if not self._started:
+            raise RuntimeError("the engine is not running: call start() first")
+        event = self._waiters.get(key)
+        if event is None:
+            event = self._waiters.setdefault(key, threading.Event())
+        # Registered before looking again: the engine stores the observation, then pops the waiter.
+        obs = self._obs.get(key)
+        if obs is not None:
+            return obs
+        if not self._finished.is_set() and not event.wait(timeout):
+            raise TimeoutError(f"no observation for request {key} within {timeout} s")
+        obs = self._obs.get(key)
+        return obs if obs is not None else self._not_sent(key)
+
+    def stop(self, cancel: bool = False, timeout: float | None = None) -> Progress:
+        """End the replay. cancel=False waits for it to finish; cancel=True cancels pending and
+        in-flight requests at once (in-flight ones get a "cancelled" observation). Then the target is
+        closed and the thread joined. Returns the final progress."""
+        if cancel:
+            self._request_cancel()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout if timeout is not None else (5.0 if cancel else None))
+        self._restore_process_settings()
+        return self.progress()
+
+    def progress(self) -> Progress:
+        failure = None if self.failure is None else f"{type(self.failure).__name__}: {self.failure}"
+        return Progress(len(self.plan), self.sent, self.completed, self.errors,
+                        self._started and not self._finished.is_set(), self.cancelled, failure)
+
+    def observations(self) -> list[Observation]:
+        """A snapshot of the observations recorded so far, in completion order."""
+        return list(self._obs.values())
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    # -- the engine thread -----------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.run())
+        except BaseException as exc:  # noqa: BLE001 - never let the thread die silently
+            if self.failure is None:
+                self.failure = exc
+            self._finish()
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            except Exception:
+                pass
+            asyncio.set_event_loop(None)
+            loop.close()
+            self._restore_process_settings()
+
+    def _restore_process_settings(self) -> None:
+        """Undo start()'s process-wide settings (switch interval, frozen GC): at stop or when the run ends."""
+        saved, self._saved_switch = self._saved_switch, None
+        if saved is not None:
+            sys.setswitchinterval(saved)
+        frozen, self._frozen = self._frozen, False
+        if frozen:
+            gc.unfreeze()
+
+    def _request_cancel(self) -> None:
+        self._cancel_requested = True
+        loop, main = self._loop, self._main
+        if loop is not None and main is not None:
+            try:
+                loop.call_soon_threadsafe(self._cancel_now)
+            except RuntimeError:  # the loop is already closed: nothing left to cancel
+                pass
+
+    def _cancel_now(self) -> None:
+        self.cancelled = True
+        if self._main is not None and not self._main.done():
+            self._main.cancel()
+
+    async def run(self) -> list[Observation]:
+        """The replay itself (the thread runs this; tests may run it with asyncio.run and a FakeClock).
+        Returns the observations, in completion order."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._main = asyncio.current_task()
+        self._started = True
+        if self._cancel_requested:
+            self._cancel_now()
+        lanes = self._lanes
+        for p in self.plan:
+            lane = lanes.get(p.lane)
+            if lane is None:
+                lanes[p.lane] = _Lane(p.lane, 1)
+            else:
+                lane.remaining += 1
+        try:
+            try:
+                await self.target.start()
+                watchdog = loop.create_task(self._watchdog())
+                try:
+                    self.t0_ns = self.clock.now_ns() + self.lead_ns
+                    await self._dispatch(self.t0_ns)
+                    while self._live:
+                        await asyncio.wait(list(self._live))
+                finally:
+                    watchdog.cancel()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                await self._cancel_lanes()
+                if not self._cancel_requested:
+                    raise  # cancelled from outside (not through stop): propagate, after cleaning up
+            except BaseException as exc:
+                self.failure = exc
+                await self._cancel_lanes()
+        finally:
+            try:
+                await asyncio.wait_for(self.target.close(), _CLOSE_TIMEOUT_S)
+            except BaseException:  # noqa: BLE001 - closing is best effort
+                pass
+            close = getattr(self.clock, "close", None)
+            if close is not None:
+                close()
+            self._finish()
+        return list(self._obs.values())
+
+    async def _dispatch(self, t0: int) -> None:
+        loop = asyncio.get_running_loop()
+        now, sleep_until = self.clock.now_ns, self.clock.sleep_until
+        lanes, live, run_lane = self._lanes, self._live, self._run_lane
+        burst = 0
+        for p in self.plan:
+            deadline = t0 + p.offset_ns
+            if deadline > now():
+                await sleep_until(deadline)
+                burst = 0
+            else:
+                burst += 1
+                if burst >= _BURST:
+                    burst = 0
+                    await asyncio.sleep(0)
+            lane = lanes[p.lane]
+            lane.remaining -= 1
+            lane.queue.append(p)
+            if lane.task is None:
+                task = lane.task = loop.create_task(run_lane(lane))
+                live.add(task)
+                task.add_done_callback(live.discard)
+            else:
+                wake = lane.wake
+                if wake is not None and not wake.done():
+                    wake.set_result(None)
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        target, clock, record = self.target, self.clock, self._record
+        t0, timeout_s = self.t0_ns, self.timeout_s
+        now, send, monotonic = clock.now_ns, target.send, time.monotonic
+        queue, slots, busy = lane.queue, self._slot_queue, self._busy
+        try:
+            while True:
+                if not queue:
+                    if lane.remaining == 0:
+                        break
+                    lane.wake = loop.create_future()
+                    await lane.wake
+                    lane.wake = None
+                    continue
+                p = queue.popleft()
+                if self._free > 0 and not slots:
+                    self._free -= 1
+                else:
+                    await self._wait_slot(loop)
+                try:
+                    deadline = t0 + p.offset_ns
+                    start = now()
+                    self.sent += 1
+                    busy[lane] = monotonic() + timeout_s
+                    try:
+                        response, sent_ns, first_ns, done_ns = await send(p, clock)
+                        obs = Observation(p.key, deadline, sent_ns, first_ns, done_ns, response)
+                    except TargetError as exc:
+                        obs = Observation(p.key, deadline, exc.sent_ns if exc.sent_ns is not None else start,
+                                          exc.first_byte_ns, now(), None, exc.kind, exc.message)
+                    except asyncio.CancelledError:
+                        if not lane.timed_out or lane.task.uncancel() > 0:
+                            busy.pop(lane, None)
+                            record(Observation(p.key, deadline, start, None, now(), None, CANCELLED,
+                                               "cancelled: the replay was stopped while this request was in flight"))
+                            raise
+                        lane.timed_out = False  # the watchdog's cancellation: a timeout, the lane goes on
+                        obs = Observation(p.key, deadline, start, None, now(), None, TIMEOUT,
+                                          f"no complete response within {timeout_s:g} s")
+                    except Exception as exc:  # noqa: BLE001 - a target bug must not kill the engine
+                        obs = Observation(p.key, deadline, start, None, now(), None, APP_ERROR, describe(exc))
+                    if lane.timed_out:  # the target swallowed the watchdog's cancellation
+                        lane.timed_out = False
+                        lane.task.uncancel()
+                    else:
+                        busy.pop(lane, None)
+                    record(obs)
+                finally:
+                    self._release_slot()
+        finally:
+            lane.task = None
+            close_lane = getattr(target, "close_lane", None)
+            if close_lane is not None:
+                try:
+                    close_lane(lane.name)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    async def _watchdog(self) -> None:
+        """Times out requests: one timer for all of them (an asyncio.timeout per request cost ~12% of
+        the throughput). A timeout fires between timeout_s and timeout_s + tick; tick is 5% of it."""
+        tick = min(max(self.timeout_s / 20, 0.002), 0.25)
+        busy = self._busy
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for lane in [lane for lane, limit in busy.items() if limit <= now]:
+                del busy[lane]
+                if lane.task is not None:
+                    lane.timed_out = True
+                    lane.task.cancel()
+
+    async def _wait_slot(self, loop) -> None:
+        fut = loop.create_future()
+        self._slot_queue.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release_slot()  # the slot was handed over just as we were cancelled
+            raise
+
+    def _release_slot(self) -> None:
+        slots = self._slot_queue
+        while slots:
+            fut = slots.popleft()
+            if not fut.done():
+                fut.set_result(None)  # hand the slot over: first come, first served
+                return
+        self._free += 1
+
+    def _record(self, obs: Observation) -> None:
+        self._obs[obs.key] = obs
+        self.completed += 1
+        if obs.error_kind is not None:
+            self.errors += 1
+        if not self.completed % _REFREEZE_EVERY and self._frozen:
+            # The observations pile up in the oldest generation, and each full collection scans them
+            # all (measured: 23 ms at 45k observations, a stall of every send). Collect the young
+            # generations, then freeze what survived: full collections stay small.
+            gc.collect(1)
+            gc.freeze()
+        event = self._waiters.pop(obs.key, None)
+        if event is not None:
+            event.set()
+
+    async def _cancel_lanes(self) -> None:
+        tasks = [t for t in self._live if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+    def _finish(self) -> None:
+        self._finished.set()
+        for event in list(self._waiters.values()):
+            event.set()
+
+    def _not_sent(self, key: int) -> Observation:
+        p = self._planned[key]
+        deadline = (self.t0_ns or 0) + p.offset_ns
+        if self.failure is not None:
+            why = f"not sent: the replay engine failed ({type(self.failure).__name__}: {self.failure})"
+        else:
+            why = "not sent: the replay was stopped"
+        return Observation(key, deadline, deadline, None, max(deadline, self.clock.now_ns()), None, CANCELLED, why)
+

@@ -1,0 +1,102 @@
+"""Where replayed requests go: a network server (raw fast path), an in-process ASGI/WSGI app, or a
+user's httpx.AsyncClient. `make_target` turns what the user gave (option string or fixture value)
+into a Target."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+
+from .base import (APP_ERROR, CANCELLED, ERROR_KINDS, REFUSED, RESET, TIMEOUT, TRUNCATED, UNPARSABLE, Observation,
+                   Target, TargetError)
+
+__all__ = ["APP_ERROR", "CANCELLED", "ERROR_KINDS", "REFUSED", "RESET", "TIMEOUT", "TRUNCATED", "UNPARSABLE",
+           "Observation", "Target", "TargetError", "make_target", "ACCEPTED_FORMS"]
+
+DEMO_SPEC = "asgi:pytest_replay.demo.app:app"
+ACCEPTED_FORMS = ("an http:// or https:// URL (e.g. http://127.0.0.1:8000)", "'asgi:module.path:attr'",
+                  "'wsgi:module.path:attr'", "'demo' (the embedded demo service)",
+                  "an httpx.AsyncClient with a base_url",
+                  "an ASGI app (async callable taking scope, receive, send)",
+                  "a WSGI app (callable taking environ, start_response)")
+
+
+def _accepted() -> str:
+    return "; ".join(ACCEPTED_FORMS)
+
+
+def make_target(spec, *, verify: bool = True) -> Target:
+    """A Target for `spec`; ValueError naming the accepted forms for anything else."""
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text == "demo":
+            text = DEMO_SPEC
+        lowered = text.lower()
+        if lowered.startswith(("http://", "https://")):
+            from .raw import RawTarget
+            return RawTarget(text, verify=verify)
+        for prefix in ("asgi:", "wsgi:"):
+            if lowered.startswith(prefix):
+                app = _load(text[len(prefix):], spec)
+                from .inprocess import ASGITarget, WSGITarget
+                cls = ASGITarget if prefix == "asgi:" else WSGITarget
+                return cls(app, name=spec.strip())
+        raise ValueError(f"unknown replay target {spec!r}: accepted forms are {_accepted()}")
+    httpx = sys.modules.get("httpx")  # a client can only exist if httpx was imported
+    if httpx is not None:
+        if isinstance(spec, httpx.AsyncClient):
+            from .inprocess import ClientTarget
+            return ClientTarget(spec)
+        if isinstance(spec, httpx.Client):
+            raise ValueError("a synchronous httpx.Client can not be a replay target: use httpx.AsyncClient")
+    if _is_target(spec):
+        return spec
+    kind = app_kind(spec)
+    if kind == "asgi":
+        from .inprocess import ASGITarget
+        return ASGITarget(spec)
+    if kind == "wsgi":
+        from .inprocess import WSGITarget
+        return WSGITarget(spec)
+    raise ValueError(f"can not use {type(spec).__name__} {spec!r:.80} as a replay target: accepted forms are "
+                     f"{_accepted()}")
+
+
+def _is_target(obj) -> bool:
+    """Already a Target (a test double, a custom target): async start/send/close."""
+    return all(inspect.iscoroutinefunction(getattr(obj, name, None)) for name in ("start", "send", "close"))
+
+
+def _takes(fn, n: int) -> bool:
+    try:
+        inspect.signature(fn).bind(*range(n))
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def app_kind(app) -> str | None:
+    """'asgi' for an async callable taking 3 arguments, 'wsgi' for a plain callable taking 2, else None."""
+    if isinstance(app, type) or not callable(app):
+        return None
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", app)
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call):
+        return "asgi" if _takes(call, 3) else None
+    return "wsgi" if _takes(call, 2) else None
+
+
+def _load(path: str, spec: str):
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"replay target {spec!r}: expected 'asgi:module.path:attr' or 'wsgi:module.path:attr'")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"replay target {spec!r}: can not import {module_name!r}: {exc}") from None
+    for name in attr.split("."):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            raise ValueError(f"replay target {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+    return obj

@@ -1,0 +1,124 @@
+"""What the engine needs from a target, and what it records for each request (typed values).
+
+A target sends one request on a lane (the replay connection standing for one captured connection)
+and returns the response, or raises TargetError saying what went wrong. Targets run inside the
+engine's event loop; everything crossing back to pytest's thread is an Observation (frozen, plain).
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..http.message import Response
+from ..schedule.plan import PlannedRequest
+
+# Why a request got no usable response: one code per cause.
+REFUSED = "refused"  # connection refused / could not connect
+RESET = "reset"  # the connection was reset or closed before a complete response
+TIMEOUT = "timeout"  # no complete response within the timeout
+UNPARSABLE = "unparsable"  # the bytes that came back are not an HTTP/1.x response
+TRUNCATED = "truncated"  # the response ended before its body did
+APP_ERROR = "app-error"  # an in-process app raised (or a target failed unexpectedly)
+CANCELLED = "cancelled"  # the replay was stopped (or failed) before this request completed
+ERROR_KINDS = (REFUSED, RESET, TIMEOUT, UNPARSABLE, TRUNCATED, APP_ERROR, CANCELLED)
+
+_set = object.__setattr__
+
+
+class TargetError(Exception):
+    """A request got no usable response. `sent_ns`/`first_byte_ns` (engine clock) say how far it got,
+    when the target knows: the engine records them in the observation."""
+
+    def __init__(self, kind: str, message: str, *, sent_ns: int | None = None,
+                 first_byte_ns: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.sent_ns = sent_ns
+        self.first_byte_ns = first_byte_ns
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What happened to one planned request. Times are monotonic ns (engine clock).
+
+    For a request that was never sent (error_kind "cancelled" before sending), sent_ns is its
+    deadline, so lateness is 0 and it does not distort lateness statistics."""
+
+    key: int
+    deadline_ns: int  # absolute, on the engine clock
+    sent_ns: int  # when its first byte was handed to the transport (or the app was called)
+    first_byte_ns: int | None  # first byte of the response
+    done_ns: int  # response complete, or the error happened
+    response: Response | None
+    error_kind: str | None = None
+    error: str | None = None
+
+    def __init__(self, key: int, deadline_ns: int, sent_ns: int, first_byte_ns: int | None, done_ns: int,
+                 response: Response | None, error_kind: str | None = None, error: str | None = None) -> None:
+        # Written out (not generated): one is built per replayed request, on the engine's hot path.
+        _set(self, "key", key)
+        _set(self, "deadline_ns", deadline_ns)
+        _set(self, "sent_ns", sent_ns)
+        _set(self, "first_byte_ns", first_byte_ns)
+        _set(self, "done_ns", done_ns)
+        _set(self, "response", response)
+        _set(self, "error_kind", error_kind)
+        _set(self, "error", error)
+
+    @property
+    def lateness_ns(self) -> int:
+        return self.sent_ns - self.deadline_ns
+
+    @property
+    def latency_ns(self) -> int | None:
+        """Time to the first response byte: comparable to the recorded latency (response start
+        minus request start)."""
+        return None if self.first_byte_ns is None else self.first_byte_ns - self.sent_ns
+
+    @property
+    def total_ns(self) -> int:
+        return self.done_ns - self.sent_ns
+
+    @property
+    def ok(self) -> bool:
+        return self.error_kind is None
+
+
+class Target(Protocol):
+    """A place to send requests. `send` is called in order per lane, never concurrently on one lane.
+
+    Cancellation: the engine cancels `send` when the request times out or the replay is stopped.
+    The target must then drop whatever state the lane had (its connection may be stuck), so the
+    next `send` on that lane starts fresh. `close_lane` is called after a lane's last request
+    (optional for a target: the engine calls it only if it exists) so connections do not pile up.
+    Network targets may also offer `wire(request) -> bytes`, the bytes to plan for a request.
+    """
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
+        """Send and wait for the response: (response, sent_ns, first_byte_ns, done_ns).
+        Raises TargetError."""
+        ...
+
+    def close_lane(self, lane: str) -> None:
+        """The lane has no more requests: release its connection (optional)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in one line: 'ExceptionType: message (at file.py:12 in func <- file.py:34 in
+    caller)', innermost frames first (at most three)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    if frames:
+        where = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in reversed(frames))
+        text += f" (at {where})"
+    return " ".join(text.split("\n"))

@@ -1,0 +1,649 @@
+"""Per-exchange verdicts: does the replayed response match the recorded one?
+
+Sans-IO: responses in, a frozen Verdict out. The order of the checks: a transport error fails at once;
+then status, the headers a user named, the body after undoing Content-Encoding (JSON with deepdiff,
+text line by line, binary by size and sha256), and the latency cap. Differences that user rules, the
+learned noise model or the default volatile headers account for are not failures: they are counted
+in `Verdict.ignored`, so a report can say what was left out and why.
+
+Secrets never reach a Verdict or a rendered failure in clear: header values of secret headers, JSON
+values under secret-looking keys, `name=value` pairs with secret-looking names, and bearer tokens are
+masked with the Redactor (REDACTED-<hash>) before values are truncated.
+"""
+
+from __future__ import annotations
+
+import codecs
+import difflib
+import gzip
+import hashlib
+import json
+import math
+import re
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from deepdiff import DeepDiff
+from deepdiff.helper import notpresent
+
+from ..http.message import Exchange, Request, Response
+from ..http.normalize import endpoint_of
+from ..policy.redact import DEFAULT as DEFAULT_REDACTOR
+from ..policy.redact import Redactor, mask
+from .rules import (FRAMING_HEADERS, TRANSPORT_HEADERS, VOLATILE_HEADERS, Endpoint, Header, Json, Keep, Point,
+                    Regex, Rule, generalized_path, parse_rule, parse_rules, readable_path)
+
+__all__ = ["DiffConfig", "Difference", "Learned", "NoiseModel", "Verdict", "body_kind", "compare", "decode_body",
+           "learn_noise", "mask_text", "parse_rule", "parse_rules", "render_failure"]
+
+try:  # optional: without it, br bodies are reported undecodable (compared as raw bytes when equal)
+    import brotli  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    brotli = None
+
+PARTS = frozenset({"status", "headers", "body"})
+MAX_VALUE = 120  # characters of a value shown in a difference
+PLACEHOLDER = "<ignored>"  # what regex rules put in place of their matches
+ABSENT = "(absent)"
+HIDDEN = "..."  # stands for a value left out on purpose (Set-Cookie values)
+
+
+# -- bodies -------------------------------------------------------------------------------------------
+def _inflate(data: bytes) -> bytes:
+    try:
+        return zlib.decompress(data)  # RFC 9110 deflate: zlib-wrapped
+    except zlib.error:
+        return zlib.decompress(data, -zlib.MAX_WBITS)  # what some servers send: raw deflate
+
+
+def _unbrotli(data: bytes) -> bytes:
+    if brotli is None:
+        raise ValueError("br: the brotli module is not installed")
+    return brotli.decompress(data)
+
+
+DECODERS = {"gzip": gzip.decompress, "x-gzip": gzip.decompress, "deflate": _inflate, "br": _unbrotli,
+            "identity": lambda data: data}
+
+
+def _decode(response: Response) -> tuple[bytes, str | None]:
+    """(decoded body, None) or (body as received, why it could not be decoded)."""
+    value = response.header("content-encoding")
+    if not value or not response.body:
+        return response.body, None
+    codings = [c.strip().lower() for c in value.decode("latin-1").split(",") if c.strip()]
+    body = response.body
+    for coding in reversed(codings):  # codings are listed in the order they were applied
+        decoder = DECODERS.get(coding)
+        if decoder is None:
+            return response.body, f"unknown content-encoding {coding!r}"
+        try:
+            body = decoder(body)
+        except Exception as exc:  # zlib.error, OSError, EOFError, brotli.error...
+            return response.body, f"undecodable {coding} body ({exc})"
+    return body, None
+
+
+def decode_body(response: Response) -> bytes:
+    """The body with Content-Encoding undone; the body as received when it cannot be decoded."""
+    return _decode(response)[0]
+
+
+# Content-Type fragments to body kinds, first match wins (ndjson before json: it is compared by line).
+CONTENT_KINDS = (
+    ("ndjson", "text"), ("json-seq", "text"), ("json", "json"), ("text/", "text"), ("xml", "text"),
+    ("javascript", "text"), ("ecmascript", "text"), ("x-www-form-urlencoded", "text"), ("yaml", "text"),
+    ("csv", "text"), ("graphql", "text"), ("html", "text"),
+    ("image/", "binary"), ("audio/", "binary"), ("video/", "binary"), ("font/", "binary"),
+    ("octet-stream", "binary"), ("pdf", "binary"), ("zip", "binary"), ("protobuf", "binary"), ("grpc", "binary"),
+)
+_UNPARSED = object()  # what _load_json returns for text that is not JSON
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def _content_type(response: Response) -> str:
+    value = response.header("content-type")
+    return value.decode("latin-1").lower() if value else ""
+
+
+def _charset(response: Response) -> str:
+    match = re.search(r"charset=\"?([\w.:-]+)", _content_type(response))
+    try:
+        return codecs.lookup(match[1]).name if match else "utf-8"
+    except LookupError:
+        return "utf-8"
+
+
+def body_kind(response: Response, body: bytes) -> str:
+    """"json" | "text" | "binary" | "empty": from Content-Type, else by sniffing the (decoded) body."""
+    if not body:
+        return "empty"
+    declared = _content_type(response).split(";")[0]
+    for fragment, kind in CONTENT_KINDS:
+        if fragment in declared:
+            return kind
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary"
+    if text.lstrip()[:1] in ("{", "[") and _load_json(text) is not _UNPARSED:
+        return "json"
+    return "text" if len(_CONTROL.findall(text)) <= len(text) // 20 else "binary"
+
+
+def _number(text: str) -> int | float:
+    # JSON has one number type: 1 and 1.0 are the same value (see _Comparison.json).
+    value = float(text)
+    return int(value) if math.isfinite(value) and value.is_integer() else value
+
+
+def _load_json(text: str):
+    try:
+        return json.loads(text, parse_float=_number)
+    except ValueError:
+        return _UNPARSED
+
+
+def _set_cookie_shape(value: bytes) -> bytes:
+    """Set-Cookie without its volatile parts: the cookie's value, Expires and Max-Age."""
+    name, _, rest = value.partition(b"=")
+    attributes = [a.strip() for a in rest.split(b";")[1:]]
+    kept = [a for a in attributes if a.split(b"=")[0].strip().lower() not in (b"expires", b"max-age")]
+    return b"; ".join([name.strip() + b"=" + HIDDEN.encode(), *kept])
+
+
+HEADER_SHAPES = {"set-cookie": _set_cookie_shape}  # headers compared by shape, not by value
+
+
+# -- masking secrets ----------------------------------------------------------------------------------
+_PAIR = re.compile(r"(?P<name>[\w.\-]+)=(?P<value>[^&\s;,\"'<>]+)")
+_QUOTED = re.compile(r"\"(?P<name>[\w.\-]+)\"\s*:\s*\"(?P<value>(?:[^\"\\]|\\.)*)\"")
+_SCHEME = re.compile(r"(?i)\b(?P<name>bearer|basic|token|digest)\s+(?P<value>[\w.~+/=\-]{8,})")
+
+
+def _masked(value: str) -> bool:
+    return value.startswith("REDACTED-") or value == HIDDEN
+
+
+def mask_text(text: str, redactor: Redactor = DEFAULT_REDACTOR) -> str:
+    """Secret-looking `name=value`, `"name": "value"` and `Bearer <token>` in free text, masked."""
+    def pair(match: re.Match[str]) -> str:
+        name, value = match["name"], match["value"]
+        if _masked(value) or not (redactor.name_pattern.search(name) or match.re is _SCHEME):
+            return match[0]
+        return match[0].replace(value, mask(value))
+    for pattern in (_QUOTED, _PAIR, _SCHEME):
+        text = pattern.sub(pair, text)
+    return text
+
+
+def _redact_json(value, redactor: Redactor, secret: bool = False):
+    """A JSON value with everything under secret-looking keys masked (strings screened as text)."""
+    if secret and not isinstance(value, (dict, list)):
+        return mask(json.dumps(value)) if not (isinstance(value, str) and _masked(value)) else value
+    if isinstance(value, dict):
+        return {k: _redact_json(v, redactor, secret or bool(redactor.name_pattern.search(str(k))))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_json(v, redactor, secret) for v in value]
+    return mask_text(value, redactor) if isinstance(value, str) else value
+
+
+def _short(text: str, limit: int = MAX_VALUE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _json_value(value, redactor: Redactor, secret: bool) -> str:
+    if value is notpresent:
+        return ABSENT
+    return _short(json.dumps(_redact_json(value, redactor, secret), ensure_ascii=False))
+
+
+def _secret_path(path: str, redactor: Redactor) -> bool:
+    return any(redactor.name_pattern.search(key) for key in re.findall(r"[^.\[\]'\"$]+", path))
+
+
+# -- values -------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One thing that differs. All fields are short display strings, secrets already masked."""
+
+    part: str  # "status" | "header" | "body" | "latency" | "error"
+    path: str  # "status", a header name, "$.user.display_name", "line 12", "bytes", "latency"...
+    recorded: str
+    replayed: str
+
+    @property
+    def label(self) -> str:
+        return {"status": f"status {self.recorded} -> {self.replayed}", "header": f"header {self.path}",
+                "body": self.path if self.path.startswith("$") else f"body {self.path}",
+                "latency": f"latency {self.replayed}", "error": _short(self.replayed, 60)}[self.part]
+
+    def __str__(self) -> str:
+        where = {"status": "status", "header": f"header {self.path}", "body": f"body {self.path}",
+                 "latency": "latency", "error": f"error ({self.path})"}[self.part]
+        if self.part == "error":
+            return f"{where}: {self.replayed}"
+        return f"{where}: {self.recorded} -> {self.replayed}"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    passed: bool
+    differences: tuple[Difference, ...]  # at most max_diffs; `more` says how many were left out
+    ignored: tuple[tuple[str, int], ...]  # (why, how many differences/matches it accounted for)
+    summary: str  # one line
+    more: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.differences) + self.more
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """One piece of learned noise: where, and the evidence for it."""
+
+    endpoint: str  # "GET /api/search"
+    part: str  # "header" | "json"
+    key: str  # lower-case header name, or a JSONPath with [*] for list indices
+    groups: int  # groups of identical requests in which it differed
+    samples: int  # responses in those groups
+    rule: Rule = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        method, _, template = self.endpoint.partition(" ")
+        leaf = Json(self.key) if self.part == "json" else Header(self.key)
+        object.__setattr__(self, "rule", Endpoint(method, template) & leaf)
+
+    def __str__(self) -> str:
+        return f"{self.endpoint}: {self.part}:{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseModel:
+    """What varies between recorded responses to identical requests, per endpoint.
+
+    `examined`: (endpoint, groups of >= 2 identical requests with one status, responses in them).
+    `skipped`: (endpoint, groups not used: an unsafe method, or responses that changed shape or
+    differed outside JSON; that is state, not noise). To override an entry: ``keep:<str(learned)>``.
+    """
+
+    learned: tuple[Learned, ...] = ()
+    examined: tuple[tuple[str, int, int], ...] = ()
+    skipped: tuple[tuple[str, int], ...] = ()
+    _index: dict = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[Learned]] = defaultdict(list)
+        for item in self.learned:
+            index[item.endpoint].append(item)
+        object.__setattr__(self, "_index", dict(index))
+
+    def match(self, point: Point) -> Learned | None:
+        for item in self._index.get(endpoint_of(point.method, point.path), ()):
+            if item.rule.ignores(point):
+                return item
+        return None
+
+    def describe(self) -> list[str]:
+        """What was learned, from which endpoints and how many samples: lines for the report."""
+        groups = sum(g for _, g, _ in self.examined)
+        lines = [f"noise learned from {groups} groups of identical requests on {len(self.examined)} endpoints"]
+        examined = {endpoint: (g, s) for endpoint, g, s in self.examined}
+        for item in self.learned:
+            of = examined.get(item.endpoint, (item.groups, item.samples))[0]
+            lines.append(f"  {item}  (differed in {item.groups} of {of} groups, {item.samples} responses)")
+        for endpoint, count in self.skipped:
+            lines.append(f"  {endpoint}: {count} groups not used: unsafe method, or responses "
+                         "changed shape or differed outside JSON (state, not noise)")
+        return lines
+
+
+# -- learning noise -----------------------------------------------------------------------------------
+STRUCTURAL = ("dictionary_item_added", "dictionary_item_removed", "iterable_item_added", "iterable_item_removed")
+LEAF = ("values_changed", "type_changes")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # others change state: their answers reflect it
+
+
+def _header_map(response: Response) -> dict[str, tuple[bytes, ...]]:
+    out: dict[str, list[bytes]] = defaultdict(list)
+    for name, value in response.headers:
+        out[name.decode("latin-1").lower()].append(value)
+    return {name: tuple(values) for name, values in out.items()}
+
+
+def _json_body(response: Response):
+    body, problem = _decode(response)
+    if problem is not None or body_kind(response, body) != "json":
+        return _UNPARSED
+    return _load_json(body.decode(_charset(response), "replace"))
+
+
+def _noisy_json_paths(responses: list[Response]) -> set[str] | None:
+    """Generalized JSONPaths whose values differ across `responses`; None if they differ otherwise."""
+    bodies = [_decode(r)[0] for r in responses]
+    if all(body == bodies[0] for body in bodies):
+        return set()
+    docs = [_json_body(r) for r in responses]
+    if any(doc is _UNPARSED for doc in docs):
+        return None
+    paths: set[str] = set()
+    for doc in docs[1:]:
+        tree = DeepDiff(docs[0], doc, view="tree")
+        if any(tree.get(kind) for kind in STRUCTURAL):
+            return None
+        paths.update(generalized_path(level.path(output_format="list")) for kind in LEAF
+                     for level in tree.get(kind, ()))
+    return paths
+
+
+def learn_noise(exchanges: Iterable[Exchange], *, redactor: Redactor = DEFAULT_REDACTOR,
+                max_samples: int = 32) -> NoiseModel:
+    """Learn what varies between recorded responses to identical requests.
+
+    Requests are identical when method, target, body and credential headers (the ones the redactor
+    calls secret: another user's cart is not noise) are equal. Within a group of >= 2 such requests
+    answered with the same status, header names whose values differ and JSON leaf values that differ
+    are noise; list indices are generalized to [*]. Groups of unsafe requests (not GET/HEAD/OPTIONS),
+    and groups whose responses changed shape (keys or list items added or removed) or whose non-JSON
+    bodies differ, show state, not noise: they teach nothing and are counted in `skipped`. Only
+    complete exchanges count; at most `max_samples` responses per group are compared.
+    """
+    groups: dict[tuple, list[Response]] = defaultdict(list)
+    for exchange in exchanges:
+        if exchange.response is None or not exchange.complete:
+            continue
+        request = exchange.request
+        credentials = tuple((k.lower(), v) for k, v in request.headers if redactor.is_secret_header(k))
+        key = (request.method, request.target, request.body, credentials, exchange.response.status)
+        group = groups[key]
+        if len(group) < max_samples:
+            group.append(exchange.response)
+    found: dict[tuple[str, str, str], list[int]] = {}
+    examined: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    skipped: Counter[str] = Counter()
+    for (method, target, *_), responses in groups.items():
+        if len(responses) < 2:
+            continue
+        endpoint = endpoint_of(method, target)
+        paths = _noisy_json_paths(responses) if method in SAFE_METHODS else None
+        if paths is None:
+            skipped[endpoint] += 1
+            continue
+        examined[endpoint][0] += 1
+        examined[endpoint][1] += len(responses)
+        maps = [_header_map(r) for r in responses]
+        names = {name for m in maps for name in m} - VOLATILE_HEADERS - TRANSPORT_HEADERS
+        noisy = [("header", n) for n in sorted(names) if len({m.get(n) for m in maps}) > 1]
+        for part, key in noisy + [("json", p) for p in sorted(paths)]:
+            counts = found.setdefault((endpoint, part, key), [0, 0])
+            counts[0] += 1
+            counts[1] += len(responses)
+    learned = tuple(Learned(endpoint, part, key, g, s) for (endpoint, part, key), (g, s) in sorted(found.items()))
+    return NoiseModel(learned, tuple((e, g, s) for e, (g, s) in sorted(examined.items())),
+                      tuple(sorted(skipped.items())))
+
+
+# -- configuration -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DiffConfig:
+    """What to compare. `rules` may be Rule/Keep objects or rule strings (parsed here: ValueError)."""
+
+    parts: frozenset[str] = frozenset({"status", "body"})
+    headers: tuple[str, ...] = ()  # compared when "headers" in parts; "*" = every header
+    rules: tuple = ()
+    noise: NoiseModel | None = None
+    max_latency_ns: int | None = None
+    max_diffs: int = 10
+    redactor: Redactor = field(default=DEFAULT_REDACTOR, compare=False)
+    ignores: tuple[Rule, ...] = field(default=(), init=False, compare=False, repr=False)
+    keeps: tuple[Rule, ...] = field(default=(), init=False, compare=False, repr=False)
+    masks: tuple[Regex, ...] = field(default=(), init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        parts = frozenset(self.parts)
+        if not parts <= PARTS:
+            raise ValueError(f"unknown parts {sorted(parts - PARTS)}; accepted: {sorted(PARTS)}")
+        rules = parse_rules((self.rules,) if isinstance(self.rules, str) else self.rules)
+        headers = (self.headers,) if isinstance(self.headers, str) else self.headers
+        ignores = tuple(r for r in rules if not isinstance(r, Keep))
+        leaves = [leaf for rule in ignores for leaf in rule.leaves() if isinstance(leaf, Regex)]
+        values = {"parts": parts, "headers": tuple(h.lower() for h in headers), "rules": rules,
+                  "ignores": ignores, "keeps": tuple(r.rule for r in rules if isinstance(r, Keep)),
+                  "masks": tuple(dict.fromkeys(leaves))}
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+DEFAULT_CONFIG = DiffConfig()
+
+
+# -- comparison -----------------------------------------------------------------------------------------
+def _ms(ns: int | None) -> str:
+    return "?" if ns is None else f"{ns / 1e6:.1f} ms"
+
+
+class _Comparison:
+    """Collects differences and ignored counts for one exchange (internal, short-lived)."""
+
+    def __init__(self, config: DiffConfig, request: Request | None) -> None:
+        self.config = config
+        self.method = request.method if request is not None else ""
+        self.path = request.path if request is not None else ""
+        self.differences: list[Difference] = []
+        self.ignored: Counter[str] = Counter()
+        self.framing_differs = False
+
+    def add(self, part: str, path: str, recorded: str, replayed: str) -> None:
+        self.differences.append(Difference(part, path, _short(recorded), _short(replayed)))
+
+    def why_ignored(self, part: str, key: str) -> str | None:
+        point = Point(self.method, self.path, part, key)
+        for rule in self.config.ignores:
+            if rule.ignores(point):
+                return f"rule {rule}"
+        if any(keep.ignores(point) for keep in self.config.keeps):
+            return None
+        if part == "header":
+            if key in VOLATILE_HEADERS:
+                return f"volatile header {key}"
+            if key in TRANSPORT_HEADERS or (key in FRAMING_HEADERS and self.framing_differs):
+                return f"transport header {key}"
+        learned = self.config.noise.match(point) if self.config.noise is not None else None
+        return f"learned noise {learned}" if learned is not None else None
+
+    def unless_ignored(self, part: str, key: str, difference: tuple[str, str, str, str]) -> None:
+        why = self.why_ignored(part, key)
+        if why is None:
+            self.add(*difference)
+        else:
+            self.ignored[why] += 1
+
+    # headers
+    def headers(self, recorded: Response, replayed: Response) -> None:
+        redactor = self.config.redactor
+        old, new = _header_map(recorded), _header_map(replayed)
+        self.framing_differs = any(old.get(n) != new.get(n) for n in ("content-encoding", "transfer-encoding"))
+        names = self.config.headers
+        if "*" in names:
+            names = tuple(dict.fromkeys([*old, *new]))
+        for name in names:
+            a, b = _header_values(name, old.get(name)), _header_values(name, new.get(name))
+            if a != b:
+                shown = [ABSENT if v is None else v if name in HEADER_SHAPES
+                         else mask_text(redactor.header_value(name, v), redactor) for v in (a, b)]
+                self.unless_ignored("header", name, ("header", name, *shown))
+
+    # bodies
+    def body(self, recorded: Response, replayed: Response) -> None:
+        (old, old_problem), (new, new_problem) = _decode(recorded), _decode(replayed)
+        if old == new:
+            return
+        if old_problem or new_problem:
+            self.add("body", "content-encoding", old_problem or "decoded", new_problem or "decoded")
+            return
+        kinds = body_kind(recorded, old), body_kind(replayed, new)
+        masks = self.active_masks()
+        if kinds == ("json", "json"):
+            a = _load_json(old.decode(_charset(recorded), "replace"))
+            b = _load_json(new.decode(_charset(replayed), "replace"))
+            if a is not _UNPARSED and b is not _UNPARSED:
+                return self.json(self.mask_json(a, masks), self.mask_json(b, masks, count=True))
+        if kinds[0] != kinds[1] and "empty" not in kinds:
+            self.add("body", "kind", kinds[0], kinds[1])
+        if "binary" in kinds:
+            return self.add("body", "bytes", _fingerprint(old), _fingerprint(new))
+        a = self.mask_text(old.decode(_charset(recorded), "replace"), masks)
+        b = self.mask_text(new.decode(_charset(replayed), "replace"), masks, count=True)
+        self.text(a, b)
+
+    def active_masks(self) -> tuple[Regex, ...]:
+        return tuple(m for m in self.config.masks
+                     if any(rule.ignores(Point(self.method, self.path, "regex", m.pattern))
+                            for rule in self.config.ignores))
+
+    def mask_text(self, text: str, masks: tuple[Regex, ...], count: bool = False) -> str:
+        for regex in masks:
+            text, n = regex.compiled.subn(PLACEHOLDER, text)
+            if count and n:
+                self.ignored[f"rule {regex} (matches masked)"] += n
+        return text
+
+    def mask_json(self, value, masks: tuple[Regex, ...], count: bool = False):
+        if not masks:
+            return value
+        if isinstance(value, dict):
+            return {k: self.mask_json(v, masks, count) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.mask_json(v, masks, count) for v in value]
+        return self.mask_text(value, masks, count) if isinstance(value, str) else value
+
+    def json(self, a, b) -> None:
+        # Decisions: ignore_order=False, because API arrays carry meaning in their order (sorted
+        # results, pages, timelines) and a reorder is a real change. Numbers: JSON has one number
+        # type, so 1 and 1.0 are equal; that is done at parse time (integral floats become ints),
+        # not with ignore_numeric_type_changes, which would also make true equal to 1.
+        tree = DeepDiff(a, b, ignore_order=False, view="tree")
+        levels = sorted((level for kind in tree for level in tree[kind]), key=_document_order)
+        redactor = self.config.redactor
+        for level in levels:
+            path = readable_path(level.path(output_format="list"))
+            secret = _secret_path(path, redactor)
+            shown = (_json_value(level.t1, redactor, secret), _json_value(level.t2, redactor, secret))
+            self.unless_ignored("json", level.path(), ("body", path, *shown))
+
+    def text(self, a: str, b: str) -> None:
+        old, new = a.splitlines(), b.splitlines()
+        redactor = self.config.redactor
+        matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag == "equal":
+                continue
+            for k in range(max(i2 - i1, j2 - j1)):
+                line_a = old[i1 + k] if i1 + k < i2 else None
+                line_b = new[j1 + k] if j1 + k < j2 else None
+                where = f"line {i1 + k + 1}" if line_a is not None else f"line {j1 + k + 1} (replayed)"
+                self.add("body", where, *(ABSENT if line is None else repr(mask_text(line, redactor))
+                                          for line in (line_a, line_b)))
+
+    def verdict(self, note: str = "") -> Verdict:
+        cap = self.config.max_diffs
+        shown, more = tuple(self.differences[:cap]), max(0, len(self.differences) - cap)
+        ignored = tuple(self.ignored.items())
+        if self.differences:
+            labels = "; ".join(d.label for d in self.differences[:3])
+            summary = f"{len(self.differences)} difference{'s' * (len(self.differences) > 1)}: {labels}"
+            summary += "; …" if len(self.differences) > 3 else ""
+        else:
+            summary = "same response"
+            if ignored:
+                summary += f" ({sum(n for _, n in ignored)} ignored)"
+        return Verdict(not self.differences, shown, ignored, f"{note}{summary}", more)
+
+
+def _document_order(level) -> list[tuple[int, str, int]]:
+    return [(0, "", key) if isinstance(key, int) else (1, str(key), 0) for key in level.path(output_format="list")]
+
+
+def _fingerprint(body: bytes) -> str:
+    return f"{len(body)} bytes, sha256 {hashlib.sha256(body).hexdigest()[:16]}"
+
+
+def _header_values(name: str, values: tuple[bytes, ...] | None) -> str | None:
+    if values is None:
+        return None
+    shape = HEADER_SHAPES.get(name)
+    return ", ".join((shape(v) if shape else v).decode("latin-1") for v in values)
+
+
+def compare(recorded: Response | None, replayed: Response | None, config: DiffConfig = DEFAULT_CONFIG, *,
+            exchange: Exchange | None = None, error: str | None = None, latency_ns: int | None = None,
+            recorded_latency_ns: int | None = None) -> Verdict:
+    """The verdict on one replayed exchange (see the module docstring for the order of checks)."""
+    request = exchange.request if exchange is not None else None
+    check = _Comparison(config, request)
+    note = ""
+    if error is not None:
+        check.add("error", "transport", "", mask_text(error, config.redactor))
+        return check.verdict()
+    if replayed is None:
+        check.add("error", "response", "a response", "no response")
+        return check.verdict()
+    if recorded is None:
+        note = "no recorded response: checked only that the replay answered without a 5xx; "
+        if replayed.status >= 500:
+            check.add("status", "status", "(not recorded)", str(replayed.status))
+    else:
+        if "status" in config.parts and recorded.status != replayed.status:
+            check.add("status", "status", str(recorded.status), str(replayed.status))
+        if "headers" in config.parts:
+            check.headers(recorded, replayed)
+        if "body" in config.parts:
+            check.body(recorded, replayed)
+    cap = config.max_latency_ns
+    if cap is not None and latency_ns is not None and latency_ns > cap:
+        was = f"cap {_ms(cap)}" + (f" (recorded {_ms(recorded_latency_ns)})" if recorded_latency_ns else "")
+        check.add("latency", "latency", was, _ms(latency_ns))
+    return check.verdict(note)
+
+
+# -- rendering -------------------------------------------------------------------------------------------
+def _rescreen(difference: Difference, redactor: Redactor) -> tuple[str, str]:
+    """Mask again with the caller's redactor (it may know more secret names than the config's)."""
+    def screen(value: str) -> str:
+        if value == ABSENT or _masked(value):
+            return value
+        if difference.part == "header" and redactor.is_secret_header(difference.path) \
+                and difference.path not in HEADER_SHAPES:  # shapes carry no values
+            return mask(value)
+        if difference.part == "body" and _secret_path(difference.path, redactor):
+            return mask(value)
+        return _short(mask_text(value, redactor))
+    return screen(difference.recorded), screen(difference.replayed)
+
+
+def render_failure(exchange: Exchange, verdict: Verdict, *, recorded_latency_ns: int | None,
+                   replayed_latency_ns: int | None, replayed_status: int | None,
+                   redactor: Redactor = DEFAULT_REDACTOR) -> str:
+    """The text a failing test item shows: request, status and latency, then the differences."""
+    request = exchange.request
+    recorded_status = exchange.response.status if exchange.response is not None else "(not recorded)"
+    lines = [
+        f"{request.method} {_short(redactor.target(request.target), 200)} HTTP/{request.version}"
+        f"  [{exchange.source}]",
+        f"  recorded: {recorded_status} in {_ms(recorded_latency_ns)}   "
+        f"replayed: {replayed_status if replayed_status is not None else '-'} in {_ms(replayed_latency_ns)}",
+    ]
+    for difference in verdict.differences:
+        old, new = _rescreen(difference, redactor)
+        lines.append("  " + str(Difference(difference.part, difference.path, old, new)))
+    if verdict.more:
+        lines.append(f"  ... and {verdict.more} more")
+    if verdict.ignored:
+        ignored = ", ".join(f"{why} ({n})" for why, n in verdict.ignored[:5])
+        rest = len(verdict.ignored) - 5
+        lines.append(f"  ignored: {mask_text(ignored, redactor)}" + (f" and {rest} more reasons" if rest > 0 else ""))
+    return "\n".join(lines)

@@ -1,0 +1,325 @@
+"""The replay engine (pytest_replay.schedule.engine) with a fake clock and a recording fake target.
+
+Under FakeClock time moves only when every coroutine waits, and jumps to the next deadline: the
+deadlines, lateness and overlaps asserted here are exact nanoseconds, not tolerances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import threading
+import time
+
+import pytest
+
+from pytest_replay.http.message import Exchange, Request, Response, Source
+from pytest_replay.schedule.clock import FakeClock, RealClock
+from pytest_replay.schedule.engine import Engine
+from pytest_replay.schedule.plan import PlannedRequest, Timing, build_plan
+from pytest_replay.targets.base import APP_ERROR, CANCELLED, REFUSED, TIMEOUT, TargetError
+
+MS = 1_000_000
+LEAD = 50 * MS
+REQ = Request.build("GET", "/x", ((b"Host", b"example"),))
+
+
+class Recorder:
+    """A target that records each send (key, lane, time) and answers after `latency(planned)` ns of
+    clock time. `hang` keys never answer; `fail` maps keys to exceptions to raise."""
+
+    name = "recorder"
+
+    def __init__(self, latency=0, hang=(), fail=None):
+        self.latency = latency if callable(latency) else (lambda planned: latency)
+        self.hang = set(hang)
+        self.fail = fail or {}
+        self.sends: list[tuple[int, str, int]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.cancelled: list[int] = []
+        self.closed_lanes: list[str] = []
+        self.closed = False
+
+    async def start(self):
+        pass
+
+    async def send(self, planned, clock):
+        sent = clock.now_ns()
+        self.sends.append((planned.key, planned.lane, sent))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if planned.key in self.fail:
+                raise self.fail[planned.key]
+            if planned.key in self.hang:
+                await asyncio.get_running_loop().create_future()
+            latency = self.latency(planned)
+            if latency:
+                await clock.sleep_until(sent + latency)
+            done = clock.now_ns()
+            return Response.build(200, "OK", body=str(planned.key).encode()), sent, done, done
+        except asyncio.CancelledError:
+            self.cancelled.append(planned.key)
+            raise
+        finally:
+            self.in_flight -= 1
+
+    def close_lane(self, lane):
+        self.closed_lanes.append(lane)
+
+    async def close(self):
+        self.closed = True
+
+
+def plan_of(rows):
+    """rows: (offset_ns, lane) in plan order; keys are 0..n-1."""
+    return [PlannedRequest(i, offset, lane, REQ, b"") for i, (offset, lane) in enumerate(rows)]
+
+
+def run(plan, target, **kwargs):
+    engine = Engine(plan, target, clock=FakeClock(), **kwargs)
+    observations = asyncio.run(engine.run())
+    return engine, {o.key: o for o in observations}
+
+
+def exchange(index, ts_ns, connection):
+    return Exchange(index, REQ, None, ts_ns, None, connection, 0, Source("capture.gor", 0))
+
+
+# -- deadlines ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("timing, expected", [
+    (Timing(speed=2.0), [0, 500 * MS, 1500 * MS, 3000 * MS, 3000 * MS + 5 * MS]),
+    (Timing(rate=100.0), [0, 10 * MS, 20 * MS, 30 * MS, 40 * MS]),
+    (Timing(speed=1.0, max_wait_ns=1500 * MS), [0, 1000 * MS, 2500 * MS, 4000 * MS, 4010 * MS]),
+    (Timing(speed=0), [0, 0, 0, 0, 0]),
+])
+def test_requests_go_exactly_at_t0_plus_offset(timing, expected):
+    stamps = [0, 1000 * MS, 3000 * MS, 6000 * MS, 6010 * MS]
+    exchanges = [exchange(i, ts, f"conn{i % 2}") for i, ts in enumerate(stamps)]
+    plan = build_plan(exchanges, timing, lambda e: e.request.raw)
+    assert [p.offset_ns for p in plan] == expected
+    engine, obs = run(plan, Recorder(latency=MS), concurrency=64)
+    assert engine.t0_ns == LEAD  # FakeClock starts at 0; t0 = now + lead_ns
+    for p in plan:
+        o = obs[p.key]
+        assert o.ok and o.deadline_ns == LEAD + p.offset_ns
+        if timing.speed != 0:
+            assert o.sent_ns == o.deadline_ns and o.lateness_ns == 0
+    assert engine.progress().completed == 5 and engine.progress().errors == 0
+
+
+def test_speed_zero_sends_everything_at_once_per_lane_in_order():
+    plan = plan_of([(0, f"lane{i % 3}") for i in range(12)])
+    target = Recorder(latency=2 * MS)
+    _, obs = run(plan, target)
+    for lane in ("lane0", "lane1", "lane2"):
+        sent = [(k, t) for k, l, t in target.sends if l == lane]
+        assert [k for k, _ in sent] == sorted(k for k, _ in sent)  # plan order within the lane
+        assert [t for _, t in sent] == [LEAD + 2 * MS * i for i in range(4)]  # back to back
+    assert target.max_in_flight == 3  # the three lanes run concurrently
+
+
+# -- lanes, lateness, concurrency ---------------------------------------------------------------------------
+def test_busy_lane_makes_its_next_request_late_by_exactly_the_wait():
+    # lane A: requests at 0, 1, 2, 10 ms; each answer takes 2.5 ms -> 2nd waits 1.5 ms, 3rd 3 ms.
+    plan = plan_of([(0, "A"), (1 * MS, "A"), (2 * MS, "A"), (10 * MS, "A")])
+    _, obs = run(plan, Recorder(latency=2_500_000))
+    assert [obs[k].lateness_ns for k in range(4)] == [0, 1_500_000, 3_000_000, 0]
+    assert [obs[k].sent_ns - LEAD for k in range(4)] == [0, 2_500_000, 5_000_000, 10 * MS]
+
+
+def test_lanes_are_concurrent_and_a_slow_lane_does_not_delay_others():
+    # lane A's first request takes 50 ms; lane B sends every 5 ms meanwhile, each exactly on time.
+    rows = [(0, "A")] + [(i * 5 * MS, "B") for i in range(1, 8)] + [(20 * MS, "A")]
+    plan = plan_of(rows)
+    target = Recorder(latency=lambda p: 50 * MS if p.key == 0 else MS)
+    _, obs = run(plan, target)
+    for key in range(1, 8):
+        assert obs[key].lateness_ns == 0
+    assert obs[8].lateness_ns == 30 * MS  # A's second request waited for A's first answer
+    assert target.max_in_flight == 2
+
+
+def test_concurrency_bound_is_respected_and_waiting_shows_as_lateness():
+    plan = plan_of([(0, f"L{i}") for i in range(10)])
+    target = Recorder(latency=10 * MS)
+    _, obs = run(plan, target, concurrency=3)
+    assert target.max_in_flight == 3
+    late = sorted(o.lateness_ns for o in obs.values())
+    assert late == [0] * 3 + [10 * MS] * 3 + [20 * MS] * 3 + [30 * MS]  # FIFO slots, in waves
+
+
+def test_lateness_never_accumulates():
+    # 1000 requests 1 ms apart, round robin on 4 lanes, each answered in 0.9 ms: all on time, and a
+    # 20 ms stall of one early request only delays its own lane until it catches up.
+    rows = [(i * MS, f"L{i % 4}") for i in range(1000)]
+    target = Recorder(latency=lambda p: 20 * MS if p.key == 10 else 900_000)
+    _, obs = run(plan_of(rows), target)
+    lateness = [obs[k].lateness_ns for k in range(1000)]
+    late_keys = [k for k, v in enumerate(lateness) if v]
+    assert late_keys and all(k % 4 == 2 and k < 40 for k in late_keys)  # lane L2 right after the stall
+    assert lateness[-100:] == [0] * 100
+
+
+def test_unordered_plan_is_sorted_by_offset():
+    plan = [PlannedRequest(0, 5 * MS, "A", REQ, b""), PlannedRequest(1, 1 * MS, "B", REQ, b"")]
+    target = Recorder()
+    _, obs = run(plan, target)
+    assert [k for k, _, _ in target.sends] == [1, 0]
+    assert obs[0].lateness_ns == 0 and obs[1].lateness_ns == 0
+
+
+def test_duplicate_keys_are_rejected():
+    with pytest.raises(ValueError):
+        Engine([PlannedRequest(1, 0, "A", REQ, b"")] * 2, Recorder())
+
+
+def test_close_lane_is_called_after_each_lanes_last_request():
+    plan = plan_of([(0, "A"), (MS, "B"), (2 * MS, "A")])
+    target = Recorder()
+    run(plan, target)
+    assert sorted(target.closed_lanes) == ["A", "B"] and target.closed
+
+
+# -- errors ----------------------------------------------------------------------------------------------------
+def test_target_exceptions_become_that_requests_observation():
+    fail = {1: RuntimeError("boom"), 2: TargetError(REFUSED, "connection refused by x:1", sent_ns=LEAD + 7)}
+    plan = plan_of([(0, "A"), (MS, "A"), (2 * MS, "A"), (3 * MS, "A")])
+    engine, obs = run(plan, Recorder(fail=fail))
+    assert obs[0].ok and obs[3].ok
+    assert obs[1].error_kind == APP_ERROR and obs[1].error.startswith("RuntimeError: boom")
+    assert obs[2].error_kind == REFUSED and obs[2].sent_ns == LEAD + 7
+    progress = engine.progress()
+    assert (progress.sent, progress.completed, progress.errors) == (4, 4, 2)
+
+
+def test_timeout_gives_timeout_observation_and_the_lane_goes_on():
+    plan = plan_of([(0, "A"), (MS, "A")])
+    target = Recorder(hang={0})
+    started = time.monotonic()
+    _, obs = run(plan, target, timeout_s=0.05)  # the timeout runs on the loop's real time
+    assert time.monotonic() - started < 2
+    assert obs[0].error_kind == TIMEOUT and "0.05 s" in obs[0].error
+    assert target.cancelled == [0]  # the target saw the cancellation (and drops its connection)
+    assert obs[1].ok
+
+
+def test_start_failure_is_reported_and_waits_return():
+    class Broken(Recorder):
+        async def start(self):
+            raise OSError("no way")
+
+    engine = Engine(plan_of([(0, "A")]), Broken(), clock=RealClock(), lead_ns=0)
+    engine.start()
+    obs = engine.wait(0, timeout=5)
+    assert obs.error_kind == CANCELLED and "engine failed" in obs.error and "no way" in obs.error
+    assert engine.stop().failure.startswith("OSError")
+
+
+# -- the thread API ----------------------------------------------------------------------------------------------
+def test_threaded_run_wait_and_progress():
+    plan = plan_of([(i * 100_000, f"L{i % 8}") for i in range(2000)])
+    engine = Engine(plan, Recorder(latency=50_000), lead_ns=MS)
+    before = sys.getswitchinterval()
+    engine.start()
+    assert sys.getswitchinterval() <= 0.0002 + 1e-9
+    assert gc.get_freeze_count() > 0
+    got = [engine.wait(k, timeout=10) for k in range(0, 2000, 7)]
+    assert all(o.ok for o in got)
+    progress = engine.stop()
+    assert progress.completed == 2000 and progress.sent == 2000 and not progress.running
+    assert len(engine.observations()) == 2000
+    assert sys.getswitchinterval() == before and gc.get_freeze_count() == 0
+    with pytest.raises(KeyError):
+        engine.wait(99999)
+
+
+def test_wait_timeout_raises_timeouterror():
+    engine = Engine(plan_of([(10_000 * MS, "A")]), Recorder(), lead_ns=0)
+    engine.start()
+    try:
+        with pytest.raises(TimeoutError):
+            engine.wait(0, timeout=0.05)
+    finally:
+        engine.stop(cancel=True)
+
+
+def test_stop_cancel_is_prompt_and_waits_get_cancelled_observations():
+    # 5,000 requests over 10 s; lane L0 hangs on its first request (in flight when we stop).
+    plan = plan_of([(i * 2 * MS, f"L{i % 10}") for i in range(5000)])
+    target = Recorder(latency=100_000, hang={0})
+    engine = Engine(plan, target, lead_ns=0)
+    engine.start()
+    time.sleep(0.3)
+    waiter_result = []
+    waiter = threading.Thread(target=lambda: waiter_result.append(engine.wait(4999)))
+    waiter.start()
+    started = time.monotonic()
+    progress = engine.stop(cancel=True)
+    assert time.monotonic() - started < 1.0
+    waiter.join(1.0)
+    assert waiter_result and waiter_result[0].error_kind == CANCELLED
+    assert "stopped" in waiter_result[0].error and waiter_result[0].lateness_ns == 0
+    assert progress.cancelled and not progress.running and 0 < progress.completed < 5000
+    in_flight = engine.wait(0)
+    assert in_flight.error_kind == CANCELLED and "in flight" in in_flight.error
+    assert 0 in target.cancelled and target.closed
+    t0 = time.monotonic()
+    assert engine.wait(4000).error_kind == CANCELLED and time.monotonic() - t0 < 0.1
+    done = [o for o in engine.observations() if o.ok]
+    assert len(done) == progress.completed - progress.errors
+
+
+def test_fake_clock_wakes_concurrent_sleepers_in_deadline_order():
+    clock = FakeClock()
+    woke = []
+
+    async def sleeper(name, deadline):
+        await clock.sleep_until(deadline)
+        woke.append((name, clock.now_ns()))
+
+    async def main():
+        await asyncio.gather(sleeper("c", 30), sleeper("a", 10), sleeper("b", 20), sleeper("now", 0))
+
+    asyncio.run(main())
+    assert woke == [("now", 0), ("a", 10), ("b", 20), ("c", 30)]
+
+
+def test_real_clock_sleep_until_is_precise():
+    clock = RealClock()
+
+    async def main():
+        late = []
+        for _ in range(50):
+            deadline = clock.now_ns() + 300_000
+            await clock.sleep_until(deadline)
+            late.append(clock.now_ns() - deadline)
+        clock.close()
+        return late
+
+    late = sorted(asyncio.run(main()))
+    assert late[0] >= 0
+    assert late[len(late) // 2] < 2 * MS  # typically ~30 us with the timerfd; generous for loaded CI
+
+
+def test_empty_plan_finishes_at_once():
+    engine, obs = run([], Recorder())
+    assert obs == {} and engine.finished and engine.progress().planned == 0
+
+
+def test_cancelling_run_from_outside_propagates_after_cleanup():
+    target = Recorder(hang={0})
+    engine = Engine(plan_of([(0, "A"), (MS, "B")]), target, clock=FakeClock())
+
+    async def main():
+        task = asyncio.ensure_future(engine.run())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert engine.finished and target.closed and engine.wait(0).error_kind == CANCELLED

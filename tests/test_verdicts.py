@@ -1,0 +1,544 @@
+"""Per-exchange verdicts: decoding, rules, noise, compare() and render_failure()."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import re
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_replay.capture import load
+from pytest_replay.demo import make_app
+from pytest_replay.http.message import Exchange, Request, Response, Source
+from pytest_replay.policy.redact import Redactor, mask
+from pytest_replay.verdicts.diff import (DiffConfig, NoiseModel, body_kind, compare, decode_body, learn_noise,
+                                         mask_text, render_failure)
+from pytest_replay.verdicts.rules import (ACCEPTED_FORMS, Endpoint, Header, Json, Keep, Point, Regex,
+                                          jsonpath_regex, parse_rule)
+
+DEMO = Path(__file__).resolve().parent.parent / "fixtures" / "captures" / "demo" / "demo.pcap"
+JSON = ((b"Content-Type", b"application/json"),)
+
+
+def resp(status=200, body=b"", headers=JSON, **kw) -> Response:
+    if not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+    return Response.build(status, "OK", tuple(headers), body, **kw)
+
+
+def exchange(target="/api/search?q=tea", method="GET", response=None, headers=(), body=b"", index=0):
+    request = Request.build(method, target, tuple(headers), body)
+    return Exchange(index, request, response, 1_000_000 * index, 1_000_000 * index + 300_000,
+                    "10.0.0.1:5000 -> 10.0.0.2:80", index, Source("test.pcap", 0, frames=(1, 2)))
+
+
+def verdict(recorded, replayed, config=DiffConfig(), **kw):
+    return compare(recorded, replayed, config, **kw)
+
+
+# -- decoding and kinds --------------------------------------------------------------------------------
+PAYLOAD = b'{"a": 1, "b": [1, 2, 3]}' * 20
+raw_deflate = zlib.compressobj(wbits=-15)
+RAW_DEFLATE = raw_deflate.compress(PAYLOAD) + raw_deflate.flush()
+
+
+@pytest.mark.parametrize("coding, body", [
+    (b"gzip", gzip.compress(PAYLOAD)),
+    (b"x-gzip", gzip.compress(PAYLOAD)),
+    (b"deflate", zlib.compress(PAYLOAD)),
+    (b"deflate", RAW_DEFLATE),
+    (b"deflate, gzip", gzip.compress(zlib.compress(PAYLOAD))),  # listed in the order applied
+    (b"identity", PAYLOAD),
+])
+def test_decode_body(coding, body):
+    assert decode_body(resp(body=body, headers=JSON + ((b"Content-Encoding", coding),))) == PAYLOAD
+
+
+def test_undecodable_body_is_left_alone_and_reported():
+    broken = resp(body=b"not gzip at all", headers=JSON + ((b"Content-Encoding", b"gzip"),))
+    assert decode_body(broken) == b"not gzip at all"
+    result = verdict(resp(body=PAYLOAD), broken)
+    assert not result.passed
+    assert result.differences[0].path == "content-encoding" and "undecodable gzip" in result.differences[0].replayed
+
+
+@pytest.mark.parametrize("content_type, body, kind", [
+    (b"application/json", b'{"a":1}', "json"),
+    (b"application/problem+json; charset=utf-8", b'{"a":1}', "json"),
+    (b"application/x-ndjson", b'{"a":1}\n{"a":2}\n', "text"),
+    (b"text/html", b"<p>hi</p>", "text"),
+    (b"application/xml", b"<a/>", "text"),
+    (b"application/javascript", b"var a", "text"),
+    (b"application/x-www-form-urlencoded", b"a=1&b=2", "text"),
+    (b"image/png", b"\x89PNG\r\n", "binary"),
+    (None, b'[1, 2]', "json"),
+    (None, b"plain words\nand lines", "text"),
+    (None, b"\x00\x01\x02\xff\xfe", "binary"),
+    (b"application/json", b"", "empty"),
+])
+def test_body_kind(content_type, body, kind):
+    headers = ((b"Content-Type", content_type),) if content_type else ()
+    assert body_kind(resp(body=body, headers=headers), body) == kind
+
+
+# -- compare: status, JSON, text, binary ----------------------------------------------------------------
+def test_identical_responses_pass():
+    result = verdict(resp(body={"a": 1}), resp(body={"a": 1}))
+    assert result.passed and result.differences == () and result.summary == "same response"
+
+
+def test_status_change_fails():
+    result = verdict(resp(200, {"a": 1}), resp(500, {"a": 1}))
+    assert not result.passed
+    assert [(d.part, d.recorded, d.replayed) for d in result.differences] == [("status", "200", "500")]
+    assert "status 200 -> 500" in result.summary
+
+
+def test_renamed_json_field_shows_the_path():
+    recorded = resp(body={"user": {"id": 1, "display_name": "Alice Martin"}})
+    replayed = resp(body={"user": {"id": 1, "displayName": "Alice Martin"}})
+    result = verdict(recorded, replayed)
+    found = {(d.path, d.recorded, d.replayed) for d in result.differences}
+    assert found == {("$.user.display_name", '"Alice Martin"', "(absent)"),
+                     ("$.user.displayName", "(absent)", '"Alice Martin"')}
+
+
+def test_json_whitespace_and_key_order_do_not_matter():
+    assert verdict(resp(body=b'{"a": 1, "b": [1,2]}'), resp(body=b'{"b":[1, 2],"a":1}')).passed
+
+
+@pytest.mark.parametrize("old, new, passes", [
+    (b'{"n": 1}', b'{"n": 1.0}', True),  # JSON has one number type
+    (b'{"n": 1e2}', b'{"n": 100}', True),
+    (b'{"n": 1}', b'{"n": 1.5}', False),
+    (b'{"n": 1}', b'{"n": true}', False),  # not equal, although Python says True == 1
+    (b'{"n": 0}', b'{"n": false}', False),
+    (b'{"n": 1}', b'{"n": "1"}', False),
+    (b'{"n": null}', b'{"n": 0}', False),
+    (b'[1, 2, 3]', b'[3, 2, 1]', False),  # order of arrays matters
+])
+def test_json_number_types_and_order(old, new, passes):
+    assert verdict(resp(body=old), resp(body=new)).passed is passes
+
+
+def test_gzip_and_identity_bodies_with_equal_content_pass():
+    body = json.dumps({"items": list(range(50))}).encode()
+    gzipped = resp(body=gzip.compress(body), headers=JSON + ((b"Content-Encoding", b"gzip"),
+                                                             (b"Content-Length", b"99")))
+    plain = resp(body=body, headers=JSON + ((b"Content-Length", str(len(body)).encode()),))
+    config = DiffConfig(parts=frozenset({"status", "headers", "body"}), headers=("content-length",))
+    result = verdict(gzipped, plain, config)
+    assert result.passed  # and Content-Length is framing: ignored when the encodings differ
+    assert result.ignored == (("transport header content-length", 1),)
+
+
+def test_text_bodies_are_diffed_line_by_line():
+    text = (("Content-Type", "text/plain"),)
+    headers = tuple((k.encode(), v.encode()) for k, v in text)
+    old = b"".join(b"line %d\n" % i for i in range(1, 21))
+    new = old.replace(b"line 12\n", b"line twelve\n") + b"line 21\n"
+    result = verdict(resp(body=old, headers=headers), resp(body=new, headers=headers))
+    assert [(d.path, d.recorded, d.replayed) for d in result.differences] == [
+        ("line 12", "'line 12'", "'line twelve'"), ("line 21 (replayed)", "(absent)", "'line 21'")]
+
+
+def test_binary_bodies_are_compared_by_size_and_hash():
+    png = ((b"Content-Type", b"image/png"),)
+    result = verdict(resp(body=b"\x89PNG" + bytes(100), headers=png), resp(body=b"\x89PNG" + bytes(90), headers=png))
+    (difference,) = result.differences
+    assert difference.path == "bytes"
+    assert re.fullmatch(r"104 bytes, sha256 [0-9a-f]{16}", difference.recorded)
+    assert difference.replayed.startswith("94 bytes, sha256 ")
+
+
+def test_json_replaced_by_html_reports_the_kind():
+    html = ((b"Content-Type", b"text/html"),)
+    result = verdict(resp(body={"ok": True}), resp(body=b"<h1>Bad gateway</h1>", headers=html))
+    assert result.differences[0].path == "kind"
+    assert (result.differences[0].recorded, result.differences[0].replayed) == ("json", "text")
+
+
+# -- headers -------------------------------------------------------------------------------------------
+HEADERS = frozenset({"status", "headers", "body"})
+
+
+def test_headers_are_compared_only_when_named():
+    old = resp(body={}, headers=JSON + ((b"X-Cache", b"HIT"), (b"X-Version", b"1")))
+    new = resp(body={}, headers=JSON + ((b"X-Cache", b"MISS"), (b"X-Version", b"2")))
+    assert verdict(old, new).passed  # headers are not in the default parts
+    assert verdict(old, new, DiffConfig(parts=HEADERS)).passed  # none named
+    result = verdict(old, new, DiffConfig(parts=HEADERS, headers=("X-Version",)))
+    assert [(d.part, d.path, d.recorded, d.replayed) for d in result.differences] == [
+        ("header", "x-version", "1", "2")]
+
+
+def test_default_volatile_and_transport_headers_are_ignored():
+    old = resp(body={}, headers=JSON + ((b"Date", b"Mon, 01 Jan 2024 00:00:00 GMT"), (b"X-Request-Id", b"a1"),
+                                        (b"Server", b"uvicorn"), (b"ETag", b'"1"')))
+    new = resp(body={}, headers=JSON + ((b"Date", b"Tue, 02 Jan 2024 00:00:00 GMT"), (b"X-Request-Id", b"b2"),
+                                        (b"ETag", b'"2"')))
+    result = verdict(old, new, DiffConfig(parts=HEADERS, headers=("*",)))
+    assert result.passed
+    assert dict(result.ignored) == {"volatile header date": 1, "volatile header x-request-id": 1,
+                                    "transport header server": 1, "volatile header etag": 1}
+    assert "4 ignored" in result.summary
+    kept = verdict(old, new, DiffConfig(parts=HEADERS, headers=("*",), rules=("keep:header:Date",)))
+    assert [d.path for d in kept.differences] == ["date"]
+
+
+def test_set_cookie_is_compared_by_shape_not_value():
+    def cookie(value):
+        return resp(body={}, headers=JSON + ((b"Set-Cookie", value),))
+    config = DiffConfig(parts=HEADERS, headers=("set-cookie",))
+    assert verdict(cookie(b"session=abc; HttpOnly; Max-Age=60"), cookie(b"session=xyz; HttpOnly; Max-Age=99"),
+                   config).passed
+    result = verdict(cookie(b"session=abc; HttpOnly"), cookie(b"session=abc"), config)
+    assert not result.passed and "abc" not in repr(result)
+    assert str(result.differences[0]) == "header set-cookie: session=...; HttpOnly -> session=..."
+
+
+# -- rules ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, expected", [
+    ("header:X-Cache", Header("x-cache")),
+    ("json:$.request_id", Json("$.request_id")),
+    ("regex:\\d{4}-\\d\\d", Regex("\\d{4}-\\d\\d")),
+    ("regex:a: b", Regex("a: b")),
+    ("keep:json:$.total", Keep(Json("$.total"))),
+    ("GET /api/search: json:$.generated_at", Endpoint("GET", "/api/search") & Json("$.generated_at")),
+    ("keep:GET /api/search: json:$.total", Keep(Endpoint("GET", "/api/search") & Json("$.total"))),
+    ("GET /api/search: keep:json:$.total", Keep(Endpoint("GET", "/api/search") & Json("$.total"))),
+    ("/api/users/{id}: header:etag", Endpoint(None, "/api/users/{id}") & Header("etag")),
+])
+def test_parse_rule(text, expected):
+    assert parse_rule(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "", "headers:x", "date", "header:", "header:bad name", "json:request_id", "json:$.a[", "json:$..",
+    "regex:(", "regex:", "keep:", "GET api/search: json:$.a", "get /x: json:$.a", "GET /x: nope:1",
+])
+def test_bad_rule_strings_name_the_accepted_forms(text):
+    with pytest.raises(ValueError) as info:
+        parse_rule(text)
+    assert ACCEPTED_FORMS in str(info.value) and repr(text) in str(info.value)
+
+
+def test_bad_rule_in_config_fails_at_configuration_time():
+    with pytest.raises(ValueError, match="accepted forms"):
+        DiffConfig(rules=("jsn:$.a",))
+    with pytest.raises(ValueError, match="accepted"):
+        DiffConfig(parts=frozenset({"status", "bodies"}))
+
+
+@pytest.mark.parametrize("path, deepdiff_path, matches", [
+    ("$.request_id", "root['request_id']", True),
+    ("$.request_id", "root['request_id_2']", False),
+    ("$.user", "root['user']['name']", True),  # a location covers what is below it
+    ("$.items[*].updated_at", "root['items'][3]['updated_at']", True),
+    ("$.items[*].updated_at", "root['items'][3]['created_at']", False),
+    ("$.items[0].id", "root['items'][1]['id']", False),
+    ("$..etag", "root['etag']", True),
+    ("$..etag", "root['a'][2]['b']['etag']", True),
+    ("$..etag", "root['a']['etags']", False),
+    ("$.*.id", "root['x']['id']", True),
+    ("$['odd key']", "root['odd key']", True),
+    ("$[\"it's\"]", "root[\"it's\"]", True),
+    ("root['request_id']", "root['request_id']", True),
+    ("root['items'][0]", "root['items'][0]['x']", True),
+    ("root['items'][0]", "root['items'][10]", False),
+])
+def test_json_paths_translate_to_deepdiff_regexes(path, deepdiff_path, matches):
+    assert (re.search(jsonpath_regex(path), deepdiff_path) is not None) is matches
+    assert Json(path).ignores(Point("GET", "/", "json", deepdiff_path)) is matches
+
+
+def test_rules_compose_with_and_or_invert():
+    search = Point("GET", "/api/search", "json", "root['generated_at']")
+    users = Point("GET", "/api/users/7", "json", "root['generated_at']")
+    rule = Endpoint("GET", "/api/search") & Json("$.generated_at")
+    assert rule.ignores(search) and not rule.ignores(users)
+    assert (rule | Endpoint(None, "/api/users/{id}")).ignores(users)
+    assert (~Endpoint("GET", "/api/search") & Json("$..generated_at")).ignores(users)
+    assert not (~Json("$.generated_at")).ignores(search)
+    assert Endpoint("GET", r"^/api/users/\d+").ignores(users) and Endpoint("GET", "/api/users/7").ignores(users)
+    assert str(rule) == "GET /api/search: json:$.generated_at"
+
+
+def test_json_rule_ignores_and_counts():
+    old = resp(body={"total": 3, "request_id": "a", "items": [{"id": 1, "updated_at": "t1"}]})
+    new = resp(body={"total": 3, "request_id": "b", "items": [{"id": 1, "updated_at": "t2"}]})
+    config = DiffConfig(rules=("json:$.request_id", "json:$.items[*].updated_at"))
+    result = verdict(old, new, config)
+    assert result.passed
+    assert dict(result.ignored) == {"rule json:$.request_id": 1, "rule json:$.items[*].updated_at": 1}
+    assert not verdict(old, new, DiffConfig(rules=("json:root['request_id']",))).passed
+
+
+def test_regex_rule_masks_text_and_json_strings():
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    old = resp(body={"msg": "built 2024-01-01T10:00:00Z ok", "n": 1})
+    new = resp(body={"msg": "built 2024-06-30T23:59:59Z ok", "n": 1})
+    assert not verdict(old, new).passed
+    result = verdict(old, new, DiffConfig(rules=(f"regex:{stamp}",)))
+    assert result.passed and result.ignored == ((f"rule regex:{stamp} (matches masked)", 1),)
+    text = ((b"Content-Type", b"text/plain"),)
+    assert verdict(resp(body=b"at 2024-01-01T10:00:00Z\n", headers=text),
+                   resp(body=b"at 2025-01-01T10:00:00Z\n", headers=text), DiffConfig(rules=(f"regex:{stamp}",))).passed
+    # a masked value still has to be there: "built ok" is not "built <timestamp> ok"
+    assert not verdict(old, resp(body={"msg": "built ok", "n": 1}), DiffConfig(rules=(f"regex:{stamp}",))).passed
+
+
+def test_scoped_rule_applies_only_to_its_endpoint():
+    config = DiffConfig(rules=("GET /api/search: json:$.generated_at",))
+    old, new = resp(body={"generated_at": "t1"}), resp(body={"generated_at": "t2"})
+    assert verdict(old, new, config, exchange=exchange("/api/search?q=tea")).passed
+    assert not verdict(old, new, config, exchange=exchange("/api/search?q=tea", method="POST")).passed
+    assert not verdict(old, new, config, exchange=exchange("/api/users/3")).passed
+    templated = DiffConfig(rules=("GET /api/users/{id}: json:$.generated_at",))
+    assert verdict(old, new, templated, exchange=exchange("/api/users/3")).passed
+    assert not verdict(old, new, templated, exchange=exchange("/api/users/3/orders")).passed
+    scoped_regex = DiffConfig(rules=(r"GET /api/search: regex:t\d",))
+    assert verdict(old, new, scoped_regex, exchange=exchange("/api/search?q=x")).passed
+    assert not verdict(old, new, scoped_regex, exchange=exchange("/api/other")).passed
+
+
+# -- learned noise -------------------------------------------------------------------------------------
+def search_capture():
+    bodies = [{"query": "tea", "total": 3, "request_id": f"id-{i}", "results": [{"id": 8}, {"id": 9}]}
+              for i in range(3)]
+    recorded = [exchange("/api/search?q=tea", response=resp(body=b), index=i) for i, b in enumerate(bodies)]
+    return recorded + [exchange("/api/other", response=resp(body={"request_id": "x"}), index=5)]
+
+
+def test_learned_noise_ignores_request_id_but_not_total():
+    model = learn_noise(search_capture())
+    assert [str(item) for item in model.learned] == ["GET /api/search: json:$.request_id"]
+    assert model.learned[0].samples == 3 and model.learned[0].groups == 1
+    assert any("GET /api/search: json:$.request_id" in line and "3 responses" in line for line in model.describe())
+    config = DiffConfig(noise=model)
+    recorded = search_capture()[0]
+    same_but_id = resp(body={"query": "tea", "total": 3, "request_id": "new", "results": [{"id": 8}, {"id": 9}]})
+    other_total = resp(body={"query": "tea", "total": 4, "request_id": "new", "results": [{"id": 8}, {"id": 9}]})
+    result = verdict(recorded.response, same_but_id, config, exchange=recorded)
+    assert result.passed and result.ignored == (("learned noise GET /api/search: json:$.request_id", 1),)
+    failed = verdict(recorded.response, other_total, config, exchange=recorded)
+    assert [d.path for d in failed.differences] == ["$.total"]
+    # noise is per endpoint: /api/other has a single sample, its request_id is not noise
+    other = search_capture()[-1]
+    assert not verdict(other.response, resp(body={"request_id": "y"}), config, exchange=other).passed
+
+
+def test_keep_rule_overrides_noise():
+    model = learn_noise(search_capture())
+    recorded = search_capture()[0]
+    replayed = resp(body={"query": "tea", "total": 3, "request_id": "new", "results": [{"id": 8}, {"id": 9}]})
+    kept = DiffConfig(noise=model, rules=("keep:GET /api/search: json:$.request_id",))
+    assert [d.path for d in verdict(recorded.response, replayed, kept, exchange=recorded).differences] == [
+        "$.request_id"]
+    # a user's own ignore rule still wins over keep
+    both = DiffConfig(noise=model, rules=("keep:json:$.request_id", "json:$.request_id"))
+    assert verdict(recorded.response, replayed, both, exchange=recorded).passed
+
+
+def test_learning_skips_state_changes_and_other_users():
+    cart = [exchange("/api/cart", response=resp(body={"items": list(range(i))}), index=i,
+                     headers=((b"Authorization", b"Bearer same"),)) for i in range(1, 4)]
+    users = [exchange("/api/me", response=resp(body={"name": name}), index=i,
+                      headers=((b"Cookie", f"s={name}".encode()),)) for i, name in enumerate(["alice", "bob"])]
+    writes = [exchange("/api/cart/items", method="POST", body=b"{}", response=resp(body={"n": i}), index=i)
+              for i in range(2)]
+    model = learn_noise(cart + users + writes)
+    assert model.learned == ()
+    assert dict(model.skipped) == {"GET /api/cart": 1, "POST /api/cart/items": 1}
+
+
+def test_learned_headers():
+    capture = [exchange("/x", response=resp(body={}, headers=JSON + ((b"X-Backend", f"pod-{i}".encode()),)),
+                        index=i) for i in range(2)]
+    model = learn_noise(capture)
+    assert [str(item) for item in model.learned] == ["GET /x: header:x-backend"]
+    config = DiffConfig(parts=HEADERS, headers=("x-backend",), noise=model)
+    replayed = resp(body={}, headers=JSON + ((b"X-Backend", b"pod-9"),))
+    assert verdict(capture[0].response, replayed, config, exchange=capture[0]).passed
+
+
+# -- latency, missing responses, errors, caps -------------------------------------------------------------
+def test_latency_cap():
+    config = DiffConfig(max_latency_ns=50_000_000)
+    assert verdict(resp(body={}), resp(body={}), config, latency_ns=49_000_000).passed
+    result = verdict(resp(body={}), resp(body={}), config, latency_ns=52_100_000, recorded_latency_ns=300_000)
+    assert [(d.part, d.recorded, d.replayed) for d in result.differences] == [
+        ("latency", "cap 50.0 ms (recorded 0.3 ms)", "52.1 ms")]
+
+
+def test_recorded_none_checks_only_for_a_non_5xx_answer():
+    result = verdict(None, resp(404, {"whatever": 1}))
+    assert result.passed and result.summary.startswith("no recorded response: checked only")
+    failed = verdict(None, resp(503, b""))
+    assert not failed.passed and failed.differences[0].replayed == "503"
+    assert not verdict(None, None).passed
+
+
+def test_transport_error_fails_with_it():
+    result = verdict(resp(body={}), None, error="ConnectionResetError: peer reset after 0 bytes")
+    assert not result.passed
+    assert result.differences[0].part == "error" and "peer reset" in result.summary
+
+
+def test_at_most_max_diffs_then_and_n_more():
+    old = resp(body={f"k{i}": i for i in range(25)})
+    new = resp(body={f"k{i}": i + 1 for i in range(25)})
+    result = verdict(old, new, DiffConfig(max_diffs=10))
+    assert len(result.differences) == 10 and result.more == 15 and result.total == 25
+    rendered = render_failure(exchange(response=old), result, recorded_latency_ns=300_000,
+                              replayed_latency_ns=1_234_567, replayed_status=200, redactor=Redactor())
+    assert rendered.splitlines()[-1] == "  ... and 15 more"
+    assert "recorded: 200 in 0.3 ms   replayed: 200 in 1.2 ms" in rendered
+
+
+def test_long_values_are_truncated():
+    result = verdict(resp(body={"a": "x" * 500}), resp(body={"a": "y" * 500}))
+    (difference,) = result.differences
+    assert len(difference.recorded) == 120 and difference.recorded.endswith("…")
+
+
+# -- secrets ---------------------------------------------------------------------------------------------
+SECRETS = ["tok_SECRET_header_value_1234", "sess-cookie-SECRET-5678", "pw-SECRET-json-9012",
+           "apikey-SECRET-query-3456", "nested-SECRET-7890", "bearer-SECRET-in-text-1111",
+           "setcookie-SECRET-2222"]
+
+
+def test_secrets_never_appear_in_render_failure():
+    t, c, p, q, n, b, s = SECRETS
+    recorded = resp(body={"user": "alice", "token": t, "profile": {"password": p}, "next": f"/page?api_key={q}"},
+                    headers=JSON + ((b"Authorization", f"Bearer {t}".encode()), (b"Set-Cookie", f"sid={s}".encode()),
+                                    (b"X-Api-Key", q.encode())))
+    replayed = resp(body={"user": "bob", "token": t + "x", "profile": {"password": p + "x"},
+                          "next": f"/page?api_key={q}x", "auth": {"session": n, "note": f"Bearer {b}"}},
+                    headers=JSON + ((b"Authorization", b"Bearer other" + t.encode()),
+                                    (b"Set-Cookie", f"sid={s}x; HttpOnly".encode()), (b"X-Api-Key", q.encode() + b"x")))
+    ex = exchange(f"/api/me?token={t}&session={c}&page=2", response=recorded,
+                  headers=((b"Cookie", f"session={c}".encode()),))
+    config = DiffConfig(parts=HEADERS, headers=("*",), max_diffs=50)
+    result = verdict(recorded, replayed, config, exchange=ex)
+    assert not result.passed and result.more == 0
+    rendered = render_failure(ex, result, recorded_latency_ns=1, replayed_latency_ns=2, replayed_status=200,
+                              redactor=Redactor())
+    for secret in SECRETS:
+        assert secret.encode() not in rendered.encode() and secret not in repr(result)
+        assert secret[:12] not in rendered  # not even a truncated prefix
+    assert "$.user" in rendered and "GET /api/me?token=REDACTED-" in rendered and "page=2" in rendered
+    text = ((b"Content-Type", b"text/plain"),)
+    lines = verdict(resp(body=f"password={p}\nAuthorization: Bearer {b}\n".encode(), headers=text),
+                    resp(body=b"changed\n", headers=text))
+    rendered = render_failure(ex, lines, recorded_latency_ns=None, replayed_latency_ns=None, replayed_status=200,
+                              redactor=Redactor())
+    assert p not in rendered and b not in rendered and "REDACTED-" in rendered
+
+
+def test_render_uses_the_callers_redactor_too():
+    recorded, replayed = resp(body={"pin_number": "1234-5678"}), resp(body={"pin_number": "8765-4321"})
+    result = verdict(recorded, replayed)
+    import pytest_replay.policy.redact as redact
+    strict = Redactor(name_pattern=re.compile(redact.SECRET_NAME.pattern.replace("(token|", "(pin_number|token|")))
+    rendered = render_failure(exchange(response=recorded), result, recorded_latency_ns=None,
+                              replayed_latency_ns=None, replayed_status=200, redactor=strict)
+    assert "1234-5678" not in rendered and mask('"1234-5678"') in rendered
+
+
+def test_non_secret_headers_are_screened_for_query_secrets():
+    old = resp(status=302, headers=((b"Location", b"/next?token=abcdefgh1234"),))
+    new = resp(status=302, headers=((b"Location", b"/next?token=zzzzzzzz9999"),))
+    result = verdict(old, new, DiffConfig(parts=HEADERS, headers=("location",)))
+    assert "abcdefgh1234" not in repr(result) and "zzzzzzzz9999" not in repr(result)
+    assert result.differences[0].recorded == "/next?token=" + mask("abcdefgh1234")
+
+
+def test_mask_text():
+    assert mask_text("a=1&password=hunter2&b=2") == f"a=1&password={mask('hunter2')}&b=2"
+    assert mask_text('{"api_key": "abc"}') == '{"api_key": "' + mask("abc") + '"}'
+    assert mask_text("plain text, no secrets") == "plain text, no secrets"
+
+
+# -- property ---------------------------------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_values)
+def test_any_json_equals_itself_however_serialized(value):
+    old = resp(body=json.dumps(value).encode())
+    new = resp(body=json.dumps(value, indent=2, ensure_ascii=False).encode("utf-8"))
+    assert verdict(old, new).passed
+
+
+# -- the demo service and its real capture ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_exchanges():
+    exchanges, _ = load(str(DEMO))
+    assert len(exchanges) == 259
+    return exchanges
+
+
+async def _replay_all(app, exchanges):
+    out = []
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://demo") as client:
+        for ex in exchanges:
+            request = ex.request
+            headers = [(k, v) for k, v in request.headers if k.lower() not in (b"host", b"content-length")]
+            sent = client.build_request(request.method, request.target, headers=headers, content=request.body)
+            answer = await client.send(sent, stream=True)
+            body = b"".join([chunk async for chunk in answer.aiter_raw()])
+            out.append(Response.build(answer.status_code, answer.reason_phrase, tuple(answer.headers.raw), body))
+    return out
+
+
+def test_demo_noise_is_learned_from_repeated_searches(demo_exchanges):
+    model = learn_noise(demo_exchanges)
+    learned = {str(item) for item in model.learned}
+    assert {"GET /api/search: json:$.request_id", "GET /api/search: json:$.generated_at"} <= learned
+    assert all(item.endpoint == "GET /api/search" for item in model.learned)  # nothing else is volatile
+    assert "GET /api/cart" in dict(model.skipped)  # state, not noise
+
+
+@pytest.mark.parametrize("regression, failing", [
+    (None, {}),
+    ("bug", {"GET /api/users/1": "$.displayName", "GET /api/users/2": "$.displayName",
+             "GET /api/users/3": "$.displayName", "GET /api/users/4": "$.displayName",
+             "GET /api/orders/1001": "status 200 -> 500"}),
+])
+def test_demo_replay_verdicts(demo_exchanges, regression, failing):
+    replayed = asyncio.run(_replay_all(make_app(regression), demo_exchanges))
+    config = DiffConfig(parts=HEADERS, headers=("*",), noise=learn_noise(demo_exchanges))
+    verdicts = {ex.index: compare(ex.response, answer, config, exchange=ex)
+                for ex, answer in zip(demo_exchanges, replayed)}
+    failed = {ex.label: verdicts[ex.index] for ex in demo_exchanges if not verdicts[ex.index].passed}
+    assert set(failed) == set(failing)
+    for label, result in failed.items():
+        assert failing[label] in result.summary
+    users = next(ex for ex in demo_exchanges if ex.label == "GET /api/users/1")
+    if regression == "bug":
+        rendered = render_failure(users, failed[users.label], recorded_latency_ns=users.recorded_latency_ns,
+                                  replayed_latency_ns=2_000_000, replayed_status=200, redactor=Redactor())
+        assert '$.display_name: "Alice Martin" -> (absent)' in rendered
+        assert '$.displayName: (absent) -> "Alice Martin"' in rendered
+    # searches pass only because of the learned noise
+    search = next(ex for ex in demo_exchanges if ex.request.path == "/api/search")
+    answer = replayed[demo_exchanges.index(search)]
+    assert not compare(search.response, answer, DiffConfig(), exchange=search).passed
+    assert compare(search.response, answer, config, exchange=search).passed
+    # and without any model, /api/search is the only endpoint that differs
+    plain = {ex.label.split("?")[0] for ex, answer in zip(demo_exchanges, replayed)
+             if not compare(ex.response, answer, DiffConfig(noise=NoiseModel()), exchange=ex).passed}
+    assert plain - {label.split("?")[0] for label in failing} == {"GET /api/search"}
