@@ -23,12 +23,14 @@ from ..http.message import Exchange
 from ..http.normalize import endpoint_of
 from .draft import Draft
 from .gor import GorReader, looks_like_gor
-from .pcap import PCAP_MAGICS, PCAPNG_MAGIC, read_pcap
-from .stats import CaptureError, CaptureStats, CaptureWarning
+from .stats import STREAM_ERRORS, CaptureError, CaptureStats, CaptureWarning
 
 __all__ = ["Capture", "CaptureError", "CaptureStats", "CaptureWarning", "expand_paths", "load", "sniff"]
 
 GZIP_MAGIC = b"\x1f\x8b"
+PCAP_MAGICS = (b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1")
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+SNIFF = 256  # bytes read to recognise a format (a .gor header line with a 40-hex id runs past 64)
 CAPTURE_SUFFIXES = (".gor", ".pcap", ".pcapng", ".cap", ".gz", ".dump", ".dmp")
 
 
@@ -114,6 +116,8 @@ class Capture:
                 reader = GorReader(path, stats)
                 drafts = reader.read(stream)
             else:
+                from .pcap import read_pcap  # here, not at the top: reassembly imports this package
+
                 kwargs = {"server_ports": self.server_ports} if self.server_ports else {}
                 drafts = read_pcap(path, stream, size, stats, info, **kwargs)
             for draft in drafts:
@@ -133,7 +137,7 @@ def open_capture(path: str) -> tuple[BinaryIO, int | None, str, bool]:
         raw = open(path, "rb")
     except OSError as exc:
         raise CaptureError(path, f"cannot open: {exc.strerror or exc}") from None
-    head = raw.read(64)
+    head = raw.read(SNIFF)
     if not head:
         raw.close()
         raise CaptureError(path, "the file is empty; expected a .gor, pcap or pcapng capture", offset=0)
@@ -142,8 +146,8 @@ def open_capture(path: str) -> tuple[BinaryIO, int | None, str, bool]:
     if compressed:
         stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb")
         try:
-            head = stream.read(64)
-        except (OSError, EOFError) as exc:
+            head = stream.read(SNIFF)
+        except STREAM_ERRORS as exc:
             raw.close()
             raise CaptureError(path, f"gzip-compressed, but the compressed data is damaged: {exc}",
                                offset=0) from None

@@ -11,7 +11,7 @@ import dataclasses
 import heapq
 from collections.abc import Callable
 
-from ..http.message import Exchange, Flag, Request, Response, Source
+from ..http.message import CLOSED, Exchange, Flag, Request, Response, Source
 from ..http.parser import Parsed
 
 
@@ -43,6 +43,16 @@ class Draft:
     @property
     def method(self) -> str | None:
         return self.request.method if self.request is not None else self.head.method if self.head else None
+
+    def settle_request(self) -> None:
+        """A request whose head was framed but whose message never was (its stream stopped):
+        it leaves with what is known of it, flagged."""
+        if self.request is None:
+            head = self.head
+            self.request = Request(head.method, head.target, head.version, head.head, b"", head.head)
+            self.flags += (Flag(CLOSED, "request", "the request was never completed"),)
+            self.head = None
+            self.done = True
 
     def to_exchange(self, index: int) -> Exchange:
         response = self.response

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from ..http.message import NO_RESPONSE, TRUNCATED, Flag
 from ..http.parser import Parsed, fast_message, parse_single
 from .draft import Draft, flags_of, to_request, to_response
-from .stats import CaptureStats, CaptureWarning
+from .stats import CaptureStats, CaptureWarning, read_block
 
 SEPARATOR = "\n🐵🙈🙉\n".encode()
 _RECORD = re.compile(rb"([123]) ([0-9A-Za-z]{1,64}) (\d{1,20})(?: (-?\d{1,20}))?\r?\n")  # header line
@@ -31,35 +31,42 @@ def looks_like_gor(head: bytes) -> bool:
     return _LOOKS_LIKE_GOR.match(head) is not None
 
 
-def split_records(stream: BinaryIO, on_truncated) -> Iterator[tuple[int, bytes, bool]]:
-    """Yield (offset, record bytes, ended_by_separator) from a binary stream, reading in chunks.
+def record_batches(stream: BinaryIO, on_truncated) -> Iterator[list[tuple[int, bytes, bool]]]:
+    """Lists of (offset, record bytes, ended by a separator) read from a binary stream in ~1 MiB
+    blocks: one list per block, so the per-record loop has no generator step.
 
-    `on_truncated(offset, exc)` is called when the stream breaks (corrupt or truncated gzip); the
-    records before the break are kept.
+    `on_truncated(offset, exc)` is called when the stream breaks (a gzip file without its trailer,
+    damaged compressed data); the records before the break are kept.
     """
     buf = b""
     base = 0  # stream offset of buf[0]
     sep_len = len(SEPARATOR)
     while True:
-        try:
-            chunk = stream.read(CHUNK)
-        except (EOFError, OSError) as exc:  # gzip without trailer, corrupt deflate data
-            on_truncated(base + len(buf), exc)
-            chunk = b""
-        if not chunk:
+        chunk, error = read_block(stream, CHUNK)
+        if error is not None:
+            on_truncated(base + len(buf) + len(chunk), error)
+        if chunk:
+            buf = buf + chunk if buf else chunk
+            batch = []
+            start = 0
+            find = buf.find
+            while (end := find(SEPARATOR, start)) >= 0:
+                batch.append((base + start, buf[start:end], True))
+                start = end + sep_len
+            buf = buf[start:]
+            base += start
+            if batch:
+                yield batch
+        if error is not None or not chunk:
             break
-        buf = buf + chunk if buf else chunk
-        start = 0
-        while True:
-            end = buf.find(SEPARATOR, start)
-            if end < 0:
-                break
-            yield base + start, buf[start:end], True
-            start = end + sep_len
-        buf = buf[start:]
-        base += start
     if buf.strip(b"\r\n"):
-        yield base, buf, False
+        yield [(base, buf, False)]
+
+
+def split_records(stream: BinaryIO, on_truncated) -> Iterator[tuple[int, bytes, bool]]:
+    """The records of record_batches(), one by one."""
+    for batch in record_batches(stream, on_truncated):
+        yield from batch
 
 
 class GorReader:
@@ -89,40 +96,15 @@ class GorReader:
         self.request_start_latency = 0  # type 2 records stamped with their request's start (old GoReplay)
 
     def read(self, stream: BinaryIO) -> Iterator[Draft]:
-        """Drafts in request-timestamp order. The records are split here, in 1 MiB reads, rather
-        than through split_records(): this loop runs once per record."""
+        """Drafts in request-timestamp order."""
         stats = self.stats
         header = _RECORD.match
         heap = self.heap
         counts = self.counts
-        sep_len = len(SEPARATOR)
         nbytes = 0
         index = -1
-        buf = b""
-        base = 0  # stream offset of buf[0]
-        eof = False
-        while not eof:
-            try:
-                chunk = stream.read(CHUNK)
-            except (EOFError, OSError) as exc:  # gzip without trailer, corrupt deflate data
-                self._truncated(base + len(buf), exc)
-                chunk = b""
-            if not chunk:
-                eof = True
-                if not buf.strip(b"\r\n"):
-                    break
-                records = [(0, len(buf), False)]  # the last record, without a separator
-            else:
-                buf = buf + chunk if buf else chunk
-                records = []
-                consumed = 0
-                find = buf.find
-                while (end := find(SEPARATOR, consumed)) >= 0:
-                    records.append((consumed, end, True))
-                    consumed = end + sep_len
-            for first, last, separated in records:
-                record = buf[first:last]
-                offset = base + first
+        for batch in record_batches(stream, self._truncated):
+            for offset, record, separated in batch:
                 index += 1
                 nbytes += len(record)
                 match = header(record)
@@ -145,9 +127,6 @@ class GorReader:
                     latency = match.group(4)
                     self._response(kind, match.group(2), ts, int(latency) if latency else None,
                                    record[match.end():], offset, index)
-            if not eof:
-                buf = buf[consumed:]
-                base += consumed
             self.records = index + 1
             if self.early_order:
                 self._expire_early()

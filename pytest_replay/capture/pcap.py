@@ -18,10 +18,8 @@ from typing import BinaryIO
 from ..reassembly.flows import DEFAULT_SERVER_PORTS, FlowTable
 from .draft import Draft, Reorder
 from .link import LINKTYPE_NAMES, Decoder
-from .stats import CaptureError, CaptureStats, CaptureWarning
+from .stats import CaptureError, CaptureStats, CaptureWarning, read_block
 
-PCAP_MAGICS = (b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1")
-PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 MAX_READ = 16 << 20  # no sane capture record is larger; bigger reads are capped to what the file has
 SCAPY_MAX_CAPLEN = 0xFFFF * 4  # scapy's RawPcapReader keeps at most this much of a record
 RELEASE_LAG_NS = 100_000_000  # a finished exchange waits this long (capture time) for earlier ones to appear
@@ -123,8 +121,8 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
             if first is None:
                 first = ts
         link_counts[linktype] = link_counts.get(linktype, 0) + 1
-        if (linktype == 1 and cut == 0 and data[12] == 8 and data[13] == 0 and data[14] == 0x45
-                and data[23] == 6 and not (data[20] & 0x3F or data[21]) and len(data) >= 54):
+        if (linktype == 1 and cut == 0 and len(data) >= 54 and data[12] == 8 and data[13] == 0
+                and data[14] == 0x45 and data[23] == 6 and not (data[20] & 0x3F or data[21])):
             # Ethernet, IPv4 without options, TCP, not a fragment, nothing cut off
             end = 14 + ((data[16] << 8) | data[17])
             sport, dport, seq, ack, doff, flags = unpack_tcp(data, 34)
@@ -160,7 +158,9 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     decoder.finish()
     for key in [k for k in stats.not_decoded if k.startswith("unknown link type")]:
         stats.note(f"{name}: {stats.not_decoded[key]} packets with {key}: not decoded")
-    yield from reorder.drain()
+    for draft in reorder.drain():
+        draft.settle_request()
+        yield draft
 
 
 def _releaser(now):
@@ -196,13 +196,25 @@ def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, in
     info["format"] = "pcap (nanosecond)" if nano else "pcap"
     linktype = reader.linktype
     unpack = struct.Struct(reader.endian + "IIII").unpack_from
-    read = reader.f.read
+    stream = reader.f
     scale = 1 if nano else 1000
+    broken: BaseException | None = None
+
+    def read(size: int) -> bytes:
+        nonlocal broken
+        data, error = read_block(stream, size)
+        if error is not None and broken is None:
+            broken = error
+            stats.warn(CaptureWarning(name, "truncated-file", f"the compressed stream breaks off ({error}); "
+                                      "the packets before this point are kept", offset=base + len(buf),
+                                      frame=frame + 1))
+        return data
+
     buf = b""
     pos = 0
     base = 24  # file offset of buf[0]
     frame = 0
-    while True:
+    while broken is None or len(buf) - pos >= 16:
         if len(buf) - pos < 16:
             more = read(BLOCK)
             if not more:
@@ -219,25 +231,27 @@ def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, in
                                       "not read)", offset=base + pos, frame=frame + 1))
             return
         end = pos + 16 + caplen
+        where = base + pos
         if end > len(buf):
-            more = read(max(BLOCK, caplen + 16))
+            more = read(max(BLOCK, caplen + 16)) if broken is None else b""
             if more:
                 buf = buf[pos:] + more
                 base += pos
                 pos = 0
                 continue
             data = buf[pos + 16:]
-            stats.warn(CaptureWarning(name, "truncated-file", f"the file ends inside this packet: {len(data)} of "
-                                      f"{caplen} captured bytes present", offset=base + pos, frame=frame + 1))
-            pos = len(buf)
+            if broken is None:
+                stats.warn(CaptureWarning(name, "truncated-file", f"the file ends inside this packet: {len(data)} "
+                                          f"of {caplen} captured bytes present", offset=where, frame=frame + 1))
+            end = len(buf)
             cut = -1  # marks "the capture ends here" for the packet loop
         else:
             data = buf[pos + 16:end]
             cut = wirelen - caplen if wirelen > caplen else 0
         frame += 1
-        yield sec * 1_000_000_000 + frac * scale, linktype, data, cut, base + pos
+        yield sec * 1_000_000_000 + frac * scale, linktype, data, cut, where
         pos = end
-    if len(buf) - pos > 0:
+    if len(buf) - pos > 0 and broken is None:
         stats.warn(CaptureWarning(name, "truncated-file", f"the file ends inside a packet record header "
                                   f"({len(buf) - pos} of 16 bytes)", offset=base + pos, frame=frame + 1))
 
@@ -274,11 +288,20 @@ def _pcapng_frames(name: str, reader, size: int | None, stats: CaptureStats, inf
 
 def _report_end(name: str, stats: CaptureStats, reader, size: int | None, where: int, frames: int,
                 log: list[str]) -> None:
-    """Say where and why reading stopped if the file was not read to its end."""
+    """Say where and why scapy's reader stopped if it did not read the file to its end."""
+    why = f": {log[-1]}" if log else ""
+    if size is None:  # compressed: scapy turns a broken stream into a quiet end; look for ourselves
+        rest, error = read_block(reader.f, 1)
+        if error is not None:
+            stats.warn(CaptureWarning(name, "truncated-file", f"the compressed stream breaks off ({error}); the "
+                                      "packets before this point are kept", offset=where, frame=frames + 1))
+        elif rest:
+            stats.warn(CaptureWarning(name, "truncated-file", f"reading stopped at a damaged or incomplete "
+                                      f"block{why}; the rest of the file was not read", offset=where, frame=frames + 1))
+        return
     end = reader.f.tell()
-    if size is not None and where < size and (end < size or log):
-        why = f": {log[-1]}" if log else ""
-        stats.warn(CaptureWarning(name, "truncated-file", f"reading stopped at a damaged or incomplete record"
+    if where < size and (end < size or log):
+        stats.warn(CaptureWarning(name, "truncated-file", f"reading stopped at a damaged or incomplete block"
                                   f"{why}; {size - where} bytes from here on were not read", offset=where,
                                   frame=frames + 1))
     elif log:

@@ -37,6 +37,8 @@ STREAM_SIGNATURES: tuple[tuple[Callable[[bytes], bool], str, str], ...] = (
     (lambda b: b.startswith(b"SSH-"), "ssh", "SSH version banner"),
 )
 
+_SIGNATURE_PREFIXES = (b"PRI * HTTP/2.0\r\n",)  # signatures longer than the 8 bytes needed to judge
+
 # Framer states
 HEAD, FIXED, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, UNTIL_CLOSE, RESYNC, STOPPED = range(9)
 
@@ -154,7 +156,8 @@ def parse_head(head: bytes, is_request: bool) -> tuple[str, str, str, int, bool]
     return "", line[13:].decode("latin-1"), line[5:8].decode("latin-1"), int(line[9:12]), False
 
 
-def _parse_head_leniently(head: bytes, is_request: bool) -> tuple[str, str, str, int, bool] | str:
+def _parse_head_leniently(head: bytes, is_request: bool, *, stand_in: bool = False
+                          ) -> tuple[str, str, str, int, bool] | str:
     error = ""
     for lenient in (False, True):
         sink = _StartLine()
@@ -168,20 +171,41 @@ def _parse_head_leniently(head: bytes, is_request: bool) -> tuple[str, str, str,
         except httptools.HttpParserInvalidMethodError:
             space = head.find(b" ")
             name = head[:space] if space > 0 else b""
-            if not _TOKEN.match(name):
+            if stand_in or not _TOKEN.match(name):
                 return "invalid method"
-            result = _parse_head_leniently(b"POST" + head[space:], True)
+            result = _parse_head_leniently(b"POST" + head[space:], True, stand_in=True)
             if isinstance(result, str):
                 return result
             return (name.decode("latin-1"),) + result[1:]
         except httptools.HttpParserError as exc:
             error = str(exc) or type(exc).__name__
+            if "Content-Length" in error and not stand_in:
+                single = _one_content_length(head)
+                if single is not None:  # the same length given twice: RFC 9110 lets us accept it
+                    return _parse_head_leniently(single, is_request, stand_in=True)
             continue
         if is_request:
             return (parser.get_method().decode("latin-1"), sink.url.decode("latin-1"), parser.get_http_version(),
                     0, lenient)
         return "", sink.status.decode("latin-1"), parser.get_http_version(), parser.get_status_code(), lenient
     return error
+
+
+_CONTENT_LENGTH_LINE = re.compile(rb"\r?\ncontent-length[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+def _one_content_length(head: bytes) -> bytes | None:
+    """`head` with repeated Content-Length values that all agree reduced to one header (for
+    validation only), or None if they disagree."""
+    values = {v.strip() for m in _CONTENT_LENGTH_LINE.finditer(head) for v in m.group(1).split(b",")}
+    if len(values) != 1:
+        return None
+    value = values.pop()
+    if not value.isdigit():
+        return None
+    stripped = _CONTENT_LENGTH_LINE.sub(b"", head)
+    line_end = stripped.find(b"\n") + 1
+    return stripped[:line_end] + b"Content-Length: " + value + b"\r\n" + stripped[line_end:]
 
 
 def framing_headers(head: bytes) -> tuple[bytes | None, bytes | None]:
@@ -431,8 +455,7 @@ class Framer:
         head = bytes(buf[pos:head_end])
         msg = self._head(head, self._base + pos)
         if not isinstance(msg, Parsed):
-            if self._first:
-                return self._stop("not-http", f"not an HTTP/1.x message head: {msg}")
+            # It looked like HTTP (_check_start let it through): a bad message, not a foreign protocol.
             return self._unparsable(pos, msg)
         self._msg_start = pos
         self._pos = head_end
@@ -485,19 +508,20 @@ class Framer:
         return _AGAIN
 
     def _check_start(self, head: bytes, pos: int):
-        """At the very start of a stream: is this HTTP/1.x at all?"""
+        """At the very start of a stream: is this HTTP/1.x at all? (None: yes, or not known yet.)"""
         for test, code, what in STREAM_SIGNATURES:
             if test(head):
                 return self._stop(code, f"{what} at stream byte {self._offset_of(pos)}")
-        if len(head) >= 8:
-            if self.is_request:
-                token, space, _ = head.partition(b" ")
-                plausible = bool(space) and _TOKEN.match(token) is not None
-            else:
-                plausible = head.startswith(b"HTTP/")
-            if not plausible:
-                kind = "request" if self.is_request else "status"
-                return self._stop("not-http", f"stream starts with {head[:16]!r}, not an HTTP/1.x {kind} line")
+        if len(head) < 8 or any(sig.startswith(head) for sig in _SIGNATURE_PREFIXES):
+            return None  # too short to tell, or the start of a known signature: wait for more
+        if self.is_request:
+            token, space, _ = head.partition(b" ")
+            plausible = bool(space) and _TOKEN.match(token) is not None
+        else:
+            plausible = head.startswith(b"HTTP/")
+        if not plausible:
+            kind = "request" if self.is_request else "status"
+            return self._stop("not-http", f"stream starts with {head[:16]!r}, not an HTTP/1.x {kind} line")
         return None
 
     def _begin_fixed(self, value: bytes, pos: int):
@@ -726,11 +750,23 @@ class Framer:
         return Lost(self._pos - pos, start, UNPARSABLE, why, self._frame_at(start))
 
     def _broken_chunk(self, why: str) -> Parsed:
+        """The chunked framing is broken at _pos: the message ends there, incomplete; what follows
+        stays in the buffer and is searched for the next message start."""
         msg = self._cur
-        self._stash_current()
+        buf, pos = self._buf, self._pos
+        self._raw_parts.append(bytes(buf[self._msg_start:pos]))
         msg.flag(UNPARSABLE, why)
+        msg.raw = b"".join(self._raw_parts)
+        msg.body = b"".join(self._parts)
+        msg.end = self._offset_of(pos)
+        _, msg.end_ts_ns, msg.end_frame, _, _ = self._find_mark(self._offset_of(max(pos - 1, 0)))
+        self._cur = None
+        self._parts = []
+        self._raw_parts = []
+        self._msg_start = pos
+        self.messages += 1
         self._state = RESYNC
-        return self._emit(msg)
+        return msg
 
     def _offset_of(self, index: int) -> int:
         return self._base + index

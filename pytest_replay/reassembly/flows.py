@@ -41,7 +41,7 @@ class LostSpan:
 
 class Connection:
     __slots__ = ("name", "table", "client", "server", "requests", "responses", "queue", "answering",
-                 "current", "position", "client_isn", "stopped", "finished", "_server_gaps", "_client_gaps",
+                 "heads", "position", "client_isn", "stopped", "finished", "_server_gaps", "_client_gaps",
                  "file", "key")
 
     def __init__(self, table: FlowTable, name: str, key: tuple, mid_stream: bool) -> None:
@@ -55,8 +55,10 @@ class Connection:
         self.client = Stream(self.requests)
         self.server = Stream(self.responses)
         self.queue: deque[Draft | LostSpan] = deque()  # requests awaiting their response, in order
-        self.answering: Draft | None = None  # the request the response being framed answers
-        self.current: Draft | None = None  # the request whose head is parsed and body is in progress
+        # Heads come out of a framer before their messages (a gap or a close may frame several
+        # buffered messages at once), so both are queues:
+        self.answering: deque[Draft | None] = deque()  # what each framed response head answers
+        self.heads: deque[Draft] = deque()  # requests whose head is framed but message not yet
         self.position = 0
         self.client_isn: int | None = None
         self.stopped = False
@@ -126,14 +128,13 @@ class Connection:
         draft.end = msg.start  # until the request completes: where it starts
         draft.head = msg
         self.position += 1
-        self.current = draft
+        self.heads.append(draft)
         self.table.reorder.push(draft)
         self.queue.append(draft)
 
     def _request_event(self, event) -> None:
         if type(event) is Parsed:
-            draft = self.current
-            self.current = None
+            draft = self.heads.popleft()
             draft.request = Request(event.method, event.target, event.version, event.head, event.body, event.raw,
                                     event.trailers, event.lf_only)
             draft.head = None
@@ -174,7 +175,7 @@ class Connection:
         if queue and type(queue[0]) is Draft and self.server.gaps == self._server_gaps:
             draft = queue.popleft()  # the common case: first in, first out
             if not draft.done:
-                self.answering = draft
+                self.answering.append(draft)
                 return draft.method
             queue.appendleft(draft)
         ack_off = client.offset_of(msg.ack) if msg.ack is not None else None
@@ -195,20 +196,18 @@ class Connection:
             if following is not None and (ack_off is None or _received(following, ack_off)):
                 queue.popleft()  # the lost bytes held no request this response answers
                 continue
-            self.answering = None
-            self.table.orphan("its request was lost in a capture gap", msg)
-            return None
+            return self._orphan("its request was lost in a capture gap", msg)
         if not queue:
-            self.answering = None
-            self.table.orphan("no request was seen for it on this connection", msg)
-            return None
+            return self._orphan("no request was seen for it on this connection", msg)
         draft = queue.popleft()
         if draft.done:  # released already (its response window passed)
-            self.answering = None
-            self.table.orphan("it came after its request had been given up on", msg)
-            return None
-        self.answering = draft
+            return self._orphan("it came after its request had been given up on", msg)
+        self.answering.append(draft)
         return draft.method
+
+    def _orphan(self, why: str, msg: Parsed) -> None:
+        self.answering.append(None)
+        self.table.orphan(why, msg)
 
     def _response_event(self, event) -> None:
         if type(event) is Parsed:
@@ -219,8 +218,8 @@ class Connection:
                     head.interim.append(status)
                 return
             if status == 101:
-                self._response_head(event)
-            draft, self.answering = self.answering, None
+                self._response_head(event)  # final, but the framer treats it as interim
+            draft = self.answering.popleft() if self.answering else None
             if draft is None:
                 return
             draft.response = Response(status, event.reason, event.version, event.head, event.body, event.raw,
@@ -266,19 +265,17 @@ class Connection:
         self._drain(True)
         self._drain(False)
         self.finished = True
-        current, self.current = self.current, None
-        if current is not None and current.request is None:  # its framer stopped mid-message
-            head = current.head
-            current.request = Request(head.method, head.target, head.version, head.head, b"", head.head)
-            current.flags += (Flag(CLOSED, "request", "the request was never completed"),)
-            current.head = None
+        for draft in self.heads:  # their framer stopped mid-message
+            draft.settle_request()
+        self.heads.clear()
         for item in self.queue:
             if isinstance(item, Draft):
                 self._no_response(item, why)
         self.queue.clear()
-        if self.answering is not None:
-            self._no_response(self.answering, why)
-            self.answering = None
+        for draft in self.answering:
+            if draft is not None:
+                self._no_response(draft, why)
+        self.answering.clear()
         stats = self.table.stats
         for side in (self.client, self.server):
             stats.gaps += side.gaps
@@ -340,6 +337,10 @@ class FlowTable:
         else:
             return None  # an ACK, FIN or RST of a connection that carried nothing here
         reverse = (key[2], key[3], key[0], key[1])
+        if reverse == key:  # the same address and port on both ends: directions cannot be told apart
+            self.stats.skipped_streams["self-connection"] += 1
+            self.tombstones[key] = None
+            return None
         ckey = key if from_client else reverse
         generation = self.generations.get(ckey, 0) + 1
         self.generations[ckey] = generation
