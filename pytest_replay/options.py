@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -83,6 +83,56 @@ def ignore_rule(text: str):
         return parse_rule(text)
     except ValueError as exc:
         raise pytest.UsageError(f"--replay-ignore: {exc}") from None
+
+
+def _policy(flag: str, parse):
+    """A converter from the policy modules: their ValueError (naming the accepted forms) becomes a
+    UsageError naming the flag."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{flag}: {exc}") from None
+    return convert
+
+
+def _write_mode(text: str) -> str:
+    from .policy.writes import parse_write_mode
+    return _policy("--replay-writes", parse_write_mode)(text)
+
+
+def _allow_write(text: str):
+    from .policy.rules import parse_allow_write
+    return _policy("--replay-allow-write", parse_allow_write)(text)
+
+
+def _write_methods(text: str) -> frozenset[str]:
+    from .policy.writes import write_methods
+    return _policy("--replay-write-methods", lambda t: write_methods([t]))(text)
+
+
+def _set_header(flag: str):
+    def convert(text: str):
+        from .policy.rewrite import parse_set_header
+        return _policy(flag, parse_set_header)(text)
+    return convert
+
+
+def _rewrite_url(text: str):
+    from .policy.rewrite import parse_rewrite_url
+    return _policy("--replay-rewrite-url", parse_rewrite_url)(text)
+
+
+def _header_filter(flag: str):
+    def convert(text: str):
+        from .policy.rules import parse_header_filter
+        return _policy(flag, parse_header_filter)(text)
+    return convert
+
+
+def _sample(text: str):
+    from .policy.filters import Sampler
+    return _policy("--replay-sample", Sampler.parse)(text)
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -160,6 +210,35 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_server_ports", "--replay-server-ports", "ports that are servers, for pcap connections "
            "captured without their SYN on unusual ports. Default: common HTTP ports.", None, ports,
            metavar="P1,P2"),
+    Option("replay_writes", "--replay-writes", "what happens to POST, PUT, PATCH and DELETE requests: mock "
+           "(answered from the recorded response, never sent), pass (sent) or skip (not replayed). Default: mock "
+           "for network targets; in-process apps get the writes (their outbound calls are intercepted).", None,
+           _write_mode, metavar="MODE"),
+    Option("replay_allow_write", "--replay-allow-write", "send writes matching 'METHOD PATH_REGEX [@HOST]' "
+           "(METHOD may be a comma list or *), e.g. 'POST ^/api/cart/items$' (repeatable). Default: none.",
+           many=True, convert=_allow_write, metavar="PATTERN"),
+    Option("replay_write_methods", "--replay-write-methods", "more methods treated as writes (comma-separated, "
+           "e.g. PURGE,LOCK). Default: POST, PUT, PATCH, DELETE.", frozenset(), _write_methods, metavar="METHODS"),
+    Option("replay_dry_run_header", "--replay-dry-run-header", "header added to writes that are sent, so the "
+           "service can take its dry-run path, e.g. 'X-Dry-Run: 1'. Default: none.", None,
+           _set_header("--replay-dry-run-header"), metavar="'NAME: VALUE'"),
+    Option("replay_set_header", "--replay-set-header", "set a request header on every replayed request, e.g. "
+           "credentials for a redacted capture (repeatable). Default: none.", many=True,
+           convert=_set_header("--replay-set-header"), metavar="'NAME: VALUE'"),
+    Option("replay_rewrite_url", "--replay-rewrite-url", "rewrite request targets, GoReplay style: "
+           "'REGEX:replacement' on path and query (repeatable; the first that matches applies). Default: none.",
+           many=True, convert=_rewrite_url, metavar="'REGEX:REPLACEMENT'"),
+    Option("replay_allow_header", "--replay-allow-header", "replay only requests whose header matches "
+           "'Name: REGEX' (repeatable: all must match). Default: none.", many=True,
+           convert=_header_filter("--replay-allow-header"), metavar="'NAME: REGEX'"),
+    Option("replay_disallow_header", "--replay-disallow-header", "do not replay requests whose header matches "
+           "'Name: REGEX' (repeatable: any). Default: none.", many=True,
+           convert=_header_filter("--replay-disallow-header"), metavar="'NAME: REGEX'"),
+    Option("replay_sample", "--replay-sample", "keep a stable share of requests chosen by the hash of a "
+           "header or query parameter value: 'header:NAME:N%%' or 'param:NAME:N%%'. Default: all.", None, _sample,
+           metavar="RULE"),
+    Option("replay_force_production", "--replay-force-production", "replay even against the host the capture "
+           "was recorded from (refused by default). Default: refuse.", False, flag_only=True),
     Option("replay_insecure", "--replay-insecure", "do not verify the TLS certificate of an https target "
            "(sandboxes with self-signed certificates). Default: verify.", False, flag_only=True),
 )
@@ -218,7 +297,16 @@ class Settings:
     group: str = "exchange"
     server_ports: tuple[int, ...] | None = None
     insecure: bool = False
-    extra: dict = field(default_factory=dict)
+    writes: str | None = None  # None: mock for network targets, pass for in-process apps
+    allow_write: tuple = ()
+    write_methods: frozenset[str] = frozenset()
+    dry_run_header: tuple[bytes, bytes] | None = None
+    set_header: tuple = ()
+    rewrite_url: tuple = ()
+    allow_header: tuple = ()
+    disallow_header: tuple = ()
+    sample: object = None
+    force_production: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -242,4 +330,9 @@ def load(config: pytest.Config) -> Settings:
         timeout=value["replay_timeout"], include=value["replay_include"], exclude=value["replay_exclude"],
         diff=value["replay_diff"], headers=value["replay_headers"], ignore=value["replay_ignore"],
         noise=value["replay_noise"], max_latency=value["replay_max_latency"], group=value["replay_group"],
-        server_ports=value["replay_server_ports"], insecure=value["replay_insecure"])
+        server_ports=value["replay_server_ports"], insecure=value["replay_insecure"], writes=value["replay_writes"],
+        allow_write=value["replay_allow_write"], write_methods=value["replay_write_methods"],
+        dry_run_header=value["replay_dry_run_header"], set_header=value["replay_set_header"],
+        rewrite_url=value["replay_rewrite_url"], allow_header=value["replay_allow_header"],
+        disallow_header=value["replay_disallow_header"], sample=value["replay_sample"],
+        force_production=value["replay_force_production"])

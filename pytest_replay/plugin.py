@@ -64,11 +64,28 @@ def replay_target(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(scope="session")
+def replay_outbound():
+    """The respx router answering an in-process app's own outbound httpx calls during the replay.
+    Extend it in conftest.py (a call without a route fails the exchange that made it, and nothing
+    leaves the process)::
+
+        @pytest.fixture(scope="session")
+        def replay_outbound(replay_outbound):
+            replay_outbound.post("https://payments.example/charge").respond(201, json={"id": "ch_1"})
+            return replay_outbound
+    """
+    import respx
+
+    return respx.MockRouter(assert_all_called=False, assert_all_mocked=True)
+
+
+@pytest.fixture(scope="session")
 def replay_engine(request: pytest.FixtureRequest, replay_target):
     """The running replay: started once, before the first replay item, with every selected item's
     exchange on its schedule; items wait for their own observation."""
     session = request.config.stash[SESSION]
-    engine = session.start_engine(replay_target, request.session.items)
+    engine = session.start_engine(replay_target, request.session.items,
+                                  outbound=lambda: request.getfixturevalue("replay_outbound"))
     yield engine
     session.stop_engine()
 

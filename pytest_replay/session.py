@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .capture import Capture, CaptureError, CaptureStats, expand_paths
@@ -96,16 +97,28 @@ class ReplayItem(pytest.Function):
     def runtest(self) -> None:
         engine = self.funcargs["replay_engine"]
         failures = []
+        not_sent = []
         for exchange in self.exchanges:
             if not exchange.replayable:
                 continue
+            decision = self.replay.decisions.get(exchange.index)
+            if decision == "skip":
+                not_sent.append("write not replayed (--replay-writes skip)")
+                continue
             observation = engine.wait(exchange.index)
+            if decision == "mock":
+                self.replay.record(exchange, observation, None)
+                not_sent.append("write answered from the recording, not sent (--replay-writes mock; "
+                                "--replay-allow-write sends matching writes)")
+                continue
             verdict, text = self.replay.judge(exchange, observation)
             self.replay.record(exchange, observation, verdict)
             if len(self.exchanges) == 1:
                 self._properties(exchange, observation)
             if not verdict.passed:
                 failures.append(text)
+        if not_sent and len(not_sent) == sum(e.replayable for e in self.exchanges):
+            pytest.skip(not_sent[0] if len(not_sent) == 1 else f"{len(not_sent)} writes not sent: {not_sent[0]}")
         if failures:
             shown = failures[:5]
             more = f"\n... and {len(failures) - 5} more failing exchanges" if len(failures) > 5 else ""
@@ -129,6 +142,12 @@ class ReplayItem(pytest.Function):
 
     def reportinfo(self):
         return self.path, None, self.name
+
+
+def _display(path: str) -> str:
+    """A path as users see it: relative to the current directory when it is below it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def _ms(ns: int | None) -> str:
@@ -157,6 +176,16 @@ class ReplaySession:
         self.error: CaptureError | None = None
         self.engine = None
         self.target = None
+        self.outbound = None  # Outbound, for in-process targets
+        self.write_policy = None
+        self.write_counts = None
+        self.unused_allow: list[str] = []
+        self.decisions: dict[int, str] = {}  # exchange index -> send / mock / skip
+        from .policy.filters import RequestFilter
+        from .policy.rewrite import Rewrites
+
+        self.request_filter = RequestFilter(settings.allow_header, settings.disallow_header, settings.sample)
+        self.rewrites = Rewrites(settings.set_header, settings.rewrite_url)
         self.verdicts = None  # DiffConfig, made when the engine starts
         self.outcomes: Counter = Counter()
         self.results: list = []  # (exchange, observation, verdict) per judged exchange
@@ -180,7 +209,7 @@ class ReplaySession:
 
     def load(self) -> list[Exchange]:
         if self.exchanges is None and self.error is None:
-            capture = Capture(self.paths, server_ports=self.settings.server_ports)
+            capture = Capture([_display(p) for p in self.paths], server_ports=self.settings.server_ports)
             try:
                 self.exchanges = list(capture)
             except CaptureError as exc:
@@ -235,12 +264,14 @@ class ReplaySession:
         return name
 
     def filter_items(self, items: list) -> None:
-        """--replay-include/--replay-exclude: what does not match is deselected (and reported so)."""
-        if not (self.settings.include or self.settings.exclude):
+        """Include/exclude patterns, header filters and sampling: what does not pass is deselected
+        (and reported so)."""
+        if not (self.settings.include or self.settings.exclude or self.request_filter):
             return
         keep, drop = [], []
         for item in items:
-            if isinstance(item, ReplayItem) and not any(self.settings.selects(e.label) for e in item.exchanges):
+            if isinstance(item, ReplayItem) and not any(
+                    self.settings.selects(e.label) and self.request_filter.keep(e.request) for e in item.exchanges):
                 drop.append(item)
             else:
                 keep.append(item)
@@ -261,25 +292,56 @@ class ReplaySession:
                 "URL, an ASGI or WSGI app, or an httpx.AsyncClient")
 
     # -- the engine --------------------------------------------------------------------------
-    def start_engine(self, target_spec, items: Iterable):
+    def start_engine(self, target_spec, items: Iterable, outbound=None):
+        """Make the target, apply the write policy, rewrites and the production guard, and start
+        the engine with every selected exchange on its schedule."""
+        from .policy.guard import check_target, recorded_hosts
+        from .policy.writes import SKIP, WRITE_METHODS, WriteCounts, WritePolicy
         from .schedule.engine import Engine
         from .targets import make_target
+        from .targets.inprocess import ASGITarget, WSGITarget
+        from .targets.mock import PolicyTarget, RecordedWrites
+        from .targets.outbound import Outbound
         from .verdicts.diff import DiffConfig, learn_noise
 
-        try:
-            self.target = make_target(target_spec, verify=not self.settings.insecure)
-        except (ValueError, TypeError) as exc:
-            raise pytest.UsageError(f"replay target: {exc}") from None
-        noise = learn_noise(self.exchanges or ()) if self.settings.noise == "auto" else None
-        self.verdicts = DiffConfig(parts=self.settings.diff, headers=self.settings.headers, rules=self.settings.ignore,
-                                   noise=noise, redactor=REDACT, max_latency_ns=None if self.settings.max_latency
-                                   is None else int(self.settings.max_latency * 1e9))
-        selected = {e.index: e for item in items if isinstance(item, ReplayItem) and not item.get_closest_marker("skip")
-                    for e in item.exchanges if e.replayable}
         s = self.settings
+        try:
+            inner = make_target(target_spec, verify=not s.insecure)
+        except (ValueError, TypeError) as exc:
+            pytest.exit(f"replay target: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
+            getattr(getattr(inner, "client", None), "_transport", None), (httpx.ASGITransport, httpx.WSGITransport))
+        url = getattr(inner, "url", None) or getattr(inner, "base", None)
+        if url and not s.force_production:
+            refusal = check_target(str(url), recorded_hosts(self.exchanges or ()))
+            if refusal:
+                pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
+        self.write_policy = policy = WritePolicy(
+            mode=s.writes or ("pass" if in_process else "mock"), methods=WRITE_METHODS | s.write_methods,
+            allow=s.allow_write, dry_run_header=s.dry_run_header)
+        self.write_counts = WriteCounts()
+        self.unused_allow = policy.unused_allow_patterns(self.exchanges or ())
+        noise = learn_noise(self.exchanges or ()) if s.noise == "auto" else None
+        self.verdicts = DiffConfig(parts=s.diff, headers=s.headers, rules=s.ignore, noise=noise, redactor=REDACT,
+                                   max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
+        selected = [e for item in items if isinstance(item, ReplayItem) and not item.get_closest_marker("skip")
+                    for e in item.exchanges if e.replayable]
+        planned = []
+        for exchange in selected:
+            decision = policy.decide(exchange)
+            self.decisions[exchange.index] = decision
+            if decision == SKIP:
+                self.write_counts.add(exchange, decision)
+            else:
+                planned.append(exchange)
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
-        wire = getattr(self.target, "wire", None) or (lambda request: request.raw)
-        plan = build_plan(selected.values(), timing, lambda e: wire(e.request))
+        wire = getattr(inner, "wire", None) or (lambda request: request.raw)
+        plan = build_plan(planned, timing, lambda e: self.rewrites.apply(policy.mark(e.request)), wire)
+        self.target = PolicyTarget(inner, policy, RecordedWrites.from_exchanges(planned, policy.is_write),
+                                   counts=self.write_counts)
+        if outbound is not None and in_process:
+            self.outbound = Outbound(outbound())
+            self.outbound.start()
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout)
         _running.add(self)
         self.engine.start()
@@ -289,6 +351,8 @@ class ReplaySession:
         if self.engine is not None:
             self.engine.stop(cancel=cancel)
             _running.discard(self)
+        if self.outbound is not None:
+            self.outbound.stop()
 
     @staticmethod
     def running() -> list[ReplaySession]:
@@ -298,8 +362,13 @@ class ReplaySession:
     def judge(self, exchange: Exchange, observation):
         from .verdicts.diff import compare, render_failure
 
-        verdict = compare(exchange.response, observation.response, self.verdicts, exchange=exchange,
-                          error=None if observation.ok else f"{observation.error_kind}: {observation.error}",
+        error = None if observation.ok else f"{observation.error_kind}: {observation.error}"
+        calls = self.outbound.unrouted(exchange.index) if self.outbound is not None else ()
+        if calls and error is None:
+            shown = "; ".join(REDACT.target(call) for call in calls[:5])
+            error = (f"outbound call without a replay_outbound route (blocked, nothing left the process): {shown}"
+                     + (f" and {len(calls) - 5} more" if len(calls) > 5 else ""))
+        verdict = compare(exchange.response, observation.response, self.verdicts, exchange=exchange, error=error,
                           latency_ns=observation.latency_ns, recorded_latency_ns=exchange.recorded_latency_ns)
         text = "" if verdict.passed else render_failure(
             exchange, verdict, recorded_latency_ns=exchange.recorded_latency_ns,
@@ -314,7 +383,7 @@ class ReplaySession:
     def header_lines(self) -> list[str]:
         s = self.settings
         pace = f"rate {s.rate:g}/s" if s.rate else ("speed 0 (no waiting)" if s.speed == 0 else f"speed {s.speed:g}x")
-        names = ", ".join(os.path.relpath(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")
+        names = ", ".join(_display(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")
         return [f"replay: {names}; target {s.target or '(replay_target fixture)'}; {pace}; "
                 f"concurrency {s.concurrency}"]
 

@@ -98,7 +98,7 @@ def exchange(index, ts_ns, connection):
 def test_requests_go_exactly_at_t0_plus_offset(timing, expected):
     stamps = [0, 1000 * MS, 3000 * MS, 6000 * MS, 6010 * MS]
     exchanges = [exchange(i, ts, f"conn{i % 2}") for i, ts in enumerate(stamps)]
-    plan = build_plan(exchanges, timing, lambda e: e.request.raw)
+    plan = build_plan(exchanges, timing)
     assert [p.offset_ns for p in plan] == expected
     engine, obs = run(plan, Recorder(latency=MS), concurrency=64)
     assert engine.t0_ns == LEAD  # FakeClock starts at 0; t0 = now + lead_ns

@@ -34,6 +34,9 @@ class RunReport:
     recorded_latency: dict = field(default_factory=dict)
     noise: list[str] = field(default_factory=list)
     interrupted: bool = False
+    write_mode: str = ""
+    writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped)
+    unused_allow: list = field(default_factory=list)
 
     @classmethod
     def build(cls, session) -> RunReport:
@@ -58,6 +61,8 @@ class RunReport:
         recorded = sorted(e.recorded_latency_ns for e, _, _ in session.results if e.recorded_latency_ns is not None)
         report.recorded_latency = {q: percentile(recorded, q) for q in (50, 95, 99)}
         for _, _, verdict in session.results:
+            if verdict is None:  # a mocked write: nothing was judged
+                continue
             report.judged += 1
             if verdict.passed:
                 report.passed += 1
@@ -65,6 +70,10 @@ class RunReport:
                 report.failed_by[verdict.differences[0].part if verdict.differences else "?"] += 1
         if session.verdicts is not None and session.verdicts.noise is not None:
             report.noise = list(session.verdicts.noise.describe())
+        if session.write_policy is not None:
+            report.write_mode = session.write_policy.mode
+            report.writes = session.write_counts.rows() if session.write_counts else []
+            report.unused_allow = list(session.unused_allow)
         return report
 
 
@@ -97,6 +106,14 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         rep, rec = report.latency, report.recorded_latency
         lines.append("latency (to first byte), replayed vs recorded: "
                      + ", ".join(f"p{q} {_ms(rep.get(q))} vs {_ms(rec.get(q))}" for q in (50, 95, 99)))
+    if report.writes or report.write_mode:
+        totals = [sum(row[i] for row in report.writes) for i in (1, 2, 3)]
+        lines.append(f"writes ({report.write_mode}): {totals[0]} mocked (answered from the recording), "
+                     f"{totals[1]} sent, {totals[2]} skipped")
+        for endpoint, mocked, passed, skipped in report.writes[: (200 if verbose else 10)]:
+            lines.append(f"  {endpoint}: {mocked} mocked, {passed} sent, {skipped} skipped")
+    for pattern in report.unused_allow:
+        lines.append(f"warning: --replay-allow-write {pattern!r} matches no write in the capture")
     if report.noise:
         lines.append("noise (differs between recorded responses of identical requests; ignored in diffs, "
                      "override with --replay-ignore keep:RULE or --replay-noise off):")

@@ -53,9 +53,15 @@ def offsets(timestamps: list[int], timing: Timing) -> list[int]:
     return [round(o) for o in out]
 
 
-def build_plan(exchanges: Iterable[Exchange], timing: Timing, wire) -> list[PlannedRequest]:
-    """The plan for `exchanges` (already filtered), ordered by deadline. `wire(exchange)` gives the
-    bytes a network target sends for it."""
+def build_plan(exchanges: Iterable[Exchange], timing: Timing, prepare=None, wire=None) -> list[PlannedRequest]:
+    """The plan for `exchanges` (already filtered), ordered by deadline. `prepare(exchange)` gives
+    the request to send (after rewrites; default: the captured one), `wire(request)` the bytes a
+    network target sends for it (default: the captured bytes)."""
     chosen = sorted(exchanges, key=lambda e: (e.request_ts_ns, e.index))
     deadlines = offsets([e.request_ts_ns for e in chosen], timing)
-    return [PlannedRequest(e.index, offset, e.connection, e.request, wire(e)) for e, offset in zip(chosen, deadlines)]
+    plan = []
+    for exchange, offset in zip(chosen, deadlines):
+        request = prepare(exchange) if prepare else exchange.request
+        plan.append(PlannedRequest(exchange.index, offset, exchange.connection, request,
+                                   wire(request) if wire else request.raw))
+    return plan

@@ -12,6 +12,7 @@ affected (a user's client with a network transport is, by the user's choice).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ import httpx
 from ..http.message import Request, Response
 from ..schedule.plan import PlannedRequest
 from .base import APP_ERROR, REFUSED, RESET, TIMEOUT, UNPARSABLE, TargetError, describe
+from .outbound import CURRENT_EXCHANGE
 
 # Not passed on: hop-by-hop headers, and the framing and Host headers httpx sets itself.
 SKIPPED_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
@@ -98,6 +100,7 @@ class ASGITarget(_AppTarget):
         request = planned.request
         req = _build(request.method, self._url(request), _headers(request), request.body)
         now = clock.now_ns
+        token = CURRENT_EXCHANGE.set(planned.key)  # the app's outbound calls are attributed to it
         sent = now()
         try:
             resp = await self.transport.handle_async_request(req)
@@ -107,6 +110,8 @@ class ASGITarget(_AppTarget):
             raise
         except Exception as exc:
             raise TargetError(APP_ERROR, describe(exc), sent_ns=sent) from None
+        finally:
+            CURRENT_EXCHANGE.reset(token)
         return _response(resp.status_code, resp.reason_phrase, resp.headers.raw, body), sent, first, now()
 
     async def close(self) -> None:
@@ -146,10 +151,12 @@ class WSGITarget(_AppTarget):
             await self.start()
         now = clock.now_ns
         loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # the pool thread sees which exchange it works on
+        context.run(CURRENT_EXCHANGE.set, planned.key)
         sent = now()
         try:
             status, reason, headers, body, first = await loop.run_in_executor(
-                self._pool, self._call, req, request.method == "HEAD", now)
+                self._pool, context.run, self._call, req, request.method == "HEAD", now)
         except (TargetError, asyncio.CancelledError):
             raise
         except Exception as exc:

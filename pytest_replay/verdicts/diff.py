@@ -31,7 +31,7 @@ from deepdiff.helper import notpresent
 from ..http.message import Exchange, Request, Response
 from ..http.normalize import endpoint_of
 from ..policy.redact import DEFAULT as DEFAULT_REDACTOR
-from ..policy.redact import Redactor, mask
+from ..policy.redact import Redactor, is_masked, mask_text
 from .rules import (FRAMING_HEADERS, TRANSPORT_HEADERS, VOLATILE_HEADERS, Endpoint, Header, Json, Keep, Point,
                     Regex, Rule, generalized_path, parse_rule, parse_rules, readable_path)
 
@@ -158,33 +158,15 @@ HEADER_SHAPES = {"set-cookie": _set_cookie_shape}  # headers compared by shape, 
 
 
 # -- masking secrets ----------------------------------------------------------------------------------
-_PAIR = re.compile(r"(?P<name>[\w.\-]+)=(?P<value>[^&\s;,\"'<>]+)")
-_QUOTED = re.compile(r"\"(?P<name>[\w.\-]+)\"\s*:\s*\"(?P<value>(?:[^\"\\]|\\.)*)\"")
-_SCHEME = re.compile(r"(?i)\b(?P<name>bearer|basic|token|digest)\s+(?P<value>[\w.~+/=\-]{8,})")
-
-
-def _masked(value: str) -> bool:
-    return value.startswith("REDACTED-") or value == HIDDEN
-
-
-def mask_text(text: str, redactor: Redactor = DEFAULT_REDACTOR) -> str:
-    """Secret-looking `name=value`, `"name": "value"` and `Bearer <token>` in free text, masked."""
-    def pair(match: re.Match[str]) -> str:
-        name, value = match["name"], match["value"]
-        if _masked(value) or not (redactor.name_pattern.search(name) or match.re is _SCHEME):
-            return match[0]
-        return match[0].replace(value, mask(value))
-    for pattern in (_QUOTED, _PAIR, _SCHEME):
-        text = pattern.sub(pair, text)
-    return text
+_masked = is_masked  # mask_text (secrets in free text) lives in policy/redact.py with the Redactor
 
 
 def _redact_json(value, redactor: Redactor, secret: bool = False):
     """A JSON value with everything under secret-looking keys masked (strings screened as text)."""
     if secret and not isinstance(value, (dict, list)):
-        return mask(json.dumps(value)) if not (isinstance(value, str) and _masked(value)) else value
+        return redactor.mask(json.dumps(value)) if not (isinstance(value, str) and _masked(value)) else value
     if isinstance(value, dict):
-        return {k: _redact_json(v, redactor, secret or bool(redactor.name_pattern.search(str(k))))
+        return {k: _redact_json(v, redactor, secret or bool(redactor.is_secret_name(str(k))))
                 for k, v in value.items()}
     if isinstance(value, list):
         return [_redact_json(v, redactor, secret) for v in value]
@@ -202,7 +184,7 @@ def _json_value(value, redactor: Redactor, secret: bool) -> str:
 
 
 def _secret_path(path: str, redactor: Redactor) -> bool:
-    return any(redactor.name_pattern.search(key) for key in re.findall(r"[^.\[\]'\"$]+", path))
+    return any(redactor.is_secret_name(key) for key in re.findall(r"[^.\[\]'\"$]+", path))
 
 
 # -- values -------------------------------------------------------------------------------------------
@@ -618,9 +600,9 @@ def _rescreen(difference: Difference, redactor: Redactor) -> tuple[str, str]:
             return value
         if difference.part == "header" and redactor.is_secret_header(difference.path) \
                 and difference.path not in HEADER_SHAPES:  # shapes carry no values
-            return mask(value)
+            return redactor.mask(value)
         if difference.part == "body" and _secret_path(difference.path, redactor):
-            return mask(value)
+            return redactor.mask(value)
         return _short(mask_text(value, redactor))
     return screen(difference.recorded), screen(difference.replayed)
 

@@ -1,0 +1,54 @@
+"""Hooks a conftest.py (or a plugin) implements to change or drop requests and to see replayed responses.
+
+Registered by the plugin with ``pluginmanager.add_hookspecs(hookspecs)`` (in ``pytest_addhooks``). Both
+hooks run in the replay engine's thread, inside its event loop, right before a request is sent and right
+after its response arrives: keep them quick and do not block (no network calls, no sleeping).
+
+Example (a conftest.py): the replayed login gets a new token; later requests must carry it::
+
+    from pytest_replay.policy.correlate import correlate_json_field
+
+    def pytest_replay_response(exchange, response, state):
+        if exchange.request.path == "/login":
+            correlate_json_field(state, exchange.response, response, "access_token")
+
+Learned values are substituted in every later request automatically (request line, headers, body,
+Content-Length fixed), before ``pytest_replay_request`` sees it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from .policy.correlate import DROP, ReplayState
+
+if TYPE_CHECKING:
+    from .http.message import Exchange, Request, Response
+
+hookspec = pluggy.HookspecMarker("pytest")
+
+__all__ = ["DROP", "ReplayState", "pytest_replay_request", "pytest_replay_response"]
+
+
+@hookspec(firstresult=True)
+def pytest_replay_request(request: Request, exchange: Exchange, state: ReplayState) -> Request | object | None:
+    """Called before each request is sent, with the request about to go (the captured one after the
+    replay's rewrites and the learned substitutions), its exchange (the recorded request and response)
+    and the run's shared state.
+
+    Return None to leave it as it is, a :class:`~pytest_replay.http.message.Request` to send that instead
+    (``Request.build(...)``, or ``state.substitute(...)``; fix Content-Length yourself when you build the
+    bytes), or ``DROP`` to not send it (its test item is reported as dropped, not failed).
+
+    First result wins: the first implementation that returns something other than None decides.
+    """
+
+
+@hookspec
+def pytest_replay_response(exchange: Exchange, response: Response, state: ReplayState) -> None:
+    """Called with each replayed response (not for requests that failed or were dropped): the place to
+    learn values for later requests, e.g. ``state.learn(recorded_token, replayed_token)`` or
+    ``correlate_json_field(state, exchange.response, response, "token")``. Every implementation runs; the
+    return value is ignored."""

@@ -1,0 +1,526 @@
+"""Run-wide numbers that merge exactly: HDR latency histograms and counters, per endpoint and overall.
+
+One `Aggregate` per process. The plugin adds every replayed exchange to it (with its observation and
+verdict); pytest-xdist workers ship `to_dict()` in `workeroutput`, shards write it into their
+evidence file, and `merge()` adds them up. Histograms add bucket by bucket, so percentiles of a merged
+aggregate are *exactly* those of one aggregate fed all the requests.
+
+Histograms follow HdrHistogram (the `hdrh` package): microsecond values from 1 µs to 1 hour with 3
+significant figures (0.1% resolution). The bucket layout and the wire format (`encode()`, base64 of the
+compressed V2 payload) are HDR's; counts are kept sparse (bucket index -> count) because a dense HDR
+array of this range is ~230 KB, too much for three histograms times a thousand endpoints. Exact sum,
+min and max are kept beside the buckets, so `mean` and `max` are exact too.
+
+Definitions (the budgets and the evidence use these):
+  requests       observations from the target: sent, not mocked, not cancelled by a stop
+  latency        Observation.latency_ns (time to the first response byte), requests with a response
+  recorded       Exchange.recorded_latency_ns of those same requests, when the capture has it
+  lateness       send time minus deadline, clamped at 0 in the histogram; `early` counts negatives
+  status         replayed status class (2xx..5xx); `recorded_status`: the capture's, same requests
+  errors         transport failures by kind (refused, reset, timeout, ...); "cancelled" is kept
+                 apart in `cancelled` (the run was stopped), not counted as a request
+  failures       failed verdicts by part (status/header/body/latency/error; each part once per verdict)
+  writes         mocked / passed / skipped write requests (by the write policy)
+  skipped        exchanges not replayed, by reason (Aggregate.skip)
+Sans-IO: values in, values out; no pytest, no clock, no files.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from hdrh.histogram import HdrHistogram
+
+from ..http.normalize import endpoint_of
+from ..verdicts.budgets import fmt_ms
+
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000  # one hour
+SIGNIFICANT_FIGURES = 3
+MAX_ENDPOINTS = 1000  # endpoints tracked one by one; the rest are folded into OTHER
+MAX_REASONS = 100  # distinct skip reasons kept; the rest are counted under OTHER
+OTHER = "(other)"
+ALL = "(all)"
+METRICS = ("latency", "recorded", "lateness")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+WRITE_OUTCOMES = {"mock": "mocked", "send": "passed", "pass": "passed", "skip": "skipped"}  # policy.writes
+CANCELLED = "cancelled"  # targets.base.CANCELLED (kept literal: report/ does not import targets/)
+
+_TEMPLATE = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
+_UNIT = _TEMPLATE.unit_magnitude
+_HALF_MAG = _TEMPLATE.sub_bucket_half_count_magnitude
+_HALF = _TEMPLATE.sub_bucket_half_count
+_MASK = _TEMPLATE.sub_bucket_mask
+_SHIFT = _UNIT + _HALF_MAG + 1
+_COUNTS_LEN = _TEMPLATE.counts_len
+_HIGHEST_EQUIVALENT: dict[int, int] = {}  # bucket index -> highest value it holds (memo)
+
+
+def _index(value: int) -> int:
+    """HDR's counts index of `value` (same arithmetic as HdrHistogram._counts_index_for, inlined)."""
+    bucket = (value | _MASK).bit_length() - _SHIFT
+    return ((bucket + 1) << _HALF_MAG) + (value >> (bucket + _UNIT)) - _HALF
+
+
+def _highest(index: int) -> int:
+    value = _HIGHEST_EQUIVALENT.get(index)
+    if value is None:
+        value = _HIGHEST_EQUIVALENT[index] = _TEMPLATE.get_highest_equivalent_value(
+            _TEMPLATE.get_value_from_index(index))
+    return value
+
+
+def _lowest(index: int) -> int:
+    return _TEMPLATE.get_value_from_index(index)
+
+
+def to_us(ns: int) -> int:
+    return (ns + 500) // 1000 if ns > 0 else 0
+
+
+class Histogram:
+    """A sparse HDR histogram of microsecond values (HDR's buckets, exact sum/min/max beside them)."""
+
+    __slots__ = ("counts", "total", "sum", "min", "max")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.total = 0
+        self.sum = 0
+        self.min: int | None = None
+        self.max: int | None = None
+
+    def record(self, us: int, count: int = 1) -> None:
+        if us < 0:
+            us = 0
+        elif us > HIGHEST_US:
+            us = HIGHEST_US
+        index = _index(us)
+        counts = self.counts
+        counts[index] = counts.get(index, 0) + count
+        self.total += count
+        self.sum += us * count
+        if self.min is None or us < self.min:
+            self.min = us
+        if self.max is None or us > self.max:
+            self.max = us
+
+    def merge(self, other: Histogram) -> Histogram:
+        counts = self.counts
+        for index, count in other.counts.items():
+            counts[index] = counts.get(index, 0) + count
+        self.total += other.total
+        self.sum += other.sum
+        if other.min is not None and (self.min is None or other.min < self.min):
+            self.min = other.min
+        if other.max is not None and (self.max is None or other.max > self.max):
+            self.max = other.max
+        return self
+
+    def percentiles(self, qs: Iterable[float]) -> dict[float, int | None]:
+        """Values (µs) at percentiles q in 0..100, as HdrHistogram.get_value_at_percentile computes
+        them (the highest value equivalent to the bucket reaching the target count); q=100 is the
+        exact maximum, q=0 the exact minimum."""
+        qs = list(qs)
+        if not self.total:
+            return {q: None for q in qs}
+        out: dict[float, int | None] = {}
+        wanted = []
+        for q in qs:
+            if q >= 100:
+                out[q] = self.max
+            elif q <= 0:
+                out[q] = self.min
+            else:
+                wanted.append((max(int(q * self.total / 100 + 0.5), 1), q))
+        if wanted:
+            wanted.sort()
+            i, seen = 0, 0
+            for index in sorted(self.counts):
+                seen += self.counts[index]
+                while i < len(wanted) and seen >= wanted[i][0]:
+                    out[wanted[i][1]] = min(_highest(index), self.max)
+                    i += 1
+                if i == len(wanted):
+                    break
+        return out
+
+    def percentile(self, q: float) -> int | None:
+        return self.percentiles((q,))[q]
+
+    @property
+    def mean(self) -> float | None:
+        return self.sum / self.total if self.total else None
+
+    def count_beyond(self, us: float, above: bool = True) -> int:
+        """Requests whose bucket lies wholly above (or below) `us`."""
+        if above:
+            return sum(c for i, c in self.counts.items() if _lowest(i) > us)
+        return sum(c for i, c in self.counts.items() if _highest(i) < us)
+
+    # -- wire format ------------------------------------------------------------------------
+    def encode(self) -> str:
+        """HDR's compressed V2 encoding (base64): readable by any HdrHistogram implementation."""
+        hist = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
+        if self.counts:
+            counts = hist.counts  # the payload's counts array: set in place (record_value is ~7 µs a call)
+            for index, count in self.counts.items():
+                counts[index] = count
+            hist.set_internal_tacking_values(min(self.counts), max(self.counts), self.total)
+        encoded = hist.encode()
+        return encoded.decode("ascii") if isinstance(encoded, bytes) else encoded
+
+    def to_dict(self) -> dict | None:
+        if not self.total:
+            return None
+        return {"hdr": self.encode(), "count": self.total, "sum_us": self.sum, "min_us": self.min,
+                "max_us": self.max}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Histogram:
+        hist = cls()
+        if not data:
+            return hist
+        decoded = HdrHistogram.decode(data["hdr"])
+        same = (decoded.unit_magnitude, decoded.sub_bucket_count) == (_UNIT, _TEMPLATE.sub_bucket_count)
+        try:  # the counts array (ctypes) sliced at once: ~100x faster than get_count_at_index
+            length = min(decoded.counts_len, decoded.encoder.payload.counts_len)
+            values = list(decoded.counts[:length])
+        except AttributeError:  # pragma: no cover - other hdrh versions
+            values = [decoded.get_count_at_index(i) for i in range(decoded.counts_len)]
+        for index, count in enumerate(values):
+            if count:
+                target = index if same else _index(min(decoded.get_value_from_index(index), HIGHEST_US))
+                hist.counts[target] = hist.counts.get(target, 0) + count
+        hist.total = sum(hist.counts.values())
+        if hist.total != data.get("count", hist.total):
+            raise ValueError(f"histogram holds {hist.total} values, its header says {data['count']}")
+        hist.sum = int(data.get("sum_us", 0))
+        hist.min = data.get("min_us")
+        hist.max = data.get("max_us")
+        return hist
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Histogram) and (self.counts, self.total, self.sum, self.min, self.max) == (
+            other.counts, other.total, other.sum, other.min, other.max)
+
+    def __repr__(self) -> str:
+        return f"Histogram(total={self.total}, min={self.min}, max={self.max})"
+
+
+_COUNTERS = ("status", "recorded_status", "errors", "failures", "writes", "skipped")
+
+
+class Stats:
+    """The numbers of one endpoint (or of the whole run): histograms plus counters."""
+
+    __slots__ = ("requests", "early", "judged", "failed", "latency", "recorded", "lateness", *_COUNTERS)
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.early = 0  # sent before their deadline (lateness < 0)
+        self.judged = 0
+        self.failed = 0
+        self.latency = Histogram()
+        self.recorded = Histogram()
+        self.lateness = Histogram()
+        self.status: Counter = Counter()
+        self.recorded_status: Counter = Counter()
+        self.errors: Counter = Counter()  # transport error kind -> count (incl. "cancelled")
+        self.failures: Counter = Counter()  # verdict part -> failed verdicts involving it
+        self.writes: Counter = Counter()  # mocked / passed / skipped
+        self.skipped: Counter = Counter()  # reason -> exchanges not replayed
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def transport_errors(self) -> int:
+        return sum(n for kind, n in self.errors.items() if kind != CANCELLED)
+
+    @property
+    def recorded_responses(self) -> int:
+        return sum(self.recorded_status.values())
+
+    def count(self, what: str, recorded: bool = False) -> int:
+        """How many requests count for an error metric: '5xx', '4xx' or 'errors' (transport + 5xx).
+        Recorded: the capture's status classes (a capture has no transport errors)."""
+        status = self.recorded_status if recorded else self.status
+        if what == "errors":
+            return status["5xx"] + (0 if recorded else self.transport_errors)
+        return status[what]
+
+    def rate(self, what: str, recorded: bool = False) -> float | None:
+        """Percent of requests (replayed) or of recorded responses (recorded)."""
+        total = self.recorded_responses if recorded else self.requests
+        return 100.0 * self.count(what, recorded) / total if total else None
+
+    def histogram(self, metric: str) -> Histogram:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
+        return getattr(self, metric)
+
+    # -- combining --------------------------------------------------------------------------
+    def merge(self, other: Stats) -> Stats:
+        self.requests += other.requests
+        self.early += other.early
+        self.judged += other.judged
+        self.failed += other.failed
+        self.latency.merge(other.latency)
+        self.recorded.merge(other.recorded)
+        self.lateness.merge(other.lateness)
+        for name in _COUNTERS:
+            getattr(self, name).update(getattr(other, name))
+        return self
+
+    def to_dict(self) -> dict:
+        out = {"requests": self.requests, "early": self.early, "judged": self.judged, "failed": self.failed}
+        out.update({name: self.histogram(name).to_dict() for name in METRICS})
+        out.update({name: dict(getattr(self, name)) for name in _COUNTERS})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Stats:
+        stats = cls()
+        for name in ("requests", "early", "judged", "failed"):
+            setattr(stats, name, int(data.get(name, 0)))
+        for name in METRICS:
+            setattr(stats, name, Histogram.from_dict(data.get(name)))
+        for name in _COUNTERS:
+            setattr(stats, name, Counter({k: int(v) for k, v in (data.get(name) or {}).items()}))
+        return stats
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Stats) and self.to_comparable() == other.to_comparable()
+
+    def to_comparable(self) -> tuple:
+        return (self.requests, self.early, self.judged, self.failed, self.latency, self.recorded, self.lateness,
+                *(dict(+getattr(self, name)) for name in _COUNTERS))
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+class Aggregate:
+    """Per-endpoint (method + path template) and overall statistics of a replay; mergeable."""
+
+    SCHEMA = 1
+
+    def __init__(self, max_endpoints: int = MAX_ENDPOINTS) -> None:
+        self.max_endpoints = max_endpoints
+        self.overall = Stats()
+        self.endpoints: dict[str, Stats] = {}
+        self.folded = 0  # exchanges counted under OTHER because the endpoint cap was reached
+
+    # -- feeding ----------------------------------------------------------------------------
+    def _stats(self, method: str, target: str) -> Stats:
+        key = endpoint_of(method, target)
+        stats = self.endpoints.get(key)
+        if stats is None:
+            if len(self.endpoints) >= self.max_endpoints and key != OTHER:
+                self.folded += 1
+                key = OTHER
+                stats = self.endpoints.get(OTHER)
+            if stats is None:
+                stats = self.endpoints[key] = Stats()
+        return stats
+
+    def add(self, exchange, observation, verdict=None, *, write: str | None = None) -> None:
+        """Count one replayed exchange. `observation` is its targets.base.Observation; `verdict` its
+        verdicts.diff.Verdict (if judged); `write` is "mocked" (answered from the recording, not sent:
+        counted, not measured), "passed" (a write sent to the target) or None (a read). The write
+        policy's decisions "mock"/"send"/"skip" are accepted too."""
+        request = exchange.request
+        endpoint = self._stats(request.method, request.target)
+        if write is not None:
+            write = WRITE_OUTCOMES.get(write, write)
+            endpoint.writes[write] += 1
+            self.overall.writes[write] += 1
+        if write in ("mocked", "skipped") or observation is None:
+            return
+        kind = observation.error_kind
+        if kind == CANCELLED:
+            endpoint.errors[kind] += 1
+            self.overall.errors[kind] += 1
+            return
+        for stats in (endpoint, self.overall):
+            stats.requests += 1
+            lateness = observation.sent_ns - observation.deadline_ns
+            if lateness < 0:
+                stats.early += 1
+            stats.lateness.record(to_us(lateness))
+            if kind is not None:
+                stats.errors[kind] += 1
+            response = observation.response
+            if response is not None and kind is None:
+                stats.status[_status_class(response.status)] += 1
+            latency = observation.latency_ns
+            if latency is not None and kind is None:
+                stats.latency.record(to_us(latency))
+            recorded = exchange.response
+            if recorded is not None:
+                stats.recorded_status[_status_class(recorded.status)] += 1
+                recorded_ns = exchange.recorded_latency_ns
+                if recorded_ns is not None:
+                    stats.recorded.record(to_us(recorded_ns))
+            if verdict is not None:
+                stats.judged += 1
+                if not verdict.passed:
+                    stats.failed += 1
+                    for part in {d.part for d in verdict.differences} or {"?"}:
+                        stats.failures[part] += 1
+
+    def skip(self, exchange, reason: str, *, write: bool = False) -> None:
+        """Count an exchange that was selected but not replayed (incomplete, a write skipped by the
+        policy, ...). `reason` is a short stable code."""
+        endpoint = self._stats(exchange.request.method, exchange.request.target)
+        for stats in (endpoint, self.overall):
+            key = reason if reason in stats.skipped or len(stats.skipped) < MAX_REASONS else OTHER
+            stats.skipped[key] += 1
+            if write:
+                stats.writes["skipped"] += 1
+
+    # -- combining --------------------------------------------------------------------------
+    def merge(self, other: Aggregate) -> Aggregate:
+        """Add `other` into this aggregate (exact: histogram buckets and counters add)."""
+        self.overall.merge(other.overall)
+        self.folded += other.folded
+        for key, stats in other.endpoints.items():
+            mine = self.endpoints.get(key)
+            if mine is None:
+                if len(self.endpoints) >= self.max_endpoints and key != OTHER:
+                    self.folded += stats.requests + sum(stats.writes.values()) + sum(stats.skipped.values())
+                    key = OTHER
+                    mine = self.endpoints.get(OTHER)
+                if mine is None:
+                    mine = self.endpoints[key] = Stats()
+            mine.merge(stats)
+        return self
+
+    @classmethod
+    def merged(cls, aggregates: Iterable[Aggregate]) -> Aggregate:
+        total = cls()
+        for aggregate in aggregates:
+            total.merge(aggregate)
+        return total
+
+    def to_dict(self) -> dict:
+        """JSON-safe (histograms as HDR base64 strings): for xdist's workeroutput and evidence files."""
+        return {"schema": self.SCHEMA, "max_endpoints": self.max_endpoints, "folded": self.folded,
+                "overall": self.overall.to_dict(),
+                "endpoints": {key: stats.to_dict() for key, stats in sorted(self.endpoints.items())}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Aggregate:
+        if data.get("schema") != cls.SCHEMA:
+            raise ValueError(f"aggregate schema {data.get('schema')!r} is not {cls.SCHEMA}: written by "
+                             "another version of pytest-traffic-replay")
+        aggregate = cls(int(data.get("max_endpoints", MAX_ENDPOINTS)))
+        aggregate.folded = int(data.get("folded", 0))
+        aggregate.overall = Stats.from_dict(data["overall"])
+        aggregate.endpoints = {key: Stats.from_dict(value) for key, value in data["endpoints"].items()}
+        return aggregate
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Aggregate) and self.overall == other.overall
+                and self.endpoints == other.endpoints)
+
+    # -- reading ----------------------------------------------------------------------------
+    def stats(self, endpoint: str | None = None) -> Stats | None:
+        """The Stats of an endpoint ("GET /api/users/{id}"), or the overall ones for None/ALL."""
+        if endpoint in (None, ALL):
+            return self.overall
+        return self.endpoints.get(endpoint)
+
+    def percentile(self, endpoint: str | None, metric: str, q: float) -> int | None:
+        """The q-th percentile (0..100; 100 = max) of `metric` ("latency", "recorded", "lateness")
+        for an endpoint (None or ALL: the whole run), in nanoseconds at microsecond resolution."""
+        stats = self.stats(endpoint)
+        if stats is None:
+            return None
+        value = stats.histogram(metric).percentile(q)
+        return None if value is None else value * 1000
+
+    def union(self, keys: Iterable[str]) -> Stats:
+        """The Stats of several endpoints taken together (a scoped budget's measure)."""
+        total = Stats()
+        for key in keys:
+            total.merge(self.endpoints[key])
+        return total
+
+    def table(self) -> list[dict]:
+        """One row per endpoint (most requests first), then the overall row (endpoint ALL). Times in ms."""
+        keys = sorted(self.endpoints, key=lambda k: (-self.endpoints[k].requests, k))
+        return [row(key, self.endpoints[key]) for key in keys] + [row(ALL, self.overall)]
+
+
+QS = (50, 95, 99, 100)
+
+
+def _ms(us: int | float | None) -> float | None:
+    return None if us is None else round(us / 1000, 3)
+
+
+def row(endpoint: str, stats: Stats) -> dict:
+    """A table row (plain data) for one endpoint's Stats."""
+    rec = stats.recorded.percentiles(QS)
+    rep = stats.latency.percentiles(QS)
+    late = stats.lateness.percentiles((50, 99, 100))
+    names = ("p50", "p95", "p99", "max")
+
+    def pct(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return {
+        "endpoint": endpoint,
+        "requests": stats.requests,
+        "recorded_ms": {n: _ms(rec[q]) for n, q in zip(names, QS)} | {"mean": _ms(stats.recorded.mean)},
+        "replayed_ms": {n: _ms(rep[q]) for n, q in zip(names, QS)} | {"mean": _ms(stats.latency.mean)},
+        "error_pct": pct(stats.rate("errors")),
+        "5xx_pct": pct(stats.rate("5xx")),
+        "4xx_pct": pct(stats.rate("4xx")),
+        "recorded_5xx_pct": pct(stats.rate("5xx", recorded=True)),
+        "transport_errors": dict(stats.errors),
+        "status": dict(stats.status),
+        "recorded_status": dict(stats.recorded_status),
+        "lateness_ms": {"p50": _ms(late[50]), "p99": _ms(late[99]), "max": _ms(late[100])},
+        "early": stats.early,
+        "judged": stats.judged,
+        "failed": stats.failed,
+        "failures": dict(stats.failures),
+        "writes": dict(stats.writes),
+        "skipped": dict(stats.skipped),
+    }
+
+
+
+def render_table(rows: list[dict], limit: int = 20) -> list[str]:
+    """The per-endpoint table as terminal lines: recorded -> replayed latency (ms), error %, lateness."""
+    if not rows:
+        return []
+    body = [r for r in rows if r["endpoint"] != ALL]
+    total = [r for r in rows if r["endpoint"] == ALL]
+    shown = body[:limit]
+    header = ("endpoint", "count", "p50 rec/rep ms", "p95 rec/rep ms", "p99 rec/rep ms", "max rec/rep ms",
+              "err %", "late p99 ms")
+
+    def cells(r: dict) -> tuple[str, ...]:
+        rec, rep = r["recorded_ms"], r["replayed_ms"]
+        err = "-" if r["error_pct"] is None else f"{r['error_pct']:.2f}"
+        return (r["endpoint"], str(r["requests"]),
+                *(f"{fmt_ms(rec[k])}/{fmt_ms(rep[k])}" for k in ("p50", "p95", "p99", "max")),
+                err, fmt_ms(r["lateness_ms"]["p99"]))
+
+    table = [header] + [cells(r) for r in shown + total]
+    widths = [min(max(len(c[i]) for c in table), 60 if i == 0 else 40) for i in range(len(header))]
+
+    def line(c: tuple[str, ...]) -> str:
+        first = c[0] if len(c[0]) <= widths[0] else c[0][: widths[0] - 3] + "..."
+        return "  " + "  ".join([first.ljust(widths[0])] + [v.rjust(w) for v, w in zip(c[1:], widths[1:])]).rstrip()
+
+    out = [line(header)] + [line(cells(r)) for r in shown]
+    if len(body) > len(shown):
+        rest = sum(r["requests"] for r in body[len(shown):])
+        out.append(f"  ... {len(body) - len(shown)} more endpoints, {rest} requests")
+    out += [line(cells(r)) for r in total]
+    return out

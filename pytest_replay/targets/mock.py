@@ -1,0 +1,189 @@
+"""Mocked writes: a write the policy does not send is answered from the recording, through respx.
+
+`RecordedWrites` holds the recorded response of each write and a `respx.MockRouter` whose single
+catch-all route answers a request with the recorded response of its exchange. The exchange is named
+by an internal header (`x-replay-exchange: <key>`) on the httpx request built for the router, so two
+identical writes still get their own recorded answers. A write recorded without a response gets a
+502 whose JSON body says so.
+
+The router is reached through `httpx.MockTransport(router.async_handler)`, called directly: no
+httpx client and no network. respx's global patching (a user's `respx.mock`) is not involved either
+way: with `using="httpcore"` (the default) it patches httpcore, which a MockTransport never calls;
+with `using="httpx"` it wraps every httpx client's transport, which is why no client is used here.
+
+`PolicyTarget` wraps the real target: "send" goes to it, "mock" to the router, and both are counted
+per endpoint in a WriteCounts (writes only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable, Mapping
+
+import httpx
+import respx
+
+from ..http.message import Request, Response
+from ..policy.writes import MOCK, SEND, SKIP, WRITE_METHODS, WriteCounts, WritePolicy
+from ..schedule.plan import PlannedRequest
+from .base import APP_ERROR, CANCELLED, TargetError, describe
+from .inprocess import SKIPPED_HEADERS, _path
+
+EXCHANGE_HEADER = b"x-replay-exchange"
+NO_RECORDING = "no recorded response to answer this mocked write"
+_MOCK_HOST = "recorded.invalid"  # only the router sees it: .invalid can never resolve
+
+
+class _RawBody(httpx.AsyncByteStream, httpx.SyncByteStream):
+    """The recorded body as is: not a ByteStream, so respx does not pre-read (and content-decode) it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self):
+        yield self.data
+
+    async def __aiter__(self):
+        yield self.data
+
+
+class RecordedWrites:
+    """Recorded responses of writes, keyed by exchange index, served by a respx router."""
+
+    def __init__(self, responses: Mapping[int, Response | None]) -> None:
+        self.responses = dict(responses)
+        self.router = respx.MockRouter(assert_all_called=False, using=None)
+        self.route = self.router.route(name="recorded-writes").mock(side_effect=self._answer)
+        self.transport = httpx.MockTransport(self.router.async_handler)
+        self.answered = 0
+
+    @classmethod
+    def from_exchanges(cls, exchanges: Iterable, is_write: Callable | None = None) -> RecordedWrites:
+        """Keep the recorded response of each write among `exchanges` (`is_write(exchange)`,
+        default: the method is POST, PUT, PATCH or DELETE)."""
+        if is_write is None:
+            def is_write(exchange) -> bool:
+                return exchange.request.method.upper() in WRITE_METHODS
+        return cls({e.index: e.response for e in exchanges if is_write(e)})
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        """The route's side effect: the recorded response of the exchange named in the request."""
+        key = request.headers.get(EXCHANGE_HEADER.decode())
+        recorded = self.responses.get(int(key)) if key is not None and key.isdigit() else None
+        if recorded is None:
+            body = json.dumps({"error": NO_RECORDING, "exchange": key,
+                               "request": f"{request.method} {request.url.raw_path.decode('ascii', 'replace')}"})
+            return httpx.Response(502, headers=[(b"Content-Type", b"application/json")], content=body.encode(),
+                                  request=request)
+        return httpx.Response(recorded.status, headers=list(recorded.headers), stream=_RawBody(recorded.body),
+                              request=request, extensions={
+                                  "reason_phrase": recorded.reason.encode("latin-1", "replace"),
+                                  "http_version": f"HTTP/{recorded.version}".encode("ascii", "replace")})
+
+    def httpx_request(self, request: Request, key: int) -> httpx.Request:
+        """The request the router sees: captured method, target, headers (not framing ones) and body,
+        plus the exchange header."""
+        headers = [(k, v) for k, v in request.headers
+                   if k.lower() not in SKIPPED_HEADERS and k.lower() != EXCHANGE_HEADER]
+        headers.append((EXCHANGE_HEADER, str(key).encode()))
+        host = request.host or ""
+        if not host or any(c in host for c in " /?#@\\"):
+            host = _MOCK_HOST
+        try:
+            return httpx.Request(request.method, f"http://{host}{_path(request.target)}", headers=headers,
+                                 content=request.body)
+        except Exception:  # an odd Host or target httpx refuses: the router only needs the key
+            return httpx.Request(request.method, f"http://{_MOCK_HOST}/", headers=headers, content=request.body)
+
+    async def answer(self, request: Request, key: int) -> httpx.Response:
+        """The router's response for exchange `key` (its body still to be read from `.stream`)."""
+        try:
+            return await self.transport.handle_async_request(self.httpx_request(request, key))
+        finally:
+            # respx records every call; a long replay must not keep them all.
+            self.router.calls.clear()
+            self.route.calls.clear()
+            self.answered += 1
+
+
+def _default_is_write(request: Request) -> bool:
+    return request.method.upper() in WRITE_METHODS
+
+
+class PolicyTarget:
+    """A Target applying the write policy: `decide(planned)` -> "send" (to `inner`), "mock" (answered
+    by `recorded`) or "skip" (should have been left out of the plan: raises TargetError). `decide`
+    may be a WritePolicy, its bound `decide`, or any callable taking a PlannedRequest. Writes are
+    counted per endpoint in `counts` (mocked / passed)."""
+
+    def __init__(self, inner, decide, recorded: RecordedWrites, *, is_write: Callable[[Request], bool] | None = None,
+                 counts: WriteCounts | None = None) -> None:
+        policy = decide if isinstance(decide, WritePolicy) else getattr(decide, "__self__", None)
+        if isinstance(decide, WritePolicy):
+            decide = decide.decide
+        if is_write is None:
+            is_write = policy.is_write if isinstance(policy, WritePolicy) else _default_is_write
+        self.inner = inner
+        self.decide = decide
+        self.recorded = recorded
+        self.is_write = is_write
+        self.counts = counts if counts is not None else WriteCounts()
+        self.name = inner.name
+
+    def __repr__(self) -> str:
+        return f"PolicyTarget({self.inner!r})"
+
+    def __getattr__(self, name: str):
+        """Other attributes (url, host, ...) are the inner target's."""
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def wire(self, request: Request) -> bytes:
+        wire = getattr(self.inner, "wire", None)
+        return wire(request) if wire is not None else request.raw
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
+        decision = self.decide(planned)
+        request = planned.request
+        if decision == SEND:
+            result = await self.inner.send(planned, clock)
+            if self.is_write(request):
+                self.counts.add(request, SEND)
+            return result
+        if decision == MOCK:
+            result = await self._mock(planned, clock)
+            self.counts.add(request, MOCK)
+            return result
+        if decision == SKIP:
+            self.counts.add(request, SKIP)
+            now = clock.now_ns()
+            raise TargetError(CANCELLED, "not sent: the write policy skips this write", sent_ns=now)
+        raise TargetError(APP_ERROR, f"the write policy answered {decision!r} (expected send, mock or skip)")
+
+    async def _mock(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
+        now = clock.now_ns
+        sent = now()
+        try:
+            resp = await self.recorded.answer(planned.request, planned.key)
+            first = now()
+            body = b"".join([chunk async for chunk in resp.stream])
+        except (TargetError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise TargetError(APP_ERROR, f"mocked write: {describe(exc)}", sent_ns=sent) from None
+        version = resp.extensions.get("http_version", b"HTTP/1.1").decode("ascii", "replace").removeprefix("HTTP/")
+        response = Response.build(resp.status_code, resp.reason_phrase, tuple(resp.headers.raw), body, version)
+        return response, sent, first, now()
+
+    def close_lane(self, lane: str) -> None:
+        close_lane = getattr(self.inner, "close_lane", None)
+        if close_lane is not None:
+            close_lane(lane)
+
+    async def close(self) -> None:
+        await self.inner.close()
