@@ -239,6 +239,14 @@ OPTIONS: tuple[Option, ...] = (
            metavar="RULE"),
     Option("replay_force_production", "--replay-force-production", "replay even against the host the capture "
            "was recorded from (refused by default). Default: refuse.", False, flag_only=True),
+    Option("replay_middleware", "--replay-middleware", "a GoReplay middleware command (hex lines, record types 1, "
+           "2 and 3 on stdin; echoed requests are sent, dropped ones are not). Default: none.", metavar="CMD"),
+    Option("replay_middleware_drop_timeout", "--replay-middleware-drop-timeout", "seconds without an answer "
+           "after which the middleware is taken to have dropped a request. Default: 1.", 1.0,
+           seconds("--replay-middleware-drop-timeout"), metavar="SECONDS"),
+    Option("replay_middleware_timeout", "--replay-middleware-timeout", "seconds of silence after which the "
+           "middleware is declared hung and the replay stops. Default: 10.", 10.0,
+           seconds("--replay-middleware-timeout"), metavar="SECONDS"),
     Option("replay_insecure", "--replay-insecure", "do not verify the TLS certificate of an https target "
            "(sandboxes with self-signed certificates). Default: verify.", False, flag_only=True),
 )
@@ -307,6 +315,9 @@ class Settings:
     disallow_header: tuple = ()
     sample: object = None
     force_production: bool = False
+    middleware: str | None = None
+    middleware_drop_timeout: float = 1.0
+    middleware_timeout: float = 10.0
 
     @property
     def enabled(self) -> bool:
@@ -335,4 +346,6 @@ def load(config: pytest.Config) -> Settings:
         dry_run_header=value["replay_dry_run_header"], set_header=value["replay_set_header"],
         rewrite_url=value["replay_rewrite_url"], allow_header=value["replay_allow_header"],
         disallow_header=value["replay_disallow_header"], sample=value["replay_sample"],
-        force_production=value["replay_force_production"])
+        force_production=value["replay_force_production"], middleware=value["replay_middleware"],
+        middleware_drop_timeout=value["replay_middleware_drop_timeout"],
+        middleware_timeout=value["replay_middleware_timeout"])

@@ -11,6 +11,12 @@ SESSION = pytest.StashKey[ReplaySession]()
 CLASH = pytest.StashKey[str]()
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     clash = clashing_plugin()
     # With ESSS's pytest-replay installed, its --replay flag would collide with ours in argparse:

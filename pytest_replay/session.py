@@ -106,6 +106,9 @@ class ReplayItem(pytest.Function):
                 not_sent.append("write not replayed (--replay-writes skip)")
                 continue
             observation = engine.wait(exchange.index)
+            if observation.error_kind == "dropped":
+                not_sent.append(observation.error)
+                continue
             if decision == "mock":
                 self.replay.record(exchange, observation, None)
                 not_sent.append("write answered from the recording, not sent (--replay-writes mock; "
@@ -118,7 +121,7 @@ class ReplayItem(pytest.Function):
             if not verdict.passed:
                 failures.append(text)
         if not_sent and len(not_sent) == sum(e.replayable for e in self.exchanges):
-            pytest.skip(not_sent[0] if len(not_sent) == 1 else f"{len(not_sent)} writes not sent: {not_sent[0]}")
+            pytest.skip(not_sent[0] if len(not_sent) == 1 else f"{len(not_sent)} requests not sent: {not_sent[0]}")
         if failures:
             shown = failures[:5]
             more = f"\n... and {len(failures) - 5} more failing exchanges" if len(failures) > 5 else ""
@@ -342,10 +345,27 @@ class ReplaySession:
         if outbound is not None and in_process:
             self.outbound = Outbound(outbound())
             self.outbound.start()
-        self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout)
+        self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
+                             pipeline=self._pipeline(planned, wire))
         _running.add(self)
         self.engine.start()
         return self.engine
+
+    def _pipeline(self, exchanges: list[Exchange], wire):
+        """Hooks and middleware between a request's deadline and the wire, if the run has any."""
+        from .policy.middleware import Middleware
+        from .policy.pipeline import RequestPipeline
+
+        hook = self.config.hook
+        hooked = any(getattr(hook, name).get_hookimpls()
+                     for name in ("pytest_replay_request", "pytest_replay_response"))
+        s = self.settings
+        if not hooked and not s.middleware:
+            return None
+        middleware = Middleware(s.middleware, drop_timeout=s.middleware_drop_timeout,
+                                timeout=s.middleware_timeout) if s.middleware else None
+        return RequestPipeline({e.index: e for e in exchanges}, wire, middleware=middleware,
+                               hook=hook if hooked else None)
 
     def stop_engine(self, cancel: bool = False) -> None:
         if self.engine is not None:

@@ -164,3 +164,143 @@ def test_production_guard_refuses_the_recorded_host(pytester: pytest.Pytester) -
     text = result.stdout.str() + result.stderr.str()
     assert "refusing to replay against http://127.0.0.1:18765" in text
     assert "--replay-force-production" in text
+
+
+TOKEN_APP = '''
+import json, secrets, pytest
+
+issued = set()
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    headers = dict(scope["headers"])
+    if scope["path"] == "/login":
+        token = secrets.token_hex(8)  # a new token every time: a replay never gets the recorded one
+        issued.add(token)
+        status, body = 200, {"token": token}
+    else:
+        auth = headers.get(b"authorization", b"").decode()
+        ok = auth.startswith("Bearer ") and auth[7:] in issued
+        status, body = (200, {"me": "alice"}) if ok else (401, {"error": "bad token"})
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+@pytest.fixture(scope="session")
+def replay_target():
+    return app
+'''
+
+
+def token_capture(path: Path) -> Path:
+    login = b'{"token": "recordedtoken0001"}'
+    me = b'{"me": "alice"}'
+    ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    path.write_bytes(gor(
+        (1, "b" * 24, T0, b"POST /login HTTP/1.1\r\nHost: shop\r\nContent-Length: 2\r\n\r\n{}"),
+        (2, "b" * 24, T0 + 1_000_000, ok % len(login) + login),
+        (1, "c" * 24, T0 + 2_000_000, b"GET /me HTTP/1.1\r\nHost: shop\r\nAuthorization: Bearer recordedtoken0001\r\n\r\n"),
+        (2, "c" * 24, T0 + 3_000_000, ok % len(me) + me)))
+    return path
+
+
+def test_without_correlation_a_new_token_breaks_later_requests(pytester: pytest.Pytester) -> None:
+    capture = token_capture(pytester.path / "token.gor")
+    pytester.makeconftest(TOKEN_APP)
+    result = pytester.runpytest_subprocess("--replay", str(capture), "--speed", "0", "-q")
+    result.assert_outcomes(failed=2)  # the login's token differs, and /me is refused with the recorded one
+    assert "status: 200 -> 401" in result.stdout.str()
+
+
+def test_python_hook_correlates_the_replayed_token(pytester: pytest.Pytester) -> None:
+    capture = token_capture(pytester.path / "token.gor")
+    pytester.makeconftest(TOKEN_APP + '''
+from pytest_replay.policy.correlate import correlate_json_field
+
+def pytest_replay_response(exchange, response, state):
+    if exchange.request.path == "/login":
+        correlate_json_field(state, exchange.response, response, "token")
+''')
+    result = pytester.runpytest_subprocess("--replay", str(capture), "--speed", "0", "-q",
+                                           "--replay-ignore", "POST /login: json:$.token")
+    result.assert_outcomes(passed=2)
+
+
+GOREPLAY_TOKEN_APP = """
+import secrets, pytest
+from urllib.parse import parse_qs
+
+issued = set()
+
+async def app(scope, receive, send):
+    # GoReplay's examples/middleware/token_modifier.go service: GET /token answers a new token as the
+    # whole body; other requests carry it as the `token` query parameter.
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/token":
+        token = secrets.token_hex(8)
+        issued.add(token)
+        status, body = 200, token.encode()
+    else:
+        token = parse_qs(scope["query_string"].decode()).get("token", [""])[0]
+        status, body = (200, b"secret data") if token in issued else (403, b"forbidden")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+@pytest.fixture(scope="session")
+def replay_target():
+    return app
+"""
+
+
+def test_goreplay_token_middleware_correlates_the_replayed_token(pytester: pytest.Pytester) -> None:
+    import sys
+
+    capture = pytester.path / "token.gor"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+    # One keep-alive connection (the ids share their first 16 hex digits): /data goes after /token's
+    # replayed response, which the middleware sees (type 3) before it sees /data.
+    first, second = "d" * 16 + "00000001", "d" * 16 + "00000002"
+    capture.write_bytes(gor(
+        (1, first, T0, b"GET /token HTTP/1.1\r\nHost: shop\r\n\r\n"),
+        (2, first, T0 + 1_000_000, ok % 16 + b"0123456789abcdef"),
+        (1, second, T0 + 2_000_000, b"GET /data?token=0123456789abcdef HTTP/1.1\r\nHost: shop\r\n\r\n"),
+        (2, second, T0 + 3_000_000, ok % 11 + b"secret data")))
+    pytester.makeconftest(GOREPLAY_TOKEN_APP)
+    args = ["--replay", str(capture), "--speed", "0", "-q", "--replay-ignore", "GET /token: regex:[0-9a-f]{16}"]
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1, failed=1)  # without the middleware: /data is forbidden
+    middleware = f"{sys.executable} {ROOT / 'tests' / 'middlewares' / 'token_rewrite.py'}"
+    result = pytester.runpytest_subprocess(*args, "--replay-middleware", middleware)
+    result.assert_outcomes(passed=2)
+
+
+def test_echo_middleware_changes_nothing_and_drops_are_skipped(pytester: pytest.Pytester) -> None:
+    import sys
+
+    echo = f"{sys.executable} {ROOT / 'tests' / 'middlewares' / 'echo.py'}"
+    result = pytester.runpytest_subprocess("--replay", str(DEMO), "--replay-target", "demo", "--speed", "0", "-q",
+                                           "-p", "no:cacheprovider", "--replay-middleware", echo)
+    result.assert_outcomes(passed=259)
+    drop = f"{sys.executable} {ROOT / 'tests' / 'middlewares' / 'drop_posts.py'}"
+    result = pytester.runpytest_subprocess("--replay", str(DEMO), "--replay-target", "demo", "--speed", "0", "-q",
+                                           "-p", "no:cacheprovider", "--replay-middleware", drop, "-rs",
+                                           "--replay-include", "^POST /api/login|^GET /health")
+    outcomes = result.parseoutcomes()
+    assert outcomes["skipped"] == 6 and outcomes["passed"] == 16
+    assert "dropped by the middleware" in result.stdout.str()
+
+
+def test_crashing_middleware_stops_the_replay_cleanly(pytester: pytest.Pytester) -> None:
+    import sys
+
+    crash = f"{sys.executable} {ROOT / 'tests' / 'middlewares' / 'crash.py'}"
+    result = pytester.runpytest_subprocess("--replay", str(DEMO), "--replay-target", "demo", "--speed", "0", "-q",
+                                           "-p", "no:cacheprovider", "--replay-middleware", crash, timeout=120)
+    text = result.stdout.str()
+    assert result.ret == 1
+    assert "replay stopped:" in text and "exit" in text.lower()
+    assert "Traceback" not in text

@@ -27,7 +27,6 @@ import os
 import re
 import struct
 import sys
-import zlib
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -199,11 +198,11 @@ class _Side:
 class _Conn:
     __slots__ = ("client", "cport", "server", "sport", "version", "c", "s", "last_ts", "name")
 
-    def __init__(self, name: str, client: bytes, cport: int, server: bytes, sport: int) -> None:
+    def __init__(self, name: str, client: bytes, cport: int, server: bytes, sport: int, generation: int = 0) -> None:
         self.name = name
         self.client, self.cport, self.server, self.sport = client, cport, server, sport
         self.version = 4 if len(client) == 4 else 6
-        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
+        digest = hashlib.sha256(f"{name}#{generation}".encode("utf-8", "surrogateescape")).digest()
         self.c = _Side(int.from_bytes(digest[:4], "big"))
         self.s = _Side(int.from_bytes(digest[4:8], "big"))
         self.last_ts = 0
@@ -245,15 +244,16 @@ class _PcapWriter:
             conn.last_ts = ts
 
     def flush_before(self, ts: int) -> None:
+        """Write the packets stamped before `ts` (nothing generated later can come before them)."""
         heap = self.heap
         while heap and heap[0][0] < ts:
-            self._write(*heappop(heap)[0:1], *heappop_rest(heap))
+            self._write(*heappop(heap))
         self._drain_buffer(force=False)
 
     def flush_all(self) -> None:
         heap = self.heap
         while heap:
-            self._write(*heappop_rest_full(heap))
+            self._write(*heappop(heap))
         self._drain_buffer(force=True)
 
     def _write(self, ts: int, _order: int, conn: _Conn, from_client: bool, seq: int, flags: int,
@@ -312,25 +312,6 @@ class _PcapWriter:
             self.buffered = 0
 
 
-def heappop_rest(heap: list) -> tuple:  # pragma: no cover - replaced below
-    raise NotImplementedError
-
-
-def heappop_rest_full(heap: list) -> tuple:
-    return heappop(heap)
-
-
-# flush_before pops one item and writes it; written plainly:
-def _flush_before(self: _PcapWriter, ts: int) -> None:
-    heap = self.heap
-    while heap and heap[0][0] < ts:
-        self._write(*heappop(heap))
-    self._drain_buffer(force=False)
-
-
-_PcapWriter.flush_before = _flush_before  # type: ignore[method-assign]
-
-
 class _Connections:
     """Connection names to TCP endpoints, and which 4-tuples are in use."""
 
@@ -338,6 +319,8 @@ class _Connections:
         self.writer = writer
         self.by_name: dict[str, _Conn] = {}
         self.by_key: dict[tuple, _Conn] = {}
+        self.busy: dict[tuple, int] = {}  # 4-tuple -> when its last connection's close ended
+        self.generations: dict[str, int] = {}
         self.synthetic = 0
         self.count = 0
 
@@ -347,25 +330,28 @@ class _Connections:
             return conn
         client, cport, server, sport = self._endpoints(name)
         key = (client, cport, server, sport)
+        start = ts - HANDSHAKE_NS
         old = self.by_key.get(key)
         if old is not None:
             # The same addresses and ports again (a reused port, "... #2"): close the old connection
-            # first if there is time before this one starts, else give this one another client port.
-            fin_ts = max(old.last_ts + STEP_NS, ts - HANDSHAKE_NS - 6 * STEP_NS)
-            if fin_ts + 2 * STEP_NS < ts - HANDSHAKE_NS:
+            # first if there is time before this one starts.
+            fin_ts = max(old.last_ts + STEP_NS, start - 6 * STEP_NS)
+            if fin_ts + 2 * STEP_NS < start:
                 self.close(old, fin_ts)
-            else:
-                while key in self.by_key:
-                    cport = cport % 65535 + 1
-                    key = (client, cport, server, sport)
-        conn = _Conn(name, client, cport, server, sport)
+        # Else, or if the old one closed too late, this one gets another client port.
+        while key in self.by_key or self.busy.get(key, start) >= start:
+            cport = cport % 65535 + 1
+            key = (client, cport, server, sport)
+        generation = self.generations.get(name, 0)
+        self.generations[name] = generation + 1
+        conn = _Conn(name, client, cport, server, sport, generation)
         self.by_name[name] = conn
         self.by_key[key] = conn
         self.count += 1
         writer = self.writer
-        writer.push(ts - HANDSHAKE_NS, conn, True, SYN)
-        writer.push(ts - HANDSHAKE_NS + STEP_NS, conn, False, SYN | ACK)
-        writer.push(ts - HANDSHAKE_NS + 2 * STEP_NS, conn, True, ACK)
+        writer.push(start, conn, True, SYN)
+        writer.push(start + STEP_NS, conn, False, SYN | ACK)
+        writer.push(start + 2 * STEP_NS, conn, True, ACK)
         return conn
 
     def _endpoints(self, name: str) -> tuple[bytes, int, bytes, int]:
@@ -388,9 +374,11 @@ class _Connections:
         writer.push(ts, conn, True, FIN | ACK)
         writer.push(ts + STEP_NS, conn, False, FIN | ACK)
         writer.push(ts + 2 * STEP_NS, conn, True, ACK)
-        del self.by_name[conn.name]
+        if self.by_name.get(conn.name) is conn:
+            del self.by_name[conn.name]
         if self.by_key.get(conn.key) is conn:
             del self.by_key[conn.key]
+        self.busy[conn.key] = ts + 2 * STEP_NS  # a new connection on these ports starts after this
 
     def close_all(self) -> None:
         ts = max([self.writer.last_ts, *(c.last_ts for c in self.by_name.values())], default=0) + STEP_NS
@@ -434,8 +422,12 @@ def write_pcap(exchanges: Iterable[Exchange], target: str | os.PathLike | Binary
                 for i, piece in enumerate(pieces):
                     writer.push(resp_ts + i * STEP_NS, conn, False, ACK | (PSH if i == len(pieces) - 1 else 0),
                                 piece)
-            elif exchange.response is not None:
-                left_out += 1
+            else:
+                # A connection cannot say "no response here" without the gaps of the original capture:
+                # a reader would pair the next response with this request. So it ends here, and the
+                # next request on it (if any) opens a new connection.
+                left_out += exchange.response is not None
+                conns.close(conn, conn.last_ts + STEP_NS)
             written += 1
         writer.flush_all()
         conns.close_all()
@@ -449,6 +441,3 @@ def _phrase(status: int) -> str:
     except ValueError:
         return ""
 
-
-# zlib is imported for callers that check a written .gz file; keep the import used.
-_ = zlib

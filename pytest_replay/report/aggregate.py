@@ -120,8 +120,8 @@ class Histogram:
 
     def percentiles(self, qs: Iterable[float]) -> dict[float, int | None]:
         """Values (µs) at percentiles q in 0..100, as HdrHistogram.get_value_at_percentile computes
-        them (the highest value equivalent to the bucket reaching the target count); q=100 is the
-        exact maximum, q=0 the exact minimum."""
+        them (the highest value equivalent to the bucket reaching the target count), but never above
+        the exact maximum; q=100 is the exact maximum, q=0 the exact minimum."""
         qs = list(qs)
         if not self.total:
             return {q: None for q in qs}

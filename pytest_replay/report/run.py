@@ -34,6 +34,7 @@ class RunReport:
     recorded_latency: dict = field(default_factory=dict)
     noise: list[str] = field(default_factory=list)
     interrupted: bool = False
+    failure: str = ""
     write_mode: str = ""
     writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped)
     unused_allow: list = field(default_factory=list)
@@ -51,6 +52,7 @@ class RunReport:
             observations = engine.observations()
             report.sent = len(observations)
             report.interrupted = report.sent < report.planned
+            report.failure = str(engine.failure) if engine.failure is not None else ""
             for obs in observations:
                 if not obs.ok:
                     report.errors[obs.error_kind] += 1
@@ -68,7 +70,7 @@ class RunReport:
                 report.passed += 1
             else:
                 report.failed_by[verdict.differences[0].part if verdict.differences else "?"] += 1
-        if session.verdicts is not None and session.verdicts.noise is not None:
+        if session.verdicts is not None and session.verdicts.noise is not None and session.verdicts.noise.learned:
             report.noise = list(session.verdicts.noise.describe())
         if session.write_policy is not None:
             report.write_mode = session.write_policy.mode
@@ -95,6 +97,8 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
     if report.planned:
         state = " (INTERRUPTED)" if report.interrupted else ""
         lines.append(f"replayed: {report.sent} of {report.planned} requests to {report.target}, {report.pace}{state}")
+        if report.failure:
+            lines.append(f"replay stopped: {report.failure}")
         failed = sum(report.failed_by.values())
         causes = ", ".join(f"{part}: {n}" for part, n in report.failed_by.most_common())
         lines.append(f"verdicts: {report.passed} passed, {failed} failed" + (f" ({causes})" if causes else ""))

@@ -22,7 +22,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from ..targets.base import APP_ERROR, CANCELLED, TIMEOUT, Observation, Target, TargetError, describe
+from ..targets.base import (APP_ERROR, CANCELLED, DROPPED, TIMEOUT, UNPARSABLE, Observation, Target, TargetError,
+                            describe)
 from .clock import Clock, RealClock
 from .plan import PlannedRequest
 
@@ -72,7 +73,8 @@ class Engine:
 
     def __init__(self, plan: list[PlannedRequest], target: Target, *, clock: Clock | None = None,
                  concurrency: int = 64, timeout_s: float = 10.0, lead_ns: int = 50_000_000,
-                 switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True) -> None:
+                 switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True,
+                 pipeline=None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         plan = list(plan)
@@ -83,6 +85,9 @@ class Engine:
         if len(self._planned) != len(plan):
             raise ValueError("plan keys must be unique")
         self.target = target
+        # Optional (policy/pipeline.py): async start/close, prepare(planned) -> planned (raises
+        # Dropped), observed(planned, observation). Hooks and middleware run here, in the engine.
+        self.pipeline = pipeline
         self.clock = clock if clock is not None else RealClock()
         self.concurrency = concurrency
         self.timeout_s = timeout_s
@@ -243,6 +248,8 @@ class Engine:
         try:
             try:
                 await self.target.start()
+                if self.pipeline is not None:
+                    await self.pipeline.start()
                 watchdog = loop.create_task(self._watchdog())
                 try:
                     self.t0_ns = self.clock.now_ns() + self.lead_ns
@@ -260,6 +267,13 @@ class Engine:
                 self.failure = exc
                 await self._cancel_lanes()
         finally:
+            if self.pipeline is not None:
+                try:
+                    await asyncio.wait_for(self.pipeline.close(), _CLOSE_TIMEOUT_S)
+                except BaseException:  # noqa: BLE001 - closing is best effort
+                    pass
+                if self.failure is None and self.pipeline.error is not None:
+                    self.failure = self.pipeline.error
             try:
                 await asyncio.wait_for(self.target.close(), _CLOSE_TIMEOUT_S)
             except BaseException:  # noqa: BLE001 - closing is best effort
@@ -319,6 +333,13 @@ class Engine:
                     await self._wait_slot(loop)
                 try:
                     deadline = t0 + p.offset_ns
+                    if self.pipeline is not None:
+                        try:
+                            p = await self.pipeline.prepare(p)
+                        except Exception as exc:  # noqa: BLE001
+                            if not self._pipeline_failed(p, deadline, exc):
+                                continue
+                            return  # the run is being stopped
                     start = now()
                     self.sent += 1
                     busy[lane] = monotonic() + timeout_s
@@ -345,6 +366,8 @@ class Engine:
                     else:
                         busy.pop(lane, None)
                     record(obs)
+                    if self.pipeline is not None:
+                        await self.pipeline.observed(p, obs)
                 finally:
                     self._release_slot()
         finally:
@@ -355,6 +378,27 @@ class Engine:
                     close_lane(lane.name)
                 except Exception:  # noqa: BLE001
                     pass
+
+    def _pipeline_failed(self, p: PlannedRequest, deadline: int, exc: Exception) -> bool:
+        """A request the pipeline would not let through: recorded as dropped (False: go on), as
+        unparsable (a middleware's answer that is not a request), or the whole replay stops (True:
+        a broken middleware is a failure of the run)."""
+        from ..policy.middleware import MiddlewareError
+        from ..policy.pipeline import Dropped
+
+        now = self.clock.now_ns()
+        if isinstance(exc, Dropped):
+            self._record(Observation(p.key, deadline, now, None, now, None, DROPPED, str(exc)))
+            return False
+        if isinstance(exc, MiddlewareError):
+            self.failure = exc
+            self._record(Observation(p.key, deadline, now, None, now, None, CANCELLED, f"middleware failed: {exc}"))
+            self._request_cancel()
+            return True
+        kind = UNPARSABLE if isinstance(exc, ValueError) else APP_ERROR
+        self._record(Observation(p.key, deadline, now, None, now, None, kind,
+                                 f"the request hook or middleware failed: {describe(exc)}"))
+        return False
 
     async def _watchdog(self) -> None:
         """Times out requests: one timer for all of them (an asyncio.timeout per request cost ~12% of

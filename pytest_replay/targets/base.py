@@ -22,7 +22,8 @@ UNPARSABLE = "unparsable"  # the bytes that came back are not an HTTP/1.x respon
 TRUNCATED = "truncated"  # the response ended before its body did
 APP_ERROR = "app-error"  # an in-process app raised (or a target failed unexpectedly)
 CANCELLED = "cancelled"  # the replay was stopped (or failed) before this request completed
-ERROR_KINDS = (REFUSED, RESET, TIMEOUT, UNPARSABLE, TRUNCATED, APP_ERROR, CANCELLED)
+DROPPED = "dropped"  # a pytest_replay_request hook or the middleware chose not to send it
+ERROR_KINDS = (REFUSED, RESET, TIMEOUT, UNPARSABLE, TRUNCATED, APP_ERROR, CANCELLED, DROPPED)
 
 _set = object.__setattr__
 
