@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 hookspec = pluggy.HookspecMarker("pytest")
 
-__all__ = ["DROP", "ReplayState", "pytest_replay_request", "pytest_replay_response"]
+__all__ = ["DROP", "ReplayState", "pytest_replay_budgets", "pytest_replay_request", "pytest_replay_response"]
 
 
 @hookspec(firstresult=True)
@@ -52,3 +52,14 @@ def pytest_replay_response(exchange: Exchange, response: Response, state: Replay
     learn values for later requests, e.g. ``state.learn(recorded_token, replayed_token)`` or
     ``correlate_json_field(state, exchange.response, response, "token")``. Every implementation runs; the
     return value is ignored."""
+
+
+@hookspec
+def pytest_replay_budgets(config) -> list:
+    """Latency and error budgets for the run, as strings in the --replay-budget syntax (or parsed
+    budgets), added to those of the command line and the ini file. Every implementation's list
+    counts. Example (conftest.py)::
+
+        def pytest_replay_budgets(config):
+            return ["p95<1.2x", "GET /api/users/{id}: p99<300ms", "5xx<=recorded+0.5%"]
+    """

@@ -135,6 +135,16 @@ def _sample(text: str):
     return _policy("--replay-sample", Sampler.parse)(text)
 
 
+def _budget(text: str):
+    from .verdicts.budgets import parse_budget
+    return _policy("--replay-budget", parse_budget)(text)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from .distribute import parse_shard
+    return _policy("--replay-shard", parse_shard)(text)
+
+
 def names(text: str) -> tuple[str, ...]:
     return tuple(n.strip().lower() for n in text.split(",") if n.strip())
 
@@ -247,6 +257,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_middleware_timeout", "--replay-middleware-timeout", "seconds of silence after which the "
            "middleware is declared hung and the replay stops. Default: 10.", 10.0,
            seconds("--replay-middleware-timeout"), metavar="SECONDS"),
+    Option("replay_budget", "--replay-budget", "a latency or error budget in k6 threshold syntax, judged over "
+           "the whole run: 'p95<200ms', 'p99<1.2x' (of the recorded latency), 'max<1s', '5xx<1%%', "
+           "'errors<0.5%%', '5xx<=recorded+0.5%%', scoped as 'GET /api/users/*: p99<300ms' (repeatable; also "
+           "the pytest_replay_budgets hook). Default: none.", many=True, convert=_budget, metavar="BUDGET"),
+    Option("replay_report", "--replay-report", "write the evidence package (replay-evidence.json) to this "
+           "directory, also when the run is interrupted. Default: none.", metavar="DIR"),
+    Option("replay_shard", "--replay-shard", "replay only shard K of N (a stable split by captured "
+           "connection, for CI matrices); merge the shards' evidence with 'python -m pytest_replay merge'. "
+           "Default: everything.", None, _shard, metavar="K/N"),
     Option("replay_insecure", "--replay-insecure", "do not verify the TLS certificate of an https target "
            "(sandboxes with self-signed certificates). Default: verify.", False, flag_only=True),
 )
@@ -318,6 +337,9 @@ class Settings:
     middleware: str | None = None
     middleware_drop_timeout: float = 1.0
     middleware_timeout: float = 10.0
+    budgets: tuple = ()
+    report: str | None = None
+    shard: tuple[int, int] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -348,4 +370,5 @@ def load(config: pytest.Config) -> Settings:
         disallow_header=value["replay_disallow_header"], sample=value["replay_sample"],
         force_production=value["replay_force_production"], middleware=value["replay_middleware"],
         middleware_drop_timeout=value["replay_middleware_drop_timeout"],
-        middleware_timeout=value["replay_middleware_timeout"])
+        middleware_timeout=value["replay_middleware_timeout"], budgets=value["replay_budget"],
+        report=value["replay_report"], shard=value["replay_shard"])

@@ -111,6 +111,33 @@ def pytest_keyboard_interrupt(excinfo) -> None:
         replay.stop_engine(cancel=True)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    replay = _session(session.config)
+    if replay:
+        replay.finish(session, exitstatus)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    replay = _session(node.config)
+    if replay:
+        replay.configure_node(node)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    replay = _session(config)
+    return replay.make_scheduler(log) if replay else None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    replay = _session(node.config)
+    if replay:
+        replay.node_down(node)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     session = _session(config)
     if session:

@@ -9,10 +9,11 @@ observation, then asserts on it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import time
 import weakref
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -22,14 +23,22 @@ import pytest
 
 from .capture import Capture, CaptureError, CaptureStats, expand_paths
 from .capture.summary import summary_data
+from .distribute import (ReplayScheduling, lead_ns_until, local_worker, partition, rendezvous, worker_index,
+                         worker_part)
 from .http.message import Exchange
 from .http.normalize import path_template
 from .options import Settings
 from .policy.redact import DEFAULT as REDACT
+from .report.aggregate import Aggregate
 from .report.run import RunReport, render_terminal
 from .schedule.plan import Timing, build_plan
 
 MAX_NAME = 100  # item names show at most this much of a request target
+REPLAY_OUTPUT = "pytest_replay"  # the key of a worker's results in xdist's workeroutput
+PROGRESS_EVERY_S = 5.0  # how often a waiting item reports the replay's progress
+REMOTE_START_DELAY_S = 10.0  # workers on other machines start this long after the controller configured them
+_EXCHANGE_ID = re.compile(r" #(\d+)$")
+_CONNECTION_ID = re.compile(r"connection (.+) \(\d+ exchanges\)")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _running: weakref.WeakSet[ReplaySession] = weakref.WeakSet()
 
@@ -102,11 +111,12 @@ class ReplayItem(pytest.Function):
             if not exchange.replayable:
                 continue
             decision = self.replay.decisions.get(exchange.index)
-            if decision == "skip":
+            if decision == "skip":  # counted when the plan was made
                 not_sent.append("write not replayed (--replay-writes skip)")
                 continue
-            observation = engine.wait(exchange.index)
+            observation = self.replay.wait(engine, exchange.index)
             if observation.error_kind == "dropped":
+                self.replay.skip(exchange, "dropped")
                 not_sent.append(observation.error)
                 continue
             if decision == "mock":
@@ -145,6 +155,12 @@ class ReplayItem(pytest.Function):
 
     def reportinfo(self):
         return self.path, None, self.name
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _display(path: str) -> str:
@@ -190,9 +206,24 @@ class ReplaySession:
         self.request_filter = RequestFilter(settings.allow_header, settings.disallow_header, settings.sample)
         self.rewrites = Rewrites(settings.set_header, settings.rewrite_url)
         self.verdicts = None  # DiffConfig, made when the engine starts
-        self.outcomes: Counter = Counter()
-        self.results: list = []  # (exchange, observation, verdict) per judged exchange
+        self.aggregate = Aggregate()  # what was replayed and how it went (merged from workers under xdist)
+        self.skipped: list[tuple[Exchange, str]] = []  # selected, not replayed
+        self.budget_results: list = []
+        self.notes: list[str] = []
+        self.started = _now()
         self._markers: set[str] = set()
+        workerinput = getattr(config, "workerinput", None)
+        self.worker = (worker_index(workerinput["workerid"]), int(workerinput["workercount"])) \
+            if workerinput is not None else None
+        self.controller = workerinput is None and bool(getattr(config.option, "numprocesses", None)
+                                                       or getattr(config.option, "tx", None))
+        self.remote = {"planned": 0, "sent": 0, "failures": [], "noise": [], "unused_allow": [], "write_mode": ""}
+        if self.controller and settings.group == "endpoint":
+            raise pytest.UsageError("--replay-group endpoint cannot be split across xdist workers (an endpoint's "
+                                    "exchanges come from many connections); use --replay-group connection or exchange")
+        if settings.shard and settings.group == "endpoint":
+            raise pytest.UsageError("--replay-group endpoint cannot be sharded (an endpoint's exchanges come from "
+                                    "many connections); use --replay-group connection or exchange")
         self._point_collection_at_captures(config)
 
     # -- collection --------------------------------------------------------------------------
@@ -267,14 +298,17 @@ class ReplaySession:
         return name
 
     def filter_items(self, items: list) -> None:
-        """Include/exclude patterns, header filters and sampling: what does not pass is deselected
-        (and reported so)."""
-        if not (self.settings.include or self.settings.exclude or self.request_filter):
+        """Include/exclude patterns, header filters, sampling and the shard: what does not pass is
+        deselected (and reported so)."""
+        shard = self.settings.shard
+        if not (self.settings.include or self.settings.exclude or self.request_filter or shard):
             return
         keep, drop = [], []
         for item in items:
-            if isinstance(item, ReplayItem) and not any(
-                    self.settings.selects(e.label) and self.request_filter.keep(e.request) for e in item.exchanges):
+            if isinstance(item, ReplayItem) and (
+                    not any(self.settings.selects(e.label) and self.request_filter.keep(e.request)
+                            for e in item.exchanges)
+                    or shard and partition(item.exchanges[0].connection, shard[1]) != shard[0] - 1):
                 drop.append(item)
             else:
                 keep.append(item)
@@ -329,12 +363,16 @@ class ReplaySession:
                                    max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
         selected = [e for item in items if isinstance(item, ReplayItem) and not item.get_closest_marker("skip")
                     for e in item.exchanges if e.replayable]
+        if self.worker is not None:  # under xdist: the lanes of this worker's partition only
+            part, workers = self.worker
+            selected = [e for e in selected if worker_part(e.connection, workers) == part]
         planned = []
         for exchange in selected:
             decision = policy.decide(exchange)
             self.decisions[exchange.index] = decision
             if decision == SKIP:
                 self.write_counts.add(exchange, decision)
+                self.skip(exchange, "write skipped (--replay-writes skip)", write=True)
             else:
                 planned.append(exchange)
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
@@ -346,10 +384,30 @@ class ReplaySession:
             self.outbound = Outbound(outbound())
             self.outbound.start()
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
-                             pipeline=self._pipeline(planned, wire))
+                             pipeline=self._pipeline(planned, wire), lead_ns=self._lead_ns(items))
         _running.add(self)
         self.engine.start()
         return self.engine
+
+    def _lead_ns(self, items: Iterable) -> int:
+        """Under xdist, every worker starts its engine at one shared instant (so the global schedule
+        holds): they meet in a directory the controller gave them, or at a wall-clock time."""
+        default = 50_000_000
+        workerinput = getattr(self.config, "workerinput", None)
+        if self.worker is None or workerinput is None:
+            return default
+        _, workers = self.worker
+        lanes = {e.connection for item in items if isinstance(item, ReplayItem) for e in item.exchanges
+                 if e.replayable}
+        participants = len({worker_part(lane, workers) for lane in lanes})
+        directory = workerinput.get("pytest_replay_rendezvous")
+        if directory:
+            start, note = rendezvous(directory, workerinput["workerid"], participants)
+            if note:
+                self.notes.append(note)
+        else:
+            start = workerinput.get("pytest_replay_start", 0.0)
+        return max(lead_ns_until(start), 1_000_000)
 
     def _pipeline(self, exchanges: list[Exchange], wire):
         """Hooks and middleware between a request's deadline and the wire, if the run has any."""
@@ -396,20 +454,198 @@ class ReplaySession:
             replayed_status=observation.response.status if observation.response else None, redactor=REDACT)
         return verdict, text
 
+    def wait(self, engine, key: int):
+        """An item waits for its own observation. While it waits (idle gaps of a long replay), a
+        progress line every PROGRESS_EVERY_S seconds says what the replay is doing: on a terminal,
+        not under -q, not in an xdist worker (its output is not shown)."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        show = (reporter is not None and self.worker is None and self.config.option.verbose >= 0
+                and reporter.isatty())
+        while True:
+            try:
+                return engine.wait(key, timeout=PROGRESS_EVERY_S if show else None)
+            except TimeoutError:
+                line = self.progress_line(engine, key)
+                capture = self.config.pluginmanager.get_plugin("capturemanager")
+                if capture is not None:
+                    with capture.global_and_fixture_disabled():  # output capture is on while items run
+                        reporter.write_line(line)
+                else:
+                    reporter.write_line(line)
+
+    def progress_line(self, engine, key: int) -> str:
+        progress = engine.progress()
+        observations = engine.observations()[-2000:]  # the recent ones: enough for "p95 so far"
+        latencies = sorted(o.latency_ns for o in observations if o.latency_ns is not None)
+        lateness = sorted(o.lateness_ns for o in observations)
+        now = time.monotonic()
+        last = getattr(self, "_progress_at", None)
+        rate = "" if last is None else f" ({(progress.sent - last[1]) / max(now - last[0], 1e-9):.1f}/s)"
+        self._progress_at = (now, progress.sent)
+        p95 = latencies[int(len(latencies) * 0.95)] / 1e6 if latencies else None
+        p99 = lateness[int(len(lateness) * 0.99)] / 1e6 if lateness else None
+        waiting = engine.due_in_s(key)
+        return (f"[replay] {progress.sent}/{progress.planned} sent{rate}, {progress.completed} done, "
+                f"{progress.errors} errors, p95 so far {'-' if p95 is None else f'{p95:.1f} ms'}, "
+                f"lateness p99 {'-' if p99 is None else f'{p99:.2f} ms'}"
+                + (f"; this item's request is due in {waiting:.1f} s" if waiting and waiting > 0 else ""))
+
     def record(self, exchange: Exchange, observation, verdict) -> None:
-        self.results.append((exchange, observation, verdict))
+        decision = self.decisions.get(exchange.index)
+        write = decision if self.write_policy is not None and self.write_policy.is_write(exchange) else None
+        self.aggregate.add(exchange, observation, verdict, write=write)
+
+    def skip(self, exchange: Exchange, reason: str, *, write: bool = False) -> None:
+        self.skipped.append((exchange, reason))
+        self.aggregate.skip(exchange, reason, write=write)
+
+    # -- xdist: the controller's side ------------------------------------------------------------
+    def configure_node(self, node) -> None:
+        """Tell a new worker where the workers meet to start together."""
+        if "pytest_replay_rendezvous" not in self.remote:
+            import tempfile
+
+            self.remote["pytest_replay_rendezvous"] = tempfile.mkdtemp(prefix="pytest-replay-start-")
+            self.remote["pytest_replay_start"] = time.time() + REMOTE_START_DELAY_S
+        if local_worker(node):
+            node.workerinput["pytest_replay_rendezvous"] = self.remote["pytest_replay_rendezvous"]
+        node.workerinput["pytest_replay_start"] = self.remote["pytest_replay_start"]
+
+    def make_scheduler(self, log):
+        lane_of = {e.index: e.connection for e in self.load()}
+        workers = len(getattr(self.config.option, "tx", None) or ()) or int(self.config.option.numprocesses or 1)
+
+        def part_of(nodeid: str) -> int | None:
+            name = nodeid.rsplit("::", 1)[-1]
+            match = _EXCHANGE_ID.search(name)
+            if match:
+                lane = lane_of.get(int(match.group(1)))
+            else:
+                match = _CONNECTION_ID.fullmatch(name)
+                lane = match.group(1) if match else None
+            return None if lane is None else worker_part(lane, workers)
+
+        return ReplayScheduling(self.config, log, part_of)
+
+    def node_down(self, node) -> None:
+        """A worker finished: add its results to the run's."""
+        output = getattr(node, "workeroutput", {}).get(REPLAY_OUTPUT)
+        if not output:
+            return
+        self.aggregate.merge(Aggregate.from_dict(output["aggregate"]))
+        remote = self.remote
+        remote["planned"] += output["planned"]
+        remote["sent"] += output["sent"]
+        remote["failures"] += output["failures"]
+        remote["noise"] = remote["noise"] or output["noise"]
+        remote["unused_allow"] = remote["unused_allow"] or output["unused_allow"]
+        remote["write_mode"] = remote["write_mode"] or output["write_mode"]
+        self.skipped_remote = getattr(self, "skipped_remote", 0) + output["skipped"]
+        self.notes += [n for n in output["notes"] if n not in self.notes]
+
+    # -- the end of the run ------------------------------------------------------------------
+    def finish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Worker: ship the results to the controller. Otherwise: judge the budgets (as test
+        reports: terminal, JUnit, exit status) and write the evidence package."""
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:
+            engine = self.engine
+            workeroutput[REPLAY_OUTPUT] = {
+                "aggregate": self.aggregate.to_dict(), "planned": len(engine.plan) if engine else 0,
+                "sent": len(engine.observations()) if engine else 0,
+                "failures": [str(engine.failure)] if engine is not None and engine.failure is not None else [],
+                "noise": self._noise_lines(), "unused_allow": list(self.unused_allow),
+                "write_mode": self.write_policy.mode if self.write_policy else "", "skipped": len(self.skipped),
+                "notes": self.notes}
+            return
+        if self.stats is None and not self.controller:
+            return
+        self.budget_results = self._judge_budgets(session)
+        if self.settings.report:
+            self._write_evidence(session, exitstatus)
+
+    def budgets(self) -> tuple:
+        from .verdicts.budgets import parse_budgets
+
+        extra = [b for result in self.config.hook.pytest_replay_budgets(config=self.config) for b in (result or ())]
+        try:
+            return tuple(self.settings.budgets) + parse_budgets(extra)
+        except ValueError as exc:
+            raise pytest.UsageError(f"pytest_replay_budgets: {exc}") from None
+
+    def _judge_budgets(self, session: pytest.Session) -> list:
+        from _pytest.reports import TestReport
+
+        from .verdicts.budgets import evaluate
+
+        budgets = self.budgets()
+        if not budgets or not self.aggregate.overall.requests and not self.aggregate.endpoints:
+            return []
+        results = evaluate(budgets, self.aggregate)
+        if self.settings.shard:
+            # A scoped budget may have no request in this shard: the merge of all shards judges it.
+            results = [dataclasses.replace(r, passed=True, reason="no request of this shard; judged when the "
+                                           "shards are merged") if not r.passed and r.requests == 0 else r
+                       for r in results]
+        hook = self.config.hook
+        for result in results:
+            text = str(result.budget)
+            nodeid = f"replay-budgets::{text}"
+            properties = [("measured", result.measured), ("recorded", result.recorded or ""),
+                          ("threshold", result.threshold)]
+            for when in ("setup", "call", "teardown"):
+                failed = when == "call" and not result.passed
+                report = TestReport(nodeid, ("replay-budgets", None, text), {"replay_budget": 1},
+                                    "failed" if failed else "passed", result.line() if failed else None, when,
+                                    user_properties=properties if when == "call" else [])
+                hook.pytest_runtest_logreport(report=report)
+        if any(not r.passed for r in results) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return results
+
+    def _write_evidence(self, session: pytest.Session, exitstatus: int) -> None:
+        from .report.evidence import build_evidence, write_evidence
+
+        s = self.settings
+        report = RunReport.build(self)
+        outcomes = {}
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            outcomes = {key: len(value) for key, value in reporter.stats.items() if key}
+        data = build_evidence(
+            aggregate=self.aggregate, captures=self.paths, capture_summary=self.capture_summary(),
+            target=report.target, pace={"speed": s.speed, "rate": s.rate, "max_wait_s": s.max_wait,
+                                        "concurrency": s.concurrency, "timeout_s": s.timeout},
+            filters=[f"include {p.pattern}" for p in s.include] + [f"exclude {p.pattern}" for p in s.exclude]
+            + [f"allow-header {h}" for h in s.allow_header] + [f"disallow-header {h}" for h in s.disallow_header],
+            rewrites=[f"set-header {n.decode('latin-1')}" for n, _ in s.set_header] + [str(r) for r in s.rewrite_url],
+            redaction=["secret headers and token-like query parameters and JSON fields masked as REDACTED-<hash>"],
+            sample=report.planned or None, write_policy=report.write_mode or None, budgets=self.budget_results,
+            skipped=self.skipped, incomplete=[e for e in (self.exchanges or ()) if not e.replayable],
+            notes=self.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
+            interrupted=report.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED, planned=report.planned,
+            shard=s.shard, outcomes=outcomes, started=self.started, finished=_now(), noise=report.noise)
+        path = write_evidence(s.report, data)
+        self.notes.append(f"evidence written to {path}")
+
+    def _noise_lines(self) -> list[str]:
+        noise = self.verdicts.noise if self.verdicts is not None else None
+        return list(noise.describe()) if noise is not None and noise.learned else []
 
     # -- reporting ---------------------------------------------------------------------------
     def header_lines(self) -> list[str]:
         s = self.settings
         pace = f"rate {s.rate:g}/s" if s.rate else ("speed 0 (no waiting)" if s.speed == 0 else f"speed {s.speed:g}x")
         names = ", ".join(_display(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")
+        shard = f"; shard {s.shard[0]}/{s.shard[1]}" if s.shard else ""
         return [f"replay: {names}; target {s.target or '(replay_target fixture)'}; {pace}; "
-                f"concurrency {s.concurrency}"]
+                f"concurrency {s.concurrency}{shard}"]
 
     def terminal_summary(self, reporter) -> None:
-        if self.stats is None:
+        if self.stats is None and not self.controller:
             return
+        if self.controller and self.stats is None:
+            self.load()
         report = RunReport.build(self)
         for line in render_terminal(report, verbose=reporter.config.option.verbose):
             reporter.write_line(line)

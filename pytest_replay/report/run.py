@@ -1,21 +1,19 @@
-"""The run's report as data (built once at the end), and its terminal rendering."""
+"""The run's report as data (built once at the end, from the aggregate), and its terminal rendering.
+
+The same object feeds the evidence package; under pytest-xdist the controller builds it from the
+workers' merged aggregates.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 
-
-def percentile(sorted_values: list[int], q: float) -> int | None:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
-    if not sorted_values:
-        return None
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
+from .aggregate import ALL, render_table
 
 
 def _ms(ns: int | None) -> str:
-    return "-" if ns is None else f"{ns / 1e6:.1f} ms"
+    return "-" if ns is None else f"{ns / 1e6:.2f} ms" if ns < 1e7 else f"{ns / 1e6:.1f} ms"
 
 
 @dataclass
@@ -27,55 +25,55 @@ class RunReport:
     sent: int = 0
     judged: int = 0
     passed: int = 0
-    failed_by: Counter = field(default_factory=Counter)  # first failing part of each failed exchange
+    failed_by: Counter = field(default_factory=Counter)  # differing part -> failed exchanges
     errors: Counter = field(default_factory=Counter)  # transport error kinds
-    lateness: dict = field(default_factory=dict)
+    lateness: dict = field(default_factory=dict)  # q -> ns
     latency: dict = field(default_factory=dict)
     recorded_latency: dict = field(default_factory=dict)
+    table: list = field(default_factory=list)
+    budgets: list = field(default_factory=list)  # BudgetResult
     noise: list[str] = field(default_factory=list)
     interrupted: bool = False
     failure: str = ""
     write_mode: str = ""
     writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped)
     unused_allow: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     @classmethod
     def build(cls, session) -> RunReport:
         report = cls(captures=session.capture_summary())
         s = session.settings
-        report.target = getattr(session.target, "name", None) or str(s.target or "")
+        report.target = getattr(session.target, "name", None) or str(s.target or "(replay_target fixture)")
         report.pace = (f"rate {s.rate:g}/s" if s.rate else "speed 0 (no waiting)" if s.speed == 0
                        else f"speed {s.speed:g}x")
-        engine = session.engine
+        engine, remote = session.engine, session.remote
         if engine is not None:
             report.planned = len(engine.plan)
-            observations = engine.observations()
-            report.sent = len(observations)
-            report.interrupted = report.sent < report.planned
+            report.sent = len(engine.observations())
             report.failure = str(engine.failure) if engine.failure is not None else ""
-            for obs in observations:
-                if not obs.ok:
-                    report.errors[obs.error_kind] += 1
-            lateness = sorted(o.lateness_ns for o in observations)
-            latency = sorted(o.latency_ns for o in observations if o.latency_ns is not None)
-            report.lateness = {q: percentile(lateness, q) for q in (50, 99, 100)}
-            report.latency = {q: percentile(latency, q) for q in (50, 95, 99)}
-        recorded = sorted(e.recorded_latency_ns for e, _, _ in session.results if e.recorded_latency_ns is not None)
-        report.recorded_latency = {q: percentile(recorded, q) for q in (50, 95, 99)}
-        for _, _, verdict in session.results:
-            if verdict is None:  # a mocked write: nothing was judged
-                continue
-            report.judged += 1
-            if verdict.passed:
-                report.passed += 1
-            else:
-                report.failed_by[verdict.differences[0].part if verdict.differences else "?"] += 1
-        if session.verdicts is not None and session.verdicts.noise is not None and session.verdicts.noise.learned:
-            report.noise = list(session.verdicts.noise.describe())
-        if session.write_policy is not None:
-            report.write_mode = session.write_policy.mode
-            report.writes = session.write_counts.rows() if session.write_counts else []
-            report.unused_allow = list(session.unused_allow)
+        else:
+            report.planned, report.sent = remote["planned"], remote["sent"]
+            report.failure = "; ".join(remote["failures"])
+        report.interrupted = report.sent < report.planned
+        aggregate = session.aggregate
+        overall = aggregate.overall
+        report.judged = overall.judged
+        report.passed = overall.judged - overall.failed
+        report.failed_by = Counter(overall.failures)
+        report.errors = Counter({k: v for k, v in overall.errors.items() if v})
+        for name, metric in (("lateness", "lateness"), ("latency", "latency"), ("recorded_latency", "recorded")):
+            setattr(report, name, {q: aggregate.percentile(None, metric, q) for q in (50, 95, 99, 100)})
+        report.table = aggregate.table()
+        report.budgets = list(session.budget_results)
+        report.noise = session._noise_lines() or list(remote["noise"])
+        policy = session.write_policy
+        report.write_mode = policy.mode if policy is not None else remote["write_mode"]
+        report.writes = [(row["endpoint"], row["writes"].get("mocked", 0), row["writes"].get("passed", 0),
+                          row["writes"].get("skipped", 0)) for row in report.table
+                         if row["writes"] and row["endpoint"] != ALL]
+        report.unused_allow = list(session.unused_allow) or list(remote["unused_allow"])
+        report.notes = list(session.notes)
         return report
 
 
@@ -101,7 +99,8 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
             lines.append(f"replay stopped: {report.failure}")
         failed = sum(report.failed_by.values())
         causes = ", ".join(f"{part}: {n}" for part, n in report.failed_by.most_common())
-        lines.append(f"verdicts: {report.passed} passed, {failed} failed" + (f" ({causes})" if causes else ""))
+        lines.append(f"verdicts: {report.passed} passed, {report.judged - report.passed} failed"
+                     + (f" (differences in {causes})" if causes and failed else ""))
         if report.errors:
             lines.append("transport errors: " + ", ".join(f"{k}: {v}" for k, v in report.errors.most_common()))
         lat = report.lateness
@@ -110,6 +109,11 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         rep, rec = report.latency, report.recorded_latency
         lines.append("latency (to first byte), replayed vs recorded: "
                      + ", ".join(f"p{q} {_ms(rep.get(q))} vs {_ms(rec.get(q))}" for q in (50, 95, 99)))
+        if report.table:
+            lines.extend(render_table(report.table, limit=100 if verbose else 15))
+    if report.budgets:
+        lines.append("budgets:")
+        lines.extend(f"  {result.line()}" for result in report.budgets)
     if report.writes or report.write_mode:
         totals = [sum(row[i] for row in report.writes) for i in (1, 2, 3)]
         lines.append(f"writes ({report.write_mode}): {totals[0]} mocked (answered from the recording), "
@@ -125,4 +129,5 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         lines.extend(f"  {entry}" for entry in shown)
         if len(report.noise) > len(shown):
             lines.append(f"  ... {len(report.noise) - len(shown)} more lines (-v shows them)")
+    lines.extend(f"note: {note}" for note in report.notes)
     return lines

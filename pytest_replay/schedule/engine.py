@@ -162,6 +162,13 @@ class Engine:
         obs = self._obs.get(key)
         return obs if obs is not None else self._not_sent(key)
 
+    def due_in_s(self, key: int) -> float | None:
+        """Seconds until request `key`'s deadline (negative: past), or None before the start."""
+        planned = self._planned.get(key)
+        if planned is None or self.t0_ns is None:
+            return None
+        return (self.t0_ns + planned.offset_ns - self.clock.now_ns()) / 1e9
+
     def stop(self, cancel: bool = False, timeout: float | None = None) -> Progress:
         """End the replay. cancel=False waits for it to finish; cancel=True cancels pending and
         in-flight requests at once (in-flight ones get a "cancelled" observation). Then the target is

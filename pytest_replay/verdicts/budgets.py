@@ -56,7 +56,8 @@ _SCOPE = re.compile(r"^(?:(?P<method>\*|[A-Za-z][A-Za-z-]*)\s+)?(?P<path>[/*]\S*
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Which endpoints a budget covers: a method (None = any) and a glob over path templates."""
+    """Which endpoints a budget covers: a method (None = any) and a glob over path templates
+    (`*` any characters, `?` one, `{name}` any placeholder segment of the template)."""
 
     method: str | None
     path: str
@@ -70,7 +71,9 @@ class Scope:
             elif piece == "?":
                 parts.append(".")
             elif piece.startswith("{") and piece.endswith("}"):
-                parts.append("[^/]+")
+                # a placeholder matches a placeholder of the endpoint's template ({id}, {uuid}, ...),
+                # not a literal segment: /api/products/{id} is not /api/products/stream
+                parts.append(r"\{[^{}/]*\}")
             else:
                 parts.append(re.escape(piece))
         object.__setattr__(self, "_regex", re.compile("".join(parts)))
