@@ -71,11 +71,13 @@ class _Output:
     """A path written through `<path>.partial` (renamed when complete; gzip when it ends with .gz),
     or a binary stream the caller owns."""
 
-    def __init__(self, target: str | os.PathLike | BinaryIO) -> None:
+    def __init__(self, target: str | os.PathLike | BinaryIO, compress: bool | None = None) -> None:
         if isinstance(target, (str, os.PathLike)):
             self.path: str | None = os.fspath(target)
             self.partial = self.path + ".partial"
-            self.stream: BinaryIO = (gzip.open if self.path.endswith(".gz") else open)(self.partial, "wb")
+            if compress is None:
+                compress = self.path.endswith(".gz")
+            self.stream: BinaryIO = (gzip.open if compress else open)(self.partial, "wb")
         else:
             self.path = None
             self.stream = target
@@ -101,9 +103,15 @@ def _response_whole(exchange: Exchange) -> bool:
 
 
 # -- .gor ---------------------------------------------------------------------------------------------
+_GOR_CONNECTION = re.compile(r"gor:([0-9A-Fa-f]{16})")
+
+
 def gor_id(connection: str, position: int) -> str:
-    """A 24-hex id like current GoReplay's: 16 hex naming the connection, 8 for the request."""
-    return hashlib.sha1(connection.encode()).hexdigest()[:16] + f"{position & 0xFFFFFFFF:08x}"
+    """A 24-hex id like current GoReplay's: 16 hex naming the connection (kept from a .gor file's
+    own 24-hex ids, else a hash of the connection name), 8 for the request."""
+    match = _GOR_CONNECTION.fullmatch(connection)
+    prefix = match[1] if match else hashlib.sha1(connection.encode()).hexdigest()[:16]
+    return prefix + f"{position & 0xFFFFFFFF:08x}"
 
 
 def gor_records(exchange: Exchange) -> list[bytes]:
@@ -115,13 +123,15 @@ def gor_records(exchange: Exchange) -> list[bytes]:
     return records
 
 
-def write_gor(exchanges: Iterable[Exchange], target: str | os.PathLike | BinaryIO) -> WriteResult:
+def write_gor(exchanges: Iterable[Exchange], target: str | os.PathLike | BinaryIO, *,
+              compress: bool | None = None) -> WriteResult:
     """Write exchanges as GoReplay records (type 1, and type 2 for a response captured whole), each
-    followed by the separator line. A path ending in .gz is gzip-compressed; a path is written to
-    `<path>.partial` and renamed when complete. Exchanges whose request is incomplete, or whose
-    bytes hold the separator line (a .gor file cannot represent them), are skipped and counted."""
+    followed by the separator line. A path is gzip-compressed when it ends in .gz (or `compress`
+    says so) and is written to `<path>.partial`, renamed when complete. Exchanges whose request is
+    incomplete, or whose bytes hold the separator line (a .gor file cannot represent them), are
+    skipped and counted."""
     written = incomplete = separator = left_out = 0
-    with _Output(target) as sink:
+    with _Output(target, compress) as sink:
         write = sink.write
         for exchange in exchanges:
             if not exchange.replayable:
@@ -196,7 +206,7 @@ class _Side:
 
 
 class _Conn:
-    __slots__ = ("client", "cport", "server", "sport", "version", "c", "s", "last_ts", "name")
+    __slots__ = ("client", "cport", "server", "sport", "version", "c", "s", "last_ts", "name", "owes")
 
     def __init__(self, name: str, client: bytes, cport: int, server: bytes, sport: int, generation: int = 0) -> None:
         self.name = name
@@ -206,6 +216,7 @@ class _Conn:
         self.c = _Side(int.from_bytes(digest[:4], "big"))
         self.s = _Side(int.from_bytes(digest[4:8], "big"))
         self.last_ts = 0
+        self.owes = False  # a request was written without its response
 
     @property
     def key(self) -> tuple:
@@ -339,7 +350,7 @@ class _Connections:
             if fin_ts + 2 * STEP_NS < start:
                 self.close(old, fin_ts)
         # Else, or if the old one closed too late, this one gets another client port.
-        while key in self.by_key or self.busy.get(key, start) >= start:
+        while key in self.by_key or self.busy.get(key, start - 1) >= start:
             cport = cport % 65535 + 1
             key = (client, cport, server, sport)
         generation = self.generations.get(name, 0)
@@ -391,12 +402,18 @@ def _segments(data: bytes, mss: int) -> list[bytes]:
 
 
 def write_pcap(exchanges: Iterable[Exchange], target: str | os.PathLike | BinaryIO, *,
-               ng: bool = False) -> WriteResult:
+               ng: bool = False, compress: bool | None = None) -> WriteResult:
     """Regenerate a capture from exchanges: classic pcap with nanosecond timestamps (magic a1b23c4d),
-    or pcapng with a nanosecond if_tsresol when `ng`. Ethernet, IPv4 or IPv6, TCP. A path ending in
-    .gz is gzip-compressed; a path is written to `<path>.partial` and renamed when complete."""
+    or pcapng with a nanosecond if_tsresol when `ng`. Ethernet, IPv4 or IPv6, TCP. A path is
+    gzip-compressed when it ends in .gz (or `compress` says so) and is written to `<path>.partial`,
+    renamed when complete.
+
+    Limits: exchanges are expected in request-timestamp order (as Capture gives them). A request
+    written without its response ends its connection if a later request on it has a response (a
+    reader would otherwise pair that response with it): that later request opens a new connection
+    and its position restarts at 0. 1xx responses are written as bare status lines."""
     written = incomplete = left_out = 0
-    with _Output(target) as sink:
+    with _Output(target, compress) as sink:
         writer = _PcapWriter(sink, ng)
         conns = _Connections(writer)
         for exchange in exchanges:
@@ -406,6 +423,13 @@ def write_pcap(exchanges: Iterable[Exchange], target: str | os.PathLike | Binary
             ts = exchange.request_ts_ns
             writer.flush_before(ts - LAG_NS)
             conn = conns.get(exchange.connection, ts)
+            if conn.owes and _response_whole(exchange):
+                # An earlier request on this connection is written without its response. A connection
+                # cannot say "no response here" (the original capture had gaps, or ended): a reader
+                # would pair this response with that request. So the connection ends there, and this
+                # request opens a new one.
+                conns.close(conn, max(conn.last_ts + STEP_NS, ts - HANDSHAKE_NS - 6 * STEP_NS))
+                conn = conns.get(exchange.connection, ts)
             mss = MSS[conn.version]
             pieces = _segments(exchange.request.raw, mss)
             for i, piece in enumerate(pieces):
@@ -423,11 +447,8 @@ def write_pcap(exchanges: Iterable[Exchange], target: str | os.PathLike | Binary
                     writer.push(resp_ts + i * STEP_NS, conn, False, ACK | (PSH if i == len(pieces) - 1 else 0),
                                 piece)
             else:
-                # A connection cannot say "no response here" without the gaps of the original capture:
-                # a reader would pair the next response with this request. So it ends here, and the
-                # next request on it (if any) opens a new connection.
                 left_out += exchange.response is not None
-                conns.close(conn, conn.last_ts + STEP_NS)
+                conn.owes = True
             written += 1
         writer.flush_all()
         conns.close_all()

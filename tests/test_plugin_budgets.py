@@ -1,0 +1,140 @@
+"""Budgets, evidence, xdist and shards end to end, against the demo service under a real server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "fixtures" / "captures" / "demo" / "demo.pcap"
+BUDGETS = ("GET /api/products/{id}: p99<25ms", "GET /health: p99<25ms", "GET /api/users/{id}: p99<25ms")
+
+
+def _serve(regression: str):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"DEMO_REGRESSION": regression, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "pytest_replay.demo.app:app", "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"], env={**env, **_pythonpath()})
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail("uvicorn did not start")
+
+
+def _pythonpath() -> dict:
+    import os
+
+    return {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
+@pytest.fixture
+def slow_server():
+    """The demo service under uvicorn with 50 ms added to GET /api/products/{id}."""
+    proc, url = _serve("slow")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def buggy_server():
+    """The demo service under uvicorn answering 500 for GET /api/orders/1001."""
+    proc, url = _serve("bug")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def replay(pytester: pytest.Pytester, url: str, *args: str):
+    budgets = [arg for budget in BUDGETS for arg in ("--replay-budget", budget)]
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(DEMO), "--replay-target", url,
+                                         "--speed", "0", "--replay-writes", "pass", "-q", *budgets, *args,
+                                         timeout=300)
+
+
+def _check_slow_endpoint_named(text: str) -> None:
+    assert "FAIL GET /api/products/{id}: p99<25ms" in text
+    assert "worst: GET /api/products/{id}" in text
+    assert "PASS GET /health: p99<25ms" in text
+    assert "PASS GET /api/users/{id}: p99<25ms" in text
+
+
+def test_slowdown_fails_the_scoped_budget_only(pytester: pytest.Pytester, slow_server: str) -> None:
+    result = replay(pytester, slow_server, f"--junitxml={pytester.path / 'junit.xml'}")
+    _check_slow_endpoint_named(result.stdout.str())
+    assert result.ret == 1  # every exchange passed: the budget alone fails the run
+    assert "259 passed" in result.stdout.str() or result.parseoutcomes()["passed"] >= 259
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="GET /api/products/{id}: p99&lt;25ms"' in junit and "<failure" in junit
+
+
+def test_slowdown_with_two_workers(pytester: pytest.Pytester, slow_server: str) -> None:
+    result = replay(pytester, slow_server, "-n", "2", "-vv")  # -q -vv: one line per item
+    text = result.stdout.str()
+    _check_slow_endpoint_named(text)
+    assert result.ret == 1
+    # one captured connection never spans workers: group the items by their lane via the capture
+    from pytest_replay.capture import load
+
+    lane = {e.index: e.connection for e in load(str(DEMO))[0]}
+    worker_of_lane: dict[str, str] = {}
+    for line in result.stdout.lines:
+        if line.startswith("[gw") and "#" in line and "demo.pcap::" in line:
+            worker = line[1:4]
+            index = int(line.rsplit("#", 1)[1].split()[0])
+            assert worker_of_lane.setdefault(lane[index], worker) == worker, line
+    assert len(set(worker_of_lane.values())) == 2
+
+
+def test_two_shards_merged(pytester: pytest.Pytester, slow_server: str) -> None:
+    reports = []
+    for k in (1, 2):
+        directory = pytester.path / f"shard{k}"
+        result = replay(pytester, slow_server, "--replay-shard", f"{k}/2", "--replay-report", str(directory))
+        assert result.ret in (0, 1)
+        reports.append(directory / f"replay-evidence-shard-{k}-of-2.json")
+        assert reports[-1].exists()
+    shards = [json.loads(r.read_text()) for r in reports]
+    assert sum(s["totals"]["requests"] for s in shards) == 259
+    merged = subprocess.run([sys.executable, "-m", "pytest_replay", "merge", *map(str, reports)],
+                            capture_output=True, text=True, timeout=60)
+    _check_slow_endpoint_named(merged.stdout)
+    assert merged.returncode == 1
+
+
+def test_error_budget(pytester: pytest.Pytester, buggy_server: str) -> None:
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(DEMO), "--replay-target",
+                                           buggy_server, "--speed", "0", "--replay-writes", "pass", "-q",
+                                           "--replay-budget", "5xx<0.1%", "--replay-budget",
+                                           "GET /api/orders/{id}: 5xx<5%", "--replay-budget",
+                                           "GET /api/products/{id}: 5xx<=recorded+0.5%", timeout=300)
+    text = result.stdout.str()
+    assert "FAIL 5xx<0.1%: 0.39%" in text  # 1 of 259
+    assert "FAIL GET /api/orders/{id}: 5xx<5%: 7.69%" in text  # 1 of 13
+    assert "PASS GET /api/products/{id}: 5xx<=recorded+0.5%" in text
+
+
+def test_evidence_package(pytester: pytest.Pytester, slow_server: str) -> None:
+    directory = pytester.path / "evidence"
+    replay(pytester, slow_server, "--replay-report", str(directory))
+    data = json.loads((directory / "replay-evidence.json").read_text())
+    assert data["schema"] == "pytest-replay-evidence/1"
+    assert data["captures"]["files"][0]["sha256"]
+    assert data["totals"]["requests"] == 259
+    assert {b["budget"] for b in data["budgets"]} == set(BUDGETS)
+    assert data["write_policy"]["passed"] == 64
+    text = (directory / "replay-evidence.json").read_text()
+    assert "Bearer " not in text and "session=" not in text  # no credentials in the evidence
