@@ -266,6 +266,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_shard", "--replay-shard", "replay only shard K of N (a stable split by captured "
            "connection, for CI matrices); merge the shards' evidence with 'python -m pytest_replay merge'. "
            "Default: everything.", None, _shard, metavar="K/N"),
+    Option("replay_secret_header", "--replay-secret-header", "one more header whose value is masked in "
+           "everything printed or written (repeatable). Default: Authorization, Proxy-Authorization, Cookie, "
+           "Set-Cookie and token-like names.", many=True, metavar="NAME"),
+    Option("replay_secret_param", "--replay-secret-param", "one more query parameter, form or JSON field name "
+           "whose value is masked (repeatable). Default: token-like names (token, api_key, password, session, "
+           "...).", many=True, metavar="NAME"),
+    Option("replay_show_header", "--replay-show-header", "allowlist mode: mask every header value except these "
+           "(repeatable). Default: off.", many=True, metavar="NAME"),
+    Option("replay_show_field", "--replay-show-field", "allowlist mode: mask every query, form and JSON field "
+           "value except these (repeatable). Default: off.", many=True, metavar="NAME"),
     Option("replay_insecure", "--replay-insecure", "do not verify the TLS certificate of an https target "
            "(sandboxes with self-signed certificates). Default: verify.", False, flag_only=True),
 )
@@ -337,6 +347,10 @@ class Settings:
     middleware: str | None = None
     middleware_drop_timeout: float = 1.0
     middleware_timeout: float = 10.0
+    secret_headers: tuple = ()
+    secret_params: tuple = ()
+    show_headers: tuple = ()
+    show_fields: tuple = ()
     budgets: tuple = ()
     report: str | None = None
     shard: tuple[int, int] | None = None
@@ -371,4 +385,6 @@ def load(config: pytest.Config) -> Settings:
         force_production=value["replay_force_production"], middleware=value["replay_middleware"],
         middleware_drop_timeout=value["replay_middleware_drop_timeout"],
         middleware_timeout=value["replay_middleware_timeout"], budgets=value["replay_budget"],
-        report=value["replay_report"], shard=value["replay_shard"])
+        report=value["replay_report"], shard=value["replay_shard"], secret_headers=value["replay_secret_header"],
+        secret_params=value["replay_secret_param"], show_headers=value["replay_show_header"],
+        show_fields=value["replay_show_field"])

@@ -28,7 +28,7 @@ from .distribute import (ReplayScheduling, lead_ns_until, local_worker, partitio
 from .http.message import Exchange
 from .http.normalize import path_template
 from .options import Settings
-from .policy.redact import DEFAULT as REDACT
+from .policy.redact import Redactor
 from .report.aggregate import Aggregate
 from .report.run import RunReport, render_terminal
 from .schedule.plan import Timing, build_plan
@@ -59,8 +59,13 @@ class ReplayFailure(AssertionError):
     """A replayed exchange did not match: the message is the readable, masked diff."""
 
 
-def item_name(exchange: Exchange) -> str:
-    target = REDACT.target(exchange.request.target)
+_STAND_IN_HASH = re.compile(r"\b(REDACTED(?:-[A-Z]+)?)-[0-9a-f]{8}\b")
+
+
+def item_name(exchange: Exchange, redactor: Redactor) -> str:
+    """'METHOD target #index': secrets in the target masked without their hash, so the name is the
+    same in every run and in every xdist worker (the index keeps it unique)."""
+    target = _STAND_IN_HASH.sub(r"\1", redactor.target(exchange.request.target))
     if len(target) > MAX_NAME:
         target = target[:MAX_NAME - 1] + "…"
     return f"{exchange.request.method} {target} #{exchange.index}"
@@ -215,6 +220,12 @@ class ReplaySession:
         workerinput = getattr(config, "workerinput", None)
         self.worker = (worker_index(workerinput["workerid"]), int(workerinput["workercount"])) \
             if workerinput is not None else None
+        # Stand-ins are keyed per run (an unkeyed short hash of a card number can be reversed by
+        # trying candidates); xdist workers get the controller's key so they agree.
+        self.redaction_key = (workerinput or {}).get("pytest_replay_redaction_key") or os.urandom(16).hex()
+        self.redactor = Redactor(settings.secret_headers, settings.secret_params,
+                                 allow_headers=settings.show_headers or None, allow_fields=settings.show_fields or None,
+                                 key=self.redaction_key)
         self.controller = workerinput is None and bool(getattr(config.option, "numprocesses", None)
                                                        or getattr(config.option, "tx", None))
         self.remote = {"planned": 0, "sent": 0, "failures": [], "noise": [], "unused_allow": [], "write_mode": ""}
@@ -264,7 +275,7 @@ class ReplaySession:
         group = self.settings.group
         if group == "exchange":
             for exchange in mine:
-                yield ReplayItem.create(collector, item_name(exchange), (exchange,), self)
+                yield ReplayItem.create(collector, item_name(exchange, self.redactor), (exchange,), self)
             return
         groups: dict[str, list[Exchange]] = {}
         for exchange in mine:
@@ -359,7 +370,7 @@ class ReplaySession:
         self.write_counts = WriteCounts()
         self.unused_allow = policy.unused_allow_patterns(self.exchanges or ())
         noise = learn_noise(self.exchanges or ()) if s.noise == "auto" else None
-        self.verdicts = DiffConfig(parts=s.diff, headers=s.headers, rules=s.ignore, noise=noise, redactor=REDACT,
+        self.verdicts = DiffConfig(parts=s.diff, headers=s.headers, rules=s.ignore, noise=noise, redactor=self.redactor,
                                    max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
         selected = [e for item in items if isinstance(item, ReplayItem) and not item.get_closest_marker("skip")
                     for e in item.exchanges if e.replayable]
@@ -443,7 +454,7 @@ class ReplaySession:
         error = None if observation.ok else f"{observation.error_kind}: {observation.error}"
         calls = self.outbound.unrouted(exchange.index) if self.outbound is not None else ()
         if calls and error is None:
-            shown = "; ".join(REDACT.target(call) for call in calls[:5])
+            shown = "; ".join(self.redactor.text(call) for call in calls[:5])
             error = (f"outbound call without a replay_outbound route (blocked, nothing left the process): {shown}"
                      + (f" and {len(calls) - 5} more" if len(calls) > 5 else ""))
         verdict = compare(exchange.response, observation.response, self.verdicts, exchange=exchange, error=error,
@@ -451,7 +462,8 @@ class ReplaySession:
         text = "" if verdict.passed else render_failure(
             exchange, verdict, recorded_latency_ns=exchange.recorded_latency_ns,
             replayed_latency_ns=observation.latency_ns,
-            replayed_status=observation.response.status if observation.response else None, redactor=REDACT)
+            replayed_status=observation.response.status if observation.response else None, redactor=self.redactor)
+        text = self.redactor.mask_pii(text)  # e-mails, card and phone numbers in bodies shown in a diff
         return verdict, text
 
     def wait(self, engine, key: int):
@@ -509,6 +521,7 @@ class ReplaySession:
             self.remote["pytest_replay_start"] = time.time() + REMOTE_START_DELAY_S
         if local_worker(node):
             node.workerinput["pytest_replay_rendezvous"] = self.remote["pytest_replay_rendezvous"]
+        node.workerinput["pytest_replay_redaction_key"] = self.redaction_key
         node.workerinput["pytest_replay_start"] = self.remote["pytest_replay_start"]
 
     def make_scheduler(self, log):
@@ -612,14 +625,14 @@ class ReplaySession:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             outcomes = {key: len(value) for key, value in reporter.stats.items() if key}
-        data = build_evidence(
+        data = build_evidence(redactor=self.redactor,
             aggregate=self.aggregate, captures=self.paths, capture_summary=self.capture_summary(),
             target=report.target, pace={"speed": s.speed, "rate": s.rate, "max_wait_s": s.max_wait,
                                         "concurrency": s.concurrency, "timeout_s": s.timeout},
             filters=[f"include {p.pattern}" for p in s.include] + [f"exclude {p.pattern}" for p in s.exclude]
             + [f"allow-header {h}" for h in s.allow_header] + [f"disallow-header {h}" for h in s.disallow_header],
             rewrites=[f"set-header {n.decode('latin-1')}" for n, _ in s.set_header] + [str(r) for r in s.rewrite_url],
-            redaction=["secret headers and token-like query parameters and JSON fields masked as REDACTED-<hash>"],
+            redaction=self._redaction_notes(),
             sample=report.planned or None, write_policy=report.write_mode or None, budgets=self.budget_results,
             skipped=self.skipped, incomplete=[e for e in (self.exchanges or ()) if not e.replayable],
             notes=self.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
@@ -627,6 +640,16 @@ class ReplaySession:
             shard=s.shard, outcomes=outcomes, started=self.started, finished=_now(), noise=report.noise)
         path = write_evidence(s.report, data)
         self.notes.append(f"evidence written to {path}")
+
+    def _redaction_notes(self) -> list[str]:
+        s = self.settings
+        notes = ["secret headers, token-like query parameters and secret JSON/form fields masked as "
+                 "REDACTED-<keyed hash> (equal values, equal stand-ins, within this run)",
+                 "e-mail addresses, Luhn-valid card numbers and phone numbers masked in shown bodies"]
+        notes += [f"secret header: {h}" for h in s.secret_headers] + [f"secret field: {p}" for p in s.secret_params]
+        if s.show_headers or s.show_fields:
+            notes.append(f"allowlist mode: only headers {list(s.show_headers)} and fields {list(s.show_fields)} shown")
+        return notes
 
     def _noise_lines(self) -> list[str]:
         noise = self.verdicts.noise if self.verdicts is not None else None

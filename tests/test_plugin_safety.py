@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,113 @@ def test_crashing_middleware_stops_the_replay_cleanly(pytester: pytest.Pytester)
     assert result.ret == 1
     assert "replay stopped:" in text and "exit" in text.lower()
     assert "Traceback" not in text
+
+
+SECRETS = {
+    "bearer": "tokPLANTED1234567890",
+    "cookie": "cookiePLANTED4567",
+    "set_cookie": "setcookiePLANTED000",
+    "query": "qtokPLANTED789",
+    "password": "hunter2PLANTED",
+    "email": "alice.planted@example.com",
+    "card": "4111 1111 1111 1111",
+    "phone": "+1 415 555 0132",
+    "api_key": "akPLANTED31337",
+}
+
+LEAKY_APP = '''
+import json, pytest
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    # Answers something different from the recording, so every exchange fails and shows a diff.
+    body = json.dumps({"changed": True, "path": scope["path"]}).encode()
+    await send({"type": "http.response.start", "status": 500,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+@pytest.fixture(scope="session")
+def replay_target():
+    return app
+'''
+
+
+def secrets_capture(path: Path) -> Path:
+    s = SECRETS
+    login_body = f'{{"username": "alice", "password": "{s["password"]}"}}'.encode()
+    profile = (f'{{"name": "Alice", "email": "{s["email"]}", "card": "{s["card"]}", "phone": "{s["phone"]}", '
+               f'"note": "call {s["phone"]} or mail {s["email"]}"}}').encode()
+    ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+    path.write_bytes(gor(
+        (1, "f" * 16 + "00000001", T0, b"POST /login HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\n"
+         b"Authorization: Bearer " + s["bearer"].encode() + b"\r\nX-Api-Key: " + s["api_key"].encode()
+         + b"\r\nContent-Length: %d\r\n\r\n" % len(login_body) + login_body),
+        (2, "f" * 16 + "00000001", T0 + 1_000_000, ok % 2 + b"Set-Cookie: session=" + s["set_cookie"].encode()
+         + b"; Path=/\r\n\r\n{}"),
+        (1, "f" * 16 + "00000002", T0 + 2_000_000, b"GET /profile?access_token=" + s["query"].encode()
+         + b"&page=1 HTTP/1.1\r\nHost: shop\r\nCookie: session=" + s["cookie"].encode() + b"\r\n\r\n"),
+        (2, "f" * 16 + "00000002", T0 + 3_000_000, ok % len(profile) + b"\r\n" + profile)))
+    return path
+
+
+def test_planted_secrets_appear_in_no_artifact(pytester: pytest.Pytester) -> None:
+    capture = secrets_capture(pytester.path / "secrets.gor")
+    pytester.makeconftest(LEAKY_APP)
+    junit = pytester.path / "junit.xml"
+    evidence = pytester.path / "evidence"
+    result = pytester.runpytest_subprocess("--replay", str(capture), "--speed", "0", "-vv", "-rA",
+                                           "--replay-diff", "status,headers,body", "--replay-headers",
+                                           "set-cookie,content-type", f"--junitxml={junit}",
+                                           "--replay-report", str(evidence), "--replay-budget", "p99<1s")
+    result.assert_outcomes(failed=2, passed=1)  # two exchanges fail with diffs; the budget passes
+    artifacts = {"stdout": result.stdout.str(), "stderr": result.stderr.str(), "junit": junit.read_text(),
+                 "evidence": (evidence / "replay-evidence.json").read_text()}
+    assert "REDACTED" in artifacts["stdout"]  # the diffs are there, masked
+    import urllib.parse
+
+    for where, text in artifacts.items():
+        for name, secret in SECRETS.items():
+            for form in {secret, urllib.parse.quote(secret), urllib.parse.quote_plus(secret), secret.replace(" ", "")}:
+                assert form not in text, f"{name} ({form!r}) leaked into {where}"
+    inspect = pytester.run(sys.executable, "-m", "pytest_replay", "inspect", "--json", str(capture))
+    for secret in SECRETS.values():
+        assert secret not in inspect.stdout.str()
+
+
+AUTH_APP = '''
+import json, pytest
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    auth = dict(scope["headers"]).get(b"authorization", b"")
+    status, body = (200, {"orders": [1, 2]}) if auth == b"Bearer sandbox-credential" else (401, {"error": "no"})
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+@pytest.fixture(scope="session")
+def replay_target():
+    return app
+'''
+
+
+def test_redacted_capture_replays_with_credentials_set_at_replay_time(pytester: pytest.Pytester) -> None:
+    body = b'{"orders": [1, 2]}'
+    ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    original = pytester.path / "orders.gor"
+    original.write_bytes(gor(*[rec for i in range(3) for rec in (
+        (1, "a" * 16 + f"{i:08x}", T0 + i * 10_000_000,
+         b"GET /orders HTTP/1.1\r\nHost: shop\r\nAuthorization: Bearer production-secret-token\r\n\r\n"),
+        (2, "a" * 16 + f"{i:08x}", T0 + i * 10_000_000 + 1_000_000, ok))]))
+    redacted = pytester.path / "orders.redacted.gor"
+    run = pytester.run(sys.executable, "-m", "pytest_replay", "redact", str(original), str(redacted))
+    assert run.ret == 0 and b"production-secret-token" not in redacted.read_bytes()
+    pytester.makeconftest(AUTH_APP)
+    result = pytester.runpytest_subprocess("--replay", str(redacted), "--speed", "0", "-q")
+    result.assert_outcomes(failed=3)  # the masked credential is refused
+    result = pytester.runpytest_subprocess("--replay", str(redacted), "--speed", "0", "-q",
+                                           "--replay-set-header", "Authorization: Bearer sandbox-credential")
+    result.assert_outcomes(passed=3)
