@@ -90,7 +90,8 @@ def replay_engine(request: pytest.FixtureRequest, replay_target):
     """The running replay: started once, before the first replay item, with every selected item's
     exchange on its schedule; items wait for their own observation."""
     session = request.config.stash[SESSION]
-    engine = session.start_engine(replay_target, request.session.items,
+    cli_target = request.config.getoption("replay_target")  # the command line wins over a conftest fixture
+    engine = session.start_engine(cli_target if cli_target is not None else replay_target, request.session.items,
                                   outbound=lambda: request.getfixturevalue("replay_outbound"))
     yield engine
     session.stop_engine()
