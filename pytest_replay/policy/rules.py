@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .. import combinators
 from ..http.message import Request
 
 ALLOW_WRITE_FORMS = (
@@ -39,55 +40,16 @@ _METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 
 
-class Rule:
-    """A predicate over requests; combine with & | ~."""
+class Rule(combinators.Rule):
+    """A predicate over requests: `matches(request, host)`; combine with & | ~."""
 
     __slots__ = ()
 
     def matches(self, request: Request, host: str | None = None) -> bool:
-        raise NotImplementedError
-
-    def __and__(self, other: Rule) -> Rule:
-        return And((self, other))
-
-    def __or__(self, other: Rule) -> Rule:
-        return Or((self, other))
-
-    def __invert__(self) -> Rule:
-        return Not(self)
+        return self.test(request, host)
 
 
-@dataclass(frozen=True, slots=True)
-class And(Rule):
-    rules: tuple[Rule, ...]
-
-    def matches(self, request: Request, host: str | None = None) -> bool:
-        return all(rule.matches(request, host) for rule in self.rules)
-
-    def __str__(self) -> str:
-        return "(" + " & ".join(map(str, self.rules)) + ")"
-
-
-@dataclass(frozen=True, slots=True)
-class Or(Rule):
-    rules: tuple[Rule, ...]
-
-    def matches(self, request: Request, host: str | None = None) -> bool:
-        return any(rule.matches(request, host) for rule in self.rules)
-
-    def __str__(self) -> str:
-        return "(" + " | ".join(map(str, self.rules)) + ")"
-
-
-@dataclass(frozen=True, slots=True)
-class Not(Rule):
-    rule: Rule
-
-    def matches(self, request: Request, host: str | None = None) -> bool:
-        return not self.rule.matches(request, host)
-
-    def __str__(self) -> str:
-        return f"~{self.rule}"
+And, Or, Not = combinators.family(Rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +59,7 @@ class Labeled(Rule):
     rule: Rule
     text: str
 
-    def matches(self, request: Request, host: str | None = None) -> bool:
+    def test(self, request: Request, host: str | None = None) -> bool:
         return self.rule.matches(request, host)
 
     def __str__(self) -> str:
@@ -114,7 +76,7 @@ class Method(Rule):
         names = (names,) if isinstance(names, str) else names
         object.__setattr__(self, "names", frozenset(name.upper() for name in names))
 
-    def matches(self, request: Request, host: str | None = None) -> bool:
+    def test(self, request: Request, host: str | None = None) -> bool:
         return "*" in self.names or request.method.upper() in self.names
 
     def __str__(self) -> str:
@@ -131,7 +93,7 @@ class Path(Rule):
     def __post_init__(self) -> None:
         object.__setattr__(self, "_regex", re.compile(self.pattern))
 
-    def matches(self, request: Request, host: str | None = None) -> bool:
+    def test(self, request: Request, host: str | None = None) -> bool:
         return self._regex.search(request.target) is not None
 
     def __str__(self) -> str:
@@ -153,7 +115,7 @@ class Host(Rule):
             regex = None  # a literal host that is not a valid regex: exact comparison only
         object.__setattr__(self, "_regex", regex)
 
-    def matches(self, request: Request, host: str | None = None) -> bool:
+    def test(self, request: Request, host: str | None = None) -> bool:
         value = host if host is not None else request.host
         if not value:
             return False
@@ -183,7 +145,7 @@ class HeaderMatch(Rule):
         object.__setattr__(self, "_key", self.name.strip().lower().encode("latin-1"))
         object.__setattr__(self, "_regex", re.compile(self.pattern.encode("latin-1")))
 
-    def matches(self, request: Request, host: str | None = None) -> bool:
+    def test(self, request: Request, host: str | None = None) -> bool:
         value = _first_header(request, self._key)
         return bool(value) and self._regex.search(value) is not None
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .. import combinators
+
 from ..http.normalize import path_template
 
 ACCEPTED_FORMS = (
@@ -56,77 +58,23 @@ class Point:
     key: str
 
 
-class Rule:
-    """A predicate over points; combine with & | ~."""
+class Rule(combinators.Rule):
+    """A predicate over points: `ignores(point)`; combine with & | ~."""
 
     __slots__ = ()
 
     def ignores(self, point: Point) -> bool:
-        raise NotImplementedError
-
-    def leaves(self) -> tuple[Rule, ...]:
-        return (self,)
-
-    def __and__(self, other: Rule) -> Rule:
-        return And((self, other))
-
-    def __or__(self, other: Rule) -> Rule:
-        return Or((self, other))
-
-    def __invert__(self) -> Rule:
-        return Invert(self)
+        return self.test(point)
 
 
-@dataclass(frozen=True, slots=True)
-class And(Rule):
-    rules: tuple[Rule, ...]
-
-    def ignores(self, point: Point) -> bool:
-        return all(rule.ignores(point) for rule in self.rules)
-
-    def leaves(self) -> tuple[Rule, ...]:
-        return tuple(leaf for rule in self.rules for leaf in rule.leaves())
-
-    def __str__(self) -> str:
-        scope = [r for r in self.rules if isinstance(r, Endpoint)]
-        rest = [r for r in self.rules if not isinstance(r, Endpoint)]
-        if len(scope) == 1 and len(rest) == 1:  # the scoped form users type
-            return f"{scope[0]}: {rest[0]}"
-        return "(" + " & ".join(map(str, self.rules)) + ")"
-
-
-@dataclass(frozen=True, slots=True)
-class Or(Rule):
-    rules: tuple[Rule, ...]
-
-    def ignores(self, point: Point) -> bool:
-        return any(rule.ignores(point) for rule in self.rules)
-
-    def leaves(self) -> tuple[Rule, ...]:
-        return tuple(leaf for rule in self.rules for leaf in rule.leaves())
-
-    def __str__(self) -> str:
-        return "(" + " | ".join(map(str, self.rules)) + ")"
-
-
-@dataclass(frozen=True, slots=True)
-class Invert(Rule):
-    rule: Rule
-
-    def ignores(self, point: Point) -> bool:
-        return not self.rule.ignores(point)
-
-    def leaves(self) -> tuple[Rule, ...]:
-        return self.rule.leaves()
-
-    def __str__(self) -> str:
-        return f"~{self.rule}"
+And, Or, Invert = combinators.family(Rule)
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint(Rule):
     """Request scope: METHOD (or None for any) and a path template, a literal path or a regex."""
 
+    is_scope = True  # shown as "SCOPE: rule" when combined with one rule
     method: str | None
     pattern: str
     _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
@@ -138,7 +86,7 @@ class Endpoint(Rule):
             regex = None
         object.__setattr__(self, "_regex", regex)
 
-    def ignores(self, point: Point) -> bool:
+    def test(self, point: Point) -> bool:
         if self.method is not None and point.method != self.method:
             return False
         if self.pattern in (point.path, path_template(point.path)):
@@ -153,7 +101,7 @@ class Endpoint(Rule):
 class Header(Rule):
     name: str  # lower-case
 
-    def ignores(self, point: Point) -> bool:
+    def test(self, point: Point) -> bool:
         return point.part == "header" and point.key == self.name
 
     def __str__(self) -> str:
@@ -173,7 +121,7 @@ class Json(Rule):
         object.__setattr__(self, "exclude_regex", regex)
         object.__setattr__(self, "_regex", re.compile(regex))
 
-    def ignores(self, point: Point) -> bool:
+    def test(self, point: Point) -> bool:
         return point.part == "json" and self._regex.match(point.key) is not None
 
     def __str__(self) -> str:
@@ -190,7 +138,7 @@ class Regex(Rule):
     def __post_init__(self) -> None:
         object.__setattr__(self, "compiled", re.compile(self.pattern))
 
-    def ignores(self, point: Point) -> bool:
+    def test(self, point: Point) -> bool:
         return point.part == "regex" and point.key == self.pattern
 
     def __str__(self) -> str:
