@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from . import options
-from .session import ReplayItem, ReplaySession, clashing_plugin
+from .items import ReplayItem
+from .session import ReplaySession, clashing_plugin
 
 SESSION = pytest.StashKey[ReplaySession]()
 CLASH = pytest.StashKey[str]()

@@ -1,0 +1,143 @@
+"""Test items made from captured exchanges, and the collector of a capture file.
+
+An item is one exchange (or a group of them): a pytest.Function whose only fixture is the running
+replay; runtest() waits for its exchange's observation and judges it (session.py does both).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from .http.message import Exchange
+from .http.normalize import path_template
+from .policy.redact import Redactor
+from .policy.writes import WRITE_METHODS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .session import ReplaySession
+
+MAX_NAME = 100  # item names show at most this much of a request target
+
+
+class ReplayFailure(AssertionError):
+    """A replayed exchange did not match: the message is the readable, masked diff."""
+
+
+_STAND_IN_HASH = re.compile(r"\b(REDACTED(?:-[A-Z]+)?)-[0-9a-f]{8}\b")
+
+
+def item_name(exchange: Exchange, redactor: Redactor) -> str:
+    """'METHOD target #index': secrets in the target masked without their hash, so the name is the
+    same in every run and in every xdist worker (the index keeps it unique)."""
+    target = _STAND_IN_HASH.sub(r"\1", redactor.target(exchange.request.target))
+    if len(target) > MAX_NAME:
+        target = target[:MAX_NAME - 1] + "…"
+    return f"{exchange.request.method} {target} #{exchange.index}"
+
+
+def marker_name(text: str) -> str:
+    """An identifier usable in -m expressions: 'GET /api/users/{id}' -> 'api_users_id'."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower() or "root"
+
+
+def _engine_placeholder(replay_engine) -> None:
+    """Declares the fixture every replay item needs; ReplayItem.runtest does the work."""
+
+
+class ReplayItem(pytest.Function):
+    """One captured exchange (or a group of them) as a test item."""
+
+    exchanges: tuple[Exchange, ...]
+    replay: ReplaySession
+
+    @classmethod
+    def create(cls, parent, name: str, exchanges: tuple[Exchange, ...], replay: ReplaySession) -> ReplayItem:
+        item = cls.from_parent(parent, name=name, callobj=_engine_placeholder)
+        item.exchanges = exchanges
+        item.replay = replay
+        first = exchanges[0]
+        item.add_marker("replay")
+        methods = {e.request.method for e in exchanges}
+        for method in methods:
+            item.add_marker(replay.marker(f"http_{marker_name(method)}", f"replayed {method} requests"))
+        if methods & WRITE_METHODS:
+            item.add_marker(replay.marker("http_write", "replayed POST, PUT, PATCH or DELETE requests"))
+        for template in {path_template(e.request.target) for e in exchanges}:
+            item.add_marker(replay.marker(f"endpoint_{marker_name(template)}", f"replayed requests to {template}"))
+        replayable = [e for e in exchanges if e.replayable]
+        if not replayable:
+            reasons = "; ".join(sorted({r for e in exchanges for r in e.reasons if "(request)" in r}))
+            item.add_marker(pytest.mark.skip(reason=f"incomplete in the capture: {reasons}"))
+        item.user_properties.append(("replay_exchange", ",".join(str(e.index) for e in exchanges[:20])))
+        item.user_properties.append(("replay_source", str(first.source)))
+        return item
+
+    def runtest(self) -> None:
+        engine = self.funcargs["replay_engine"]
+        failures = []
+        not_sent = []
+        for exchange in self.exchanges:
+            if not exchange.replayable:
+                continue
+            decision = self.replay.decisions.get(exchange.index)
+            if decision == "skip":  # counted when the plan was made
+                not_sent.append("write not replayed (--replay-writes skip)")
+                continue
+            observation = self.replay.wait(engine, exchange.index)
+            if observation.error_kind == "dropped":
+                self.replay.skip(exchange, "dropped")
+                not_sent.append(observation.error)
+                continue
+            if decision == "mock":
+                self.replay.record(exchange, observation, None)
+                not_sent.append("write answered from the recording, not sent (--replay-writes mock; "
+                                "--replay-allow-write sends matching writes)")
+                continue
+            verdict, text = self.replay.judge(exchange, observation)
+            self.replay.record(exchange, observation, verdict)
+            if len(self.exchanges) == 1:
+                self._properties(exchange, observation)
+            if not verdict.passed:
+                failures.append(text)
+        if not_sent and len(not_sent) == sum(e.replayable for e in self.exchanges):
+            pytest.skip(not_sent[0] if len(not_sent) == 1 else f"{len(not_sent)} requests not sent: {not_sent[0]}")
+        if failures:
+            shown = failures[:5]
+            more = f"\n... and {len(failures) - 5} more failing exchanges" if len(failures) > 5 else ""
+            header = f"{len(failures)} of {len(self.exchanges)} exchanges failed\n\n" if len(self.exchanges) > 1 else ""
+            raise ReplayFailure(header + "\n\n".join(shown) + more)
+
+    def _properties(self, exchange: Exchange, observation) -> None:
+        recorded = exchange.response
+        self.user_properties.extend([
+            ("recorded_status", recorded.status if recorded else ""),
+            ("replayed_status", observation.response.status if observation.response else ""),
+            ("recorded_latency_ms", _ms(exchange.recorded_latency_ns)),
+            ("replayed_latency_ms", _ms(observation.latency_ns)),
+            ("lateness_ms", _ms(observation.lateness_ns)),
+        ])
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ReplayFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, None, self.name
+
+
+def _ms(ns: int | None) -> str:
+    return "" if ns is None else f"{ns / 1e6:.1f}"
+
+
+class CaptureFile(pytest.File):
+    """A capture given with --replay: its exchanges become items."""
+
+    replay: ReplaySession
+
+    def collect(self) -> Iterator[ReplayItem]:
+        return self.replay.items_for(self)
