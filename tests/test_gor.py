@@ -552,10 +552,7 @@ def test_stats_counts(tmp_path: Path) -> None:
 
 
 def test_real_style_ids_from_the_reference_files(tmp_path: Path) -> None:
-    real = Path(__file__).resolve().parents[2] / "shared" / "captures" / "real"
-    name = real / "gor_traffic-analyzer_real_LF.gor"
-    if not name.exists():
-        pytest.skip("real captures not available")
+    name = Path(__file__).resolve().parent.parent / "fixtures" / "captures" / "real" / "gor_traffic-analyzer_real_LF.gor"
     exchanges, stats = load(str(name))
     assert all(e.request.lf_only for e in exchanges)
     assert all(e.connection.startswith("gor:") and len(e.connection) == 4 + 16 for e in exchanges)

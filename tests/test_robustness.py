@@ -1,6 +1,6 @@
 """Damaged captures: load() returns exchanges and stats, or raises CaptureError naming the file.
 
-Real captures (../shared/captures/real/) and crafted fixtures are truncated, overwritten, and have
+Real captures (fixtures/captures/real/) and crafted fixtures are truncated, overwritten, and have
 bytes inserted or deleted at random. Nothing else may escape, and every read must be quick.
 """
 
@@ -21,10 +21,8 @@ from hypothesis import strategies as st
 
 from pytest_replay.capture import CaptureError, load
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "captures" / "real"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
-if not REAL.is_dir():
-    pytest.skip(f"real captures not found at {REAL}", allow_module_level=True)
+REAL = FIXTURES / "real"  # copies of ../shared/captures/real/, in the repository
 
 SMALL_REAL = [
     "arkime_http-no-length_close-delimited.pcap",
