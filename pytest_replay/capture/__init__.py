@@ -11,15 +11,17 @@ orders, micro/nanosecond) and pcapng, each optionally gzip-compressed.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import glob
 import gzip
 import heapq
 import os
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import BinaryIO
 
-from ..http.message import Exchange
+from ..http.message import Exchange, Source
 from ..http.normalize import endpoint_of
 from .draft import Draft
 from .gor import GorReader, looks_like_gor
@@ -80,33 +82,47 @@ class Capture:
         self.stats = CaptureStats()
 
     def __iter__(self) -> Iterator[Exchange]:
+        if len(self.paths) == 1:
+            batches = self._batches(self.paths[0])
+        else:
+            streams = [self._drafts(order, path) for order, path in enumerate(self.paths)]
+            merged = heapq.merge(*streams, key=_merge_key)
+            batches = iter(lambda: list(islice(merged, 256)), [])
+        stats = self.stats
+        endpoints = stats.endpoints
+        index = -1
         # Reading makes many small objects that live until their exchange is released; the default
         # cyclic-GC threshold would rescan them every 700 allocations (~25% of the reading time).
         threshold = gc.get_threshold()
         gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
         try:
-            yield from self._exchanges()
+            for batch in batches:
+                for draft in batch:
+                    # Draft to Exchange, and the tally: this runs once per exchange.
+                    index += 1
+                    response = draft.response
+                    if response is not None and draft.interim:
+                        response = dataclasses.replace(response, interim=draft.interim)
+                    request = draft.request
+                    flags = draft.flags
+                    exchange = Exchange(index, request, response, draft.ts, draft.resp_ts, draft.connection,
+                                        draft.position, Source(draft.file, draft.offset, draft.record, draft.frames),
+                                        flags, draft.replayed)
+                    stats.exchanges += 1
+                    if flags:
+                        for code in {flag.code for flag in flags}:
+                            stats.incomplete[code] += 1
+                        if response is None:
+                            stats.no_response += 1
+                    else:
+                        stats.complete += 1
+                    endpoints[endpoint_of(request.method, request.target)] += 1
+                    yield exchange
         finally:
             gc.set_threshold(*threshold)
 
-    def _exchanges(self) -> Iterator[Exchange]:
-        streams = [self._drafts(order, path) for order, path in enumerate(self.paths)]
-        merged = heapq.merge(*streams, key=_merge_key) if len(streams) > 1 else streams[0]
-        stats = self.stats
-        for index, draft in enumerate(merged):
-            exchange = draft.to_exchange(index)
-            stats.exchanges += 1
-            if exchange.flags:
-                for code in {flag.code for flag in exchange.flags}:
-                    stats.incomplete[code] += 1
-                if exchange.response is None:
-                    stats.no_response += 1
-            else:
-                stats.complete += 1
-            stats.endpoints[endpoint_of(exchange.request.method, exchange.request.target)] += 1
-            yield exchange
-
-    def _drafts(self, order: int, path: str) -> Iterator[Draft]:
+    def _batches(self, path: str) -> Iterator[list[Draft]]:
+        """The drafts of one file in request-timestamp order, in lists (one per block read)."""
         stats = self.stats
         stream, size, fmt, compressed = open_capture(path)
         info = {"path": path, "format": fmt, "bytes": os.path.getsize(path), "compressed": compressed}
@@ -114,17 +130,20 @@ class Capture:
         with stream:
             if fmt == "gor":
                 reader = GorReader(path, stats)
-                drafts = reader.read(stream)
+                yield from reader.read(stream)
+                reader.finish_notes(info)
             else:
                 from .pcap import read_pcap  # here, not at the top: reassembly imports this package
 
                 kwargs = {"server_ports": self.server_ports} if self.server_ports else {}
-                drafts = read_pcap(path, stream, size, stats, info, **kwargs)
-            for draft in drafts:
+                yield from read_pcap(path, stream, size, stats, info, **kwargs)
+
+    def _drafts(self, order: int, path: str) -> Iterator[Draft]:
+        """The drafts of one of several files, one by one, for the merge."""
+        for batch in self._batches(path):
+            for draft in batch:
                 draft.seq = order  # ties between files: the order they were given in
                 yield draft
-            if fmt == "gor":
-                reader.finish_notes(info)
 
 
 def _merge_key(draft: Draft) -> tuple[int, int]:

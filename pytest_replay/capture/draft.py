@@ -7,15 +7,17 @@ reader's output is ordered by request start while memory holds only in-flight ex
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
-from collections.abc import Callable
+from collections import deque
 
-from ..http.message import CLOSED, Exchange, Flag, Request, Response, Source
+from ..http.message import CLOSED, Flag, Request, Response
 from ..http.parser import Parsed
 
 
 class Draft:
+    """An exchange under construction; Capture turns it into an :class:`Exchange` (source, flags,
+    interim statuses folded into the response) when it leaves the reader."""
+
     __slots__ = ("request", "response", "ts", "resp_ts", "connection", "position", "file", "offset",
                  "record", "frames", "flags", "replayed", "interim", "done", "seq", "end", "key", "head")
 
@@ -32,8 +34,9 @@ class Draft:
         self.record = record
         self.frames = frames
         self.flags: tuple[Flag, ...] = ()
-        self.replayed: list[Response] = []
-        self.interim: list[int] = []
+        # Tuples, not lists: most drafts never get any, and () is shared (no object per draft).
+        self.replayed: tuple[Response, ...] = ()
+        self.interim: tuple[int, ...] = ()
         self.done = False
         self.seq = 0
         self.end = 0  # pcap: stream offset just past the request; gor: records read when it was read
@@ -54,15 +57,6 @@ class Draft:
             self.head = None
             self.done = True
 
-    def to_exchange(self, index: int) -> Exchange:
-        response = self.response
-        if response is not None and self.interim:
-            response = dataclasses.replace(response, interim=tuple(self.interim))
-        return Exchange(index=index, request=self.request, response=response, request_ts_ns=self.ts,
-                        response_ts_ns=self.resp_ts, connection=self.connection, position=self.position,
-                        source=Source(self.file, self.offset, self.record, self.frames),
-                        flags=self.flags, replayed=tuple(self.replayed))
-
 
 def to_request(msg: Parsed) -> Request:
     return Request(msg.method, msg.target, msg.version, msg.head, msg.body, msg.raw, msg.trailers, msg.lf_only)
@@ -78,31 +72,62 @@ def flags_of(msg: Parsed, part: str) -> tuple[Flag, ...]:
 
 
 class Reorder:
-    """A heap of drafts by (request timestamp, arrival)."""
+    """Drafts in (request timestamp, arrival order) order, for input that is nearly in that order
+    already: an item not earlier than the last one queued in order goes to the end of `run` (a
+    deque, sorted by construction), one that comes late into the `late` heap. Cheaper than a single
+    heap, whose every pop costs log(n) tuple comparisons. Items are (ts, order, draft) with a
+    unique, increasing order; the first item is the smaller of run[0] and late[0] (see first()).
+    Readers inline first() and pop() in their release loops."""
 
-    __slots__ = ("_heap", "_n")
+    __slots__ = ("run", "late", "last", "_n")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, Draft]] = []
+        self.run: deque[tuple[int, int, Draft]] = deque()
+        self.late: list[tuple[int, int, Draft]] = []
+        self.last = -(1 << 64)  # timestamp of the last item put in `run`
         self._n = 0
 
     def push(self, draft: Draft) -> None:
-        draft.seq = self._n
-        heapq.heappush(self._heap, (draft.ts, self._n, draft))
-        self._n += 1
+        """Queue a draft in arrival order (its seq)."""
+        draft.seq = n = self._n
+        self._n = n + 1
+        ts = draft.ts
+        if ts >= self.last:  # add(), inlined: one per captured request
+            self.run.append((ts, n, draft))
+            self.last = ts
+        else:
+            heapq.heappush(self.late, (ts, n, draft))
 
-    def pop_ready(self, ready: Callable[[Draft], bool]) -> list[Draft]:
-        heap, out = self._heap, []
-        while heap and ready(heap[0][2]):
-            out.append(heapq.heappop(heap)[2])
-        return out
+    def add(self, ts: int, order: int, draft: Draft) -> None:
+        """Queue a draft with its own order (increasing with each call)."""
+        if ts >= self.last:
+            self.run.append((ts, order, draft))
+            self.last = ts
+        else:
+            heapq.heappush(self.late, (ts, order, draft))
+
+    def first(self) -> tuple[int, int, Draft] | None:
+        run, late = self.run, self.late
+        if late and (not run or late[0] < run[0]):
+            return late[0]
+        return run[0] if run else None
+
+    def pop(self) -> tuple[int, int, Draft]:
+        run, late = self.run, self.late
+        if late and (not run or late[0] < run[0]):
+            return heapq.heappop(late)
+        return run.popleft()
 
     def drain(self) -> list[Draft]:
-        heap, self._heap = self._heap, []
-        return [item[2] for item in sorted(heap)]
+        """Everything still queued, in order; the queue is left empty."""
+        items = sorted([*self.run, *self.late])
+        self.run.clear()
+        self.late.clear()
+        return [item[2] for item in items]
 
     def head(self) -> Draft | None:
-        return self._heap[0][2] if self._heap else None
+        item = self.first()
+        return item[2] if item is not None else None
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self.run) + len(self.late)

@@ -13,8 +13,10 @@ import logging
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from heapq import heappop
 from typing import BinaryIO
 
+from ..http.message import NO_RESPONSE, Flag
 from ..reassembly.flows import DEFAULT_SERVER_PORTS, FlowTable
 from .draft import Draft, Reorder
 from .link import LINKTYPE_NAMES, Decoder
@@ -91,8 +93,8 @@ def open_reader(name: str, stream: BinaryIO, size: int | None):
 
 
 def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats, info: dict,
-              server_ports: frozenset[int] = DEFAULT_SERVER_PORTS) -> Iterator[Draft]:
-    """Drafts of one pcap/pcapng file, released in request-timestamp order.
+              server_ports: frozenset[int] = DEFAULT_SERVER_PORTS) -> Iterator[list[Draft]]:
+    """Drafts of one pcap/pcapng file, released in request-timestamp order, in lists.
 
     This loop runs once per packet, so it is written for speed: locals instead of attribute
     lookups, and Ethernet/IPv4/TCP (most captures) decoded inline; everything else goes through
@@ -105,46 +107,55 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     flows = table.flows
     new_packet = table.packet
     decode = decoder.decode
-    unpack_tcp = _TCP.unpack_from
+    unpack_ipv4_tcp = _ETH_IPV4_TCP.unpack_from
     link_counts: dict[int, int] = {}
+    ethernet = 0  # link type 1 is counted apart (a local is cheaper) and added to link_counts at the end
     now = frame = 0
-    ready = _releaser(lambda: now)
     frames = _classic_frames(name, reader, size, stats, info) if hasattr(reader, "nano") else \
         _pcapng_frames(name, reader, size, stats, info)
     first = None
     nbytes = 0
     for ts, linktype, data, cut, where in frames:
         frame += 1
-        nbytes += len(data)
+        captured = len(data)
+        nbytes += captured
         if ts > now:
             now = ts
             if first is None:
                 first = ts
-        link_counts[linktype] = link_counts.get(linktype, 0) + 1
-        if (linktype == 1 and cut == 0 and len(data) >= 54 and data[12] == 8 and data[13] == 0
-                and data[14] == 0x45 and data[23] == 6 and not (data[20] & 0x3F or data[21])):
-            # Ethernet, IPv4 without options, TCP, not a fragment, nothing cut off
-            end = 14 + ((data[16] << 8) | data[17])
-            sport, dport, seq, ack, doff, flags = unpack_tcp(data, 34)
-            start = 34 + ((doff >> 4) << 2)
-            if start <= end <= len(data) and doff >= 0x50:
-                src, dst = data[26:30], data[30:34]
-                entry = flows.get((src, sport, dst, dport))
-                payload = data[start:end] if start < end else b""
-                if entry is not None and flags & 0x02 == 0:
-                    entry[0].packet(entry[1], seq, ack, flags, payload, 0, ts, frame, where)
-                else:
-                    new_packet(src, sport, dst, dport, seq, ack, flags, payload, 0, ts, frame, where)
-                if frame % RELEASE_EVERY == 0:
-                    yield from reorder.pop_ready(ready)
-                continue
+        if linktype == 1:
+            if not ethernet:
+                link_counts.setdefault(1, 0)  # keeps the order in which link types were first seen
+            ethernet += 1
+            if cut == 0 and captured >= 54:
+                # One unpack for the Ethernet, IPv4 and TCP fields, then the checks: Ethernet,
+                # IPv4 without options, TCP, not a fragment, nothing cut off.
+                etype, ver_ihl, total, fragment, proto, src, dst, sport, dport, seq, ack, doff, flags = \
+                    unpack_ipv4_tcp(data)
+                if etype == 0x0800 and ver_ihl == 0x45 and proto == 6 and not fragment & 0x3FFF:
+                    end = 14 + total
+                    start = 34 + ((doff >> 4) << 2)
+                    if start <= end <= captured and doff >= 0x50:
+                        entry = flows.get((src, sport, dst, dport))
+                        payload = data[start:end] if start < end else b""
+                        if entry is not None and flags & 0x02 == 0:
+                            entry[0].packet(entry[1], seq, ack, flags, payload, 0, ts, frame, where)
+                        else:
+                            new_packet(src, sport, dst, dport, seq, ack, flags, payload, 0, ts, frame, where)
+                        if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
+                            yield out
+                        continue
+        else:
+            link_counts[linktype] = link_counts.get(linktype, 0) + 1
         seg = decode(linktype, data, ts)
         if seg is not None:
             if cut < 0:  # the file ends inside this packet: what is missing is the capture's end
                 seg = seg[:-1] + (0,)
             new_packet(*seg, decoder.ts_ns, frame, where)
-        if frame % RELEASE_EVERY == 0:
-            yield from reorder.pop_ready(ready)
+        if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
+            yield out
+    if ethernet:
+        link_counts[1] += ethernet
     stats.packets += frame
     stats.bytes += nbytes
     info["packets"] = frame
@@ -158,28 +169,40 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     decoder.finish()
     for key in [k for k in stats.not_decoded if k.startswith("unknown link type")]:
         stats.note(f"{name}: {stats.not_decoded[key]} packets with {key}: not decoded")
-    for draft in reorder.drain():
+    out = reorder.drain()
+    for draft in out:
         draft.settle_request()
-        yield draft
+    if out:
+        yield out
 
 
-def _releaser(now):
-    """When a draft may leave: done, and old enough (capture time) that nothing earlier can appear."""
-    from ..http.message import NO_RESPONSE, Flag
-
-    def ready(draft: Draft) -> bool:
+def _release(reorder: Reorder, now: int) -> list[Draft]:
+    """The drafts that may leave, in order: done and old enough (capture time) that nothing earlier
+    can still appear, or given up on (no response start within RESPONSE_WINDOW_NS)."""
+    run, late = reorder.run, reorder.late
+    out = []
+    settled_by = now - RELEASE_LAG_NS
+    given_up_before = now - RESPONSE_WINDOW_NS
+    while run or late:
+        from_late = late and (not run or late[0] < run[0])  # Reorder.first(), inlined
+        draft = (late if from_late else run)[0][2]
         if draft.request is None:
-            return False
+            break
         if draft.done:
-            return draft.ts <= now() - RELEASE_LAG_NS
-        if draft.ts < now() - RESPONSE_WINDOW_NS:
+            if draft.ts > settled_by:
+                break
+        elif draft.ts < given_up_before:
             draft.flags += (Flag(NO_RESPONSE, "response",
                                  f"no response within {RESPONSE_WINDOW_NS // 10**9} s of capture time"),)
             draft.done = True
-            return True
-        return False
-
-    return ready
+        else:
+            break
+        if from_late:
+            heappop(late)
+        else:
+            run.popleft()
+        out.append(draft)
+    return out
 
 
 def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, info: dict
@@ -211,18 +234,20 @@ def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, in
         return data
 
     buf = b""
+    avail = 0  # len(buf), kept in a local: this loop runs once per packet
     pos = 0
     base = 24  # file offset of buf[0]
     frame = 0
-    while broken is None or len(buf) - pos >= 16:
-        if len(buf) - pos < 16:
+    while broken is None or avail - pos >= 16:
+        if avail - pos < 16:
             more = read(BLOCK)
             if not more:
                 break
             buf = buf[pos:] + more
+            avail = len(buf)
             base += pos
             pos = 0
-            if len(buf) < 16:
+            if avail < 16:
                 continue
         sec, frac, caplen, wirelen = unpack(buf, pos)
         if caplen > MAX_READ:
@@ -232,10 +257,11 @@ def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, in
             return
         end = pos + 16 + caplen
         where = base + pos
-        if end > len(buf):
+        if end > avail:
             more = read(max(BLOCK, caplen + 16)) if broken is None else b""
             if more:
                 buf = buf[pos:] + more
+                avail = len(buf)
                 base += pos
                 pos = 0
                 continue
@@ -243,7 +269,7 @@ def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, in
             if broken is None:
                 stats.warn(CaptureWarning(name, "truncated-file", f"the file ends inside this packet: {len(data)} "
                                           f"of {caplen} captured bytes present", offset=where, frame=frame + 1))
-            end = len(buf)
+            end = avail
             cut = -1  # marks "the capture ends here" for the packet loop
         else:
             data = buf[pos + 16:end]
@@ -251,9 +277,9 @@ def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, in
         frame += 1
         yield sec * 1_000_000_000 + frac * scale, linktype, data, cut, where
         pos = end
-    if len(buf) - pos > 0 and broken is None:
+    if avail - pos > 0 and broken is None:
         stats.warn(CaptureWarning(name, "truncated-file", f"the file ends inside a packet record header "
-                                  f"({len(buf) - pos} of 16 bytes)", offset=base + pos, frame=frame + 1))
+                                  f"({avail - pos} of 16 bytes)", offset=base + pos, frame=frame + 1))
 
 
 def _pcapng_frames(name: str, reader, size: int | None, stats: CaptureStats, info: dict
@@ -308,4 +334,6 @@ def _report_end(name: str, stats: CaptureStats, reader, size: int | None, where:
         stats.warn(CaptureWarning(name, "damaged-record", "; ".join(log[-3:]), offset=where))
 
 
-_TCP = struct.Struct("!HHIIBB")
+# Ethernet type, IPv4 version/IHL, total length, fragment field, protocol, addresses; TCP ports,
+# sequence and acknowledgement numbers, data offset, flags.
+_ETH_IPV4_TCP = struct.Struct("!12xHBxH2xHxB2x4s4sHHIIBB")

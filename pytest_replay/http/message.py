@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 Headers = tuple[tuple[bytes, bytes], ...]
-_set = object.__setattr__  # frozen values set their fields once, in __init__
+
+
+def _slot_setters(cls: type, names: str) -> tuple:
+    """The setters of a frozen slots class's fields, in order. The messages, exchanges and sources
+    built per captured exchange set their fields with these: ~40% faster than object.__setattr__."""
+    return tuple(cls.__dict__[name].__set__ for name in names.split())
+
 
 # Why an exchange is not complete. One code per cause; the detail says where and how many bytes.
 NO_RESPONSE = "no-response"  # the request is there, its response is not in the capture
@@ -98,15 +104,17 @@ class Request(_Message):
     def __init__(self, method: str, target: str, version: str, head: bytes, body: bytes, raw: bytes,
                  trailers: Headers = (), lf_only: bool = False, _headers: Headers | None = None) -> None:
         # Written out (not generated) because one is built per captured request: ~30% faster.
-        _set(self, "method", method)
-        _set(self, "target", target)
-        _set(self, "version", version)
-        _set(self, "head", head)
-        _set(self, "body", body)
-        _set(self, "raw", raw)
-        _set(self, "trailers", trailers)
-        _set(self, "lf_only", lf_only)
-        _set(self, "_headers", _headers)
+        set_method, set_target, set_version, set_head, set_body, set_raw, set_trailers, set_lf_only, \
+            set_headers = _REQUEST_FIELDS
+        set_method(self, method)
+        set_target(self, target)
+        set_version(self, version)
+        set_head(self, head)
+        set_body(self, body)
+        set_raw(self, raw)
+        set_trailers(self, trailers)
+        set_lf_only(self, lf_only)
+        set_headers(self, _headers)
 
     @classmethod
     def build(cls, method: str, target: str, headers: Headers = (), body: bytes = b"",
@@ -142,16 +150,18 @@ class Response(_Message):
     def __init__(self, status: int, reason: str, version: str, head: bytes, body: bytes, raw: bytes,
                  trailers: Headers = (), interim: tuple[int, ...] = (), lf_only: bool = False,
                  _headers: Headers | None = None) -> None:
-        _set(self, "status", status)
-        _set(self, "reason", reason)
-        _set(self, "version", version)
-        _set(self, "head", head)
-        _set(self, "body", body)
-        _set(self, "raw", raw)
-        _set(self, "trailers", trailers)
-        _set(self, "interim", interim)
-        _set(self, "lf_only", lf_only)
-        _set(self, "_headers", _headers)
+        set_status, set_reason, set_version, set_head, set_body, set_raw, set_trailers, set_interim, \
+            set_lf_only, set_headers = _RESPONSE_FIELDS
+        set_status(self, status)
+        set_reason(self, reason)
+        set_version(self, version)
+        set_head(self, head)
+        set_body(self, body)
+        set_raw(self, raw)
+        set_trailers(self, trailers)
+        set_interim(self, interim)
+        set_lf_only(self, lf_only)
+        set_headers(self, _headers)
 
     @classmethod
     def build(cls, status: int, reason: str = "", headers: Headers = (), body: bytes = b"",
@@ -168,6 +178,14 @@ class Source:
     offset: int  # byte offset of the request's record (.gor) or of its first frame (pcap)
     record: int | None = None  # 0-based record index of the request in a .gor file
     frames: tuple[int, ...] = ()  # 1-based frame numbers: request's first frame, response's first frame
+
+    def __init__(self, file: str, offset: int, record: int | None = None, frames: tuple[int, ...] = ()) -> None:
+        # Written out (not generated): one is built per exchange.
+        set_file, set_offset, set_record, set_frames = _SOURCE_FIELDS
+        set_file(self, file)
+        set_offset(self, offset)
+        set_record(self, record)
+        set_frames(self, frames)
 
     def __str__(self) -> str:
         where = f"record {self.record}" if self.record is not None else (
@@ -193,16 +211,19 @@ class Exchange:
     def __init__(self, index: int, request: Request, response: Response | None, request_ts_ns: int,
                  response_ts_ns: int | None, connection: str, position: int, source: Source,
                  flags: tuple[Flag, ...] = (), replayed: tuple[Response, ...] = ()) -> None:
-        _set(self, "index", index)
-        _set(self, "request", request)
-        _set(self, "response", response)
-        _set(self, "request_ts_ns", request_ts_ns)
-        _set(self, "response_ts_ns", response_ts_ns)
-        _set(self, "connection", connection)
-        _set(self, "position", position)
-        _set(self, "source", source)
-        _set(self, "flags", flags)
-        _set(self, "replayed", replayed)
+        # Written out (not generated): one is built per exchange.
+        set_index, set_request, set_response, set_request_ts, set_response_ts, set_connection, set_position, \
+            set_source, set_flags, set_replayed = _EXCHANGE_FIELDS
+        set_index(self, index)
+        set_request(self, request)
+        set_response(self, response)
+        set_request_ts(self, request_ts_ns)
+        set_response_ts(self, response_ts_ns)
+        set_connection(self, connection)
+        set_position(self, position)
+        set_source(self, source)
+        set_flags(self, flags)
+        set_replayed(self, replayed)
 
     @property
     def recorded_latency_ns(self) -> int | None:
@@ -227,3 +248,10 @@ class Exchange:
     @property
     def label(self) -> str:
         return f"{self.request.method} {self.request.target}"
+
+
+_REQUEST_FIELDS = _slot_setters(Request, "method target version head body raw trailers lf_only _headers")
+_RESPONSE_FIELDS = _slot_setters(Response, "status reason version head body raw trailers interim lf_only _headers")
+_SOURCE_FIELDS = _slot_setters(Source, "file offset record frames")
+_EXCHANGE_FIELDS = _slot_setters(Exchange, "index request response request_ts_ns response_ts_ns connection position "
+                                 "source flags replayed")

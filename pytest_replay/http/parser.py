@@ -39,6 +39,21 @@ STREAM_SIGNATURES: tuple[tuple[Callable[[bytes], bool], str, str], ...] = (
 
 _SIGNATURE_PREFIXES = (b"PRI * HTTP/2.0\r\n",)  # signatures longer than the 8 bytes needed to judge
 
+# Start-line pieces that repeat, as shared strings: a dict lookup costs less than slicing and decoding.
+_VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE")}
+_STATUS_LINES: dict[bytes, tuple[int, str, str]] = {}  # status line -> (status, reason, version)
+_MAX_STATUS_LINES = 1024
+
+
+def _status_line(line: bytes) -> tuple[int, str, str]:
+    """(status, reason, version) of a status line httptools accepted strictly (remembered)."""
+    parsed = (int(line[9:12]), line[13:].decode("latin-1"), line[5:8].decode("latin-1"))
+    if len(_STATUS_LINES) < _MAX_STATUS_LINES:
+        _STATUS_LINES[line] = parsed
+    return parsed
+
+
 # Framer states
 HEAD, FIXED, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, UNTIL_CLOSE, RESYNC, STOPPED = range(9)
 
@@ -126,6 +141,23 @@ class _NoCallbacks:
 
 
 _NO_CALLBACKS = _NoCallbacks()
+
+
+class Completion:
+    """httptools callback target that only notes when a message is complete. A request that its
+    head completes has no body (no Transfer-Encoding, no or a zero Content-Length), so its head
+    need not be searched for those: one Python call instead of a regex search. Not thread-safe:
+    one per framer or reader, reset before each parse."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
 _RequestParser, _ResponseParser = httptools.HttpRequestParser, httptools.HttpResponseParser
 _Upgrade, _ParserError = httptools.HttpParserUpgrade, httptools.HttpParserError
 
@@ -224,7 +256,10 @@ class Framer:
     """Frames the messages of one direction. See the module docstring for the protocol."""
 
     def __init__(self, is_request: bool, *, on_head: Callable[[Parsed], str | None] | None = None,
-                 on_message: Callable[[Parsed], None] | None = None, resync: bool = False,
+                 on_message: Callable[[Parsed], None] | None = None,
+                 on_request: Callable[[Request, int, int, int, int], None] | None = None,
+                 on_answer: Callable[[int | None], str | None] | None = None,
+                 on_response: Callable[[Response, int, int, int], None] | None = None, resync: bool = False,
                  check_signature: bool = True, cut_code: str = CLOSED) -> None:
         self.is_request = is_request
         # Called when a request head or a final response head is parsed, before its body. For a
@@ -234,6 +269,18 @@ class Framer:
         # Optional: whole messages framed straight from a segment are handed here at once instead
         # of waiting in the queue for next_event() (the per-packet fast path; order is kept).
         self._on_message = on_message
+        # Optional, with on_message: a whole request framed straight from a segment with nothing
+        # framed before it still pending (so no earlier head awaits its message) is handed here as
+        # (Request, stream offset of its end, ts_ns, frame, file offset) instead of going through
+        # on_head and on_message; it has no flags, trailers or bare-LF head.
+        self._on_request = on_request
+        # Optional, both or neither, with on_message: the same for final responses. In the fast
+        # path, on_answer(ack) stands for on_head (it gets the ACK the head's segment carried and
+        # returns the method answered), and a whole response is handed to on_response as
+        # (Response, stream offset of its end, ts_ns, frame); status 1xx goes the general way.
+        self._on_answer = on_answer
+        self._on_response = on_response
+        self._completion = Completion() if is_request else None
         self.cut_code = cut_code  # flag of a message cut short by an orderly close
         self._buf = bytearray()
         self._pos = 0  # read position in _buf
@@ -264,6 +311,10 @@ class Framer:
             return
         if self._state == HEAD and not self._buf and not self._first and self._fast(data, ts_ns, frame, ack, where):
             return
+        self._append(data, ts_ns, frame, ack, where)
+
+    def _append(self, data: bytes, ts_ns: int, frame: int, ack: int | None, where: int) -> None:
+        """Buffer `data` for the general path (feed() without its checks: the caller made them)."""
         self._marks.append((self._base + len(self._buf), ts_ns, frame, ack, where))
         self._buf += data
 
@@ -278,22 +329,27 @@ class Framer:
         if end < 0 or data[0] in (13, 10):
             return False
         head_end = end + 4
-        head = data if head_end == len(data) else data[:head_end]
+        size = len(data)
+        head = data if head_end == size else data[:head_end]
         is_request = self.is_request
-        parser = _RequestParser(_NO_CALLBACKS) if is_request else _ResponseParser(_NO_CALLBACKS)
+        completion = self._completion  # requests only
+        if is_request:
+            completion.done = False
         try:
-            parser.feed_data(head)
+            (_RequestParser(completion) if is_request else _ResponseParser(_NO_CALLBACKS)).feed_data(head)
         except _Upgrade:
-            pass
+            if is_request:
+                completion.done = False  # an upgrade may still have a body: read the headers
         except _ParserError:
             return False  # the general path reports it, or parses it leniently
         te = cl = None
-        for name, value in _FRAMING.findall(head):
-            if te is not None or cl is not None or len(name) != 14:
-                return False  # Transfer-Encoding or repeated Content-Length: the general path
-            cl = value.rstrip(b" \t")
-            if not cl.isdigit():
-                return False
+        if not is_request or not completion.done:  # (done: no framing headers, see Completion)
+            for name, value in _FRAMING.findall(head):
+                if te is not None or cl is not None or len(name) != 14:
+                    return False  # Transfer-Encoding or repeated Content-Length: the general path
+                cl = value.rstrip(b" \t")
+                if not cl.isdigit():
+                    return False
         line = head[:head.find(b"\r\n")]
         base = self._base
         length = int(cl) if cl is not None else 0
@@ -301,22 +357,54 @@ class Framer:
             parts = line.split()
             if len(parts) != 3:
                 return False
-            msg = Parsed(True, head, parts[2][5:].decode("latin-1"), base)
-            msg.method = parts[0].decode("latin-1")
-            msg.target = parts[1].decode("latin-1")
+            method, target, version = parts
+            method = _METHODS.get(method) or method.decode("latin-1")
+            target = target.decode("latin-1")
+            version = _VERSIONS.get(version) or version[5:].decode("latin-1")
+            if head_end + length == size and self._on_request is not None and not self._pending:
+                # The whole request in this segment, nothing framed before it waiting: straight
+                # to a Request (no Parsed, one callback instead of on_head and on_message).
+                self._first = False
+                self._base = end = base + size
+                self.messages += 1
+                self._on_request(Request(method, target, version, head, data[head_end:] if length else b"", data),
+                                 end, ts_ns, frame, where)
+                return True
+            msg = Parsed(True, head, version, base)
+            msg.method = method
+            msg.target = target
             msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
             self._on_head(msg)
         else:
-            msg = Parsed(False, head, line[5:8].decode("latin-1"), base)
-            msg.status = status = int(line[9:12])
-            msg.reason = line[13:].decode("latin-1")
-            msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
+            status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
+            fused = status >= 200 and self._on_response is not None
+            msg = None
             if status >= 200:
-                answered = self._on_head(msg)
+                if fused:
+                    answered = self._on_answer(ack)
+                else:
+                    msg = Parsed(False, head, version, base)
+                    msg.status = status
+                    msg.reason = reason
+                    msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
+                    answered = self._on_head(msg)
                 if answered == "HEAD" or status in (204, 304) or (answered == "CONNECT" and status < 300):
                     length = 0
                 elif cl is None:
                     length = -1  # the body runs until the connection closes
+            if fused and head_end + length == size and not self._pending:
+                # The whole final response in this segment: straight to a Response (no Parsed).
+                self._first = False
+                self._base = end = base + size
+                self.messages += 1
+                self._on_response(Response(status, reason, version, head, data[head_end:] if length else b"", data),
+                                  end, ts_ns, frame)
+                return True
+            if msg is None:
+                msg = Parsed(False, head, version, base)
+                msg.status = status
+                msg.reason = reason
+                msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
         self._first = False
         if head_end + length == len(data):
             msg.raw = data
@@ -813,30 +901,39 @@ _AGAIN = object()
 _CUT = {CLOSED: "connection closed", CAPTURE_ENDED: "capture ended", TRUNCATED: "data ends"}
 
 
-def fast_message(data: bytes, is_request: bool, method: str | None = None) -> Request | Response | None:
+def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
+                 completion: Completion | None = None) -> Request | Response | None:
     """One whole message in `data` (a .gor record), in the common case only: a CRLF head that
     httptools accepts strictly, no Transfer-Encoding, a body exactly as long as the framing says.
     Returns None for anything else; parse_single() then handles it (and says what is wrong).
+    A caller parsing many requests passes a Completion of its own (made here otherwise).
     """
     end = data.find(_CRLF2)
     if end < 0 or data[0] in (13, 10):
         return None
     head_end = end + 4
     head = data if head_end == len(data) else data[:head_end]
+    if is_request:
+        if completion is None:
+            completion = Completion()
+        else:
+            completion.done = False
     try:
-        (_RequestParser if is_request else _ResponseParser)(_NO_CALLBACKS).feed_data(head)
+        (_RequestParser(completion) if is_request else _ResponseParser(_NO_CALLBACKS)).feed_data(head)
     except _Upgrade:
-        pass
+        if is_request:
+            completion.done = False  # an upgrade may still have a body: read the headers
     except _ParserError:
         return None
-    framing = _FRAMING.findall(head)
     cl = None
-    if framing:
-        if len(framing) > 1 or len(framing[0][0]) != 14:
-            return None
-        cl = framing[0][1].rstrip(b" \t")
-        if not cl.isdigit():
-            return None
+    if not is_request or not completion.done:  # (done: no framing headers, see Completion)
+        framing = _FRAMING.findall(head)
+        if framing:
+            if len(framing) > 1 or len(framing[0][0]) != 14:
+                return None
+            cl = framing[0][1].rstrip(b" \t")
+            if not cl.isdigit():
+                return None
     body_length = len(data) - head_end
     line = head[:head.find(b"\r\n")]
     if is_request:
@@ -845,17 +942,18 @@ def fast_message(data: bytes, is_request: bool, method: str | None = None) -> Re
         parts = line.split()
         if len(parts) != 3:
             return None
-        return Request(parts[0].decode("latin-1"), parts[1].decode("latin-1"), parts[2][5:].decode("latin-1"),
-                       head, data[head_end:] if body_length else b"", data)
-    status = int(line[9:12])
+        verb, target, version = parts
+        return Request(_METHODS.get(verb) or verb.decode("latin-1"), target.decode("latin-1"),
+                       _VERSIONS.get(version) or version[5:].decode("latin-1"), head,
+                       data[head_end:] if body_length else b"", data)
+    status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
     if status < 200 or status in (204, 304) or method == "HEAD" or (method == "CONNECT" and status < 300):
         expected = 0
     else:
         expected = int(cl) if cl is not None else body_length  # no length: the record's end ends it
     if body_length != expected:
         return None
-    return Response(status, line[13:].decode("latin-1"), line[5:8].decode("latin-1"), head,
-                    data[head_end:] if body_length else b"", data)
+    return Response(status, reason, version, head, data[head_end:] if body_length else b"", data)
 
 
 def parse_single(data: bytes, is_request: bool, *, method: str | None = None,

@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from ..capture.draft import Draft, Reorder, flags_of
 from ..capture.stats import CaptureStats
 from ..http.message import CAPTURE_ENDED, CLOSED, NO_RESPONSE, Flag, Request, Response, header_value
-from ..http.parser import Framer, Lost, Parsed, Stop
+from ..http.parser import HEAD, Framer, Lost, Parsed, Stop
 from .tcp import Stream
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -49,9 +49,10 @@ class Connection:
         self.name = name
         self.key = key
         self.file = table.file
-        self.requests = Framer(True, on_head=self._request_head, on_message=self._request_event, resync=mid_stream)
+        self.requests = Framer(True, on_head=self._request_head, on_message=self._request_event,
+                               on_request=self._whole_request, resync=mid_stream)
         self.responses = Framer(False, on_head=self._response_head, on_message=self._response_event,
-                                resync=mid_stream)
+                                on_answer=self._answer, on_response=self._whole_response, resync=mid_stream)
         self.client = Stream(self.requests)
         self.server = Stream(self.responses)
         self.queue: deque[Draft | LostSpan] = deque()  # requests awaiting their response, in order
@@ -82,10 +83,15 @@ class Connection:
         else:
             ack = None
         if payload and not flags & 0x07 and not missing and seq == stream.next_seq and not stream.waiting:
-            # in order, nothing special: the common case, inlined
-            stream.offset += len(payload)
-            stream.next_seq = (seq + len(payload)) & 0xFFFFFFFF
-            framer.feed(payload, ts_ns, frame, ack, where)
+            # in order, nothing special: the common case, inlined (with Framer.feed()'s own)
+            size = len(payload)
+            stream.offset += size
+            stream.next_seq = (seq + size) & 0xFFFFFFFF
+            if framer._state == HEAD and not framer._buf and not framer._first:
+                if not framer._fast(payload, ts_ns, frame, ack, where):
+                    framer._append(payload, ts_ns, frame, ack, where)
+            else:
+                framer.feed(payload, ts_ns, frame, ack, where)
         else:
             if flags & SYN:
                 stream.syn(seq)
@@ -132,6 +138,14 @@ class Connection:
         self.table.reorder.push(draft)
         self.queue.append(draft)
 
+    def _whole_request(self, request: Request, end: int, ts_ns: int, frame: int, where: int) -> None:
+        """A whole request framed from one segment: _request_head() and _request_event() at once."""
+        draft = Draft(request, ts_ns, self.name, self.position, self.file, where, None, (frame,))
+        draft.end = end
+        self.position += 1
+        self.table.reorder.push(draft)
+        self.queue.append(draft)
+
     def _request_event(self, event) -> None:
         if type(event) is Parsed:
             draft = self.heads.popleft()
@@ -164,7 +178,11 @@ class Connection:
 
     # -- responses ---------------------------------------------------------------------------
     def _response_head(self, msg: Parsed) -> str | None:
-        """A final response starts: find the request it answers, and return its method."""
+        return self._answer(msg.ack)
+
+    def _answer(self, ack: int | None) -> str | None:
+        """A final response starts (its first segment carried `ack`): find the request it
+        answers, and return its method."""
         client = self.client
         if client.last_ack != client.next_seq and client.last_ack is not None:
             client.flush_acked()  # request bytes the server acknowledged but the capture lacks
@@ -176,9 +194,10 @@ class Connection:
             draft = queue.popleft()  # the common case: first in, first out
             if not draft.done:
                 self.answering.append(draft)
-                return draft.method
+                request = draft.request
+                return request.method if request is not None else draft.method
             queue.appendleft(draft)
-        ack_off = client.offset_of(msg.ack) if msg.ack is not None else None
+        ack_off = client.offset_of(ack) if ack is not None else None
         if self.server.gaps != self._server_gaps and ack_off is not None:
             # Responses may have been lost in this gap: skip requests the server had answered,
             # i.e. all but the newest request that started before what the server acknowledged.
@@ -196,18 +215,32 @@ class Connection:
             if following is not None and (ack_off is None or _received(following, ack_off)):
                 queue.popleft()  # the lost bytes held no request this response answers
                 continue
-            return self._orphan("its request was lost in a capture gap", msg)
+            return self._orphan("its request was lost in a capture gap")
         if not queue:
-            return self._orphan("no request was seen for it on this connection", msg)
+            return self._orphan("no request was seen for it on this connection")
         draft = queue.popleft()
         if draft.done:  # released already (its response window passed)
-            return self._orphan("it came after its request had been given up on", msg)
+            return self._orphan("it came after its request had been given up on")
         self.answering.append(draft)
         return draft.method
 
-    def _orphan(self, why: str, msg: Parsed) -> None:
+    def _orphan(self, why: str) -> None:
         self.answering.append(None)
-        self.table.orphan(why, msg)
+        self.table.orphan(why)
+
+    def _whole_response(self, response: Response, end: int, ts_ns: int, frame: int) -> None:
+        """A whole final response (not 101) framed from one segment: _response_event() for it."""
+        draft = self.answering.popleft() if self.answering else None
+        if draft is None:
+            return
+        draft.response = response
+        draft.resp_ts = ts_ns
+        draft.frames = (draft.frames[0], frame)
+        request = draft.request
+        # done when the request is complete too (it may still be arriving: a server can answer early)
+        draft.done = request is not None
+        if request is not None and request.method == "CONNECT" and response.status < 300:
+            self._stop(Stop("tunnel", "CONNECT established a tunnel", end))
 
     def _response_event(self, event) -> None:
         if type(event) is Parsed:
@@ -215,7 +248,7 @@ class Connection:
             if status < 200 and status != 101:
                 head = next((item for item in self.queue if isinstance(item, Draft)), None)
                 if head is not None:
-                    head.interim.append(status)
+                    head.interim += (status,)
                 return
             if status == 101:
                 self._response_head(event)  # final, but the framer treats it as interim
@@ -376,7 +409,7 @@ class FlowTable:
     def settled(self, draft: Draft) -> None:
         draft.done = True
 
-    def orphan(self, why: str, msg: Parsed) -> None:
+    def orphan(self, why: str) -> None:
         self.stats.orphan_responses[why] += 1
 
     def skipped(self, code: str, detail: str) -> None:
