@@ -56,10 +56,43 @@ class ReplayScheduling(LoadScopeScheduling):
     def __init__(self, config, log, part_of: Callable[[str], int | None]) -> None:
         super().__init__(config, log)
         self._part_of = part_of
+        # LoadScope counts a node's pending tests by walking its whole workload, after every test:
+        # with one unit of 50,000 replay items that is quadratic (minutes for 100k items). Counted
+        # here instead, as units are assigned and tests complete.
+        self._pending: dict[int, int] = {}  # id(assigned_work[node]) -> tests not completed
 
     def _split_scope(self, nodeid: str) -> str:
         part = self._part_of(nodeid)
         return f"pytest-replay-partition-{part}" if part is not None else super()._split_scope(nodeid)
+
+    def _pending_of(self, workload: dict[str, dict[str, bool]]) -> int:
+        count = self._pending.get(id(workload))
+        return super()._pending_of(workload) if count is None else count
+
+    def _assign_work_unit(self, node) -> None:
+        scope, unit = next(iter(self.workqueue.items()))
+        super()._assign_work_unit(node)
+        self._track(node, sum(not done for done in unit.values()))
+
+    def _track(self, node, added: int) -> None:
+        """Keep the count of the node's pending tests after `added` more were assigned to it."""
+        workload = self.assigned_work[node]
+        if id(workload) in self._pending:
+            self._pending[id(workload)] += added
+        else:  # first assignment: count everything, the new tests included
+            self._pending[id(workload)] = super()._pending_of(workload)
+
+    def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
+        nodeid = self.registered_collections[node][item_index]
+        workload = self.assigned_work[node]
+        unit = workload[self._split_scope(nodeid)]
+        if not unit[nodeid] and id(workload) in self._pending:
+            self._pending[id(workload)] -= 1
+        super().mark_test_complete(node, item_index, duration)
+
+    def remove_node(self, node):
+        self._pending.pop(id(self.assigned_work.get(node)), None)
+        return super().remove_node(node)
 
     def schedule(self) -> None:
         if self.collection is not None or not self._check_nodes_have_same_collection():
@@ -81,8 +114,9 @@ class ReplayScheduling(LoadScopeScheduling):
             unit = replay_units.pop(scope, None)
             if unit:
                 self.assigned_work.setdefault(node, {})[scope] = unit
-                indexes = [self.registered_collections[node].index(nodeid) for nodeid in unit]
-                node.send_runtest_some(indexes)
+                self._track(node, len(unit))
+                position = {nodeid: i for i, nodeid in enumerate(self.registered_collections[node])}
+                node.send_runtest_some([position[nodeid] for nodeid in unit])
         if replay_units:  # partitions without a worker (cannot happen: one partition per worker)
             raise RuntimeError(f"replay partitions without a worker: {sorted(replay_units)}")
         self.collection = super_collection
