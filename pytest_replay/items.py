@@ -60,7 +60,7 @@ class ReplayItem(pytest.Function):
         item.exchanges = exchanges
         item.replay = replay
         first = exchanges[0]
-        item.add_marker("replay")
+        item.add_marker(replay.marker("replay", "a test item made from a captured HTTP exchange"))
         methods = {e.request.method for e in exchanges}
         for method in methods:
             item.add_marker(replay.marker(f"http_{marker_name(method)}", f"replayed {method} requests"))

@@ -29,7 +29,6 @@ def pytest_configure(config: pytest.Config) -> None:
     clash = clashing_plugin()
     if clash:
         raise pytest.UsageError(clash)
-    config.addinivalue_line("markers", "replay: a test item made from a captured HTTP exchange")
     settings = options.load(config)
     if settings.enabled:
         config.stash[SESSION] = ReplaySession(config, settings)

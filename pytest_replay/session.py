@@ -95,7 +95,7 @@ class ReplaySession:
         self.budget_results: list = []
         self.notes: list[str] = []
         self.started = _now()
-        self._markers: set[str] = set()
+        self._markers: dict[str, pytest.MarkDecorator] = {}
         workerinput = getattr(config, "workerinput", None)
         self.worker = (worker_index(workerinput["workerid"]), int(workerinput["workercount"])) \
             if workerinput is not None else None
@@ -181,11 +181,14 @@ class ReplaySession:
                 + ("; ".join(why) if why else "No HTTP/1.x traffic was found. For pcaps on unusual ports "
                    "captured without the SYN, try --replay-server-ports."))
 
-    def marker(self, name: str, description: str) -> str:
-        if name not in self._markers:
-            self._markers.add(name)
+    def marker(self, name: str, description: str) -> pytest.MarkDecorator:
+        """The mark `name`, registered once and shared by every item that carries it (a mark object
+        per item adds up with a hundred thousand items)."""
+        mark = self._markers.get(name)
+        if mark is None:
             self.config.addinivalue_line("markers", f"{name}: {description}")
-        return name
+            mark = self._markers[name] = getattr(pytest.mark, name)
+        return mark
 
     def filter_items(self, items: list) -> None:
         """Include/exclude patterns, header filters, sampling and the shard: what does not pass is
