@@ -276,6 +276,10 @@ OPTIONS: tuple[Option, ...] = (
            "(repeatable). Default: off.", many=True, metavar="NAME"),
     Option("replay_show_field", "--replay-show-field", "allowlist mode: mask every query, form and JSON field "
            "value except these (repeatable). Default: off.", many=True, metavar="NAME"),
+    Option("replay_judge", "--replay-judge", "when items are judged: 'after' the whole replay (pytest's own "
+           "work, ~1 ms per item, then never competes with the replay for the CPU and the GIL: best timing and "
+           "throughput) or 'during' it (results stream as requests complete). Default: after.", "after",
+           choice("--replay-judge", ("after", "during")), metavar="WHEN"),
     Option("replay_insecure", "--replay-insecure", "do not verify the TLS certificate of an https target "
            "(sandboxes with self-signed certificates). Default: verify.", False, flag_only=True),
 )
@@ -347,6 +351,7 @@ class Settings:
     middleware: str | None = None
     middleware_drop_timeout: float = 1.0
     middleware_timeout: float = 10.0
+    judge: str = "after"
     secret_headers: tuple = ()
     secret_params: tuple = ()
     show_headers: tuple = ()
@@ -387,4 +392,4 @@ def load(config: pytest.Config) -> Settings:
         middleware_timeout=value["replay_middleware_timeout"], budgets=value["replay_budget"],
         report=value["replay_report"], shard=value["replay_shard"], secret_headers=value["replay_secret_header"],
         secret_params=value["replay_secret_param"], show_headers=value["replay_show_header"],
-        show_fields=value["replay_show_field"])
+        show_fields=value["replay_show_field"], judge=value["replay_judge"])

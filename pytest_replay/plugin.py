@@ -93,6 +93,8 @@ def replay_engine(request: pytest.FixtureRequest, replay_target):
     cli_target = request.config.getoption("replay_target")  # the command line wins over a conftest fixture
     engine = session.start_engine(cli_target if cli_target is not None else replay_target, request.session.items,
                                   outbound=lambda: request.getfixturevalue("replay_outbound"))
+    if session.settings.judge == "after":
+        session.wait_for_replay(engine)
     yield engine
     session.stop_engine()
 

@@ -92,6 +92,7 @@ class ReplaySession:
         self.verdicts = None  # DiffConfig, made when the engine starts
         self.aggregate = Aggregate()  # what was replayed and how it went (merged from workers under xdist)
         self.skipped: list[tuple[Exchange, str]] = []  # selected, not replayed
+        self.recorded: set[int] = set()  # exchanges counted in the aggregate
         self.budget_results: list = []
         self.notes: list[str] = []
         self.started = _now()
@@ -348,26 +349,40 @@ class ReplaySession:
         text = self.redactor.mask_pii(text)  # e-mails, card and phone numbers in bodies shown in a diff
         return verdict, text
 
+    def wait_for_replay(self, engine) -> None:
+        """--replay-judge after: the first item waits until the replay is over (a progress line
+        every PROGRESS_EVERY_S seconds on a terminal), so pytest's item loop never competes with it."""
+        show = self._show_progress()
+        while not engine.join(PROGRESS_EVERY_S if show else None):
+            self._progress(engine, None)
+
+    def _show_progress(self) -> bool:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        return (reporter is not None and self.worker is None and self.config.option.verbose >= 0
+                and bool(reporter.isatty()))
+
+    def _progress(self, engine, key: int | None) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        line = self.progress_line(engine, key)
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if capture is not None:
+            with capture.global_and_fixture_disabled():  # output capture is on while items run
+                reporter.write_line(line)
+        else:
+            reporter.write_line(line)
+
     def wait(self, engine, key: int):
         """An item waits for its own observation. While it waits (idle gaps of a long replay), a
         progress line every PROGRESS_EVERY_S seconds says what the replay is doing: on a terminal,
         not under -q, not in an xdist worker (its output is not shown)."""
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        show = (reporter is not None and self.worker is None and self.config.option.verbose >= 0
-                and reporter.isatty())
+        show = self._show_progress()
         while True:
             try:
                 return engine.wait(key, timeout=PROGRESS_EVERY_S if show else None)
             except TimeoutError:
-                line = self.progress_line(engine, key)
-                capture = self.config.pluginmanager.get_plugin("capturemanager")
-                if capture is not None:
-                    with capture.global_and_fixture_disabled():  # output capture is on while items run
-                        reporter.write_line(line)
-                else:
-                    reporter.write_line(line)
+                self._progress(engine, key)
 
-    def progress_line(self, engine, key: int) -> str:
+    def progress_line(self, engine, key: int | None) -> str:
         progress = engine.progress()
         observations = engine.observations()[-2000:]  # the recent ones: enough for "p95 so far"
         latencies = sorted(o.latency_ns for o in observations if o.latency_ns is not None)
@@ -378,7 +393,7 @@ class ReplaySession:
         self._progress_at = (now, progress.sent)
         p95 = latencies[int(len(latencies) * 0.95)] / 1e6 if latencies else None
         p99 = lateness[int(len(lateness) * 0.99)] / 1e6 if lateness else None
-        waiting = engine.due_in_s(key)
+        waiting = engine.due_in_s(key) if key is not None else None
         return (f"[replay] {progress.sent}/{progress.planned} sent{rate}, {progress.completed} done, "
                 f"{progress.errors} errors, p95 so far {'-' if p95 is None else f'{p95:.1f} ms'}, "
                 f"lateness p99 {'-' if p99 is None else f'{p99:.2f} ms'}"
@@ -388,6 +403,18 @@ class ReplaySession:
         decision = self.decisions.get(exchange.index)
         write = decision if self.write_policy is not None and self.write_policy.is_write(exchange) else None
         self.aggregate.add(exchange, observation, verdict, write=write)
+        self.recorded.add(exchange.index)
+
+    def _record_unjudged(self) -> None:
+        """Requests the replay sent but no item judged (an interrupted run): counted all the same,
+        so the summary, the budgets and the evidence say what was done."""
+        if self.engine is None:
+            return
+        by_index = {e.index: e for e in self.exchanges or ()}
+        for observation in self.engine.observations():
+            exchange = by_index.get(observation.key)
+            if exchange is not None and observation.key not in self.recorded and observation.error_kind != "dropped":
+                self.record(exchange, observation, None)
 
     def skip(self, exchange: Exchange, reason: str, *, write: bool = False) -> None:
         self.skipped.append((exchange, reason))
@@ -442,6 +469,7 @@ class ReplaySession:
     def finish(self, session: pytest.Session, exitstatus: int) -> None:
         """Worker: ship the results to the controller. Otherwise: judge the budgets (as test
         reports: terminal, JUnit, exit status) and write the evidence package."""
+        self._record_unjudged()
         workeroutput = getattr(self.config, "workeroutput", None)
         if workeroutput is not None:
             engine = self.engine

@@ -194,6 +194,10 @@ class Engine:
     def finished(self) -> bool:
         return self._finished.is_set()
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every planned request has its observation (or the run stopped); True if so."""
+        return self._finished.wait(timeout)
+
     # -- the engine thread -----------------------------------------------------------------------
     def _thread_main(self) -> None:
         loop = asyncio.new_event_loop()
