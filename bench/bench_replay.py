@@ -31,12 +31,10 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +47,7 @@ from pytest_replay.http.message import Request  # noqa: E402
 from pytest_replay.schedule.engine import SWITCH_INTERVAL_S, Engine  # noqa: E402
 from pytest_replay.schedule.plan import PlannedRequest  # noqa: E402
 from pytest_replay.targets.raw import RawTarget  # noqa: E402
+from _common import free_port, stop, wait_port  # noqa: E402
 
 TARGET_RPS = 10_000
 TARGET_WRK_RATIO = 0.25
@@ -87,12 +86,6 @@ SMALL_JSON = b'{"id": 42, "name": "Espresso Beans 1kg", "price_cents": 2490, "ta
 
 
 # -- nginx -------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_nginx(workdir: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     os.makedirs(os.path.join(workdir, "www"))
@@ -102,17 +95,12 @@ def start_nginx(workdir: str) -> tuple[subprocess.Popen, str]:
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(dir=workdir, port=port))
     proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited: {proc.stderr.read().decode(errors='replace')}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("nginx did not start listening")
+    try:
+        wait_port(port, proc, 5)
+    except RuntimeError:
+        stop(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}"
 
 
 # -- references ----------------------------------------------------------------------------------------------------
@@ -319,12 +307,7 @@ def main() -> int:
             stats = lateness_stats([o.lateness_ns for o in check(engine)])
             row(f"{label}: p50 / p99 / max (ms)", f"{stats['p50']:.3f} / {stats['p99']:.3f} / {stats['max']:.1f}")
     finally:
-        if nginx is not None:
-            nginx.terminate()
-            try:
-                nginx.wait(5)
-            except subprocess.TimeoutExpired:
-                nginx.kill()
+        stop(nginx)
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{'all targets met' if ok else 'SOME TARGETS MISSED'} ({time.monotonic() - began:.0f} s; "
           f"load average {os.getloadavg()[0]:.2f})")

@@ -15,6 +15,19 @@ def gor(*records: tuple[int, str, int, bytes]) -> bytes:
     return b"".join(f"{kind} {rid} {ts} -1\n".encode() + payload + SEP for kind, rid, ts, payload in records)
 
 
+# The end of the in-process apps below: `status` and the JSON `body` sent back, and the fixture that
+# makes the app the replay target.
+RESPOND = '''    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+@pytest.fixture(scope="session")
+def replay_target():
+    return app
+'''
+
+
 CHECKOUT_APP = '''
 import httpx, json, pytest
 
@@ -27,15 +40,7 @@ async def app(scope, receive, send):
             status, body = 200, {"charged": charge.json()["id"]}
         except httpx.HTTPError as exc:
             status, body = 502, {"error": "payment provider unreachable"}
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
-
-@pytest.fixture(scope="session")
-def replay_target():
-    return app
-'''
+''' + RESPOND
 
 
 def checkout_capture(path: Path) -> Path:
@@ -184,15 +189,7 @@ async def app(scope, receive, send):
         auth = headers.get(b"authorization", b"").decode()
         ok = auth.startswith("Bearer ") and auth[7:] in issued
         status, body = (200, {"me": "alice"}) if ok else (401, {"error": "bad token"})
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
-
-@pytest.fixture(scope="session")
-def replay_target():
-    return app
-'''
+''' + RESPOND
 
 
 def token_capture(path: Path) -> Path:
@@ -326,15 +323,8 @@ async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     # Answers something different from the recording, so every exchange fails and shows a diff.
-    body = json.dumps({"changed": True, "path": scope["path"]}).encode()
-    await send({"type": "http.response.start", "status": 500,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-@pytest.fixture(scope="session")
-def replay_target():
-    return app
-'''
+    status, body = 500, {"changed": True, "path": scope["path"]}
+''' + RESPOND
 
 
 def secrets_capture(path: Path) -> Path:
@@ -387,15 +377,7 @@ async def app(scope, receive, send):
         return
     auth = dict(scope["headers"]).get(b"authorization", b"")
     status, body = (200, {"orders": [1, 2]}) if auth == b"Bearer sandbox-credential" else (401, {"error": "no"})
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
-
-@pytest.fixture(scope="session")
-def replay_target():
-    return app
-'''
+''' + RESPOND
 
 
 def test_redacted_capture_replays_with_credentials_set_at_replay_time(pytester: pytest.Pytester) -> None:

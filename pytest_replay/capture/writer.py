@@ -153,24 +153,18 @@ def _path_of(target) -> str | None:
 
 
 # -- pcap / pcapng ------------------------------------------------------------------------------------
-if sys.byteorder == "little":
-    def _checksum(data: bytes) -> int:
-        """The Internet checksum (RFC 1071), summed in host order and swapped back."""
-        if len(data) & 1:
-            data += b"\x00"
-        total = sum(array("H", data))
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        total = ~total & 0xFFFF
-        return ((total & 0xFF) << 8) | (total >> 8)
-else:  # pragma: no cover - big-endian hosts
-    def _checksum(data: bytes) -> int:
-        if len(data) & 1:
-            data += b"\x00"
-        total = sum(array("H", data))
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        return ~total & 0xFFFF
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071), summed in host order (swapped back on little-endian hosts)."""
+    if len(data) & 1:
+        data += b"\x00"
+    total = sum(array("H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    total = ~total & 0xFFFF
+    return ((total & 0xFF) << 8) | (total >> 8) if _LITTLE_ENDIAN else total
 
 
 _TCP_HEADER = struct.Struct("!HHIIBBHHH")

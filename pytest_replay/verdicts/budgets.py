@@ -303,11 +303,7 @@ def _evaluate_latency(budget: Budget, stats, candidates, common: dict) -> Budget
                                 "errors)"), **common)
     if budget.relative:
         if recorded is None:
-            return BudgetResult(passed=False, measured=_named(metric, _latency_text(measured)), recorded=None,
-                                threshold=_threshold_text(budget, None, None), reason=(
-                                    f"{_latency_text(measured)} measured, but the capture has no recorded latency "
-                                    "for these requests (requests-only capture?): a relative budget cannot be "
-                                    "checked"), **common)
+            return _not_relative(budget, _latency_text(measured), "latency", common)
         limit = budget.value * recorded
     else:
         limit = budget.value / 1000  # ns -> µs
@@ -319,6 +315,14 @@ def _evaluate_latency(budget: Budget, stats, candidates, common: dict) -> Budget
                         worst=worst, numbers=(("measured_ms", _round(measured / 1000)),
                                               ("recorded_ms", None if recorded is None else _round(recorded / 1000)),
                                               ("limit_ms", _round(limit / 1000))), **common)
+
+
+def _not_relative(budget: Budget, measured: str, what: str, common: dict) -> BudgetResult:
+    """A relative budget over requests the capture has no recorded `what` for: failed, saying why."""
+    return BudgetResult(passed=False, measured=_named(budget.metric, measured), recorded=None,
+                        threshold=_threshold_text(budget, None, None), reason=(
+                            f"{measured} measured, but the capture has no recorded {what} for these requests "
+                            "(requests-only capture?): a relative budget cannot be checked"), **common)
 
 
 def _worst_latency(budget: Budget, candidates, limit_us: float) -> tuple[tuple[str, str], ...]:
@@ -354,11 +358,7 @@ def _evaluate_errors(budget: Budget, stats, candidates, common: dict) -> BudgetR
     recorded = stats.rate(metric, recorded=True)
     if budget.relative:
         if recorded is None:
-            return BudgetResult(passed=False, measured=_named(metric, _rate_text(measured)), recorded=None,
-                                threshold=_threshold_text(budget, None, None), reason=(
-                                    f"{_rate_text(measured)} measured, but the capture has no recorded responses "
-                                    "for these requests (requests-only capture?): a relative budget cannot be "
-                                    "checked"), **common)
+            return _not_relative(budget, _rate_text(measured), "responses", common)
         limit = recorded + budget.value
     else:
         limit = budget.value
