@@ -27,7 +27,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _REQUEST_START = re.compile(rb"[A-Za-z][!#$%&'*+.^_`|~0-9A-Za-z-]{0,31} [!-~]{1,65536} HTTP/1\.[01]\r?\n")
 _RESPONSE_START = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9][ \r\n]")
 _REQUEST_LINE_FEED = re.compile(rb"\n(?=[A-Za-z][!#$%&'*+.^_`|~0-9A-Za-z-]{0,31} [!-~]{1,65536} HTTP/1\.[01]\r?\n)")
-_RESPONSE_LINE_FEED = re.compile(rb"\n(?=HTTP/1\.[01] [1-5][0-9][0-9][ \r\n])")
+_STATUS_PREFIX = len(b"HTTP/1.1 200 ")  # the bytes _RESPONSE_START needs to recognise a status line
 
 # First bytes of streams that are not HTTP/1.x, checked when a stream starts: (prefix test, reason).
 STREAM_SIGNATURES: tuple[tuple[Callable[[bytes], bool], str, str], ...] = (
@@ -89,12 +89,15 @@ class Parsed:
 
 
 class Lost:
-    """Bytes that were discarded because they could not be framed (after a gap, or not HTTP)."""
+    """Bytes that were discarded because they could not be framed (after a gap, or not HTTP).
+    `message`: they are where a message was expected to start, and its head is invalid (so the
+    message the peer sent there is lost, not just bytes)."""
 
-    __slots__ = ("nbytes", "start", "code", "detail", "frame")
+    __slots__ = ("nbytes", "start", "code", "detail", "frame", "message")
 
-    def __init__(self, nbytes: int, start: int, code: str, detail: str, frame: int) -> None:
+    def __init__(self, nbytes: int, start: int, code: str, detail: str, frame: int, message: bool = False) -> None:
         self.nbytes, self.start, self.code, self.detail, self.frame = nbytes, start, code, detail, frame
+        self.message = message
 
     def __repr__(self) -> str:
         return f"<Lost {self.nbytes} bytes at {self.start}: {self.code} {self.detail}>"
@@ -131,6 +134,7 @@ class _StartLine:
 
 
 _LENIENT = dict(lenient_headers=True, lenient_optional_cr_before_lf=True, lenient_optional_lf_after_cr=True,
+                lenient_chunked_length=True,  # Transfer-Encoding with Content-Length: chunked wins (RFC 9112 6.3)
                 lenient_spaces_after_chunk_size=True, lenient_version=True)
 # The headers that decide framing, found in the head by one search (case-insensitive).
 _FRAMING = re.compile(rb"\n(content-length|transfer-encoding)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
@@ -288,6 +292,7 @@ class Framer:
         self._marks: list[tuple] = []  # (stream offset, ts_ns, frame, ack, file offset) per feed
         self._mark_i = 0
         self._state = RESYNC if resync else HEAD
+        self._resync_code = GAP  # why bytes skipped by _resync() are lost: GAP, or UNPARSABLE after bad framing
         self._first = check_signature  # nothing framed yet: check for TLS/HTTP2/SSH and garbage
         self._scan = 0  # where the head-end search resumes
         self._cur: Parsed | None = None  # the message whose head is parsed and body is in progress
@@ -477,6 +482,7 @@ class Framer:
                                       f"{nbytes} bytes", self._frame_at(start)))
         self._advance(nbytes)
         self._state = RESYNC
+        self._resync_code = GAP
 
     def close(self, code: str | None = None, detail: str = "") -> None:
         """No more data will come. `code` None: an orderly end (FIN, end of a .gor record); CLOSED
@@ -703,13 +709,21 @@ class Framer:
             for test, code, what in STREAM_SIGNATURES:
                 if test(bytes(buf[pos:pos + 24])):
                     return self._stop(code, f"{what} at stream byte {self._offset_of(pos)}")
-        start_re = _REQUEST_START if self.is_request else _RESPONSE_START
-        found = pos if start_re.match(buf, pos) else -1
+        if self.is_request:
+            found = pos if _REQUEST_START.match(buf, pos) else -1
+            if found < 0:
+                match = _REQUEST_LINE_FEED.search(buf, pos)
+                found = match.start() + 1 if match else -1
+        else:
+            # A status line anywhere, not only at a line start: a response whose length could not be
+            # known (an invalid Content-Length) runs straight into the next one.
+            match = _RESPONSE_START.search(buf, pos)
+            found = match.start() if match else -1
         if found < 0:
-            match = (_REQUEST_LINE_FEED if self.is_request else _RESPONSE_LINE_FEED).search(buf, pos)
-            found = match.start() + 1 if match else -1
-        if found < 0:
-            found = buf.rfind(b"\n", pos) + 1  # keep the last partial line: a start line may be arriving
+            if self.is_request:
+                found = buf.rfind(b"\n", pos) + 1  # keep the last partial line: a start line may be arriving
+            else:
+                found = max(pos, len(buf) - _STATUS_PREFIX)  # keep what may be the start of a status line
             if found <= pos:
                 if len(buf) - pos <= MAX_HEAD:
                     return None
@@ -721,7 +735,8 @@ class Framer:
                 return _AGAIN
         start = self._offset_of(pos)
         self._pos = found
-        lost = Lost(found - pos, start, GAP, "bytes skipped while looking for the next message start",
+        lost = Lost(found - pos, start, self._resync_code, "bytes skipped while looking for the next message "
+                    "start" + (" after an unparsable message" if self._resync_code == UNPARSABLE else ""),
                     self._frame_at(start))
         if self._first:
             self._skipped += found - pos
@@ -756,7 +771,11 @@ class Framer:
             cur.flag(code, what)
             return self._emit(cur)
         self._state = STOPPED
-        if rest and state in (HEAD, RESYNC):
+        if rest and state == RESYNC:  # no message start found in them
+            start = self._offset_of(self._pos)
+            return Lost(rest, start, self._resync_code, f"{rest} bytes at the end of the stream skipped while "
+                        "looking for the next message start", self._frame_at(start))
+        if rest and state == HEAD:
             start = self._offset_of(self._pos)
             return Lost(rest, start, code or self.cut_code,
                         f"{rest} bytes of an incomplete message at the end of the stream", self._frame_at(start))
@@ -831,11 +850,12 @@ class Framer:
         """Not HTTP/1.x where a message was expected: skip that line and look for the next start."""
         self._cur = None
         self._state = RESYNC
+        self._resync_code = UNPARSABLE
         self._scan = 0
         nl = self._buf.find(b"\n", pos)
         self._pos = nl if nl >= 0 else len(self._buf)
         start = self._offset_of(pos)
-        return Lost(self._pos - pos, start, UNPARSABLE, why, self._frame_at(start))
+        return Lost(self._pos - pos, start, UNPARSABLE, why, self._frame_at(start), message=True)
 
     def _broken_chunk(self, why: str) -> Parsed:
         """The chunked framing is broken at _pos: the message ends there, incomplete; what follows
@@ -854,6 +874,7 @@ class Framer:
         self._msg_start = pos
         self.messages += 1
         self._state = RESYNC
+        self._resync_code = UNPARSABLE
         return msg
 
     def _offset_of(self, index: int) -> int:

@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 
 from ..capture.draft import Draft, Reorder, flags_of
 from ..capture.stats import CaptureStats
-from ..http.message import CAPTURE_ENDED, CLOSED, NO_RESPONSE, Flag, Request, Response, header_value
+from ..http.message import CAPTURE_ENDED, CLOSED, NO_RESPONSE, UNPARSABLE, Flag, Request, Response, header_value
 from ..http.parser import HEAD, Framer, Lost, Parsed, Stop
 from .tcp import Stream
 
@@ -272,8 +272,20 @@ class Connection:
                 self._stop(Stop("tunnel", "CONNECT established a tunnel", event.end))
         elif isinstance(event, Lost):
             self.table.stats.lost[event.code] += event.nbytes
+            if event.message:
+                self._unparsable_response(event)
         elif isinstance(event, Stop):
             self._stop(event)
+
+    def _unparsable_response(self, event: Lost) -> None:
+        """Where a response should start, the server sent something that is not a valid HTTP/1.x
+        head (an impossible Content-Length, say): the oldest request waiting gets that reason
+        rather than "no response"."""
+        queue = self.queue
+        if queue and type(queue[0]) is Draft and not queue[0].done and self.server.gaps == self._server_gaps:
+            draft = queue.popleft()
+            draft.flags += (Flag(UNPARSABLE, "response", f"the response is not valid HTTP/1.x: {event.detail}"),)
+            self.table.settled(draft)
 
     # -- ends --------------------------------------------------------------------------------
     def _stop(self, event: Stop) -> None:
