@@ -180,11 +180,16 @@ def test_ctrl_c_during_the_write_is_delivered_after_the_file_is_complete(tmp_pat
         return real_fsync(fd)
 
     monkeypatch.setattr(evidence_module.os, "fsync", fsync)
-    with pytest.raises(KeyboardInterrupt):
-        write_evidence(tmp_path, evidence_of(requests(30), capture, interrupted=True))
+    # Python's own Ctrl-C handler, also where this suite runs with SIGINT ignored (a background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_evidence(tmp_path, evidence_of(requests(30), capture, interrupted=True))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the write
+    finally:
+        signal.signal(signal.SIGINT, previous)
     data = read_evidence(tmp_path / FILENAME)
     assert data["run"]["interrupted"] and data["totals"]["requests"] == 30
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_interrupted_process_still_writes_its_evidence(tmp_path):
@@ -196,6 +201,7 @@ sys.path.insert(0, {str(ROOT)!r})
 from pytest_replay.report.aggregate import Aggregate
 from pytest_replay.report.evidence import build_evidence, write_evidence
 aggregate = Aggregate()
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
 try:
     os.kill(os.getpid(), signal.SIGINT)
     signal.pause()

@@ -106,7 +106,9 @@ def test_ctrl_c_stops_the_replay_promptly_and_reports(tmp_path: Path) -> None:
     report = tmp_path / "evidence"
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--replay", str(DEMO),
                              "--replay-target", "demo", "--speed", "0.2", "--replay-report", str(report)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # Ctrl-C acts as in a terminal even where this suite runs with SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(4)  # the replay runs (at a fifth of the recorded pace: ~40 s in all)
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
