@@ -104,7 +104,9 @@ class ReplayItem(pytest.Function):
             if not verdict.passed:
                 failures.append(text)
         if not_sent and len(not_sent) == sum(e.replayable for e in self.exchanges):
-            pytest.skip(not_sent[0] if len(not_sent) == 1 else f"{len(not_sent)} requests not sent: {not_sent[0]}")
+            reason = not_sent[0] if len(not_sent) == 1 else f"{len(not_sent)} requests not sent: {not_sent[0]}"
+            # reported at the item (the capture), as skip markers are, not at this line of the plugin
+            raise pytest.skip.Exception(reason, _use_item_location=True)
         if failures:
             shown = failures[:5]
             more = f"\n... and {len(failures) - 5} more failing exchanges" if len(failures) > 5 else ""
@@ -127,7 +129,8 @@ class ReplayItem(pytest.Function):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
-        return self.path, None, self.name
+        # A line number, not None: pytest places skip reports (skip markers) at the item's line.
+        return self.path, 0, self.name
 
 
 def _ms(ns: int | None) -> str:

@@ -397,13 +397,25 @@ def test_gap_running_past_the_body_resyncs() -> None:
     assert msgs[1].raw == r2
 
 
-def test_gap_inside_a_head_is_lost_then_resync() -> None:
-    events = frame(True, [b"GET / HTTP/1.1\r\nHost: a\r\n", 7, b"x: y\r\n\r\nGET /b HTTP/1.1\r\n\r\n"])
+def test_gap_inside_a_head_after_a_whole_start_line_keeps_the_message_flagged() -> None:
+    # (snapshot lengths shorter than the head do this to every message)
+    events = frame(True, [b"GET / HTTP/1.1\r\nHost: a\r\nAcc", 7, b"x: y\r\n\r\nGET /b HTTP/1.1\r\n\r\n"])
+    cut, after = messages(events)
+    assert (cut.method, cut.target, cut.version, cut.head, cut.headers) == (
+        "GET", "/", "1.1", b"GET / HTTP/1.1\r\nHost: a\r\n", ((b"Host", b"a"),))
+    assert (cut.body, cut.raw, cut.start, cut.end) == (b"", b"GET / HTTP/1.1\r\nHost: a\r\nAcc", 0, 28)
+    assert [code for code, _ in cut.flags] == [GAP] and "cut after 28 bytes" in cut.flags[0][1]
+    assert (after.target, after.start, after.flags) == ("/b", 28 + 7 + 8, ())
     lost = [e for e in events if isinstance(e, Lost)]
-    assert lost and lost[0].start == 0 and lost[0].code == GAP
-    msgs = messages(events)
-    assert [m.target for m in msgs] == ["/b"]
-    assert msgs[0].start == 25 + 7 + 8
+    assert [(e.start, e.nbytes, e.code) for e in lost] == [(35, 8, GAP)]  # "x: y" and the empty line
+
+
+def test_gap_inside_a_start_line_is_lost_then_resync() -> None:
+    events = frame(False, [b"HTTP/1.1 20", 7, b"ne\r\nA: b\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"],
+                   methods=["GET", "GET"])
+    lost = [e for e in events if isinstance(e, Lost)]
+    assert lost and (lost[0].start, lost[0].nbytes, lost[0].code) == (0, 11, GAP)
+    assert [(m.status, m.flags) for m in messages(events)] == [(204, ())]
 
 
 def test_gap_inside_chunked_body() -> None:

@@ -101,6 +101,31 @@ def test_status_change_fails():
     assert "status 200 -> 500" in result.summary
 
 
+def test_a_recorded_response_held_in_part_is_judged_on_what_was_captured():
+    import dataclasses
+
+    from pytest_replay.http.message import Flag
+
+    config = DiffConfig(parts=HEADERS, headers=("X-Version",))
+    # The body was cut by the snapshot length: status and headers compared, the body not.
+    body_cut = resp(200, b'{"items": [1, 2', headers=JSON + ((b"X-Version", b"1"),))
+    cut = dataclasses.replace(exchange(response=body_cut), flags=(Flag("truncated", "response", "cut"),))
+    whole_reply = resp(200, {"items": [1, 2, 3]}, headers=JSON + ((b"X-Version", b"1"),))
+    result = verdict(body_cut, whole_reply, config, exchange=cut)
+    assert result.passed and result.summary.startswith("the recorded response is incomplete (truncated")
+    assert "body not compared" in result.summary
+    assert not verdict(body_cut, resp(500, {"items": [1, 2, 3]}), config, exchange=cut).passed
+    other_version = resp(200, {"items": [1, 2, 3]}, headers=JSON + ((b"X-Version", b"2"),))
+    assert not verdict(body_cut, other_version, config, exchange=cut).passed
+    # The head was cut after the status line: only the status is known.
+    head_cut = Response(200, "OK", "1.1", b"HTTP/1.1 200 OK\r\nContent-Ty", b"", b"HTTP/1.1 200 OK\r\nContent-Ty")
+    cut = dataclasses.replace(exchange(response=head_cut), flags=(Flag("truncated", "response", "head cut"),))
+    result = verdict(head_cut, other_version, config, exchange=cut)
+    assert result.passed and "body and headers not compared" in result.summary
+    # The same bodies on a complete exchange differ.
+    assert not verdict(body_cut, whole_reply, config, exchange=exchange(response=body_cut)).passed
+
+
 def test_renamed_json_field_shows_the_path():
     recorded = resp(body={"user": {"id": 1, "display_name": "Alice Martin"}})
     replayed = resp(body={"user": {"id": 1, "displayName": "Alice Martin"}})

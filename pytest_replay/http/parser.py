@@ -477,12 +477,48 @@ class Framer:
             cur.flag(code, what)
             self._pending.append(self._emit(cur))
         elif have:
-            start = self._offset_of(self._pos)
-            self._pending.append(Lost(have, start, code, f"{have} bytes of a message head before a gap of "
-                                      f"{nbytes} bytes", self._frame_at(start)))
+            cut = self._cut_head(code, what) if state == HEAD else None
+            if cut is None:
+                start = self._offset_of(self._pos)
+                cut = Lost(have, start, code, f"{have} bytes of a message head before a gap of {nbytes} bytes",
+                           self._frame_at(start))
+            self._pending.append(cut)
         self._advance(nbytes)
         self._state = RESYNC
         self._resync_code = GAP
+
+    def _cut_head(self, code: str, what: str) -> Parsed | None:
+        """A message whose head a gap cuts (a snapshot length shorter than the head, a lost
+        segment): when its start line is whole, the message is known (method and target, or
+        status), so it is framed, flagged, with the complete header lines as its head and no body.
+        None when the start line itself is cut, or for an interim response."""
+        buf, pos = self._buf, self._pos
+        data = bytes(buf[pos:])
+        if self.is_request:
+            if _REQUEST_START.match(data) is None:
+                return None
+            method, target, version = data[:data.find(b"\n")].rstrip(b"\r").split(b" ")
+            status, reason = 0, b""
+        else:
+            if _RESPONSE_START.match(data) is None or data[9:10] == b"1":
+                return None
+            line = data[:data.find(b"\n")] if b"\n" in data else data
+            version, status, reason = line[:8], int(line[9:12]), line[13:].rstrip(b"\r")
+        start = self._offset_of(pos)
+        msg = Parsed(self.is_request, data[:data.rfind(b"\n") + 1], version[5:].decode("latin-1"), start)
+        _, msg.ts_ns, msg.frame, msg.ack, msg.where = self._find_mark(start)
+        if self.is_request:
+            msg.method, msg.target = method.decode("latin-1"), target.decode("latin-1")
+        else:
+            msg.status, msg.reason = status, reason.decode("latin-1")
+        self._first = False
+        self._on_head(msg)
+        msg.flag(code, f"the message head is cut after {len(data)} bytes ({what}); headers and body unknown")
+        msg.raw, msg.body = data, b""
+        msg.end = self._offset_of(len(buf))
+        _, msg.end_ts_ns, msg.end_frame, _, _ = self._find_mark(self._offset_of(len(buf) - 1))
+        self.messages += 1
+        return msg
 
     def close(self, code: str | None = None, detail: str = "") -> None:
         """No more data will come. `code` None: an orderly end (FIN, end of a .gor record); CLOSED
