@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,9 @@ def test_inspect_json_masks_token_query_parameters(tmp_path: Path) -> None:
     (None, "no such file or directory"),
     (b"", "the file is empty"),
     (b"\x00\x01garbage" * 10, "not a capture file"),
+    (b"\xa1\xb2\xcd\x34" + bytes(60), "a 'modified' (Kuznetzov) pcap, an old tcpdump variant: convert it with"),
+    (lzma.compress(b"x" * 100), "xz-compressed: decompress it first"),
+    (b"BZh91AY&SY" + bytes(60), "bzip2-compressed: decompress it first"),
 ])
 def test_inspect_bad_input_is_one_clear_line(tmp_path: Path, content: bytes | None, expected: str) -> None:
     path = tmp_path / "bad.pcap"

@@ -181,11 +181,28 @@ def open_capture(path: str) -> tuple[BinaryIO, int | None, str, bool]:
     if fmt is None:
         stream.close()
         shown = head[:24]
-        raise CaptureError(path, f"not a capture file: starts with {shown!r}; expected a pcap magic number "
-                           "(a1b2c3d4 or a1b23c4d, either byte order), a pcapng section header (0a0d0d0a), "
-                           "or a GoReplay record header like '1 <hex id> <timestamp ns>'"
+        known = next((what for magic, what in OTHER_FORMATS if head.startswith(magic)), None)
+        raise CaptureError(path, f"not a capture file: starts with {shown!r}"
+                           + (f" ({known})" if known else "")
+                           + "; expected a pcap magic number (a1b2c3d4 or a1b23c4d, either byte order), a pcapng "
+                           "section header (0a0d0d0a), or a GoReplay record header like '1 <hex id> <timestamp ns>'"
                            + (" (after gzip decompression)" if compressed else ""), offset=0)
     return stream, size, fmt, compressed
+
+
+_CONVERT = "convert it with Wireshark's `editcap -F pcapng IN OUT`"
+# Files people give by mistake, recognised so the error can say what they are and what to do.
+OTHER_FORMATS = (
+    (b"\xa1\xb2\xcd\x34", f"a 'modified' (Kuznetzov) pcap, an old tcpdump variant: {_CONVERT}"),
+    (b"\x34\xcd\xb2\xa1", f"a 'modified' (Kuznetzov) pcap, an old tcpdump variant: {_CONVERT}"),
+    (b"snoop\x00\x00\x00", f"a Sun snoop capture: {_CONVERT}"),
+    (b"GMBU", f"a Microsoft Network Monitor capture: {_CONVERT}"),
+    (b"\xfd7zXZ\x00", "xz-compressed: decompress it first (`xz -d`); gzip is read directly"),
+    (b"BZh", "bzip2-compressed: decompress it first (`bunzip2`); gzip is read directly"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed: decompress it first (`zstd -d`); gzip is read directly"),
+    (b"\x04\x22\x4d\x18", "lz4-compressed: decompress it first (`lz4 -d`); gzip is read directly"),
+    (b"PK\x03\x04", "a zip archive: extract the capture from it first"),
+)
 
 
 class _GzipWithRaw(gzip.GzipFile):
