@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import signal
 import socket
@@ -65,3 +66,50 @@ def tool_version(cmd: list[str]) -> str:
         return "-"
     text = (p.stdout + p.stderr).strip().splitlines()
     return text[0].strip() if text else "-"
+
+
+def spawn(cmd: list[str], port: int, timeout: float = 10.0, **popen) -> subprocess.Popen:
+    """Start a server process and wait until it listens on 127.0.0.1:port (stopped again if it fails)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+    try:
+        wait_port(port, proc, timeout)
+    except RuntimeError:
+        stop(proc)
+        raise
+    return proc
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+master_process off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    types {{ application/json json; text/css css; }}
+    default_type application/octet-stream;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir}/www;
+    }}
+}}
+"""
+
+
+def start_nginx(workdir: str) -> tuple[subprocess.Popen, int]:
+    """nginx serving workdir/www on a free 127.0.0.1 port: one process (its CPU is the server's CPU),
+    no access log, keep-alive connections that last the whole benchmark."""
+    port = free_port()
+    conf = os.path.join(workdir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(dir=workdir, port=port))
+    return spawn(["nginx", "-c", conf, "-p", workdir, "-e", os.path.join(workdir, "error.log")], port), port

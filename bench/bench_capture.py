@@ -44,7 +44,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from pytest_replay.capture import Capture  # noqa: E402
-from _common import cpu_model, free_port, log, stop, tool_version, wait_port  # noqa: E402
+from _common import cpu_model, log, start_nginx, stop, tool_version  # noqa: E402
 
 SEPARATOR = "\n🐵🙈🙉\n".encode()
 TARGET_PCAP_PPS = 150_000
@@ -118,41 +118,13 @@ def record_pcap(out: str, packets: int, wrk_seconds: int, workdir: str, buffer_k
     for name, data in (("item.json", small), ("big.json", big)):
         with open(os.path.join(www, name), "wb") as f:
             f.write(data)
-    port = free_port()
-    conf = os.path.join(tmp, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-daemon off;
-master_process off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/client_body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  default_type application/json;
-  keepalive_requests 1000000;
-  keepalive_timeout 60s;
-  server {{
-    listen 127.0.0.1:{port};
-    root {www};
-  }}
-}}
-""")
     lua = os.path.join(tmp, "mix.lua")
     with open(lua, "w") as f:
         f.write(WRK_LUA)
     nginx = tcpdump = None
     err: list[str] = []
     try:
-        nginx = subprocess.Popen(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "error.log")],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_port(port)
-        except RuntimeError:
-            stop(nginx)
-            raise RuntimeError("nginx did not start: " + nginx.stderr.read().decode(errors="replace"))
+        nginx, port = start_nginx(tmp)
         # the readiness probe above is not in the capture: tcpdump starts after it
         tcpdump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-B", str(buffer_kib), "-n",
                                     "-Z", "root", "-w", out, "-c", str(packets), f"tcp port {port}"],

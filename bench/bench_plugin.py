@@ -41,7 +41,8 @@ the exact connection count and endpoint mix are then known.
       the 1-process ones exactly and lie within HDR precision (3 significant figures: 0.1%) of the
       exact percentiles of the generated values. This is the test of the merge itself.
     - replayed latency (measured live): the means of each layout's runs agree when their difference is
-      within HDR precision (0.1% of the value, at least 1 us) plus the largest spread between runs of one
+      within HDR precision (0.1% of the value, at least 1 us) plus 1% of the value (the two layouts load the
+      client differently: two processes share the cores) plus the largest spread between runs of one
       layout. A systematic shift here comes from the measuring conditions (client CPU), not the merge.
 
 The pytest subprocesses import the checkout this file belongs to (PYTHONPATH=its root). Needs nginx on PATH.
@@ -68,12 +69,13 @@ import tempfile
 import time
 from collections import deque
 
-from _common import cpu_model, free_port, log, stop, wait_port
+from _common import cpu_model, free_port, log, spawn, start_nginx, stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEPARATOR = "\n🐵🙈🙉\n".encode()
 TARGET_XDIST = 1.6
 HDR_RELATIVE = 1e-3  # 3 significant figures
+CONDITIONS = 0.01  # live latencies of two layouts measured under different client load: 1% of the value allowed
 LANES = 200
 SERVER_PORT = 8080  # the port the synthetic capture names (never contacted)
 FULL = {"requests": 100_000, "xdist_requests": 100_000, "latency_requests": 10_000, "latency_repeats": 3,
@@ -93,30 +95,6 @@ def http_date(ts_s: float) -> str:
 
 
 # -- the site nginx serves, and a capture of it ---------------------------------------------------------------------
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-master_process off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    types {{ application/json json; text/css css; }}
-    default_type application/octet-stream;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {dir}/www;
-    }}
-}}
-"""
 PRODUCTS = 200
 AGENTS = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
           "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
@@ -341,29 +319,12 @@ def _serve(port: int) -> None:
 
 def start_delay_server() -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_server", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_port(port, proc)
-    except RuntimeError:
-        stop(proc)
-        raise
-    return proc, f"http://127.0.0.1:{port}"
+    return spawn([sys.executable, os.path.abspath(__file__), "--_server", str(port)], port), f"http://127.0.0.1:{port}"
 
 
-def start_nginx(workdir: str) -> tuple[subprocess.Popen, str, dict]:
-    port = free_port()
+def start_site(workdir: str) -> tuple[subprocess.Popen, str, dict]:
     site = make_site(os.path.join(workdir, "www"))
-    conf = os.path.join(workdir, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=workdir, port=port))
-    proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir, "-e", os.path.join(workdir, "error.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_port(port, proc)
-    except RuntimeError:
-        stop(proc)
-        raise
+    proc, port = start_nginx(workdir)
     return proc, f"http://127.0.0.1:{port}", site
 
 
@@ -527,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(nginx_dir, ignore_errors=True)
         os.makedirs(nginx_dir)
         os.chmod(nginx_dir, 0o755)
-        nginx, url, site = start_nginx(nginx_dir)
+        nginx, url, site = start_site(nginx_dir)
         check_site(url, site)
         capture = os.path.join(workdir, f"shop_{n}.gor")
         log(f"writing {capture}")
@@ -693,15 +654,17 @@ def main(argv: list[str] | None = None) -> int:
                     mean1, mean2 = sum(one) / len(one), sum(two) / len(two)
                     spread = spread_of(e, q)
                     hdr = max(HDR_RELATIVE * max(mean1, mean2), 0.001)
+                    conditions = CONDITIONS * max(mean1, mean2)
                     diff = mean2 - mean1
-                    ok = len(one) > 1 and abs(diff) <= hdr + spread
+                    ok = len(one) > 1 and abs(diff) <= hdr + conditions + spread
                     ok_all &= ok
                     row(f"{e} replayed {q} (ms): 1 process | {layouts[other]}",
                         f"{' '.join(f'{v:.3f}' for v in one)} | {' '.join(f'{v:.3f}' for v in two)}",
-                        f"mean diff {diff:+.3f} vs hdr {hdr:.3f} + spread {spread:.3f}: {'agree' if ok else 'DIFFER'}")
+                        f"mean diff {diff:+.3f} vs hdr {hdr:.3f} + 1% {conditions:.3f} + spread {spread:.3f}: "
+                        f"{'agree' if ok else 'DIFFER'}")
             verdict_live[other] = ok_all
         row("-n 2 merged = 1-process percentiles, live (replayed latency)", "yes" if verdict_live["2"] else "no",
-            judge(verdict_live["2"], "within HDR precision + run-to-run spread"))
+            judge(verdict_live["2"], "within HDR precision + 1% + run-to-run spread"))
         if "S" in verdict_live:
             row("  control: shards run one after the other, merged", "yes" if verdict_live["S"] else "no",
                 "agree" if verdict_live["S"] else "differ")

@@ -47,7 +47,7 @@ from pytest_replay.http.message import Request  # noqa: E402
 from pytest_replay.schedule.engine import SWITCH_INTERVAL_S, Engine  # noqa: E402
 from pytest_replay.schedule.plan import PlannedRequest  # noqa: E402
 from pytest_replay.targets.raw import RawTarget  # noqa: E402
-from _common import free_port, stop, wait_port  # noqa: E402
+from _common import start_nginx, stop  # noqa: E402
 
 TARGET_RPS = 10_000
 TARGET_WRK_RATIO = 0.25
@@ -61,45 +61,15 @@ PYTEST_ITEM_S = 0.00115
 FULL = {"requests": 100_000, "seconds": 60.0, "gil_seconds": 15.0}
 QUICK = {"requests": 50_000, "seconds": 10.0, "gil_seconds": 4.0}
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {dir}/www;
-    }}
-}}
-"""
 SMALL_JSON = b'{"id": 42, "name": "Espresso Beans 1kg", "price_cents": 2490, "tags": ["coffee", "beans"]}\n'
 
 
 # -- nginx -------------------------------------------------------------------------------------------------------
-def start_nginx(workdir: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_site(workdir: str) -> tuple[subprocess.Popen, str]:
     os.makedirs(os.path.join(workdir, "www"))
     with open(os.path.join(workdir, "www", "small.json"), "wb") as f:
         f.write(SMALL_JSON)
-    conf = os.path.join(workdir, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=workdir, port=port))
-    proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_port(port, proc, 5)
-    except RuntimeError:
-        stop(proc)
-        raise
+    proc, port = start_nginx(workdir)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -261,7 +231,7 @@ def main() -> int:
     nginx = None
     began = time.monotonic()
     try:
-        nginx, url = start_nginx(workdir)
+        nginx, url = start_site(workdir)
         print(f"nginx on {url}; python {sys.version.split()[0]}; {os.cpu_count()} cores; "
               f"load average {os.getloadavg()[0]:.2f}")
         n = cfg["requests"]
