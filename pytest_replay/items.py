@@ -123,10 +123,10 @@ class ReplayItem(pytest.Function):
             ("lateness_ms", _ms(observation.lateness_ns)),
         ])
 
-    def repr_failure(self, excinfo, style=None):
+    def repr_failure(self, excinfo, **kwargs):
         if isinstance(excinfo.value, ReplayFailure):
             return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
+        return super().repr_failure(excinfo, **kwargs)
 
     def reportinfo(self):
         # A line number, not None: pytest places skip reports (skip markers) at the item's line.

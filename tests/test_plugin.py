@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 from pathlib import Path
@@ -109,6 +110,60 @@ def test_incomplete_exchanges_are_skipped_or_judged_on_what_was_captured(pyteste
     # so only the status is compared (the app's body differs from anything recorded): they pass, as
     # does the DELETE (whole on both sides; an in-process app receives writes).
     result.assert_outcomes(passed=5, skipped=2)
+
+
+RECORDED_BODY_APP = """
+import json, pytest
+from pathlib import Path
+
+BODIES = json.loads(Path(__file__).with_name("bodies.json").read_text())  # path -> recorded body
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        body = BODIES[scope["path"]].encode("latin-1")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+@pytest.fixture(scope="session")
+def replay_target():
+    return app
+"""
+
+
+@pytest.mark.parametrize("judge", ["after", "during"])
+def test_ipv6_connections_grouped_under_xdist_run_on_the_worker_that_planned_them(
+        pytester: pytest.Pytester, judge: str) -> None:
+    # An IPv6 connection's name holds "::" ("[::1]:35010 -> [::1]:8080"), like pytest's node ids.
+    from pytest_replay.capture import load
+
+    capture = FIXTURES / "recorded" / "ipv6_nginx.pcap"
+    exchanges, _ = load(str(capture))
+    assert "::" in exchanges[0].connection and {e.response.status for e in exchanges} == {200}
+    bodies = {e.request.path: e.response.body.decode("latin-1") for e in exchanges}
+    (pytester.path / "bodies.json").write_text(json.dumps(bodies))
+    pytester.makeconftest(RECORDED_BODY_APP)
+    result = replay(pytester, "--replay", str(capture), "--speed", "0", "-n", "2", "--replay-group", "connection",
+                    "--replay-judge", judge)
+    assert "not in the replay plan" not in result.stdout.str()
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["1 process", "-n 2"])
+def test_a_shard_with_no_connection_passes_and_says_so(pytester: pytest.Pytester, workers: list[str]) -> None:
+    # One job of a CI matrix whose shard holds none of a small capture's connections has nothing to
+    # do: that is not a failure (pytest would exit 5, "no tests collected").
+    from pytest_replay.capture import load
+    from pytest_replay.distribute import partition
+
+    capture = FIXTURES / "recorded" / "concurrent_4x5.pcap"
+    lanes = {e.connection for e in load(str(capture))[0]}
+    n = 8
+    empty = next(k for k in range(1, n + 1) if all(partition(lane, n) != k - 1 for lane in lanes))
+    result = replay(pytester, "--replay", str(capture), "--replay-target", "demo", "--speed", "0",
+                    "--replay-shard", f"{empty}/{n}", "--replay-report", "evidence", *workers)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([f"note: shard {empty}/{n} holds none of the capture's {len(lanes)} connection(s)*"])
+    assert (pytester.path / "evidence" / f"replay-evidence-shard-{empty}-of-{n}.json").exists()
 
 
 def test_nothing_to_replay_is_a_collection_error_saying_why(pytester: pytest.Pytester) -> None:
