@@ -270,3 +270,8 @@ def main(argv: Sequence[str] | None = None, out=None, err=None) -> int:
     except KeyboardInterrupt:
         err.write("interrupted\n")
         return 130
+    except OSError as exc:  # the output cannot be written (a missing directory, a full disk, permissions)
+        target = getattr(args, "output", None) or (args.paths[-1] if getattr(args, "paths", None) else None)
+        where = target or exc.filename or ""
+        err.write(f"error: {where}: cannot write: {exc.strerror or exc}\n")
+        return 1

@@ -116,6 +116,12 @@ class ReplaySession:
         if settings.shard and settings.group == "endpoint":
             raise pytest.UsageError("--replay-group endpoint cannot be sharded (an endpoint's exchanges come from "
                                     "many connections); use --replay-group connection or exchange")
+        if settings.report and workerinput is None:
+            try:  # now, not after the replay: a gate that cannot write its evidence should not run
+                Path(settings.report).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise pytest.UsageError(f"--replay-report {settings.report}: cannot create the directory "
+                                        f"({exc.strerror or exc})") from None
         self._point_collection_at_captures(config)
 
     # -- collection --------------------------------------------------------------------------
@@ -557,7 +563,13 @@ class ReplaySession:
             notes=self.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
             interrupted=report.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED, planned=report.planned,
             shard=s.shard, outcomes=outcomes, started=self.started, finished=_now(), noise=report.noise)
-        path = write_evidence(s.report, data)
+        try:
+            path = write_evidence(s.report, data)
+        except OSError as exc:  # a full disk, the directory removed meanwhile: the run fails, saying why
+            self.notes.append(f"evidence NOT written to {s.report}: {exc.strerror or exc}")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
         self.notes.append(f"evidence written to {path}")
 
     def _redaction_notes(self) -> list[str]:

@@ -78,6 +78,14 @@ def test_inspect_bad_input_is_one_clear_line(tmp_path: Path, content: bytes | No
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["convert", "redact"])
+def test_an_output_that_cannot_be_written_is_one_clear_line(tmp_path: Path, command: str) -> None:
+    out = tmp_path / "missing-directory" / ("out.gor" if command == "convert" else "out.pcap")
+    result = run(command, str(DEMO), str(out))
+    assert result.returncode == 1
+    assert result.stderr == f"error: {out}: cannot write: No such file or directory\n"
+
+
 @pytest.mark.parametrize("source", [DEMO, FIXTURES / "recorded" / "chunked_uvicorn.pcap",
                                     FIXTURES / "crafted" / "incomplete_endings.pcap"], ids=lambda p: p.name)
 @pytest.mark.parametrize("suffix", [".gor", ".gor.gz"])

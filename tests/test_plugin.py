@@ -200,6 +200,13 @@ def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester, args: lis
     assert message in result.stderr.str() + result.stdout.str()
 
 
+def test_an_evidence_directory_that_cannot_be_created_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    (pytester.path / "a-file").write_text("")
+    result = replay(pytester, "--replay", str(DEMO), "--replay-target", "demo", "--replay-report", "a-file/evidence")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --replay-report a-file/evidence: cannot create the directory (Not a directory)"])
+
+
 def test_no_target_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = replay(pytester, "--replay", str(DEMO))
     assert result.ret == 4
