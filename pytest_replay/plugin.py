@@ -96,7 +96,9 @@ def replay_engine(request: pytest.FixtureRequest, replay_target):
     if session.settings.judge == "after":
         session.wait_for_replay(engine)
     yield engine
-    session.stop_engine()
+    # -x / --maxfail: pytest tears the session down after the failing item; the rest is not replayed
+    stopping = bool(request.session.shouldfail or request.session.shouldstop)
+    session.stop_engine(cancel=stopping)
 
 
 @pytest.hookimpl(wrapper=True)

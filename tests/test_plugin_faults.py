@@ -124,6 +124,25 @@ def test_ctrl_c_stops_the_replay_promptly_and_reports(tmp_path: Path) -> None:
     assert 0 < evidence["totals"]["requests"] < 259
 
 
+def test_exitfirst_stops_the_replay_instead_of_waiting_for_it(pytester: pytest.Pytester) -> None:
+    # The first difference (GET /api/users/3, #51) comes ~2 s into a ~15 s replay at speed 0.5.
+    import re
+
+    pytester.makeconftest("""
+        import pytest
+        from pytest_replay.demo import make_app
+
+        @pytest.fixture(scope="session")
+        def replay_target():
+            return make_app(regression="bug")
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(DEMO), "--speed", "0.5",
+                                           "--replay-judge", "during", "-x", "-q", timeout=120)
+    result.assert_outcomes(failed=1, passed=51)
+    sent = int(re.search(r"replayed: (\d+) of 259 requests", result.stdout.str()).group(1))
+    assert sent < 200 and "(INTERRUPTED)" in result.stdout.str()
+
+
 def test_budgets_from_a_conftest_hook(pytester: pytest.Pytester) -> None:
     pytester.makeconftest("""
         def pytest_replay_budgets(config):
