@@ -401,6 +401,8 @@ class ReplaySession:
         lateness = sorted(o.lateness_ns for o in observations)
         now = time.monotonic()
         last = getattr(self, "_progress_at", None)
+        if last is None and engine.t0_ns is not None:  # the first line: the rate since the replay began
+            last = (now - max(engine.clock.now_ns() - engine.t0_ns, 0) / 1e9, 0)
         rate = "" if last is None else f" ({(progress.sent - last[1]) / max(now - last[0], 1e-9):.1f}/s)"
         self._progress_at = (now, progress.sent)
         p95 = latencies[int(len(latencies) * 0.95)] / 1e6 if latencies else None

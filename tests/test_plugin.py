@@ -166,6 +166,43 @@ def test_a_shard_with_no_connection_passes_and_says_so(pytester: pytest.Pytester
     assert (pytester.path / "evidence" / f"replay-evidence-shard-{empty}-of-{n}.json").exists()
 
 
+def _run_on_a_terminal(cwd: Path, *args: str) -> str:
+    """pytest in a pseudo-terminal (its output is a TTY, as in a developer's shell): all it printed."""
+    import os
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd,
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=120)
+    os.close(master)
+    return out.decode("utf-8", "replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_live_progress_on_a_terminal_quiet_under_q(tmp_path: Path) -> None:
+    # The demo replays at its recorded pace for ~8 s: one progress line after 5 s.
+    import re
+
+    text = _run_on_a_terminal(tmp_path, "--replay", str(DEMO), "--replay-target", "demo")
+    assert re.search(r"\[replay\] \d+/259 sent \([\d.]+/s\), \d+ done, 0 errors, p95 so far [\d.]+ ms, "
+                     r"lateness p99 [\d.]+ ms", text), text[-2000:]
+    assert "259 passed" in text
+    quiet = _run_on_a_terminal(tmp_path, "--replay", str(DEMO), "--replay-target", "demo", "-q")
+    assert "259 passed" in quiet and "[replay]" not in quiet
+
+
 def test_nothing_to_replay_is_a_collection_error_saying_why(pytester: pytest.Pytester) -> None:
     capture = FIXTURES / "crafted" / "link_unknown_user0.pcap"
     result = replay(pytester, "--replay", str(capture), "--replay-target", "demo")
