@@ -397,3 +397,64 @@ def test_redacted_capture_replays_with_credentials_set_at_replay_time(pytester: 
     result = pytester.runpytest_subprocess("--replay", str(redacted), "--speed", "0", "-q",
                                            "--replay-set-header", "Authorization: Bearer sandbox-credential")
     result.assert_outcomes(passed=3)
+
+
+SEEN_APP = '''
+import json, pytest
+from pathlib import Path
+
+SEEN = Path(__file__).with_name("seen.jsonl")
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+    with SEEN.open("a") as f:
+        f.write(json.dumps({"method": scope["method"], "path": scope["path"], "headers": headers}) + "\\n")
+    status, body = 200, {"ok": True}
+''' + RESPOND
+
+
+def habits_capture(path: Path, patch_user: bytes) -> Path:
+    ok = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"ok": true}'
+    records = []
+    for i in range(40):
+        agent = b"crawler-bot/1.0" if i % 4 == 3 else b"Mozilla/5.0"
+        method, user = (b"PATCH", patch_user) if i % 10 == 8 else (b"GET", b"u%d" % (i % 13))
+        rid = f"{i + 1:016x}00000001"
+        records.append((1, rid, T0 + i * 1000, method + b" /api/v1/items/%d HTTP/1.1\r\nHost: shop\r\n" % i
+                        + b"User-Agent: " + agent + b"\r\nX-User: " + user + b"\r\n\r\n"))
+        records.append((2, rid, T0 + i * 1000 + 500, ok))
+    path.write_bytes(gor(*records))
+    return path
+
+
+def test_goreplay_habits_reach_the_service(pytester: pytest.Pytester) -> None:
+    """--replay-set-header, --replay-rewrite-url, --replay-disallow-header, --replay-sample and
+    --replay-write-methods, end to end: what the app receives is what they say."""
+    import json
+
+    from pytest_replay.capture import load
+    from pytest_replay.policy.filters import Sampler
+
+    from pytest_replay.http.message import Request
+
+    sampler = Sampler.parse("header:X-User:50%")
+    kept_user = next(u for u in (b"p%d" % i for i in range(100))
+                     if sampler.keep(Request.build("GET", "/", ((b"X-User", u),))))
+    capture = habits_capture(pytester.path / "habits.gor", kept_user)
+    pytester.makeconftest(SEEN_APP)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--replay", str(capture), "--speed", "0", "-q",
+        "--replay-set-header", "X-Env: replay", "--replay-rewrite-url", "^/api/v1/(.*):/api/v2/$1",
+        "--replay-disallow-header", "User-Agent: bot", "--replay-sample", "header:X-User:50%",
+        "--replay-write-methods", "PATCH")
+    expected = [e for e in load(str(capture))[0] if b"bot" not in e.request.header("user-agent") and sampler.keep(e.request)]
+    assert 0 < len(expected) < 30  # the filters did something
+    seen = [json.loads(line) for line in (pytester.path / "seen.jsonl").read_text().splitlines()]
+    # In-process, writes (PATCH, declared one here) reach the app; everything kept was replayed once.
+    assert sorted(s["path"] for s in seen) == sorted(e.request.path.replace("/api/v1/", "/api/v2/") for e in expected)
+    assert all(s["headers"]["x-env"] == "replay" and "bot" not in s["headers"]["user-agent"] for s in seen)
+    result.assert_outcomes(passed=len(expected), deselected=40 - len(expected))
+    assert any(s["method"] == "PATCH" for s in seen)
+    result.stdout.fnmatch_lines(["*PATCH /api/v1/items/{id}*"])  # counted as a write, by endpoint
