@@ -30,6 +30,8 @@ from .plan import PlannedRequest
 SWITCH_INTERVAL_S = 0.0002  # see Engine.start: how fast the engine thread gets the GIL back
 _BURST = 256  # requests dispatched back to back (all due) before the dispatcher yields to the lanes
 _CLOSE_TIMEOUT_S = 2.0
+# Objects frozen before anyone asked (Python 3.12 starts with a few hundred): not someone else's freeze.
+_STARTUP_FREEZE = gc.get_freeze_count()
 _REFREEZE_EVERY = 8192  # observations between two gc.freeze() calls (with freeze_gc)  # a target's close() may not hold up a stop longer than this
 
 
@@ -128,7 +130,7 @@ class Engine:
             # lateness p50 ~0.2-0.5 ms. Restored when the replay ends.
             self._saved_switch = sys.getswitchinterval()
             sys.setswitchinterval(min(self._saved_switch, self.switch_interval))
-        if self.freeze_gc and gc.get_freeze_count() == 0:  # (someone else's freeze: leave it alone)
+        if self.freeze_gc and gc.get_freeze_count() <= _STARTUP_FREEZE:  # (someone else's freeze: leave it alone)
             # A full collection scans every object of the process while holding the GIL: with pytest's
             # items, the capture and the plan in memory that is tens of ms (measured: 20 ms at 20k
             # requests), a stall of every send. Collect once now, before t0, and leave what exists
