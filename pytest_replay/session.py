@@ -54,6 +54,12 @@ def clashing_plugin() -> str | None:
             "(or use separate virtual environments).")
 
 
+def _isatty(reporter) -> bool:
+    """TerminalReporter.isatty: an attribute up to pytest 8.3, a method since 8.4."""
+    isatty = reporter.isatty
+    return bool(isatty() if callable(isatty) else isatty)
+
+
 def _now() -> str:
     from datetime import datetime, timezone
 
@@ -371,7 +377,7 @@ class ReplaySession:
     def _show_progress(self) -> bool:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         return (reporter is not None and self.worker is None and self.config.option.verbose >= 0
-                and bool(reporter.isatty()))
+                and _isatty(reporter))
 
     def _progress(self, engine, key: int | None) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
