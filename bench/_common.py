@@ -113,3 +113,33 @@ def start_nginx(workdir: str) -> tuple[subprocess.Popen, int]:
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(dir=workdir, port=port))
     return spawn(["nginx", "-c", conf, "-p", workdir, "-e", os.path.join(workdir, "error.log")], port), port
+
+
+SEPARATOR = "\n🐵🙈🙉\n".encode()  # between .gor records
+
+
+class GorFile:
+    """A .gor file written record by record (buffered), renamed into place when the block ends
+    without an error: `with GorFile(path) as out: out.emit(record)`; `out.written` counts records."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.written, self._chunks = path, 0, []
+
+    def __enter__(self) -> "GorFile":
+        self._file = open(self.path + ".part", "wb")
+        return self
+
+    def emit(self, record: bytes) -> None:
+        chunks = self._chunks
+        chunks.append(record)
+        chunks.append(SEPARATOR)
+        self.written += 1
+        if len(chunks) >= 8192:
+            self._file.write(b"".join(chunks))
+            chunks.clear()
+
+    def __exit__(self, kind, value, tb) -> None:
+        self._file.write(b"".join(self._chunks))
+        self._file.close()
+        if kind is None:
+            os.replace(self.path + ".part", self.path)

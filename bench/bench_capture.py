@@ -44,9 +44,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from pytest_replay.capture import Capture  # noqa: E402
-from _common import cpu_model, log, start_nginx, stop, tool_version  # noqa: E402
+from _common import SEPARATOR, GorFile, cpu_model, log, start_nginx, stop, tool_version  # noqa: E402
 
-SEPARATOR = "\n🐵🙈🙉\n".encode()
 TARGET_PCAP_PPS = 150_000
 TARGET_GOR_RPS = 200_000
 TARGET_MEM_RATIO = 1.25
@@ -313,18 +312,8 @@ def write_gor(path: str, n_records: int, seed: int = 7) -> dict:
     rng = random.Random(seed + 1)
     delayed: list[list] = []  # [records still to pass, record]
     moved = 0
-    buf: list[bytes] = []
-    written = 0
-    with open(path + ".part", "wb") as f:
-        def emit(rec: bytes) -> None:
-            nonlocal written
-            buf.append(rec)
-            buf.append(SEPARATOR)
-            written += 1
-            if len(buf) >= 8192:
-                f.write(b"".join(buf))
-                buf.clear()
-
+    with GorFile(path) as out:
+        emit = out.emit
         for _, rec in synth.records(n_records):
             if rng.random() < 0.01:
                 delayed.append([rng.randrange(1, 51), rec])
@@ -342,9 +331,7 @@ def write_gor(path: str, n_records: int, seed: int = 7) -> dict:
                 delayed = keep
         for _, rec in delayed:
             emit(rec)
-        f.write(b"".join(buf))
-    os.replace(path + ".part", path)
-    return {"records": written, "moved": moved}
+    return {"records": out.written, "moved": moved}
 
 
 def gor_baseline(path: str) -> int:

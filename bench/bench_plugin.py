@@ -69,10 +69,9 @@ import tempfile
 import time
 from collections import deque
 
-from _common import cpu_model, free_port, log, spawn, start_nginx, stop
+from _common import GorFile, cpu_model, free_port, log, spawn, start_nginx, stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEPARATOR = "\n🐵🙈🙉\n".encode()
 TARGET_XDIST = 1.6
 HDR_RELATIVE = 1e-3  # 3 significant figures
 CONDITIONS = 0.01  # live latencies of two layouts measured under different client load: 1% of the value allowed
@@ -168,18 +167,8 @@ def write_gor(path: str, n: int, lanes: int, seed: int, rate: float, make_exchan
     t = 1_700_000_000 * 10**9
     pending: list[tuple[int, int, bytes]] = []
     per_lane: dict[str, int] = {}
-    chunks: list[bytes] = []
-    written = 0
-    with open(path + ".part", "wb") as f:
-        def emit(record: bytes) -> None:
-            nonlocal written
-            chunks.append(record)
-            chunks.append(SEPARATOR)
-            written += 1
-            if len(chunks) >= 8192:
-                f.write(b"".join(chunks))
-                chunks.clear()
-
+    with GorFile(path) as out:
+        emit = out.emit
         for i in range(n):
             t += int(rng.expovariate(rate / 1e9))
             idle = [c for c in conns if c[2] <= t]
@@ -199,9 +188,7 @@ def write_gor(path: str, n: int, lanes: int, seed: int, rate: float, make_exchan
             conn[2] = t + latency + rng.randrange(20_000, 200_000)  # the client's think time
         while pending:
             emit(heapq.heappop(pending)[2])
-        f.write(b"".join(chunks))
-    os.replace(path + ".part", path)
-    return {"records": written, "bytes": os.path.getsize(path), "seconds": (t - 1_700_000_000 * 10**9) / 1e9,
+    return {"records": out.written, "bytes": os.path.getsize(path), "seconds": (t - 1_700_000_000 * 10**9) / 1e9,
             "lanes": per_lane}
 
 
