@@ -23,6 +23,7 @@ SHARD_SALT = b""
 WORKER_SALT = b"#worker"
 RENDEZVOUS_TIMEOUT_S = 120.0
 START_MARGIN_S = 0.25  # after the last worker is ready, before t0
+_PARTITION = "pytest-replay-partition-"  # the scheduler's scope of the replay items of one partition
 
 
 def partition(lane: str, count: int, salt: bytes = SHARD_SALT) -> int:
@@ -60,10 +61,15 @@ class ReplayScheduling(LoadScopeScheduling):
         # with one unit of 50,000 replay items that is quadratic (minutes for 100k items). Counted
         # here instead, as units are assigned and tests complete.
         self._pending: dict[int, int] = {}  # id(assigned_work[node]) -> tests not completed
+        self._scopes: dict[str, str] = {}  # node id -> its scope: LoadScope asks after every test
 
     def _split_scope(self, nodeid: str) -> str:
-        part = self._part_of(nodeid)
-        return f"pytest-replay-partition-{part}" if part is not None else super()._split_scope(nodeid)
+        scope = self._scopes.get(nodeid)
+        if scope is None:
+            part = self._part_of(nodeid)
+            scope = self._scopes[nodeid] = (f"{_PARTITION}{part}" if part is not None
+                                            else super()._split_scope(nodeid))
+        return scope
 
     def _pending_of(self, workload: dict[str, dict[str, bool]]) -> int:
         count = self._pending.get(id(workload))
@@ -104,32 +110,25 @@ class ReplayScheduling(LoadScopeScheduling):
         replay_units: dict[str, dict[str, bool]] = {}
         for nodeid in super_collection:
             scope = self._split_scope(nodeid)
-            if scope.startswith("pytest-replay-partition-"):
-                replay_units.setdefault(scope, {})[nodeid] = False
+            units = replay_units if scope.startswith(_PARTITION) else self.workqueue
+            units.setdefault(scope, {})[nodeid] = False
         # Hand each worker its own partition first; then let LoadScope share out the rest.
         for node in self.nodes:
-            self.assigned_work.setdefault(node, {})
-        for node in self.nodes:
-            scope = f"pytest-replay-partition-{worker_index(node.workerinput['workerid'])}"
+            scope = f"{_PARTITION}{worker_index(node.workerinput['workerid'])}"
             unit = replay_units.pop(scope, None)
+            self.assigned_work.setdefault(node, {})
             if unit:
-                self.assigned_work.setdefault(node, {})[scope] = unit
+                self.assigned_work[node][scope] = unit
                 self._track(node, len(unit))
                 position = {nodeid: i for i, nodeid in enumerate(self.registered_collections[node])}
                 node.send_runtest_some([position[nodeid] for nodeid in unit])
         if replay_units:  # partitions without a worker (cannot happen: one partition per worker)
             raise RuntimeError(f"replay partitions without a worker: {sorted(replay_units)}")
         self.collection = super_collection
-        for nodeid in super_collection:
-            scope = self._split_scope(nodeid)
-            if not scope.startswith("pytest-replay-partition-"):
-                self.workqueue.setdefault(scope, {})[nodeid] = False
         for node in self.nodes:
             if self.workqueue:
                 self._reschedule(node)
-            elif not self.assigned_work.get(node):
-                node.shutdown()
-        if not self.workqueue:
+        if not self.workqueue:  # as LoadScope: a worker stops once its queue is done
             for node in self.nodes:
                 node.shutdown()
 

@@ -102,6 +102,8 @@ class ReplaySession:
         self.budget_results: list = []
         self.notes: list[str] = []
         self.empty_shard = False  # --replay-shard K/N left no replay item in this run
+        self._show: bool | None = None  # progress lines shown? (decided once: every item waits)
+        self._progress_at: tuple[float, int] | None = None  # (monotonic time, sent) of the last progress line
         self.started = _now()
         self._markers: dict[str, pytest.MarkDecorator] = {}
         workerinput = getattr(config, "workerinput", None)
@@ -375,9 +377,11 @@ class ReplaySession:
             self._progress(engine, None)
 
     def _show_progress(self) -> bool:
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        return (reporter is not None and self.worker is None and self.config.option.verbose >= 0
-                and _isatty(reporter))
+        if self._show is None:
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            self._show = (reporter is not None and self.worker is None and self.config.option.verbose >= 0
+                          and _isatty(reporter))
+        return self._show
 
     def _progress(self, engine, key: int | None) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -406,7 +410,7 @@ class ReplaySession:
         latencies = sorted(o.latency_ns for o in observations if o.latency_ns is not None)
         lateness = sorted(o.lateness_ns for o in observations)
         now = time.monotonic()
-        last = getattr(self, "_progress_at", None)
+        last = self._progress_at
         if last is None and engine.t0_ns is not None:  # the first line: the rate since the replay began
             last = (now - max(engine.clock.now_ns() - engine.t0_ns, 0) / 1e9, 0)
         rate = "" if last is None else f" ({(progress.sent - last[1]) / max(now - last[0], 1e-9):.1f}/s)"
@@ -482,7 +486,6 @@ class ReplaySession:
         remote["noise"] = remote["noise"] or output["noise"]
         remote["unused_allow"] = remote["unused_allow"] or output["unused_allow"]
         remote["write_mode"] = remote["write_mode"] or output["write_mode"]
-        self.skipped_remote = getattr(self, "skipped_remote", 0) + output["skipped"]
         self.notes += [n for n in output["notes"] if n not in self.notes]
         self.empty_shard = self.empty_shard or output.get("empty_shard", False)  # workers all collect alike
 
@@ -499,7 +502,7 @@ class ReplaySession:
                 "sent": len(engine.observations()) if engine else 0,
                 "failures": [str(engine.failure)] if engine is not None and engine.failure is not None else [],
                 "noise": self._noise_lines(), "unused_allow": list(self.unused_allow),
-                "write_mode": self.write_policy.mode if self.write_policy else "", "skipped": len(self.skipped),
+                "write_mode": self.write_policy.mode if self.write_policy else "",
                 "notes": self.notes, "empty_shard": self.empty_shard}
             return
         if self.empty_shard and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:

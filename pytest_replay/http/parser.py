@@ -383,16 +383,9 @@ class Framer:
         else:
             status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
             fused = status >= 200 and self._on_response is not None
-            msg = None
+            msg = None if fused else _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
             if status >= 200:
-                if fused:
-                    answered = self._on_answer(ack)
-                else:
-                    msg = Parsed(False, head, version, base)
-                    msg.status = status
-                    msg.reason = reason
-                    msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
-                    answered = self._on_head(msg)
+                answered = self._on_answer(ack) if fused else self._on_head(msg)
                 if answered == "HEAD" or status in (204, 304) or (answered == "CONNECT" and status < 300):
                     length = 0
                 elif cl is None:
@@ -406,10 +399,7 @@ class Framer:
                                   end, ts_ns, frame)
                 return True
             if msg is None:
-                msg = Parsed(False, head, version, base)
-                msg.status = status
-                msg.reason = reason
-                msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
+                msg = _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
         self._first = False
         if head_end + length == len(data):
             msg.raw = data
@@ -498,7 +488,6 @@ class Framer:
             if _REQUEST_START.match(data) is None:
                 return None
             method, target, version = data[:data.find(b"\n")].rstrip(b"\r").split(b" ")
-            status, reason = 0, b""
         else:
             if _RESPONSE_START.match(data) is None or data[9:10] == b"1":
                 return None
@@ -952,6 +941,16 @@ class Framer:
 
     def _frame_at(self, offset: int) -> int:
         return self._find_mark(offset)[2]
+
+
+def _response_head(head: bytes, version: str, start: int, status: int, reason: str, ts_ns: int, frame: int,
+                   ack: int | None, where: int) -> Parsed:
+    """The Parsed of a response head framed from one segment (Framer._fast)."""
+    msg = Parsed(False, head, version, start)
+    msg.status = status
+    msg.reason = reason
+    msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
+    return msg
 
 
 _AGAIN = object()
