@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -40,22 +41,28 @@ def _pythonpath() -> dict:
     return {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
+@contextlib.contextmanager
+def _served(regression: str):
+    proc, url = _serve(regression)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture
 def slow_server():
     """The demo service under uvicorn with 50 ms added to GET /api/products/{id}."""
-    proc, url = _serve("slow")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with _served("slow") as url:
+        yield url
 
 
 @pytest.fixture
 def buggy_server():
     """The demo service under uvicorn answering 500 for GET /api/orders/1001."""
-    proc, url = _serve("bug")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with _served("bug") as url:
+        yield url
 
 
 def replay(pytester: pytest.Pytester, url: str, *args: str):
