@@ -1,15 +1,21 @@
-"""pytest hooks: each a few lines, routing to the ReplaySession kept in config.stash (see session.py)."""
+"""pytest hooks: each a few lines, routing to the role objects of session/ (the run is kept in
+config.stash; the reporting, controller and worker roles are registered as plugins of their own)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from . import options
-from .items import ReplayItem
-from .session import ReplaySession, clashing_plugin
+from .policy.redact import Redactor
+from .session import Collection, ReplayRun, clashing_plugin
+from .session.items import ReplayItem
+from .session.progress import Progress
+from .session.reporting import Reporting
+from .session.xdist import Controller, Worker, is_controller, worker_setup
 
-SESSION = pytest.StashKey[ReplaySession]()
-CLASH = pytest.StashKey[str]()
+RUN = pytest.StashKey[ReplayRun]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -30,35 +36,52 @@ def pytest_configure(config: pytest.Config) -> None:
     if clash:
         raise pytest.UsageError(clash)
     settings = options.load(config)
-    if settings.enabled:
-        config.stash[SESSION] = ReplaySession(config, settings)
+    if not settings.enabled:
+        return
+    setup = worker_setup(config)
+    # Stand-ins are keyed per run (an unkeyed short hash of a card number can be reversed by trying
+    # candidates); xdist workers get the controller's key so they agree.
+    key = setup.redaction_key if setup else os.urandom(16).hex()
+    redactor = Redactor(settings.secret_headers, settings.secret_params,
+                        allow_headers=settings.show_headers or None, allow_fields=settings.show_fields or None,
+                        key=key)
+    controller = is_controller(config)
+    collection = Collection(config, settings, redactor, distributed=controller)
+    run = config.stash[RUN] = ReplayRun(config, settings, collection, redactor,
+                                        Progress(config, worker=setup is not None))
+    if setup is not None:
+        config.pluginmanager.register(Worker(run, setup), "pytest-replay-worker")
+        return
+    config.pluginmanager.register(Reporting(run), "pytest-replay-reporting")
+    if controller:
+        config.pluginmanager.register(Controller(run, redaction_key=key), "pytest-replay-controller")
 
 
-def _session(config: pytest.Config) -> ReplaySession | None:
-    return config.stash.get(SESSION, None)
+def _run(config: pytest.Config) -> ReplayRun | None:
+    return config.stash.get(RUN, None)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
-    session = _session(config)
-    return session.header_lines() if session else None
+    run = _run(config)
+    return run.collection.header_lines() if run else None
 
 
 def pytest_collect_file(file_path, parent):
-    session = _session(parent.config)
-    return session.collect_file(file_path, parent) if session else None
+    run = _run(parent.config)
+    return run.collection.collect_file(file_path, parent, run) if run else None
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
-    replay = _session(config)
-    if replay:
-        replay.filter_items(items)
+    run = _run(config)
+    if run:
+        run.collection.filter_items(items)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    replay = _session(session.config)
-    if replay:
-        replay.check_target(session)
+    run = _run(session.config)
+    if run:
+        run.collection.check_target(session)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +89,7 @@ def replay_target(request: pytest.FixtureRequest):
     """Where captured requests go: the --replay-target option (or the ini's replay_target) by
     default. Override it in conftest.py to return a URL, an ASGI or WSGI app, or an
     httpx.AsyncClient (for example a client bound to your app with extra headers)."""
-    return request.config.stash[SESSION].settings.target
+    return request.config.stash[RUN].settings.target
 
 
 @pytest.fixture(scope="session")
@@ -89,16 +112,16 @@ def replay_outbound():
 def replay_engine(request: pytest.FixtureRequest, replay_target):
     """The running replay: started once, before the first replay item, with every selected item's
     exchange on its schedule; items wait for their own observation."""
-    session = request.config.stash[SESSION]
+    run = request.config.stash[RUN]
     cli_target = request.config.getoption("replay_target")  # the command line wins over a conftest fixture
-    engine = session.start_engine(cli_target if cli_target is not None else replay_target, request.session.items,
-                                  outbound=lambda: request.getfixturevalue("replay_outbound"))
-    if session.settings.judge == "after":
-        session.wait_for_replay(engine)
+    engine = run.start_engine(cli_target if cli_target is not None else replay_target, request.session.items,
+                              outbound=lambda: request.getfixturevalue("replay_outbound"))
+    if run.settings.judge == "after":
+        run.wait_for_replay(engine)
     yield engine
     # -x / --maxfail: pytest tears the session down after the failing item; the rest is not replayed
     stopping = bool(request.session.shouldfail or request.session.shouldstop)
-    session.stop_engine(cancel=stopping)
+    run.stop_engine(cancel=stopping)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -106,47 +129,14 @@ def pytest_runtestloop(session: pytest.Session):
     try:
         return (yield)
     finally:
-        replay = _session(session.config)
-        if replay:
-            replay.stop_engine(cancel=True)
+        run = _run(session.config)
+        if run:
+            run.stop_engine(cancel=True)
 
 
 def pytest_keyboard_interrupt(excinfo) -> None:
-    for replay in ReplaySession.running():
-        replay.stop_engine(cancel=True)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    replay = _session(session.config)
-    if replay:
-        replay.finish(session, exitstatus)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node) -> None:
-    replay = _session(node.config)
-    if replay:
-        replay.configure_node(node)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    replay = _session(config)
-    return replay.make_scheduler(log) if replay else None
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error) -> None:
-    replay = _session(node.config)
-    if replay:
-        replay.node_down(node)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    session = _session(config)
-    if session:
-        session.terminal_summary(terminalreporter)
+    for run in ReplayRun.running():
+        run.stop_engine(cancel=True)
 
 
 __all__ = ["ReplayItem"]

@@ -7,9 +7,49 @@ workers' merged aggregates.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-from .aggregate import ALL, render_table
+from .aggregate import ALL, Aggregate, render_table
+
+
+@dataclass
+class RunResults:
+    """What a replay process did. An xdist worker ships its own to the controller (to_dict /
+    from_dict), which merges them; the report and the evidence are built from the merged one."""
+
+    aggregate: Aggregate = field(default_factory=Aggregate)
+    planned: int = 0
+    sent: int = 0
+    failures: list[str] = field(default_factory=list)  # why the replay stopped, if it did
+    noise: list[str] = field(default_factory=list)  # noise rules learned (the same in every worker)
+    unused_allow: list[str] = field(default_factory=list)  # --replay-allow-write patterns matching nothing
+    write_mode: str = ""
+    notes: list[str] = field(default_factory=list)
+    empty_shard: bool = False  # the shard held none of the capture's connections
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["aggregate"] = self.aggregate.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunResults:
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["aggregate"] = Aggregate.from_dict(data["aggregate"])
+        return cls(**values)
+
+    def merge(self, other: RunResults) -> RunResults:
+        self.aggregate.merge(other.aggregate)
+        self.planned += other.planned
+        self.sent += other.sent
+        self.failures += other.failures
+        # learned from the whole capture, so every process learns the same: the first non-empty wins
+        self.noise = self.noise or list(other.noise)
+        self.unused_allow = self.unused_allow or list(other.unused_allow)
+        self.write_mode = self.write_mode or other.write_mode
+        self.notes += [n for n in other.notes if n not in self.notes]
+        self.empty_shard = self.empty_shard or other.empty_shard  # workers all collect alike
+        return self
 
 
 def _ms(ns: int | None) -> str:
@@ -41,22 +81,12 @@ class RunReport:
     notes: list = field(default_factory=list)
 
     @classmethod
-    def build(cls, session) -> RunReport:
-        report = cls(captures=session.capture_summary())
-        s = session.settings
-        report.target = getattr(session.target, "name", None) or str(s.target or "(replay_target fixture)")
-        report.pace = (f"rate {s.rate:g}/s" if s.rate else "speed 0 (no waiting)" if s.speed == 0
-                       else f"speed {s.speed:g}x")
-        engine, remote = session.engine, session.remote
-        if engine is not None:
-            report.planned = len(engine.plan)
-            report.sent = len(engine.observations())
-            report.failure = str(engine.failure) if engine.failure is not None else ""
-        else:
-            report.planned, report.sent = remote["planned"], remote["sent"]
-            report.failure = "; ".join(remote["failures"])
+    def build(cls, results: RunResults, *, captures: dict, target: str, pace: str, budgets: list) -> RunReport:
+        report = cls(captures=captures, target=target, pace=pace, budgets=list(budgets))
+        report.planned, report.sent = results.planned, results.sent
+        report.failure = "; ".join(results.failures)
         report.interrupted = report.sent < report.planned
-        aggregate = session.aggregate
+        aggregate = results.aggregate
         overall = aggregate.overall
         report.judged = overall.judged
         report.passed = overall.judged - overall.failed
@@ -65,15 +95,13 @@ class RunReport:
         for name, metric in (("lateness", "lateness"), ("latency", "latency"), ("recorded_latency", "recorded")):
             setattr(report, name, {q: aggregate.percentile(None, metric, q) for q in (50, 95, 99, 100)})
         report.table = aggregate.table()
-        report.budgets = list(session.budget_results)
-        report.noise = session._noise_lines() or list(remote["noise"])
-        policy = session.write_policy
-        report.write_mode = policy.mode if policy is not None else remote["write_mode"]
+        report.noise = list(results.noise)
+        report.write_mode = results.write_mode
         report.writes = [(row["endpoint"], row["writes"].get("mocked", 0), row["writes"].get("passed", 0),
                           row["writes"].get("skipped", 0)) for row in report.table
                          if row["writes"] and row["endpoint"] != ALL]
-        report.unused_allow = list(session.unused_allow) or list(remote["unused_allow"])
-        report.notes = list(session.notes)
+        report.unused_allow = list(results.unused_allow)
+        report.notes = list(results.notes)
         return report
 
 

@@ -1,7 +1,7 @@
 """Test items made from captured exchanges, and the collector of a capture file.
 
 An item is one exchange (or a group of them): a pytest.Function whose only fixture is the running
-replay; runtest() waits for its exchange's observation and judges it (session.py does both).
+replay; runtest() waits for its exchange's observation and judges it (the ReplayRun does both).
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from .http.message import Exchange
-from .http.normalize import path_template
-from .policy.redact import Redactor
-from .policy.writes import WRITE_METHODS
+from ..http.message import Exchange
+from ..http.normalize import path_template
+from ..policy.redact import Redactor
+from ..policy.writes import WRITE_METHODS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .session import ReplaySession
+    from .collection import Collection
+    from .run import ReplayRun
 
 MAX_NAME = 100  # item names show at most this much of a request target
 
@@ -52,22 +53,23 @@ class ReplayItem(pytest.Function):
     """One captured exchange (or a group of them) as a test item."""
 
     exchanges: tuple[Exchange, ...]
-    replay: ReplaySession
+    replay: ReplayRun
 
     @classmethod
-    def create(cls, parent, name: str, exchanges: tuple[Exchange, ...], replay: ReplaySession) -> ReplayItem:
+    def create(cls, parent: CaptureFile, name: str, exchanges: tuple[Exchange, ...]) -> ReplayItem:
         item = cls.from_parent(parent, name=name, callobj=_engine_placeholder)
         item.exchanges = exchanges
-        item.replay = replay
+        item.replay = parent.run
+        marker = parent.collection.marker
         first = exchanges[0]
-        item.add_marker(replay.marker("replay", "a test item made from a captured HTTP exchange"))
+        item.add_marker(marker("replay", "a test item made from a captured HTTP exchange"))
         methods = {e.request.method for e in exchanges}
         for method in methods:
-            item.add_marker(replay.marker(f"http_{marker_name(method)}", f"replayed {method} requests"))
+            item.add_marker(marker(f"http_{marker_name(method)}", f"replayed {method} requests"))
         if methods & WRITE_METHODS:
-            item.add_marker(replay.marker("http_write", "replayed POST, PUT, PATCH or DELETE requests"))
+            item.add_marker(marker("http_write", "replayed POST, PUT, PATCH or DELETE requests"))
         for template in {path_template(e.request.target) for e in exchanges}:
-            item.add_marker(replay.marker(f"endpoint_{marker_name(template)}", f"replayed requests to {template}"))
+            item.add_marker(marker(f"endpoint_{marker_name(template)}", f"replayed requests to {template}"))
         replayable = [e for e in exchanges if e.replayable]
         if not replayable:
             reasons = "; ".join(sorted({r for e in exchanges for r in e.reasons if "(request)" in r}))
@@ -140,7 +142,8 @@ def _ms(ns: int | None) -> str:
 class CaptureFile(pytest.File):
     """A capture given with --replay: its exchanges become items."""
 
-    replay: ReplaySession
+    collection: Collection
+    run: ReplayRun
 
     def collect(self) -> Iterator[ReplayItem]:
-        return self.replay.items_for(self)
+        return self.collection.items_for(self)

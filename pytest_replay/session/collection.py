@@ -1,0 +1,189 @@
+"""Captures -> test items: each capture file given with --replay is a collector whose items are
+its exchanges (or groups of them). Captures are read once, at collection."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from ..capture import Capture, CaptureError, CaptureStats, expand_paths
+from ..capture.summary import summary_data
+from ..distribute import partition
+from ..http.message import Exchange
+from ..http.normalize import path_template
+from ..options import Settings
+from ..policy.filters import RequestFilter
+from ..policy.redact import Redactor
+from .items import CaptureFile, ReplayItem, item_name
+
+
+def clashing_plugin() -> str | None:
+    """ESSS's pytest-replay also installs a module named pytest_replay and a --replay flag."""
+    try:
+        dist = metadata.distribution("pytest-replay")
+    except metadata.PackageNotFoundError:
+        return None
+    return (f"pytest-traffic-replay cannot run beside the 'pytest-replay' plugin {dist.version} (ESSS, "
+            "'replay test runs'): both install a module named pytest_replay and both define --replay. "
+            "Fix: pip uninstall pytest-replay, then pip install --force-reinstall pytest-traffic-replay "
+            "(or use separate virtual environments).")
+
+
+def display_path(path: str) -> str:
+    """A path as users see it: relative to the current directory when it is below it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+class Collection:
+    """The captures of the run and the items made of them."""
+
+    def __init__(self, config: pytest.Config, settings: Settings, redactor: Redactor, *, distributed: bool) -> None:
+        self.config = config
+        self.settings = settings
+        self.redactor = redactor
+        try:
+            self.paths = [str(Path(p).resolve()) for p in expand_paths(settings.captures)]
+        except CaptureError as exc:
+            raise pytest.UsageError(f"--replay: {exc}") from None
+        self.stats: CaptureStats | None = None
+        self.exchanges: list[Exchange] | None = None
+        self.error: CaptureError | None = None
+        self.request_filter = RequestFilter(settings.allow_header, settings.disallow_header, settings.sample)
+        self.notes: list[str] = []
+        self.empty_shard = False  # --replay-shard K/N left no replay item in this run
+        self._markers: dict[str, pytest.MarkDecorator] = {}
+        if settings.group == "endpoint" and (distributed or settings.shard):
+            how = "split across xdist workers" if distributed else "sharded"
+            raise pytest.UsageError(f"--replay-group endpoint cannot be {how} (an endpoint's exchanges come from "
+                                    "many connections); use --replay-group connection or exchange")
+        self._point_collection_at_captures(config)
+
+    def _point_collection_at_captures(self, config: pytest.Config) -> None:
+        """`pytest --replay X` collects the captures only; with test paths given too, both."""
+        if config.args_source == pytest.Config.ArgsSource.ARGS:
+            config.args.extend(self.paths)
+        else:
+            config.args[:] = self.paths
+
+    def collect_file(self, file_path, parent, run) -> CaptureFile | None:
+        if str(Path(file_path).resolve()) not in self.paths:
+            return None
+        collector = CaptureFile.from_parent(parent, path=Path(file_path))
+        collector.collection = self
+        collector.run = run
+        return collector
+
+    def load(self) -> list[Exchange]:
+        if self.exchanges is None and self.error is None:
+            capture = Capture([display_path(p) for p in self.paths], server_ports=self.settings.server_ports)
+            try:
+                self.exchanges = list(capture)
+            except CaptureError as exc:
+                self.error = exc
+            self.stats = capture.stats
+        return self.exchanges or []
+
+    @property
+    def loaded(self) -> bool:
+        return self.stats is not None
+
+    def items_for(self, collector: CaptureFile) -> Iterator[ReplayItem]:
+        exchanges = self.load()
+        path = str(collector.path.resolve())
+        if self.error is not None:
+            if str(Path(self.error.file).resolve()) == path or path == self.paths[0]:
+                raise collector.CollectError(f"cannot replay: {self.error}")
+            return
+        mine = [e for e in exchanges if str(Path(e.source.file).resolve()) == path]
+        if not mine:
+            raise collector.CollectError(self._nothing_to_replay(path))
+        group = self.settings.group
+        if group == "exchange":
+            for exchange in mine:
+                yield ReplayItem.create(collector, item_name(exchange, self.redactor), (exchange,))
+            return
+        groups: dict[str, list[Exchange]] = {}
+        for exchange in mine:
+            key = (f"{exchange.request.method} {path_template(exchange.request.target)}" if group == "endpoint"
+                   else f"connection {exchange.connection}")
+            groups.setdefault(key, []).append(exchange)
+        for key, members in groups.items():
+            yield ReplayItem.create(collector, f"{key} ({len(members)} exchanges)", tuple(members))
+
+    def _nothing_to_replay(self, path: str) -> str:
+        stats = self.stats
+        info = next((f for f in stats.files if str(Path(f["path"]).resolve()) == path), {})
+        what = ", ".join(f"{k}: {v}" for k, v in (("packets", info.get("packets")), ("records", info.get("records")))
+                         if v is not None)
+        why = []
+        if stats.skipped_streams:
+            why.append("streams skipped as not HTTP/1.x: " + ", ".join(f"{k} {v}" for k, v in stats.skipped_streams.items()))
+        if stats.not_decoded:
+            why.append("packets not decoded: " + ", ".join(f"{k} ({v})" for k, v in stats.not_decoded.most_common(3)))
+        orphans = sum(stats.orphan_responses.values())
+        if orphans:
+            why.append(f"{orphans} responses without their request")
+        return (f"nothing to replay in {path}: it holds no HTTP/1.x request ({what or 'read'}). "
+                + ("; ".join(why) if why else "No HTTP/1.x traffic was found. For pcaps on unusual ports "
+                   "captured without the SYN, try --replay-server-ports."))
+
+    def marker(self, name: str, description: str) -> pytest.MarkDecorator:
+        """The mark `name`, registered once and shared by every item that carries it (a mark object
+        per item adds up with a hundred thousand items)."""
+        mark = self._markers.get(name)
+        if mark is None:
+            self.config.addinivalue_line("markers", f"{name}: {description}")
+            mark = self._markers[name] = getattr(pytest.mark, name)
+        return mark
+
+    def filter_items(self, items: list) -> None:
+        """Include/exclude patterns, header filters, sampling and the shard: what does not pass is
+        deselected (and reported so)."""
+        shard = self.settings.shard
+        if not (self.settings.include or self.settings.exclude or self.request_filter or shard):
+            return
+        keep, drop = [], []
+        for item in items:
+            if isinstance(item, ReplayItem) and (
+                    not any(self.settings.selects(e.label) and self.request_filter.keep(e.request)
+                            for e in item.exchanges)
+                    or shard and partition(item.exchanges[0].connection, shard[1]) != shard[0] - 1):
+                drop.append(item)
+            else:
+                keep.append(item)
+        if drop:
+            self.config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+        if shard and drop and not any(isinstance(item, ReplayItem) for item in keep):
+            lanes = len({e.connection for item in drop for e in item.exchanges})
+            self.empty_shard = True
+            self.notes.append(f"shard {shard[0]}/{shard[1]} holds none of the capture's {lanes} connection(s): "
+                              "nothing to replay here (the other shards replay them); this run passes")
+
+    def check_target(self, session: pytest.Session) -> None:
+        """No target anywhere is a usage error, before anything runs."""
+        items = [i for i in session.items if isinstance(i, ReplayItem)]
+        if not items or self.settings.target is not None or self.config.option.collectonly:
+            return
+        defs = session._fixturemanager.getfixturedefs("replay_target", items[0]) or ()
+        if all(d.func.__module__ == "pytest_replay.plugin" for d in defs):
+            raise pytest.UsageError(
+                "no replay target: give --replay-target URL (or asgi:module:app, wsgi:module:app, demo), set "
+                "replay_target in the ini file, or define a replay_target fixture in conftest.py returning a "
+                "URL, an ASGI or WSGI app, or an httpx.AsyncClient")
+
+    def header_lines(self) -> list[str]:
+        s = self.settings
+        pace = f"rate {s.rate:g}/s" if s.rate else ("speed 0 (no waiting)" if s.speed == 0 else f"speed {s.speed:g}x")
+        names = ", ".join(display_path(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")
+        shard = f"; shard {s.shard[0]}/{s.shard[1]}" if s.shard else ""
+        return [f"replay: {names}; target {s.target or '(replay_target fixture)'}; {pace}; "
+                f"concurrency {s.concurrency}{shard}"]
+
+    def capture_summary(self) -> dict:
+        return summary_data(self.stats) if self.stats else {}

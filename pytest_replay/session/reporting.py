@@ -1,0 +1,143 @@
+"""The end of a run, in the process that reports (a single process, or the xdist controller once
+the workers' results are in): budgets as test reports, the evidence package, the terminal summary."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ..report.run import RunReport, RunResults, render_terminal
+from .run import ReplayRun, now_iso
+
+
+def pace_text(settings) -> str:
+    s = settings
+    return f"rate {s.rate:g}/s" if s.rate else "speed 0 (no waiting)" if s.speed == 0 else f"speed {s.speed:g}x"
+
+
+class Reporting:
+    """Registered as a pytest plugin beside plugin.py, never in an xdist worker."""
+
+    def __init__(self, run: ReplayRun) -> None:
+        self.run = run
+        self.config = run.config
+        self.settings = run.settings
+        self.collection = run.collection
+        self.budget_results: list = []
+        self._report: RunReport | None = None
+        if self.settings.report:
+            try:  # now, not after the replay: a gate that cannot write its evidence should not run
+                Path(self.settings.report).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise pytest.UsageError(f"--replay-report {self.settings.report}: cannot create the directory "
+                                        f"({exc.strerror or exc})") from None
+
+    @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file: budgets are test cases there
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.run.count_unjudged()
+        results = self.run.results()
+        if results.empty_shard and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+            session.exitstatus = pytest.ExitCode.OK  # one job of a CI matrix with nothing to do is not a failure
+        if not self.collection.loaded:
+            return
+        self.budget_results = self._judge_budgets(session, results)
+        self._report = self._build(results)
+        if self.settings.report:
+            self._write_evidence(session, exitstatus, results)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self._report is None and self.collection.loaded:
+            self._report = self._build(self.run.results())
+        if self._report is not None:
+            for line in render_terminal(self._report, verbose=terminalreporter.config.option.verbose):
+                terminalreporter.write_line(line)
+
+    def _build(self, results: RunResults) -> RunReport:
+        target = getattr(self.run.target, "name", None) or str(self.settings.target or "(replay_target fixture)")
+        return RunReport.build(results, captures=self.collection.capture_summary(), target=target,
+                               pace=pace_text(self.settings), budgets=self.budget_results)
+
+    # -- budgets -----------------------------------------------------------------------------
+    def budgets(self) -> tuple:
+        from ..verdicts.budgets import parse_budgets
+
+        extra = [b for result in self.config.hook.pytest_replay_budgets(config=self.config) for b in (result or ())]
+        try:
+            return tuple(self.settings.budgets) + parse_budgets(extra)
+        except ValueError as exc:
+            raise pytest.UsageError(f"pytest_replay_budgets: {exc}") from None
+
+    def _judge_budgets(self, session: pytest.Session, results: RunResults) -> list:
+        from _pytest.reports import TestReport
+
+        from ..verdicts.budgets import evaluate
+
+        budgets = self.budgets()
+        aggregate = results.aggregate
+        if not budgets or not aggregate.overall.requests and not aggregate.endpoints:
+            return []
+        outcome = evaluate(budgets, aggregate)
+        if self.settings.shard:
+            # A scoped budget may have no request in this shard: the merge of all shards judges it.
+            outcome = [dataclasses.replace(r, passed=True, reason="no request of this shard; judged when the "
+                                           "shards are merged") if not r.passed and r.requests == 0 else r
+                       for r in outcome]
+        hook = self.config.hook
+        for result in outcome:
+            text = str(result.budget)
+            nodeid = f"replay-budgets::{text}"
+            properties = [("measured", result.measured), ("recorded", result.recorded or ""),
+                          ("threshold", result.threshold)]
+            for when in ("setup", "call", "teardown"):
+                failed = when == "call" and not result.passed
+                report = TestReport(nodeid, ("replay-budgets", None, text), {"replay_budget": 1},
+                                    "failed" if failed else "passed", result.line() if failed else None, when,
+                                    user_properties=properties if when == "call" else [])
+                hook.pytest_runtest_logreport(report=report)
+        if any(not r.passed for r in outcome) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return outcome
+
+    # -- evidence ----------------------------------------------------------------------------
+    def _write_evidence(self, session: pytest.Session, exitstatus: int, results: RunResults) -> None:
+        from ..report.evidence import build_evidence, write_evidence
+
+        s, run, report = self.settings, self.run, self._report
+        outcomes = {}
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            outcomes = {key: len(value) for key, value in reporter.stats.items() if key}
+        data = build_evidence(redactor=run.redactor,
+            aggregate=results.aggregate, captures=self.collection.paths,
+            capture_summary=self.collection.capture_summary(),
+            target=report.target, pace={"speed": s.speed, "rate": s.rate, "max_wait_s": s.max_wait,
+                                        "concurrency": s.concurrency, "timeout_s": s.timeout},
+            filters=[f"include {p.pattern}" for p in s.include] + [f"exclude {p.pattern}" for p in s.exclude]
+            + [f"allow-header {h}" for h in s.allow_header] + [f"disallow-header {h}" for h in s.disallow_header],
+            rewrites=[f"set-header {n.decode('latin-1')}" for n, _ in s.set_header] + [str(r) for r in s.rewrite_url],
+            redaction=self._redaction_notes(),
+            sample=report.planned or None, write_policy=report.write_mode or None, budgets=self.budget_results,
+            skipped=run.skipped, incomplete=[e for e in (self.collection.exchanges or ()) if not e.replayable],
+            notes=results.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
+            interrupted=report.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED, planned=report.planned,
+            shard=s.shard, outcomes=outcomes, started=run.started, finished=now_iso(), noise=report.noise)
+        try:
+            path = write_evidence(s.report, data)
+        except OSError as exc:  # a full disk, the directory removed meanwhile: the run fails, saying why
+            self._report.notes.append(f"evidence NOT written to {s.report}: {exc.strerror or exc}")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        self._report.notes.append(f"evidence written to {path}")
+
+    def _redaction_notes(self) -> list[str]:
+        s = self.settings
+        notes = ["secret headers, token-like query parameters and secret JSON/form fields masked as "
+                 "REDACTED-<keyed hash> (equal values, equal stand-ins, within this run)",
+                 "e-mail addresses, Luhn-valid card numbers and phone numbers masked in shown bodies"]
+        notes += [f"secret header: {h}" for h in s.secret_headers] + [f"secret field: {p}" for p in s.secret_params]
+        if s.show_headers or s.show_fields:
+            notes.append(f"allowlist mode: only headers {list(s.show_headers)} and fields {list(s.show_fields)} shown")
+        return notes

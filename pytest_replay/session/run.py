@@ -1,0 +1,229 @@
+"""The replay run: the engine's lifecycle, each item's wait and verdict, and what the run did.
+
+The engine starts with the first replay item (the `replay_engine` session fixture), sends every
+selected request on its own schedule in a background thread, and each item waits for its own
+observation, then asserts on it. What the run did is summed up as `RunResults` at the end.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+
+from ..http.message import Exchange
+from ..options import Settings
+from ..policy.redact import Redactor
+from ..policy.rewrite import Rewrites
+from ..report.aggregate import Aggregate
+from ..report.run import RunResults
+from ..schedule.plan import Timing, build_plan
+from .collection import Collection
+from .items import ReplayItem
+from .progress import Progress
+
+DEFAULT_LEAD_NS = 50_000_000  # from the engine's start to the replay's t0, in a single process
+_running: weakref.WeakSet[ReplayRun] = weakref.WeakSet()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def replayed_exchanges(items: Iterable) -> list[Exchange]:
+    """The exchanges of the replay items that run (not skipped by a marker) and can be replayed."""
+    return [e for item in items if isinstance(item, ReplayItem) and not item.get_closest_marker("skip")
+            for e in item.exchanges if e.replayable]
+
+
+class ReplayRun:
+    """One replay: started by the `replay_engine` fixture, waited on and judged by the items.
+
+    `lanes` chooses the exchanges this process replays (all of them, or an xdist worker's part);
+    `lead_ns` says how long after the engine's start the replay begins (a worker waits for the
+    shared instant)."""
+
+    def __init__(self, config: pytest.Config, settings: Settings, collection: Collection, redactor: Redactor,
+                 progress: Progress) -> None:
+        self.config = config
+        self.settings = settings
+        self.collection = collection
+        self.redactor = redactor
+        self.progress = progress
+        self.lanes: Callable[[list[Exchange]], list[Exchange]] = lambda exchanges: exchanges
+        self.lead_ns: Callable[[Iterable], int] = lambda items: DEFAULT_LEAD_NS
+        self.rewrites = Rewrites(settings.set_header, settings.rewrite_url)
+        self.engine = None
+        self.target = None
+        self.outbound = None  # Outbound, for in-process targets
+        self.write_policy = None
+        self.write_counts = None
+        self.unused_allow: list[str] = []
+        self.decisions: dict[int, str] = {}  # exchange index -> send / mock / skip
+        self.diff_config = None  # DiffConfig, made when the engine starts
+        self.aggregate = Aggregate()  # what this process replayed and how it went
+        self.skipped: list[tuple[Exchange, str]] = []  # selected, not replayed
+        self.counted: set[int] = set()  # exchanges counted in the aggregate
+        self.notes: list[str] = []
+        self.remote = RunResults()  # what other processes did (the xdist controller merges workers' here)
+        self.started = now_iso()
+
+    # -- the engine --------------------------------------------------------------------------
+    def start_engine(self, target_spec, items: Iterable, outbound=None):
+        """Make the target, apply the write policy, rewrites and the production guard, and start
+        the engine with every selected exchange on its schedule."""
+        from ..policy.guard import check_target, recorded_hosts
+        from ..policy.writes import SKIP, WRITE_METHODS, WriteCounts, WritePolicy
+        from ..schedule.engine import Engine
+        from ..targets import make_target
+        from ..targets.inprocess import ASGITarget, WSGITarget
+        from ..targets.mock import PolicyTarget, RecordedWrites
+        from ..targets.outbound import Outbound
+        from ..verdicts.diff import DiffConfig, learn_noise
+
+        s = self.settings
+        exchanges = self.collection.exchanges or ()
+        try:
+            inner = make_target(target_spec, verify=not s.insecure)
+        except (ValueError, TypeError) as exc:
+            pytest.exit(f"replay target: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
+            getattr(getattr(inner, "client", None), "_transport", None), (httpx.ASGITransport, httpx.WSGITransport))
+        url = getattr(inner, "url", None) or getattr(inner, "base", None)
+        if url and not s.force_production:
+            refusal = check_target(str(url), recorded_hosts(exchanges))
+            if refusal:
+                pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
+        self.write_policy = policy = WritePolicy(
+            mode=s.writes or ("pass" if in_process else "mock"), methods=WRITE_METHODS | s.write_methods,
+            allow=s.allow_write, dry_run_header=s.dry_run_header)
+        self.write_counts = WriteCounts()
+        self.unused_allow = policy.unused_allow_patterns(exchanges)
+        noise = learn_noise(exchanges) if s.noise == "auto" else None
+        self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=s.ignore, noise=noise,
+                                      redactor=self.redactor,
+                                      max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
+        planned = []
+        for exchange in self.lanes(replayed_exchanges(items)):
+            decision = policy.decide(exchange)
+            self.decisions[exchange.index] = decision
+            if decision == SKIP:
+                self.write_counts.add(exchange, decision)
+                self.skip(exchange, "write skipped (--replay-writes skip)", write=True)
+            else:
+                planned.append(exchange)
+        timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
+        wire = getattr(inner, "wire", None) or (lambda request: request.raw)
+        plan = build_plan(planned, timing, lambda e: self.rewrites.apply(policy.mark(e.request)), wire)
+        self.target = PolicyTarget(inner, policy, RecordedWrites.from_exchanges(planned, policy.is_write),
+                                   counts=self.write_counts)
+        if outbound is not None and in_process:
+            self.outbound = Outbound(outbound())
+            self.outbound.start()
+        self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
+                             pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items))
+        _running.add(self)
+        self.engine.start()
+        return self.engine
+
+    def _pipeline(self, exchanges: list[Exchange], wire):
+        """Hooks and middleware between a request's deadline and the wire, if the run has any."""
+        from ..policy.middleware import Middleware
+        from ..policy.pipeline import RequestPipeline
+
+        hook = self.config.hook
+        hooked = any(getattr(hook, name).get_hookimpls()
+                     for name in ("pytest_replay_request", "pytest_replay_response"))
+        s = self.settings
+        if not hooked and not s.middleware:
+            return None
+        middleware = Middleware(s.middleware, drop_timeout=s.middleware_drop_timeout,
+                                timeout=s.middleware_timeout) if s.middleware else None
+        return RequestPipeline({e.index: e for e in exchanges}, wire, middleware=middleware,
+                               hook=hook if hooked else None)
+
+    def stop_engine(self, cancel: bool = False) -> None:
+        if self.engine is not None:
+            self.engine.stop(cancel=cancel)
+            _running.discard(self)
+        if self.outbound is not None:
+            self.outbound.stop()
+
+    @staticmethod
+    def running() -> list[ReplayRun]:
+        return list(_running)
+
+    # -- waiting -----------------------------------------------------------------------------
+    def wait_for_replay(self, engine) -> None:
+        """--replay-judge after: the first item waits until the replay is over (with progress lines
+        on a terminal), so pytest's item loop never competes with it."""
+        while not engine.join(self.progress.interval):
+            self.progress.write(engine, None)
+
+    def wait(self, engine, key: int):
+        """An item waits for its own observation, with progress lines while it waits (idle gaps of a
+        long replay)."""
+        while True:
+            try:
+                return engine.wait(key, timeout=self.progress.interval)
+            except TimeoutError:
+                self.progress.write(engine, key)
+
+    # -- verdicts and counts -----------------------------------------------------------------
+    def judge(self, exchange: Exchange, observation):
+        from ..verdicts.diff import compare, render_failure
+
+        error = None if observation.ok else f"{observation.error_kind}: {observation.error}"
+        calls = self.outbound.unrouted(exchange.index) if self.outbound is not None else ()
+        if calls and error is None:
+            shown = "; ".join(self.redactor.text(call) for call in calls[:5])
+            error = (f"outbound call without a replay_outbound route (blocked, nothing left the process): {shown}"
+                     + (f" and {len(calls) - 5} more" if len(calls) > 5 else ""))
+        verdict = compare(exchange.response, observation.response, self.diff_config, exchange=exchange, error=error,
+                          latency_ns=observation.latency_ns, recorded_latency_ns=exchange.recorded_latency_ns)
+        text = "" if verdict.passed else render_failure(
+            exchange, verdict, recorded_latency_ns=exchange.recorded_latency_ns,
+            replayed_latency_ns=observation.latency_ns,
+            replayed_status=observation.response.status if observation.response else None, redactor=self.redactor)
+        text = self.redactor.mask_pii(text)  # e-mails, card and phone numbers in bodies shown in a diff
+        return verdict, text
+
+    def record(self, exchange: Exchange, observation, verdict) -> None:
+        decision = self.decisions.get(exchange.index)
+        write = decision if self.write_policy is not None and self.write_policy.is_write(exchange) else None
+        self.aggregate.add(exchange, observation, verdict, write=write)
+        self.counted.add(exchange.index)
+
+    def skip(self, exchange: Exchange, reason: str, *, write: bool = False) -> None:
+        self.skipped.append((exchange, reason))
+        self.aggregate.skip(exchange, reason, write=write)
+
+    def count_unjudged(self) -> None:
+        """Requests the replay sent but no item judged (an interrupted run): counted all the same,
+        so the summary, the budgets and the evidence say what was done."""
+        if self.engine is None:
+            return
+        by_index = {e.index: e for e in self.collection.exchanges or ()}
+        for observation in self.engine.observations():
+            exchange = by_index.get(observation.key)
+            if exchange is not None and observation.key not in self.counted and observation.error_kind != "dropped":
+                self.record(exchange, observation, None)
+
+    def noise_lines(self) -> list[str]:
+        noise = self.diff_config.noise if self.diff_config is not None else None
+        return list(noise.describe()) if noise is not None and noise.learned else []
+
+    def results(self) -> RunResults:
+        """What this process did, merged with what other processes reported to it."""
+        engine = self.engine
+        own = RunResults(
+            aggregate=self.aggregate, planned=len(engine.plan) if engine else 0,
+            sent=len(engine.observations()) if engine else 0,
+            failures=[str(engine.failure)] if engine is not None and engine.failure is not None else [],
+            noise=self.noise_lines(), unused_allow=list(self.unused_allow),
+            write_mode=self.write_policy.mode if self.write_policy else "",
+            notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard)
+        return RunResults(notes=[]).merge(own).merge(self.remote)
