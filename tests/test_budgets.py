@@ -11,7 +11,7 @@ from hdrh.histogram import HdrHistogram
 from pytest_replay.http.message import Exchange, Request, Response, Source
 from pytest_replay.report.aggregate import (ALL, HIGHEST_US, OTHER, Aggregate, Histogram, _index, _TEMPLATE,
                                             render_table)
-from pytest_replay.targets.base import Observation
+from pytest_replay.schedule.target import Observation
 from pytest_replay.verdicts.budgets import ACCEPTED_FORMS, Scope, evaluate, parse_budget, parse_budgets, render_results
 from pytest_replay.verdicts.diff import Difference, Verdict
 

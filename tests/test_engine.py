@@ -18,7 +18,7 @@ from pytest_replay.http.message import Exchange, Request, Response, Source
 from pytest_replay.schedule.clock import FakeClock, RealClock
 from pytest_replay.schedule.engine import Engine
 from pytest_replay.schedule.plan import PlannedRequest, Timing, build_plan
-from pytest_replay.targets.base import APP_ERROR, CANCELLED, REFUSED, TIMEOUT, TargetError
+from pytest_replay.schedule.target import APP_ERROR, CANCELLED, REFUSED, TIMEOUT, TargetError
 
 MS = 1_000_000
 LEAD = 50 * MS

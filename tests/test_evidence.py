@@ -19,7 +19,7 @@ from pytest_replay.report.aggregate import Aggregate
 from pytest_replay.report.evidence import (FILENAME, SCHEMA, EvidenceError, build_evidence, merge_evidence,
                                            read_evidence, sha256_file, write_evidence)
 from pytest_replay.report.merge import main as merge_main
-from pytest_replay.targets.base import Observation
+from pytest_replay.schedule.target import Observation
 from pytest_replay.verdicts.budgets import evaluate
 
 MS = 1_000_000

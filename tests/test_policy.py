@@ -25,7 +25,7 @@ from pytest_replay.policy.writes import (WRITE_METHODS, WRITE_MODE_FORMS, WriteC
 from pytest_replay.schedule.clock import FakeClock, RealClock
 from pytest_replay.schedule.engine import Engine
 from pytest_replay.schedule.plan import PlannedRequest, Timing, build_plan
-from pytest_replay.targets.base import CANCELLED, TargetError
+from pytest_replay.schedule.target import CANCELLED, TargetError
 from pytest_replay.targets.mock import EXCHANGE_HEADER, NO_RECORDING, PolicyTarget, RecordedWrites
 from pytest_replay.targets.raw import RawTarget
 

@@ -19,7 +19,7 @@ from pytest_replay.schedule.clock import RealClock
 from pytest_replay.schedule.engine import Engine
 from pytest_replay.schedule.plan import PlannedRequest
 from pytest_replay.targets import make_target
-from pytest_replay.targets.base import APP_ERROR, REFUSED, RESET, TIMEOUT, TRUNCATED, UNPARSABLE, TargetError
+from pytest_replay.schedule.target import APP_ERROR, REFUSED, RESET, TIMEOUT, TRUNCATED, UNPARSABLE, TargetError
 from pytest_replay.targets.inprocess import ASGITarget, ClientTarget, WSGITarget
 from pytest_replay.targets.raw import RawTarget, wire_bytes
 

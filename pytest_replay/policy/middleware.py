@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..http.message import Request
 from ..http.parser import fast_message, parse_single
+from ..schedule.target import PipelineFailure
 
 REQUEST, ORIGINAL, REPLAYED = 1, 2, 3
 _HEADER = re.compile(rb"([123]) ([0-9A-Za-z]{1,128}) (-?\d{1,20})(?: (-?\d{1,20}))?\r?\n")
@@ -66,7 +67,7 @@ _EXIT_WAIT_S = 1.0  # after stdout closes, how long to wait for the exit code
 _WAITING, _ANSWERED, _DROPPED_BY_TIME, _DROPPED_BY_ORDER, _DROPPED_AT_CLOSE = range(5)
 
 
-class MiddlewareError(Exception):
+class MiddlewareError(PipelineFailure):
     """The middleware program failed (exited, hung, printed garbage, answered nonsense): the replay must stop."""
 
 

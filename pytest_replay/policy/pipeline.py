@@ -13,16 +13,12 @@ from collections.abc import Callable, Mapping
 
 from ..http.message import Exchange, Request
 from ..schedule.plan import PlannedRequest
-from ..targets.base import Observation
+from ..schedule.target import Dropped, Observation
 from .correlate import DROP, ReplayState
 from .middleware import Middleware, parse_request, record_id
 
 
-class Dropped(Exception):
-    """The hook or the middleware dropped this request (not an error: its item is skipped)."""
-
-
-class RequestPipeline:
+class RequestPipeline:  # implements schedule.target.RequestPipeline
     def __init__(self, exchanges: Mapping[int, Exchange], wire: Callable[[Request], bytes], *,
                  middleware: Middleware | None = None, hook=None, state: ReplayState | None = None) -> None:
         self.exchanges = exchanges

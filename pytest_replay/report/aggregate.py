@@ -45,7 +45,7 @@ ALL = "(all)"
 METRICS = ("latency", "recorded", "lateness")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 WRITE_OUTCOMES = {"mock": "mocked", "send": "passed", "pass": "passed", "skip": "skipped"}  # policy.writes
-CANCELLED = "cancelled"  # targets.base.CANCELLED (kept literal: report/ does not import targets/)
+CANCELLED = "cancelled"  # schedule.target.CANCELLED (kept literal: report/ does not import schedule/)
 
 _TEMPLATE = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
 _UNIT = _TEMPLATE.unit_magnitude
@@ -326,7 +326,7 @@ class Aggregate:
         return stats
 
     def add(self, exchange, observation, verdict=None, *, write: str | None = None) -> None:
-        """Count one replayed exchange. `observation` is its targets.base.Observation; `verdict` its
+        """Count one replayed exchange. `observation` is its schedule.target.Observation; `verdict` its
         verdicts.diff.Verdict (if judged); `write` is "mocked" (answered from the recording, not sent:
         counted, not measured), "passed" (a write sent to the target) or None (a read). The write
         policy's decisions "mock"/"send"/"skip" are accepted too."""

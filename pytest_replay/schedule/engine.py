@@ -22,10 +22,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from ..targets.base import (APP_ERROR, CANCELLED, DROPPED, TIMEOUT, UNPARSABLE, Observation, Target, TargetError,
-                            describe)
 from .clock import Clock, RealClock
 from .plan import PlannedRequest
+from .target import (APP_ERROR, CANCELLED, DROPPED, TIMEOUT, UNPARSABLE, Dropped, Observation, PipelineFailure,
+                     RequestPipeline, Target, TargetError, describe)
 
 SWITCH_INTERVAL_S = 0.0002  # see Engine.start: how fast the engine thread gets the GIL back
 _BURST = 256  # requests dispatched back to back (all due) before the dispatcher yields to the lanes
@@ -76,7 +76,7 @@ class Engine:
     def __init__(self, plan: list[PlannedRequest], target: Target, *, clock: Clock | None = None,
                  concurrency: int = 64, timeout_s: float = 10.0, lead_ns: int = 50_000_000,
                  switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True,
-                 pipeline=None) -> None:
+                 pipeline: RequestPipeline | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         plan = list(plan)
@@ -87,8 +87,7 @@ class Engine:
         if len(self._planned) != len(plan):
             raise ValueError("plan keys must be unique")
         self.target = target
-        # Optional (policy/pipeline.py): async start/close, prepare(planned) -> planned (raises
-        # Dropped), observed(planned, observation). Hooks and middleware run here, in the engine.
+        # Optional (a RequestPipeline, e.g. policy/pipeline.py): hooks and middleware run here, in the engine.
         self.pipeline = pipeline
         self.clock = clock if clock is not None else RealClock()
         self.concurrency = concurrency
@@ -396,14 +395,11 @@ class Engine:
         """A request the pipeline would not let through: recorded as dropped (False: go on), as
         unparsable (a middleware's answer that is not a request), or the whole replay stops (True:
         a broken middleware is a failure of the run)."""
-        from ..policy.middleware import MiddlewareError
-        from ..policy.pipeline import Dropped
-
         now = self.clock.now_ns()
         if isinstance(exc, Dropped):
             self._record(Observation(p.key, deadline, now, None, now, None, DROPPED, str(exc)))
             return False
-        if isinstance(exc, MiddlewareError):
+        if isinstance(exc, PipelineFailure):
             self.failure = exc
             self._record(Observation(p.key, deadline, now, None, now, None, CANCELLED, f"middleware failed: {exc}"))
             self._request_cancel()

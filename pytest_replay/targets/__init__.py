@@ -8,7 +8,7 @@ import importlib
 import inspect
 import sys
 
-from .base import (APP_ERROR, CANCELLED, ERROR_KINDS, REFUSED, RESET, TIMEOUT, TRUNCATED, UNPARSABLE, Observation,
+from ..schedule.target import (APP_ERROR, CANCELLED, ERROR_KINDS, REFUSED, RESET, TIMEOUT, TRUNCATED, UNPARSABLE, Observation,
                    Target, TargetError)
 
 __all__ = ["APP_ERROR", "CANCELLED", "ERROR_KINDS", "REFUSED", "RESET", "TIMEOUT", "TRUNCATED", "UNPARSABLE",

@@ -20,7 +20,7 @@ import httpx
 
 from ..http.message import Request, Response
 from ..schedule.plan import PlannedRequest
-from .base import APP_ERROR, REFUSED, RESET, TIMEOUT, UNPARSABLE, TargetError, describe
+from ..schedule.target import APP_ERROR, REFUSED, RESET, TIMEOUT, UNPARSABLE, TargetError, describe
 from .outbound import CURRENT_EXCHANGE
 
 # Not passed on: hop-by-hop headers, and the framing and Host headers httpx sets itself.

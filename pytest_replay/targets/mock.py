@@ -27,7 +27,7 @@ import respx
 from ..http.message import Request, Response
 from ..policy.writes import MOCK, SEND, SKIP, WRITE_METHODS, WriteCounts, WritePolicy
 from ..schedule.plan import PlannedRequest
-from .base import APP_ERROR, CANCELLED, TargetError, describe
+from ..schedule.target import APP_ERROR, CANCELLED, TargetError, describe
 from .inprocess import SKIPPED_HEADERS, _path
 
 EXCHANGE_HEADER = b"x-replay-exchange"

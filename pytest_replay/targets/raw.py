@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from ..http.message import CLOSED, UNPARSABLE as FLAG_UNPARSABLE, Request, Response
 from ..http.parser import Framer, Lost, Parsed, Stop
 from ..schedule.plan import PlannedRequest
-from .base import REFUSED, RESET, TRUNCATED, UNPARSABLE, TargetError
+from ..schedule.target import REFUSED, RESET, TRUNCATED, UNPARSABLE, TargetError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 9.2.2: safe to resend

@@ -1,4 +1,5 @@
-"""What the engine needs from a target, and what it records for each request (typed values).
+"""What the engine needs from a target and from a request pipeline, and what it records for each
+request (typed values). The engine owns these seams; targets/ and policy/ implement them.
 
 A target sends one request on a lane (the replay connection standing for one captured connection)
 and returns the response, or raises TargetError saying what went wrong. Targets run inside the
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..http.message import Response
-from ..schedule.plan import PlannedRequest
+from .plan import PlannedRequest
 
 # Why a request got no usable response: one code per cause.
 REFUSED = "refused"  # connection refused / could not connect
@@ -110,6 +111,27 @@ class Target(Protocol):
     def close_lane(self, lane: str) -> None:
         """The lane has no more requests: release its connection (optional)."""
         ...
+
+    async def close(self) -> None: ...
+
+
+class Dropped(Exception):
+    """A request pipeline chose not to send this request (not an error: its item is skipped)."""
+
+
+class PipelineFailure(Exception):
+    """The request pipeline itself broke (a middleware that exited or hung): the replay must stop."""
+
+
+class RequestPipeline(Protocol):
+    """Between a request's deadline and the wire (hooks, middleware): `prepare` returns the request
+    to send instead of `planned`, or raises Dropped; `observed` sees each observation."""
+
+    async def start(self) -> None: ...
+
+    async def prepare(self, planned: PlannedRequest) -> PlannedRequest: ...
+
+    async def observed(self, planned: PlannedRequest, observation: Observation) -> None: ...
 
     async def close(self) -> None: ...
 
