@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from importlib import metadata
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+def clashing_plugin() -> str | None:
+    """ESSS's pytest-replay also installs a module named pytest_replay and a --replay flag."""
+    try:
+        dist = metadata.distribution("pytest-replay")
+    except metadata.PackageNotFoundError:
+        return None
+    return (f"pytest-traffic-replay cannot run beside the 'pytest-replay' plugin {dist.version} (ESSS, "
+            "'replay test runs'): both install a module named pytest_replay and both define --replay. "
+            "Fix: pip uninstall pytest-replay, then pip install --force-reinstall pytest-traffic-replay "
+            "(or use separate virtual environments).")
+
 
 GROUPS = ("exchange", "endpoint", "connection")
 DIFF_PARTS = ("status", "headers", "body")
@@ -280,6 +293,9 @@ OPTIONS: tuple[Option, ...] = (
            "work, ~1 ms per item, then never competes with the replay for the CPU and the GIL: best timing and "
            "throughput) or 'during' it (results stream as requests complete). Default: after.", "after",
            choice("--replay-judge", ("after", "during")), metavar="WHEN"),
+    Option("replay_progress_every", "--replay-progress-every", "seconds between progress lines during a long "
+           "replay (shown on a terminal, not under -q). Default: 5.", 5.0, seconds("--replay-progress-every"),
+           metavar="SECONDS"),
     Option("replay_insecure", "--replay-insecure", "do not verify the TLS certificate of an https target "
            "(sandboxes with self-signed certificates). Default: verify.", False, flag_only=True),
 )
@@ -359,6 +375,7 @@ class Settings:
     budgets: tuple = ()
     report: str | None = None
     shard: tuple[int, int] | None = None
+    progress_every: float = 5.0
 
     @property
     def enabled(self) -> bool:
@@ -392,4 +409,5 @@ def load(config: pytest.Config) -> Settings:
         middleware_timeout=value["replay_middleware_timeout"], budgets=value["replay_budget"],
         report=value["replay_report"], shard=value["replay_shard"], secret_headers=value["replay_secret_header"],
         secret_params=value["replay_secret_param"], show_headers=value["replay_show_header"],
-        show_fields=value["replay_show_field"], judge=value["replay_judge"])
+        show_fields=value["replay_show_field"], judge=value["replay_judge"],
+        progress_every=value["replay_progress_every"])

@@ -1,21 +1,23 @@
 """pytest hooks: each a few lines, routing to the role objects of session/ (the run is kept in
-config.stash; the reporting, controller and worker roles are registered as plugins of their own)."""
+config.stash; the reporting, controller and worker roles are registered as plugins of their own).
+
+Installed but unused (no --replay), the plugin imports nothing heavy: session/ and everything
+below it are imported when replay is on."""
 
 from __future__ import annotations
 
-import os
+import sys
 
 import pytest
 
 from . import options
-from .policy.redact import Redactor
-from .session import Collection, ReplayRun, clashing_plugin
-from .session.items import ReplayItem
-from .session.progress import Progress
-from .session.reporting import Reporting
-from .session.xdist import Controller, Worker, is_controller, worker_setup
+from .options import clashing_plugin
 
-RUN = pytest.StashKey[ReplayRun]()
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .session import ReplayRun
+
+RUN = pytest.StashKey["ReplayRun"]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -38,23 +40,9 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = options.load(config)
     if not settings.enabled:
         return
-    setup = worker_setup(config)
-    # Stand-ins are keyed per run (an unkeyed short hash of a card number can be reversed by trying
-    # candidates); xdist workers get the controller's key so they agree.
-    key = setup.redaction_key if setup else os.urandom(16).hex()
-    redactor = Redactor(settings.secret_headers, settings.secret_params,
-                        allow_headers=settings.show_headers or None, allow_fields=settings.show_fields or None,
-                        key=key)
-    controller = is_controller(config)
-    collection = Collection(config, settings, redactor, distributed=controller)
-    run = config.stash[RUN] = ReplayRun(config, settings, collection, redactor,
-                                        Progress(config, worker=setup is not None))
-    if setup is not None:
-        config.pluginmanager.register(Worker(run, setup), "pytest-replay-worker")
-        return
-    config.pluginmanager.register(Reporting(run), "pytest-replay-reporting")
-    if controller:
-        config.pluginmanager.register(Controller(run, redaction_key=key), "pytest-replay-controller")
+    from .session import start
+
+    config.stash[RUN] = start(config, settings)
 
 
 def _run(config: pytest.Config) -> ReplayRun | None:
@@ -135,8 +123,6 @@ def pytest_runtestloop(session: pytest.Session):
 
 
 def pytest_keyboard_interrupt(excinfo) -> None:
-    for run in ReplayRun.running():
+    run_module = sys.modules.get("pytest_replay.session.run")  # not imported: no replay is running
+    for run in run_module.ReplayRun.running() if run_module else ():
         run.stop_engine(cancel=True)
-
-
-__all__ = ["ReplayItem"]

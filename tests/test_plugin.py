@@ -192,14 +192,15 @@ def _run_on_a_terminal(cwd: Path, *args: str) -> str:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
 def test_live_progress_on_a_terminal_quiet_under_q(tmp_path: Path) -> None:
-    # The demo replays at its recorded pace for ~8 s: one progress line after 5 s.
+    # The demo replays in ~2 s at --speed 4: progress lines every 0.5 s.
     import re
 
-    text = _run_on_a_terminal(tmp_path, "--replay", str(DEMO), "--replay-target", "demo")
+    fast = ("--speed", "4", "--replay-progress-every", "0.5")
+    text = _run_on_a_terminal(tmp_path, "--replay", str(DEMO), "--replay-target", "demo", *fast)
     assert re.search(r"\[replay\] \d+/259 sent \([\d.]+/s\), \d+ done, 0 errors, p95 so far [\d.]+ ms, "
                      r"lateness p99 [\d.]+ ms", text), text[-2000:]
     assert "259 passed" in text
-    quiet = _run_on_a_terminal(tmp_path, "--replay", str(DEMO), "--replay-target", "demo", "-q")
+    quiet = _run_on_a_terminal(tmp_path, "--replay", str(DEMO), "--replay-target", "demo", "-q", *fast)
     assert "259 passed" in quiet and "[replay]" not in quiet
 
 

@@ -13,7 +13,39 @@
 
 from __future__ import annotations
 
-from .collection import Collection, clashing_plugin
-from .run import ReplayRun
+import os
 
-__all__ = ["Collection", "ReplayRun", "clashing_plugin"]
+import pytest
+
+from ..options import Settings
+from ..policy.redact import Redactor
+from .collection import Collection
+from .progress import Progress
+from .reporting import Reporting
+from .run import ReplayRun
+from .xdist import Controller, Worker, is_controller, worker_setup
+
+
+def start(config: pytest.Config, settings: Settings) -> ReplayRun:
+    """Make the run's objects and register the roles this process plays."""
+    setup = worker_setup(config)
+    # Stand-ins are keyed per run (an unkeyed short hash of a card number can be reversed by trying
+    # candidates); xdist workers get the controller's key so they agree.
+    key = setup.redaction_key if setup else os.urandom(16).hex()
+    redactor = Redactor(settings.secret_headers, settings.secret_params,
+                        allow_headers=settings.show_headers or None, allow_fields=settings.show_fields or None,
+                        key=key)
+    controller = is_controller(config)
+    collection = Collection(config, settings, redactor, distributed=controller)
+    run = ReplayRun(config, settings, collection, redactor,
+                    Progress(config, worker=setup is not None, every_s=settings.progress_every))
+    if setup is not None:
+        config.pluginmanager.register(Worker(run, setup), "pytest-replay-worker")
+        return run
+    config.pluginmanager.register(Reporting(run), "pytest-replay-reporting")
+    if controller:
+        config.pluginmanager.register(Controller(run, redaction_key=key), "pytest-replay-controller")
+    return run
+
+
+__all__ = ["Collection", "ReplayRun", "start"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,6 @@ from ..options import Settings
 from ..policy.filters import RequestFilter
 from ..policy.redact import Redactor
 from .items import CaptureFile, ReplayItem, item_name
-
-
-def clashing_plugin() -> str | None:
-    """ESSS's pytest-replay also installs a module named pytest_replay and a --replay flag."""
-    try:
-        dist = metadata.distribution("pytest-replay")
-    except metadata.PackageNotFoundError:
-        return None
-    return (f"pytest-traffic-replay cannot run beside the 'pytest-replay' plugin {dist.version} (ESSS, "
-            "'replay test runs'): both install a module named pytest_replay and both define --replay. "
-            "Fix: pip uninstall pytest-replay, then pip install --force-reinstall pytest-traffic-replay "
-            "(or use separate virtual environments).")
 
 
 def display_path(path: str) -> str:

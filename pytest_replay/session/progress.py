@@ -7,9 +7,6 @@ import time
 
 import pytest
 
-PROGRESS_EVERY_S = 5.0  # the default interval (--replay-progress-every)
-
-
 def _isatty(reporter) -> bool:
     """TerminalReporter.isatty: an attribute up to pytest 8.3, a method since 8.4."""
     isatty = reporter.isatty
@@ -17,7 +14,7 @@ def _isatty(reporter) -> bool:
 
 
 class Progress:
-    def __init__(self, config: pytest.Config, *, worker: bool, every_s: float = PROGRESS_EVERY_S) -> None:
+    def __init__(self, config: pytest.Config, *, worker: bool, every_s: float) -> None:
         self.config = config
         self.worker = worker
         self.every_s = every_s
