@@ -1,0 +1,7 @@
+"""pytest-traffic-replay: captured HTTP traffic replayed as pytest items.
+
+The packages, in the order data flows through them (docs/architecture.md draws it):
+capture -> reassembly -> http -> policy -> schedule / targets -> verdicts -> report, with
+session/ (one object per role of a pytest run) and plugin.py (pytest's hooks) on top, and cli.py
+(`python -m pytest_replay inspect | convert | redact | merge`) beside them.
+"""
