@@ -13,6 +13,8 @@ import pytest
 
 from pytest_replay.capture import load
 
+pytestmark = pytest.mark.usefixtures("both_framer_paths")  # fast path and reference path
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
 CASES = sorted(FIXTURES.glob("*/*.expect.json"))
 

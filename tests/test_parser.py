@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_replay.http.message import CAPTURE_ENDED, CLOSED, GAP, TRUNCATED, UNPARSABLE
-from pytest_replay.http.parser import Framer, Lost, Parsed, Stop, parse_single
+from pytest_replay.http.parser import Framer, Lost, Parsed, Stop, fast_message, parse_single
+
+pytestmark = pytest.mark.usefixtures("both_framer_paths")  # fast path and reference path
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -299,6 +301,14 @@ def test_100_continue_then_final_response() -> None:
         out = frame(False, pieces, methods=["POST"])
         assert [(m.status, m.body, m.raw) for m in out] == [(100, b"", interim), (201, b"done", final)]
         assert out[1].start == len(interim)
+
+
+def test_interim_response_with_content_length_has_no_body() -> None:
+    # Found by the fast-vs-reference property test: the fast path took a 1xx's Content-Length
+    # as a body length; a 1xx response never has a body (RFC 9110 15.2).
+    out = frame(False, [b"HTTP/1.1 100 Continue\r\nContent-Length: 2\r\n\r\nHTTP/1.1 200 OK\r\n"
+                        b"Content-Length: 2\r\n\r\nok"], methods=["POST"], check_signature=False)
+    assert [(m.status, m.body) for m in messages(out)] == [(100, b""), (200, b"ok")]
 
 
 def test_101_switching_protocols_is_a_message_then_stop() -> None:
@@ -808,3 +818,72 @@ def test_broken_chunk_framing_cut_inside_next_start_line() -> None:
     cut = BROKEN_CHUNK.index(b"HTTP/1.1 200 OK\r\nContent-Length") + 1
     out = messages(frame(False, [BROKEN_CHUNK[:cut], BROKEN_CHUNK[cut:]], methods=["GET", "GET"]))
     assert [(m.status, m.body) for m in out][-1] == (200, b"ok")
+
+
+# -- the fast path against the reference path ------------------------------------------------------
+
+_TOKENS = st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "PURGE", "M-SEARCH"])
+_HEADER_NAMES = st.sampled_from([b"Host", b"Accept", b"X-Id", b"Cookie", b"content-type", b"X-Empty"])
+_VALUES = st.binary(max_size=12).map(lambda b: bytes(c for c in b if 0x20 <= c < 0x7f))
+
+
+@st.composite
+def _message(draw, is_request: bool) -> tuple[bytes, str | None]:
+    """A random HTTP/1.x message (and, for a response, the method it answers): random start line,
+    headers, and a body framed by Content-Length, chunked, or nothing; sometimes a bare LF."""
+    method = draw(_TOKENS)
+    if is_request:
+        path = draw(st.text("abc/?=&%", min_size=0, max_size=10))
+        start = f"{method} /{path} HTTP/1.{draw(st.integers(0, 1))}".encode()
+    else:
+        status = draw(st.sampled_from([200, 201, 204, 304, 404, 500, 100]))
+        start = f"HTTP/1.1 {status} {draw(st.sampled_from(['OK', 'Meh', '']))}".encode()
+    headers = [name + b": " + draw(_VALUES) for name in draw(st.lists(_HEADER_NAMES, max_size=4))]
+    body = draw(st.binary(max_size=40))
+    framing = draw(st.sampled_from(["length", "chunked", "none"]))
+    if framing == "length" or (framing == "none" and not is_request):
+        headers.append(b"Content-Length: %d" % len(body))
+    elif framing == "chunked":
+        headers.append(b"Transfer-Encoding: chunked")
+        body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:7], body[7:]) if c) + b"0\r\n\r\n"
+    else:
+        body = b""
+    eol = b"\n" if draw(st.integers(0, 9)) == 0 else b"\r\n"
+    return eol.join([start, *headers, b"", b""])[:-len(eol)] + eol + body, (None if is_request else method)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fast_path_agrees_with_reference_on_random_messages(data) -> None:
+    """Random messages, joined and cut at random: the fast path frames exactly what the reference
+    path (Framer(fast=False)) frames, event for event."""
+    is_request = data.draw(st.booleans(), label="is_request")
+    parts = data.draw(st.lists(_message(is_request), min_size=1, max_size=5), label="messages")
+    stream = b"".join(p[0] for p in parts)
+    methods = None if is_request else [p[1] for p in parts]
+    cuts = data.draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=8), label="cuts")
+    pieces = split_at(stream, cuts)
+    options = data.draw(FRAMER_OPTIONS, label="options")
+    fast = _run(is_request, pieces, methods, fast=True, **options)
+    reference = _run(is_request, pieces, methods, fast=False, **options)
+    assert fast[:3] == reference[:3]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fast_message_agrees_with_parse_single(data) -> None:
+    """A whole .gor record: fast_message() either declines (None) or gives what parse_single()
+    parses, field for field."""
+    is_request = data.draw(st.booleans(), label="is_request")
+    raw, method = data.draw(_message(is_request), label="message")
+    fast = fast_message(raw, is_request, method)
+    msg, error, extra = parse_single(raw, is_request, method=method)
+    if fast is None:
+        return
+    assert msg is not None and not error and not extra and not msg.flags and not msg.lf_only
+    assert (fast.head, fast.headers, fast.body, fast.raw, fast.version) == (msg.head, msg.headers, msg.body,
+                                                                           msg.raw, msg.version)
+    if is_request:
+        assert (fast.method, fast.target) == (msg.method, msg.target)
+    else:
+        assert (fast.status, fast.reason) == (msg.status, msg.reason)

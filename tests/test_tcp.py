@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from pytest_replay.http.message import CAPTURE_ENDED, CLOSED, GAP, TRUNCATED
 from pytest_replay.reassembly.tcp import MASK, MAX_WAITING, Stream, seq_diff
 
+pytestmark = pytest.mark.usefixtures("both_framer_paths")  # fast path and reference path
+
 
 class Sink:
     """Records what the stream hands to its framer."""

@@ -257,15 +257,21 @@ def framing_headers(head: bytes) -> tuple[bytes | None, bytes | None]:
 
 
 class Framer:
-    """Frames the messages of one direction. See the module docstring for the protocol."""
+    """Frames the messages of one direction. See the module docstring for the protocol.
+
+    `fast` (default: the class attribute, True) lets whole messages at the start of a feed skip
+    the buffer (`_fast`); the general path is the reference, and the tests run both."""
+
+    fast_path = True
 
     def __init__(self, is_request: bool, *, on_head: Callable[[Parsed], str | None] | None = None,
                  on_message: Callable[[Parsed], None] | None = None,
                  on_request: Callable[[Request, int, int, int, int], None] | None = None,
                  on_answer: Callable[[int | None], str | None] | None = None,
                  on_response: Callable[[Response, int, int, int], None] | None = None, resync: bool = False,
-                 check_signature: bool = True, cut_code: str = CLOSED) -> None:
+                 check_signature: bool = True, cut_code: str = CLOSED, fast: bool | None = None) -> None:
         self.is_request = is_request
+        self.fast = self.fast_path if fast is None else fast
         # Called when a request head or a final response head is parsed, before its body. For a
         # response it returns the method of the request it answers (HEAD and CONNECT change the
         # framing): the connection pairs the response with its request there.
@@ -314,7 +320,8 @@ class Framer:
         offset they came from stamp the messages that start or end in them."""
         if not data or self._state == STOPPED:
             return
-        if self._state == HEAD and not self._buf and not self._first and self._fast(data, ts_ns, frame, ack, where):
+        if (self._state == HEAD and not self._buf and not self._first and self.fast
+                and self._fast(data, ts_ns, frame, ack, where)):
             return
         self._append(data, ts_ns, frame, ack, where)
 
@@ -328,44 +335,22 @@ class Framer:
 
         Returns False (nothing changed) when the general path must handle it; once the head's
         callback has run it always finishes the job, loading the buffer if the body goes on.
-        The strict httptools parse is inlined from parse_head(): this runs once per message.
+        The general path is the reference: Framer(fast=False) never takes this one, and the parser
+        and reader tests run both ways.
         """
-        end = data.find(_CRLF2)
-        if end < 0 or data[0] in (13, 10):
+        strict = _strict_head(data, self.is_request, self._completion)
+        if strict is None:
             return False
-        head_end = end + 4
+        head_end, head, line, cl = strict
         size = len(data)
-        head = data if head_end == size else data[:head_end]
         is_request = self.is_request
-        completion = self._completion  # requests only
-        if is_request:
-            completion.done = False
-        try:
-            (_RequestParser(completion) if is_request else _ResponseParser(_NO_CALLBACKS)).feed_data(head)
-        except _Upgrade:
-            if is_request:
-                completion.done = False  # an upgrade may still have a body: read the headers
-        except _ParserError:
-            return False  # the general path reports it, or parses it leniently
-        te = cl = None
-        if not is_request or not completion.done:  # (done: no framing headers, see Completion)
-            for name, value in _FRAMING.findall(head):
-                if te is not None or cl is not None or len(name) != 14:
-                    return False  # Transfer-Encoding or repeated Content-Length: the general path
-                cl = value.rstrip(b" \t")
-                if not cl.isdigit():
-                    return False
-        line = head[:head.find(b"\r\n")]
         base = self._base
         length = int(cl) if cl is not None else 0
         if is_request:
-            parts = line.split()
-            if len(parts) != 3:
+            start = _request_line(line)
+            if start is None:
                 return False
-            method, target, version = parts
-            method = _METHODS.get(method) or method.decode("latin-1")
-            target = target.decode("latin-1")
-            version = _VERSIONS.get(version) or version[5:].decode("latin-1")
+            method, target, version = start
             if head_end + length == size and self._on_request is not None and not self._pending:
                 # The whole request in this segment, nothing framed before it waiting: straight
                 # to a Request (no Parsed, one callback instead of on_head and on_message).
@@ -390,6 +375,8 @@ class Framer:
                     length = 0
                 elif cl is None:
                     length = -1  # the body runs until the connection closes
+            else:
+                length = 0  # an interim (1xx) response has no body, whatever its headers say
             if fused and head_end + length == size and not self._pending:
                 # The whole final response in this segment: straight to a Response (no Parsed).
                 self._first = False
@@ -953,27 +940,20 @@ def _response_head(head: bytes, version: str, start: int, status: int, reason: s
     return msg
 
 
-_AGAIN = object()
-_CUT = {CLOSED: "connection closed", CAPTURE_ENDED: "capture ended", TRUNCATED: "data ends"}
-
-
-def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
-                 completion: Completion | None = None) -> Request | Response | None:
-    """One whole message in `data` (a .gor record), in the common case only: a CRLF head that
-    httptools accepts strictly, no Transfer-Encoding, a body exactly as long as the framing says.
-    Returns None for anything else; parse_single() then handles it (and says what is wrong).
-    A caller parsing many requests passes a Completion of its own (made here otherwise).
-    """
+def _strict_head(data: bytes, is_request: bool, completion: Completion | None
+                 ) -> tuple[int, bytes, bytes, bytes | None] | None:
+    """The common case of a message starting `data`: a whole CRLF head that httptools accepts
+    strictly, with no Transfer-Encoding and at most one numeric Content-Length. Returns (end of the
+    head, the head, its start line, the Content-Length digits or None), or None for anything else
+    (the general path then parses it, leniently, or says what is wrong). `completion` (requests
+    only) is reused across calls. The fast paths of Framer and fast_message() share it."""
     end = data.find(_CRLF2)
     if end < 0 or data[0] in (13, 10):
         return None
     head_end = end + 4
     head = data if head_end == len(data) else data[:head_end]
     if is_request:
-        if completion is None:
-            completion = Completion()
-        else:
-            completion.done = False
+        completion.done = False
     try:
         (_RequestParser(completion) if is_request else _ResponseParser(_NO_CALLBACKS)).feed_data(head)
     except _Upgrade:
@@ -986,22 +966,50 @@ def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
         framing = _FRAMING.findall(head)
         if framing:
             if len(framing) > 1 or len(framing[0][0]) != 14:
-                return None
+                return None  # Transfer-Encoding or repeated Content-Length: the general path
             cl = framing[0][1].rstrip(b" \t")
             if not cl.isdigit():
                 return None
+    return head_end, head, head[:head.find(b"\r\n")], cl
+
+
+def _request_line(line: bytes) -> tuple[str, str, str] | None:
+    """(method, target, version) of a request line httptools accepted, or None if it does not
+    have exactly three parts."""
+    parts = line.split()
+    if len(parts) != 3:
+        return None
+    method, target, version = parts
+    return (_METHODS.get(method) or method.decode("latin-1"), target.decode("latin-1"),
+            _VERSIONS.get(version) or version[5:].decode("latin-1"))
+
+
+_AGAIN = object()
+_CUT = {CLOSED: "connection closed", CAPTURE_ENDED: "capture ended", TRUNCATED: "data ends"}
+
+
+def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
+                 completion: Completion | None = None) -> Request | Response | None:
+    """One whole message in `data` (a .gor record), in the common case only: a CRLF head that
+    httptools accepts strictly, no Transfer-Encoding, a body exactly as long as the framing says.
+    Returns None for anything else; parse_single() then handles it (and says what is wrong).
+    A caller parsing many requests passes a Completion of its own (made here otherwise).
+    """
+    if is_request and completion is None:
+        completion = Completion()
+    strict = _strict_head(data, is_request, completion)
+    if strict is None:
+        return None
+    head_end, head, line, cl = strict
     body_length = len(data) - head_end
-    line = head[:head.find(b"\r\n")]
     if is_request:
         if body_length != (int(cl) if cl is not None else 0):
             return None
-        parts = line.split()
-        if len(parts) != 3:
+        start = _request_line(line)
+        if start is None:
             return None
-        verb, target, version = parts
-        return Request(_METHODS.get(verb) or verb.decode("latin-1"), target.decode("latin-1"),
-                       _VERSIONS.get(version) or version[5:].decode("latin-1"), head,
-                       data[head_end:] if body_length else b"", data)
+        method, target, version = start
+        return Request(method, target, version, head, data[head_end:] if body_length else b"", data)
     status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
     if status < 200 or status in (204, 304) or method == "HEAD" or (method == "CONNECT" and status < 300):
         expected = 0
