@@ -117,7 +117,8 @@ class ReplaySession:
                                  key=self.redaction_key)
         self.controller = workerinput is None and bool(getattr(config.option, "numprocesses", None)
                                                        or getattr(config.option, "tx", None))
-        self.remote = {"planned": 0, "sent": 0, "failures": [], "noise": [], "unused_allow": [], "write_mode": ""}
+        self.remote = {"planned": 0, "sent": 0, "failures": [], "noise": [], "unused_allow": [], "write_mode": "",
+                       "escaped": []}
         if self.controller and settings.group == "endpoint":
             raise pytest.UsageError("--replay-group endpoint cannot be split across xdist workers (an endpoint's "
                                     "exchanges come from many connections); use --replay-group connection or exchange")
@@ -295,7 +296,7 @@ class ReplaySession:
         self.target = PolicyTarget(inner, policy, RecordedWrites.from_exchanges(planned, policy.is_write),
                                    counts=self.write_counts)
         if outbound is not None and in_process:
-            self.outbound = Outbound(outbound())
+            self.outbound = Outbound(outbound(), allow=s.allow_host)
             self.outbound.start()
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              pipeline=self._pipeline(planned, wire), lead_ns=self._lead_ns(items))
@@ -355,11 +356,8 @@ class ReplaySession:
         from .verdicts.diff import compare, render_failure
 
         error = None if observation.ok else f"{observation.error_kind}: {observation.error}"
-        calls = self.outbound.unrouted(exchange.index) if self.outbound is not None else ()
-        if calls and error is None:
-            shown = "; ".join(self.redactor.text(call) for call in calls[:5])
-            error = (f"outbound call without a replay_outbound route (blocked, nothing left the process): {shown}"
-                     + (f" and {len(calls) - 5} more" if len(calls) > 5 else ""))
+        blocked = self.outbound.failure(exchange.index, self.redactor.text) if self.outbound is not None else None
+        error = error or blocked
         verdict = compare(exchange.response, observation.response, self.verdicts, exchange=exchange, error=error,
                           latency_ns=observation.latency_ns, recorded_latency_ns=exchange.recorded_latency_ns)
         text = "" if verdict.passed else render_failure(
@@ -486,6 +484,7 @@ class ReplaySession:
         remote["noise"] = remote["noise"] or output["noise"]
         remote["unused_allow"] = remote["unused_allow"] or output["unused_allow"]
         remote["write_mode"] = remote["write_mode"] or output["write_mode"]
+        remote["escaped"] += output.get("escaped", [])
         self.notes += [n for n in output["notes"] if n not in self.notes]
         self.empty_shard = self.empty_shard or output.get("empty_shard", False)  # workers all collect alike
 
@@ -503,12 +502,17 @@ class ReplaySession:
                 "failures": [str(engine.failure)] if engine is not None and engine.failure is not None else [],
                 "noise": self._noise_lines(), "unused_allow": list(self.unused_allow),
                 "write_mode": self.write_policy.mode if self.write_policy else "",
-                "notes": self.notes, "empty_shard": self.empty_shard}
+                "notes": self.notes, "empty_shard": self.empty_shard,
+                "escaped": self.outbound.escaped() if self.outbound is not None else []}
             return
         if self.empty_shard and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
             session.exitstatus = pytest.ExitCode.OK  # one job of a CI matrix with nothing to do is not a failure
         if self.stats is None and not self.controller:
             return
+        escaped = self.remote["escaped"] + (self.outbound.escaped() if self.outbound is not None else [])
+        if escaped:  # blocked outbound calls of the app that no exchange can answer for
+            from .targets.outbound import fail_run
+            self.notes.append(fail_run(session, escaped, self.redactor.text))
         self.budget_results = self._judge_budgets(session)
         if self.settings.report:
             self._write_evidence(session, exitstatus)

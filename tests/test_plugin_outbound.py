@@ -181,6 +181,7 @@ class Upstream:
         self._dir = tempfile.mkdtemp(prefix="rp-")  # short: a UNIX socket path has ~100 bytes at most
         self.unix_path = os.path.join(self._dir, "db.sock")
         self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         log = self.tcp
@@ -220,9 +221,12 @@ class Upstream:
             self._threads.append(thread)
 
     def _receive_udp(self) -> None:
-        while True:
+        self.udp_sock.settimeout(0.1)  # closing a socket does not wake a thread blocked on it
+        while not self._stopping.is_set():
             try:
                 self.udp.append(self.udp_sock.recv(65536))
+            except TimeoutError:
+                continue
             except OSError:
                 return
 
@@ -238,6 +242,7 @@ class Upstream:
                 conn.sendall(b"unix got " + data)
 
     def stop(self) -> None:
+        self._stopping.set()
         self.http.shutdown()
         self.http.server_close()
         self.udp_sock.close()
@@ -289,7 +294,8 @@ def test_app_network_calls_are_blocked_and_fail_their_exchange(pytester: pytest.
     section = failure_of(text, "/udp")
     assert f"127.0.0.1:{upstream.udp_port}" in section and "--replay-allow-host" in section, section
     # The thread's call is tied to no exchange: the run fails, naming it.
-    run_failure = text[text.index("replay-outbound"):]
+    run_failure = failure_of(text.replace("_ calls tied to no exchange _", "_ GET calls #"), "calls")
+    assert "tied to no exchange" in run_failure
     assert f"connection to {where}" in run_failure and f"--replay-allow-host {where}" in run_failure
     assert "app-notifier" in run_failure
     result.assert_outcomes(passed=2, failed=len(tcp_calls) + 2)  # /thread, /unix; the TCP calls, /udp, the run
@@ -346,3 +352,14 @@ def pytest_unconfigure(config):
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*patched after the run: nothing*"])
     assert upstream.tcp == []
+
+
+def test_under_xdist_a_workers_untied_call_fails_the_run(pytester: pytest.Pytester, upstream: Upstream) -> None:
+    recorded = capture(pytester.path / "calls.gor", ("/urllib", "/thread", "/unix"))
+    pytester.makeconftest(FLASK_APP)
+    result = pytester.runpytest_subprocess("--replay", str(recorded), "--speed", "0", "-p", "no:cacheprovider",
+                                           "-n", "2")
+    assert upstream.tcp == []
+    result.assert_outcomes(passed=2, failed=2)  # /thread and /unix pass; /urllib and the run fail
+    text = result.stdout.str()
+    assert f"--replay-allow-host 127.0.0.1:{upstream.port}, from thread 'app-notifier'" in text
