@@ -119,6 +119,11 @@ def _allow_write(text: str):
     return _policy("--replay-allow-write", parse_allow_write)(text)
 
 
+def _allow_host(text: str):
+    from .targets.blocker import parse_allow_host
+    return _policy("--replay-allow-host", parse_allow_host)(text)
+
+
 def _write_methods(text: str) -> frozenset[str]:
     from .policy.writes import write_methods
     return _policy("--replay-write-methods", lambda t: write_methods([t]))(text)
@@ -240,6 +245,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_allow_write", "--replay-allow-write", "send writes matching 'METHOD PATH_REGEX [@HOST]' "
            "(METHOD may be a comma list or *), e.g. 'POST ^/api/cart/items$' (repeatable). Default: none.",
            many=True, convert=_allow_write, metavar="PATTERN"),
+    Option("replay_allow_host", "--replay-allow-host", "during an in-process replay, let the app reach HOST "
+           "(any port) or HOST:PORT, e.g. its database on 127.0.0.1:5432 (repeatable). Every other TCP connection "
+           "or UDP datagram to an IPv4/IPv6 address is blocked and fails the exchange that made it (or the run, "
+           "for a call tied to no exchange); UNIX sockets are never blocked. Default: none.", many=True,
+           convert=_allow_host, metavar="HOST[:PORT]"),
     Option("replay_write_methods", "--replay-write-methods", "more methods treated as writes (comma-separated, "
            "e.g. PURGE,LOCK). Default: POST, PUT, PATCH, DELETE.", frozenset(), _write_methods, metavar="METHODS"),
     Option("replay_dry_run_header", "--replay-dry-run-header", "header added to writes that are sent, so the "
@@ -356,6 +366,7 @@ class Settings:
     insecure: bool = False
     writes: str | None = None  # None: mock for network targets, pass for in-process apps
     allow_write: tuple = ()
+    allow_host: tuple = ()  # AllowedHost values (targets.blocker)
     write_methods: frozenset[str] = frozenset()
     dry_run_header: tuple[bytes, bytes] | None = None
     set_header: tuple = ()
@@ -401,6 +412,7 @@ def load(config: pytest.Config) -> Settings:
         noise=value["replay_noise"], max_latency=value["replay_max_latency"], group=value["replay_group"],
         server_ports=value["replay_server_ports"], insecure=value["replay_insecure"], writes=value["replay_writes"],
         allow_write=value["replay_allow_write"], write_methods=value["replay_write_methods"],
+        allow_host=value["replay_allow_host"],
         dry_run_header=value["replay_dry_run_header"], set_header=value["replay_set_header"],
         rewrite_url=value["replay_rewrite_url"], allow_header=value["replay_allow_header"],
         disallow_header=value["replay_disallow_header"], sample=value["replay_sample"],

@@ -83,8 +83,9 @@ def replay_target(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def replay_outbound():
     """The respx router answering an in-process app's own outbound httpx calls during the replay.
-    Extend it in conftest.py (a call without a route fails the exchange that made it, and nothing
-    leaves the process)::
+    Extend it in conftest.py (a call without a route, to a host not allowed with --replay-allow-host,
+    fails the exchange that made it, and nothing leaves the process; other libraries' calls are
+    blocked at socket level)::
 
         @pytest.fixture(scope="session")
         def replay_outbound(replay_outbound):

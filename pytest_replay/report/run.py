@@ -26,6 +26,7 @@ class RunResults:
     write_mode: str = ""
     notes: list[str] = field(default_factory=list)
     empty_shard: bool = False  # the shard held none of the capture's connections
+    escaped: list[str] = field(default_factory=list)  # an in-process app's blocked calls tied to no exchange
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -49,6 +50,7 @@ class RunResults:
         self.write_mode = self.write_mode or other.write_mode
         self.notes += [n for n in other.notes if n not in self.notes]
         self.empty_shard = self.empty_shard or other.empty_shard  # workers all collect alike
+        self.escaped += other.escaped
         return self
 
 

@@ -42,6 +42,10 @@ class Reporting:
             session.exitstatus = pytest.ExitCode.OK  # one job of a CI matrix with nothing to do is not a failure
         if not self.collection.loaded:
             return
+        if results.escaped:  # blocked outbound calls of the app that no exchange can answer for
+            from ..targets.outbound import fail_run
+
+            results.notes.append(fail_run(session, results.escaped, self.run.redactor.text))
         self.budget_results = self._judge_budgets(session, results)
         self._report = self._build(results)
         if self.settings.report:

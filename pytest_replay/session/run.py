@@ -121,7 +121,7 @@ class ReplayRun:
         self.target = PolicyTarget(inner, policy, RecordedWrites.from_exchanges(planned, policy.is_write),
                                    counts=self.write_counts)
         if outbound is not None and in_process:
-            self.outbound = Outbound(outbound())
+            self.outbound = Outbound(outbound(), allow=s.allow_host)
             self.outbound.start()
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items))
@@ -177,11 +177,8 @@ class ReplayRun:
         from ..verdicts.diff import compare, render_failure
 
         error = None if observation.ok else f"{observation.error_kind}: {observation.error}"
-        calls = self.outbound.unrouted(exchange.index) if self.outbound is not None else ()
-        if calls and error is None:
-            shown = "; ".join(self.redactor.text(call) for call in calls[:5])
-            error = (f"outbound call without a replay_outbound route (blocked, nothing left the process): {shown}"
-                     + (f" and {len(calls) - 5} more" if len(calls) > 5 else ""))
+        blocked = self.outbound.failure(exchange.index, self.redactor.text) if self.outbound is not None else None
+        error = error or blocked
         verdict = compare(exchange.response, observation.response, self.diff_config, exchange=exchange, error=error,
                           latency_ns=observation.latency_ns, recorded_latency_ns=exchange.recorded_latency_ns)
         text = "" if verdict.passed else render_failure(
@@ -225,5 +222,6 @@ class ReplayRun:
             failures=[str(engine.failure)] if engine is not None and engine.failure is not None else [],
             noise=self.noise_lines(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
-            notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard)
+            notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
+            escaped=self.outbound.escaped() if self.outbound is not None else [])
         return RunResults(notes=[]).merge(own).merge(self.remote)

@@ -202,6 +202,7 @@ class ClientTarget:
             headers += [(k, v) for k, v in self._extra if k.lower() not in have]
         req = _build(request.method, self.base + _path(request.target), headers, request.body)
         now = clock.now_ns
+        token = CURRENT_EXCHANGE.set(planned.key)  # a client on an ASGI/WSGI transport: the app's calls are its own
         sent = now()
         try:
             resp = await self.client.send(req, stream=True)
@@ -217,6 +218,8 @@ class ClientTarget:
             raise TargetError(kind, describe(exc), sent_ns=sent) from None
         except Exception as exc:
             raise TargetError(APP_ERROR, describe(exc), sent_ns=sent) from None
+        finally:
+            CURRENT_EXCHANGE.reset(token)
         if request.method == "HEAD":
             body = b""
         return _response(resp.status_code, resp.reason_phrase, resp.headers.raw, body), sent, first, now()
