@@ -149,7 +149,8 @@ class ReplaySession:
 
     def load(self) -> list[Exchange]:
         if self.exchanges is None and self.error is None:
-            capture = Capture([_display(p) for p in self.paths], server_ports=self.settings.server_ports)
+            capture = Capture([_display(p) for p in self.paths], server_ports=self.settings.server_ports,
+                              max_record_size=self.settings.max_record_size)
             try:
                 self.exchanges = list(capture)
             except CaptureError as exc:
