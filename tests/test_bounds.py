@@ -331,3 +331,32 @@ def test_speed_and_rate_bounds_keep_offsets_finite() -> None:
     slowest = offsets([0, century], Timing(speed=options.speed("1e-6")))
     assert all(isinstance(o, int) for o in slowest) and math.isfinite(float(slowest[-1]))
     assert offsets([0, 1, 2], Timing(rate=options.rate("1e-6")))[-1] == 2 * 10**15
+
+
+# -- 4. warnings that name a place ------------------------------------------------------------------
+
+def _pcap_record_offsets(path: Path) -> list[int]:
+    data = path.read_bytes()
+    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    offsets, at = [], 24
+    while at + 16 <= len(data):
+        offsets.append(at)
+        at += 16 + struct.unpack_from(endian + "I", data, at + 8)[0]
+    return offsets
+
+
+def test_skipped_stream_warnings_name_frame_and_byte() -> None:
+    path = FIXTURES / "recorded" / "not_http_mixed.pcap"
+    _, stats = load(str(path))
+    skipped = [w for w in stats.warnings if w.kind.startswith("skipped-")]
+    assert len(skipped) == 3
+    records = _pcap_record_offsets(path)
+    for warning in skipped:
+        assert warning.frame is not None and warning.offset == records[warning.frame - 1], warning
+        assert f"(frame {warning.frame}, byte {warning.offset}): stream not parsed: " in str(warning)
+
+
+def test_inspect_shows_where_a_skipped_stream_starts() -> None:
+    result, _, _ = cli("inspect", str(FIXTURES / "crafted" / "upgrade_ws_and_h2.pcapng"))
+    lines = [line for line in result.stdout.splitlines() if "stream not parsed" in line]
+    assert lines and all("(frame " in line and ", byte " in line for line in lines), result.stdout
