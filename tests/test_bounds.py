@@ -54,13 +54,14 @@ def _block(kind: int, body: bytes) -> bytes:
     return struct.pack("<II", kind, length) + body + struct.pack("<I", length)
 
 
-def _pcapng(frames: list[bytes]) -> tuple[bytes, list[int]]:
-    """A little-endian pcapng (one Ethernet interface) and the file offset of each packet block."""
+def _pcapng(frames: list[bytes], start_us: int = 1_700_000_000 * 1_000_000) -> tuple[bytes, list[int]]:
+    """A little-endian pcapng (one Ethernet interface, microseconds) and the file offset of each
+    packet block."""
     out = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
     out += _block(1, struct.pack("<HHI", 1, 0, 65535))
     offsets = []
     for i, frame in enumerate(frames):
-        ts = (1_700_000_000 + i) * 1_000_000
+        ts = start_us + i * 1_000_000
         offsets.append(len(out))
         out += _block(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(frame), len(frame)) + frame)
     return out, offsets
@@ -281,6 +282,19 @@ def test_pcap_record_claiming_2gb_is_reported_with_its_offset(tmp_path: Path, co
     (warning,) = stats.warnings
     assert (warning.kind, warning.frame, warning.offset) == ("damaged-record", 3, third)
     assert "2147483632" in warning.message
+
+
+def test_timestamps_beyond_the_calendar_are_shown_not_raised(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz.py: a damaged pcapng timestamp (year 38558) made `inspect` raise
+    ValueError while printing the time range; the evidence package formats times the same way."""
+    from pytest_replay.report.evidence import _iso
+
+    path = tmp_path / "future.pcapng"
+    path.write_bytes(_pcapng(_frames(), start_us=0xFFFFFFF0 << 32)[0])
+    result, _, _ = cli("inspect", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "out of the calendar's range" in result.stdout
+    assert _iso(1 << 70).endswith("(out of the calendar's range)")
 
 
 # -- 3. timing options the engine cannot honour are usage errors ------------------------------------
