@@ -36,8 +36,8 @@ class _Refused(EOFError):
 
 class _Bounded(io.RawIOBase):
     """The stream scapy's readers see: a read longer than `limit` is refused before anything is
-    allocated (raising _Refused, an EOFError to scapy, and remembered in `refused`), and a read is
-    never longer than what the file has left, when its size is known (uncompressed)."""
+    allocated (raising _Refused, an EOFError to scapy, and remembered in `refused`), and a long read
+    is never longer than what the file has left, when its size is known (uncompressed)."""
 
     def __init__(self, raw: BinaryIO, size: int | None, name: str, limit: int) -> None:
         self._raw = raw
@@ -52,7 +52,7 @@ class _Bounded(io.RawIOBase):
         elif n > self.limit:
             self.refused = (self._raw.tell(), n)
             raise _Refused(f"a read of {n} bytes refused")
-        if self._size is not None:
+        if self._size is not None and n > BLOCK:  # small reads (most) need no look at the position
             n = min(n, max(0, self._size - self._raw.tell()))
         return self._raw.read(n)
 
