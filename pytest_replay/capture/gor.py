@@ -69,7 +69,7 @@ def record_batches(stream: BinaryIO, on_truncated, limit: int = DEFAULT_MAX_RECO
                 rest = records.pop()
                 consumed = len(buf) - len(rest)
                 del buf  # the records are copies: at most twice a record's bytes are held
-                if max(map(len, records)) > limit:
+                if consumed > limit and max(map(len, records)) > limit:  # only a batch above the limit can
                     _find_too_long(records, base, limit, on_too_long)
                 yield base, records, True
                 base += consumed
