@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from .capture import Capture, CaptureError, open_capture
+from .capture.limits import DEFAULT_MAX_RECORD, format_size, parse_size
 from .capture.summary import render_summary, summary_data
 from .capture.writer import WriteResult, gor_id, gor_records, write_gor, write_pcap
 from .http.message import Exchange
@@ -57,6 +58,20 @@ def _server_ports(text: str) -> list[int]:
     return ports
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_max_record_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-record-size", type=_size, default=DEFAULT_MAX_RECORD, metavar="SIZE",
+                        help="the longest .gor record, pcap packet or pcapng block read, e.g. 256M; a longer "
+                             f"one is reported with the file and offset (default: {format_size(DEFAULT_MAX_RECORD)}, "
+                             "like pytest's --replay-max-record-size)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pytest_replay",
                                      description="Inspect and convert HTTP traffic captures (.gor, pcap, pcapng).")
@@ -66,10 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="JSON Lines: one object per exchange, then the summary")
     inspect.add_argument("--server-ports", type=_server_ports, metavar="P1,P2",
                          help="ports that are servers (for connections captured without their SYN)")
+    _add_max_record_size(inspect)
     convert = sub.add_parser("convert", help="write GoReplay's .gor format (types 1 and 2) from any capture")
     convert.add_argument("paths", nargs="+", metavar="PATH", help="input captures..., then the output .gor (or .gor.gz)")
     convert.add_argument("--server-ports", type=_server_ports, metavar="P1,P2",
                          help="ports that are servers (for connections captured without their SYN)")
+    _add_max_record_size(convert)
     redact = sub.add_parser("redact", help="a copy of a capture, in its own format, with secrets and personal "
                             "data replaced (pcap/pcapng are regenerated from the HTTP exchanges)",
                             description=REDACT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "across runs; keep TEXT private)")
     redact.add_argument("--server-ports", type=_server_ports, metavar="P1,P2",
                         help="ports that are servers (for connections captured without their SYN)")
+    _add_max_record_size(redact)
     sub.add_parser("merge", add_help=False, help="merge the evidence files of replay shards and judge budgets over "
                    "the whole (python -m pytest_replay merge --help)")
     return parser
@@ -119,7 +137,7 @@ def exchange_json(exchange: Exchange) -> dict:
 
 
 def cmd_inspect(args: argparse.Namespace, out) -> int:
-    capture = Capture(args.captures, server_ports=args.server_ports)
+    capture = Capture(args.captures, server_ports=args.server_ports, max_record_size=args.max_record_size)
     if args.json:
         for exchange in capture:
             out.write(json.dumps(exchange_json(exchange)) + "\n")
@@ -139,7 +157,7 @@ def cmd_convert(args: argparse.Namespace, out, err) -> int:
     if not target.endswith((".gor", ".gor.gz")):
         err.write(f"convert: the output must end with .gor or .gor.gz, got {target!r}\n")
         return 2
-    capture = Capture(inputs, server_ports=args.server_ports)
+    capture = Capture(inputs, server_ports=args.server_ports, max_record_size=args.max_record_size)
     result = write_gor(capture, target)
     stats = capture.stats
     out.write(f"wrote {target}: {result.written} exchanges ({stats.exchanges} read)\n")
@@ -227,7 +245,7 @@ def cmd_redact(args: argparse.Namespace, out, err) -> int:
     key = args.salt.encode("utf-8") if args.salt else os.urandom(16)
     redactor = Redactor(args.secret_header, args.secret_param, args.allow_header, args.allow_field,
                         key=key, pii=not args.keep_pii)
-    capture = Capture([source], server_ports=args.server_ports)
+    capture = Capture([source], server_ports=args.server_ports, max_record_size=args.max_record_size)
     counts: Counter = Counter()
     exchanges = _redacted(capture, redactor, counts)
     if fmt == "gor":

@@ -31,35 +31,58 @@ GROUPS = ("exchange", "endpoint", "connection")
 DIFF_PARTS = ("status", "headers", "body")
 
 
-def _number(flag: str, text: str, *, minimum: float, inclusive: bool, meaning: str) -> float:
+# Ranges of the numeric options. The schedule computes gap / speed and i * 1e9 / rate in floats and
+# rounds them to integer nanoseconds, and the engine adds seconds to its clock: NaN, infinities,
+# negative and denormal values would overflow or be meaningless there, so they are refused here.
+# Beyond the upper bounds nothing changes any more (speed 1e6 turns a day into 86 ms: use 0; a rate
+# of 1e9 is one request per nanosecond, the clock's resolution); 1e6 seconds is 11.6 days.
+SPEED_RANGE = (1e-6, 1e6)
+RATE_RANGE = (1e-6, 1e9)
+SECONDS_RANGE = (1e-6, 1e6)
+CONCURRENCY_RANGE = (1, 100_000)
+
+
+def _number(flag: str, text: str, bounds: tuple[float, float], *, meaning: str, zero: bool = False) -> float:
+    """A finite number within `bounds` (or exactly 0 when `zero`), else a UsageError that says the range."""
+    low, high = bounds
     try:
         value = float(text)
     except (TypeError, ValueError):
         value = None
-    if value is None or value != value or (value < minimum if inclusive else value <= minimum):
-        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-        raise pytest.UsageError(f"{flag}: expected a number {bound} ({meaning}), got {text!r}")
-    return value
+    if value is not None and (low <= value <= high or (zero and value == 0)):  # NaN compares false
+        return value + 0.0  # -0.0 -> 0.0
+    accepted = ("0 (no waiting) or " if zero else "") + f"a number from {low:g} to {high:g}"
+    raise pytest.UsageError(f"{flag}: expected {accepted} ({meaning}), got {text!r}")
 
 
 def speed(text: str) -> float:
-    return _number("--speed", text, minimum=0, inclusive=True,
+    return _number("--speed", text, SPEED_RANGE, zero=True,
                    meaning="1 = the recorded pace, 2 = twice as fast, 0.5 = half, 0 = no waiting")
 
 
 def rate(text: str) -> float:
-    return _number("--rate", text, minimum=0, inclusive=False, meaning="requests per second")
+    return _number("--rate", text, RATE_RANGE, meaning="requests per second")
 
 
 def seconds(flag: str) -> Callable[[str], float]:
-    return lambda text: _number(flag, text, minimum=0, inclusive=False, meaning="seconds, e.g. 2.5")
+    return lambda text: _number(flag, text, SECONDS_RANGE, meaning="seconds, e.g. 2.5")
 
 
 def concurrency(text: str) -> int:
-    value = _number("--replay-concurrency", text, minimum=1, inclusive=True, meaning="requests in flight")
+    low, high = CONCURRENCY_RANGE
+    value = _number("--replay-concurrency", text, CONCURRENCY_RANGE, meaning="requests in flight")
     if value != int(value):
-        raise pytest.UsageError(f"--replay-concurrency: expected a whole number >= 1, got {text!r}")
+        raise pytest.UsageError(f"--replay-concurrency: expected a whole number from {low} to {high}, got {text!r}")
     return int(value)
+
+
+def record_size(text: str) -> int:
+    from .capture.limits import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--replay-max-record-size: {exc}") from None
 
 
 def regex(flag: str) -> Callable[[str], re.Pattern[str]]:
@@ -306,6 +329,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_progress_every", "--replay-progress-every", "seconds between progress lines during a long "
            "replay (shown on a terminal, not under -q). Default: 5.", 5.0, seconds("--replay-progress-every"),
            metavar="SECONDS"),
+    Option("replay_max_record_size", "--replay-max-record-size", "the longest .gor record, pcap packet or pcapng "
+           "block read (a number of bytes, or with K, M or G); a .gor record beyond it stops reading the capture with "
+           "an error naming the file and offset, a longer packet or block is reported as damaged. It bounds the "
+           "memory a damaged file or a decompression bomb can take. Default: 64M.", None, record_size,
+           metavar="SIZE"),
     Option("replay_insecure", "--replay-insecure", "do not verify the TLS certificate of an https target "
            "(sandboxes with self-signed certificates). Default: verify.", False, flag_only=True),
 )
@@ -387,6 +415,7 @@ class Settings:
     report: str | None = None
     shard: tuple[int, int] | None = None
     progress_every: float = 5.0
+    max_record_size: int | None = None  # None: capture.limits.DEFAULT_MAX_RECORD (64 MiB)
 
     @property
     def enabled(self) -> bool:
@@ -422,4 +451,4 @@ def load(config: pytest.Config) -> Settings:
         report=value["replay_report"], shard=value["replay_shard"], secret_headers=value["replay_secret_header"],
         secret_params=value["replay_secret_param"], show_headers=value["replay_show_header"],
         show_fields=value["replay_show_field"], judge=value["replay_judge"],
-        progress_every=value["replay_progress_every"])
+        progress_every=value["replay_progress_every"], max_record_size=value["replay_max_record_size"])

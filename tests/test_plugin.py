@@ -222,9 +222,9 @@ def test_damaged_capture_is_a_clear_collection_error(pytester: pytest.Pytester) 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--speed", "fast"], "--speed: expected a number >= 0"),
-    (["--rate", "0"], "--rate: expected a number > 0"),
-    (["--replay-concurrency", "0"], "--replay-concurrency: expected a number >= 1"),
+    (["--speed", "fast"], "--speed: expected 0 (no waiting) or a number from 1e-06 to 1e+06"),
+    (["--rate", "0"], "--rate: expected a number from 1e-06 to 1e+09"),
+    (["--replay-concurrency", "0"], "--replay-concurrency: expected a number from 1 to 100000"),
     (["--replay-include", "("], "is not a valid regular expression"),
     (["--replay-diff", "status,colour"], "--replay-diff: expected a comma-separated subset"),
     (["--replay-group", "day"], "--replay-group: expected one of exchange, endpoint, connection"),

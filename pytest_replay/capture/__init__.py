@@ -25,6 +25,7 @@ from ..http.message import Exchange, Source
 from ..http.normalize import endpoint_of
 from .draft import Draft
 from .gor import GorReader, looks_like_gor
+from .limits import DEFAULT_MAX_RECORD
 from .stats import STREAM_ERRORS, CaptureError, CaptureStats, CaptureWarning
 
 __all__ = ["Capture", "CaptureError", "CaptureStats", "CaptureWarning", "expand_paths", "load", "sniff"]
@@ -74,11 +75,14 @@ def sniff(head: bytes) -> str | None:
 class Capture:
     """One or more capture files read as a single stream of exchanges, merged by timestamp."""
 
-    def __init__(self, paths: Iterable[str] | str, *, server_ports: Iterable[int] | None = None) -> None:
+    def __init__(self, paths: Iterable[str] | str, *, server_ports: Iterable[int] | None = None,
+                 max_record_size: int | None = None) -> None:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = expand_paths(paths)
         self.server_ports = frozenset(server_ports) if server_ports else None
+        # the longest .gor record, pcap packet or pcapng block read (limits.py)
+        self.max_record_size = max_record_size or DEFAULT_MAX_RECORD
         self.stats = CaptureStats()
 
     def __iter__(self) -> Iterator[Exchange]:
@@ -129,14 +133,14 @@ class Capture:
         stats.files.append(info)
         with stream:
             if fmt == "gor":
-                reader = GorReader(path, stats)
+                reader = GorReader(path, stats, self.max_record_size)
                 yield from reader.read(stream)
                 reader.finish_notes(info)
             else:
                 from .pcap import read_pcap  # here, not at the top: reassembly imports this package
 
                 kwargs = {"server_ports": self.server_ports} if self.server_ports else {}
-                yield from read_pcap(path, stream, size, stats, info, **kwargs)
+                yield from read_pcap(path, stream, size, stats, info, max_record_size=self.max_record_size, **kwargs)
 
     def _drafts(self, order: int, path: str) -> Iterator[Draft]:
         """The drafts of one of several files, one by one, for the merge."""

@@ -16,7 +16,8 @@ from typing import BinaryIO
 from ..http.message import NO_RESPONSE, TRUNCATED, Flag, Request
 from ..http.parser import Completion, Parsed, fast_message, parse_single
 from .draft import Draft, Reorder, flags_of, to_request, to_response
-from .stats import CaptureStats, CaptureWarning, read_block
+from .limits import DEFAULT_MAX_RECORD, format_size
+from .stats import CaptureError, CaptureStats, CaptureWarning, read_block
 
 SEPARATOR = "\n🐵🙈🙉\n".encode()
 # The header line. Possessive quantifiers (no backtracking) match exactly what the plain ones
@@ -33,36 +34,75 @@ def looks_like_gor(head: bytes) -> bool:
     return _LOOKS_LIKE_GOR.match(head) is not None
 
 
-def record_batches(stream: BinaryIO, on_truncated) -> Iterator[tuple[int, list[bytes], bool]]:
+def record_batches(stream: BinaryIO, on_truncated, limit: int = DEFAULT_MAX_RECORD,
+                   on_too_long=None) -> Iterator[tuple[int, list[bytes], bool]]:
     """(stream offset of the first record, records, ended by a separator) read from a binary stream
     in ~1 MiB blocks: one list per block, cut by bytes.split() in C, so the per-record loop has no
     generator step and no search call. The records of a list follow each other, one separator apart.
 
     `on_truncated(offset, exc)` is called when the stream breaks (a gzip file without its trailer,
     damaged compressed data); the records before the break are kept.
+
+    A record longer than `limit` bytes calls `on_too_long(offset, nth, size, whole)` (nth: its place
+    in the list it would have been yielded in; size: its length if whole, else the bytes read of it
+    so far), which raises. The bytes of an unfinished record are kept as the pieces read and joined
+    once, when its separator comes: a record of many blocks costs linear time, and reading stops at
+    `limit` (a decompression bomb without a separator expands no further than that).
     """
-    buf = b""
-    base = 0  # stream offset of buf[0]
+    if on_too_long is None:
+        on_too_long = _record_too_long
+    parts: list[bytes] = []  # the bytes after the last separator, as read
+    pending = 0  # their length
+    tail = b""  # their last sep_len - 1 bytes: a separator may begin there and end in the next block
+    base = 0  # stream offset of parts[0]
     sep_len = len(SEPARATOR)
     while True:
         chunk, error = read_block(stream, CHUNK)
         if error is not None:
-            on_truncated(base + len(buf) + len(chunk), error)
+            on_truncated(base + pending + len(chunk), error)
         if chunk:
-            # Only split when the new bytes (with the separator's length before them) hold a
-            # separator: a record longer than a block is not rescanned for every block.
-            resume = max(0, len(buf) - sep_len + 1)
-            buf = buf + chunk if buf else chunk
-            if buf.find(SEPARATOR, resume) >= 0:
+            if chunk.find(SEPARATOR) >= 0 or (tail and SEPARATOR in tail + chunk[:sep_len - 1]):
+                parts.append(chunk)
+                buf = b"".join(parts) if len(parts) > 1 else chunk
+                parts.clear()
                 records = buf.split(SEPARATOR)
                 rest = records.pop()
+                consumed = len(buf) - len(rest)
+                del buf  # the records are copies: at most twice a record's bytes are held
+                if consumed > limit and max(map(len, records)) > limit:  # only a batch above the limit can
+                    _find_too_long(records, base, limit, on_too_long)
                 yield base, records, True
-                base += len(buf) - len(rest)
-                buf = rest
+                base += consumed
+                if rest:
+                    parts.append(rest)
+                pending = len(rest)
+                tail = rest[-(sep_len - 1):]
+            else:
+                parts.append(chunk)
+                pending += len(chunk)
+                tail = (tail + chunk)[-(sep_len - 1):] if len(chunk) < sep_len else chunk[-(sep_len - 1):]
+                if pending > limit + sep_len - 1:  # longer than the limit, whatever its last bytes are
+                    on_too_long(base, 0, pending, False)
         if error is not None or not chunk:
             break
-    if buf.strip(b"\r\n"):
-        yield base, [buf], False
+    if pending:
+        last = b"".join(parts)
+        if last.strip(b"\r\n"):
+            if len(last) > limit:
+                on_too_long(base, 0, len(last), True)
+            yield base, [last], False
+
+
+def _find_too_long(records: list[bytes], base: int, limit: int, on_too_long) -> None:
+    offset = base
+    for nth, record in enumerate(records):
+        if len(record) > limit:
+            on_too_long(offset, nth, len(record), True)
+        offset += len(record) + len(SEPARATOR)
+
+
+def _record_too_long(offset: int, nth: int, size: int, whole: bool) -> None:
+    raise ValueError(f"the record at byte {offset} is longer than the limit ({size} bytes or more)")
 
 
 def split_records(stream: BinaryIO, on_truncated) -> Iterator[tuple[int, bytes, bool]]:
@@ -84,9 +124,10 @@ class GorReader:
     (nothing earlier can still come) and their response came or will not come.
     """
 
-    def __init__(self, name: str, stats: CaptureStats) -> None:
+    def __init__(self, name: str, stats: CaptureStats, max_record_size: int = DEFAULT_MAX_RECORD) -> None:
         self.name = name
         self.stats = stats
+        self.max_record_size = max_record_size
         self.reorder = Reorder()  # (ts, record index, draft)
         self.waiting: dict[bytes, Draft | deque[Draft]] = {}  # id -> request(s) awaiting a type 2
         self.recent: dict[bytes, Draft] = {}  # id -> newest buffered request (for type 3)
@@ -125,7 +166,8 @@ class GorReader:
         has_responses = self.has_responses
         nbytes = 0
         index = -1
-        for offset, records, separated in record_batches(stream, self._truncated):
+        for offset, records, separated in record_batches(stream, self._truncated, self.max_record_size,
+                                                          self._too_long):
             nbytes += sum(map(len, records))
             for record in records:
                 index += 1
@@ -385,6 +427,16 @@ class GorReader:
     def _truncated(self, offset: int, exc: BaseException) -> None:
         self._warn("truncated-file", f"the compressed stream breaks off ({exc}); the records before "
                    "this point are kept", offset, None)
+
+    def _too_long(self, offset: int, nth: int, size: int, whole: bool) -> None:
+        """A record beyond the limit: the file is not read further (a lost separator or a
+        decompression bomb would otherwise take all the memory)."""
+        limit = format_size(self.max_record_size)
+        what = (f"a record of {size:,} bytes is longer than the {limit} limit" if whole else
+                f"a record runs past the {limit} limit without a separator line ({size:,} bytes read of it)")
+        raise CaptureError(self.name, f"{what}; if it is genuine, raise the limit with --replay-max-record-size "
+                           "(pytest) or --max-record-size (inspect, convert, redact)",
+                           offset=offset, record=self.records + nth)
 
     def _warn(self, kind: str, message: str, offset: int | None, index: int | None) -> None:
         self.stats.warn(CaptureWarning(self.name, kind, message, offset=offset, record=index))

@@ -20,27 +20,39 @@ from ..http.message import NO_RESPONSE, Flag
 from ..reassembly.flows import DEFAULT_SERVER_PORTS, FlowTable
 from .draft import Draft, Reorder
 from .link import LINKTYPE_NAMES, Decoder
+from .limits import DEFAULT_MAX_RECORD, MAX_PACKET, format_size
 from .stats import CaptureError, CaptureStats, CaptureWarning, read_block
 
-MAX_READ = 16 << 20  # no sane capture record is larger; bigger reads are capped to what the file has
-SCAPY_MAX_CAPLEN = 0xFFFF * 4  # scapy's RawPcapReader keeps at most this much of a record
 RELEASE_LAG_NS = 100_000_000  # a finished exchange waits this long (capture time) for earlier ones to appear
 RESPONSE_WINDOW_NS = 120 * 10**9  # a request without a response start this long after it has none
 RELEASE_EVERY = 256  # packets between releases
 BLOCK = 1 << 20  # classic pcap is read in blocks of this size
 
 
-class _Guarded(io.RawIOBase):
-    """A file wrapper that never asks the OS for more bytes than the file has left."""
+class _Refused(EOFError):
+    """A read longer than the limit was asked for (a length field claiming gigabytes)."""
 
-    def __init__(self, raw: BinaryIO, size: int | None, name: str) -> None:
+
+class _Bounded(io.RawIOBase):
+    """The stream scapy's readers see: a read longer than `limit` is refused before anything is
+    allocated (raising _Refused, an EOFError to scapy, and remembered in `refused`), and a long read
+    is never longer than what the file has left, when its size is known (uncompressed)."""
+
+    def __init__(self, raw: BinaryIO, size: int | None, name: str, limit: int) -> None:
         self._raw = raw
         self._size = size
         self.name = name
+        self.limit = limit
+        self.refused: tuple[int, int] | None = None  # (stream offset, bytes asked for)
 
-    def read(self, n: int = -1) -> bytes:
-        if self._size is not None and (n is None or n < 0 or n > MAX_READ):
-            n = max(0, self._size - self._raw.tell())
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.limit
+        elif n > self.limit:
+            self.refused = (self._raw.tell(), n)
+            raise _Refused(f"a read of {n} bytes refused")
+        if self._size is not None and n > BLOCK:  # small reads (most) need no look at the position
+            n = min(n, max(0, self._size - self._raw.tell()))
         return self._raw.read(n)
 
     def tell(self) -> int:
@@ -49,9 +61,7 @@ class _Guarded(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
+    # close() (also called when this wrapper is collected) leaves the stream open: its opener closes it
 
 
 @contextmanager
@@ -74,33 +84,47 @@ def _scapy_log(messages: list[str]):
         logger.propagate = propagate
 
 
-def open_reader(name: str, stream: BinaryIO, size: int | None):
-    """scapy's raw reader for the stream (pcap or pcapng, chosen by its magic number)."""
+def open_reader(name: str, stream: BinaryIO, size: int | None, limit: int = DEFAULT_MAX_RECORD):
+    """scapy's raw reader for the stream (pcap or pcapng, chosen by its magic number).
+
+    scapy reads pcapng block lengths before checking them, so it reads through a _Bounded stream,
+    from the section header on; a classic pcap's records are read here (_classic_frames), from the
+    stream itself (read1() keeps what a broken gzip stream decompressed)."""
     from scapy.error import Scapy_Exception
     from scapy.utils import RawPcapNgReader, RawPcapReader
 
+    bounded = _Bounded(stream, size, name, limit)
     log: list[str] = []
     with _scapy_log(log):
         try:
-            reader = RawPcapReader(stream)
+            reader = RawPcapReader(bounded)
         except (Scapy_Exception, EOFError, OSError, ValueError) as exc:
+            if bounded.refused is not None:
+                at, asked = bounded.refused
+                raise CaptureError(name, f"the section header block claims a body of {asked} bytes, more than "
+                                   f"the {format_size(limit)} limit on a block: the file is damaged, or "
+                                   f"{_RAISE_LIMIT}", offset=0) from None
             raise CaptureError(name, f"not a readable pcap or pcapng file: {exc}"
                                + (f" ({log[-1]})" if log else ""), offset=0) from None
-    if isinstance(reader, RawPcapNgReader) and size is not None:
-        # pcapng block lengths are read before they are checked: never ask for more than is left.
-        reader.f = _Guarded(stream, size, name)
+    if not isinstance(reader, RawPcapNgReader):
+        reader.f = stream
     return reader
 
 
+_RAISE_LIMIT = ("if the block is genuine, raise the limit with --replay-max-record-size (pytest) or "
+                "--max-record-size (inspect, convert, redact)")
+
+
 def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats, info: dict,
-              server_ports: frozenset[int] = DEFAULT_SERVER_PORTS) -> Iterator[list[Draft]]:
+              server_ports: frozenset[int] = DEFAULT_SERVER_PORTS,
+              max_record_size: int = DEFAULT_MAX_RECORD) -> Iterator[list[Draft]]:
     """Drafts of one pcap/pcapng file, released in request-timestamp order, in lists.
 
     This loop runs once per packet, so it is written for speed: locals instead of attribute
     lookups, and Ethernet/IPv4/TCP (most captures) decoded inline; everything else goes through
     the decoder tables in link.py.
     """
-    reader = open_reader(name, stream, size)
+    reader = open_reader(name, stream, size, max_record_size)
     decoder = Decoder(stats.not_decoded, stats.fragments)
     reorder = Reorder()
     table = FlowTable(name, stats, reorder, server_ports)
@@ -111,8 +135,8 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     link_counts: dict[int, int] = {}
     ethernet = 0  # link type 1 is counted apart (a local is cheaper) and added to link_counts at the end
     now = frame = 0
-    frames = _classic_frames(name, reader, size, stats, info) if hasattr(reader, "nano") else \
-        _pcapng_frames(name, reader, size, stats, info)
+    frames = _classic_frames(name, reader, size, stats, info, min(MAX_PACKET, max_record_size)) \
+        if hasattr(reader, "nano") else _pcapng_frames(name, reader, size, stats, info)
     first = None
     nbytes = 0
     for ts, linktype, data, cut, where in frames:
@@ -205,7 +229,7 @@ def _release(reorder: Reorder, now: int) -> list[Draft]:
     return out
 
 
-def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, info: dict
+def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, info: dict, limit: int = MAX_PACKET
                     ) -> Iterator[tuple[int, int, bytes, int, int]]:
     """(ts_ns, link type, data, bytes cut off, file offset) of each record of a classic pcap; bytes
     cut off is -1 for a last record the file ends inside.
@@ -250,10 +274,11 @@ def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, in
             if avail < 16:
                 continue
         sec, frac, caplen, wirelen = unpack(buf, pos)
-        if caplen > MAX_READ:
-            stats.warn(CaptureWarning(name, "damaged-record", f"packet record claims {caplen} captured bytes; "
-                                      f"the file is damaged from here ({max(0, (size or 0) - base - pos)} bytes "
-                                      "not read)", offset=base + pos, frame=frame + 1))
+        if caplen > limit:
+            rest = "the rest of the file" if size is None else f"{max(0, size - base - pos)} bytes"
+            stats.warn(CaptureWarning(name, "damaged-record", f"packet record claims {caplen} captured bytes, "
+                                      f"more than the {format_size(limit)} limit on a packet; the file is damaged "
+                                      f"from here ({rest} not read)", offset=base + pos, frame=frame + 1))
             return
         end = pos + 16 + caplen
         where = base + pos
@@ -302,7 +327,7 @@ def _pcapng_frames(name: str, reader, size: int | None, stats: CaptureStats, inf
                 data, meta = read_packet()
             except EOFError:
                 break
-            except (Scapy_Exception, OSError, ValueError, MemoryError) as exc:
+            except (Scapy_Exception, OSError, ValueError) as exc:
                 log.append(str(exc))
                 break
             frame += 1
@@ -316,6 +341,14 @@ def _report_end(name: str, stats: CaptureStats, reader, size: int | None, where:
                 log: list[str]) -> None:
     """Say where and why scapy's reader stopped if it did not read the file to its end."""
     why = f": {log[-1]}" if log else ""
+    refused = getattr(reader.f, "refused", None)
+    if refused is not None:
+        rest = "the rest of the file was" if size is None else f"{max(0, size - where)} bytes from here on were"
+        stats.warn(CaptureWarning(name, "damaged-record", f"a block claims a body of {refused[1]} bytes, more than "
+                                  f"the {format_size(reader.f.limit)} limit on a block; {rest} not read "
+                                  f"({_RAISE_LIMIT})", offset=where, frame=frames + 1))
+        return
+    end = reader.f.tell()
     if size is None:  # compressed: scapy turns a broken stream into a quiet end; look for ourselves
         rest, error = read_block(reader.f, 1)
         if error is not None:
@@ -324,8 +357,13 @@ def _report_end(name: str, stats: CaptureStats, reader, size: int | None, where:
         elif rest:
             stats.warn(CaptureWarning(name, "truncated-file", f"reading stopped at a damaged or incomplete "
                                       f"block{why}; the rest of the file was not read", offset=where, frame=frames + 1))
+        elif end > where:  # the last block began but did not end: its length runs past the data
+            stats.warn(CaptureWarning(name, "truncated-file", f"the decompressed data ends inside a block{why}; "
+                                      f"{end - where} bytes from here on were not read", offset=where,
+                                      frame=frames + 1))
+        elif log:
+            stats.warn(CaptureWarning(name, "damaged-record", "; ".join(log[-3:]), offset=where))
         return
-    end = reader.f.tell()
     if where < size and (end < size or log):
         stats.warn(CaptureWarning(name, "truncated-file", f"reading stopped at a damaged or incomplete block"
                                   f"{why}; {size - where} bytes from here on were not read", offset=where,

@@ -58,7 +58,10 @@ def summary_data(stats: CaptureStats) -> dict:
 def _when(ts_ns: int | None) -> str:
     if ts_ns is None:
         return "-"
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):  # a damaged timestamp: beyond the years 1-9999
+        return f"{ts_ns} ns since 1970 (out of the calendar's range)"
 
 
 def _counts(counter: dict) -> str:

@@ -42,13 +42,16 @@ class LostSpan:
 class Connection:
     __slots__ = ("name", "table", "client", "server", "requests", "responses", "queue", "answering",
                  "heads", "position", "client_isn", "stopped", "finished", "_server_gaps", "_client_gaps",
-                 "file", "key")
+                 "file", "key", "first_frame", "first_where")
 
-    def __init__(self, table: FlowTable, name: str, key: tuple, mid_stream: bool) -> None:
+    def __init__(self, table: FlowTable, name: str, key: tuple, mid_stream: bool, frame: int = 0,
+                 where: int = 0) -> None:
         self.table = table
         self.name = name
         self.key = key
         self.file = table.file
+        self.first_frame = frame  # where the connection starts: its first packet's frame number
+        self.first_where = where  # and that packet's byte offset in the file
         self.requests = Framer(True, on_head=self._request_head, on_message=self._request_event,
                                on_request=self._whole_request, resync=mid_stream)
         self.responses = Framer(False, on_head=self._response_head, on_message=self._response_event,
@@ -292,7 +295,7 @@ class Connection:
         """The connection stops being HTTP/1.x (not HTTP at all, or upgraded)."""
         if not self.stopped:
             self.stopped = True
-            self.table.skipped(event.code, f"{self.name}: {event.detail}")
+            self.table.skipped(event.code, f"{self.name}: {event.detail}", self.first_frame, self.first_where)
         self.requests.stop(event.code, event.detail)
         self.responses.stop(event.code, event.detail)
 
@@ -357,7 +360,7 @@ class FlowTable:
         key = (src, sport, dst, dport)
         entry = self.flows.get(key)
         if entry is None or (flags & (SYN | ACK) == SYN and self._reused(entry[0], seq)):
-            entry = self._new(key, flags, seq, payload)
+            entry = self._new(key, flags, seq, payload, frame, where)
             if entry is None:
                 return
         entry[0].packet(entry[1], seq, ack, flags, payload, missing, ts_ns, frame, where)
@@ -369,7 +372,8 @@ class FlowTable:
         conn.finish("a new connection reused the same addresses and ports", CLOSED)
         return True
 
-    def _new(self, key: tuple, flags: int, seq: int, payload: bytes) -> tuple[Connection, bool] | None:
+    def _new(self, key: tuple, flags: int, seq: int, payload: bytes, frame: int = 0,
+             where: int = 0) -> tuple[Connection, bool] | None:
         if key in self.tombstones and not flags & SYN:
             self.stray += 1
             return None
@@ -392,7 +396,7 @@ class FlowTable:
         name = f"{format_address(ckey[0], ckey[1])} -> {format_address(ckey[2], ckey[3])}"
         if generation > 1:
             name += f" #{generation}"
-        conn = Connection(self, name, ckey, mid_stream)
+        conn = Connection(self, name, ckey, mid_stream, frame, where)
         if flags & SYN and from_client:
             conn.client_isn = seq
         self.tombstones.pop(key, None)
@@ -424,11 +428,14 @@ class FlowTable:
     def orphan(self, why: str) -> None:
         self.stats.orphan_responses[why] += 1
 
-    def skipped(self, code: str, detail: str) -> None:
+    def skipped(self, code: str, detail: str, frame: int | None = None, where: int | None = None) -> None:
+        """A connection is not HTTP/1.x (from its start, or after an upgrade): counted, and the first
+        ones of each kind named with where the connection starts (frame and file offset)."""
         self.stats.skipped_streams[code] += 1
         if self.stats.warning_counts[f"skipped-{code}"] < 20:
             from ..capture.stats import CaptureWarning
-            self.stats.warn(CaptureWarning(self.file, f"skipped-{code}", f"stream not parsed: {detail}"))
+            self.stats.warn(CaptureWarning(self.file, f"skipped-{code}", f"stream not parsed: {detail}",
+                                           offset=where, frame=frame))
 
     def closed(self, conn: Connection) -> None:
         for key in (conn.key, (conn.key[2], conn.key[3], conn.key[0], conn.key[1])):

@@ -103,7 +103,10 @@ def capture_file(entry) -> dict:
 def _iso(ts_ns: int | None) -> str | None:
     if ts_ns is None:
         return None
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):  # a damaged timestamp: beyond the years 1-9999
+        return f"{ts_ns} ns since 1970 (out of the calendar's range)"
 
 
 def _now() -> str:

@@ -67,7 +67,8 @@ class Collection:
 
     def load(self) -> list[Exchange]:
         if self.exchanges is None and self.error is None:
-            capture = Capture([display_path(p) for p in self.paths], server_ports=self.settings.server_ports)
+            capture = Capture([display_path(p) for p in self.paths], server_ports=self.settings.server_ports,
+                              max_record_size=self.settings.max_record_size)
             try:
                 self.exchanges = list(capture)
             except CaptureError as exc:
