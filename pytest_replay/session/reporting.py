@@ -116,7 +116,8 @@ class Reporting:
                                         "concurrency": s.concurrency, "timeout_s": s.timeout},
             filters=[f"include {p.pattern}" for p in s.include] + [f"exclude {p.pattern}" for p in s.exclude]
             + [f"allow-header {h}" for h in s.allow_header] + [f"disallow-header {h}" for h in s.disallow_header],
-            rewrites=[f"set-header {n.decode('latin-1')}" for n, _ in s.set_header] + [str(r) for r in s.rewrite_url],
+            rewrites=[f"set-header {n.decode('latin-1')}" for n, _ in s.set_header] + [str(r) for r in s.rewrite_url]
+            + (["original-host (the captured Host sent unchanged)"] if s.original_host else []),
             redaction=self._redaction_notes(),
             sample=report.planned or None, write_policy=report.write_mode or None, budgets=self.budget_results,
             skipped=run.skipped, incomplete=[e for e in (self.collection.exchanges or ()) if not e.replayable],

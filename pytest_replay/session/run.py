@@ -208,9 +208,7 @@ class ReplayRun:
         self.aggregate.add(exchange, observation, verdict, write=write)
         self.counted.add(exchange.index)
         if verdict is not None and self.origins is not None:
-            from ..verdicts.origin import treated
-
-            self.origin_counts.update(treated(verdict.ignored))
+            self.origin_counts.update(self.origins.treated(verdict.ignored))
 
     def skip(self, exchange: Exchange, reason: str, *, write: bool = False) -> None:
         self.skipped.append((exchange, reason))

@@ -477,7 +477,7 @@ class _Comparison:
             a = _load_json(old.decode(_charset(recorded), "replace"))
             b = _load_json(new.decode(_charset(replayed), "replace"))
             if a is not _UNPARSED and b is not _UNPARSED:
-                a, b = self.same_origin(a, json=True), self.same_origin(b, json=True)
+                a, b = self.same_origin(a, document=True), self.same_origin(b, document=True)
                 return self.json(self.mask_json(a, masks), self.mask_json(b, masks, count=True))
         if kinds[0] != kinds[1] and "empty" not in kinds:
             self.add("body", "kind", kinds[0], kinds[1])
@@ -488,11 +488,11 @@ class _Comparison:
         a, b = self.mask_text(a, masks), self.mask_text(b, masks, count=True)
         self.text(a, b)
 
-    def same_origin(self, value, json: bool = False):
+    def same_origin(self, value, document: bool = False):
         """`value` (text, or a JSON document) with the exchange's origins made one, counted as ignored."""
         if self.origins is None:
             return value
-        return self.origins.json(value, self.ignored) if json else self.origins.text(value, self.ignored)
+        return self.origins.json(value, self.ignored) if document else self.origins.text(value, self.ignored)
 
     def active_masks(self) -> tuple[Regex, ...]:
         return tuple(m for m in self.config.masks

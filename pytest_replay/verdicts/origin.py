@@ -159,11 +159,6 @@ class Origins:
         return value
 
 
-def treated(ignored: Iterable[tuple[str, int]]) -> list[str]:
-    """The origin reasons among a Verdict's `ignored` entries."""
-    return [why for why, _ in ignored if why.startswith(PREFIX)]
-
-
 class OriginResolver:
     """The Origins of each exchange of one run, or None when there is nothing to treat as equal.
 
@@ -181,6 +176,11 @@ class OriginResolver:
         self.set_host = headers[b"host"].decode("latin-1") if b"host" in headers else None
         self.set_scheme = _scheme(headers.get(b"x-forwarded-proto"), headers.get(b"forwarded"))
         self._cache: dict[tuple, Origins | None] = {}
+
+    @staticmethod
+    def treated(ignored: Iterable[tuple[str, int]]) -> list[str]:
+        """The origin reasons among a Verdict's `ignored` entries (one response counts once for each)."""
+        return [why for why, _ in ignored if why.startswith(PREFIX)]
 
     def __call__(self, exchange: Exchange) -> Origins | None:
         request = exchange.request
