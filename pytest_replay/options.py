@@ -253,6 +253,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_noise", "--replay-noise", "treat fields that differ between recorded responses of "
            "identical requests as noise: auto or off. Default: auto.", "auto",
            choice("--replay-noise", ("auto", "off")), metavar="MODE"),
+    Option("replay_origins", "--replay-origins", "how responses naming the service's own origin are compared: "
+           "same (the recorded origin - the captured Host with the capture's scheme, and the captured server "
+           "address - and the replayed one - the Host the target was sent, and the target URL's origin - are "
+           "one value in headers such as Location and Link and in JSON, text and HTML bodies; counted in the "
+           "summary) or strict (compared as captured). Default: same.", "same",
+           choice("--replay-origins", ("same", "strict")), metavar="MODE"),
     Option("replay_max_latency", "--replay-max-latency", "fail an exchange whose replayed latency exceeds this "
            "many seconds. Default: no cap.", None, seconds("--replay-max-latency"), metavar="SECONDS"),
     Option("replay_group", "--replay-group", "one test item per exchange, per endpoint (method and path "
@@ -281,6 +287,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_set_header", "--replay-set-header", "set a request header on every replayed request, e.g. "
            "credentials for a redacted capture (repeatable). Default: none.", many=True,
            convert=_set_header("--replay-set-header"), metavar="'NAME: VALUE'"),
+    Option("replay_original_host", "--replay-original-host", "send the captured Host header unchanged to a "
+           "network target (GoReplay's --http-original-host), instead of the target's host:port; a Host set with "
+           "--replay-set-header wins over both. Default: the target's host:port.", False, flag_only=True),
     Option("replay_rewrite_url", "--replay-rewrite-url", "rewrite request targets, GoReplay style: "
            "'REGEX:replacement' on path and query (repeatable; the first that matches applies). Default: none.",
            many=True, convert=_rewrite_url, metavar="'REGEX:REPLACEMENT'"),
@@ -388,6 +397,8 @@ class Settings:
     headers: tuple[str, ...] = ()
     ignore: tuple = ()  # parsed rules (verdicts.rules)
     noise: str = "auto"
+    origins: str = "same"
+    original_host: bool = False
     max_latency: float | None = None
     group: str = "exchange"
     server_ports: tuple[int, ...] | None = None
@@ -438,7 +449,8 @@ def load(config: pytest.Config) -> Settings:
         target=value["replay_target"], concurrency=value["replay_concurrency"], max_wait=value["replay_max_wait"],
         timeout=value["replay_timeout"], include=value["replay_include"], exclude=value["replay_exclude"],
         diff=value["replay_diff"], headers=value["replay_headers"], ignore=value["replay_ignore"],
-        noise=value["replay_noise"], max_latency=value["replay_max_latency"], group=value["replay_group"],
+        noise=value["replay_noise"], origins=value["replay_origins"], original_host=value["replay_original_host"],
+        max_latency=value["replay_max_latency"], group=value["replay_group"],
         server_ports=value["replay_server_ports"], insecure=value["replay_insecure"], writes=value["replay_writes"],
         allow_write=value["replay_allow_write"], write_methods=value["replay_write_methods"],
         allow_host=value["replay_allow_host"],

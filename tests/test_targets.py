@@ -414,6 +414,31 @@ def test_client_target_uses_base_url_and_client_headers_but_not_httpx_defaults()
     assert b"accept-encoding" not in headers and headers[b"host"] == b"svc"
 
 
+def test_targets_send_the_request_own_host_when_asked_to_keep_it():
+    """--replay-original-host and a Host set with --replay-set-header: the request's Host goes out."""
+    raw = RawTarget("http://127.0.0.1:8000")
+    kept = make_target("http://127.0.0.1:8000", keep_host=True)
+    request = req(target="/a")
+    assert b"\r\nHost: 127.0.0.1:8000\r\n" in raw.wire(request) and raw.sent_host(request) == "127.0.0.1:8000"
+    assert kept.wire(request) == request.raw and kept.sent_host(request) == "captured.example"
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(dict(scope["headers"])[b"host"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main(keep_host):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc:81") as client:
+            target = make_target(client, keep_host=keep_host)
+            await send_all(target, [request])
+            return target.sent_host(request)
+
+    assert asyncio.run(main(False)) == "svc:81" and asyncio.run(main(True)) == "captured.example"
+    assert seen == [b"svc:81", b"captured.example"]
+    assert ASGITarget(app).sent_host(request) == "captured.example" == WSGITarget(wsgi_app).sent_host(request)
+
+
 # -- make_target ---------------------------------------------------------------------------------------------------
 def wsgi_app(environ, start_response):
     return echo_wsgi(environ, start_response)

@@ -90,6 +90,16 @@ class RecordedHosts:
         return ", ".join(parts)
 
 
+def server_address(connection: str) -> str | None:
+    """The server side of a pcap connection name ('10.0.0.1:51534 -> 10.0.0.2:80' -> '10.0.0.2:80',
+    IPv6 as '[2001:db8::1]:80'); None for other names (.gor connections have no address)."""
+    match = _CONNECTION.match(connection)
+    if match is None:
+        return None
+    parsed = _split_authority(match.group(1))
+    return match.group(1) if parsed is not None and parsed[1] is not None else None
+
+
 def recorded_hosts(exchanges: Iterable) -> RecordedHosts:
     """The hosts named by the Host headers and pcap connection names of `exchanges`."""
     headers: Counter[str] = Counter()
@@ -106,8 +116,8 @@ def recorded_hosts(exchanges: Iterable) -> RecordedHosts:
         connections.add(exchange.connection)
     addresses: Counter[str] = Counter()
     for name in connections:
-        if (m := _CONNECTION.match(name)) and (parsed := _split_authority(m.group(1))) and parsed[1] is not None:
-            addresses[host_port(*parsed)] += 1
+        if (address := server_address(name)) is not None:
+            addresses[host_port(*_split_authority(address))] += 1
     return RecordedHosts(dict(headers), dict(addresses))
 
 

@@ -28,7 +28,8 @@ Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
     errors            {requests, transport: {kind: n}, status, recorded_status,
                        rates_pct: {5xx, 4xx, errors, recorded_5xx, recorded_4xx}}
     lateness          {p50_ms, p99_ms, max_ms, early}
-    diff              {judged, passed, failed, by_part: {part: n}, ignored: {why: n}, noise: [...]}
+    diff              {judged, passed, failed, by_part: {part: n}, ignored: {why: n}, noise: [...],
+                       origins: {"origin A treated as B": responses}}
     budgets           [BudgetResult.to_dict()]: budget, passed, measured, recorded, threshold, reason,
                       worst [{endpoint, value}], requests, endpoints, measured_*/recorded_*/limit_*
     skipped           {total, by_reason: {reason: n}, examples: [{index, exchange, source, reason}]}
@@ -217,6 +218,7 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
                    planned: int | None = None, shard: tuple[int, int] | dict | None = None,
                    outcomes: dict | None = None, started: str | None = None, finished: str | None = None,
                    ignored: dict | None = None, noise: Iterable[str] = (), run_id: str | None = None,
+                   origins: dict | None = None,
                    merged_from: list | None = None, redactor=DEFAULT_REDACTOR, extra: dict | None = None) -> dict:
     """The evidence of one run (or of merged shards) as plain JSON-ready data.
 
@@ -260,7 +262,8 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
         "lateness": {"p50_ms": _ms(lateness[50]), "p99_ms": _ms(lateness[99]), "max_ms": _ms(lateness[100]),
                      "early": overall.early},
         "diff": {"judged": overall.judged, "passed": overall.judged - overall.failed, "failed": overall.failed,
-                 "by_part": dict(overall.failures), "ignored": dict(ignored or {}), "noise": list(noise)[:500]},
+                 "by_part": dict(overall.failures), "ignored": dict(ignored or {}), "noise": list(noise)[:500],
+                 "origins": dict(origins or {})},
         "budgets": [_budget_dict(b) for b in budgets],
         "skipped": _listing(skipped, redactor) if not isinstance(skipped, dict) else skipped,
         "incomplete": _listing(incomplete, redactor) if not isinstance(incomplete, dict) else incomplete,
@@ -424,9 +427,11 @@ def merge_evidence(named: list[tuple[str, dict]], budgets: Iterable | None = Non
         outcomes.update(run.get("outcomes") or {})
     planned = [run.get("planned") for run in runs]
     ignored: Counter = Counter()
+    origins: Counter = Counter()
     noise: list[str] = []
     for _, data in named:
         ignored.update((data.get("diff") or {}).get("ignored") or {})
+        origins.update((data.get("diff") or {}).get("origins") or {})
         noise.extend(n for n in (data.get("diff") or {}).get("noise") or [] if n not in noise)
     sample = first["selection"]["sample"]
     samples = [data["selection"]["sample"] for _, data in named]
@@ -444,7 +449,7 @@ def merge_evidence(named: list[tuple[str, dict]], budgets: Iterable | None = Non
         interrupted=any(run.get("interrupted") for run in runs),
         planned=sum(planned) if all(p is not None for p in planned) else None, outcomes=dict(outcomes),
         started=min(started) if started else None, finished=max(finished) if finished else None,
-        ignored=dict(ignored), noise=noise,
+        ignored=dict(ignored), noise=noise, origins=dict(origins),
         merged_from=[{"file": name, "shard": (data.get("run") or {}).get("shard"),
                       "run_id": (data.get("run") or {}).get("id")} for name, data in named])
     return merged, warnings

@@ -27,6 +27,7 @@ class RunResults:
     notes: list[str] = field(default_factory=list)
     empty_shard: bool = False  # the shard held none of the capture's connections
     escaped: list[str] = field(default_factory=list)  # an in-process app's blocked calls tied to no exchange
+    origins: dict[str, int] = field(default_factory=dict)  # "origin A treated as B" -> responses
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -51,6 +52,7 @@ class RunResults:
         self.notes += [n for n in other.notes if n not in self.notes]
         self.empty_shard = self.empty_shard or other.empty_shard  # workers all collect alike
         self.escaped += other.escaped
+        self.origins = dict(Counter(self.origins) + Counter(other.origins))
         return self
 
 
@@ -81,6 +83,7 @@ class RunReport:
     writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped)
     unused_allow: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    origins: dict = field(default_factory=dict)  # "origin A treated as B" -> responses
 
     @classmethod
     def build(cls, results: RunResults, *, captures: dict, target: str, pace: str, budgets: list) -> RunReport:
@@ -104,6 +107,7 @@ class RunReport:
                          if row["writes"] and row["endpoint"] != ALL]
         report.unused_allow = list(results.unused_allow)
         report.notes = list(results.notes)
+        report.origins = dict(results.origins)
         return report
 
 
@@ -159,5 +163,8 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         lines.extend(f"  {entry}" for entry in shown)
         if len(report.noise) > len(shown):
             lines.append(f"  ... {len(report.noise) - len(shown)} more lines (-v shows them)")
+    if report.origins:
+        lines.append("origins (--replay-origins same; strict compares them as captured):")
+        lines.extend(f"  {why} in {n} response{'s' * (n != 1)}" for why, n in sorted(report.origins.items()))
     lines.extend(f"note: {note}" for note in report.notes)
     return lines

@@ -120,13 +120,15 @@ class Reporting:
                                         "concurrency": s.concurrency, "timeout_s": s.timeout},
             filters=[f"include {p.pattern}" for p in s.include] + [f"exclude {p.pattern}" for p in s.exclude]
             + [f"allow-header {h}" for h in s.allow_header] + [f"disallow-header {h}" for h in s.disallow_header],
-            rewrites=[f"set-header {n.decode('latin-1')}" for n, _ in s.set_header] + [str(r) for r in s.rewrite_url],
+            rewrites=[f"set-header {n.decode('latin-1')}" for n, _ in s.set_header] + [str(r) for r in s.rewrite_url]
+            + (["original-host (the captured Host sent unchanged)"] if s.original_host else []),
             redaction=self._redaction_notes(),
             sample=report.planned or None, write_policy=report.write_mode or None, budgets=self.budget_results,
             skipped=run.skipped, incomplete=[e for e in (self.collection.exchanges or ()) if not e.replayable],
             notes=results.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
             interrupted=report.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED, planned=report.planned,
-            shard=s.shard, outcomes=outcomes, started=run.started, finished=now_iso(), noise=report.noise)
+            shard=s.shard, outcomes=outcomes, started=run.started, finished=now_iso(), noise=report.noise,
+            origins=report.origins)
         try:
             path = write_evidence(s.report, data)
         except OSError as exc:  # a full disk, the directory removed meanwhile: the run fails, saying why

@@ -8,6 +8,7 @@ observation, then asserts on it. What the run did is summed up as `RunResults` a
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 
@@ -64,6 +65,8 @@ class ReplayRun:
         self.unused_allow: list[str] = []
         self.decisions: dict[int, str] = {}  # exchange index -> send / mock / skip
         self.diff_config = None  # DiffConfig, made when the engine starts
+        self.origins = None  # OriginResolver (--replay-origins same), made when the engine starts
+        self.origin_counts: Counter[str] = Counter()  # "origin A treated as B" -> responses
         self.aggregate = Aggregate()  # what this process replayed and how it went
         self.skipped: list[tuple[Exchange, str]] = []  # selected, not replayed
         self.counted: set[int] = set()  # exchanges counted in the aggregate
@@ -83,16 +86,22 @@ class ReplayRun:
         from ..targets.mock import PolicyTarget, RecordedWrites
         from ..targets.outbound import Outbound
         from ..verdicts.diff import DiffConfig, learn_noise
+        from ..verdicts.origin import SAME, OriginResolver
 
         s = self.settings
         exchanges = self.collection.exchanges or ()
+        set_host = any(name.lower() == b"host" for name, _ in self.rewrites.set_headers)
         try:
-            inner = make_target(target_spec, verify=not s.insecure)
+            # --replay-original-host, or a Host set with --replay-set-header: the target sends the request's own
+            inner = make_target(target_spec, verify=not s.insecure, keep_host=s.original_host or set_host)
         except (ValueError, TypeError) as exc:
             pytest.exit(f"replay target: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
             getattr(getattr(inner, "client", None), "_transport", None), (httpx.ASGITransport, httpx.WSGITransport))
         url = getattr(inner, "url", None) or getattr(inner, "base", None)
+        if s.origins == SAME:
+            self.origins = OriginResolver(getattr(inner, "sent_host", lambda request: None),
+                                          str(url) if url else None, self.rewrites.set_headers)
         if url and not s.force_production:
             refusal = check_target(str(url), recorded_hosts(exchanges))
             if refusal:
@@ -179,8 +188,10 @@ class ReplayRun:
         error = None if observation.ok else f"{observation.error_kind}: {observation.error}"
         blocked = self.outbound.failure(exchange.index, self.redactor.text) if self.outbound is not None else None
         error = error or blocked
+        origins = self.origins(exchange) if self.origins is not None else None
         verdict = compare(exchange.response, observation.response, self.diff_config, exchange=exchange, error=error,
-                          latency_ns=observation.latency_ns, recorded_latency_ns=exchange.recorded_latency_ns)
+                          latency_ns=observation.latency_ns, recorded_latency_ns=exchange.recorded_latency_ns,
+                          origins=origins)
         text = "" if verdict.passed else render_failure(
             exchange, verdict, recorded_latency_ns=exchange.recorded_latency_ns,
             replayed_latency_ns=observation.latency_ns,
@@ -193,6 +204,8 @@ class ReplayRun:
         write = decision if self.write_policy is not None and self.write_policy.is_write(exchange) else None
         self.aggregate.add(exchange, observation, verdict, write=write)
         self.counted.add(exchange.index)
+        if verdict is not None and self.origins is not None:
+            self.origin_counts.update(self.origins.treated(verdict.ignored))
 
     def skip(self, exchange: Exchange, reason: str, *, write: bool = False) -> None:
         self.skipped.append((exchange, reason))
@@ -223,5 +236,6 @@ class ReplayRun:
             noise=self.noise_lines(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
             notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
-            escaped=self.outbound.escaped() if self.outbound is not None else [])
+            escaped=self.outbound.escaped() if self.outbound is not None else [],
+            origins=dict(self.origin_counts))
         return RunResults(notes=[]).merge(own).merge(self.remote)

@@ -26,8 +26,9 @@ def _accepted() -> str:
     return "; ".join(ACCEPTED_FORMS)
 
 
-def make_target(spec, *, verify: bool = True) -> Target:
-    """A Target for `spec`; ValueError naming the accepted forms for anything else."""
+def make_target(spec, *, verify: bool = True, keep_host: bool = False) -> Target:
+    """A Target for `spec`; ValueError naming the accepted forms for anything else. `keep_host`: a
+    network target or a user's client sends each request's own Host instead of the target's."""
     if isinstance(spec, str):
         text = spec.strip()
         if text == "demo":
@@ -35,7 +36,7 @@ def make_target(spec, *, verify: bool = True) -> Target:
         lowered = text.lower()
         if lowered.startswith(("http://", "https://")):
             from .raw import RawTarget
-            return RawTarget(text, verify=verify)
+            return RawTarget(text, verify=verify, keep_host=keep_host)
         for prefix in ("asgi:", "wsgi:"):
             if lowered.startswith(prefix):
                 app = _load(text[len(prefix):], spec)
@@ -47,7 +48,7 @@ def make_target(spec, *, verify: bool = True) -> Target:
     if httpx is not None:
         if isinstance(spec, httpx.AsyncClient):
             from .inprocess import ClientTarget
-            return ClientTarget(spec)
+            return ClientTarget(spec, keep_host=keep_host)
         if isinstance(spec, httpx.Client):
             raise ValueError("a synchronous httpx.Client can not be a replay target: use httpx.AsyncClient")
     if _is_target(spec):

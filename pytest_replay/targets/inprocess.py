@@ -75,11 +75,15 @@ class _AppTarget:
         """Nothing goes on a wire in-process: the plan keeps the captured bytes (no copy)."""
         return request.raw
 
-    def _url(self, request: Request) -> str:
+    def sent_host(self, request: Request) -> str:
+        """The Host the app sees: the request's own (captured, or set with --replay-set-header)."""
         host = request.host
         if not host or any(c in host for c in " /?#@\\"):
             host = self.DEFAULT_HOST
-        return f"http://{host}{_path(request.target)}"
+        return host
+
+    def _url(self, request: Request) -> str:
+        return f"http://{self.sent_host(request)}{_path(request.target)}"
 
     def close_lane(self, lane: str) -> None:
         pass
@@ -173,9 +177,10 @@ class ClientTarget:
     """A user's httpx.AsyncClient: requests go to the client's base_url + the captured target, with
     the captured headers (plus headers the user configured on the client, e.g. auth; httpx's own
     defaults such as Accept-Encoding are not added). The client's auth, event hooks and transport
-    apply; its cookie jar does not (the captured Cookie headers are the truth)."""
+    apply; its cookie jar does not (the captured Cookie headers are the truth). Host: the base_url's,
+    unless `keep_host` (the request's own: captured, or set with --replay-set-header)."""
 
-    def __init__(self, client: httpx.AsyncClient, *, name: str | None = None) -> None:
+    def __init__(self, client: httpx.AsyncClient, *, name: str | None = None, keep_host: bool = False) -> None:
         if not isinstance(client, httpx.AsyncClient):
             raise TypeError(f"ClientTarget needs an httpx.AsyncClient, got {type(client).__name__}")
         base = str(client.base_url)
@@ -184,6 +189,7 @@ class ClientTarget:
                              "(e.g. httpx.AsyncClient(base_url='http://127.0.0.1:8000'))")
         self.client = client
         self.base = base.rstrip("/")
+        self.keep_host = keep_host
         self.name = name or f"client:{self.base}"
         self._extra = [(k, v) for k, v in client.headers.raw if _HTTPX_DEFAULTS.get(k.lower()) != v]
         self._extra_names = {k.lower() for k, _ in self._extra}
@@ -191,12 +197,17 @@ class ClientTarget:
     def wire(self, request: Request) -> bytes:
         return request.raw
 
+    def sent_host(self, request: Request) -> str | None:
+        return request.host if self.keep_host else self.client.base_url.netloc.decode("ascii")
+
     async def start(self) -> None:
         pass
 
     async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
         request = planned.request
         headers = _headers(request)
+        if self.keep_host and request.host:
+            headers.insert(0, (b"Host", request.header("host")))
         if self._extra:
             have = {k.lower() for k, _ in headers}
             headers += [(k, v) for k, v in self._extra if k.lower() not in have]

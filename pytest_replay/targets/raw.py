@@ -232,9 +232,11 @@ class _Connection(asyncio.Protocol):
 # -- the target ------------------------------------------------------------------------------------------
 class RawTarget:
     """Sends `planned.wire` to an http:// or https:// server (see module docstring).
-    `verify=False` accepts any TLS certificate."""
+    `verify=False` accepts any TLS certificate. The Host header is set to the target's authority,
+    unless `keep_host`: then the request's own Host is sent (the captured one, GoReplay's
+    --http-original-host, or one set with --replay-set-header)."""
 
-    def __init__(self, url: str, *, verify: bool = True) -> None:
+    def __init__(self, url: str, *, verify: bool = True, keep_host: bool = False) -> None:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in DEFAULT_PORTS:
@@ -257,6 +259,7 @@ class RawTarget:
         self.port = port or DEFAULT_PORTS[scheme]
         self.host = parts.netloc  # the Host header value: as the user wrote it
         self.verify = verify
+        self.keep_host = keep_host
         self.idempotent_retry = True
         self._ssl: ssl.SSLContext | None = None
         self._conns: dict[str, _Connection] = {}
@@ -267,7 +270,11 @@ class RawTarget:
 
     def wire(self, request: Request) -> bytes:
         """The bytes to plan for `request` on this target (Host set to the target's authority)."""
-        return wire_bytes(request, self.host)
+        return wire_bytes(request, None if self.keep_host else self.host)
+
+    def sent_host(self, request: Request) -> str | None:
+        """The Host header this target sends for `request`."""
+        return request.host if self.keep_host else self.host
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -32,6 +32,7 @@ from ..http.message import Exchange, Request, Response
 from ..http.normalize import endpoint_of
 from ..policy.redact import DEFAULT as DEFAULT_REDACTOR
 from ..policy.redact import Redactor, is_masked, mask_text
+from .origin import Origins
 from .rules import (FRAMING_HEADERS, TRANSPORT_HEADERS, VOLATILE_HEADERS, Endpoint, Header, Json, Keep, Point,
                     Regex, Rule, generalized_path, parse_rule, parse_rules, readable_path)
 
@@ -411,8 +412,9 @@ def _ms(ns: int | None) -> str:
 class _Comparison:
     """Collects differences and ignored counts for one exchange (internal, short-lived)."""
 
-    def __init__(self, config: DiffConfig, request: Request | None) -> None:
+    def __init__(self, config: DiffConfig, request: Request | None, origins: Origins | None = None) -> None:
         self.config = config
+        self.origins = origins  # replaced by one origin on both sides before comparing (verdicts/origin.py)
         self.method = request.method if request is not None else ""
         self.path = request.path if request is not None else ""
         self.differences: list[Difference] = []
@@ -454,6 +456,8 @@ class _Comparison:
             names = tuple(dict.fromkeys([*old, *new]))
         for name in names:
             a, b = _header_values(name, old.get(name)), _header_values(name, new.get(name))
+            if a != b and a is not None and b is not None:
+                a, b = self.same_origin(a), self.same_origin(b)
             if a != b:
                 shown = [ABSENT if v is None else v if name in HEADER_SHAPES
                          else mask_text(redactor.header_value(name, v), redactor) for v in (a, b)]
@@ -473,14 +477,22 @@ class _Comparison:
             a = _load_json(old.decode(_charset(recorded), "replace"))
             b = _load_json(new.decode(_charset(replayed), "replace"))
             if a is not _UNPARSED and b is not _UNPARSED:
+                a, b = self.same_origin(a, document=True), self.same_origin(b, document=True)
                 return self.json(self.mask_json(a, masks), self.mask_json(b, masks, count=True))
         if kinds[0] != kinds[1] and "empty" not in kinds:
             self.add("body", "kind", kinds[0], kinds[1])
         if "binary" in kinds:
             return self.add("body", "bytes", _fingerprint(old), _fingerprint(new))
-        a = self.mask_text(old.decode(_charset(recorded), "replace"), masks)
-        b = self.mask_text(new.decode(_charset(replayed), "replace"), masks, count=True)
+        a = self.same_origin(old.decode(_charset(recorded), "replace"))
+        b = self.same_origin(new.decode(_charset(replayed), "replace"))
+        a, b = self.mask_text(a, masks), self.mask_text(b, masks, count=True)
         self.text(a, b)
+
+    def same_origin(self, value, document: bool = False):
+        """`value` (text, or a JSON document) with the exchange's origins made one, counted as ignored."""
+        if self.origins is None:
+            return value
+        return self.origins.json(value, self.ignored) if document else self.origins.text(value, self.ignored)
 
     def active_masks(self) -> tuple[Regex, ...]:
         return tuple(m for m in self.config.masks
@@ -563,10 +575,11 @@ def _header_values(name: str, values: tuple[bytes, ...] | None) -> str | None:
 
 def compare(recorded: Response | None, replayed: Response | None, config: DiffConfig = DEFAULT_CONFIG, *,
             exchange: Exchange | None = None, error: str | None = None, latency_ns: int | None = None,
-            recorded_latency_ns: int | None = None) -> Verdict:
-    """The verdict on one replayed exchange (see the module docstring for the order of checks)."""
+            recorded_latency_ns: int | None = None, origins: Origins | None = None) -> Verdict:
+    """The verdict on one replayed exchange (see the module docstring for the order of checks).
+    `origins`: the recorded and replayed origins treated as one (verdicts/origin.py); None: as captured."""
     request = exchange.request if exchange is not None else None
-    check = _Comparison(config, request)
+    check = _Comparison(config, request, origins)
     note = ""
     if error is not None:
         check.add("error", "transport", "", mask_text(error, config.redactor))

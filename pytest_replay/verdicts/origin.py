@@ -1,0 +1,196 @@
+"""Origins: the recorded service and the replayed one are the same service at another address.
+
+A service builds absolute URLs from the Host header it receives: pagination `next`/`previous`
+links, a redirect's Location, `<link href>`. Replayed to a sandbox, it receives the sandbox's Host,
+so every such URL differs from the recording although nothing changed. In `same` mode (the
+default, `--replay-origins`) the recorded origin and the replayed origin are one value in diffs:
+
+- recorded origins: the captured request's Host with the capture's scheme (X-Forwarded-Proto or
+  Forwarded `proto=` when the captured request carries one, else http: captures hold cleartext
+  HTTP/1.x), and the captured server address:port (pcap connections);
+- replayed origins: the Host the target was sent, with the scheme of the request (the same
+  forwarding headers) or the target's, and the target URL's own origin.
+
+Before a header value (Location, Content-Location, Link, Refresh, any header compared) or a body
+(JSON string values, text and HTML) is compared, every one of these origins is replaced on both
+sides by the main replayed origin, written `scheme://host[:port]` or protocol-relative
+`//host[:port]`, the scheme's default port written or not, case-insensitively. Only an exact
+origin at URL boundaries is replaced: `http://127.0.0.1:80001`, `http://shop.example.com.evil` and a
+link to another host stay as they are, and so do paths and queries: they are still compared.
+Each replacement is counted in the verdict's `ignored` under the reason
+"origin <recorded> treated as <replayed>". `strict` compares responses as captured.
+
+Sans-IO: strings and JSON values in, strings and JSON values out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from ..http.message import Exchange, Request
+from ..policy.guard import server_address
+
+SAME, STRICT = "same", "strict"
+MODES = (SAME, STRICT)
+PREFIX = "origin "  # every reason this module puts in a Verdict's `ignored` starts so
+DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+# host (a bracketed IPv6 literal or a reg-name / IPv4) and an optional port
+_AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(?::(\d*))?")
+# An origin starts where no scheme character comes before it ("xhttp://" is not "http://"); a
+# protocol-relative one also not after ':' or '/' (inside "http://..." or a path's "//").
+_BEFORE_FULL = r"(?<![A-Za-z0-9+.-])"
+_BEFORE_RELATIVE = r"(?<![A-Za-z0-9+.:/-])"
+# ...and ends where no host or port character follows ("http://h:80001", "http://h.evil", "http://h@x");
+# a '.' or ':' ending a sentence is fine.
+_AFTER = r"(?![A-Za-z0-9_~%@-]|[.:][A-Za-z0-9])"
+_PROTO = re.compile(r"\bproto=\"?(https?)\b", re.IGNORECASE)
+
+
+# -- building origins ------------------------------------------------------------------------------
+def make_origin(scheme: str, authority: str | None) -> str | None:
+    """'http', 'Shop.example.com:8000' -> 'http://shop.example.com:8000'; None when `authority` is
+    not a host[:port] (empty, a path, credentials...)."""
+    if not authority:
+        return None
+    match = _AUTHORITY.fullmatch(authority.strip())
+    if match is None:
+        return None
+    host, port = match.group(1).lower(), match.group(2)
+    return f"{scheme.lower()}://{host}:{port}" if port else f"{scheme.lower()}://{host}"
+
+
+def _scheme(x_forwarded_proto: bytes | None, forwarded: bytes | None) -> str | None:
+    if x_forwarded_proto is not None:
+        scheme = x_forwarded_proto.decode("latin-1").split(",")[0].strip().lower()
+        return scheme if scheme in DEFAULT_PORTS else None
+    if forwarded is not None and (match := _PROTO.search(forwarded.decode("latin-1").split(",")[0])):
+        return match.group(1).lower()
+    return None
+
+
+def forwarded_scheme(request: Request) -> str | None:
+    """The scheme a proxy in front of the service said the client used, if the request says it."""
+    return _scheme(request.header("x-forwarded-proto"), request.header("forwarded"))
+
+
+def recorded_origins(exchange: Exchange) -> tuple[str, ...]:
+    """The origins the recorded response may name its service by: captured Host, then server address."""
+    scheme = forwarded_scheme(exchange.request) or "http"
+    found = (make_origin(scheme, exchange.request.host), make_origin(scheme, server_address(exchange.connection)))
+    return tuple(dict.fromkeys(o for o in found if o is not None))
+
+
+def _forms(origin: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """'http://h' -> (('http://h', 'http://h:80'), ('//h', '//h:80')): the ways it may be written."""
+    scheme, _, authority = origin.partition("://")
+    host, port = _AUTHORITY.fullmatch(authority).groups()
+    default = DEFAULT_PORTS.get(scheme)
+    if port and port != default:
+        authorities: tuple[str, ...] = (authority,)
+    else:
+        authorities = (host, f"{host}:{default}") if default else (host,)
+    return tuple(f"{scheme}://{a}" for a in authorities), tuple(f"//{a}" for a in authorities)
+
+
+@lru_cache(maxsize=256)
+def _replacer(origins: tuple[str, ...]) -> tuple[re.Pattern[str], dict[str, str]]:
+    """A pattern matching every form of `origins`, and each form (lower-case) -> its origin."""
+    full: dict[str, str] = {}
+    relative: dict[str, str] = {}
+    for origin in origins:
+        absolute, protocol_relative = _forms(origin)
+        full.update((f, origin) for f in absolute if f not in full)
+        relative.update((f, origin) for f in protocol_relative if f not in relative)
+
+    def alternatives(forms: Iterable[str]) -> str:
+        return "|".join(re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f)))
+
+    pattern = re.compile(f"{_BEFORE_FULL}(?:{alternatives(full)}){_AFTER}"
+                         f"|{_BEFORE_RELATIVE}(?:{alternatives(relative)}){_AFTER}", re.IGNORECASE)
+    return pattern, {**full, **relative}
+
+
+# -- one exchange's origins -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Origins:
+    """The origins of one exchange; `replayed[0]` (the Host the target was sent) is the main one.
+    `text` and `json` put it in place of each of the others, counting each replacement in `counts`
+    under "origin <the one replaced> treated as <replayed[0]>"."""
+
+    recorded: tuple[str, ...]
+    replayed: tuple[str, ...]
+
+    @property
+    def differ(self) -> bool:
+        """Is there anything to replace (an origin of one side the other side does not have)?"""
+        return bool(self.recorded) and bool(self.replayed) and set(self.recorded) != set(self.replayed)
+
+    def text(self, text: str, counts: Counter | None = None) -> str:
+        if "//" not in text:
+            return text
+        canonical = self.replayed[0]
+        relative = "//" + canonical.partition("://")[2]
+        pattern, origin_of = _replacer(tuple(dict.fromkeys(self.replayed + self.recorded)))
+
+        def replace(match: re.Match[str]) -> str:
+            found = match.group(0)
+            new = relative if found.startswith("//") else canonical
+            origin = origin_of[found.lower()]
+            if found != new and origin != canonical and counts is not None:
+                counts[f"{PREFIX}{origin} treated as {canonical}"] += 1
+            return new
+
+        return pattern.sub(replace, text)
+
+    def json(self, value, counts: Counter | None = None):
+        """A JSON value with its string values (not its keys) rewritten."""
+        if isinstance(value, str):
+            return self.text(value, counts)
+        if isinstance(value, dict):
+            return {k: self.json(v, counts) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.json(v, counts) for v in value]
+        return value
+
+
+class OriginResolver:
+    """The Origins of each exchange of one run, or None when there is nothing to treat as equal.
+
+    `sent_host(request)`: the Host the target sends for a captured request (None: unknown);
+    `target_url`: the target's URL ('http://127.0.0.1:8000'; None in-process); `set_headers`: the
+    run's --replay-set-header pairs (a Host or forwarding header set there is what the target got)."""
+
+    def __init__(self, sent_host: Callable[[Request], str | None], target_url: str | None = None,
+                 set_headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        self.sent_host = sent_host
+        parts = urlsplit(target_url or "")
+        self.target_scheme = parts.scheme.lower() if parts.scheme in DEFAULT_PORTS else "http"
+        self.target_origin = make_origin(parts.scheme, parts.netloc) if parts.scheme in DEFAULT_PORTS else None
+        headers = {name.lower(): value for name, value in set_headers}
+        self.set_host = headers[b"host"].decode("latin-1") if b"host" in headers else None
+        self.set_scheme = _scheme(headers.get(b"x-forwarded-proto"), headers.get(b"forwarded"))
+        self._cache: dict[tuple, Origins | None] = {}
+
+    @staticmethod
+    def treated(ignored: Iterable[tuple[str, int]]) -> list[str]:
+        """The origin reasons among a Verdict's `ignored` entries (one response counts once for each)."""
+        return [why for why, _ in ignored if why.startswith(PREFIX)]
+
+    def __call__(self, exchange: Exchange) -> Origins | None:
+        request = exchange.request
+        host = self.set_host if self.set_host is not None else self.sent_host(request)
+        scheme = self.set_scheme or forwarded_scheme(request) or self.target_scheme
+        key = (request.host, forwarded_scheme(request), scheme, host, server_address(exchange.connection))
+        if key not in self._cache:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            replayed = (make_origin(scheme, host), self.target_origin)
+            origins = Origins(recorded_origins(exchange), tuple(dict.fromkeys(o for o in replayed if o)))
+            self._cache[key] = origins if origins.differ else None
+        return self._cache[key]
