@@ -235,6 +235,7 @@ def test_one_regression_across_many_items_is_one_group_under_xdist_and_after_a_s
     merged = subprocess.run([sys.executable, "-m", "pytest_replay", "merge", *map(str, reports), "--report",
                              str(pytester.path / "merged")], capture_output=True, text=True, timeout=60)
     assert merged.returncode in (0, 1), merged.stderr
+    assert "40 exchanges: GET /api/rows/{id} body $.rows[*][3] number changed" in merged.stdout
     data = json.loads((pytester.path / "merged" / "replay-evidence.json").read_text())
     groups = _groups(data)
     assert groups["GET /api/rows/{id} body $.rows[*][3] number changed"]["exchanges"] == 40
