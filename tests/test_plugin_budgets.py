@@ -138,7 +138,7 @@ def test_evidence_package(pytester: pytest.Pytester, slow_server: str) -> None:
     directory = pytester.path / "evidence"
     replay(pytester, slow_server, "--replay-report", str(directory))
     data = json.loads((directory / "replay-evidence.json").read_text())
-    assert data["schema"] == "pytest-replay-evidence/1"
+    assert data["schema"] == "pytest-replay-evidence/2"
     assert data["captures"]["files"][0]["sha256"]
     assert data["totals"]["requests"] == 259
     assert {b["budget"] for b in data["budgets"]} == set(BUDGETS)

@@ -535,7 +535,8 @@ def test_demo_noise_is_learned_from_repeated_searches(demo_exchanges):
     learned = {str(item) for item in model.learned}
     assert {"GET /api/search: json:$.request_id", "GET /api/search: json:$.generated_at"} <= learned
     assert all(item.endpoint == "GET /api/search" for item in model.learned)  # nothing else is volatile
-    assert "GET /api/cart" in dict(model.skipped)  # state, not noise
+    # the cart changes with the cart's writes: neighbouring reads with a write between are not compared
+    assert dict(model.separated)["GET /api/cart"] > 0 and "GET /api/cart" not in dict(model.skipped)
 
 
 @pytest.mark.parametrize("regression, failing", [
@@ -568,3 +569,186 @@ def test_demo_replay_verdicts(demo_exchanges, regression, failing):
     plain = {ex.label.split("?")[0] for ex, answer in zip(demo_exchanges, replayed)
              if not compare(ex.response, answer, DiffConfig(noise=NoiseModel()), exchange=ex).passed}
     assert plain - {label.split("?")[0] for label in failing} == {"GET /api/search"}
+
+
+# -- noise and writes (issue 11, finding 2) ------------------------------------------------------------------
+def timed(target, *, ts_ms, body=None, method="GET", connection="10.0.0.1:5000 -> 10.0.0.2:80", index=0,
+          text=None):
+    """An exchange at a given capture time (ms), on a given connection."""
+    request = Request.build(method, target, (), b"{}" if method != "GET" else b"")
+    if text is not None:
+        response = resp(body=text.encode(), headers=((b"Content-Type", b"text/html; charset=utf-8"),))
+    else:
+        response = resp(body=body if body is not None else {"id": 1})
+    start = 1_700_000_000 * 10**9 + ts_ms * 1_000_000
+    return Exchange(index, request, response, start, start + 300_000, connection, index, Source("t.gor", 0))
+
+
+def rows_capture(write="/api/rows"):
+    """Identical list reads on one connection, a write on another between each pair of pairs: the
+    count grows only across writes, the request id varies always."""
+    out, count = [], 10
+    for epoch in range(3):
+        for k in range(2):
+            out.append(timed("/api/rows?page=1", ts_ms=epoch * 100 + k * 10, index=len(out),
+                             body={"count": count, "request_id": f"r{epoch}{k}", "rows": [[1, "a"]]}))
+        out.append(timed(write, method="POST", ts_ms=epoch * 100 + 50, connection="10.0.0.9:6000 -> 10.0.0.2:80",
+                         index=len(out)))
+        count += 1
+    return out
+
+
+def test_noise_is_not_learned_from_differences_a_write_in_between_explains():
+    model = learn_noise(rows_capture())
+    assert [str(item) for item in model.learned] == ["GET /api/rows: json:$.request_id"]
+    assert dict(model.separated) == {"GET /api/rows": 2}
+    assert model.learned[0].groups == 3  # three runs without a write, each of two responses
+    recorded = rows_capture()[0]
+    regressed = resp(body={"count": 99, "request_id": "new", "rows": [[1, "a"]]})
+    result = verdict(recorded.response, regressed, DiffConfig(noise=model), exchange=recorded)
+    assert [d.path for d in result.differences] == ["$.count"]
+    assert result.ignored == (("learned noise GET /api/rows: json:$.request_id", 1),)
+
+
+def test_writes_are_ordered_by_capture_time_across_connections_not_by_list_order():
+    capture = rows_capture()
+    reads = [e for e in capture if e.request.method == "GET"]
+    writes = [e for e in capture if e.request.method != "GET"]
+    assert {str(i) for i in learn_noise(reads + writes).learned} == {"GET /api/rows: json:$.request_id"}
+
+
+@pytest.mark.parametrize("write, learned", [
+    ("/api/rows/7", False),  # the same collection
+    ("/api/v1/export/rows", False),  # names the collection further down
+    ("/graphql", False),  # cannot tell what it touches
+    ("/", False),
+    ("/api/login", True),  # another collection: cannot explain the count
+])
+def test_which_writes_explain_a_difference(write, learned):
+    model = learn_noise(rows_capture(write))
+    assert ("GET /api/rows: json:$.count" in {str(i) for i in model.learned}) is learned
+
+
+def test_related_paths():
+    from pytest_replay.verdicts.learning import related
+
+    assert related("/api/rows", "/api/rows") and related("/api/rows/{id}", "/api/rows")
+    assert related("/api/users/{id}/orders", "/api/orders")  # the same collection under another parent
+    assert related("/api/search", "/rpc") and related("/", "/api/cart") and related("/api/search", "/api")
+    assert not related("/api/search", "/api/cart/items") and not related("/api/v1/search", "/api/v2/cart")
+
+
+def test_write_timeline_overlaps():
+    from pytest_replay.verdicts.learning import WriteTimeline
+
+    timeline = WriteTimeline()
+    timeline.add(timed("/api/rows", method="POST", ts_ms=100))  # answered 0.3 ms later
+    ms = 1_700_000_000 * 10**9 // 1_000_000
+    between = [timeline.between("/api/rows", (ms + a) * 1_000_000, (ms + b) * 1_000_000)
+               for a, b in ((0, 99), (0, 101), (100, 200), (101, 200))]
+    assert between == [False, True, True, False]
+    assert not timeline.between("/api/search", ms * 1_000_000, (ms + 200) * 1_000_000)
+
+
+def test_noise_never_hides_a_removed_field_a_type_change_or_a_changed_item_count():
+    model = learn_noise(rows_capture())
+    recorded = rows_capture()[0]
+    config = DiffConfig(noise=model)
+    base = {"count": 10, "rows": [[1, "a"]]}
+    for replayed, change in (
+            ({**base}, "removed"),  # the noisy field gone
+            ({**base, "request_id": None}, "type string -> null"),
+            ({**base, "request_id": 7}, "type string -> number"),
+    ):
+        result = verdict(recorded.response, resp(body=replayed), config, exchange=recorded)
+        assert [d.change for d in result.differences] == [change], replayed
+    items = learn_noise([timed("/x", ts_ms=i, body={"ids": [i]}, index=i) for i in range(2)])
+    assert [str(i) for i in items.learned] == ["GET /x: json:$.ids[*]"]
+    first = timed("/x", ts_ms=0, body={"ids": [0]})
+    result = verdict(first.response, resp(body={"ids": [5, 6]}), DiffConfig(noise=items), exchange=first)
+    assert [d.change for d in result.differences] == ["item added"]  # the changed value is noise, the extra item not
+
+
+def test_a_field_whose_type_varies_is_not_learned_and_a_status_is_never_noise():
+    capture = [timed("/x", ts_ms=i, body={"deleted_at": value}, index=i) for i, value in enumerate((None, "t"))]
+    assert learn_noise(capture).learned == ()
+    header = [exchange("/h", response=resp(body={}, headers=JSON + extra), index=i)
+              for i, extra in enumerate(((), ((b"X-Backend", b"pod-1"),), ((b"X-Backend", b"pod-2"),)))]
+    assert learn_noise(header).learned == ()  # a header that comes and goes is no noise
+
+
+def page(token, price="20.00", stamp="2024-05-01T12:00:01Z", extra=""):
+    return (f'<html><body><form><input name="csrf" value="{token}"></form>{extra}'
+            f'<p>Built {stamp} for you</p><p class="price">{price}</p></body></html>')
+
+
+def test_text_noise_is_learned_per_token_position_and_shape():
+    tokens = ["9f86d081884c7d659a2feaa0c55ad015", "3c59dc048e8850243be8079a5c74d079",
+              "b6d767d2f8ed5d21a44b0e5886680cb9"]
+    capture = [timed("/page", ts_ms=i, text=page(t, stamp=f"2024-05-01T12:00:0{i}Z"), index=i)
+               for i, t in enumerate(tokens)]
+    model = learn_noise(capture)
+    assert [item.part for item in model.learned] == ["regex", "regex"]
+    config = DiffConfig(noise=model)
+    recorded = capture[0]
+    fresh = page("00000000000000000000000000000000", stamp="2031-12-24T23:59:59Z")
+    result = verdict(recorded.response, resp(body=fresh.encode(), headers=((b"Content-Type", b"text/html"),)),
+                     config, exchange=recorded)
+    assert result.passed and sum(n for _, n in result.ignored) == 2
+    changed = page("00000000000000000000000000000000", price="21.00")
+    result = verdict(recorded.response, resp(body=changed.encode(), headers=((b"Content-Type", b"text/html"),)),
+                     config, exchange=recorded)
+    assert not result.passed and "21.00" in result.differences[0].replayed  # not "ignore the whole body"
+    short = page("abc")  # a token of another shape is not the noise that was learned
+    result = verdict(recorded.response, resp(body=short.encode(), headers=((b"Content-Type", b"text/html"),)),
+                     config, exchange=recorded)
+    assert not result.passed
+    kept = DiffConfig(noise=model, rules=(f"keep:{model.learned[0]}",))
+    result = verdict(recorded.response, resp(body=fresh.encode(), headers=((b"Content-Type", b"text/html"),)),
+                     kept, exchange=recorded)
+    assert not result.passed  # keep:RULE takes a learned mask out, as for JSON
+
+
+def test_text_noise_is_not_learned_when_the_text_between_tokens_changes():
+    capture = [timed("/page", ts_ms=i, text=page(f"{i}" * 32, extra="<b>new</b>" * i), index=i) for i in range(2)]
+    model = learn_noise(capture)
+    assert model.learned == () and dict(model.skipped) == {"GET /page": 1}
+
+
+def test_text_noise_shapes():
+    from pytest_replay.verdicts.learning import shape, text_noise
+
+    assert shape(["req-17", "req-18"]) == r"req-\d+"
+    assert shape(["9f86d081", "3c59dc04"]) == "[0-9a-f]{8}"
+    assert shape(["Ab3+/x==", "Zz9+/y=a"]) == r"[A-Za-z0-9\+/=]{8}"
+    # a token that varies where the same shape also appears stable: its mask would cover both
+    assert text_noise(["<b>1</b><b>1</b><b>1</b>", "<b>1</b><b>1</b><b>2</b>"]) is None
+    assert text_noise(["<p>1</p><p>1</p>", "<p>1</p><p>2</p>"]) == [r"(?<=</p><p>)\d+(?=</p>)"]
+
+
+# -- diff signatures and text windows (issue 11, findings 5 and 6) ---------------------------------------------
+def test_differences_carry_a_signature_without_values():
+    old = resp(body={"rows": [[1, "a", 2.5, 10], [2, "b", 2.5, 20]], "name": "x", "gone": 1, "n": 1})
+    new = resp(body={"rows": [[1, "a", 2.5, 11], [2, "b", 2.5, 21]], "name": 5, "n": 1.5, "new": True})
+    result = verdict(old, new)
+    assert sorted({d.signature for d in result.differences}) == [
+        "body $.gone removed", "body $.n number changed", "body $.name type string -> number", "body $.new added",
+        "body $.rows[*][3] number changed"]
+    status = verdict(resp(200, {}), resp(500, {}))
+    assert [d.signature for d in status.differences] == ["status 200 -> 500"]
+    error = verdict(resp(body={}), None, error="refused: connection refused by 127.0.0.1:9")
+    assert [d.signature for d in error.differences] == ["error refused"]
+
+
+def test_a_change_far_into_a_long_line_is_shown_with_its_window():
+    items = "".join(f"<li>item {i}</li>" for i in range(500))
+    html = ((b"Content-Type", b"text/html"),)
+    old = resp(body=f"<html><ul>{items}</ul><p>price 20.00</p></html>".encode(), headers=html)
+    new = resp(body=f"<html><ul>{items}</ul><p>price 21.00</p></html>".encode(), headers=html)
+    [difference] = verdict(old, new).differences
+    assert "price 20.00" in difference.recorded and "price 21.00" in difference.replayed
+    assert difference.recorded.startswith("'…") and difference.path.startswith("line 1, column ")
+    assert difference.signature == "body line 1 changed"
+    short = verdict(resp(body=b"a b c", headers=((b"Content-Type", b"text/plain"),)),
+                    resp(body=b"a b d", headers=((b"Content-Type", b"text/plain"),)))
+    assert [(d.path, d.recorded, d.replayed) for d in short.differences] == [("line 1", "'a b c'", "'a b d'")]

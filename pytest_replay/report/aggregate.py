@@ -20,6 +20,9 @@ Definitions (the budgets and the evidence use these):
   errors         transport failures by kind (refused, reset, timeout, ...); "cancelled" is kept
                  apart in `cancelled` (the run was stopped), not counted as a request
   failures       failed verdicts by part (status/header/body/latency/error; each part once per verdict)
+  ignored        differences not counted as failures, by reason: "rule json:$.id", "learned noise
+                 GET /x: json:$.request_id", "volatile header date"... (Verdict.ignored, summed)
+  failure_groups failed exchanges by diff signature, with a few examples each (report/failures.py)
   writes         mocked / passed / skipped write requests (by the write policy)
   skipped        exchanges not replayed, by reason (Aggregate.skip)
 Sans-IO: values in, values out; no pytest, no clock, no files.
@@ -34,12 +37,14 @@ from hdrh.histogram import HdrHistogram
 
 from ..http.normalize import endpoint_of
 from ..verdicts.budgets import fmt_ms
+from .failures import FailureGroups
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
 SIGNIFICANT_FIGURES = 3
 MAX_ENDPOINTS = 1000  # endpoints tracked one by one; the rest are folded into OTHER
 MAX_REASONS = 100  # distinct skip reasons kept; the rest are counted under OTHER
+MAX_IGNORED = 1000  # distinct reasons for ignored differences kept; the rest are counted under OTHER
 OTHER = "(other)"
 ALL = "(all)"
 METRICS = ("latency", "recorded", "lateness")
@@ -209,7 +214,7 @@ class Histogram:
         return f"Histogram(total={self.total}, min={self.min}, max={self.max})"
 
 
-_COUNTERS = ("status", "recorded_status", "errors", "failures", "writes", "skipped")
+_COUNTERS = ("status", "recorded_status", "errors", "failures", "writes", "skipped", "ignored")
 
 
 class Stats:
@@ -231,6 +236,7 @@ class Stats:
         self.failures: Counter = Counter()  # verdict part -> failed verdicts involving it
         self.writes: Counter = Counter()  # mocked / passed / skipped
         self.skipped: Counter = Counter()  # reason -> exchanges not replayed
+        self.ignored: Counter = Counter()  # why -> differences ignored (rules, learned noise, volatile headers)
 
     # -- derived ----------------------------------------------------------------------------
     @property
@@ -304,13 +310,14 @@ def _status_class(status: int) -> str:
 class Aggregate:
     """Per-endpoint (method + path template) and overall statistics of a replay; mergeable."""
 
-    SCHEMA = 1
+    SCHEMA = 2  # 2: `ignored` counters and `failure_groups`
 
     def __init__(self, max_endpoints: int = MAX_ENDPOINTS) -> None:
         self.max_endpoints = max_endpoints
         self.overall = Stats()
         self.endpoints: dict[str, Stats] = {}
         self.folded = 0  # exchanges counted under OTHER because the endpoint cap was reached
+        self.failure_groups = FailureGroups()
 
     # -- feeding ----------------------------------------------------------------------------
     def _stats(self, method: str, target: str) -> Stats:
@@ -325,11 +332,12 @@ class Aggregate:
                 stats = self.endpoints[key] = Stats()
         return stats
 
-    def add(self, exchange, observation, verdict=None, *, write: str | None = None) -> None:
+    def add(self, exchange, observation, verdict=None, *, write: str | None = None, shown: str = "") -> None:
         """Count one replayed exchange. `observation` is its schedule.target.Observation; `verdict` its
         verdicts.diff.Verdict (if judged); `write` is "mocked" (answered from the recording, not sent:
         counted, not measured), "passed" (a write sent to the target) or None (a read). The write
-        policy's decisions "mock"/"send"/"skip" are accepted too."""
+        policy's decisions "mock"/"send"/"skip" are accepted too. `shown`: a failed verdict's
+        rendered failure (masked), kept as an example of its failure group."""
         request = exchange.request
         endpoint = self._stats(request.method, request.target)
         if write is not None:
@@ -365,10 +373,15 @@ class Aggregate:
                     stats.recorded.record(to_us(recorded_ns))
             if verdict is not None:
                 stats.judged += 1
+                for why, n in verdict.ignored:
+                    key = why if why in stats.ignored or len(stats.ignored) < MAX_IGNORED else OTHER
+                    stats.ignored[key] += n
                 if not verdict.passed:
                     stats.failed += 1
                     for part in {d.part for d in verdict.differences} or {"?"}:
                         stats.failures[part] += 1
+        if verdict is not None and not verdict.passed:
+            self.failure_groups.add(endpoint_of(request.method, request.target), verdict, exchange.index, shown)
 
     def skip(self, exchange, reason: str, *, write: bool = False) -> None:
         """Count an exchange that was selected but not replayed (incomplete, a write skipped by the
@@ -385,6 +398,7 @@ class Aggregate:
         """Add `other` into this aggregate (exact: histogram buckets and counters add)."""
         self.overall.merge(other.overall)
         self.folded += other.folded
+        self.failure_groups.merge(other.failure_groups)
         for key, stats in other.endpoints.items():
             mine = self.endpoints.get(key)
             if mine is None:
@@ -408,7 +422,8 @@ class Aggregate:
         """JSON-safe (histograms as HDR base64 strings): for xdist's workeroutput and evidence files."""
         return {"schema": self.SCHEMA, "max_endpoints": self.max_endpoints, "folded": self.folded,
                 "overall": self.overall.to_dict(),
-                "endpoints": {key: stats.to_dict() for key, stats in sorted(self.endpoints.items())}}
+                "endpoints": {key: stats.to_dict() for key, stats in sorted(self.endpoints.items())},
+                "failure_groups": self.failure_groups.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> Aggregate:
@@ -419,11 +434,12 @@ class Aggregate:
         aggregate.folded = int(data.get("folded", 0))
         aggregate.overall = Stats.from_dict(data["overall"])
         aggregate.endpoints = {key: Stats.from_dict(value) for key, value in data["endpoints"].items()}
+        aggregate.failure_groups = FailureGroups.from_dict(data.get("failure_groups"))
         return aggregate
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Aggregate) and self.overall == other.overall
-                and self.endpoints == other.endpoints)
+                and self.endpoints == other.endpoints and self.failure_groups == other.failure_groups)
 
     # -- reading ----------------------------------------------------------------------------
     def stats(self, endpoint: str | None = None) -> Stats | None:
@@ -490,6 +506,7 @@ def row(endpoint: str, stats: Stats) -> dict:
         "failures": dict(stats.failures),
         "writes": dict(stats.writes),
         "skipped": dict(stats.skipped),
+        "ignored": dict(stats.ignored),
     }
 
 

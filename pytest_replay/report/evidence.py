@@ -8,7 +8,8 @@ Redactor, and the aggregate holds only endpoint templates and numbers.
 
 Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
 
-    schema            "pytest-replay-evidence/1"
+    schema            "pytest-replay-evidence/2" (2: diff.noise became an object with per-rule counts,
+                      diff.ignored is filled, `failures` added; the aggregate's schema is 2)
     tool              {name, version}
     created           ISO 8601 UTC time the file was built
     run               {id, interrupted, planned, started, finished, shard: {index, count} | null,
@@ -28,8 +29,16 @@ Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
     errors            {requests, transport: {kind: n}, status, recorded_status,
                        rates_pct: {5xx, 4xx, errors, recorded_5xx, recorded_4xx}}
     lateness          {p50_ms, p99_ms, max_ms, early}
-    diff              {judged, passed, failed, by_part: {part: n}, ignored: {why: n}, noise: [...],
-                       origins: {"origin A treated as B": responses}}
+    diff              {judged, passed, failed, by_part: {part: n}, ignored: {why: n}, noise}: ignored counts
+                      the differences each reason accounted for ("rule json:$.id", "learned noise GET /x:
+                      json:$.request_id", "volatile header date"); noise: {summary, rules: [{rule, learned,
+                      hid}], not_used: [...]} (hid: differences the learned rule hid in this run) or {};
+                      origins: {"origin A treated as B": responses}
+    failures          {failed, signatures, groups: [{signature, exchanges, examples: [{index, diff: [lines]}],
+                      omitted}], examples_shown, examples_omitted, limits}: failed exchanges grouped by
+                      endpoint and what changed ("GET /api/rows/{id} body $.rows[*][3] number changed"),
+                      most first, with the first failing exchanges of each (rendered and masked as in the
+                      terminal), bounded per group and in all
     budgets           [BudgetResult.to_dict()]: budget, passed, measured, recorded, threshold, reason,
                       worst [{endpoint, value}], requests, endpoints, measured_*/recorded_*/limit_*
     skipped           {total, by_reason: {reason: n}, examples: [{index, exchange, source, reason}]}
@@ -58,7 +67,7 @@ from pathlib import Path
 from ..policy.redact import DEFAULT as DEFAULT_REDACTOR
 from .aggregate import ALL, HIGHEST_US, SIGNIFICANT_FIGURES, Aggregate
 
-SCHEMA = "pytest-replay-evidence/1"
+SCHEMA = "pytest-replay-evidence/2"
 FILENAME = "replay-evidence.json"
 MAX_EXAMPLES = 50
 CHUNK = 1 << 20
@@ -217,7 +226,7 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
                    incomplete: Iterable = (), notes: Iterable[str] = (), interrupted: bool = False,
                    planned: int | None = None, shard: tuple[int, int] | dict | None = None,
                    outcomes: dict | None = None, started: str | None = None, finished: str | None = None,
-                   ignored: dict | None = None, noise: Iterable[str] = (), run_id: str | None = None,
+                   ignored: dict | None = None, noise: dict | None = None, run_id: str | None = None,
                    origins: dict | None = None,
                    merged_from: list | None = None, redactor=DEFAULT_REDACTOR, extra: dict | None = None) -> dict:
     """The evidence of one run (or of merged shards) as plain JSON-ready data.
@@ -225,7 +234,9 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
     captures: capture file paths (hashed here) or dicts with a sha256; capture_summary:
     capture.summary.summary_data(stats); skipped: (exchange, reason) pairs of exchanges selected but
     not replayed; incomplete: Exchanges incomplete in the capture (reasons from their flags), or pairs;
-    budgets: BudgetResults; shard: (K, N) 1-based; notes: known gaps the run knows about."""
+    budgets: BudgetResults; shard: (K, N) 1-based; notes: known gaps the run knows about; ignored:
+    why -> differences (default: the aggregate's); noise: NoiseModel.summary() (each rule's `hid`
+    is counted from the aggregate)."""
     capture_section = _capture_section(captures, capture_summary)
     overall = aggregate.overall
     rows = aggregate.table()
@@ -262,8 +273,10 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
         "lateness": {"p50_ms": _ms(lateness[50]), "p99_ms": _ms(lateness[99]), "max_ms": _ms(lateness[100]),
                      "early": overall.early},
         "diff": {"judged": overall.judged, "passed": overall.judged - overall.failed, "failed": overall.failed,
-                 "by_part": dict(overall.failures), "ignored": dict(ignored or {}), "noise": list(noise)[:500],
+                 "by_part": dict(overall.failures),
+                 "ignored": dict(overall.ignored if ignored is None else ignored), "noise": _noise(noise, aggregate),
                  "origins": dict(origins or {})},
+        "failures": aggregate.failure_groups.section(overall.failed),
         "budgets": [_budget_dict(b) for b in budgets],
         "skipped": _listing(skipped, redactor) if not isinstance(skipped, dict) else skipped,
         "incomplete": _listing(incomplete, redactor) if not isinstance(incomplete, dict) else incomplete,
@@ -275,6 +288,18 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
     if extra:
         data["extra"] = extra
     return data
+
+
+def _noise(noise: dict | None, aggregate: Aggregate) -> dict:
+    """The learned noise with, per rule, the differences it hid in this run (from the aggregate)."""
+    if not noise:
+        return {}
+    from ..verdicts.learning import NOISE_REASON
+
+    ignored = aggregate.overall.ignored
+    rules = [{"rule": r["rule"], "learned": r.get("learned", ""), "hid": ignored.get(NOISE_REASON + r["rule"], 0)}
+             for r in (noise.get("rules") or [])[:500]]
+    return {"summary": noise.get("summary", ""), "rules": rules, "not_used": list(noise.get("not_used") or [])[:500]}
 
 
 def _r(value: float | None) -> float | None:
@@ -428,11 +453,11 @@ def merge_evidence(named: list[tuple[str, dict]], budgets: Iterable | None = Non
     planned = [run.get("planned") for run in runs]
     ignored: Counter = Counter()
     origins: Counter = Counter()
-    noise: list[str] = []
+    noise: dict = {}
     for _, data in named:
         ignored.update((data.get("diff") or {}).get("ignored") or {})
         origins.update((data.get("diff") or {}).get("origins") or {})
-        noise.extend(n for n in (data.get("diff") or {}).get("noise") or [] if n not in noise)
+        noise = noise or (data.get("diff") or {}).get("noise") or {}  # learned from the whole capture: alike
     sample = first["selection"]["sample"]
     samples = [data["selection"]["sample"] for _, data in named]
     if all(isinstance(s, dict) and isinstance(s.get("size"), int) for s in samples):

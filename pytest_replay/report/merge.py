@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from ..verdicts.budgets import evaluate, parse_budget, render_results
 from .aggregate import Aggregate, render_table
 from .evidence import EvidenceError, merge_evidence, read_evidence, write_evidence
+from .run import render_causes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None, out=None, err=None) -> int:
     lines = [f"merged {len(named)} evidence file(s): {aggregate.overall.requests} requests, "
              f"{len(aggregate.endpoints)} endpoints" + (" (INTERRUPTED)" if merged["run"]["interrupted"] else "")]
     lines += render_table(merged["endpoints"] + [merged["totals"]], limit=args.rows)
+    lines += render_causes(aggregate.failure_groups.most_common())
     lines += render_results(results)
     print("\n".join(lines), file=out)
     if args.report:

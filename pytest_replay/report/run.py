@@ -21,7 +21,7 @@ class RunResults:
     planned: int = 0
     sent: int = 0
     failures: list[str] = field(default_factory=list)  # why the replay stopped, if it did
-    noise: list[str] = field(default_factory=list)  # noise rules learned (the same in every worker)
+    noise: dict = field(default_factory=dict)  # NoiseModel.summary(): learned from the whole capture
     unused_allow: list[str] = field(default_factory=list)  # --replay-allow-write patterns matching nothing
     write_mode: str = ""
     notes: list[str] = field(default_factory=list)
@@ -46,7 +46,7 @@ class RunResults:
         self.sent += other.sent
         self.failures += other.failures
         # learned from the whole capture, so every process learns the same: the first non-empty wins
-        self.noise = self.noise or list(other.noise)
+        self.noise = self.noise or dict(other.noise)
         self.unused_allow = self.unused_allow or list(other.unused_allow)
         self.write_mode = self.write_mode or other.write_mode
         self.notes += [n for n in other.notes if n not in self.notes]
@@ -76,7 +76,9 @@ class RunReport:
     recorded_latency: dict = field(default_factory=dict)
     table: list = field(default_factory=list)
     budgets: list = field(default_factory=list)  # BudgetResult
-    noise: list[str] = field(default_factory=list)
+    noise: dict = field(default_factory=dict)  # NoiseModel.summary()
+    hidden: dict = field(default_factory=dict)  # learned rule -> differences it hid in this run
+    causes: list = field(default_factory=list)  # (diff signature, failed exchanges), most first
     interrupted: bool = False
     failure: str = ""
     write_mode: str = ""
@@ -100,7 +102,9 @@ class RunReport:
         for name, metric in (("lateness", "lateness"), ("latency", "latency"), ("recorded_latency", "recorded")):
             setattr(report, name, {q: aggregate.percentile(None, metric, q) for q in (50, 95, 99, 100)})
         report.table = aggregate.table()
-        report.noise = list(results.noise)
+        report.noise = dict(results.noise)
+        report.hidden = hidden_by_noise(aggregate)
+        report.causes = aggregate.failure_groups.most_common()
         report.write_mode = results.write_mode
         report.writes = [(row["endpoint"], row["writes"].get("mocked", 0), row["writes"].get("passed", 0),
                           row["writes"].get("skipped", 0)) for row in report.table
@@ -109,6 +113,26 @@ class RunReport:
         report.notes = list(results.notes)
         report.origins = dict(results.origins)
         return report
+
+
+def hidden_by_noise(aggregate: Aggregate) -> dict[str, int]:
+    """Learned noise rule -> differences it accounted for in the run (from Verdict.ignored)."""
+    from ..verdicts.learning import NOISE_REASON
+
+    return {why[len(NOISE_REASON):]: n for why, n in aggregate.overall.ignored.items() if why.startswith(NOISE_REASON)}
+
+
+def render_causes(causes: list, verbose: int = 0) -> list[str]:
+    """Failures grouped by diff signature: one line per cause, most exchanges first."""
+    if not causes:
+        return []
+    shown = causes[: (200 if verbose else 10)]
+    lines = ["failures by cause (endpoint and what changed; an exchange counts under each of its causes):"]
+    lines += [f"  {count:,} exchange{'s' * (count != 1)}: {signature}" for signature, count in shown]
+    if len(causes) > len(shown):
+        rest = causes[len(shown):]
+        lines.append(f"  ... {len(rest)} more causes, {sum(n for _, n in rest):,} exchanges (-v shows them)")
+    return lines
 
 
 def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
@@ -135,6 +159,7 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         causes = ", ".join(f"{part}: {n}" for part, n in report.failed_by.most_common())
         lines.append(f"verdicts: {report.passed} passed, {report.judged - report.passed} failed"
                      + (f" (differences in {causes})" if causes and failed else ""))
+        lines.extend(render_causes(report.causes, verbose))
         if report.errors:
             lines.append("transport errors: " + ", ".join(f"{k}: {v}" for k, v in report.errors.most_common()))
         lat = report.lateness
@@ -157,12 +182,15 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
     for pattern in report.unused_allow:
         lines.append(f"warning: --replay-allow-write {pattern!r} matches no write in the capture")
     if report.noise:
-        lines.append("noise (differs between recorded responses of identical requests; ignored in diffs, "
-                     "override with --replay-ignore keep:RULE or --replay-noise off):")
-        shown = report.noise[: (200 if verbose else 8)]
+        from ..verdicts.learning import describe_noise
+
+        lines.append("noise (differs between recorded responses of identical requests with no related write "
+                     "between them; ignored in diffs, override with --replay-ignore keep:RULE or --replay-noise off):")
+        noise = describe_noise(report.noise, report.hidden)
+        shown = noise[: (200 if verbose else 8)]
         lines.extend(f"  {entry}" for entry in shown)
-        if len(report.noise) > len(shown):
-            lines.append(f"  ... {len(report.noise) - len(shown)} more lines (-v shows them)")
+        if len(noise) > len(shown):
+            lines.append(f"  ... {len(noise) - len(shown)} more lines (-v shows them)")
     if report.origins:
         lines.append("origins (--replay-origins same; strict compares them as captured):")
         lines.extend(f"  {why} in {n} response{'s' * (n != 1)}" for why, n in sorted(report.origins.items()))

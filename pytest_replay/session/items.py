@@ -100,7 +100,7 @@ class ReplayItem(pytest.Function):
                                 "--replay-allow-write sends matching writes)")
                 continue
             verdict, text = self.replay.judge(exchange, observation)
-            self.replay.record(exchange, observation, verdict)
+            self.replay.record(exchange, observation, verdict, text)
             if len(self.exchanges) == 1:
                 self._properties(exchange, observation)
             if not verdict.passed:

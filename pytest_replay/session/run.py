@@ -199,10 +199,11 @@ class ReplayRun:
         text = self.redactor.mask_pii(text)  # e-mails, card and phone numbers in bodies shown in a diff
         return verdict, text
 
-    def record(self, exchange: Exchange, observation, verdict) -> None:
+    def record(self, exchange: Exchange, observation, verdict, text: str = "") -> None:
+        """Count an exchange; `text`: its rendered failure (an example of its failure group)."""
         decision = self.decisions.get(exchange.index)
         write = decision if self.write_policy is not None and self.write_policy.is_write(exchange) else None
-        self.aggregate.add(exchange, observation, verdict, write=write)
+        self.aggregate.add(exchange, observation, verdict, write=write, shown=text)
         self.counted.add(exchange.index)
         if verdict is not None and self.origins is not None:
             self.origin_counts.update(self.origins.treated(verdict.ignored))
@@ -222,9 +223,9 @@ class ReplayRun:
             if exchange is not None and observation.key not in self.counted and observation.error_kind != "dropped":
                 self.record(exchange, observation, None)
 
-    def noise_lines(self) -> list[str]:
+    def noise_summary(self) -> dict:
         noise = self.diff_config.noise if self.diff_config is not None else None
-        return list(noise.describe()) if noise is not None and noise.learned else []
+        return noise.summary() if noise is not None and (noise.learned or noise.separated) else {}
 
     def results(self) -> RunResults:
         """What this process did, merged with what other processes reported to it."""
@@ -233,7 +234,7 @@ class ReplayRun:
             aggregate=self.aggregate, planned=len(engine.plan) if engine else 0,
             sent=len(engine.observations()) if engine else 0,
             failures=[str(engine.failure)] if engine is not None and engine.failure is not None else [],
-            noise=self.noise_lines(), unused_allow=list(self.unused_allow),
+            noise=self.noise_summary(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
             notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
             escaped=self.outbound.escaped() if self.outbound is not None else [],

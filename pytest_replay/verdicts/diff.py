@@ -24,6 +24,7 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from deepdiff import DeepDiff
 from deepdiff.helper import notpresent
@@ -33,10 +34,12 @@ from ..http.normalize import endpoint_of
 from ..policy.redact import DEFAULT as DEFAULT_REDACTOR
 from ..policy.redact import Redactor, is_masked, mask_text
 from .origin import Origins
+from .learning import NOISE_REASON, SAFE_METHODS, WriteTimeline, describe_noise, text_noise
 from .rules import (FRAMING_HEADERS, TRANSPORT_HEADERS, VOLATILE_HEADERS, Endpoint, Header, Json, Keep, Point,
-                    Regex, Rule, generalized_path, parse_rule, parse_rules, readable_path)
+                    Regex, Rule, generalized_path, grouped_path, parse_rule, parse_rules, readable_path)
 
 __all__ = ["DiffConfig", "Difference", "Learned", "NoiseModel", "Verdict", "body_kind", "compare", "decode_body",
+           "describe_noise",
            "learn_noise", "mask_text", "parse_rule", "parse_rules", "render_failure"]
 
 try:  # optional: without it, br bodies are reported undecodable (compared as raw bytes when equal)
@@ -46,7 +49,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 PARTS = frozenset({"status", "headers", "body"})
 MAX_VALUE = 120  # characters of a value shown in a difference
-PLACEHOLDER = "<ignored>"  # what regex rules put in place of their matches
+PLACEHOLDER = "<ignored>"  # what regex rules (and learned text noise) put in place of their matches
+WINDOW = 100  # characters of a changed text line shown, from a little before its first difference
+LEAD = 30  # characters shown before the first difference
 ABSENT = "(absent)"
 HIDDEN = "..."  # stands for a value left out on purpose (Set-Cookie values)
 
@@ -197,6 +202,20 @@ class Difference:
     path: str  # "status", a header name, "$.user.display_name", "line 12", "bytes", "latency"...
     recorded: str
     replayed: str
+    change: str = ""  # the kind of change: "number changed", "removed", "type number -> string"...
+    where: str = ""  # `path` with its values abstracted (list indices as [*]); "" = path itself
+
+    @property
+    def signature(self) -> str:
+        """What changed, without the values: the same cause gives the same signature on every
+        exchange it touches (failures are grouped by endpoint and signature)."""
+        if self.part == "status":
+            return f"status {self.recorded} -> {self.replayed}"
+        if self.part == "latency":
+            return "latency over the cap"
+        if self.part == "error":
+            return f"error {self.change or self.path}"
+        return f"{'header' if self.part == 'header' else 'body'} {self.where or self.path} {self.change or 'changed'}"
 
     @property
     def label(self) -> str:
@@ -230,15 +249,15 @@ class Learned:
     """One piece of learned noise: where, and the evidence for it."""
 
     endpoint: str  # "GET /api/search"
-    part: str  # "header" | "json"
-    key: str  # lower-case header name, or a JSONPath with [*] for list indices
+    part: str  # "header" | "json" | "regex" (a varying token of a text body, masked by this pattern)
+    key: str  # lower-case header name, a JSONPath with [*] for list indices, or a regex
     groups: int  # groups of identical requests in which it differed
     samples: int  # responses in those groups
     rule: Rule = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         method, _, template = self.endpoint.partition(" ")
-        leaf = Json(self.key) if self.part == "json" else Header(self.key)
+        leaf = {"json": Json, "header": Header, "regex": Regex}[self.part](self.key)
         object.__setattr__(self, "rule", Endpoint(method, template) & leaf)
 
     def __str__(self) -> str:
@@ -249,14 +268,18 @@ class Learned:
 class NoiseModel:
     """What varies between recorded responses to identical requests, per endpoint.
 
-    `examined`: (endpoint, groups of >= 2 identical requests with one status, responses in them).
-    `skipped`: (endpoint, groups not used: an unsafe method, or responses that changed shape or
-    differed outside JSON; that is state, not noise). To override an entry: ``keep:<str(learned)>``.
+    A group is a run of identical requests with one status and no related write between two of
+    them (see verdicts/learning.py). `examined`: (endpoint, groups of >= 2 responses, responses in
+    them). `skipped`: (endpoint, groups not used: an unsafe method, or responses that changed shape
+    or differed otherwise than in values: state, not noise). `separated`: (endpoint, pairs of
+    neighbouring identical requests with a related write between them: not compared, whatever
+    differs between them the write may explain). To override an entry: ``keep:<str(learned)>``.
     """
 
     learned: tuple[Learned, ...] = ()
     examined: tuple[tuple[str, int, int], ...] = ()
     skipped: tuple[tuple[str, int], ...] = ()
+    separated: tuple[tuple[str, int], ...] = ()
     _index: dict = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -267,28 +290,38 @@ class NoiseModel:
 
     def match(self, point: Point) -> Learned | None:
         for item in self._index.get(endpoint_of(point.method, point.path), ()):
-            if item.rule.ignores(point):
+            if item.part != "regex" and item.rule.ignores(point):
                 return item
         return None
 
-    def describe(self) -> list[str]:
-        """What was learned, from which endpoints and how many samples: lines for the report."""
+    def masks(self, method: str, path: str) -> list[Learned]:
+        """The learned text masks (part "regex") of this request's endpoint."""
+        return [item for item in self._index.get(endpoint_of(method, path), ()) if item.part == "regex"]
+
+    def summary(self) -> dict:
+        """What was learned, from which endpoints and how many samples, and what was not used:
+        plain data for the report ({summary, rules: [{rule, learned}], not_used: [...]})."""
         groups = sum(g for _, g, _ in self.examined)
-        lines = [f"noise learned from {groups} groups of identical requests on {len(self.examined)} endpoints"]
-        examined = {endpoint: (g, s) for endpoint, g, s in self.examined}
-        for item in self.learned:
-            of = examined.get(item.endpoint, (item.groups, item.samples))[0]
-            lines.append(f"  {item}  (differed in {item.groups} of {of} groups, {item.samples} responses)")
-        for endpoint, count in self.skipped:
-            lines.append(f"  {endpoint}: {count} groups not used: unsafe method, or responses "
-                         "changed shape or differed outside JSON (state, not noise)")
-        return lines
+        examined = {endpoint: g for endpoint, g, _ in self.examined}
+        rules = [{"rule": str(item), "learned": f"differed in {item.groups} of "
+                  f"{examined.get(item.endpoint, item.groups)} groups, {item.samples} responses"}
+                 for item in self.learned]
+        not_used = [f"{endpoint}: {count} groups not used: unsafe method, or responses changed shape or "
+                    "differed otherwise than in values (state, not noise)" for endpoint, count in self.skipped]
+        not_used += [f"{endpoint}: {count} pairs of identical requests separated by a write to a related "
+                     "path, not compared (the write may explain their differences)"
+                     for endpoint, count in self.separated]
+        return {"summary": f"noise learned from {groups} groups of identical requests (no related write "
+                           f"between them) on {len(self.examined)} endpoints", "rules": rules, "not_used": not_used}
+
+    def describe(self, hidden: dict[str, int] | None = None) -> list[str]:
+        """summary() as lines; with `hidden` (rule -> differences it hid in a run), each rule says so."""
+        return describe_noise(self.summary(), hidden)
 
 
 # -- learning noise -----------------------------------------------------------------------------------
 STRUCTURAL = ("dictionary_item_added", "dictionary_item_removed", "iterable_item_added", "iterable_item_removed")
 LEAF = ("values_changed", "type_changes")
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # others change state: their answers reflect it
 
 
 def _header_map(response: Response) -> dict[str, tuple[bytes, ...]]:
@@ -305,11 +338,22 @@ def _json_body(response: Response):
     return _load_json(body.decode(_charset(response), "replace"))
 
 
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", dict: "object", list: "array", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _value_change(level) -> bool:
+    """A deepdiff leaf change that keeps the JSON type (int and float are both numbers)."""
+    return _json_type(level.t1) == _json_type(level.t2)
+
+
 def _noisy_json_paths(responses: list[Response]) -> set[str] | None:
-    """Generalized JSONPaths whose values differ across `responses`; None if they differ otherwise."""
-    bodies = [_decode(r)[0] for r in responses]
-    if all(body == bodies[0] for body in bodies):
-        return set()
+    """Generalized JSONPaths whose values differ across `responses`; None if they differ otherwise
+    (not JSON, keys or list items added or removed). A value whose JSON type changes is no noise."""
     docs = [_json_body(r) for r in responses]
     if any(doc is _UNPARSED for doc in docs):
         return None
@@ -319,8 +363,57 @@ def _noisy_json_paths(responses: list[Response]) -> set[str] | None:
         if any(tree.get(kind) for kind in STRUCTURAL):
             return None
         paths.update(generalized_path(level.path(output_format="list")) for kind in LEAF
-                     for level in tree.get(kind, ()))
+                     for level in tree.get(kind, ()) if _value_change(level))
     return paths
+
+
+def _noisy_body(responses: list[Response]) -> list[tuple[str, str]] | None:
+    """(part, key) of what varies in the bodies: JSON values, or tokens of text bodies as regex
+    masks; None when the bodies differ in a way that is not noise."""
+    decoded = [_decode(r) for r in responses]
+    bodies = [body for body, _ in decoded]
+    if all(body == bodies[0] for body in bodies):
+        return []
+    if any(problem for _, problem in decoded):
+        return None
+    kinds = {body_kind(r, body) for r, body in zip(responses, bodies)}
+    if kinds == {"json"}:
+        paths = _noisy_json_paths(responses)
+        return None if paths is None else [("json", path) for path in sorted(paths)]
+    if kinds == {"text"}:
+        masks = text_noise([body.decode(_charset(r), "replace") for r, body in zip(responses, bodies)])
+        return None if masks is None else [("regex", mask) for mask in masks]
+    return None
+
+
+def _noisy(responses: list[Response]) -> list[tuple[str, str]] | None:
+    """What varies across the responses of one group, or None when it is not noise."""
+    body = _noisy_body(responses)
+    if body is None:
+        return None
+    maps = [_header_map(r) for r in responses]
+    names = {name for m in maps for name in m} - VOLATILE_HEADERS - TRANSPORT_HEADERS
+    # a header that comes and goes is a change of shape, not noise: only values that vary count
+    headers = [("header", n) for n in sorted(names) if all(n in m for m in maps) and len({m[n] for m in maps}) > 1]
+    return headers + body
+
+
+def _groups(exchanges: Iterable[Exchange], redactor: Redactor, max_samples: int):
+    """Identical requests with one status (at most max_samples of each), and the capture's writes."""
+    groups: dict[tuple, list[Exchange]] = defaultdict(list)
+    writes = WriteTimeline()
+    for exchange in exchanges:
+        request = exchange.request
+        if request.method not in SAFE_METHODS:
+            writes.add(exchange)  # complete or not: it may have changed state all the same
+        if exchange.response is None or not exchange.complete:
+            continue
+        credentials = tuple((k.lower(), v) for k, v in request.headers if redactor.is_secret_header(k))
+        key = (request.method, request.target, request.body, credentials, exchange.response.status)
+        group = groups[key]
+        if len(group) < max_samples:
+            group.append(exchange)
+    return groups, writes
 
 
 def learn_noise(exchanges: Iterable[Exchange], *, redactor: Redactor = DEFAULT_REDACTOR,
@@ -328,46 +421,51 @@ def learn_noise(exchanges: Iterable[Exchange], *, redactor: Redactor = DEFAULT_R
     """Learn what varies between recorded responses to identical requests.
 
     Requests are identical when method, target, body and credential headers (the ones the redactor
-    calls secret: another user's cart is not noise) are equal. Within a group of >= 2 such requests
-    answered with the same status, header names whose values differ and JSON leaf values that differ
-    are noise; list indices are generalized to [*]. Groups of unsafe requests (not GET/HEAD/OPTIONS),
-    and groups whose responses changed shape (keys or list items added or removed) or whose non-JSON
-    bodies differ, show state, not noise: they teach nothing and are counted in `skipped`. Only
-    complete exchanges count; at most `max_samples` responses per group are compared.
+    calls secret: another user's cart is not noise) are equal. They are ordered by their capture
+    time (across connections) and cut into groups wherever a write that may touch them came between
+    two of them (verdicts/learning.py: same collection in the path, or a write we cannot place):
+    what a write may explain is state, not noise. Within a group of >= 2 such requests answered
+    with the same status, header values that differ, JSON leaf values that differ keeping their
+    type (list indices generalized to [*]) and varying tokens of text bodies (learned as regex
+    masks: literal text before and after, the token's shape) are noise. Groups of unsafe requests
+    (not GET/HEAD/OPTIONS/TRACE), and groups whose responses changed shape (keys or list items
+    added or removed, other text between tokens) or whose binary bodies differ, teach nothing and
+    are counted in `skipped`. Only complete exchanges are compared; at most `max_samples` responses
+    per set of identical requests.
     """
-    groups: dict[tuple, list[Response]] = defaultdict(list)
-    for exchange in exchanges:
-        if exchange.response is None or not exchange.complete:
-            continue
-        request = exchange.request
-        credentials = tuple((k.lower(), v) for k, v in request.headers if redactor.is_secret_header(k))
-        key = (request.method, request.target, request.body, credentials, exchange.response.status)
-        group = groups[key]
-        if len(group) < max_samples:
-            group.append(exchange.response)
+    groups, writes = _groups(exchanges, redactor, max_samples)
     found: dict[tuple[str, str, str], list[int]] = {}
     examined: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     skipped: Counter[str] = Counter()
-    for (method, target, *_), responses in groups.items():
-        if len(responses) < 2:
+    separated: Counter[str] = Counter()
+    for (method, target, *_), members in groups.items():
+        if len(members) < 2:
             continue
         endpoint = endpoint_of(method, target)
-        paths = _noisy_json_paths(responses) if method in SAFE_METHODS else None
-        if paths is None:
+        if method not in SAFE_METHODS:
             skipped[endpoint] += 1
             continue
-        examined[endpoint][0] += 1
-        examined[endpoint][1] += len(responses)
-        maps = [_header_map(r) for r in responses]
-        names = {name for m in maps for name in m} - VOLATILE_HEADERS - TRANSPORT_HEADERS
-        noisy = [("header", n) for n in sorted(names) if len({m.get(n) for m in maps}) > 1]
-        for part, key in noisy + [("json", p) for p in sorted(paths)]:
-            counts = found.setdefault((endpoint, part, key), [0, 0])
-            counts[0] += 1
-            counts[1] += len(responses)
+        members.sort(key=lambda e: (e.request_ts_ns, e.index))
+        runs, split = writes.runs(endpoint.partition(" ")[2], members)
+        if split:
+            separated[endpoint] += split
+        for run in runs:
+            if len(run) < 2:
+                continue
+            responses = [e.response for e in run]
+            noisy = _noisy(responses)
+            if noisy is None:
+                skipped[endpoint] += 1
+                continue
+            examined[endpoint][0] += 1
+            examined[endpoint][1] += len(responses)
+            for part, key in noisy:
+                counts = found.setdefault((endpoint, part, key), [0, 0])
+                counts[0] += 1
+                counts[1] += len(responses)
     learned = tuple(Learned(endpoint, part, key, g, s) for (endpoint, part, key), (g, s) in sorted(found.items()))
     return NoiseModel(learned, tuple((e, g, s) for e, (g, s) in sorted(examined.items())),
-                      tuple(sorted(skipped.items())))
+                      tuple(sorted(skipped.items())), tuple(sorted(separated.items())))
 
 
 # -- configuration -------------------------------------------------------------------------------------
@@ -421,10 +519,13 @@ class _Comparison:
         self.ignored: Counter[str] = Counter()
         self.framing_differs = False
 
-    def add(self, part: str, path: str, recorded: str, replayed: str) -> None:
-        self.differences.append(Difference(part, path, _short(recorded), _short(replayed)))
+    def add(self, part: str, path: str, recorded: str, replayed: str, change: str = "", where: str = "") -> None:
+        self.differences.append(Difference(part, path, _short(recorded), _short(replayed), change, where))
 
-    def why_ignored(self, part: str, key: str) -> str | None:
+    def why_ignored(self, part: str, key: str, noise: bool = True) -> str | None:
+        """Why a difference is not a failure, or None. `noise`: whether learned noise may cover it
+        (only a changed value may be noise: never a field added or removed, a type change, a
+        changed number of list items)."""
         point = Point(self.method, self.path, part, key)
         for rule in self.config.ignores:
             if rule.ignores(point):
@@ -436,13 +537,14 @@ class _Comparison:
                 return f"volatile header {key}"
             if key in TRANSPORT_HEADERS or (key in FRAMING_HEADERS and self.framing_differs):
                 return f"transport header {key}"
-        learned = self.config.noise.match(point) if self.config.noise is not None else None
-        return f"learned noise {learned}" if learned is not None else None
+        learned = self.config.noise.match(point) if noise and self.config.noise is not None else None
+        return f"{NOISE_REASON}{learned}" if learned is not None else None
 
-    def unless_ignored(self, part: str, key: str, difference: tuple[str, str, str, str]) -> None:
-        why = self.why_ignored(part, key)
+    def unless_ignored(self, part: str, key: str, difference: tuple[str, str, str, str], *, noise: bool = True,
+                       change: str = "", where: str = "") -> None:
+        why = self.why_ignored(part, key, noise)
         if why is None:
-            self.add(*difference)
+            self.add(*difference, change=change, where=where)
         else:
             self.ignored[why] += 1
 
@@ -461,7 +563,9 @@ class _Comparison:
             if a != b:
                 shown = [ABSENT if v is None else v if name in HEADER_SHAPES
                          else mask_text(redactor.header_value(name, v), redactor) for v in (a, b)]
-                self.unless_ignored("header", name, ("header", name, *shown))
+                change = "added" if a is None else "removed" if b is None else "changed"
+                self.unless_ignored("header", name, ("header", name, *shown), noise=change == "changed",
+                                    change=change)
 
     # bodies
     def body(self, recorded: Response, replayed: Response) -> None:
@@ -486,7 +590,23 @@ class _Comparison:
         a = self.same_origin(old.decode(_charset(recorded), "replace"))
         b = self.same_origin(new.decode(_charset(replayed), "replace"))
         a, b = self.mask_text(a, masks), self.mask_text(b, masks, count=True)
-        self.text(a, b)
+        self.text(*self.mask_noise(a, b))
+
+    def mask_noise(self, a: str, b: str) -> tuple[str, str]:
+        """Learned text noise: the varying tokens its masks match become the placeholder in both
+        texts; each token that differed is counted as a difference the mask hid."""
+        noise = self.config.noise
+        if noise is None:
+            return a, b
+        for item in noise.masks(self.method, self.path):
+            if any(keep.ignores(Point(self.method, self.path, "regex", item.key)) for keep in self.config.keeps):
+                continue
+            regex = _compiled(item.key)
+            hid = sum(x != y for x, y in zip(regex.findall(a), regex.findall(b)))
+            if hid:
+                self.ignored[f"{NOISE_REASON}{item}"] += hid
+            a, b = regex.sub(PLACEHOLDER, a), regex.sub(PLACEHOLDER, b)
+        return a, b
 
     def same_origin(self, value, document: bool = False):
         """`value` (text, or a JSON document) with the exchange's origins made one, counted as ignored."""
@@ -521,13 +641,17 @@ class _Comparison:
         # type, so 1 and 1.0 are equal; that is done at parse time (integral floats become ints),
         # not with ignore_numeric_type_changes, which would also make true equal to 1.
         tree = DeepDiff(a, b, ignore_order=False, view="tree")
-        levels = sorted((level for kind in tree for level in tree[kind]), key=_document_order)
+        levels = sorted(((kind, level) for kind in tree for level in tree[kind]),
+                        key=lambda pair: _document_order(pair[1]))
         redactor = self.config.redactor
-        for level in levels:
-            path = readable_path(level.path(output_format="list"))
+        for kind, level in levels:
+            keys = level.path(output_format="list")
+            path = readable_path(keys)
             secret = _secret_path(path, redactor)
             shown = (_json_value(level.t1, redactor, secret), _json_value(level.t2, redactor, secret))
-            self.unless_ignored("json", level.path(), ("body", path, *shown))
+            change, value = _json_change(kind, level)
+            self.unless_ignored("json", level.path(), ("body", path, *shown), noise=value, change=change,
+                                where=grouped_path(keys))
 
     def text(self, a: str, b: str) -> None:
         old, new = a.splitlines(), b.splitlines()
@@ -539,9 +663,15 @@ class _Comparison:
             for k in range(max(i2 - i1, j2 - j1)):
                 line_a = old[i1 + k] if i1 + k < i2 else None
                 line_b = new[j1 + k] if j1 + k < j2 else None
-                where = f"line {i1 + k + 1}" if line_a is not None else f"line {j1 + k + 1} (replayed)"
-                self.add("body", where, *(ABSENT if line is None else repr(mask_text(line, redactor))
-                                          for line in (line_a, line_b)))
+                line = f"line {i1 + k + 1}" if line_a is not None else f"line {j1 + k + 1}"
+                if line_a is None or line_b is None:
+                    shown = [ABSENT if text is None else repr(mask_text(text, redactor)) for text in (line_a, line_b)]
+                    change, where = ("added", f"{line} (replayed)") if line_a is None else ("removed", line)
+                    self.add("body", where, *shown, change=change, where=line)
+                    continue
+                shown_a, shown_b, column = _window(mask_text(line_a, redactor), mask_text(line_b, redactor))
+                where = line if column is None else f"{line}, column {column + 1}"
+                self.add("body", where, repr(shown_a), repr(shown_b), change="changed", where=line)
 
     def verdict(self, note: str = "") -> Verdict:
         cap = self.config.max_diffs
@@ -556,6 +686,37 @@ class _Comparison:
             if ignored:
                 summary += f" ({sum(n for _, n in ignored)} ignored)"
         return Verdict(not self.differences, shown, ignored, f"{note}{summary}", more)
+
+
+def _json_change(kind: str, level) -> tuple[str, bool]:
+    """(what kind of change a deepdiff level is, whether it is a changed value that keeps its type)."""
+    if kind in LEAF:
+        old, new = _json_type(level.t1), _json_type(level.t2)
+        return (f"{old} changed", True) if old == new else (f"type {old} -> {new}", False)
+    return JSON_CHANGES.get(kind, kind.replace("_", " ")), False
+
+
+JSON_CHANGES = {"dictionary_item_added": "added", "dictionary_item_removed": "removed",
+                "iterable_item_added": "item added", "iterable_item_removed": "item removed"}
+
+
+def _window(a: str, b: str) -> tuple[str, str, int | None]:
+    """Two differing lines as WINDOW characters each from LEAD characters before their first
+    difference ("…" where cut), and the 0-based column of that difference if the window does not
+    start the line (a long line, such as a whole HTML page, changed far from its start)."""
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    start = max(0, first - LEAD) if max(len(a), len(b)) > WINDOW else 0
+
+    def cut(text: str) -> str:
+        end = start + WINDOW
+        return ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+
+    return cut(a), cut(b), first if start else None
+
+
+@lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 def _document_order(level) -> list[tuple[int, str, int]]:
@@ -582,10 +743,10 @@ def compare(recorded: Response | None, replayed: Response | None, config: DiffCo
     check = _Comparison(config, request, origins)
     note = ""
     if error is not None:
-        check.add("error", "transport", "", mask_text(error, config.redactor))
+        check.add("error", "transport", "", mask_text(error, config.redactor), change=_short(error.split(":")[0], 60))
         return check.verdict()
     if replayed is None:
-        check.add("error", "response", "a response", "no response")
+        check.add("error", "response", "a response", "no response", change="no response")
         return check.verdict()
     if recorded is None:
         note = "no recorded response: checked only that the replay answered without a 5xx; "

@@ -223,6 +223,19 @@ def generalized_path(keys: list) -> str:
     return readable_path(["*" if isinstance(key, int) else key for key in keys]).replace("['*']", "[*]")
 
 
+def grouped_path(keys: list) -> str:
+    """A location as failures are grouped: list indices become ``[*]``, except an index right after
+    another one (a column of a list of rows: ``$.rows[*][3]``)."""
+    out = ["$"]
+    for i, key in enumerate(keys):
+        if isinstance(key, int):
+            column = i + 1 == len(keys) and i > 0 and isinstance(keys[i - 1], int)
+            out.append(f"[{key}]" if column else "[*]")
+        else:
+            out.append(readable_path([key])[1:])
+    return "".join(out)
+
+
 # -- parsing ----------------------------------------------------------------------------------------
 _SCOPE = re.compile(r"(?:(?P<method>[A-Z]+|\*)\s+)?(?P<path>[/^]\S*)")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
