@@ -27,6 +27,7 @@ from .distribute import (ReplayScheduling, lead_ns_until, local_worker, partitio
                          worker_part)
 from .http.message import Exchange
 from .http.normalize import path_template
+from .http.sensitive import url_without_password
 from .options import Settings
 from .items import CaptureFile, ReplayItem, item_name
 from .policy.redact import Redactor
@@ -259,7 +260,7 @@ class ReplaySession:
         try:
             inner = make_target(target_spec, verify=not s.insecure)
         except (ValueError, TypeError) as exc:
-            pytest.exit(f"replay target: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+            pytest.exit(self.redactor.text(f"replay target: {exc}"), returncode=pytest.ExitCode.USAGE_ERROR)
         in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
             getattr(getattr(inner, "client", None), "_transport", None), (httpx.ASGITransport, httpx.WSGITransport))
         url = getattr(inner, "url", None) or getattr(inner, "base", None)
@@ -603,7 +604,8 @@ class ReplaySession:
         pace = f"rate {s.rate:g}/s" if s.rate else ("speed 0 (no waiting)" if s.speed == 0 else f"speed {s.speed:g}x")
         names = ", ".join(_display(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")
         shard = f"; shard {s.shard[0]}/{s.shard[1]}" if s.shard else ""
-        return [f"replay: {names}; target {s.target or '(replay_target fixture)'}; {pace}; "
+        target = url_without_password(str(s.target)) if s.target else "(replay_target fixture)"
+        return [f"replay: {names}; target {target}; {pace}; "
                 f"concurrency {s.concurrency}{shard}"]
 
     def terminal_summary(self, reporter) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..http.sensitive import url_without_password
 from .aggregate import ALL, render_table
 
 
@@ -44,7 +45,8 @@ class RunReport:
     def build(cls, session) -> RunReport:
         report = cls(captures=session.capture_summary())
         s = session.settings
-        report.target = getattr(session.target, "name", None) or str(s.target or "(replay_target fixture)")
+        target = getattr(session.target, "name", None) or str(s.target or "(replay_target fixture)")
+        report.target = url_without_password(target)  # http://user:REDACTED@host
         report.pace = (f"rate {s.rate:g}/s" if s.rate else "speed 0 (no waiting)" if s.speed == 0
                        else f"speed {s.speed:g}x")
         engine, remote = session.engine, session.remote

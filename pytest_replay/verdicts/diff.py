@@ -7,8 +7,10 @@ learned noise model or the default volatile headers account for are not failures
 in `Verdict.ignored`, so a report can say what was left out and why.
 
 Secrets never reach a Verdict or a rendered failure in clear: header values of secret headers, JSON
-values under secret-looking keys, `name=value` pairs with secret-looking names, and bearer tokens are
-masked with the Redactor (REDACTED-<hash>) before values are truncated.
+values under secret-looking keys, secrets in text by name and by shape (Redactor.text) and personal
+data (Redactor.mask_pii) are masked (REDACTED-<hash>) before values are truncated: a value cut first
+could no longer be recognised (`bob@exampl…`). Paths of differences are screened too (a JSON key can
+be a token).
 """
 
 from __future__ import annotations
@@ -178,9 +180,10 @@ def _short(text: str, limit: int = MAX_VALUE) -> str:
 
 
 def _json_value(value, redactor: Redactor, secret: bool) -> str:
+    """A JSON value for display, masked (not shortened: _Comparison.add does that, after masking PII)."""
     if value is notpresent:
         return ABSENT
-    return _short(json.dumps(_redact_json(value, redactor, secret), ensure_ascii=False))
+    return json.dumps(_redact_json(value, redactor, secret), ensure_ascii=False)
 
 
 def _secret_path(path: str, redactor: Redactor) -> bool:
@@ -420,6 +423,12 @@ class _Comparison:
         self.framing_differs = False
 
     def add(self, part: str, path: str, recorded: str, replayed: str) -> None:
+        """Record a difference: values masked for personal data, then shortened (in that order)."""
+        redactor = self.config.redactor
+        if redactor.pii:
+            recorded, replayed = redactor.mask_pii(recorded), redactor.mask_pii(replayed)
+        if part == "body":
+            path = redactor.shapes(path)
         self.differences.append(Difference(part, path, _short(recorded), _short(replayed)))
 
     def why_ignored(self, part: str, key: str) -> str | None:
