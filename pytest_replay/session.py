@@ -30,7 +30,7 @@ from .http.normalize import path_template
 from .http.sensitive import url_without_password
 from .options import Settings
 from .items import CaptureFile, ReplayItem, item_name
-from .policy.redact import Redactor
+from .policy.redact import REDACTION_NOTES, Redactor
 from .report.aggregate import Aggregate
 from .report.run import RunReport, render_terminal
 from .schedule.plan import Timing, build_plan
@@ -586,9 +586,7 @@ class ReplaySession:
 
     def _redaction_notes(self) -> list[str]:
         s = self.settings
-        notes = ["secret headers, token-like query parameters and secret JSON/form fields masked as "
-                 "REDACTED-<keyed hash> (equal values, equal stand-ins, within this run)",
-                 "e-mail addresses, Luhn-valid card numbers and phone numbers masked in shown bodies"]
+        notes = list(REDACTION_NOTES)
         notes += [f"secret header: {h}" for h in s.secret_headers] + [f"secret field: {p}" for p in s.secret_params]
         if s.show_headers or s.show_fields:
             notes.append(f"allowlist mode: only headers {list(s.show_headers)} and fields {list(s.show_fields)} shown")

@@ -30,6 +30,7 @@ from pytest_replay.capture.gor import SEPARATOR
 from pytest_replay.capture.writer import write_pcap
 from pytest_replay.http.message import Exchange, Request, Response, Source
 from pytest_replay.http.normalize import path_template
+from pytest_replay.http.sensitive import words
 from pytest_replay.policy.redact import DEFAULT, Redactor, is_masked
 
 T0 = 1_700_000_000_000_000_000
@@ -323,3 +324,280 @@ def test_target_url_password_shows_nowhere(pytester: pytest.Pytester, server: in
     for path in [junit, *evidence.rglob("*")]:
         if path.is_file():
             assert_no_secret(path.read_bytes(), path.name, [URL_PASSWORD])
+
+
+# -- by name -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [
+    "sessionToken", "privateKey", "secretKey", "newPassword", "authToken", "PHPSESSID", "jsessionid",
+    "JSESSIONID", "ASP.NET_SessionId", "connect.sid", "Authentication", "X-Auth-Token", "X-Session-Token",
+    "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "API_TOKEN", "apiKey", "APIKey", "api-key", "x-api-key", "key",
+    "client_secret", "csrfmiddlewaretoken", "_csrf", "access_token", "refresh_token", "id_token", "passwd",
+    "pwd", "password_confirmation", "passwordConfirm", "session_id", "signature", "X-Hub-Signature-256",
+    "sig", "otp", "pin", "reset_code", "code", "verificationCode", "credentials", "private_key_pem",
+    "signingKey", "Ocp-Apim-Subscription-Key", "ns:apiKey", "bearer", "jwt",
+])
+def test_secret_names(name: str) -> None:
+    assert Redactor().is_secret_name(name) and Redactor().is_secret_header(name)
+
+
+@pytest.mark.parametrize("name", [
+    "keyboard", "monkey", "author", "authors", "authority", "authorId", "passed", "bypass", "secretary",
+    "possession", "sort_key", "sortKey", "publicKey", "primary_key", "key_id", "keyName", "country_code",
+    "statusCode", "errorCode", "token_type", "tokenType", "expires_in", "token_expires_in", "session_timeout",
+    "password_changed_at", "auth_method", "sessions", "tokens_count", "page", "id", "name", "Content-Type",
+    "User-Agent", "WWW-Authenticate", "X-Request-Id", "Accept", "turkey", "hockey",
+])
+def test_innocent_names(name: str) -> None:
+    assert not Redactor().is_secret_name(name) and not Redactor().is_secret_header(name)
+
+
+# -- by shape ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [*SHAPES.values(), PEM, PATH_TOKEN, REF, "AKIAIOSFODNN7EXAMPLE",
+                                   "d8d37b52eaa3137bdfd7fd67a4ffc8a7", "TiU7TKv1IdO6jAfQmdX4AQ",
+                                   "glpat-PLANTEDgitlab0123456789", "AIzaSyPLANTED0googleKey_abcdefghijklmno12",
+                                   "npm_PLANTED0npmTokenAbCdEfGhIjKlMnOpQrSt12"])
+def test_shapes_are_masked_in_any_text(value: str) -> None:
+    redactor = Redactor()
+    for text in (value, f"see {value}.", f'{{"note": {json.dumps(value)}}}', f"note={quote(value)}&x=1"):
+        assert value not in redactor.text(text) and PEM_BODY not in redactor.text(text)
+    assert redactor.text(f"x {value} y") == redactor.text(f"z {value} w").replace("z ", "x ").replace(" w", " y")
+
+
+@pytest.mark.parametrize("text", [
+    "52433dd1-60fb-4804-86cc-27c7a7eca242", "2024-01-15T10:44:44Z", "1700000000000000000", "troubleshooting2016",
+    "ISO8601Timestamp", "PeterJohansson73", "order-2024-05-summer-sale-ab12cd", "Mozilla/5.0 (X11; Linux x86_64)",
+    "internationalization", "GetUserProfileById", "/api/v1/users/42/orders", "REDACTED-1a2b3c4d",
+    "REDACTED-EMAIL-1a2b3c4d", "user_profile_2024_v2_final",
+])
+def test_ordinary_values_are_left_alone(text: str) -> None:
+    assert Redactor().text(text) == text and Redactor().target("/a/" + text.replace("/", "_")) == \
+        "/a/" + text.replace("/", "_")
+
+
+def test_url_password_is_masked() -> None:
+    redactor = Redactor()
+    shown = redactor.text(f"target http://replayer:{URL_PASSWORD}@127.0.0.1:8080/x failed")
+    assert URL_PASSWORD not in shown and "http://replayer:REDACTED-" in shown and "@127.0.0.1:8080/x" in shown
+    from pytest_replay.http.sensitive import url_without_password
+    assert url_without_password(f"https://u:{URL_PASSWORD}@h/") == "https://u:REDACTED@h/"
+
+
+# -- where values sit ------------------------------------------------------------------------------------------
+def test_every_place_a_value_can_sit() -> None:
+    redactor = Redactor()
+    gone = lambda text, *values: all(v not in text for v in values)  # noqa: E731
+    target = redactor.target(f"/api/password-reset/{PATH_TOKEN}/confirm;jsessionid={JSESSIONID}?"
+                             f"sessionToken={QUERY['sessionToken']}&ref={REF}&page=2")
+    assert gone(target, PATH_TOKEN, JSESSIONID, QUERY["sessionToken"], REF) and "page=2" in target
+    assert target.startswith("/api/password-reset/REDACTED-") and "/confirm;jsessionid=REDACTED-" in target
+    assert gone(redactor.target(f"/api/password-reset/{RESET_CODE}"), RESET_CODE)
+    assert redactor.target("/api/orders/771903") == "/api/orders/771903"  # an id stays an id
+    assert gone(redactor.header_value("Authentication", f"Token {AUTHENTICATION}"), AUTHENTICATION)
+    assert redactor.header_value("Authentication", f"Token {AUTHENTICATION}").startswith("Token REDACTED-")
+    assert gone(redactor._header_text("Location", f"https://shop.test/api/password-reset/{RESET_CODE}", None),
+                RESET_CODE)
+    bodies = recorded_bodies()
+    for path, (ctype, body) in bodies.items():
+        assert_no_secret(redactor.body(body, ctype), path, BY_NAME + BY_SHAPE)
+    boundary = "b0undary"
+    multipart = (f'--{boundary}\r\nContent-Disposition: form-data; name="password"\r\n\r\n{MULTIPART["password"]}\r\n'
+                 f'--{boundary}\r\nContent-Disposition: form-data; name="f"; filename="a.bin"\r\n'
+                 f'Content-Type: application/octet-stream\r\n\r\n\x00\x01{REF}\r\n--{boundary}--\r\n').encode()
+    out = redactor.body(multipart, f"multipart/form-data; boundary={boundary}")
+    assert MULTIPART["password"].encode() not in out and REF.encode() in out  # binary files stay as they are
+    form = "&".join(f"{k}={quote_plus(v)}" for k, v in FORM.items()).encode()
+    assert_no_secret(redactor.body(form, "application/x-www-form-urlencoded"), "form", list(FORM.values()))
+    assert_no_secret(redactor.body(json.dumps(REQUEST_JSON).encode(), "application/json"), "json",
+                     list(REQUEST_JSON.values()))
+
+
+def test_a_secret_masks_the_same_everywhere() -> None:
+    redactor = Redactor(key=b"k")
+    standin = redactor.mask(PATH_TOKEN)
+    assert standin in redactor.target(f"/reset/{PATH_TOKEN}")
+    assert standin in redactor.header_value("Authorization", f"Bearer {PATH_TOKEN}")
+    assert standin in redactor.body(json.dumps({"note": f"token {PATH_TOKEN}"}).encode(), "application/json").decode()
+    assert standin in redactor.body(json.dumps({"token": PATH_TOKEN}).encode(), "application/json").decode()
+    assert standin in redactor.text(f"TOKEN={PATH_TOKEN}")
+
+
+def test_test_ids_use_a_fixed_placeholder() -> None:
+    from pytest_replay.items import item_name
+
+    request = Request.build("GET", f"/api/password-reset/{PATH_TOKEN}/confirm?authToken=x&page=1")
+    exchange = Exchange(7, request, None, T0, None, "c", 0, Source("f", 0))
+    names = {item_name(exchange, Redactor(key=key)) for key in (b"one", b"two", None)}
+    assert names == {"GET /api/password-reset/REDACTED/confirm?authToken=REDACTED&page=1 #7"}
+
+
+def test_personal_data_is_masked_before_values_are_cut() -> None:
+    from pytest_replay.verdicts.diff import compare, render_failure
+
+    def response(note: str) -> Response:
+        body = json.dumps({"note": note}).encode()
+        return Response.build(200, "OK", ((b"Content-Type", b"application/json"),), body)
+
+    recorded, replayed = response(_long_note(EMAIL, 96)), response(_long_note(PHONE, 103))
+    exchange = Exchange(0, Request.build("GET", "/a"), recorded, T0, T0, "c", 0, Source("f", 0))
+    verdict = compare(recorded, replayed, exchange=exchange)
+    shown = render_failure(exchange, verdict, recorded_latency_ns=None, replayed_latency_ns=None,
+                           replayed_status=200)
+    assert "REDACTED-EMAIL-" in shown and "REDACTED-PHONE" in shown
+    assert_no_secret(shown + repr(verdict), "the diff", PII)
+
+
+# -- one decision for templates and the masker ----------------------------------------------------------------
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_tokens = st.text(alphabet=_ALNUM, min_size=16, max_size=40).filter(
+    lambda v: __import__("pytest_replay.http.sensitive", fromlist=["is_token"]).is_token(v))
+_segments = st.one_of(
+    st.sampled_from(["api", "v1", "users", "orders", "password-reset", "tokens", "confirm", "reset", "magic",
+                     "troubleshooting2016", "cart", "a-b-c", "", "x.json", "771903", "v2"]),
+    st.integers(0, 10**12).map(str), _tokens, st.text(alphabet="abcdef0123456789", min_size=12, max_size=40),
+    st.builds(lambda a, b: f"{a};jsessionid={b}", st.sampled_from(["cart", "app"]),
+              st.text(alphabet=_ALNUM + "-", min_size=1, max_size=12)),
+    st.text(alphabet=_ALNUM + "-_.", min_size=1, max_size=30))
+
+
+class Recording(Redactor):
+    """A Redactor that remembers every value it replaced."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.masked: set[str] = set()
+
+    def mask(self, value):
+        self.masked.add(value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value)
+        return super().mask(value)
+
+    def pii_standin(self, kind, value):
+        self.masked.add(value)
+        return super().pii_standin(kind, value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_segments, min_size=1, max_size=7))
+def test_path_templates_never_show_what_the_masker_hides(segments: list[str]) -> None:
+    path = "/" + "/".join(segments)
+    redactor = Recording()
+    masked = redactor.path(path)
+    template = path_template(path)
+    template_segments = template.split("/")
+    for i, (before, after) in enumerate(zip(path.split("/"), masked.split("/"))):
+        if before.partition(";")[0] != after.partition(";")[0]:  # the masker hid this segment
+            assert template_segments[i].startswith("{"), (path, masked, template)
+        elif before != after:  # a path parameter's value: the template keeps its name only
+            assert "=" not in template_segments[i], (path, masked, template)
+
+
+# -- property: redact output holds no value the masker masks --------------------------------------------------
+_WORDS_BY_STYLE = {
+    "camel": lambda words: words[0] + "".join(w.capitalize() for w in words[1:]),
+    "snake": "_".join, "kebab": "-".join, "upper": lambda words: "_".join(words).upper(),
+    "title": lambda words: "-".join(w.capitalize() for w in words),
+}
+_SECRET_WORDS = ["token", "secret", "password", "passwd", "session", "auth", "credential", "signature", "key"]
+_PREFIXES = ["", "new", "user", "api", "db", "x", "private", "access", "client"]
+_SUFFIXES = {"key": ["", "value", "data"]}
+
+
+@st.composite
+def secret_names(draw) -> str:
+    word = draw(st.sampled_from(_SECRET_WORDS))
+    words = [w for w in (draw(st.sampled_from(_PREFIXES)), word,
+                         draw(st.sampled_from(_SUFFIXES.get(word, ["", "value", "id", "hash"])))) if w]
+    if draw(st.booleans()) and words[-1] in ("token", "secret", "password", "passwd", "signature") and len(words) > 1:
+        return "".join(words)  # run together: newpassword, authtoken
+    return _WORDS_BY_STYLE[draw(st.sampled_from(sorted(_WORDS_BY_STYLE)))](words)
+
+
+_plain_values = st.text(alphabet=_ALNUM + "-.", min_size=6, max_size=20)
+_known_values = st.one_of(
+    st.text(alphabet=_ALNUM, min_size=36, max_size=40).map(lambda v: "ghp_" + v),
+    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", min_size=16, max_size=16).map(lambda v: "AKIA" + v),
+    st.text(alphabet=_ALNUM, min_size=12, max_size=30).map(lambda v: "xoxb-1234-" + v),
+    st.text(alphabet=_ALNUM, min_size=12, max_size=30).map(lambda v: "sk_live_" + v),
+    st.text(alphabet=_ALNUM, min_size=8, max_size=40).map(
+        lambda v: f"-----BEGIN PRIVATE KEY-----\nMII{v}\n-----END PRIVATE KEY-----"),
+    st.tuples(st.text(alphabet=_ALNUM, min_size=8, max_size=20), st.text(alphabet=_ALNUM, min_size=8, max_size=30))
+    .map(lambda p: "eyJ" + p[0] + ".eyJ" + p[1] + ".sig" + p[1][:6]),
+)
+PLACES = ("header", "query", "path parameter", "json", "form", "xml", "xml attribute", "env", "yaml", "multipart")
+SHAPE_PLACES = ("header", "query", "path", "json", "text", "xml")
+
+
+def _place_by_name(place: str, name: str, value: str, parts: dict) -> None:
+    xml_name = name if name[0].isalpha() else "x" + name
+    {"header": lambda: parts["headers"].append((name.encode(), value.encode())),
+     "query": lambda: parts["query"].append(f"{quote(name)}={quote(value, safe='')}"),
+     "path parameter": lambda: parts["params"].append(f"{name}={quote(value, safe='')}"),
+     "json": lambda: parts["json"].__setitem__(name, value),
+     "form": lambda: parts["form"].append(f"{quote_plus(name)}={quote_plus(value)}"),
+     "xml": lambda: parts["xml"].append(f"<{xml_name}>{value}</{xml_name}>"),
+     "xml attribute": lambda: parts["xml"].append(f'<item {xml_name}="{value}"/>'),
+     "env": lambda: parts["text"].append(f"{'_'.join(words(name)).upper()}={value}"),  # TOKEN_VALUE=...
+     "yaml": lambda: parts["text"].append(f"{name}: {value}"),
+     "multipart": lambda: parts["multipart"].append((name, value)),
+     }[place]()
+
+
+def _place_by_shape(place: str, value: str, parts: dict) -> None:
+    {"header": lambda: parts["headers"].append((b"X-Note", value.replace("\n", "\\n").encode())),
+     "query": lambda: parts["query"].append(f"q={quote(value, safe='')}"),
+     "path": lambda: parts["path"].append(quote(value, safe="")),
+     "json": lambda: parts["json"].__setitem__("note", f"see {value} here"),
+     "text": lambda: parts["text"].append(f"the value is {value} here"),
+     "xml": lambda: parts["xml"].append(f"<note>{value}</note>"),
+     }[place]()
+
+
+def _build(parts: dict) -> tuple[Exchange, list[Response]]:
+    """The request (target, headers, JSON body) and one response per kind of body."""
+    target = "/api/" + "/".join(["items", *parts["path"]]) + "".join(";" + p for p in parts["params"])
+    target += ("?" + "&".join(parts["query"])) if parts["query"] else ""
+    body = json.dumps(parts["json"]).encode()
+    request = Request.build("POST", target, ((b"Host", b"shop.test"), *parts["headers"],
+                                             (b"Content-Type", b"application/json"),
+                                             (b"Content-Length", str(len(body)).encode())), body)
+    boundary = "HyPoThEsIsBoundary"
+    multipart = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"\r\n\r\n{v}\r\n'
+                        for n, v in parts["multipart"]) + f"--{boundary}--\r\n"
+    pieces = [("application/x-www-form-urlencoded", "&".join(parts["form"])),
+              ("application/xml", "<r>" + "".join(parts["xml"]) + "</r>"), ("text/plain", "\n".join(parts["text"])),
+              (f"multipart/form-data; boundary={boundary}", multipart)]
+    responses = [Response.build(200, "OK", ((b"Content-Type", ctype.encode()),
+                                            (b"Content-Length", str(len(text.encode())).encode())), text.encode())
+                 for ctype, text in pieces]
+    return Exchange(0, request, responses[0], T0, T0 + 1, "c", 0, Source("f", 0)), responses[1:]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(secret_names(), _plain_values, st.sampled_from(PLACES)), max_size=8),
+       st.lists(st.tuples(st.one_of(_tokens, _known_values), st.sampled_from(SHAPE_PLACES)), max_size=5))
+def test_redact_output_holds_no_value_the_masker_masks(by_name, by_shape) -> None:
+    parts = {k: [] for k in ("headers", "query", "params", "form", "xml", "text", "multipart", "path")}
+    parts["json"] = {}
+    planted = []
+    for i, (name, value, place) in enumerate(by_name):
+        value = f"V{i}{value}"  # unique: no planted value is a part of another
+        _place_by_name(place, name, value, parts)
+        planted.append(value)
+    for value, place in by_shape:
+        _place_by_shape(place, value, parts)
+        planted.append(value.replace("\n", "\\n") if place == "header" else value)
+    exchange, more = _build(parts)
+    redactor = Recording(key=b"property")
+    from io import BytesIO
+
+    from pytest_replay.capture.writer import write_gor
+
+    sink = BytesIO()
+    write_gor([redactor.exchange(exchange)], sink)
+    output = sink.getvalue() + b"".join(redactor.message(response).raw for response in more)
+    text = output.decode("utf-8", "surrogateescape")
+    for value in planted:
+        for form in {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}:
+            assert form not in text, (value, form)
+    for value in redactor.masked:
+        if len(value) >= 6 and not is_masked(value):
+            assert value not in text, value

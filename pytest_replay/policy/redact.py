@@ -78,6 +78,18 @@ PHONE_FIELD = re.compile(r"(?i)^(?:(?:mobile|cell|home|work|contact|billing|ship
 STRUCTURAL_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding", "content-type",
                                 "connection", "keep-alive", "upgrade", "te", "trailer", "expect"})
 PREFIX = "REDACTED-"
+REDACTION_NOTES = (  # what the evidence package says about masking
+    "secrets masked as REDACTED-<keyed hash> (equal values, equal stand-ins, within this run); test ids show "
+    "REDACTED without the hash",
+    "by name (words of the name, any case or separator: token, secret, password, key, session, auth, credential, "
+    "signature...) in headers, query and path parameters, form, multipart, JSON and XML fields, name=value and "
+    "name: value lines of text",
+    "by shape anywhere: JWTs, PEM private keys, AWS/GitHub/GitLab/Slack/Stripe/Google/npm/PyPI/SendGrid/OpenAI "
+    "keys, high-entropy tokens, URL passwords; whole path segments that are tokens or follow a segment naming a "
+    "secret",
+    "e-mail addresses, Luhn-valid card numbers and phone numbers masked in shown bodies, targets and headers, "
+    "before values are shortened",
+)
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -137,8 +149,9 @@ TEXT_RULES = (('"', _QUOTED_NAMES, _QUOTED), ("=", _PAIR_NAMES, _PAIR), ("=", _A
 _BOUNDARY = re.compile(r'(?i)\bboundary=(?:"([^"]+)"|([^;\s]+))')
 _PART_NAME = re.compile(r'(?i)\bname="([^"]*)"|\bname=([^;\s]+)')
 _SCHEME = re.compile(r"(?i)\b(?P<name>bearer|basic|token|digest)\s+(?P<value>[\w.~+/=\-]{8,})")
-# By shape: maximal runs of token characters, 16 or more (sensitive.is_token decides).
-_RUN = re.compile(r"(?<![A-Za-z0-9_.\-])[A-Za-z0-9_.\-]{16,}+")
+# By shape: maximal runs of token characters (base64url, with its padding), 16 or more, holding a digit
+# (sensitive.is_token decides).
+_RUN = re.compile(r"(?<![A-Za-z0-9_\-])(?=[A-Za-z_\-]*+[0-9])[A-Za-z0-9_\-]{16,}+={0,2}")
 
 _AT = re.compile(r"@|%40")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}$")
@@ -297,10 +310,11 @@ class Redactor:
 
     def hides_header(self, name: bytes | str) -> bool:
         """Is this header's value masked (a secret, or not listed in allowlist mode)?"""
-        text = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
-        if text in STRUCTURAL_HEADERS:
+        text = name.decode("latin-1") if isinstance(name, bytes) else name
+        lname = text.lower()
+        if lname in STRUCTURAL_HEADERS:
             return False
-        return self.is_secret_header(text) or (self.allow_headers is not None and text not in self.allow_headers)
+        return self.is_secret_header(text) or (self.allow_headers is not None and lname not in self.allow_headers)
 
     def is_secret_name(self, name: str) -> bool:
         """Is a query parameter, form field or JSON key with this name a secret?"""
@@ -325,14 +339,15 @@ class Redactor:
         """A header value as it may be shown: credentials masked (the auth scheme and cookie names
         and attributes kept), in allowlist mode unlisted values masked whole."""
         text = value.decode("latin-1") if isinstance(value, bytes) else value
-        lname = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
-        if not self.hides_header(lname):
+        name = name.decode("latin-1") if isinstance(name, bytes) else name
+        lname = name.lower()
+        if not self.hides_header(name):
             return text
         if is_masked(text.strip()):
             return text
         if counts is not None:
             counts["header", lname] += 1
-        if not self.is_secret_header(lname):  # allowlist mode: not listed
+        if not self.is_secret_header(name):  # allowlist mode: not listed
             return self.mask(text)
         if lname == "cookie":
             return "; ".join(self._cookie_pair(p.strip()) for p in text.split(";") if p.strip())
@@ -407,8 +422,8 @@ class Redactor:
             if new is not None:
                 changed = True
                 if counts is not None:
-                    counts["path", "segment" if new.count(PREFIX) == 1 and new.startswith(PREFIX)
-                           else "path parameter"] += 1
+                    same_base = new.partition(";")[0] == segment.partition(";")[0]
+                    counts["path", "parameter" if same_base else "segment"] += 1
             out.append(segment if new is None else new)
             after = bool(segment) and names_a_secret(segment)
         return "/".join(out) if changed else path
@@ -524,12 +539,12 @@ class Redactor:
 
         def run(match: re.Match[str]) -> str:
             whole = match[0]
-            core = whole.strip("._-")
+            core = whole.strip("_-")
             if not is_token(core) or is_masked(core):
                 return whole
             if counts is not None:
                 counts["shape", "token"] += 1
-            lead = len(whole) - len(whole.lstrip("._-"))
+            lead = len(whole) - len(whole.lstrip("_-"))
             return whole[:lead] + self.mask(core) + whole[lead + len(core):]
 
         return _RUN.sub(run, text)
