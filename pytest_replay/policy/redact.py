@@ -151,7 +151,7 @@ _PART_NAME = re.compile(r'(?i)\bname="([^"]*)"|\bname=([^;\s]+)')
 _SCHEME = re.compile(r"(?i)\b(?P<name>bearer|basic|token|digest)\s+(?P<value>[\w.~+/=\-]{8,})")
 # By shape: maximal runs of token characters (base64url, with its padding), 16 or more, holding a digit
 # (sensitive.is_token decides).
-_RUN = re.compile(r"(?<![A-Za-z0-9_\-])(?=[A-Za-z_\-]*+[0-9])[A-Za-z0-9_\-]{16,}+={0,2}")
+_RUN = re.compile(r"(?<![A-Za-z0-9_\-])(?!REDACTED-)(?=[A-Za-z_\-]*+[0-9])[A-Za-z0-9_\-]{16,}+={0,2}")
 
 _AT = re.compile(r"@|%40")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}$")
@@ -278,6 +278,8 @@ class Redactor:
         self.pii = pii
         self._names: dict[str, bool] = {}  # is_secret_name, remembered
         self._segments: dict[tuple[str, bool], str | None] = {}  # path segment -> its stand-in, remembered
+        self._secret_headers: dict[str, bool] = {}  # is_secret_header, remembered
+        self._plain_headers: set[tuple[str, str]] = set()  # (name, value) with nothing to mask, remembered
 
     # -- stand-ins --------------------------------------------------------------------------------
     def _hash(self, data: bytes) -> str:
@@ -306,7 +308,12 @@ class Redactor:
 
     def is_secret_header(self, name: bytes | str) -> bool:
         text = name.decode("latin-1") if isinstance(name, bytes) else name
-        return text.lower() in self.headers or self._secret_word_name(text)
+        known = self._secret_headers.get(text)
+        if known is None:
+            known = text.lower() in self.headers or self._secret_word_name(text)
+            if len(self._secret_headers) < 4096:
+                self._secret_headers[text] = known
+        return known
 
     def hides_header(self, name: bytes | str) -> bool:
         """Is this header's value masked (a secret, or not listed in allowlist mode)?"""
@@ -379,11 +386,13 @@ class Redactor:
         (a URL or a path, as in Location or Referer, is masked as a request target is)."""
         if self.hides_header(name):
             return self.header_value(name, value, counts)
-        if name.lower() in STRUCTURAL_HEADERS:
-            return value
-        if value.startswith("/") or "://" in value[:12]:
-            value = self._url(value, counts)
-        return self.mask_pii(self.text(value, counts), counts) if self.pii else self.text(value, counts)
+        if name.lower() in STRUCTURAL_HEADERS or (name, value) in self._plain_headers:
+            return value  # (header values repeat: User-Agent, Accept...; those with nothing to mask are remembered)
+        new = self._url(value, counts) if value.startswith("/") or "://" in value[:12] else value
+        new = self.mask_pii(self.text(new, counts), counts) if self.pii else self.text(new, counts)
+        if new == value and len(self._plain_headers) < 4096:
+            self._plain_headers.add((name, value))
+        return new
 
     def _url(self, url: str, counts: Counter | None) -> str:
         """A URL or an absolute path with its path segments and query masked as a request target's."""
@@ -540,7 +549,7 @@ class Redactor:
         def run(match: re.Match[str]) -> str:
             whole = match[0]
             core = whole.strip("_-")
-            if not is_token(core) or is_masked(core):
+            if is_masked(core) or not is_token(core):
                 return whole
             if counts is not None:
                 counts["shape", "token"] += 1
