@@ -280,7 +280,8 @@ class NoiseModel:
         examined = {endpoint: (g, s) for endpoint, g, s in self.examined}
         for item in self.learned:
             of = examined.get(item.endpoint, (item.groups, item.samples))[0]
-            lines.append(f"  {item}  (differed in {item.groups} of {of} groups, {item.samples} responses)")
+            shown = DEFAULT_REDACTOR.shapes(str(item))  # a JSON key can be a token
+            lines.append(f"  {shown}  (differed in {item.groups} of {of} groups, {item.samples} responses)")
         for endpoint, count in self.skipped:
             lines.append(f"  {endpoint}: {count} groups not used: unsafe method, or responses "
                          "changed shape or differed outside JSON (state, not noise)")
