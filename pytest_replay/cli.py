@@ -30,9 +30,12 @@ from .policy.redact import Redactor
 __all__ = ["build_parser", "gor_id", "gor_records", "main"]
 
 REDACT_HELP = """Write a sanitized copy of IN in the same format: .gor stays .gor (gzip-compressed if IN was),
-pcap stays pcap and pcapng stays pcapng. Replaced: values of secret headers (Authorization keeps
-its scheme, cookies keep their names and attributes), token-like query parameters, secret JSON
-and form fields (password, token, api_key, session, card, cvc, ...), secrets in text bodies, and
+pcap stays pcap and pcapng stays pcapng. Replaced: values with a secret name (words such as token,
+secret, password, key, session, auth, credential, signature, in any case and spelling: sessionToken,
+PHPSESSID, AWS_SECRET_ACCESS_KEY) in headers (Authorization keeps its scheme, cookies keep their names
+and attributes), query and path parameters, form, multipart, JSON and XML fields and name=value or
+name: value lines of text bodies; secrets by shape anywhere (JWTs, PEM private keys, AWS, GitHub,
+Slack, Stripe... keys, high-entropy tokens, URL passwords), including whole path segments; and
 personal data in bodies, targets and headers (e-mail addresses, Luhn-valid card numbers, phone
 numbers). Content-Length follows a changed body; chunked bodies are written with Content-Length;
 a gzip/deflate body with anything to mask is written back identity-encoded, without its
@@ -97,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "Cookie, Set-Cookie, X-Api-Key and other credential headers)")
     redact.add_argument("--secret-param", action="append", default=[], metavar="NAME",
                         help="one more secret query parameter / form field / JSON field name (repeatable; "
-                             "default: token-like names such as token, api_key, password, session, card)")
+                             "default: names with a secret word in any spelling, such as sessionToken, api_key, "
+                             "newPassword, PHPSESSID, and card fields)")
     redact.add_argument("--allow-header", action="append", default=None, metavar="NAME",
                         help="allowlist mode: mask every header value except these (and the framing headers)")
     redact.add_argument("--allow-field", action="append", default=None, metavar="NAME",
@@ -219,8 +223,10 @@ def render_redact_summary(source: str, target: str, fmt: str, compressed: bool, 
             lines.append(f"    {result.skipped_separator} whose bytes contain the .gor separator line")
     if counts["skipped", "incomplete response"]:
         lines.append(f"    {counts['skipped', 'incomplete response']} responses left out (not captured whole)")
-    for kind, label in (("header", "headers"), ("param", "query parameters"), ("json", "JSON fields"),
-                        ("form", "form fields"), ("text", "secrets in text (name=value, Bearer ...)")):
+    for kind, label in (("header", "headers"), ("param", "query parameters"), ("path", "path"),
+                        ("json", "JSON fields"), ("form", "form fields"), ("multipart", "multipart parts"),
+                        ("text", "secrets in text (name=value, name: value, <name>, Bearer ...)"),
+                        ("shape", "secrets by shape")):
         shown = _by_name(counts, kind)
         lines.append(f"  {label}: {shown or 'none'}")
     pii = ", ".join(f"{counts['pii', key]} {label}" for key, label in PII_LABELS)

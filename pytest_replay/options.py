@@ -323,10 +323,13 @@ OPTIONS: tuple[Option, ...] = (
            "Default: everything.", None, _shard, metavar="K/N"),
     Option("replay_secret_header", "--replay-secret-header", "one more header whose value is masked in "
            "everything printed or written (repeatable). Default: Authorization, Proxy-Authorization, Cookie, "
-           "Set-Cookie and token-like names.", many=True, metavar="NAME"),
+           "Set-Cookie and names with a secret word (token, secret, password, key, session, auth, credential, "
+           "signature...; any case or separator: X-Auth-Token, X-Session-Token).", many=True, metavar="NAME"),
     Option("replay_secret_param", "--replay-secret-param", "one more query parameter, form or JSON field name "
-           "whose value is masked (repeatable). Default: token-like names (token, api_key, password, session, "
-           "...).", many=True, metavar="NAME"),
+           "whose value is masked (repeatable). Default: names with a secret word (token, secret, password, key, "
+           "session, auth, credential, signature...; any case or separator: sessionToken, PHPSESSID, "
+           "AWS_SECRET_ACCESS_KEY), card fields, and values shaped like secrets whatever their name.", many=True,
+           metavar="NAME"),
     Option("replay_show_header", "--replay-show-header", "allowlist mode: mask every header value except these "
            "(repeatable). Default: off.", many=True, metavar="NAME"),
     Option("replay_show_field", "--replay-show-field", "allowlist mode: mask every query, form and JSON field "

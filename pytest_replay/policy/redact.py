@@ -7,13 +7,23 @@ recognisably equal across a report while neither can be read back. Personal data
 stand-ins, but guessable values (a card number, a phone number, a short password) can no longer be
 recovered by hashing candidates, which an unkeyed 32-bit hash allows.
 
-What is secret:
-  - headers: credentials and session tokens (SECRET_HEADERS, names matching SECRET_NAME, extras).
-    `Authorization: Bearer <token>` keeps its scheme, cookies keep their names and attributes:
-    only the credential is replaced, so a token masks the same in a header and in a JSON body.
-  - fields (query parameters, form fields, JSON keys): names matching SECRET_NAME (token, password,
-    api_key, session, ...) or SECRET_FIELD (card, card_number, cvc, pin, ssn, ...), and extras.
-    Everything under a secret JSON key is masked; strings and numbers are, true/false/null are not.
+What is secret (the decisions by name and by shape are http/sensitive.py's, shared with the path
+templates, so `inspect` writes `{token}` exactly where a segment is masked):
+  - by name, in every place a name can sit: headers (SECRET_HEADERS and secret names), query
+    parameters, path parameters (`;jsessionid=`), form and multipart fields, JSON keys, XML elements
+    and attributes (`<password>`, `password="..."`, `key="ApiKey" value="..."`), `name=value`,
+    `name="value"` and line-start `name: value` in text (env files, YAML, header lines). A name is
+    secret when one of its words is (case and separators do not matter: sessionToken, PHPSESSID,
+    AWS_SECRET_ACCESS_KEY, X-Auth-Token), or it matches SECRET_FIELD (card, cvc, pin, ssn...), or
+    it is an extra. `Authorization: Bearer <token>` keeps its scheme, cookies keep their names and
+    attributes: only the credential is replaced, so a token masks the same in a header and in a
+    JSON body. Everything under a secret JSON key is masked; strings and numbers are,
+    true/false/null are not.
+  - by shape, wherever they are (values, text, path segments): JWTs, PEM private keys, AWS access
+    key ids, GitHub/GitLab/Slack/Stripe/Google/npm/PyPI/SendGrid/OpenAI keys, high-entropy tokens
+    (16+ letters and digits, at least two of each), and the password of a URL (user:pass@host).
+  - path segments: a token by shape, or a segment holding a digit after one that names a secret
+    (`/password-reset/<code>`); the whole segment is replaced.
   - allowlist mode (`allow_headers` / `allow_fields`): every header value / field value not listed
     is masked too. It only adds masking: a listed name that is secret is still masked. Headers that
     frame the message (Content-Length, Transfer-Encoding, Content-Type...) are never masked.
@@ -45,18 +55,16 @@ from collections import Counter
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-__all__ = ["DEFAULT", "SECRET_FIELD", "SECRET_HEADERS", "SECRET_NAME", "STRUCTURAL_HEADERS", "Redactor",
+from ..http.sensitive import (is_token, known_kind, name_is_secret, names_a_secret, secret_segment,
+                              sub_known as _sub_known, sub_url_passwords)
+
+__all__ = ["DEFAULT", "SECRET_FIELD", "SECRET_HEADERS", "STRUCTURAL_HEADERS", "Redactor",
            "is_masked", "luhn_ok", "mask", "mask_body", "mask_pii", "mask_text"]
 
 SECRET_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token",
     "x-access-token", "x-csrf-token", "x-xsrf-token", "x-amz-security-token", "x-goog-api-key", "api-key",
 })
-# Query parameter names (and header names) that look like credentials.
-SECRET_NAME = re.compile(
-    r"(?i)(^|[-_.])(token|access[-_]?token|refresh[-_]?token|id[-_]?token|api[-_]?key|apikey|key|secret|"
-    r"client[-_]?secret|password|passwd|pwd|pass|auth|authorization|session|sessionid|sid|sig|signature|"
-    r"credential|credentials|code|otp|jwt|bearer)($|[-_.])")
 # Field names (whole names) that hold payment card or identity data.
 SECRET_FIELD = re.compile(
     r"(?i)^(?:card|credit[-_]?card|debit[-_]?card|payment[-_]?card|card[-_]?(?:number|num|no|data|details)|"
@@ -70,6 +78,18 @@ PHONE_FIELD = re.compile(r"(?i)^(?:(?:mobile|cell|home|work|contact|billing|ship
 STRUCTURAL_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding", "content-type",
                                 "connection", "keep-alive", "upgrade", "te", "trailer", "expect"})
 PREFIX = "REDACTED-"
+REDACTION_NOTES = (  # what the evidence package says about masking
+    "secrets masked as REDACTED-<keyed hash> (equal values, equal stand-ins, within this run); test ids show "
+    "REDACTED without the hash",
+    "by name (words of the name, any case or separator: token, secret, password, key, session, auth, credential, "
+    "signature...) in headers, query and path parameters, form, multipart, JSON and XML fields, name=value and "
+    "name: value lines of text",
+    "by shape anywhere: JWTs, PEM private keys, AWS/GitHub/GitLab/Slack/Stripe/Google/npm/PyPI/SendGrid/OpenAI "
+    "keys, high-entropy tokens, URL passwords; whole path segments that are tokens or follow a segment naming a "
+    "secret",
+    "e-mail addresses, Luhn-valid card numbers and phone numbers masked in shown bodies, targets and headers, "
+    "before values are shortened",
+)
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -82,8 +102,9 @@ def mask(value: bytes | str) -> str:
 
 
 def is_masked(value: str) -> bool:
-    """Is this already a stand-in (or the shape placeholder diffs show for Set-Cookie values)?"""
-    return value.startswith(PREFIX) or value == "..."
+    """Is this already a stand-in (or the shape placeholder diffs show for Set-Cookie values, or the
+    fixed placeholder of test ids and URL passwords)?"""
+    return value.startswith(PREFIX) or value == "..." or value == "REDACTED"
 
 
 def luhn_ok(digits: str) -> bool:
@@ -105,12 +126,32 @@ def _card_prefix(digits: str) -> bool:
 
 
 # -- patterns ---------------------------------------------------------------------------------------
-# Secrets in free text: name=value, "name": "value", and credentials after an auth scheme.
-_PAIR = re.compile(r"(?P<name>[\w.\-]+)=(?P<value>[^&\s;,\"'<>]+)")
-_QUOTED = re.compile(r"\"(?P<name>[\w.\-]+)\"\s*:\s*\"(?P<value>(?:[^\"\\]|\\.)*)\"")
+# Secrets in free text, by name: (a character the text must hold, the names the pattern could mask,
+# the pattern with "name" and "value" groups). A pattern runs only if one of its names is secret.
+_PAIR = re.compile(r"(?P<name>[\w.\-]+)=(?P<value>[^&\s;,\"'<>]+)")  # name=value (query, env, cookies)
+_QUOTED = re.compile(r"\"(?P<name>[\w.\-]+)\"\s*:\s*\"(?P<value>(?:[^\"\\]|\\.)*)\"")  # "name": "value"
 _QUOTED_NAMES = re.compile(r"\"([\w.\-]+)\"\s*:")
 _PAIR_NAMES = re.compile(r"([\w.\-]+)=[^&\s;,\"'<>]")
+_ASSIGNED = re.compile(r"(?P<name>[\w.\-]+)[ \t]*=[ \t]*(?P<q>[\"'])(?P<value>[^\"'\r\n]+)(?P=q)"  # name="value"
+                       r"(?!\s+(?:value|content)\s*=)")  # (not key="ApiKey" value="...": _KEY_VALUE's)
+_ASSIGNED_NAMES = re.compile(r"([\w.\-]+)[ \t]*=[ \t]*[\"']")
+_ELEMENT = re.compile(r"<(?P<name>[A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?)(?:\s[^<>]*)?>"  # <name>value</name>
+                      r"(?P<value><!\[CDATA\[.*?\]\]>|[^<]+)</(?P=name)\s*>", re.DOTALL)
+_ELEMENT_NAMES = re.compile(r"<([A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?)[\s>]")
+_KEY_VALUE = re.compile(r"""\b(?:key|name)\s*=\s*["'](?P<name>[\w.\-: ]+)["']\s+(?:value|content)\s*=\s*["']"""
+                        r"""(?P<value>[^"']+)["']""")  # <add key="ApiKey" value="...">, <meta name=.. content=..>
+_KEY_VALUE_NAMES = re.compile(r"""\b(?:key|name)\s*=\s*["']([\w.\-: ]+)["']\s+(?:value|content)\s*=""")
+_LINE = re.compile(r"(?m)^[ \t]*(?:-[ \t]+)?(?:export[ \t]+)?(?P<name>[A-Za-z_][\w.\-]*)[ \t]*:[ \t]*"
+                   r"(?P<value>[^\s\"'#|>][^\r\n]*?|\"[^\"\r\n]+\"|'[^'\r\n]+')[ \t]*\r?$")  # name: value
+_LINE_NAMES = re.compile(r"(?m)^[ \t]*(?:-[ \t]+)?(?:export[ \t]+)?([A-Za-z_][\w.\-]*)[ \t]*:[ \t]*[^\s|>]")
+TEXT_RULES = (('"', _QUOTED_NAMES, _QUOTED), ("=", _PAIR_NAMES, _PAIR), ("=", _ASSIGNED_NAMES, _ASSIGNED),
+              ("<", _ELEMENT_NAMES, _ELEMENT), ("=", _KEY_VALUE_NAMES, _KEY_VALUE), (":", _LINE_NAMES, _LINE))
+_BOUNDARY = re.compile(r'(?i)\bboundary=(?:"([^"]+)"|([^;\s]+))')
+_PART_NAME = re.compile(r'(?i)\bname="([^"]*)"|\bname=([^;\s]+)')
 _SCHEME = re.compile(r"(?i)\b(?P<name>bearer|basic|token|digest)\s+(?P<value>[\w.~+/=\-]{8,})")
+# By shape: maximal runs of token characters (base64url, with its padding), 16 or more, holding a digit
+# (sensitive.is_token decides).
+_RUN = re.compile(r"(?<![A-Za-z0-9_\-])(?!REDACTED-)(?=[A-Za-z_\-]*+[0-9])[A-Za-z0-9_\-]{16,}+={0,2}")
 
 _AT = re.compile(r"@|%40")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}$")
@@ -220,12 +261,13 @@ class Redactor:
     extra_headers / extra_params: more secret header names / field names (query, form and JSON),
     matched whole and case-insensitively. allow_headers / allow_fields: allowlist mode (see the
     module docstring). key: makes stand-ins keyed hashes (HMAC-SHA256); pii: mask personal data.
-    headers / name_pattern replace the default secret header set / the name pattern.
+    headers replaces the default secret header set; name_pattern, when given, replaces the word rule
+    of http/sensitive.py (name_is_secret) for header and field names.
     """
 
     def __init__(self, extra_headers: Iterable[str] = (), extra_params: Iterable[str] = (),
                  allow_headers: Iterable[str] | None = None, allow_fields: Iterable[str] | None = None, *,
-                 headers: Iterable[str] = SECRET_HEADERS, name_pattern: re.Pattern[str] = SECRET_NAME,
+                 headers: Iterable[str] = SECRET_HEADERS, name_pattern: re.Pattern[str] | None = None,
                  key: bytes | str | None = None, pii: bool = True) -> None:
         self.headers = frozenset(h.lower() for h in headers) | frozenset(h.lower() for h in extra_headers)
         self.name_pattern = name_pattern
@@ -235,6 +277,9 @@ class Redactor:
         self.key = _bytes(key) if key else None
         self.pii = pii
         self._names: dict[str, bool] = {}  # is_secret_name, remembered
+        self._segments: dict[tuple[str, bool], str | None] = {}  # path segment -> its stand-in, remembered
+        self._secret_headers: dict[str, bool] = {}  # is_secret_header, remembered
+        self._plain_headers: set[tuple[str, str]] = set()  # (name, value) with nothing to mask, remembered
 
     # -- stand-ins --------------------------------------------------------------------------------
     def _hash(self, data: bytes) -> str:
@@ -256,22 +301,33 @@ class Redactor:
         return f"{PREFIX}{kind}-{self._hash(norm.encode('utf-8', 'surrogateescape'))}"
 
     # -- names ------------------------------------------------------------------------------------
+    def _secret_word_name(self, name: str) -> bool:
+        if self.name_pattern is not None:
+            return self.name_pattern.search(name) is not None
+        return name_is_secret(name)
+
     def is_secret_header(self, name: bytes | str) -> bool:
-        text = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
-        return text in self.headers or bool(self.name_pattern.search(text))
+        text = name.decode("latin-1") if isinstance(name, bytes) else name
+        known = self._secret_headers.get(text)
+        if known is None:
+            known = text.lower() in self.headers or self._secret_word_name(text)
+            if len(self._secret_headers) < 4096:
+                self._secret_headers[text] = known
+        return known
 
     def hides_header(self, name: bytes | str) -> bool:
         """Is this header's value masked (a secret, or not listed in allowlist mode)?"""
-        text = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
-        if text in STRUCTURAL_HEADERS:
+        text = name.decode("latin-1") if isinstance(name, bytes) else name
+        lname = text.lower()
+        if lname in STRUCTURAL_HEADERS:
             return False
-        return self.is_secret_header(text) or (self.allow_headers is not None and text not in self.allow_headers)
+        return self.is_secret_header(text) or (self.allow_headers is not None and lname not in self.allow_headers)
 
     def is_secret_name(self, name: str) -> bool:
         """Is a query parameter, form field or JSON key with this name a secret?"""
         known = self._names.get(name)
         if known is None:
-            known = (bool(self.name_pattern.search(name)) or bool(SECRET_FIELD.match(name))
+            known = (self._secret_word_name(name) or bool(SECRET_FIELD.match(name))
                      or name.lower() in self.extra_params)
             if len(self._names) < 4096:
                 self._names[name] = known
@@ -290,14 +346,15 @@ class Redactor:
         """A header value as it may be shown: credentials masked (the auth scheme and cookie names
         and attributes kept), in allowlist mode unlisted values masked whole."""
         text = value.decode("latin-1") if isinstance(value, bytes) else value
-        lname = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
-        if not self.hides_header(lname):
+        name = name.decode("latin-1") if isinstance(name, bytes) else name
+        lname = name.lower()
+        if not self.hides_header(name):
             return text
         if is_masked(text.strip()):
             return text
         if counts is not None:
             counts["header", lname] += 1
-        if not self.is_secret_header(lname):  # allowlist mode: not listed
+        if not self.is_secret_header(name):  # allowlist mode: not listed
             return self.mask(text)
         if lname == "cookie":
             return "; ".join(self._cookie_pair(p.strip()) for p in text.split(";") if p.strip())
@@ -325,23 +382,78 @@ class Redactor:
         return [(name.decode("latin-1"), self.header_value(name, value)) for name, value in pairs]
 
     def _header_text(self, name: str, value: str, counts: Counter | None) -> str:
-        """Any header value for rewriting: secrets masked, else secrets and PII in the text masked."""
+        """Any header value for rewriting: secrets masked, else secrets and PII in the text masked
+        (a URL or a path, as in Location or Referer, is masked as a request target is)."""
         if self.hides_header(name):
             return self.header_value(name, value, counts)
-        if name.lower() in STRUCTURAL_HEADERS:
-            return value
-        return self.mask_pii(self.text(value, counts), counts) if self.pii else self.text(value, counts)
+        if name.lower() in STRUCTURAL_HEADERS or (name, value) in self._plain_headers:
+            return value  # (header values repeat: User-Agent, Accept...; those with nothing to mask are remembered)
+        new = self._url(value, counts) if value.startswith("/") or "://" in value[:12] else value
+        new = self.mask_pii(self.text(new, counts), counts) if self.pii else self.text(new, counts)
+        if new == value and len(self._plain_headers) < 4096:
+            self._plain_headers.add((name, value))
+        return new
+
+    def _url(self, url: str, counts: Counter | None) -> str:
+        """A URL or an absolute path with its path segments and query masked as a request target's."""
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            return self.target(url, counts)
+        authority, slash, target = rest.partition("/")
+        return scheme + sep + authority + slash + self.target(target, counts) if slash else url
 
     # -- targets and fields -----------------------------------------------------------------------
     def target(self, target: str, counts: Counter | None = None) -> str:
-        """The request target with secret (and, in allowlist mode, unlisted) query parameter values
-        masked, and personal data in the path and the values masked."""
+        """The request target with secret path segments and path parameter values, secret (and, in
+        allowlist mode, unlisted) query parameter values, and personal data masked."""
         path, sep, query = target.partition("?")
+        path = self.path(path, counts)
         if self.pii:
             path = self.mask_pii(path, counts)
         if not sep:
             return path
         return path + "?" + self._pairs(query, "param", counts, form=False)
+
+    def path(self, path: str, counts: Counter | None = None) -> str:
+        """A path with every secret segment (sensitive.secret_segment, the decision path templates
+        use) and every secret path parameter value (;jsessionid=...) replaced by its stand-in."""
+        out = []
+        after = False
+        changed = False
+        for segment in path.split("/"):
+            key = (segment, after)
+            new = self._segments.get(key, False)
+            if new is False:
+                new = self._segment(segment, after)
+                if len(self._segments) >= 4096:
+                    self._segments.clear()
+                self._segments[key] = new
+            if new is not None:
+                changed = True
+                if counts is not None:
+                    same_base = new.partition(";")[0] == segment.partition(";")[0]
+                    counts["path", "parameter" if same_base else "segment"] += 1
+            out.append(segment if new is None else new)
+            after = bool(segment) and names_a_secret(segment)
+        return "/".join(out) if changed else path
+
+    def _segment(self, segment: str, after: bool) -> str | None:
+        """The masked form of one path segment, or None when there is nothing to mask in it."""
+        base, semi, params = segment.partition(";")
+        changed = False
+        if base and not is_masked(base) and secret_segment(base, after):
+            base = self.mask(unquote(base))
+            changed = True
+        if semi:
+            kept = []
+            for param in params.split(";"):
+                name, eq, value = param.partition("=")
+                if eq and value and not is_masked(value) and (self.is_secret_name(unquote(name)) or is_token(value)):
+                    param = name + eq + self.mask(unquote(value))
+                    changed = True
+                kept.append(param)
+            params = ";".join(kept)
+        return base + semi + params if changed else None
 
     def _pairs(self, text: str, kind: str, counts: Counter | None, form: bool) -> str:
         parts = []
@@ -366,7 +478,7 @@ class Redactor:
             if counts is not None:
                 counts["pii", pii.lower()] += 1
             return self.pii_standin(pii, unquote_plus(raw) if form else unquote(raw))
-        if not self.pii and not _PAIR.search(raw):
+        if not self.pii and len(raw) < 16 and not _PAIR.search(raw):
             return raw
         # Decoded as a form would decode it ("+" is a space) and, if nothing is found that way, with
         # "+" kept (a phone number written +49... in a query string).
@@ -381,25 +493,70 @@ class Redactor:
 
     # -- free text ----------------------------------------------------------------------------------
     def text(self, text: str, counts: Counter | None = None) -> str:
-        """Secret-looking `name=value`, `"name": "value"` and `Bearer <token>` in free text, masked."""
-        if "=" not in text and ":" not in text and " " not in text:
+        """Secrets in free text masked: by name (`name=value`, `name="value"`, `"name": "value"`,
+        `<name>value</name>`, `key="name" value="..."`, line-start `name: value`), after an auth
+        scheme (`Bearer <token>`), URL passwords, and by shape (known formats, high-entropy tokens)."""
+        if len(text) < 8:
             return text
 
         def pair(match: re.Match[str]) -> str:
             name, value = match["name"], match["value"]
-            if is_masked(value) or not (match.re is _SCHEME or self.is_secret_name(name)):
+            if match.re is not _SCHEME and not self.is_secret_name(name):
+                return match[0]
+            start, end = match.span("value")
+            if match.re is _ELEMENT and value.startswith("<![CDATA["):
+                value, start, end = value[9:-3], start + 9, end - 3
+            elif match.re is _LINE and value[:1] in "\"'":
+                value, start, end = value[1:-1], start + 1, end - 1
+            if is_masked(value.strip()) or not value.strip():
                 return match[0]
             if counts is not None:
                 counts["text", name.lower()] += 1
-            return match[0].replace(value, self.mask(value))
+            if match.re is _LINE and name.lower() in self.headers:
+                new = self.header_value(name, value)  # "Authorization: Bearer x" keeps its scheme
+            else:
+                new = self.mask(value)
+            base = match.start()
+            return match[0][:start - base] + new + match[0][end - base:]
+
+        if "://" in text:
+            text = sub_url_passwords(lambda m: self._shape_standin(m, "url password", counts), text)
         # A pattern runs (with a Python call per match) only if a name it would mask is there.
-        if '"' in text and any(self.is_secret_name(n) for n in set(_QUOTED_NAMES.findall(text))):
-            text = _QUOTED.sub(pair, text)
-        if "=" in text and any(self.is_secret_name(n) for n in set(_PAIR_NAMES.findall(text))):
-            text = _PAIR.sub(pair, text)
+        for needle, names, pattern in TEXT_RULES:
+            if needle in text and any(self.is_secret_name(n) for n in set(names.findall(text))):
+                text = pattern.sub(pair, text)
         if " " in text:
             text = _SCHEME.sub(pair, text)
-        return text
+        return self.shapes(text, counts)
+
+    def _shape_standin(self, match: re.Match[str], kind: str, counts: Counter | None) -> str:
+        value = match["value"] if kind == "url password" else match[0]
+        if is_masked(value):
+            return match[0]
+        if counts is not None:
+            counts["shape", kind] += 1
+        if kind == "url password":
+            return match["user"] + self.mask(value)
+        return self.mask(value)
+
+    def shapes(self, text: str, counts: Counter | None = None) -> str:
+        """Secrets found by their shape (whatever their name): known credential formats (JWT, PEM private
+        key, AWS, GitHub, Slack, Stripe...) and high-entropy tokens; each replaced by its stand-in."""
+        if len(text) < 16:
+            return text
+        text = _sub_known(lambda m: self._shape_standin(m, known_kind(m), counts), text)
+
+        def run(match: re.Match[str]) -> str:
+            whole = match[0]
+            core = whole.strip("_-")
+            if is_masked(core) or not is_token(core):
+                return whole
+            if counts is not None:
+                counts["shape", "token"] += 1
+            lead = len(whole) - len(whole.lstrip("_-"))
+            return whole[:lead] + self.mask(core) + whole[lead + len(core):]
+
+        return _RUN.sub(run, text)
 
     def mask_pii(self, text: str, counts: Counter | None = None) -> str:
         """E-mail addresses, card numbers and phone numbers in `text`, replaced by stand-ins."""
@@ -471,11 +628,15 @@ class Redactor:
         secrets in text and personal data masked. Binary bodies are returned as they are."""
         if not body:
             return body
-        ctype = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type or ""
-        ctype = ctype.lower()
+        declared = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type or ""
+        ctype = declared.lower()
         kind = body_kind(body, ctype)
         if kind == "binary":
             return body
+        if ctype.startswith("multipart/") and self.allow_fields is None:
+            boundary = _BOUNDARY.search(declared)
+            if boundary:
+                return self._multipart(body, (boundary[1] or boundary[2]).encode("latin-1"), counts)
         charset = _charset(ctype)
         text = body.decode(charset, "surrogateescape")
         if kind == "json":
@@ -491,6 +652,46 @@ class Redactor:
             text = self.mask_pii(text, counts)
         out = text.encode(charset, "surrogateescape")
         return body if out == body else out
+
+    def _multipart(self, body: bytes, boundary: bytes, counts: Counter | None) -> bytes:
+        """A multipart body part by part: a part named like a secret is masked whole (unless it is a
+        file), the others are masked as bodies of their own Content-Type; binary parts stay as they
+        are. The delimiters and the preamble and epilogue are kept byte for byte."""
+        delimiter = b"--" + boundary
+        pieces = body.split(delimiter)
+        out = [pieces[0]]  # the preamble
+        for piece in pieces[1:]:
+            if piece.startswith(b"--"):  # the close delimiter and the epilogue
+                out.append(piece)
+                continue
+            out.append(self._part(piece, counts))
+        return delimiter.join(out)
+
+    def _part(self, piece: bytes, counts: Counter | None) -> bytes:
+        """One part of a multipart body: its line ending, headers, empty line, content, line ending."""
+        cut = piece.find(b"\r\n\r\n")
+        gap = 4
+        if cut < 0:
+            cut, gap = piece.find(b"\n\n"), 2
+        if cut < 0:
+            return piece
+        head, content = piece[:cut], piece[cut + gap:]
+        ending = b"\r\n" if content.endswith(b"\r\n") else b"\n" if content.endswith(b"\n") else b""
+        content = content[:len(content) - len(ending)]
+        headers = dict(line.decode("latin-1").partition(":")[::2] for line in head.splitlines() if b":" in line)
+        headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+        disposition = headers.get("content-disposition", "")
+        name = _PART_NAME.search(disposition)
+        is_file = "filename" in disposition.lower()
+        if name and not is_file and self.is_secret_name(name[1]) and content and not is_masked(content.decode(
+                "latin-1")):
+            if counts is not None:
+                counts["multipart", name[1]] += 1
+            content = self.mask(content).encode()
+        else:
+            content = self.body(content, headers.get("content-type") or ("" if is_file else "text/plain"), counts)
+        new_head = self.text(head.decode("latin-1"), counts).encode("latin-1", "replace")
+        return new_head + piece[cut:cut + gap] + content + ending
 
     def _json(self, text: str, counts: Counter | None) -> str:
         """Values under secret (or, in allowlist mode, unlisted) keys, PII-named fields and card numbers

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, fields
 
+from ..http.sensitive import url_without_password
 from .aggregate import ALL, Aggregate, render_table
 
 
@@ -89,7 +90,8 @@ class RunReport:
 
     @classmethod
     def build(cls, results: RunResults, *, captures: dict, target: str, pace: str, budgets: list) -> RunReport:
-        report = cls(captures=captures, target=target, pace=pace, budgets=list(budgets))
+        report = cls(captures=captures, target=url_without_password(target),  # http://user:REDACTED@host
+                      pace=pace, budgets=list(budgets))
         report.planned, report.sent = results.planned, results.sent
         report.failure = "; ".join(results.failures)
         report.interrupted = report.sent < report.planned

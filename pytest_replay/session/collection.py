@@ -14,6 +14,7 @@ from ..capture.summary import summary_data
 from ..distribute import partition
 from ..http.message import Exchange
 from ..http.normalize import path_template
+from ..http.sensitive import url_without_password
 from ..options import Settings
 from ..policy.filters import RequestFilter
 from ..policy.redact import Redactor
@@ -170,7 +171,8 @@ class Collection:
         pace = f"rate {s.rate:g}/s" if s.rate else ("speed 0 (no waiting)" if s.speed == 0 else f"speed {s.speed:g}x")
         names = ", ".join(display_path(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")
         shard = f"; shard {s.shard[0]}/{s.shard[1]}" if s.shard else ""
-        return [f"replay: {names}; target {s.target or '(replay_target fixture)'}; {pace}; "
+        target = url_without_password(str(s.target)) if s.target else "(replay_target fixture)"
+        return [f"replay: {names}; target {target}; {pace}; "
                 f"concurrency {s.concurrency}{shard}"]
 
     def capture_summary(self) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ..policy.redact import REDACTION_NOTES
 from ..report.run import RunReport, RunResults, render_terminal
 from .run import ReplayRun, now_iso
 
@@ -140,9 +141,7 @@ class Reporting:
 
     def _redaction_notes(self) -> list[str]:
         s = self.settings
-        notes = ["secret headers, token-like query parameters and secret JSON/form fields masked as "
-                 "REDACTED-<keyed hash> (equal values, equal stand-ins, within this run)",
-                 "e-mail addresses, Luhn-valid card numbers and phone numbers masked in shown bodies"]
+        notes = list(REDACTION_NOTES)
         notes += [f"secret header: {h}" for h in s.secret_headers] + [f"secret field: {p}" for p in s.secret_params]
         if s.show_headers or s.show_fields:
             notes.append(f"allowlist mode: only headers {list(s.show_headers)} and fields {list(s.show_fields)} shown")

@@ -95,7 +95,7 @@ class ReplayRun:
             # --replay-original-host, or a Host set with --replay-set-header: the target sends the request's own
             inner = make_target(target_spec, verify=not s.insecure, keep_host=s.original_host or set_host)
         except (ValueError, TypeError) as exc:
-            pytest.exit(f"replay target: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+            pytest.exit(self.redactor.text(f"replay target: {exc}"), returncode=pytest.ExitCode.USAGE_ERROR)
         in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
             getattr(getattr(inner, "client", None), "_transport", None), (httpx.ASGITransport, httpx.WSGITransport))
         url = getattr(inner, "url", None) or getattr(inner, "base", None)

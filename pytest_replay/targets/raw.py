@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from ..http.message import CLOSED, UNPARSABLE as FLAG_UNPARSABLE, Request, Response
 from ..http.parser import Framer, Lost, Parsed, Stop
+from ..http.sensitive import url_without_password
 from ..schedule.plan import PlannedRequest
 from ..schedule.target import REFUSED, RESET, TRUNCATED, UNPARSABLE, TargetError
 
@@ -244,7 +245,7 @@ class RawTarget:
         if not parts.hostname:
             raise ValueError(f"target URL has no host: {url!r}")
         if parts.username is not None or parts.password is not None:
-            raise ValueError(f"credentials in the target URL are not supported: {url!r}")
+            raise ValueError(f"credentials in the target URL are not supported: {url_without_password(url)!r}")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(f"a path, query or fragment in the target URL is not supported yet (request "
                              f"targets are sent as captured): {url!r}; use {scheme}://{parts.netloc}")

@@ -7,8 +7,10 @@ learned noise model or the default volatile headers account for are not failures
 in `Verdict.ignored`, so a report can say what was left out and why.
 
 Secrets never reach a Verdict or a rendered failure in clear: header values of secret headers, JSON
-values under secret-looking keys, `name=value` pairs with secret-looking names, and bearer tokens are
-masked with the Redactor (REDACTED-<hash>) before values are truncated.
+values under secret-looking keys, secrets in text by name and by shape (Redactor.text) and personal
+data (Redactor.mask_pii) are masked (REDACTED-<hash>) before values are truncated: a value cut first
+could no longer be recognised (`bob@exampl…`). Paths of differences are screened too (a JSON key can
+be a token).
 """
 
 from __future__ import annotations
@@ -184,9 +186,10 @@ def _short(text: str, limit: int = MAX_VALUE) -> str:
 
 
 def _json_value(value, redactor: Redactor, secret: bool) -> str:
+    """A JSON value for display, masked (not shortened: _Comparison.add does that, after masking PII)."""
     if value is notpresent:
         return ABSENT
-    return _short(json.dumps(_redact_json(value, redactor, secret), ensure_ascii=False))
+    return json.dumps(_redact_json(value, redactor, secret), ensure_ascii=False)
 
 
 def _secret_path(path: str, redactor: Redactor) -> bool:
@@ -303,7 +306,7 @@ class NoiseModel:
         plain data for the report ({summary, rules: [{rule, learned}], not_used: [...]})."""
         groups = sum(g for _, g, _ in self.examined)
         examined = {endpoint: g for endpoint, g, _ in self.examined}
-        rules = [{"rule": str(item), "learned": f"differed in {item.groups} of "
+        rules = [{"rule": noise_name(item), "learned": f"differed in {item.groups} of "
                   f"{examined.get(item.endpoint, item.groups)} groups, {item.samples} responses"}
                  for item in self.learned]
         not_used = [f"{endpoint}: {count} groups not used: unsafe method, or responses changed shape or "
@@ -416,6 +419,11 @@ def _groups(exchanges: Iterable[Exchange], redactor: Redactor, max_samples: int)
     return groups, writes
 
 
+def noise_name(rule) -> str:
+    """A learned rule as shown and counted: a JSON key or text token in it can be a secret."""
+    return DEFAULT_REDACTOR.shapes(str(rule))
+
+
 def learn_noise(exchanges: Iterable[Exchange], *, redactor: Redactor = DEFAULT_REDACTOR,
                 max_samples: int = 32) -> NoiseModel:
     """Learn what varies between recorded responses to identical requests.
@@ -520,6 +528,12 @@ class _Comparison:
         self.framing_differs = False
 
     def add(self, part: str, path: str, recorded: str, replayed: str, change: str = "", where: str = "") -> None:
+        """Record a difference: values masked for personal data, then shortened (in that order)."""
+        redactor = self.config.redactor
+        if redactor.pii:
+            recorded, replayed = redactor.mask_pii(recorded), redactor.mask_pii(replayed)
+        if part == "body":
+            path = redactor.shapes(path)
         self.differences.append(Difference(part, path, _short(recorded), _short(replayed), change, where))
 
     def why_ignored(self, part: str, key: str, noise: bool = True) -> str | None:
@@ -538,7 +552,7 @@ class _Comparison:
             if key in TRANSPORT_HEADERS or (key in FRAMING_HEADERS and self.framing_differs):
                 return f"transport header {key}"
         learned = self.config.noise.match(point) if noise and self.config.noise is not None else None
-        return f"{NOISE_REASON}{learned}" if learned is not None else None
+        return f"{NOISE_REASON}{noise_name(learned)}" if learned is not None else None
 
     def unless_ignored(self, part: str, key: str, difference: tuple[str, str, str, str], *, noise: bool = True,
                        change: str = "", where: str = "") -> None:
@@ -604,7 +618,7 @@ class _Comparison:
             regex = _compiled(item.key)
             hid = sum(x != y for x, y in zip(regex.findall(a), regex.findall(b)))
             if hid:
-                self.ignored[f"{NOISE_REASON}{item}"] += hid
+                self.ignored[f"{NOISE_REASON}{noise_name(item)}"] += hid
             a, b = regex.sub(PLACEHOLDER, a), regex.sub(PLACEHOLDER, b)
         return a, b
 
