@@ -89,9 +89,12 @@ class ReplaySession:
         self.write_policy = None
         self.write_counts = None
         self.unused_allow: list[str] = []
-        self.decisions: dict[int, str] = {}  # exchange index -> send / mock / skip
+        self.decisions: dict = {}  # exchange index -> policy.writes.Decision (send / mock / skip, and why)
         from .policy.filters import RequestFilter
         from .policy.rewrite import Rewrites
+        from .policy.writes import WRITE_METHODS_DEPRECATED, WriteRules
+
+        self.write_rules = WriteRules.declaring(settings.write_pattern, settings.write_methods)  # what is a write
 
         self.request_filter = RequestFilter(settings.allow_header, settings.disallow_header, settings.sample)
         self.rewrites = Rewrites(settings.set_header, settings.rewrite_url)
@@ -100,7 +103,7 @@ class ReplaySession:
         self.skipped: list[tuple[Exchange, str]] = []  # selected, not replayed
         self.recorded: set[int] = set()  # exchanges counted in the aggregate
         self.budget_results: list = []
-        self.notes: list[str] = []
+        self.notes: list[str] = [WRITE_METHODS_DEPRECATED] if settings.write_methods else []
         self.empty_shard = False  # --replay-shard K/N left no replay item in this run
         self._show: bool | None = None  # progress lines shown? (decided once: every item waits)
         self._progress_at: tuple[float, int] | None = None  # (monotonic time, sent) of the last progress line
@@ -247,7 +250,7 @@ class ReplaySession:
         """Make the target, apply the write policy, rewrites and the production guard, and start
         the engine with every selected exchange on its schedule."""
         from .policy.guard import check_target, recorded_hosts
-        from .policy.writes import SKIP, WRITE_METHODS, WriteCounts, WritePolicy
+        from .policy.writes import SKIP, WriteCounts, WritePolicy
         from .schedule.engine import Engine
         from .targets import make_target
         from .targets.inprocess import ASGITarget, WSGITarget
@@ -268,7 +271,7 @@ class ReplaySession:
             if refusal:
                 pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
         self.write_policy = policy = WritePolicy(
-            mode=s.writes or ("pass" if in_process else "mock"), methods=WRITE_METHODS | s.write_methods,
+            mode=s.writes or ("pass" if in_process else "mock"), rules=self.write_rules,
             allow=s.allow_write, dry_run_header=s.dry_run_header)
         self.write_counts = WriteCounts()
         self.unused_allow = policy.unused_allow_patterns(self.exchanges or ())
@@ -281,19 +284,19 @@ class ReplaySession:
             part, workers = self.worker
             selected = [e for e in selected if worker_part(e.connection, workers) == part]
         planned = []
-        for exchange in selected:
-            decision = policy.decide(exchange)
-            self.decisions[exchange.index] = decision
-            if decision == SKIP:
-                self.write_counts.add(exchange, decision)
+        for exchange in selected:  # decided on the request as it will leave (PolicyTarget decides again)
+            decision = self.decisions[exchange.index] = policy.decision(self.rewrites.apply(exchange.request))
+            if decision.action == SKIP:
+                self.write_counts.add(exchange, SKIP)
                 self.skip(exchange, "write skipped (--replay-writes skip)", write=True)
             else:
                 planned.append(exchange)
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
-        plan = build_plan(planned, timing, lambda e: self.rewrites.apply(policy.mark(e.request)), wire)
-        self.target = PolicyTarget(inner, policy, RecordedWrites.from_exchanges(planned, policy.is_write),
-                                   counts=self.write_counts)
+        plan = build_plan(planned, timing, lambda e: self.rewrites.apply(
+            policy.mark(e.request, decision=self.decisions[e.index])), wire)
+        recorded = RecordedWrites.from_exchanges(planned, lambda e: self.decisions[e.index].why.write)
+        self.target = PolicyTarget(inner, policy, recorded, counts=self.write_counts, decisions=self.decisions)
         if outbound is not None and in_process:
             self.outbound = Outbound(outbound())
             self.outbound.start()
@@ -424,9 +427,9 @@ class ReplaySession:
                 + (f"; this item's request is due in {waiting:.1f} s" if waiting and waiting > 0 else ""))
 
     def record(self, exchange: Exchange, observation, verdict) -> None:
-        decision = self.decisions.get(exchange.index)
-        write = decision if self.write_policy is not None and self.write_policy.is_write(exchange) else None
-        self.aggregate.add(exchange, observation, verdict, write=write)
+        decision = self.decisions.get(exchange.index)  # counted as decided when the request left
+        column = decision.column if decision is not None else None
+        self.aggregate.add(exchange, observation, verdict, write=column, why=decision.why.reason if column else None)
         self.recorded.add(exchange.index)
 
     def _record_unjudged(self) -> None:
@@ -442,7 +445,9 @@ class ReplaySession:
 
     def skip(self, exchange: Exchange, reason: str, *, write: bool = False) -> None:
         self.skipped.append((exchange, reason))
-        self.aggregate.skip(exchange, reason, write=write)
+        decision = self.decisions.get(exchange.index)  # a write not sent (dropped, skipped) is a skipped write
+        why = decision.why.reason if decision is not None and decision.why.write else ""
+        self.aggregate.skip(exchange, reason, write=write or bool(why), why=why)
 
     # -- xdist: the controller's side ------------------------------------------------------------
     def configure_node(self, node) -> None:

@@ -20,7 +20,9 @@ Definitions (the budgets and the evidence use these):
   errors         transport failures by kind (refused, reset, timeout, ...); "cancelled" is kept
                  apart in `cancelled` (the run was stopped), not counted as a request
   failures       failed verdicts by part (status/header/body/latency/error; each part once per verdict)
-  writes         mocked / passed / skipped write requests (by the write policy)
+  writes         mocked / passed / skipped write requests (by the write policy), and flagged: reads
+                 with a body that were sent
+  write_reasons  why requests were writes or flagged ("method PURGE", "X-HTTP-Method-Override: DELETE")
   skipped        exchanges not replayed, by reason (Aggregate.skip)
 Sans-IO: values in, values out; no pytest, no clock, no files.
 """
@@ -209,7 +211,7 @@ class Histogram:
         return f"Histogram(total={self.total}, min={self.min}, max={self.max})"
 
 
-_COUNTERS = ("status", "recorded_status", "errors", "failures", "writes", "skipped")
+_COUNTERS = ("status", "recorded_status", "errors", "failures", "writes", "write_reasons", "skipped")
 
 
 class Stats:
@@ -229,7 +231,8 @@ class Stats:
         self.recorded_status: Counter = Counter()
         self.errors: Counter = Counter()  # transport error kind -> count (incl. "cancelled")
         self.failures: Counter = Counter()  # verdict part -> failed verdicts involving it
-        self.writes: Counter = Counter()  # mocked / passed / skipped
+        self.writes: Counter = Counter()  # mocked / passed / skipped / flagged
+        self.write_reasons: Counter = Counter()  # why (policy.writes.Classification.reason) -> requests
         self.skipped: Counter = Counter()  # reason -> exchanges not replayed
 
     # -- derived ----------------------------------------------------------------------------
@@ -297,6 +300,12 @@ class Stats:
                 *(dict(+getattr(self, name)) for name in _COUNTERS))
 
 
+def _count(counter: Counter, key: str | None) -> None:
+    """One more `key` (none for None or ""), under OTHER once MAX_REASONS distinct keys are kept."""
+    if key:
+        counter[key if key in counter or len(counter) < MAX_REASONS else OTHER] += 1
+
+
 def _status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "other"
 
@@ -325,17 +334,19 @@ class Aggregate:
                 stats = self.endpoints[key] = Stats()
         return stats
 
-    def add(self, exchange, observation, verdict=None, *, write: str | None = None) -> None:
+    def add(self, exchange, observation, verdict=None, *, write: str | None = None, why: str | None = None) -> None:
         """Count one replayed exchange. `observation` is its targets.base.Observation; `verdict` its
         verdicts.diff.Verdict (if judged); `write` is "mocked" (answered from the recording, not sent:
-        counted, not measured), "passed" (a write sent to the target) or None (a read). The write
-        policy's decisions "mock"/"send"/"skip" are accepted too."""
+        counted, not measured), "passed" (a write sent to the target), "flagged" (a read with a body,
+        sent) or None (a read). The write policy's decisions "mock"/"send"/"skip" are accepted too.
+        `why`: the reason it is a write (or flagged)."""
         request = exchange.request
         endpoint = self._stats(request.method, request.target)
         if write is not None:
             write = WRITE_OUTCOMES.get(write, write)
-            endpoint.writes[write] += 1
-            self.overall.writes[write] += 1
+            for stats in (endpoint, self.overall):
+                stats.writes[write] += 1
+                _count(stats.write_reasons, why)
         if write in ("mocked", "skipped") or observation is None:
             return
         kind = observation.error_kind
@@ -370,15 +381,15 @@ class Aggregate:
                     for part in {d.part for d in verdict.differences} or {"?"}:
                         stats.failures[part] += 1
 
-    def skip(self, exchange, reason: str, *, write: bool = False) -> None:
+    def skip(self, exchange, reason: str, *, write: bool = False, why: str | None = None) -> None:
         """Count an exchange that was selected but not replayed (incomplete, a write skipped by the
-        policy, ...). `reason` is a short stable code."""
+        policy, ...). `reason` is a short stable code; `why` the reason a write is one."""
         endpoint = self._stats(exchange.request.method, exchange.request.target)
         for stats in (endpoint, self.overall):
-            key = reason if reason in stats.skipped or len(stats.skipped) < MAX_REASONS else OTHER
-            stats.skipped[key] += 1
+            _count(stats.skipped, reason)
             if write:
                 stats.writes["skipped"] += 1
+                _count(stats.write_reasons, why)
 
     # -- combining --------------------------------------------------------------------------
     def merge(self, other: Aggregate) -> Aggregate:
@@ -489,6 +500,7 @@ def row(endpoint: str, stats: Stats) -> dict:
         "failed": stats.failed,
         "failures": dict(stats.failures),
         "writes": dict(stats.writes),
+        "write_reasons": dict(stats.write_reasons),
         "skipped": dict(stats.skipped),
     }
 

@@ -36,7 +36,7 @@ class RunReport:
     interrupted: bool = False
     failure: str = ""
     write_mode: str = ""
-    writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped)
+    writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped, flagged, reasons)
     unused_allow: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
@@ -69,12 +69,27 @@ class RunReport:
         report.noise = session._noise_lines() or list(remote["noise"])
         policy = session.write_policy
         report.write_mode = policy.mode if policy is not None else remote["write_mode"]
-        report.writes = [(row["endpoint"], row["writes"].get("mocked", 0), row["writes"].get("passed", 0),
-                          row["writes"].get("skipped", 0)) for row in report.table
-                         if row["writes"] and row["endpoint"] != ALL]
+        report.writes = [_write_row(row) for row in report.table if row["writes"] and row["endpoint"] != ALL]
         report.unused_allow = list(session.unused_allow) or list(remote["unused_allow"])
         report.notes = list(session.notes)
         return report
+
+
+WRITE_COLUMNS = ("mocked", "passed", "skipped", "flagged")  # policy.writes.COLUMNS
+MAX_WHY = 4  # reasons shown per endpoint in the write summary
+
+
+def _write_row(row: dict) -> tuple:
+    """(endpoint, mocked, passed, skipped, flagged, reasons most frequent first) of a table row."""
+    reasons = sorted(row.get("write_reasons", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    return (row["endpoint"], *(row["writes"].get(c, 0) for c in WRITE_COLUMNS), [why for why, _ in reasons])
+
+
+def _why(reasons: list[str]) -> str:
+    if not reasons:
+        return ""
+    more = f", +{len(reasons) - MAX_WHY} more" if len(reasons) > MAX_WHY else ""
+    return f" ({', '.join(reasons[:MAX_WHY])}{more})"
 
 
 def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
@@ -94,7 +109,10 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
             lines.append(f"  ... {sum(c['warning_counts'].values()) - 3} more warnings (-v shows them)")
     if report.planned:
         state = " (INTERRUPTED)" if report.interrupted else ""
-        lines.append(f"replayed: {report.sent} of {report.planned} requests to {report.target}, {report.pace}{state}")
+        mocked = sum(row[1] for row in report.writes)
+        among = f"; {mocked} of them writes answered from the recording, not sent" if mocked else ""
+        lines.append(f"replayed: {report.sent} of {report.planned} requests to {report.target}, {report.pace}{state}"
+                     + among)
         if report.failure:
             lines.append(f"replay stopped: {report.failure}")
         failed = sum(report.failed_by.values())
@@ -115,11 +133,12 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         lines.append("budgets:")
         lines.extend(f"  {result.line()}" for result in report.budgets)
     if report.writes or report.write_mode:
-        totals = [sum(row[i] for row in report.writes) for i in (1, 2, 3)]
+        totals = [sum(row[i] for row in report.writes) for i in (1, 2, 3, 4)]
         lines.append(f"writes ({report.write_mode}): {totals[0]} mocked (answered from the recording), "
-                     f"{totals[1]} sent, {totals[2]} skipped")
-        for endpoint, mocked, passed, skipped in report.writes[: (200 if verbose else 10)]:
-            lines.append(f"  {endpoint}: {mocked} mocked, {passed} sent, {skipped} skipped")
+                     f"{totals[1]} sent, {totals[2]} skipped, {totals[3]} flagged (reads with a body, sent)")
+        for endpoint, mocked, passed, skipped, flagged, reasons in report.writes[: (200 if verbose else 10)]:
+            flag = f", {flagged} flagged" if flagged else ""
+            lines.append(f"  {endpoint}: {mocked} mocked, {passed} sent, {skipped} skipped{flag}{_why(reasons)}")
     for pattern in report.unused_allow:
         lines.append(f"warning: --replay-allow-write {pattern!r} matches no write in the capture")
     if report.noise:
