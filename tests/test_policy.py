@@ -365,6 +365,24 @@ def test_classify_reads(request_):
     assert READ_METHODS == {"GET", "HEAD", "OPTIONS"}
 
 
+_NAMES = st.sampled_from(["X-HTTP-Method-Override", "x-http-method", "X-METHOD-OVERRIDE", "X-Other", "Method"])
+_VALUES = st.sampled_from(["DELETE", "get", "", " Put ", "GET", "FOO", "method"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(method=st.sampled_from(["GET", "HEAD", "OPTIONS", "POST", "get", "PURGE"]),
+       headers=st.lists(st.tuples(_NAMES.map(str.encode), _VALUES.map(str.encode)), max_size=3),
+       query=st.sampled_from(["", "?_method=DELETE", "?_METHOD=DELETE", "?x=1&_method=get", "?method=PUT"]),
+       body=st.sampled_from([b"", b"_method=DELETE", b"x=1", b'{"_method": "PUT"}']),
+       content_type=st.sampled_from([None, b"application/x-www-form-urlencoded", b"application/json"]))
+def test_classify_fast_path_agrees_with_the_reference(method, headers, query, body, content_type):
+    """The hint (skip the override sources when the head never says "method" and there is no body)
+    changes nothing: the reference path looks at every source of every request."""
+    headers = headers + ([(b"Content-Type", content_type)] if content_type else [])
+    request = req(method, "/a" + query, headers, body)
+    assert WriteRules().classify(request) == WriteRules(hint=lambda head: True).classify(request)
+
+
 def test_reads_with_a_body_are_flagged_and_sent():
     policy = WritePolicy()
     for method in ("GET", "HEAD"):

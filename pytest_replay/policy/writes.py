@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..http.fields import form_values, query_values
@@ -96,6 +96,8 @@ def _writes(values: Iterable[str]) -> tuple[str, ...]:
 class OwnMethod:
     """The request line's method, when it is not a read."""
 
+    hinted = False  # may name a method whatever the head and body hold
+
     def named(self, request: Request) -> tuple[str, ...]:
         method = request.method
         return () if method in READ_METHODS else (method,)
@@ -108,6 +110,7 @@ class OwnMethod:
 class HeaderOverride:
     """Every value of a method-override header naming a write method."""
 
+    hinted = True  # names nothing unless the head says "method" (mentions_method)
     name: str
     _probe: re.Pattern[bytes] = field(init=False, compare=False, repr=False)
 
@@ -130,6 +133,7 @@ class HeaderOverride:
 class QueryOverride:
     """A query parameter naming a write method (Laravel/Symfony, Express method-override)."""
 
+    hinted = True
     name: str
 
     def named(self, request: Request) -> tuple[str, ...]:
@@ -143,6 +147,7 @@ class QueryOverride:
 class FormOverride:
     """A body field naming a write method: urlencoded or multipart form (Rails, Laravel), JSON (Laravel)."""
 
+    hinted = True  # a request with a body is always looked at
     name: str
 
     def named(self, request: Request) -> tuple[str, ...]:
@@ -158,6 +163,7 @@ class FormOverride:
 class Declared:
     """A user's pattern naming requests that are writes whatever their method."""
 
+    hinted = False
     rule: Rule
     flag: str = "--replay-write-pattern"
 
@@ -178,9 +184,18 @@ SOURCES = (
     QueryOverride("_method"),  # Laravel/Symfony, Express method-override('_method')
     FormOverride("_method"),  # Rails (Rack::MethodOverride), Laravel
 )
-# Reads sent but flagged: (rule, why). Content on a GET or HEAD has no defined meaning (RFC 9110 9.3.1).
+
+
+def mentions_method(head: bytes) -> bool:
+    """Every hinted source names nothing for a request without a body whose head (request line and
+    headers) does not say "method" in any case: most reads are classified without looking further."""
+    return b"method" in head.lower()
+
+
+# Reads with a body sent but flagged: (rule, why). Content on a GET or HEAD has no defined meaning
+# (RFC 9110 9.3.1).
 FLAGS = (
-    (Method({"GET", "HEAD"}) & HasBody(), "{method} with a body"),
+    (HasBody() & Method({"GET", "HEAD"}), "{method} with a body"),
 )
 
 
@@ -217,9 +232,16 @@ MARKERS = {
 
 @dataclass(frozen=True, slots=True)
 class WriteRules:
-    """Which requests are writes: the built-in SOURCES after the user's declared patterns."""
+    """Which requests are writes: the built-in SOURCES after the user's declared patterns. The
+    hinted sources are skipped for requests without a body whose head `hint` rejects (`hint=lambda
+    head: True` gives the reference path, which the tests compare with this one)."""
 
     sources: tuple = SOURCES
+    hint: Callable[[bytes], bool] = mentions_method
+    _unhinted: tuple = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_unhinted", tuple(s for s in self.sources if not s.hinted))
 
     @classmethod
     def declaring(cls, patterns: Iterable = (), methods: Iterable[str] = ()) -> WriteRules:
@@ -233,17 +255,16 @@ class WriteRules:
         if not names:
             return self
         rule = Labeled(Method(names), ",".join(sorted(names)))
-        return WriteRules((Declared(rule, "--replay-write-methods"), *self.sources))
+        return WriteRules((Declared(rule, "--replay-write-methods"), *self.sources), self.hint)
 
     def classify(self, request: Request) -> Classification:
-        meanings = tuple((method, source.reason(method)) for source in self.sources
-                         for method in source.named(request))
+        body = request.body
+        sources = self.sources if body or self.hint(request.head) else self._unhinted
+        meanings = tuple((method, source.reason(method)) for source in sources for method in source.named(request))
         if meanings:
             return Classification(meanings)
-        for rule, why in FLAGS:
-            if rule.matches(request):
-                return Classification(flagged=why.format(method=request.method))
-        return READ
+        flagged = body and next((why for rule, why in FLAGS if rule.matches(request)), None)
+        return Classification(flagged=flagged.format(method=request.method)) if flagged else READ
 
 
 DEFAULT_RULES = WriteRules()
@@ -251,10 +272,12 @@ DEFAULT_RULES = WriteRules()
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What happens to one request ("send", "mock" or "skip"), and the classification behind it."""
+    """What happens to one request ("send", "mock" or "skip"), and the classification behind it.
+    `on`: the request it was made for (a target sending that very object need not decide again)."""
 
     action: str
     why: Classification = READ
+    on: Request | None = field(default=None, compare=False, repr=False)
 
     @property
     def column(self) -> str | None:
@@ -305,8 +328,8 @@ class WritePolicy:
         request = _request_of(item)
         why = self.rules.classify(request)
         if not why.write or self._allows(request, why.methods, host):
-            return Decision(SEND, why)
-        return Decision(MODES[self.mode], why)
+            return Decision(SEND, why, request)
+        return Decision(MODES[self.mode], why, request)
 
     def decide(self, item, host: str | None = None) -> str:
         """"send", "mock" or "skip"."""

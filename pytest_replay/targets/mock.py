@@ -126,9 +126,14 @@ class PolicyTarget:
         self.name = inner.name
 
     def _decision(self, planned: PlannedRequest) -> Decision:
+        """The decision for the request as it leaves: the one made for this very request object (when
+        the plan was made) or a new one (rewritten by hooks or middleware since)."""
+        decision = self.decisions.get(planned.key)
+        if decision is not None and decision.on is planned.request:
+            return decision
         decision = self.decide(planned)
         if not isinstance(decision, Decision):
-            decision = Decision(decision, DEFAULT_RULES.classify(planned.request))
+            decision = Decision(decision, DEFAULT_RULES.classify(planned.request), planned.request)
         self.decisions[planned.key] = decision
         return decision
 
