@@ -249,3 +249,24 @@ def test_write_methods_option_still_works_with_a_deprecation_note(pytester: pyte
     result = replay(pytester, capture, url, "--replay-write-methods", "OPTIONS")
     assert seen == ["GET /api/items"]
     assert "--replay-write-methods is deprecated" in result.stdout.str() + result.stderr.str()
+
+
+def test_a_hook_that_turns_a_read_into_a_write_does_not_send_it(pytester: pytest.Pytester, server) -> None:
+    """The decision is made again as the request leaves: a pytest_replay_request hook (or a middleware)
+    that makes a write of a read gets the write policy, not the read's."""
+    url, seen = server
+    capture = write_capture(pytester.path / "reads.gor", [("GET", "/api/items/9", (), b""),
+                                                         ("GET", "/api/items", (), b"")])
+    pytester.makeconftest('''
+from pytest_replay.http.message import Request
+
+def pytest_replay_request(request, exchange, state):
+    if request.target == "/api/items/9":
+        return Request.build("GET", request.target, ((b"Host", b"shop"), (b"X-HTTP-Method-Override", b"DELETE")))
+''')
+    result = replay(pytester, capture, url, "-rs")
+    assert seen == ["GET /api/items"]
+    text = result.stdout.str()
+    assert "writes (mock): 1 mocked (answered from the recording), 0 sent, 0 skipped" in text
+    assert "write answered from the recording, not sent" in text and "X-HTTP-Method-Override: DELETE" in text
+    result.assert_outcomes(passed=1, skipped=1)

@@ -69,7 +69,8 @@ class RunReport:
         report.noise = session._noise_lines() or list(remote["noise"])
         policy = session.write_policy
         report.write_mode = policy.mode if policy is not None else remote["write_mode"]
-        report.writes = [_write_row(row) for row in report.table if row["writes"] and row["endpoint"] != ALL]
+        rows = [_write_row(row) for row in report.table if row["writes"] and row["endpoint"] != ALL]
+        report.writes = sorted(rows, key=lambda row: -sum(row[1:5]))  # most writes first (stable)
         report.unused_allow = list(session.unused_allow) or list(remote["unused_allow"])
         report.notes = list(session.notes)
         return report
@@ -136,9 +137,12 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         totals = [sum(row[i] for row in report.writes) for i in (1, 2, 3, 4)]
         lines.append(f"writes ({report.write_mode}): {totals[0]} mocked (answered from the recording), "
                      f"{totals[1]} sent, {totals[2]} skipped, {totals[3]} flagged (reads with a body, sent)")
-        for endpoint, mocked, passed, skipped, flagged, reasons in report.writes[: (200 if verbose else 10)]:
+        shown = report.writes[: (200 if verbose else 10)]
+        for endpoint, mocked, passed, skipped, flagged, reasons in shown:
             flag = f", {flagged} flagged" if flagged else ""
             lines.append(f"  {endpoint}: {mocked} mocked, {passed} sent, {skipped} skipped{flag}{_why(reasons)}")
+        if len(report.writes) > len(shown):
+            lines.append(f"  ... {len(report.writes) - len(shown)} more endpoints (-v shows them)")
     for pattern in report.unused_allow:
         lines.append(f"warning: --replay-allow-write {pattern!r} matches no write in the capture")
     if report.noise:
