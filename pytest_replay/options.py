@@ -147,6 +147,11 @@ def _allow_host(text: str):
     return _policy("--replay-allow-host", parse_allow_host)(text)
 
 
+def _write_pattern(text: str):
+    from .policy.rules import parse_write_pattern
+    return _policy("--replay-write-pattern", parse_write_pattern)(text)
+
+
 def _write_methods(text: str) -> frozenset[str]:
     from .policy.writes import write_methods
     return _policy("--replay-write-methods", lambda t: write_methods([t]))(text)
@@ -267,7 +272,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_server_ports", "--replay-server-ports", "ports that are servers, for pcap connections "
            "captured without their SYN on unusual ports. Default: common HTTP ports.", None, ports,
            metavar="P1,P2"),
-    Option("replay_writes", "--replay-writes", "what happens to POST, PUT, PATCH and DELETE requests: mock "
+    Option("replay_writes", "--replay-writes", "what happens to writes (every method but GET, HEAD and OPTIONS, "
+           "and requests whose method override names one): mock "
            "(answered from the recorded response, never sent), pass (sent) or skip (not replayed). Default: mock "
            "for network targets; in-process apps get the writes (their outbound calls are intercepted).", None,
            _write_mode, metavar="MODE"),
@@ -279,8 +285,12 @@ OPTIONS: tuple[Option, ...] = (
            "or UDP datagram to an IPv4/IPv6 address is blocked and fails the exchange that made it (or the run, "
            "for a call tied to no exchange); UNIX sockets are never blocked. Default: none.", many=True,
            convert=_allow_host, metavar="HOST[:PORT]"),
-    Option("replay_write_methods", "--replay-write-methods", "more methods treated as writes (comma-separated, "
-           "e.g. PURGE,LOCK). Default: POST, PUT, PATCH, DELETE.", frozenset(), _write_methods, metavar="METHODS"),
+    Option("replay_write_methods", "--replay-write-methods", "deprecated (every method but GET, HEAD and OPTIONS "
+           "is a write): methods treated as writes (comma-separated). Use --replay-write-pattern. Default: none.",
+           frozenset(), _write_methods, metavar="METHODS"),
+    Option("replay_write_pattern", "--replay-write-pattern", "requests that are writes although their method is a "
+           "read: 'METHOD PATH_REGEX [@HOST]' as --replay-allow-write, e.g. 'GET ^/api/delete' (repeatable). "
+           "Default: none.", many=True, convert=_write_pattern, metavar="PATTERN"),
     Option("replay_dry_run_header", "--replay-dry-run-header", "header added to writes that are sent, so the "
            "service can take its dry-run path, e.g. 'X-Dry-Run: 1'. Default: none.", None,
            _set_header("--replay-dry-run-header"), metavar="'NAME: VALUE'"),
@@ -410,6 +420,7 @@ class Settings:
     allow_write: tuple = ()
     allow_host: tuple = ()  # AllowedHost values (targets.blocker)
     write_methods: frozenset[str] = frozenset()
+    write_pattern: tuple = ()  # parsed rules (policy.rules.parse_write_pattern)
     dry_run_header: tuple[bytes, bytes] | None = None
     set_header: tuple = ()
     rewrite_url: tuple = ()
@@ -457,6 +468,7 @@ def load(config: pytest.Config) -> Settings:
         server_ports=value["replay_server_ports"], insecure=value["replay_insecure"], writes=value["replay_writes"],
         allow_write=value["replay_allow_write"], write_methods=value["replay_write_methods"],
         allow_host=value["replay_allow_host"],
+        write_pattern=value["replay_write_pattern"],
         dry_run_header=value["replay_dry_run_header"], set_header=value["replay_set_header"],
         rewrite_url=value["replay_rewrite_url"], allow_header=value["replay_allow_header"],
         disallow_header=value["replay_disallow_header"], sample=value["replay_sample"],

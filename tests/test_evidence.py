@@ -99,7 +99,7 @@ def test_evidence_has_every_documented_part(capture):
     assert data["selection"] == {"filters": ["include ^GET /api/"], "sample": {"size": 120, "of": 122},
                                  "rewrites": ["host -> staging"], "redaction": ["header:authorization"]}
     assert data["pace"]["speed"] == 1.0 and data["target"] == "http://127.0.0.1:8000"
-    assert data["write_policy"] == {"policy": "mock", "mocked": 0, "passed": 0, "skipped": 0}
+    assert data["write_policy"] == {"policy": "mock", "mocked": 0, "passed": 0, "skipped": 0, "flagged": 0}
     endpoints = {row["endpoint"]: row for row in data["endpoints"]}
     assert set(endpoints) == {"GET /api/users/{id}", "GET /api/items", "POST /api/orders/{id}"}
     users = endpoints["GET /api/users/{id}"]

@@ -18,10 +18,12 @@ from pytest_replay.policy.filters import SAMPLER_FORMS, RequestFilter, Sampler, 
 from pytest_replay.policy.guard import RecordedHosts, check_target, recorded_hosts, target_host_port
 from pytest_replay.policy.rewrite import (REWRITE_URL_FORMS, SET_HEADER_FORMS, Rewrites, parse_rewrite_url,
                                           parse_set_header, with_header)
-from pytest_replay.policy.rules import (ALLOW_WRITE_FORMS, HEADER_FILTER_FORMS, HeaderMatch, Host, Labeled, Method,
-                                        Path, parse_allow_write, parse_header_filter)
-from pytest_replay.policy.writes import (WRITE_METHODS, WRITE_MODE_FORMS, WriteCounts, WritePolicy, parse_write_mode,
-                                         write_methods)
+from pytest_replay.http.fields import form_values, query_values
+from pytest_replay.policy.rules import (ALLOW_WRITE_FORMS, HEADER_FILTER_FORMS, WRITE_PATTERN_FORMS, HasBody,
+                                        HeaderMatch, Host, Labeled, Method, Path, parse_allow_write,
+                                        parse_header_filter, parse_write_pattern)
+from pytest_replay.policy.writes import (READ_METHODS, WRITE_MODE_FORMS, Decision, WriteCounts, WritePolicy,
+                                         WriteRules, parse_write_mode, write_methods)
 from pytest_replay.schedule.clock import FakeClock, RealClock
 from pytest_replay.schedule.engine import Engine
 from pytest_replay.schedule.plan import PlannedRequest, Timing, build_plan
@@ -303,9 +305,11 @@ def test_decide_reads_always_send_writes_by_mode(mode, write_decision):
 
 
 def test_decide_allowlist_extra_methods_and_inputs():
-    policy = WritePolicy(methods=write_methods(["PURGE", "lock,unlock"]),
+    policy = WritePolicy(methods=write_methods(["OPTIONS", "lock,unlock"]),
                          allow=("POST ^/api/cart/items$", parse_allow_write("* ^/api/users/ @sandbox")))
-    assert policy.methods == WRITE_METHODS | {"PURGE", "LOCK", "UNLOCK"}
+    assert policy.methods == {"OPTIONS", "LOCK", "UNLOCK"}
+    assert policy.decide(req("OPTIONS")) == "mock"  # declared by the deprecated --replay-write-methods
+    assert policy.classify(req("OPTIONS")).reason == "--replay-write-methods 'LOCK,OPTIONS,UNLOCK'"
     assert policy.decide(POST) == "send"
     assert policy.decide(req("POST", "/api/cart/items/2")) == "mock"
     assert policy.decide(PUT) == "mock" and policy.decide(PUT, host="sandbox") == "send"
@@ -314,6 +318,126 @@ def test_decide_allowlist_extra_methods_and_inputs():
     assert policy.decide(PlannedRequest(0, 0, "l", req("PURGE"), b"")) == "mock"  # a PlannedRequest
     with pytest.raises(ValueError, match="write method"):
         write_methods(["*"])
+
+
+# -- what is a write: deny by default ------------------------------------------------------------------------
+FORM = (b"Content-Type", b"application/x-www-form-urlencoded")
+
+
+@pytest.mark.parametrize("request_, methods, reason", [
+    (req("PURGE", "/cache"), ("PURGE",), "method PURGE"),
+    (req("CONNECT", "internal:443"), ("CONNECT",), "method CONNECT"),
+    (req("FOO"), ("FOO",), "method FOO"),
+    (req("get"), ("get",), "method get"),  # methods are case-sensitive: 'get' is not GET
+    (req("POST", "/grpc.Svc/Call"), ("POST",), "method POST"),  # gRPC
+    (req(headers=((b"x-http-method-override", b" delete "),)), ("DELETE",), "X-HTTP-Method-Override: DELETE"),
+    (req(headers=((b"X-HTTP-Method", b"PUT"),)), ("PUT",), "X-HTTP-Method: PUT"),
+    (req(headers=((b"X-Method-Override", b"patch"),)), ("PATCH",), "X-Method-Override: PATCH"),
+    (req(headers=((b"X-Method-Override", b"GET"), (b"X-Method-Override", b"MOVE"))), ("MOVE",),
+     "X-Method-Override: MOVE"),  # every value counts
+    (req("GET", "/a?x=1&_method=DELETE"), ("DELETE",), "query _method=DELETE"),
+    (req("HEAD", "/a?_method=%44ELETE"), ("DELETE",), "query _method=DELETE"),  # percent-decoded
+    (req("POST", "/a", (FORM,), b"a=1&_method=DELETE"), ("POST", "DELETE"), "method POST; form field _method=DELETE"),
+    (req("GET", "/a", (FORM,), b"_method=put"), ("PUT",), "form field _method=PUT"),
+    (req("POST", "/a", ((b"Content-Type", b"multipart/form-data; boundary=XyZ"),),
+         b'--XyZ\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XyZ--\r\n'),
+     ("POST", "DELETE"), "method POST; form field _method=DELETE"),
+    (req("POST", "/a", ((b"Content-Type", b"application/json"),), b'{"_method": "PATCH"}'), ("POST", "PATCH"),
+     "method POST; form field _method=PATCH"),
+])
+def test_classify_writes_and_why(request_, methods, reason):
+    why = WriteRules().classify(request_)
+    assert why.write and why.methods == methods and why.reason == reason
+
+
+@pytest.mark.parametrize("request_", [
+    req("GET"), req("HEAD"), req("OPTIONS"),
+    req(headers=((b"X-HTTP-Method-Override", b"GET"),)),  # an override naming a read
+    req(headers=((b"X-HTTP-Method-Override", b""),)),  # naming nothing
+    req("GET", "/a?_method=get&method=DELETE"),
+    req("GET", "/a?x=_method"),  # not the parameter
+    req("GET", "/a", ((b"Content-Type", b"text/plain"),), b""),
+    req("GET", "/a", headers=((b"X-Custom-Method-Override", b"DELETE"),)),  # not one of the three names
+])
+def test_classify_reads(request_):
+    why = WriteRules().classify(request_)
+    assert not why.write and why.reason == "" and why.flagged == ""
+    assert READ_METHODS == {"GET", "HEAD", "OPTIONS"}
+
+
+_NAMES = st.sampled_from(["X-HTTP-Method-Override", "x-http-method", "X-METHOD-OVERRIDE", "X-Other", "Method"])
+_VALUES = st.sampled_from(["DELETE", "get", "", " Put ", "GET", "FOO", "method"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(method=st.sampled_from(["GET", "HEAD", "OPTIONS", "POST", "get", "PURGE"]),
+       headers=st.lists(st.tuples(_NAMES.map(str.encode), _VALUES.map(str.encode)), max_size=3),
+       query=st.sampled_from(["", "?_method=DELETE", "?_METHOD=DELETE", "?x=1&_method=get", "?method=PUT"]),
+       body=st.sampled_from([b"", b"_method=DELETE", b"x=1", b'{"_method": "PUT"}']),
+       content_type=st.sampled_from([None, b"application/x-www-form-urlencoded", b"application/json"]))
+def test_classify_fast_path_agrees_with_the_reference(method, headers, query, body, content_type):
+    """The hint (skip the override sources when the head never says "method" and there is no body)
+    changes nothing: the reference path looks at every source of every request."""
+    headers = headers + ([(b"Content-Type", content_type)] if content_type else [])
+    request = req(method, "/a" + query, headers, body)
+    assert WriteRules().classify(request) == WriteRules(hint=lambda head: True).classify(request)
+
+
+def test_reads_with_a_body_are_flagged_and_sent():
+    policy = WritePolicy()
+    for method in ("GET", "HEAD"):
+        decision = policy.decision(req(method, "/search", body=b'{"q": 1}'))
+        assert decision == Decision("send", decision.why) and decision.why.flagged == f"{method} with a body"
+        assert not decision.why.write and decision.column == "flagged"
+    assert policy.decision(req("OPTIONS", body=b"x")).column is None  # OPTIONS may carry content
+    assert policy.decision(req("GET")).column is None
+    assert policy.decision(req("GET", "/a", (FORM,), b"_method=DELETE")).column == "mocked"  # a write first
+    assert HasBody().matches(req(body=b"x")) and not HasBody().matches(req())
+
+
+def test_declared_write_patterns():
+    rules = WriteRules.declaring(["GET ^/api/delete", parse_write_pattern("* /purge$ @cdn")])
+    why = rules.classify(req("GET", "/api/delete/7"))
+    assert why.write and why.methods == ("GET",) and why.reason == "--replay-write-pattern 'GET ^/api/delete'"
+    assert rules.classify(req("HEAD", "/x/purge", ((b"Host", b"cdn"),))).methods == ("HEAD",)
+    assert not rules.classify(req("GET", "/api/items")).write
+    assert not WriteRules().classify(req("GET", "/api/delete/7")).write
+    policy = WritePolicy(rules=rules, allow=("GET ^/api/delete/ok",))
+    assert policy.decide(req("GET", "/api/delete/7")) == "mock"
+    assert policy.decide(req("GET", "/api/delete/ok")) == "send"
+
+
+@pytest.mark.parametrize("text", ["GET", "GET ^/x @", "GET [unclosed", "G?T ^/x", "GET ^/x extra", "@h ^/x"])
+def test_parse_write_pattern_errors_name_the_accepted_forms(text):
+    with pytest.raises(ValueError) as info:
+        parse_write_pattern(text)
+    assert WRITE_PATTERN_FORMS in str(info.value) and text in str(info.value)
+
+
+def test_allowlist_must_name_every_write_method_a_request_means():
+    override = req("GET", "/api/items/1", ((b"X-HTTP-Method-Override", b"DELETE"),))
+    form = req("POST", "/api/items/1", (FORM,), b"_method=DELETE")
+    assert WritePolicy(allow=("DELETE ^/api/items/",)).decide(override) == "send"
+    assert WritePolicy(allow=("GET ^/api/items/",)).decide(override) == "mock"
+    assert WritePolicy(allow=("POST ^/api/items/",)).decide(form) == "mock"
+    assert WritePolicy(allow=("POST,DELETE ^/api/items/",)).decide(form) == "send"
+    assert WritePolicy(allow=("POST ^/api/items/", "DELETE ^/api/")).decide(form) == "send"
+    assert WritePolicy(allow=("* ^/api/items/",)).decide(form) == "send"
+    assert WritePolicy(allow=("GET ^/api/items/",)).unused_allow_patterns([exchange(0, override)]) == \
+        ["GET ^/api/items/"]
+
+
+def test_fields_of_queries_and_bodies():
+    assert query_values("/a?_method=DELETE&_method=&b=1#_method=PUT", "_method") == ["DELETE", ""]
+    assert query_values("/a", "_method") == [] and query_values("/_method", "_method") == []
+    assert form_values(b"application/x-www-form-urlencoded; charset=utf-8", b"_method=PUT&x=1", "_method") == ["PUT"]
+    assert form_values(None, b"_method=PUT", "_method") == []  # no Content-Type: not a form
+    assert form_values(b"application/json", b"[1, {\"_method\": \"PUT\"}]", "_method") == []
+    assert form_values(b"application/json", b"{bad _method", "_method") == []
+    multipart = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="_method"\r\n\r\nxx\r\n'
+                 b'--b\r\ncontent-disposition: form-data; name=_method\r\n\r\nPATCH\r\n--b--\r\n')
+    assert form_values(b'multipart/form-data; boundary="b"', multipart, "_method") == ["PATCH"]
+    assert form_values(b"multipart/form-data", multipart, "_method") == []  # no boundary
 
 
 def test_parse_write_mode():
@@ -351,16 +475,18 @@ def test_write_counts_by_endpoint_merge_and_plain_data():
     a.add(PUT, "send")
     a.add(exchange(0, DELETE), "skip")
     assert a.to_dict() == {
-        "DELETE /api/users/{id}": {"mocked": 0, "passed": 0, "skipped": 1},
-        "POST /api/users/{id}/orders": {"mocked": 2, "passed": 0, "skipped": 0},
-        "PUT /api/users/{id}": {"mocked": 0, "passed": 1, "skipped": 0},
+        "DELETE /api/users/{id}": {"mocked": 0, "passed": 0, "skipped": 1, "flagged": 0},
+        "POST /api/users/{id}/orders": {"mocked": 2, "passed": 0, "skipped": 0, "flagged": 0},
+        "PUT /api/users/{id}": {"mocked": 0, "passed": 1, "skipped": 0, "flagged": 0},
     }
     b = WriteCounts(json.loads(json.dumps(a.to_dict())))  # crosses a worker boundary as JSON
     assert b == a
     b.merge(a).merge({"PURGE /cache": {"passed": 3}})
-    assert b.totals() == {"mocked": 4, "passed": 5, "skipped": 2}
-    assert b.rows()[0] == ("POST /api/users/{id}/orders", 4, 0, 0)
-    assert b.rows()[1] == ("PURGE /cache", 0, 3, 0)
+    assert b.totals() == {"mocked": 4, "passed": 5, "skipped": 2, "flagged": 0}
+    assert b.rows()[0] == ("POST /api/users/{id}/orders", 4, 0, 0, 0)
+    assert b.rows()[1] == ("PURGE /cache", 0, 3, 0, 0)
+    b.add(req("GET", "/search", body=b"{}"), "flagged")
+    assert b.to_dict()["GET /search"] == {"mocked": 0, "passed": 0, "skipped": 0, "flagged": 1}
     with pytest.raises(ValueError, match="unknown write outcome"):
         a.add(POST, "dropped")
 
@@ -502,11 +628,12 @@ def test_policy_target_end_to_end_mock_mode():
     assert missing.status == 502 and json.loads(missing.body)["error"] == NO_RECORDING
     assert obs[1].sent_ns <= obs[1].first_byte_ns <= obs[1].done_ns
     assert target.counts.to_dict() == {
-        "DELETE /api/users/{id}": {"mocked": 1, "passed": 0, "skipped": 0},
-        "PATCH /api/users/{id}": {"mocked": 1, "passed": 0, "skipped": 0},
-        "POST /api/cart/items": {"mocked": 2, "passed": 0, "skipped": 0},
-        "PUT /api/idempotent/{id}": {"mocked": 0, "passed": 1, "skipped": 0},
+        "DELETE /api/users/{id}": {"mocked": 1, "passed": 0, "skipped": 0, "flagged": 0},
+        "PATCH /api/users/{id}": {"mocked": 1, "passed": 0, "skipped": 0, "flagged": 0},
+        "POST /api/cart/items": {"mocked": 2, "passed": 0, "skipped": 0, "flagged": 0},
+        "PUT /api/idempotent/{id}": {"mocked": 0, "passed": 1, "skipped": 0, "flagged": 0},
     }
+    assert target.decisions[3] == Decision("send", policy.classify(exchanges[3]))  # kept per exchange
     assert target.recorded.answered == 4 and not target.recorded.router.calls  # respx calls not kept
 
 
@@ -514,10 +641,10 @@ def test_policy_target_skip_and_pass_modes():
     exchanges = capture()
     inner, target, obs, plan = replay(WritePolicy(mode="skip"), exchanges)
     assert sorted(obs) == [0, 6] and sorted(p.key for p in inner.sent) == [0, 6]
-    assert target.counts.totals() == {"mocked": 0, "passed": 0, "skipped": 5}
+    assert target.counts.totals() == {"mocked": 0, "passed": 0, "skipped": 5, "flagged": 0}
     inner, target, obs, plan = replay(WritePolicy(mode="pass"), exchanges)
     assert sorted(p.key for p in inner.sent) == list(range(7))
-    assert target.counts.totals() == {"mocked": 0, "passed": 5, "skipped": 0}
+    assert target.counts.totals() == {"mocked": 0, "passed": 5, "skipped": 0, "flagged": 0}
 
 
 def test_policy_target_with_a_plain_decide_callable_and_a_skip_at_send_time():
@@ -542,7 +669,7 @@ def test_policy_target_with_a_plain_decide_callable_and_a_skip_at_send_time():
     assert error.kind == CANCELLED and "skips" in error.message
     assert live[0].body == b"live 3" and target.inner.closed_lanes == ["l"]
     assert target.closed_lanes is target.inner.closed_lanes and target.name == "fake"  # delegated
-    assert target.counts.totals() == {"mocked": 1, "passed": 1, "skipped": 1}
+    assert target.counts.totals() == {"mocked": 1, "passed": 1, "skipped": 1, "flagged": 0}
 
 
 def test_recorded_writes_router_is_a_respx_router():

@@ -9,10 +9,12 @@ when no host is given). The leaves mirror GoReplay's filter flags (gor-format.md
                                    as a regex matching all of it
     HeaderMatch("X-Env", "^prod")  regex searched in the first value of a header; a request without
                                    the header (or with an empty value) does not match (--http-allow-header)
+    HasBody()                      the request carries content (a body after de-chunking)
 
 Strings users type are parsed here, failing at configuration time with the accepted forms::
 
     parse_allow_write("PUT,PATCH ^/api/users/ @sandbox.example.com")
+    parse_write_pattern("GET ^/api/delete")    (the same form: requests declared writes)
     parse_header_filter("X-Tenant: ^acme$")
 
 Sans-IO: no pytest, no asyncio.
@@ -31,6 +33,12 @@ ALLOW_WRITE_FORMS = (
     "or '*' (any), PATH_REGEX is searched in the request target (path and query, like GoReplay's "
     "--http-allow-url) and HOST is a host name (optionally with :port) or a regex matching the whole host; "
     "e.g. 'POST ^/api/cart/items$', '* ^/api/idempotent/', 'PUT,PATCH /api/users/.* @sandbox.example.com'"
+)
+WRITE_PATTERN_FORMS = (
+    "accepted forms: 'METHOD PATH_REGEX [@HOST]' (as --replay-allow-write) where METHOD is a method name, a "
+    "comma-separated list or '*' (any), PATH_REGEX is searched in the request target (path and query) and HOST "
+    "is a host name (optionally with :port) or a regex matching the whole host; e.g. 'GET ^/api/delete', "
+    "'GET,HEAD /purge$ @cdn.internal'"
 )
 HEADER_FILTER_FORMS = (
     "accepted form: 'Name: REGEX' (the regex is searched in the header's first value, like GoReplay's "
@@ -153,6 +161,17 @@ class HeaderMatch(Rule):
         return f"{self.name}: {self.pattern}"
 
 
+@dataclass(frozen=True, slots=True)
+class HasBody(Rule):
+    """The request carries content (its body, after de-chunking, is not empty)."""
+
+    def test(self, request: Request, host: str | None = None) -> bool:
+        return bool(request.body)
+
+    def __str__(self) -> str:
+        return "with a body"
+
+
 def _first_header(request: Request, key: bytes) -> bytes | None:
     for name, value in request.headers:
         if name.lower() == key:
@@ -187,17 +206,26 @@ def parse_methods(text: str, *, forms: str = ALLOW_WRITE_FORMS, source: str | No
 
 def parse_allow_write(text: str) -> Labeled:
     """'METHOD PATH_REGEX [@HOST]' -> Method & Path [& Host], labelled with the text."""
+    return _parse_request_pattern(text, "write allowlist pattern", ALLOW_WRITE_FORMS)
+
+
+def parse_write_pattern(text: str) -> Labeled:
+    """A request declared a write (--replay-write-pattern): the allowlist's form, 'GET ^/api/delete'."""
+    return _parse_request_pattern(text, "write pattern", WRITE_PATTERN_FORMS)
+
+
+def _parse_request_pattern(text: str, what: str, forms: str) -> Labeled:
     parts = text.split()
     if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].startswith("@")) \
             or parts[1].startswith("@"):
-        raise ValueError(f"bad write allowlist pattern {text!r}; {ALLOW_WRITE_FORMS}")
-    methods = parse_methods(parts[0], source=text)
-    _compile(parts[1], "path", text, ALLOW_WRITE_FORMS)
+        raise ValueError(f"bad {what} {text!r}; {forms}")
+    methods = parse_methods(parts[0], forms=forms, source=text)
+    _compile(parts[1], "path", text, forms)
     rule: Rule = Path(parts[1]) if "*" in methods else Method(methods) & Path(parts[1])
     if len(parts) == 3:
         host = parts[2][1:]
         if not host:
-            raise ValueError(f"bad write allowlist pattern {text!r}: empty host after '@'; {ALLOW_WRITE_FORMS}")
+            raise ValueError(f"bad {what} {text!r}: empty host after '@'; {forms}")
         rule = rule & Host(host)
     return Labeled(rule, " ".join(parts))
 

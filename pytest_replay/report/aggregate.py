@@ -23,7 +23,9 @@ Definitions (the budgets and the evidence use these):
   ignored        differences not counted as failures, by reason: "rule json:$.id", "learned noise
                  GET /x: json:$.request_id", "volatile header date"... (Verdict.ignored, summed)
   failure_groups failed exchanges by diff signature, with a few examples each (report/failures.py)
-  writes         mocked / passed / skipped write requests (by the write policy)
+  writes         mocked / passed / skipped write requests (by the write policy), and flagged: reads
+                 with a body that were sent
+  write_reasons  why requests were writes or flagged ("method PURGE", "X-HTTP-Method-Override: DELETE")
   skipped        exchanges not replayed, by reason (Aggregate.skip)
 Sans-IO: values in, values out; no pytest, no clock, no files.
 """
@@ -214,7 +216,7 @@ class Histogram:
         return f"Histogram(total={self.total}, min={self.min}, max={self.max})"
 
 
-_COUNTERS = ("status", "recorded_status", "errors", "failures", "writes", "skipped", "ignored")
+_COUNTERS = ("status", "recorded_status", "errors", "failures", "writes", "write_reasons", "skipped", "ignored")
 
 
 class Stats:
@@ -234,7 +236,8 @@ class Stats:
         self.recorded_status: Counter = Counter()
         self.errors: Counter = Counter()  # transport error kind -> count (incl. "cancelled")
         self.failures: Counter = Counter()  # verdict part -> failed verdicts involving it
-        self.writes: Counter = Counter()  # mocked / passed / skipped
+        self.writes: Counter = Counter()  # mocked / passed / skipped / flagged
+        self.write_reasons: Counter = Counter()  # why (policy.writes.Classification.reason) -> requests
         self.skipped: Counter = Counter()  # reason -> exchanges not replayed
         self.ignored: Counter = Counter()  # why -> differences ignored (rules, learned noise, volatile headers)
 
@@ -303,6 +306,12 @@ class Stats:
                 *(dict(+getattr(self, name)) for name in _COUNTERS))
 
 
+def _count(counter: Counter, key: str | None) -> None:
+    """One more `key` (none for None or ""), under OTHER once MAX_REASONS distinct keys are kept."""
+    if key:
+        counter[key if key in counter or len(counter) < MAX_REASONS else OTHER] += 1
+
+
 def _status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "other"
 
@@ -332,18 +341,21 @@ class Aggregate:
                 stats = self.endpoints[key] = Stats()
         return stats
 
-    def add(self, exchange, observation, verdict=None, *, write: str | None = None, shown: str = "") -> None:
+    def add(self, exchange, observation, verdict=None, *, write: str | None = None, why: str | None = None,
+            shown: str = "") -> None:
         """Count one replayed exchange. `observation` is its schedule.target.Observation; `verdict` its
         verdicts.diff.Verdict (if judged); `write` is "mocked" (answered from the recording, not sent:
-        counted, not measured), "passed" (a write sent to the target) or None (a read). The write
-        policy's decisions "mock"/"send"/"skip" are accepted too. `shown`: a failed verdict's
-        rendered failure (masked), kept as an example of its failure group."""
+        counted, not measured), "passed" (a write sent to the target), "flagged" (a read with a body,
+        sent) or None (a read). The write policy's decisions "mock"/"send"/"skip" are accepted too.
+        `why`: the reason it is a write (or flagged). `shown`: a failed verdict's rendered failure
+        (masked), kept as an example of its failure group."""
         request = exchange.request
         endpoint = self._stats(request.method, request.target)
         if write is not None:
             write = WRITE_OUTCOMES.get(write, write)
-            endpoint.writes[write] += 1
-            self.overall.writes[write] += 1
+            for stats in (endpoint, self.overall):
+                stats.writes[write] += 1
+                _count(stats.write_reasons, why)
         if write in ("mocked", "skipped") or observation is None:
             return
         kind = observation.error_kind
@@ -383,15 +395,15 @@ class Aggregate:
         if verdict is not None and not verdict.passed:
             self.failure_groups.add(endpoint_of(request.method, request.target), verdict, exchange.index, shown)
 
-    def skip(self, exchange, reason: str, *, write: bool = False) -> None:
+    def skip(self, exchange, reason: str, *, write: bool = False, why: str | None = None) -> None:
         """Count an exchange that was selected but not replayed (incomplete, a write skipped by the
-        policy, ...). `reason` is a short stable code."""
+        policy, ...). `reason` is a short stable code; `why` the reason a write is one."""
         endpoint = self._stats(exchange.request.method, exchange.request.target)
         for stats in (endpoint, self.overall):
-            key = reason if reason in stats.skipped or len(stats.skipped) < MAX_REASONS else OTHER
-            stats.skipped[key] += 1
+            _count(stats.skipped, reason)
             if write:
                 stats.writes["skipped"] += 1
+                _count(stats.write_reasons, why)
 
     # -- combining --------------------------------------------------------------------------
     def merge(self, other: Aggregate) -> Aggregate:
@@ -505,6 +517,7 @@ def row(endpoint: str, stats: Stats) -> dict:
         "failed": stats.failed,
         "failures": dict(stats.failures),
         "writes": dict(stats.writes),
+        "write_reasons": dict(stats.write_reasons),
         "skipped": dict(stats.skipped),
         "ignored": dict(stats.ignored),
     }

@@ -21,10 +21,12 @@ Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
                       (sample.size: exchanges this run or shard selected; a merge adds them up)
     pace              {speed, rate, max_wait_s, concurrency, ...} as given
     target            what requests were sent to
-    write_policy      {policy, mocked, passed, skipped}
+    write_policy      {policy, mocked, passed, skipped, flagged} (passed: writes sent; flagged: reads with a
+                      body, sent)
     endpoints         per-endpoint rows (report.aggregate.row): count, recorded_ms and replayed_ms
                       {p50, p95, p99, max, mean}, error_pct, 5xx_pct, 4xx_pct, transport_errors,
-                      lateness_ms {p50, p99, max}, early, judged, failed, failures, writes, skipped
+                      lateness_ms {p50, p99, max}, early, judged, failed, failures, writes, write_reasons,
+                      skipped
     totals            the same row for the whole run
     errors            {requests, transport: {kind: n}, status, recorded_status,
                        rates_pct: {5xx, 4xx, errors, recorded_5xx, recorded_4xx}}
@@ -199,6 +201,10 @@ def _derived_gaps(aggregate: Aggregate, captures: dict, interrupted: bool, plann
     skipped_writes = overall.writes.get("skipped", 0)
     if skipped_writes:
         gaps.append(f"{skipped_writes} write requests were skipped by the write policy")
+    flagged = overall.writes.get("flagged", 0)
+    if flagged:
+        gaps.append(f"{flagged} reads carried a body (GET or HEAD with content) and were sent: a server may act "
+                    "on that body")
     if aggregate.folded:
         gaps.append(f"{aggregate.folded} exchanges beyond the cap of {aggregate.max_endpoints} endpoints are "
                     "counted under (other): scoped budgets do not see them")
@@ -246,7 +252,7 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
     if isinstance(sample, int):
         sample = {"size": sample}
     policy = write_policy if isinstance(write_policy, dict) else {"policy": write_policy}
-    policy = {**policy, **{k: overall.writes.get(k, 0) for k in ("mocked", "passed", "skipped")}}
+    policy = {**policy, **{k: overall.writes.get(k, 0) for k in ("mocked", "passed", "skipped", "flagged")}}
     notes = [str(n) for n in notes]
     lateness = overall.lateness.percentiles((50, 99, 100))
     data = {

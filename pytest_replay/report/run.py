@@ -83,7 +83,7 @@ class RunReport:
     interrupted: bool = False
     failure: str = ""
     write_mode: str = ""
-    writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped)
+    writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped, flagged, reasons)
     unused_allow: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     origins: dict = field(default_factory=dict)  # "origin A treated as B" -> responses
@@ -108,9 +108,8 @@ class RunReport:
         report.hidden = hidden_by_noise(aggregate)
         report.causes = aggregate.failure_groups.most_common()
         report.write_mode = results.write_mode
-        report.writes = [(row["endpoint"], row["writes"].get("mocked", 0), row["writes"].get("passed", 0),
-                          row["writes"].get("skipped", 0)) for row in report.table
-                         if row["writes"] and row["endpoint"] != ALL]
+        rows = [_write_row(row) for row in report.table if row["writes"] and row["endpoint"] != ALL]
+        report.writes = sorted(rows, key=lambda row: -sum(row[1:5]))  # most writes first (stable)
         report.unused_allow = list(results.unused_allow)
         report.notes = list(results.notes)
         report.origins = dict(results.origins)
@@ -137,6 +136,23 @@ def render_causes(causes: list, verbose: int = 0) -> list[str]:
     return lines
 
 
+WRITE_COLUMNS = ("mocked", "passed", "skipped", "flagged")  # policy.writes.COLUMNS
+MAX_WHY = 4  # reasons shown per endpoint in the write summary
+
+
+def _write_row(row: dict) -> tuple:
+    """(endpoint, mocked, passed, skipped, flagged, reasons most frequent first) of a table row."""
+    reasons = sorted(row.get("write_reasons", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    return (row["endpoint"], *(row["writes"].get(c, 0) for c in WRITE_COLUMNS), [why for why, _ in reasons])
+
+
+def _why(reasons: list[str]) -> str:
+    if not reasons:
+        return ""
+    more = f", +{len(reasons) - MAX_WHY} more" if len(reasons) > MAX_WHY else ""
+    return f" ({', '.join(reasons[:MAX_WHY])}{more})"
+
+
 def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
     lines = ["", "=" * 28 + " traffic replay " + "=" * 28]
     c = report.captures
@@ -154,7 +170,10 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
             lines.append(f"  ... {sum(c['warning_counts'].values()) - 3} more warnings (-v shows them)")
     if report.planned:
         state = " (INTERRUPTED)" if report.interrupted else ""
-        lines.append(f"replayed: {report.sent} of {report.planned} requests to {report.target}, {report.pace}{state}")
+        mocked = sum(row[1] for row in report.writes)
+        among = f"; {mocked} of them writes answered from the recording, not sent" if mocked else ""
+        lines.append(f"replayed: {report.sent} of {report.planned} requests to {report.target}, {report.pace}{state}"
+                     + among)
         if report.failure:
             lines.append(f"replay stopped: {report.failure}")
         failed = sum(report.failed_by.values())
@@ -176,11 +195,15 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         lines.append("budgets:")
         lines.extend(f"  {result.line()}" for result in report.budgets)
     if report.writes or report.write_mode:
-        totals = [sum(row[i] for row in report.writes) for i in (1, 2, 3)]
+        totals = [sum(row[i] for row in report.writes) for i in (1, 2, 3, 4)]
         lines.append(f"writes ({report.write_mode}): {totals[0]} mocked (answered from the recording), "
-                     f"{totals[1]} sent, {totals[2]} skipped")
-        for endpoint, mocked, passed, skipped in report.writes[: (200 if verbose else 10)]:
-            lines.append(f"  {endpoint}: {mocked} mocked, {passed} sent, {skipped} skipped")
+                     f"{totals[1]} sent, {totals[2]} skipped, {totals[3]} flagged (reads with a body, sent)")
+        shown = report.writes[: (200 if verbose else 10)]
+        for endpoint, mocked, passed, skipped, flagged, reasons in shown:
+            flag = f", {flagged} flagged" if flagged else ""
+            lines.append(f"  {endpoint}: {mocked} mocked, {passed} sent, {skipped} skipped{flag}{_why(reasons)}")
+        if len(report.writes) > len(shown):
+            lines.append(f"  ... {len(report.writes) - len(shown)} more endpoints (-v shows them)")
     for pattern in report.unused_allow:
         lines.append(f"warning: --replay-allow-write {pattern!r} matches no write in the capture")
     if report.noise:

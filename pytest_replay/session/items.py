@@ -14,7 +14,7 @@ import pytest
 from ..http.message import Exchange
 from ..http.normalize import path_template
 from ..policy.redact import Redactor
-from ..policy.writes import WRITE_METHODS
+from ..policy.writes import MARKERS, SEND, SKIP
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,8 +66,11 @@ class ReplayItem(pytest.Function):
         methods = {e.request.method for e in exchanges}
         for method in methods:
             item.add_marker(marker(f"http_{marker_name(method)}", f"replayed {method} requests"))
-        if methods & WRITE_METHODS:
-            item.add_marker(marker("http_write", "replayed POST, PUT, PATCH or DELETE requests"))
+        run = parent.run
+        kinds = [run.write_rules.classify(run.rewrites.apply(e.request)) for e in exchanges]
+        for name, (applies, description) in MARKERS.items():  # http_write, http_read_with_body
+            if any(map(applies, kinds)):
+                item.add_marker(marker(name, description))
         for template in {path_template(e.request.target) for e in exchanges}:
             item.add_marker(marker(f"endpoint_{marker_name(template)}", f"replayed requests to {template}"))
         replayable = [e for e in exchanges if e.replayable]
@@ -86,18 +89,18 @@ class ReplayItem(pytest.Function):
             if not exchange.replayable:
                 continue
             decision = self.replay.decisions.get(exchange.index)
-            if decision == "skip":  # counted when the plan was made
-                not_sent.append("write not replayed (--replay-writes skip)")
+            if decision is not None and decision.action == SKIP:  # counted when the plan was made
+                not_sent.append(decision.not_sent())
                 continue
             observation = self.replay.wait(engine, exchange.index)
             if observation.error_kind == "dropped":
                 self.replay.skip(exchange, "dropped")
                 not_sent.append(observation.error)
                 continue
-            if decision == "mock":
+            decision = self.replay.decisions.get(exchange.index)  # made again as the request left
+            if decision is not None and decision.action != SEND:
                 self.replay.record(exchange, observation, None)
-                not_sent.append("write answered from the recording, not sent (--replay-writes mock; "
-                                "--replay-allow-write sends matching writes)")
+                not_sent.append(decision.not_sent())
                 continue
             verdict, text = self.replay.judge(exchange, observation)
             self.replay.record(exchange, observation, verdict, text)

@@ -18,6 +18,7 @@ import pytest
 from ..http.message import Exchange
 from ..options import Settings
 from ..policy.redact import Redactor
+from ..policy.writes import WRITE_METHODS_DEPRECATED, WriteRules
 from ..policy.rewrite import Rewrites
 from ..report.aggregate import Aggregate
 from ..report.run import RunResults
@@ -63,14 +64,15 @@ class ReplayRun:
         self.write_policy = None
         self.write_counts = None
         self.unused_allow: list[str] = []
-        self.decisions: dict[int, str] = {}  # exchange index -> send / mock / skip
+        self.decisions: dict = {}  # exchange index -> policy.writes.Decision (send / mock / skip, and why)
+        self.write_rules = WriteRules.declaring(settings.write_pattern, settings.write_methods)  # what is a write
         self.diff_config = None  # DiffConfig, made when the engine starts
         self.origins = None  # OriginResolver (--replay-origins same), made when the engine starts
         self.origin_counts: Counter[str] = Counter()  # "origin A treated as B" -> responses
         self.aggregate = Aggregate()  # what this process replayed and how it went
         self.skipped: list[tuple[Exchange, str]] = []  # selected, not replayed
         self.counted: set[int] = set()  # exchanges counted in the aggregate
-        self.notes: list[str] = []
+        self.notes: list[str] = [WRITE_METHODS_DEPRECATED] if settings.write_methods else []
         self.remote = RunResults()  # what other processes did (the xdist controller merges workers' here)
         self.started = now_iso()
 
@@ -79,7 +81,7 @@ class ReplayRun:
         """Make the target, apply the write policy, rewrites and the production guard, and start
         the engine with every selected exchange on its schedule."""
         from ..policy.guard import check_target, recorded_hosts
-        from ..policy.writes import SKIP, WRITE_METHODS, WriteCounts, WritePolicy
+        from ..policy.writes import SKIP, WriteCounts, WritePolicy
         from ..schedule.engine import Engine
         from ..targets import make_target
         from ..targets.inprocess import ASGITarget, WSGITarget
@@ -107,7 +109,7 @@ class ReplayRun:
             if refusal:
                 pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
         self.write_policy = policy = WritePolicy(
-            mode=s.writes or ("pass" if in_process else "mock"), methods=WRITE_METHODS | s.write_methods,
+            mode=s.writes or ("pass" if in_process else "mock"), rules=self.write_rules,
             allow=s.allow_write, dry_run_header=s.dry_run_header)
         self.write_counts = WriteCounts()
         self.unused_allow = policy.unused_allow_patterns(exchanges)
@@ -117,18 +119,19 @@ class ReplayRun:
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
         planned = []
         for exchange in self.lanes(replayed_exchanges(items)):
-            decision = policy.decide(exchange)
-            self.decisions[exchange.index] = decision
-            if decision == SKIP:
-                self.write_counts.add(exchange, decision)
+            # decided on the request as it will leave (PolicyTarget decides again)
+            decision = self.decisions[exchange.index] = policy.decision(self.rewrites.apply(exchange.request))
+            if decision.action == SKIP:
+                self.write_counts.add(exchange, SKIP)
                 self.skip(exchange, "write skipped (--replay-writes skip)", write=True)
             else:
                 planned.append(exchange)
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
-        plan = build_plan(planned, timing, lambda e: self.rewrites.apply(policy.mark(e.request)), wire)
-        self.target = PolicyTarget(inner, policy, RecordedWrites.from_exchanges(planned, policy.is_write),
-                                   counts=self.write_counts)
+        plan = build_plan(planned, timing, lambda e: self.rewrites.apply(
+            policy.mark(e.request, decision=self.decisions[e.index])), wire)
+        recorded = RecordedWrites.from_exchanges(planned, lambda e: self.decisions[e.index].why.write)
+        self.target = PolicyTarget(inner, policy, recorded, counts=self.write_counts, decisions=self.decisions)
         if outbound is not None and in_process:
             self.outbound = Outbound(outbound(), allow=s.allow_host)
             self.outbound.start()
@@ -201,16 +204,19 @@ class ReplayRun:
 
     def record(self, exchange: Exchange, observation, verdict, text: str = "") -> None:
         """Count an exchange; `text`: its rendered failure (an example of its failure group)."""
-        decision = self.decisions.get(exchange.index)
-        write = decision if self.write_policy is not None and self.write_policy.is_write(exchange) else None
-        self.aggregate.add(exchange, observation, verdict, write=write, shown=text)
+        decision = self.decisions.get(exchange.index)  # counted as decided when the request left
+        column = decision.column if decision is not None else None
+        self.aggregate.add(exchange, observation, verdict, write=column, why=decision.why.reason if column else None,
+                           shown=text)
         self.counted.add(exchange.index)
         if verdict is not None and self.origins is not None:
             self.origin_counts.update(self.origins.treated(verdict.ignored))
 
     def skip(self, exchange: Exchange, reason: str, *, write: bool = False) -> None:
         self.skipped.append((exchange, reason))
-        self.aggregate.skip(exchange, reason, write=write)
+        decision = self.decisions.get(exchange.index)  # a write not sent (dropped, skipped) is a skipped write
+        why = decision.why.reason if decision is not None and decision.why.write else ""
+        self.aggregate.skip(exchange, reason, write=write or bool(why), why=why)
 
     def count_unjudged(self) -> None:
         """Requests the replay sent but no item judged (an interrupted run): counted all the same,

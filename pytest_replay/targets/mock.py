@@ -11,8 +11,10 @@ httpx client and no network. respx's global patching (a user's `respx.mock`) is 
 way: with `using="httpcore"` (the default) it patches httpcore, which a MockTransport never calls;
 with `using="httpx"` it wraps every httpx client's transport, which is why no client is used here.
 
-`PolicyTarget` wraps the real target: "send" goes to it, "mock" to the router, and both are counted
-per endpoint in a WriteCounts (writes only).
+`PolicyTarget` wraps the real target and makes the write policy's decision again at send time, on the
+request as it leaves (after rewrites, hooks and middleware): "send" goes to it, "mock" to the router;
+both are counted per endpoint in a WriteCounts (writes, and flagged reads sent), and the decision is
+kept per exchange for whoever judges and counts the exchange.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import httpx
 import respx
 
 from ..http.message import Request, Response
-from ..policy.writes import MOCK, SEND, SKIP, WRITE_METHODS, WriteCounts, WritePolicy
+from ..policy.writes import DEFAULT_RULES, MOCK, SEND, SKIP, Decision, WriteCounts, WritePolicy
 from ..schedule.plan import PlannedRequest
 from ..schedule.target import APP_ERROR, CANCELLED, TargetError, describe
 from .inprocess import SKIPPED_HEADERS, _path
@@ -61,10 +63,10 @@ class RecordedWrites:
     @classmethod
     def from_exchanges(cls, exchanges: Iterable, is_write: Callable | None = None) -> RecordedWrites:
         """Keep the recorded response of each write among `exchanges` (`is_write(exchange)`,
-        default: the method is POST, PUT, PATCH or DELETE)."""
+        default: the write rules of policy/writes.py)."""
         if is_write is None:
             def is_write(exchange) -> bool:
-                return exchange.request.method.upper() in WRITE_METHODS
+                return DEFAULT_RULES.classify(exchange.request).write
         return cls({e.index: e.response for e in exchanges if is_write(e)})
 
     def _answer(self, request: httpx.Request) -> httpx.Response:
@@ -107,29 +109,33 @@ class RecordedWrites:
             self.answered += 1
 
 
-def _default_is_write(request: Request) -> bool:
-    return request.method.upper() in WRITE_METHODS
-
-
 class PolicyTarget:
     """A Target applying the write policy: `decide(planned)` -> "send" (to `inner`), "mock" (answered
     by `recorded`) or "skip" (should have been left out of the plan: raises TargetError). `decide`
-    may be a WritePolicy, its bound `decide`, or any callable taking a PlannedRequest. Writes are
-    counted per endpoint in `counts` (mocked / passed)."""
+    may be a WritePolicy (its `decision`), or any callable taking a PlannedRequest and returning a
+    policy.writes.Decision or just the action. Writes (and flagged reads sent) are counted per
+    endpoint in `counts`; each Decision is stored in `decisions` by exchange key."""
 
-    def __init__(self, inner, decide, recorded: RecordedWrites, *, is_write: Callable[[Request], bool] | None = None,
-                 counts: WriteCounts | None = None) -> None:
-        policy = decide if isinstance(decide, WritePolicy) else getattr(decide, "__self__", None)
-        if isinstance(decide, WritePolicy):
-            decide = decide.decide
-        if is_write is None:
-            is_write = policy.is_write if isinstance(policy, WritePolicy) else _default_is_write
+    def __init__(self, inner, decide, recorded: RecordedWrites, *, counts: WriteCounts | None = None,
+                 decisions: dict | None = None) -> None:
         self.inner = inner
-        self.decide = decide
+        self.decide = decide.decision if isinstance(decide, WritePolicy) else decide
         self.recorded = recorded
-        self.is_write = is_write
         self.counts = counts if counts is not None else WriteCounts()
+        self.decisions = decisions if decisions is not None else {}
         self.name = inner.name
+
+    def _decision(self, planned: PlannedRequest) -> Decision:
+        """The decision for the request as it leaves: the one made for this very request object (when
+        the plan was made) or a new one (rewritten by hooks or middleware since)."""
+        decision = self.decisions.get(planned.key)
+        if decision is not None and decision.on is planned.request:
+            return decision
+        decision = self.decide(planned)
+        if not isinstance(decision, Decision):
+            decision = Decision(decision, DEFAULT_RULES.classify(planned.request), planned.request)
+        self.decisions[planned.key] = decision
+        return decision
 
     def __repr__(self) -> str:
         return f"PolicyTarget({self.inner!r})"
@@ -148,22 +154,18 @@ class PolicyTarget:
         await self.inner.start()
 
     async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
-        decision = self.decide(planned)
-        request = planned.request
-        if decision == SEND:
-            result = await self.inner.send(planned, clock)
-            if self.is_write(request):
-                self.counts.add(request, SEND)
-            return result
-        if decision == MOCK:
-            result = await self._mock(planned, clock)
-            self.counts.add(request, MOCK)
-            return result
-        if decision == SKIP:
-            self.counts.add(request, SKIP)
-            now = clock.now_ns()
-            raise TargetError(CANCELLED, "not sent: the write policy skips this write", sent_ns=now)
-        raise TargetError(APP_ERROR, f"the write policy answered {decision!r} (expected send, mock or skip)")
+        decision = self._decision(planned)
+        handler = {SEND: self.inner.send, MOCK: self._mock, SKIP: self._skip}.get(decision.action)
+        if handler is None:
+            raise TargetError(APP_ERROR, f"the write policy answered {decision.action!r} (expected send, mock "
+                                         "or skip)")
+        column = decision.column
+        if column is not None:  # counted before sending: what may have reached the target is counted
+            self.counts.add(planned.request, column)
+        return await handler(planned, clock)
+
+    async def _skip(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
+        raise TargetError(CANCELLED, "not sent: the write policy skips this write", sent_ns=clock.now_ns())
 
     async def _mock(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
         now = clock.now_ns
