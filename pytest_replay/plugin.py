@@ -48,7 +48,8 @@ def pytest_configure(config: pytest.Config) -> None:
     controller = is_controller(config)
     collection = Collection(config, settings, redactor, distributed=controller)
     run = config.stash[RUN] = ReplayRun(config, settings, collection, redactor,
-                                        Progress(config, worker=setup is not None))
+                                        Progress(config, worker=setup is not None,
+                                                 unscheduled=settings.speed == 0 and not settings.rate))
     if setup is not None:
         config.pluginmanager.register(Worker(run, setup), "pytest-replay-worker")
         return
@@ -82,6 +83,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     run = _run(session.config)
     if run:
         run.collection.check_target(session)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    report = yield
+    if isinstance(item, ReplayItem):
+        item.own_duration(report)
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ observation, then asserts on it. What the run did is summed up as `RunResults` a
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -70,6 +71,10 @@ class ReplayRun:
         self.notes: list[str] = []
         self.remote = RunResults()  # what other processes did (the xdist controller merges workers' here)
         self.started = now_iso()
+        self.locality = ""  # why the target shares this machine's cores ("in-process", "127.0.0.1"), if it does
+        self.split = ""  # "the 2 xdist workers" / "shards": where sent writes' barriers cannot reach
+        if settings.shard:
+            self.split = f"shards (--replay-shard {settings.shard[0]}/{settings.shard[1]})"
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None):
@@ -82,17 +87,20 @@ class ReplayRun:
         from ..targets.inprocess import ASGITarget, WSGITarget
         from ..targets.mock import PolicyTarget, RecordedWrites
         from ..targets.outbound import Outbound
+        from ..verdicts.budgets import shares_cores
         from ..verdicts.diff import DiffConfig, learn_noise
 
         s = self.settings
         exchanges = self.collection.exchanges or ()
         try:
-            inner = make_target(target_spec, verify=not s.insecure)
+            inner = make_target(target_spec, verify=not s.insecure,
+                                import_paths=(os.getcwd(), str(self.config.rootpath)))
         except (ValueError, TypeError) as exc:
             pytest.exit(f"replay target: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
             getattr(getattr(inner, "client", None), "_transport", None), (httpx.ASGITransport, httpx.WSGITransport))
         url = getattr(inner, "url", None) or getattr(inner, "base", None)
+        self.locality = shares_cores(str(url) if url else None, in_process) or ""
         if url and not s.force_production:
             refusal = check_target(str(url), recorded_hosts(exchanges))
             if refusal:
@@ -123,11 +131,31 @@ class ReplayRun:
         if outbound is not None and in_process:
             self.outbound = Outbound(outbound())
             self.outbound.start()
+        barriers = self._barriers(planned, exchanges, policy)
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
-                             pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items))
+                             pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items),
+                             barriers=barriers)
         _running.add(self)
         self.engine.start()
         return self.engine
+
+    def _barriers(self, planned: list[Exchange], exchanges, policy):
+        """The ordering barriers of the writes this process sends (schedule/plan.py); a note when the
+        capture's sent writes meet a split run, where barriers cannot reach the other processes."""
+        from ..policy.writes import SEND
+        from ..schedule.plan import write_barriers
+
+        def sent_write(exchange: Exchange) -> bool:
+            return policy.is_write(exchange) and policy.decide(exchange) == SEND
+
+        # the whole capture's writes: a worker or shard without any races the writes of the others
+        if self.split and any(sent_write(e) for e in exchanges if e.replayable):
+            self.notes.append(
+                "writes are sent: each is an ordering barrier (requests recorded after a write wait for it), "
+                f"which cannot hold across {self.split}: a request replayed elsewhere may overtake a write it "
+                "followed in the capture, and fail for that (one process, without -n or --replay-shard, keeps "
+                "the order)")
+        return write_barriers(planned, sent_write)
 
     def _pipeline(self, exchanges: list[Exchange], wire):
         """Hooks and middleware between a request's deadline and the wire, if the run has any."""
@@ -225,5 +253,6 @@ class ReplayRun:
             failures=[str(engine.failure)] if engine is not None and engine.failure is not None else [],
             noise=self.noise_lines(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
-            notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard)
+            notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
+            wall_s=engine.wall_s() if engine else None, locality=self.locality)
         return RunResults(notes=[]).merge(own).merge(self.remote)
