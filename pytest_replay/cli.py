@@ -4,10 +4,12 @@
     inspect --json CAPTURE...     one JSON object per exchange, then {"summary": {...}}
     convert IN... OUT.gor[.gz]    GoReplay's format (types 1 and 2) from any capture
     redact IN OUT                 a copy of IN in its own format with secrets and personal data replaced
-    merge A.json B.json ...       merge the evidence of replay shards and judge budgets over the whole
+    merge A.json B.json ...       merge the evidence of replay shards, judge budgets over the whole, gate
 
-Exit status: 0 success, 1 a capture could not be read (the message says which file, where and
-why), 2 bad usage.
+Exit status of inspect, convert and redact: 0 success, 1 a capture could not be read (the message
+says which file, where and why), 2 bad usage. merge exits as pytest does (report/merge.py): 0
+passed, 1 an item, exchange or budget failed, 2 incomplete (a shard interrupted or missing), 4 bad
+usage or evidence files refused.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ get equal stand-ins in the output. They are keyed with a random salt per run, so
 values (card and phone numbers, short passwords) cannot be recovered by hashing candidates; give
 --salt to make them stable across runs. Only counts and names are printed, never a value.
 """
+EXIT_STATUS = """exit status:
+  inspect, convert, redact: 0 success, 1 a capture could not be read or an output written, 2 bad usage
+  merge (as pytest): 0 every shard's items and every budget passed, 1 an item, exchange or budget failed,
+         2 incomplete (a shard interrupted or missing), 4 bad usage or evidence files refused
+         (python -m pytest_replay merge --help says more)"""
+
+
 def _server_ports(text: str) -> list[int]:
     try:
         ports = [int(p) for p in text.split(",") if p.strip()]
@@ -77,7 +86,8 @@ def _add_max_record_size(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pytest_replay",
-                                     description="Inspect and convert HTTP traffic captures (.gor, pcap, pcapng).")
+                                     description="Inspect and convert HTTP traffic captures (.gor, pcap, pcapng).",
+                                     epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     inspect = sub.add_parser("inspect", help="summarise captures: counts, gaps, skipped streams, endpoint mix")
     inspect.add_argument("captures", nargs="+", metavar="CAPTURE", help="files, globs or directories")
@@ -114,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     redact.add_argument("--server-ports", type=_server_ports, metavar="P1,P2",
                         help="ports that are servers (for connections captured without their SYN)")
     _add_max_record_size(redact)
-    sub.add_parser("merge", add_help=False, help="merge the evidence files of replay shards and judge budgets over "
-                   "the whole (python -m pytest_replay merge --help)")
+    sub.add_parser("merge", add_help=False, help="merge the evidence files of replay shards, judge budgets over "
+                   "the whole, and exit non-zero if any shard's item or a budget failed (python -m pytest_replay "
+                   "merge --help)")
     return parser
 
 

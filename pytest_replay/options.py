@@ -326,11 +326,13 @@ OPTIONS: tuple[Option, ...] = (
            "the whole run: 'p95<200ms', 'p99<1.2x' (of the recorded latency), 'max<1s', '5xx<1%%', "
            "'errors<0.5%%', '5xx<=recorded+0.5%%', scoped as 'GET /api/users/*: p99<300ms' (repeatable; also "
            "the pytest_replay_budgets hook). Default: none.", many=True, convert=_budget, metavar="BUDGET"),
-    Option("replay_report", "--replay-report", "write the evidence package (replay-evidence.json) to this "
-           "directory, also when the run is interrupted. Default: none.", metavar="DIR"),
+    Option("replay_report", "--replay-report", "write the evidence package to this directory, also when the "
+           "run is interrupted: DIR/replay-evidence.json, or DIR/replay-evidence-shard-K-of-N.json under "
+           "--replay-shard K/N (so a CI matrix's shards can share one directory). Default: none.", metavar="DIR"),
     Option("replay_shard", "--replay-shard", "replay only shard K of N (a stable split by captured "
-           "connection, for CI matrices); merge the shards' evidence with 'python -m pytest_replay merge'. "
-           "Default: everything.", None, _shard, metavar="K/N"),
+           "connection, for CI matrices); merge the shards' evidence with 'python -m pytest_replay merge', "
+           "which exits non-zero when any shard's item or a budget failed. Default: everything.", None, _shard,
+           metavar="K/N"),
     Option("replay_secret_header", "--replay-secret-header", "one more header whose value is masked in "
            "everything printed or written (repeatable). Default: Authorization, Proxy-Authorization, Cookie, "
            "Set-Cookie and names with a secret word (token, secret, password, key, session, auth, credential, "

@@ -343,3 +343,37 @@ def test_aggregate_from_other_schema_is_refused():
     data["schema"] = 99
     with pytest.raises(ValueError, match="schema"):
         Aggregate.from_dict(data)
+
+
+# -- the worst endpoints of a relative budget, and cautions --------------------------------------------
+def test_relative_budget_worst_are_offenders_by_ratio():
+    pairs = []
+    for path, recorded_ms, replayed_ms, n in (("/slow", 200, 100, 4), ("/b", 1, 60, 30), ("/c", 1, 3, 66)):
+        for _ in range(n):
+            pairs.append(pair(path, recorded_ms=recorded_ms, replayed_ms=replayed_ms, index=len(pairs)))
+    result, = evaluate(["p95<1.2x"], fill(Aggregate(), pairs))
+    assert not result.passed
+    assert [endpoint for endpoint, _ in result.worst] == ["GET /b", "GET /c"]  # by ratio; /slow is 0.5x
+    assert result.worst[0][1].endswith("(60.00x)")
+
+
+def test_cautions_go_on_relative_latency_budgets_only():
+    from pytest_replay.capture.summary import closed_loop
+    from pytest_replay.verdicts.budgets import shares_cores, with_caveats
+
+    assert shares_cores("http://127.0.0.1:8000", False) == "127.0.0.1"
+    assert shares_cores("http://[::1]:8000", False) == "::1"
+    assert shares_cores("http://localhost:8000", False) == "localhost"
+    assert shares_cores("https://staging.example", False) is None
+    assert shares_cores(None, True) == "in-process"
+    back_to_back = [Exchange(i, Request.build("GET", "/x"), None, i * 3 * MS, i * 3 * MS + 2 * MS, "c1", i,
+                             Source("t.gor", 0)) for i in range(30)]  # 1 ms after the previous response
+    assert closed_loop(back_to_back) == {"requests": 30, "of": 30, "connections": 1, "gap_ms": 1.0, "run": 10}
+    thinking = [Exchange(i, Request.build("GET", "/x"), None, i * 50 * MS, i * 50 * MS + 2 * MS, "c1", i,
+                         Source("t.gor", 0)) for i in range(30)]
+    assert closed_loop(thinking) is None
+    results = with_caveats(evaluate(["p95<1.2x", "p95<1s", "5xx<=recorded"], service()),
+                           {"shared_cores": "in-process", "closed_loop": closed_loop(back_to_back)})
+    assert [len(r.caveats) for r in results] == [2, 0, 0]
+    assert "CAUTION: the capture is closed-loop (30 of 30 requests" in results[0].line()
+    assert results[0].to_dict()["caveats"] == list(results[0].caveats)

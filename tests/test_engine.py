@@ -323,3 +323,63 @@ def test_cancelling_run_from_outside_propagates_after_cleanup():
 
     asyncio.run(main())
     assert engine.finished and target.closed and engine.wait(0).error_kind == CANCELLED
+
+
+# -- write barriers ---------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pytest_replay.schedule.plan import write_barriers  # noqa: E402
+
+
+def recorded(index, start_ms, took_ms, connection):
+    answered = None if took_ms is None else (start_ms + took_ms) * MS
+    return Exchange(index, REQ, None, start_ms * MS, answered, connection, 0, Source("capture.gor", 0))
+
+
+def test_no_sent_write_no_barriers():
+    exchanges = [recorded(i, i, 1, f"c{i}") for i in range(5)]
+    assert write_barriers(exchanges, lambda e: False) is None
+
+
+def test_a_read_after_a_write_waits_for_it_and_a_write_for_the_reads_before_it():
+    # c1: a slow read done at 1 ms; c2: a write at 2-3 ms; c3: a read at 4 ms (after the write)
+    exchanges = [recorded(0, 0, 1, "c1"), recorded(1, 2, 1, "c2"), recorded(2, 4, 1, "c3")]
+    barriers = write_barriers(exchanges, lambda e: e.index == 1)
+    assert barriers.needs == {1: (0, 1), 2: (1, 0)}
+    plan = build_plan(exchanges, Timing(speed=0))
+    target = Recorder(latency=lambda p: {0: 30 * MS, 1: 20 * MS, 2: MS}[p.key])
+    _, obs = run(plan, target, barriers=barriers)
+    assert obs[1].sent_ns == obs[0].done_ns == LEAD + 30 * MS  # the write waited for the read before it
+    assert obs[2].sent_ns == obs[1].done_ns == LEAD + 50 * MS  # the read waited for the write
+    assert obs[2].lateness_ns == 50 * MS  # the wait shows as lateness
+    _, unordered = run(plan, Recorder(latency=lambda p: {0: 30 * MS, 1: 20 * MS, 2: MS}[p.key]))
+    assert {o.sent_ns for o in unordered.values()} == {LEAD}  # without barriers: all at once
+
+
+def test_concurrent_requests_are_not_ordered():
+    # the read starts while the write is in flight (recorded): they were concurrent, no order to keep
+    exchanges = [recorded(0, 0, 5, "c1"), recorded(1, 2, 1, "c2")]
+    assert write_barriers(exchanges, lambda e: e.index == 0) is not None
+    assert write_barriers(exchanges, lambda e: e.index == 0).needs == {}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.one_of(st.none(), st.integers(0, 6)), st.integers(0, 3),
+                          st.booleans(), st.integers(0, 8)), min_size=1, max_size=25),
+       st.integers(1, 4), st.sampled_from([0.0, 1.0]))
+def test_barriers_keep_the_recorded_order_and_never_deadlock(rows, concurrency, speed):
+    exchanges = [recorded(i, start, took, f"c{conn}") for i, (start, took, conn, _, _) in enumerate(rows)]
+    writes = {i for i, row in enumerate(rows) if row[3]}
+    latency = {i: row[4] * MS for i, row in enumerate(rows)}
+    barriers = write_barriers(exchanges, lambda e: e.index in writes)
+    plan = build_plan(exchanges, Timing(speed=speed))
+    engine, obs = run(plan, Recorder(latency=lambda p: latency[p.key]), barriers=barriers, concurrency=concurrency)
+    assert len(obs) == len(rows) and all(o.ok for o in obs.values())  # every request completed
+    for r in exchanges:
+        for w in exchanges:
+            if w.response_ts_ns is None or w.index == r.index:
+                continue
+            # w was recorded as complete before r started, and one of them is a sent write
+            if w.response_ts_ns < r.request_ts_ns and (w.index in writes or r.index in writes):
+                assert obs[w.index].done_ns <= obs[r.index].sent_ns, (w.index, r.index)

@@ -292,24 +292,57 @@ def test_merge_command_prints_table_and_budgets_and_exit_codes(tmp_path, capture
     assert merged["totals"]["requests"] == 120
 
 
-def test_merge_command_refusals_are_exit_2(tmp_path, capture, capsys):
+def test_merge_command_refusals_are_exit_4(tmp_path, capture, capsys):
     paths = shards(capture, tmp_path)
-    assert merge_main([paths[0], paths[0]]) == 2
+    assert merge_main([paths[0], paths[0]]) == 4
     assert "merge: " in capsys.readouterr().err
-    assert merge_main([*paths, "--budget", "p95<fast"]) == 2
+    assert merge_main([*paths, "--budget", "p95<fast"]) == 4
     assert "accepted forms" in capsys.readouterr().err
-    assert merge_main([str(tmp_path / "missing.json")]) == 2
+    assert merge_main([str(tmp_path / "missing.json")]) == 4
     assert "cannot read" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    assert merge_main([str(bad)]) == 2
+    assert merge_main([str(bad)]) == 4
     assert "not a JSON evidence file" in capsys.readouterr().err
-    assert merge_main([paths[0]]) == 1  # half the requests: 5xx 6.67% > 5%
-    assert "warning: shard(s) 2 of 2 missing" in capsys.readouterr().err
+    assert merge_main([paths[0]]) == 2  # half the shards: incomplete, whatever the half says
+    captured = capsys.readouterr()
+    assert "warning: shard(s) 2 of 2 missing" in captured.err
+    assert captured.out.splitlines()[-1].startswith("INCOMPLETE: shard(s) 2 missing; ")
+    assert "5xx<5%" in captured.out.splitlines()[-1]  # half the requests: 5xx 6.67% > 5%, said too
+    assert merge_main(["--help"]) == 0
+    assert "exit status (as pytest's)" in capsys.readouterr().out
 
 
-def test_merge_command_runs_as_a_module(tmp_path, capture):
-    paths = shards(capture, tmp_path)
-    done = subprocess.run([sys.executable, "-m", "pytest_replay.report.merge", *paths, "--budget", "p50<1ms"],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert done.returncode == 1 and "FAIL p50<1ms" in done.stdout, done.stderr
+def test_merge_gate_carries_shard_outcomes(tmp_path, capture, capsys):
+    """Each shard's outcomes, interrupted shards and failed items are carried and gate the exit status."""
+    paths = []
+    for k, outcomes, interrupted in ((1, {"passed": 50, "failed": 10, "deselected": 60}, False),
+                                     (2, {"passed": 60, "deselected": 60}, False)):
+        data = evidence_of(requests()[k - 1::2], capture, shard=(k, 2), interrupted=interrupted)
+        data["run"]["outcomes"] = outcomes
+        data["run"]["exit_status"] = 1 if outcomes.get("failed") else 0
+        paths.append(str(write_evidence(tmp_path / "shards", data)))
+    assert merge_main([*paths, "--report", str(tmp_path / "merged")]) == 1
+    out = capsys.readouterr().out
+    assert "shard 1 of 2: 50 passed, 10 failed, 0 skipped, 0 errors, 60 deselected; pytest exit status 1" in out
+    assert "shard 2 of 2: 60 passed, 0 failed, 0 skipped, 0 errors, 60 deselected; pytest exit status 0" in out
+    assert "total: 110 passed, 10 failed, 0 skipped, 0 errors, 120 deselected" in out
+    assert out.splitlines()[-1] == "FAILED: 10 failed (exit status 1)"
+    merged = read_evidence(tmp_path / "merged" / FILENAME)
+    assert merged["run"]["verdict"] == {"passed": False, "exit_code": 1, "reasons": ["10 failed"]}
+    assert [row["outcomes"]["failed"] for row in merged["run"]["merged_from"] if "failed" in row["outcomes"]] == [10]
+
+    data = read_evidence(paths[1])
+    data["run"]["interrupted"] = True
+    data["run"]["exit_status"] = 2
+    (tmp_path / "interrupted").mkdir()
+    interrupted = str(write_evidence(tmp_path / "interrupted", data))
+    assert merge_main([paths[0], interrupted]) == 2  # incomplete wins over failed, as in pytest
+    out = capsys.readouterr().out
+    assert "shard 2 of 2: 60 passed, 0 failed, 0 skipped, 0 errors, 60 deselected INTERRUPTED" in out
+    assert out.splitlines()[-1] == "INCOMPLETE: shard 2 of 2 was interrupted; 10 failed (exit status 2)"
+
+    clean = [str(write_evidence(tmp_path / "clean", {**read_evidence(p), "run": {
+        **read_evidence(p)["run"], "outcomes": {"passed": 60}, "exit_status": 0}})) for p in paths]
+    assert merge_main(clean) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "PASSED: 120 passed (exit status 0)"

@@ -145,3 +145,47 @@ def test_evidence_package(pytester: pytest.Pytester, slow_server: str) -> None:
     assert data["write_policy"]["passed"] == 64
     text = (directory / "replay-evidence.json").read_text()
     assert "Bearer " not in text and "session=" not in text  # no credentials in the evidence
+
+
+def _merge(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest_replay", "merge", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_merge_of_shards_with_failed_exchanges_fails_the_gate(pytester: pytest.Pytester, buggy_server: str) -> None:
+    """Issue 11, finding 3: the merge of two shards, one with failed exchanges, exited 0 and said nothing."""
+    reports = []
+    outcomes = []
+    for k in (1, 2):
+        directory = pytester.path / "evidence"
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(DEMO), "--replay-target",
+                                               buggy_server, "--speed", "0", "--replay-writes", "pass", "-q",
+                                               "--replay-shard", f"{k}/2", "--replay-report", str(directory),
+                                               timeout=300)
+        outcomes.append(result.parseoutcomes())
+        reports.append(directory / f"replay-evidence-shard-{k}-of-2.json")
+    failed = sum(o.get("failed", 0) for o in outcomes)
+    assert failed > 0
+    merged = _merge(*map(str, reports), "--report", str(pytester.path / "merged"))
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    out = merged.stdout
+    for k, o in zip((1, 2), outcomes):
+        assert f"shard {k} of 2: {o.get('passed', 0)} passed, {o.get('failed', 0)} failed" in out
+    assert f"FAILED: {failed} failed" in out.splitlines()[-1]
+    data = json.loads((pytester.path / "merged" / "replay-evidence.json").read_text())
+    assert data["run"]["outcomes"]["failed"] == failed
+    assert data["run"]["verdict"]["exit_code"] == 1 and not data["run"]["verdict"]["passed"]
+    assert [s["outcomes"].get("failed", 0) for s in data["run"]["merged_from"]] == [o.get("failed", 0)
+                                                                                   for o in outcomes]
+    # only one shard: the merge is incomplete (2), whatever it holds
+    incomplete = _merge(str(reports[0]))
+    assert incomplete.returncode == 2 and "INCOMPLETE" in incomplete.stdout
+    # bad input is a usage error (4), said in one line: the same shard twice, an older schema
+    again = _merge(str(reports[0]), str(reports[0]))
+    assert again.returncode == 4 and "given once" in again.stderr
+    old = json.loads(reports[1].read_text())
+    old["schema"] = "pytest-replay-evidence/1"
+    older = pytester.path / "old.json"
+    older.write_text(json.dumps(old))
+    refused = _merge(str(reports[0]), str(older))
+    assert refused.returncode == 4 and "schema" in refused.stderr

@@ -12,6 +12,46 @@ from datetime import datetime, timezone
 from .stats import CaptureStats
 
 TOP_ENDPOINTS = 15
+# Closed-loop bursts: a load tool (wrk, ab, k6 with no sleep) sends each request as soon as the
+# previous response on its connection arrived, with no think time. Its latencies were measured under
+# its own load, so a replay's ratio to them compares unlike things (verdicts/budgets.py says so).
+BURST_GAP_NS = 1_000_000  # a request this soon after its connection's previous response: no think time
+BURST_RUN = 10  # this many such requests in a row on one connection make a burst
+BURST_SHARE = 0.1  # the capture is called closed-loop when bursts hold this share of its requests
+
+
+def closed_loop(exchanges) -> dict | None:
+    """{requests, of, connections, gap_ms, run} when closed-loop bursts hold at least BURST_SHARE of the
+    requests of `exchanges` (Exchanges); None otherwise."""
+    lanes: dict[str, list] = {}
+    for exchange in exchanges:
+        lanes.setdefault(exchange.connection, []).append(exchange)
+    total = sum(len(members) for members in lanes.values())
+    in_bursts = connections = 0
+    for members in lanes.values():
+        members.sort(key=lambda e: (e.position, e.index))
+        runs = _back_to_back_runs(members)
+        bursts = [n for n in runs if n >= BURST_RUN]
+        in_bursts += sum(bursts)
+        connections += bool(bursts)
+    if not total or in_bursts < BURST_SHARE * total:
+        return None
+    return {"requests": in_bursts, "of": total, "connections": connections, "gap_ms": BURST_GAP_NS / 1e6,
+            "run": BURST_RUN}
+
+
+def _back_to_back_runs(members: list) -> list[int]:
+    """Lengths of the runs of requests each sent within BURST_GAP_NS of the previous response."""
+    runs, run = [], 1
+    for previous, current in zip(members, members[1:]):
+        answered = previous.response_ts_ns
+        if answered is not None and 0 <= current.request_ts_ns - answered <= BURST_GAP_NS:
+            run += 1
+        else:
+            runs.append(run)
+            run = 1
+    runs.append(run)
+    return runs
 
 
 def summary_data(stats: CaptureStats) -> dict:

@@ -524,22 +524,23 @@ def row(endpoint: str, stats: Stats) -> dict:
 
 
 
-def render_table(rows: list[dict], limit: int = 20) -> list[str]:
-    """The per-endpoint table as terminal lines: recorded -> replayed latency (ms), error %, lateness."""
+def render_table(rows: list[dict], limit: int = 20, lateness: bool = True) -> list[str]:
+    """The per-endpoint table as terminal lines: recorded -> replayed latency (ms), error %, lateness
+    (left out with lateness=False: at --speed 0 it means nothing)."""
     if not rows:
         return []
     body = [r for r in rows if r["endpoint"] != ALL]
     total = [r for r in rows if r["endpoint"] == ALL]
     shown = body[:limit]
     header = ("endpoint", "count", "p50 rec/rep ms", "p95 rec/rep ms", "p99 rec/rep ms", "max rec/rep ms",
-              "err %", "late p99 ms")
+              "err %", "late p99 ms")[: None if lateness else -1]
 
     def cells(r: dict) -> tuple[str, ...]:
         rec, rep = r["recorded_ms"], r["replayed_ms"]
         err = "-" if r["error_pct"] is None else f"{r['error_pct']:.2f}"
+        late = (fmt_ms(r["lateness_ms"]["p99"]),) if lateness else ()
         return (r["endpoint"], str(r["requests"]),
-                *(f"{fmt_ms(rec[k])}/{fmt_ms(rep[k])}" for k in ("p50", "p95", "p99", "max")),
-                err, fmt_ms(r["lateness_ms"]["p99"]))
+                *(f"{fmt_ms(rec[k])}/{fmt_ms(rep[k])}" for k in ("p50", "p95", "p99", "max")), err, *late)
 
     table = [header] + [cells(r) for r in shown + total]
     widths = [min(max(len(c[i]) for c in table), 60 if i == 0 else 40) for i in range(len(header))]

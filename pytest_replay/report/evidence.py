@@ -2,18 +2,26 @@
 
 Written by ``--replay-report DIR`` at the end of a run, also when it was interrupted, atomically
 (a temporary file in DIR, then os.replace: a reader sees the old file or the new one, never half of
-one). Shards write ``replay-evidence-shard-K-of-N.json``; ``python -m pytest_replay merge`` adds
-them up (report/merge.py). Secrets never reach the file: request targets are masked with the
-Redactor, and the aggregate holds only endpoint templates and numbers.
+one). A run writes ``replay-evidence.json``; a shard (``--replay-shard K/N``) writes
+``replay-evidence-shard-K-of-N.json``, so the shards of a CI matrix can be gathered in one directory;
+``python -m pytest_replay merge`` adds them up and judges the whole (report/merge.py). Secrets never
+reach the file: request targets are masked with the Redactor, and the aggregate holds only endpoint
+templates and numbers.
 
 Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
 
     schema            "pytest-replay-evidence/2" (2: diff.noise became an object with per-rule counts,
-                      diff.ignored is filled, `failures` added; the aggregate's schema is 2)
+                      diff.ignored is filled, `failures` added, the aggregate's schema is 2; outcomes without
+                      budgets, exit_status, wall_s, throughput, verdict)
     tool              {name, version}
     created           ISO 8601 UTC time the file was built
     run               {id, interrupted, planned, started, finished, shard: {index, count} | null,
-                       outcomes: {passed, failed, skipped, ...}, merged_from: [{file, shard, run_id}]}
+                       outcomes: {passed, failed, skipped, error, deselected, ...} (the run's test items:
+                       budgets are not counted here, they are under `budgets`), exit_status (pytest's, for
+                       a run; null for a merge), wall_s (from the replay's start to its last response),
+                       merged_from: [{file, shard, run_id, outcomes, interrupted, exit_status, wall_s,
+                       budgets_failed}] | null, missing_shards: [K...] | null,
+                       verdict: {passed, exit_code, reasons} (a merge's gate, see report/merge.py) | null}
     captures          {files: [{path, name, bytes, sha256, format?}], first_ts_ns, last_ts_ns, first, last,
                        duration_s, exchanges, complete, incomplete, incomplete_by_reason,
                        requests_without_response, gaps, gap_bytes, skipped_streams, warning_counts}
@@ -25,12 +33,16 @@ Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
                       body, sent)
     endpoints         per-endpoint rows (report.aggregate.row): count, recorded_ms and replayed_ms
                       {p50, p95, p99, max, mean}, error_pct, 5xx_pct, 4xx_pct, transport_errors,
-                      lateness_ms {p50, p99, max}, early, judged, failed, failures, writes, write_reasons,
+                      lateness_ms {p50, p99, max} (null at --speed 0), early, judged, failed, failures, writes, write_reasons,
                       skipped
     totals            the same row for the whole run
     errors            {requests, transport: {kind: n}, status, recorded_status,
                        rates_pct: {5xx, 4xx, errors, recorded_5xx, recorded_4xx}}
-    lateness          {p50_ms, p99_ms, max_ms, early}
+    lateness          {p50_ms, p99_ms, max_ms, early}; null at --speed 0 (no schedule: every request is
+                      due at once, so lateness means nothing; see throughput)
+    throughput        {requests, wall_s, requests_per_s}: requests that reached the target per second of
+                      the replay's wall time (a merge: requests and rates of the shards added up, the
+                      longest shard's wall time)
     diff              {judged, passed, failed, by_part: {part: n}, ignored: {why: n}, noise}: ignored counts
                       the differences each reason accounted for ("rule json:$.id", "learned noise GET /x:
                       json:$.request_id", "volatile header date"); noise: {summary, rules: [{rule, learned,
@@ -42,7 +54,10 @@ Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
                       most first, with the first failing exchanges of each (rendered and masked as in the
                       terminal), bounded per group and in all
     budgets           [BudgetResult.to_dict()]: budget, passed, measured, recorded, threshold, reason,
-                      worst [{endpoint, value}], requests, endpoints, measured_*/recorded_*/limit_*
+                      worst [{endpoint, value}], requests, endpoints, caveats [sentences],
+                      measured_*/recorded_*/limit_*
+    latency_caveats   {shared_cores: "in-process" | a loopback host | null, closed_loop: {requests, of,
+                      connections, gap_ms, run} | null}: why relative latency budgets may mislead
     skipped           {total, by_reason: {reason: n}, examples: [{index, exchange, source, reason}]}
     incomplete        {total, by_reason, examples}  (incomplete in the capture, not replayed)
     known_gaps        [sentences]: what this evidence does not show, derived and given
@@ -81,7 +96,9 @@ METHOD = {
     "requests": "requests that reached the target: mocked writes and requests cancelled by a stop excluded",
     "error_rates": "percent of requests; errors = transport failures + 5xx; recorded rates are over the "
                    "recorded responses of the same requests",
-    "lateness": "send time - deadline; early sends are counted, clamped at 0 in the histogram",
+    "lateness": "send time - deadline; early sends are counted, clamped at 0 in the histogram; not measured "
+                "at --speed 0 (no schedule)",
+    "throughput": "requests that reached the target / the replay's wall time (its start to its last response)",
 }
 _SUMMARY_KEYS = ("first_ts_ns", "last_ts_ns", "duration_s", "exchanges", "complete", "incomplete",
                  "incomplete_by_reason", "requests_without_response", "responses_without_request", "gaps",
@@ -234,7 +251,9 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
                    outcomes: dict | None = None, started: str | None = None, finished: str | None = None,
                    ignored: dict | None = None, noise: dict | None = None, run_id: str | None = None,
                    origins: dict | None = None,
-                   merged_from: list | None = None, redactor=DEFAULT_REDACTOR, extra: dict | None = None) -> dict:
+                   merged_from: list | None = None, redactor=DEFAULT_REDACTOR, extra: dict | None = None,
+                   exit_status: int | None = None, wall_s: float | None = None, throughput: dict | None = None,
+                   missing_shards: list[int] | None = None, latency_caveats: dict | None = None) -> dict:
     """The evidence of one run (or of merged shards) as plain JSON-ready data.
 
     captures: capture file paths (hashed here) or dicts with a sha256; capture_summary:
@@ -242,10 +261,16 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
     not replayed; incomplete: Exchanges incomplete in the capture (reasons from their flags), or pairs;
     budgets: BudgetResults; shard: (K, N) 1-based; notes: known gaps the run knows about; ignored:
     why -> differences (default: the aggregate's); noise: NoiseModel.summary() (each rule's `hid`
-    is counted from the aggregate)."""
+    is counted from the aggregate); outcomes:
+    the run's test items by outcome (budgets left out); exit_status: pytest's; wall_s: the replay's
+    wall time; throughput: given by a merge (else derived from wall_s)."""
     capture_section = _capture_section(captures, capture_summary)
     overall = aggregate.overall
     rows = aggregate.table()
+    unscheduled = (pace or {}).get("speed") == 0 and not (pace or {}).get("rate")
+    if unscheduled:  # every request is due at t0: "late" by design
+        for row in rows:
+            row["lateness_ms"] = None
     totals = rows.pop() if rows and rows[-1]["endpoint"] == ALL else None
     if isinstance(shard, tuple):
         shard = {"index": shard[0], "count": shard[1]}
@@ -255,13 +280,16 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
     policy = {**policy, **{k: overall.writes.get(k, 0) for k in ("mocked", "passed", "skipped", "flagged")}}
     notes = [str(n) for n in notes]
     lateness = overall.lateness.percentiles((50, 99, 100))
+    if throughput is None:
+        throughput = throughput_of(overall.requests, wall_s)
     data = {
         "schema": SCHEMA,
         "tool": {"name": "pytest-traffic-replay", "version": _version()},
         "created": _now(),
         "run": {"id": run_id or uuid.uuid4().hex, "interrupted": bool(interrupted), "planned": planned,
                 "started": started, "finished": finished, "shard": shard, "outcomes": dict(outcomes or {}),
-                "merged_from": merged_from},
+                "exit_status": exit_status, "wall_s": _r(wall_s), "merged_from": merged_from,
+                "missing_shards": missing_shards, "verdict": None},
         "captures": capture_section,
         "selection": {"filters": [str(f) for f in filters], "sample": sample, "rewrites": [str(r) for r in rewrites],
                       "redaction": [str(r) for r in redaction]},
@@ -276,14 +304,16 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
                                  "errors": _r(overall.rate("errors")),
                                  "recorded_5xx": _r(overall.rate("5xx", recorded=True)),
                                  "recorded_4xx": _r(overall.rate("4xx", recorded=True))}},
-        "lateness": {"p50_ms": _ms(lateness[50]), "p99_ms": _ms(lateness[99]), "max_ms": _ms(lateness[100]),
-                     "early": overall.early},
+        "lateness": None if unscheduled else {"p50_ms": _ms(lateness[50]), "p99_ms": _ms(lateness[99]),
+                                              "max_ms": _ms(lateness[100]), "early": overall.early},
+        "throughput": throughput,
         "diff": {"judged": overall.judged, "passed": overall.judged - overall.failed, "failed": overall.failed,
                  "by_part": dict(overall.failures),
                  "ignored": dict(overall.ignored if ignored is None else ignored), "noise": _noise(noise, aggregate),
                  "origins": dict(origins or {})},
         "failures": aggregate.failure_groups.section(overall.failed),
         "budgets": [_budget_dict(b) for b in budgets],
+        "latency_caveats": dict(latency_caveats or {}),
         "skipped": _listing(skipped, redactor) if not isinstance(skipped, dict) else skipped,
         "incomplete": _listing(incomplete, redactor) if not isinstance(incomplete, dict) else incomplete,
         "known_gaps": _derived_gaps(aggregate, capture_section, interrupted, planned) + notes,
@@ -306,6 +336,12 @@ def _noise(noise: dict | None, aggregate: Aggregate) -> dict:
     rules = [{"rule": r["rule"], "learned": r.get("learned", ""), "hid": ignored.get(NOISE_REASON + r["rule"], 0)}
              for r in (noise.get("rules") or [])[:500]]
     return {"summary": noise.get("summary", ""), "rules": rules, "not_used": list(noise.get("not_used") or [])[:500]}
+
+
+def throughput_of(requests: int, wall_s: float | None) -> dict:
+    """{requests, wall_s, requests_per_s}: what reached the target per second of the replay."""
+    rate = requests / wall_s if wall_s else None
+    return {"requests": requests, "wall_s": _r(wall_s), "requests_per_s": None if rate is None else round(rate, 1)}
 
 
 def _r(value: float | None) -> float | None:
@@ -430,6 +466,7 @@ def merge_evidence(named: list[tuple[str, dict]], budgets: Iterable | None = Non
             f"{n}: " + (f"shard {k[0]} of {k[1]}" if k else "whole run") for k, n in seen_shards.items())
             + "): merge the shards of one split")
     count = counts.pop()
+    missing: list[int] = []
     if count:
         missing = sorted(set(range(1, count + 1)) - {k[0] for k in seen_shards})
         if missing:
@@ -470,6 +507,10 @@ def merge_evidence(named: list[tuple[str, dict]], budgets: Iterable | None = Non
         sample = {**sample, "size": sum(s["size"] for s in samples)}  # each shard's own selection
     started = [run["started"] for run in runs if run.get("started")]
     finished = [run["finished"] for run in runs if run.get("finished")]
+    walls = [run["wall_s"] for run in runs if run.get("wall_s") is not None]
+    rates = [(data.get("throughput") or {}).get("requests_per_s") for _, data in named]
+    throughput = {"requests": aggregate.overall.requests, "wall_s": max(walls) if walls else None,
+                  "requests_per_s": round(sum(rates), 1) if rates and None not in rates else None}
     merged = build_evidence(
         aggregate=aggregate, captures=first["captures"]["files"], capture_summary=first["captures"],
         target=first.get("target", ""), pace=first.get("pace"), filters=first["selection"]["filters"],
@@ -480,10 +521,19 @@ def merge_evidence(named: list[tuple[str, dict]], budgets: Iterable | None = Non
         interrupted=any(run.get("interrupted") for run in runs),
         planned=sum(planned) if all(p is not None for p in planned) else None, outcomes=dict(outcomes),
         started=min(started) if started else None, finished=max(finished) if finished else None,
-        ignored=dict(ignored), noise=noise, origins=dict(origins),
-        merged_from=[{"file": name, "shard": (data.get("run") or {}).get("shard"),
-                      "run_id": (data.get("run") or {}).get("id")} for name, data in named])
+        ignored=dict(ignored), noise=noise, origins=dict(origins), throughput=throughput,
+        latency_caveats=first.get("latency_caveats"), wall_s=max(walls) if walls else None,
+        missing_shards=missing or None, merged_from=[_shard_row(name, data) for name, data in named])
     return merged, warnings
+
+
+def _shard_row(name: str, data: dict) -> dict:
+    """What a merge keeps of each shard: where it came from and how its run went."""
+    run = data.get("run") or {}
+    return {"file": name, "shard": run.get("shard"), "run_id": run.get("id"), "outcomes": run.get("outcomes") or {},
+            "interrupted": bool(run.get("interrupted")), "exit_status": run.get("exit_status"),
+            "wall_s": run.get("wall_s"),
+            "budgets_failed": [b.get("budget") for b in data.get("budgets") or [] if not b.get("passed")]}
 
 
 def _merge_listing(listings: Iterable[dict | None]) -> dict:
@@ -498,4 +548,4 @@ def _merge_listing(listings: Iterable[dict | None]) -> dict:
 
 
 __all__ = ["FILENAME", "SCHEMA", "EvidenceError", "build_evidence", "capture_file", "exchange_ref", "filename",
-           "merge_evidence", "read_evidence", "sha256_file", "write_evidence"]
+           "merge_evidence", "read_evidence", "sha256_file", "throughput_of", "write_evidence"]

@@ -29,6 +29,8 @@ class RunResults:
     empty_shard: bool = False  # the shard held none of the capture's connections
     escaped: list[str] = field(default_factory=list)  # an in-process app's blocked calls tied to no exchange
     origins: dict[str, int] = field(default_factory=dict)  # "origin A treated as B" -> responses
+    wall_s: float | None = None  # the replay's start to its last response (workers start at one instant)
+    locality: str = ""  # why the target shares this machine's cores ("in-process", "127.0.0.1"), if it does
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -54,6 +56,9 @@ class RunResults:
         self.empty_shard = self.empty_shard or other.empty_shard  # workers all collect alike
         self.escaped += other.escaped
         self.origins = dict(Counter(self.origins) + Counter(other.origins))
+        walls = [w for w in (self.wall_s, other.wall_s) if w is not None]
+        self.wall_s = max(walls) if walls else None
+        self.locality = self.locality or other.locality
         return self
 
 
@@ -88,15 +93,26 @@ class RunReport:
     notes: list = field(default_factory=list)
     origins: dict = field(default_factory=dict)  # "origin A treated as B" -> responses
 
+    wall_s: float | None = None  # the replay's wall time
+    requests: int = 0  # requests that reached the target
+    unscheduled: bool = False  # --speed 0: no schedule, so throughput is shown instead of lateness
+
+    @property
+    def throughput(self) -> float | None:
+        return self.requests / self.wall_s if self.wall_s else None
+
     @classmethod
-    def build(cls, results: RunResults, *, captures: dict, target: str, pace: str, budgets: list) -> RunReport:
+    def build(cls, results: RunResults, *, captures: dict, target: str, pace: str, budgets: list,
+              unscheduled: bool = False) -> RunReport:
         report = cls(captures=captures, target=url_without_password(target),  # http://user:REDACTED@host
-                      pace=pace, budgets=list(budgets))
+                     pace=pace, budgets=list(budgets), unscheduled=unscheduled)
+        report.wall_s = None if results.wall_s is None else round(results.wall_s, 3)
         report.planned, report.sent = results.planned, results.sent
         report.failure = "; ".join(results.failures)
         report.interrupted = report.sent < report.planned
         aggregate = results.aggregate
         overall = aggregate.overall
+        report.requests = overall.requests
         report.judged = overall.judged
         report.passed = overall.judged - overall.failed
         report.failed_by = Counter(overall.failures)
@@ -153,6 +169,17 @@ def _why(reasons: list[str]) -> str:
     return f" ({', '.join(reasons[:MAX_WHY])}{more})"
 
 
+def _pace_line(report: RunReport) -> str:
+    """How the replay kept its pace: lateness on a schedule; at --speed 0 (everything due at once,
+    every request 'late' by design) the throughput it reached instead."""
+    if report.unscheduled:
+        rate = report.throughput
+        return (f"throughput: {report.requests} requests in {report.wall_s or 0:.2f} s = "
+                + ("-" if rate is None else f"{rate:.1f}") + " requests/s (--speed 0: no schedule to be late for)")
+    lat = report.lateness
+    return f"lateness (send time - deadline): p50 {_ms(lat.get(50))}, p99 {_ms(lat.get(99))}, max {_ms(lat.get(100))}"
+
+
 def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
     lines = ["", "=" * 28 + " traffic replay " + "=" * 28]
     c = report.captures
@@ -172,8 +199,9 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         state = " (INTERRUPTED)" if report.interrupted else ""
         mocked = sum(row[1] for row in report.writes)
         among = f"; {mocked} of them writes answered from the recording, not sent" if mocked else ""
-        lines.append(f"replayed: {report.sent} of {report.planned} requests to {report.target}, {report.pace}{state}"
-                     + among)
+        wall = f"; replay wall time {report.wall_s:.1f} s" if report.wall_s is not None else ""
+        lines.append(f"replayed: {report.sent} of {report.planned} requests to {report.target}, {report.pace}{wall}"
+                     f"{state}{among}")
         if report.failure:
             lines.append(f"replay stopped: {report.failure}")
         failed = sum(report.failed_by.values())
@@ -183,14 +211,12 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         lines.extend(render_causes(report.causes, verbose))
         if report.errors:
             lines.append("transport errors: " + ", ".join(f"{k}: {v}" for k, v in report.errors.most_common()))
-        lat = report.lateness
-        lines.append(f"lateness (send time - deadline): p50 {_ms(lat.get(50))}, p99 {_ms(lat.get(99))}, "
-                     f"max {_ms(lat.get(100))}")
+        lines.append(_pace_line(report))
         rep, rec = report.latency, report.recorded_latency
         lines.append("latency (to first byte), replayed vs recorded: "
                      + ", ".join(f"p{q} {_ms(rep.get(q))} vs {_ms(rec.get(q))}" for q in (50, 95, 99)))
         if report.table:
-            lines.extend(render_table(report.table, limit=100 if verbose else 15))
+            lines.extend(render_table(report.table, limit=100 if verbose else 15, lateness=not report.unscheduled))
     if report.budgets:
         lines.append("budgets:")
         lines.extend(f"  {result.line()}" for result in report.budgets)

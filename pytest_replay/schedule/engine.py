@@ -8,6 +8,11 @@ its last; so there is no task per request, and lanes run concurrently. At most `
 are in flight; a request waiting for its lane or a free slot goes as soon as possible, and the wait
 shows as its lateness (sent_ns - deadline_ns) in its Observation.
 
+Sent writes are ordering barriers when the plan has any (`barriers`, schedule/plan.py): a request
+waits for the barrier writes recorded as completed before it started (and a barrier write for every
+request recorded so), before it takes a slot; the wait shows as its lateness. Without barriers the
+engine pays one test per request for them.
+
 pytest's thread talks to the engine through `start`, `wait(key)`, `progress()`, `observations()` and
 `stop(cancel)`. Everything that crosses threads is an Observation (frozen) or a Progress (frozen).
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import heapq
 import sys
 import threading
 import time
@@ -23,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .clock import Clock, RealClock
-from .plan import PlannedRequest
+from .plan import Barriers, PlannedRequest
 from .target import (APP_ERROR, CANCELLED, DROPPED, TIMEOUT, UNPARSABLE, Dropped, Observation, PipelineFailure,
                      RequestPipeline, Target, TargetError, describe)
 
@@ -62,6 +68,63 @@ class _Lane:
         self.timed_out = False  # the watchdog cancelled the send in flight
 
 
+class _Gate:
+    """The barriers' state in the engine thread: two done-prefixes (barrier writes, and all requests,
+    each in recorded completion order) and the requests waiting for them to grow (heaps keyed by the
+    prefix they need)."""
+
+    __slots__ = ("needs", "rank", "write_rank", "done", "write_done", "prefix", "write_prefix", "by_writes",
+                 "by_all", "order")
+
+    def __init__(self, barriers: Barriers) -> None:
+        self.needs = barriers.needs
+        self.rank = barriers.rank
+        self.write_rank = barriers.write_rank
+        self.done = bytearray(len(barriers.rank))
+        self.write_done = bytearray(len(barriers.write_rank))
+        self.prefix = self.write_prefix = 0
+        self.by_writes: list[tuple[int, int, int, asyncio.Future]] = []  # (writes needed, order, all needed, fut)
+        self.by_all: list[tuple[int, int, asyncio.Future]] = []  # (requests needed, order, fut)
+        self.order = 0
+
+    def wait(self, key: int, loop: asyncio.AbstractEventLoop) -> asyncio.Future | None:
+        """None if request `key` may go now, else a future resolved when it may."""
+        need = self.needs.get(key)
+        if need is None or (need[0] <= self.write_prefix and need[1] <= self.prefix):
+            return None
+        fut = loop.create_future()
+        self.order += 1
+        heapq.heappush(self.by_writes, (need[0], self.order, need[1], fut))
+        self._release()
+        return fut
+
+    def completed(self, key: int) -> None:
+        rank = self.rank.get(key)
+        if rank is None:
+            return
+        done = self.done
+        done[rank] = 1
+        while self.prefix < len(done) and done[self.prefix]:
+            self.prefix += 1
+        rank = self.write_rank.get(key)
+        if rank is not None:
+            done = self.write_done
+            done[rank] = 1
+            while self.write_prefix < len(done) and done[self.write_prefix]:
+                self.write_prefix += 1
+        self._release()
+
+    def _release(self) -> None:
+        by_writes, by_all = self.by_writes, self.by_all
+        while by_writes and by_writes[0][0] <= self.write_prefix:
+            _, order, need_all, fut = heapq.heappop(by_writes)
+            heapq.heappush(by_all, (need_all, order, fut))
+        while by_all and by_all[0][0] <= self.prefix:
+            fut = heapq.heappop(by_all)[2]
+            if not fut.done():
+                fut.set_result(None)
+
+
 class Engine:
     """Open-loop replay of `plan` against `target`.
 
@@ -76,7 +139,7 @@ class Engine:
     def __init__(self, plan: list[PlannedRequest], target: Target, *, clock: Clock | None = None,
                  concurrency: int = 64, timeout_s: float = 10.0, lead_ns: int = 50_000_000,
                  switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True,
-                 pipeline: RequestPipeline | None = None) -> None:
+                 pipeline: RequestPipeline | None = None, barriers: Barriers | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         plan = list(plan)
@@ -89,6 +152,8 @@ class Engine:
         self.target = target
         # Optional (a RequestPipeline, e.g. policy/pipeline.py): hooks and middleware run here, in the engine.
         self.pipeline = pipeline
+        self.barriers = barriers
+        self._gate: _Gate | None = None
         self.clock = clock if clock is not None else RealClock()
         self.concurrency = concurrency
         self.timeout_s = timeout_s
@@ -191,6 +256,13 @@ class Engine:
         """A snapshot of the observations recorded so far, in completion order."""
         return list(self._obs.values())
 
+    def wall_s(self) -> float | None:
+        """Seconds from the replay's start (t0) to its last completed request; None before any."""
+        observations = self.observations()
+        if self.t0_ns is None or not observations:
+            return None
+        return max(max(o.done_ns for o in observations) - self.t0_ns, 0) / 1e9
+
     @property
     def finished(self) -> bool:
         return self._finished.is_set()
@@ -251,6 +323,8 @@ class Engine:
         if self._cancel_requested:
             self._cancel_now()
         lanes = self._lanes
+        if self.barriers is not None:
+            self._gate = _Gate(self.barriers)
         for p in self.plan:
             lane = lanes.get(p.lane)
             if lane is None:
@@ -329,6 +403,7 @@ class Engine:
         t0, timeout_s = self.t0_ns, self.timeout_s
         now, send, monotonic = clock.now_ns, target.send, time.monotonic
         queue, slots, busy = lane.queue, self._slot_queue, self._busy
+        gate = self._gate
         try:
             while True:
                 if not queue:
@@ -339,6 +414,10 @@ class Engine:
                     lane.wake = None
                     continue
                 p = queue.popleft()
+                if gate is not None:  # before taking a slot: what it waits for may need one
+                    barrier = gate.wait(p.key, loop)
+                    if barrier is not None:
+                        await barrier
                 if self._free > 0 and not slots:
                     self._free -= 1
                 else:
@@ -445,6 +524,8 @@ class Engine:
     def _record(self, obs: Observation) -> None:
         self._obs[obs.key] = obs
         self.completed += 1
+        if self._gate is not None:
+            self._gate.completed(obs.key)
         if obs.error_kind is not None:
             self.errors += 1
         if not self.completed % _REFREEZE_EVERY and self._frozen:

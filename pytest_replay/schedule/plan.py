@@ -4,11 +4,18 @@ Deadlines are offsets from the replay's start, computed once from the capture: t
 offset divided by the speed factor (gaps capped by max-wait, the cap applied to each idle gap so
 the rest of the schedule shifts with it), or an even spacing at a fixed rate. The engine sends
 each request at t0 + offset, whatever happened before: lateness never accumulates.
+
+Writes that are sent are ordering barriers (`write_barriers`): a request recorded after a sent write
+had completed is not sent before that write completes in the replay, and a sent write is not sent
+before the requests recorded as completed before it started. At --speed 0, or when the target is
+slower than production, this keeps the captured order between a write and the reads on other
+connections (a GET recorded after a PATCH sees the PATCH). Within one connection the lane keeps it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..http.message import Exchange, Request
@@ -65,3 +72,45 @@ def build_plan(exchanges: Iterable[Exchange], timing: Timing, prepare=None, wire
         plan.append(PlannedRequest(exchange.index, offset, exchange.connection, request,
                                    wire(request) if wire else request.raw))
     return plan
+
+
+_NEVER = float("inf")  # the completion time of a request the capture holds no response for
+
+
+@dataclass(frozen=True, slots=True)
+class Barriers:
+    """What each request waits for, as prefixes of two completion orders (recorded response time,
+    then plan position): `needs[key] = (w, a)`: the first w barrier writes and, for a barrier
+    write, the first a planned requests, in that order, must have completed. Every dependency comes
+    earlier in the plan, so waiting never deadlocks. `rank` and `write_rank` place a completed
+    request in the two orders. Requests that wait for nothing are not in `needs`."""
+
+    rank: dict[int, int]
+    write_rank: dict[int, int]
+    needs: dict[int, tuple[int, int]]
+
+    @property
+    def writes(self) -> int:
+        return len(self.write_rank)
+
+
+def write_barriers(exchanges: Iterable[Exchange], is_barrier: Callable[[Exchange], bool]) -> Barriers | None:
+    """The ordering barriers of the sent writes among `exchanges` (the planned ones); None when none
+    is a barrier (the engine then pays nothing). `is_barrier(exchange)`: a write that is sent."""
+    chosen = sorted(exchanges, key=lambda e: (e.request_ts_ns, e.index))
+    done = {e.index: (_NEVER if e.response_ts_ns is None else e.response_ts_ns, i) for i, e in enumerate(chosen)}
+    writes = sorted((done[e.index], e.index) for e in chosen if is_barrier(e))
+    if not writes:
+        return None
+    every = sorted((when, key) for key, when in done.items())
+    write_done = [when for when, _ in writes]
+    every_done = [when for when, _ in every]
+    write_rank = {key: i for i, (_, key) in enumerate(writes)}
+    needs = {}
+    for position, exchange in enumerate(chosen):
+        started = (exchange.request_ts_ns, position)
+        after_writes = bisect_left(write_done, started)
+        after_all = bisect_left(every_done, started) if exchange.index in write_rank else 0
+        if after_writes or after_all:
+            needs[exchange.index] = (after_writes, after_all)
+    return Barriers({key: i for i, (_, key) in enumerate(every)}, write_rank, needs)

@@ -20,6 +20,7 @@ import pytest
 from ..options import Settings
 from ..policy.redact import Redactor
 from .collection import Collection
+from .items import ItemDurations
 from .progress import Progress
 from .reporting import Reporting
 from .run import ReplayRun
@@ -38,7 +39,9 @@ def start(config: pytest.Config, settings: Settings) -> ReplayRun:
     controller = is_controller(config)
     collection = Collection(config, settings, redactor, distributed=controller)
     run = ReplayRun(config, settings, collection, redactor,
-                    Progress(config, worker=setup is not None, every_s=settings.progress_every))
+                    Progress(config, worker=setup is not None, every_s=settings.progress_every,
+                             unscheduled=settings.speed == 0 and not settings.rate))
+    config.pluginmanager.register(ItemDurations(), "pytest-replay-item-durations")
     if setup is not None:
         config.pluginmanager.register(Worker(run, setup), "pytest-replay-worker")
         return run

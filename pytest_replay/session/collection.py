@@ -3,6 +3,7 @@ its exchanges (or groups of them). Captures are read once, at collection."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ..capture import Capture, CaptureError, CaptureStats, expand_paths
-from ..capture.summary import summary_data
+from ..capture.summary import closed_loop, summary_data
 from ..distribute import partition
 from ..http.message import Exchange
 from ..http.normalize import path_template
@@ -177,3 +178,8 @@ class Collection:
 
     def capture_summary(self) -> dict:
         return summary_data(self.stats) if self.stats else {}
+
+    @functools.cached_property
+    def closed_loop(self) -> dict | None:
+        """The capture's closed-loop bursts (capture.summary.closed_loop), once it is loaded."""
+        return closed_loop(self.load())

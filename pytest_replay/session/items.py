@@ -54,6 +54,7 @@ class ReplayItem(pytest.Function):
 
     exchanges: tuple[Exchange, ...]
     replay: ReplayRun
+    own_ns: int = 0  # the replayed time of its exchanges (sent to response complete), reported as its duration
 
     @classmethod
     def create(cls, parent: CaptureFile, name: str, exchanges: tuple[Exchange, ...]) -> ReplayItem:
@@ -93,6 +94,8 @@ class ReplayItem(pytest.Function):
                 not_sent.append(decision.not_sent())
                 continue
             observation = self.replay.wait(engine, exchange.index)
+            if observation.error_kind != "cancelled":  # (never sent: no time of its own)
+                self.own_ns += observation.total_ns
             if observation.error_kind == "dropped":
                 self.replay.skip(exchange, "dropped")
                 not_sent.append(observation.error)
@@ -128,6 +131,11 @@ class ReplayItem(pytest.Function):
             ("lateness_ms", _ms(observation.lateness_ns)),
         ])
 
+    def own_duration(self, report) -> None:
+        """Its report's duration is its exchanges' own replayed time (setup and teardown: none): what
+        pytest measures is waiting for the replay, which the run reports once (its wall time)."""
+        report.duration = self.own_ns / 1e9 if report.when == "call" else 0.0
+
     def repr_failure(self, excinfo, **kwargs):
         if isinstance(excinfo.value, ReplayFailure):
             return str(excinfo.value)
@@ -150,3 +158,15 @@ class CaptureFile(pytest.File):
 
     def collect(self) -> Iterator[ReplayItem]:
         return self.collection.items_for(self)
+
+
+class ItemDurations:
+    """A pytest plugin (registered when replay is on): a replay item's report carries its exchanges'
+    own replayed time, not the time pytest spent waiting for the replay (JUnit, --durations)."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call):
+        report = yield
+        if isinstance(item, ReplayItem):
+            item.own_duration(report)
+        return report

@@ -14,9 +14,10 @@ def _isatty(reporter) -> bool:
 
 
 class Progress:
-    def __init__(self, config: pytest.Config, *, worker: bool, every_s: float) -> None:
+    def __init__(self, config: pytest.Config, *, worker: bool, every_s: float, unscheduled: bool = False) -> None:
         self.config = config
         self.worker = worker
+        self.unscheduled = unscheduled  # --speed 0: no lateness (nothing to be late for), the rate says it
         self.every_s = every_s
         self._show: bool | None = None  # decided once: every item waits
         self._last: tuple[float, int] | None = None  # (monotonic time, sent) of the last line
@@ -55,6 +56,6 @@ class Progress:
         p99 = lateness[int(len(lateness) * 0.99)] / 1e6 if lateness else None
         waiting = engine.due_in_s(key) if key is not None else None
         return (f"[replay] {progress.sent}/{progress.planned} sent{rate}, {progress.completed} done, "
-                f"{progress.errors} errors, p95 so far {'-' if p95 is None else f'{p95:.1f} ms'}, "
-                f"lateness p99 {'-' if p99 is None else f'{p99:.2f} ms'}"
+                f"{progress.errors} errors, p95 so far {'-' if p95 is None else f'{p95:.1f} ms'}"
+                + ("" if self.unscheduled else f", lateness p99 {'-' if p99 is None else f'{p99:.2f} ms'}")
                 + (f"; this item's request is due in {waiting:.1f} s" if waiting and waiting > 0 else ""))

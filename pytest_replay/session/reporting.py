@@ -13,9 +13,30 @@ from ..report.run import RunReport, RunResults, render_terminal
 from .run import ReplayRun, now_iso
 
 
+BUDGET_NODE = "replay-budgets::"  # the node ids of budgets' test reports
+
+
 def pace_text(settings) -> str:
     s = settings
     return f"rate {s.rate:g}/s" if s.rate else "speed 0 (no waiting)" if s.speed == 0 else f"speed {s.speed:g}x"
+
+
+def unscheduled(settings) -> bool:
+    """--speed 0 without --rate: every request is due at once, so lateness means nothing."""
+    return settings.speed == 0 and not settings.rate
+
+
+def item_outcomes(reporter) -> dict:
+    """The run's test items by outcome, as pytest counts them (budgets' reports left out: they are
+    counted with the budgets)."""
+    if reporter is None:
+        return {}
+    counts = {}
+    for key, reports in reporter.stats.items():
+        n = sum(not str(getattr(r, "nodeid", "")).startswith(BUDGET_NODE) for r in reports)
+        if key and n:
+            counts[key] = n
+    return counts
 
 
 class Reporting:
@@ -49,6 +70,7 @@ class Reporting:
             results.notes.append(fail_run(session, results.escaped, self.run.redactor.text))
         self.budget_results = self._judge_budgets(session, results)
         self._report = self._build(results)
+        self._junit_properties(results)
         if self.settings.report:
             self._write_evidence(session, exitstatus, results)
 
@@ -62,7 +84,28 @@ class Reporting:
     def _build(self, results: RunResults) -> RunReport:
         target = getattr(self.run.target, "name", None) or str(self.settings.target or "(replay_target fixture)")
         return RunReport.build(results, captures=self.collection.capture_summary(), target=target,
-                               pace=pace_text(self.settings), budgets=self.budget_results)
+                               pace=pace_text(self.settings), budgets=self.budget_results,
+                               unscheduled=unscheduled(self.settings))
+
+    def _junit_properties(self, results: RunResults) -> None:
+        """The replay's wall time, once, as properties of the JUnit test suite (each item's time is its
+        own exchange's)."""
+        try:
+            from _pytest.junitxml import xml_key  # where --junitxml keeps its LogXML
+        except ImportError:  # pragma: no cover - a pytest that moved it
+            return
+        xml = self.config.stash.get(xml_key, None)
+        if xml is None or results.wall_s is None:
+            return
+        xml.add_global_property("replay_wall_time_s", f"{results.wall_s:.3f}")
+        rate = self._report.throughput if self._report is not None else None
+        if rate is not None:
+            xml.add_global_property("replay_requests_per_s", f"{rate:.1f}")
+
+    def latency_caveats(self, results: RunResults) -> dict:
+        """Why relative latency budgets may mislead here: the target shares our cores, the capture
+        is closed-loop."""
+        return {"shared_cores": results.locality or None, "closed_loop": self.collection.closed_loop}
 
     # -- budgets -----------------------------------------------------------------------------
     def budgets(self) -> tuple:
@@ -83,7 +126,9 @@ class Reporting:
         aggregate = results.aggregate
         if not budgets or not aggregate.overall.requests and not aggregate.endpoints:
             return []
-        outcome = evaluate(budgets, aggregate)
+        from ..verdicts.budgets import with_caveats
+
+        outcome = with_caveats(evaluate(budgets, aggregate), self.latency_caveats(results))
         if self.settings.shard:
             # A scoped budget may have no request in this shard: the merge of all shards judges it.
             outcome = [dataclasses.replace(r, passed=True, reason="no request of this shard; judged when the "
@@ -110,10 +155,7 @@ class Reporting:
         from ..report.evidence import build_evidence, write_evidence
 
         s, run, report = self.settings, self.run, self._report
-        outcomes = {}
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            outcomes = {key: len(value) for key, value in reporter.stats.items() if key}
+        outcomes = item_outcomes(self.config.pluginmanager.get_plugin("terminalreporter"))
         data = build_evidence(redactor=run.redactor,
             aggregate=results.aggregate, captures=self.collection.paths,
             capture_summary=self.collection.capture_summary(),
@@ -129,7 +171,9 @@ class Reporting:
             notes=results.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
             interrupted=report.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED, planned=report.planned,
             shard=s.shard, outcomes=outcomes, started=run.started, finished=now_iso(), noise=report.noise,
-            origins=report.origins)
+            origins=report.origins, 
+            exit_status=int(session.exitstatus), wall_s=results.wall_s,
+            latency_caveats=self.latency_caveats(results))
         try:
             path = write_evidence(s.report, data)
         except OSError as exc:  # a full disk, the directory removed meanwhile: the run fails, saying why

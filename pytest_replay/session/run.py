@@ -7,6 +7,7 @@ observation, then asserts on it. What the run did is summed up as `RunResults` a
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -75,6 +76,10 @@ class ReplayRun:
         self.notes: list[str] = [WRITE_METHODS_DEPRECATED] if settings.write_methods else []
         self.remote = RunResults()  # what other processes did (the xdist controller merges workers' here)
         self.started = now_iso()
+        self.locality = ""  # why the target shares this machine's cores ("in-process", "127.0.0.1"), if it does
+        self.split = ""  # "the 2 xdist workers" / "shards": where sent writes' barriers cannot reach
+        if settings.shard:
+            self.split = f"shards (--replay-shard {settings.shard[0]}/{settings.shard[1]})"
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None):
@@ -87,6 +92,7 @@ class ReplayRun:
         from ..targets.inprocess import ASGITarget, WSGITarget
         from ..targets.mock import PolicyTarget, RecordedWrites
         from ..targets.outbound import Outbound
+        from ..verdicts.budgets import shares_cores
         from ..verdicts.diff import DiffConfig, learn_noise
         from ..verdicts.origin import SAME, OriginResolver
 
@@ -95,7 +101,8 @@ class ReplayRun:
         set_host = any(name.lower() == b"host" for name, _ in self.rewrites.set_headers)
         try:
             # --replay-original-host, or a Host set with --replay-set-header: the target sends the request's own
-            inner = make_target(target_spec, verify=not s.insecure, keep_host=s.original_host or set_host)
+            inner = make_target(target_spec, verify=not s.insecure, keep_host=s.original_host or set_host,
+                                import_paths=(os.getcwd(), str(self.config.rootpath)))
         except (ValueError, TypeError) as exc:
             pytest.exit(self.redactor.text(f"replay target: {exc}"), returncode=pytest.ExitCode.USAGE_ERROR)
         in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
@@ -104,6 +111,7 @@ class ReplayRun:
         if s.origins == SAME:
             self.origins = OriginResolver(getattr(inner, "sent_host", lambda request: None),
                                           str(url) if url else None, self.rewrites.set_headers)
+        self.locality = shares_cores(str(url) if url else None, in_process) or ""
         if url and not s.force_production:
             refusal = check_target(str(url), recorded_hosts(exchanges))
             if refusal:
@@ -135,11 +143,31 @@ class ReplayRun:
         if outbound is not None and in_process:
             self.outbound = Outbound(outbound(), allow=s.allow_host)
             self.outbound.start()
+        barriers = self._barriers(planned, exchanges, policy)
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
-                             pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items))
+                             pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items),
+                             barriers=barriers)
         _running.add(self)
         self.engine.start()
         return self.engine
+
+    def _barriers(self, planned: list[Exchange], exchanges, policy):
+        """The ordering barriers of the writes this process sends (schedule/plan.py); a note when the
+        capture's sent writes meet a split run, where barriers cannot reach the other processes."""
+        from ..policy.writes import SEND
+        from ..schedule.plan import write_barriers
+
+        def sent_write(exchange: Exchange) -> bool:
+            return policy.is_write(exchange) and policy.decide(exchange) == SEND
+
+        # the whole capture's writes: a worker or shard without any races the writes of the others
+        if self.split and any(sent_write(e) for e in exchanges if e.replayable):
+            self.notes.append(
+                "writes are sent: each is an ordering barrier (requests recorded after a write wait for it), "
+                f"which cannot hold across {self.split}: a request replayed elsewhere may overtake a write it "
+                "followed in the capture, and fail for that (one process, without -n or --replay-shard, keeps "
+                "the order)")
+        return write_barriers(planned, sent_write)
 
     def _pipeline(self, exchanges: list[Exchange], wire):
         """Hooks and middleware between a request's deadline and the wire, if the run has any."""
@@ -244,5 +272,6 @@ class ReplayRun:
             write_mode=self.write_policy.mode if self.write_policy else "",
             notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
             escaped=self.outbound.escaped() if self.outbound is not None else [],
-            origins=dict(self.origin_counts))
+            origins=dict(self.origin_counts), wall_s=engine.wall_s() if engine else None,
+            locality=self.locality)
         return RunResults(notes=[]).merge(own).merge(self.remote)

@@ -107,6 +107,8 @@ class Worker:
         self.part, self.workers = worker_index(self.workerid), int(workerinput["workercount"])
         run.lanes = self.lanes
         run.lead_ns = self.lead_ns
+        if self.workers > 1:
+            run.split = f"the {self.workers} xdist workers"
 
     def lanes(self, exchanges: list[Exchange]) -> list[Exchange]:
         """The exchanges of this worker's partition of the connections."""

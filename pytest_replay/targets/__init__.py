@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 
 from ..schedule.target import (APP_ERROR, CANCELLED, ERROR_KINDS, REFUSED, RESET, TIMEOUT, TRUNCATED, UNPARSABLE, Observation,
@@ -26,9 +27,11 @@ def _accepted() -> str:
     return "; ".join(ACCEPTED_FORMS)
 
 
-def make_target(spec, *, verify: bool = True, keep_host: bool = False) -> Target:
+def make_target(spec, *, verify: bool = True, keep_host: bool = False, import_paths=()) -> Target:
     """A Target for `spec`; ValueError naming the accepted forms for anything else. `keep_host`: a
-    network target or a user's client sends each request's own Host instead of the target's."""
+    network target or a user's client sends each request's own Host instead of the target's.
+    `import_paths` (the rootdir, the current directory) are put first on sys.path for 'asgi:'/'wsgi:'
+    modules, as `python -m pytest` does for the current directory and the `pytest` script does not."""
     if isinstance(spec, str):
         text = spec.strip()
         if text == "demo":
@@ -39,7 +42,7 @@ def make_target(spec, *, verify: bool = True, keep_host: bool = False) -> Target
             return RawTarget(text, verify=verify, keep_host=keep_host)
         for prefix in ("asgi:", "wsgi:"):
             if lowered.startswith(prefix):
-                app = _load(text[len(prefix):], spec)
+                app = _load(text[len(prefix):], spec, import_paths)
                 from .inprocess import ASGITarget, WSGITarget
                 cls = ASGITarget if prefix == "asgi:" else WSGITarget
                 return cls(app, name=spec.strip())
@@ -87,10 +90,13 @@ def app_kind(app) -> str | None:
     return "wsgi" if _takes(call, 2) else None
 
 
-def _load(path: str, spec: str):
+def _load(path: str, spec: str, import_paths=()):
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"replay target {spec!r}: expected 'asgi:module.path:attr' or 'wsgi:module.path:attr'")
+    for directory in reversed([str(p) for p in import_paths]):  # the first given ends up first
+        if directory not in sys.path and os.path.abspath(directory) not in map(os.path.abspath, sys.path):
+            sys.path.insert(0, directory)
     try:
         obj = importlib.import_module(module_name)
     except ImportError as exc:

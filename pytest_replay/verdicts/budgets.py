@@ -17,12 +17,22 @@ byte, in HDR histograms (report.aggregate) at 3 significant figures; error rates
 requests that reached the target. A budget that cannot be measured (a scope matching no replayed
 request, no latency measured, a relative budget without recorded values) fails, saying why: it never
 passes silently. Sans-IO: an Aggregate in, frozen BudgetResults out.
+
+A failed budget names its worst endpoints: for an absolute budget those with the most requests
+beyond the limit; for a relative one (1.2x) those whose own ratio to their recorded value breaks
+the factor, highest ratio first (an endpoint slow in the capture too is no offender). A relative
+latency budget's line carries cautions (`with_caveats`) where its ratio cannot be trusted: a
+capture of closed-loop bursts (a benchmark tool's back-to-back requests: the recorded latencies
+were measured under its load), or a target sharing this machine's cores (in-process, loopback).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import operator
 import re
+from urllib.parse import urlsplit
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -195,6 +205,7 @@ class BudgetResult:
     requests: int = 0  # requests the budget covered
     endpoints: int = 0  # endpoints it covered
     numbers: tuple[tuple[str, float | None], ...] = ()  # (measured|recorded|limit, value)
+    caveats: tuple[str, ...] = ()  # why the figures may not be trusted (with_caveats)
 
     def line(self) -> str:
         """One line: 'PASS p95<200ms: 143.2 ms (recorded 120.9 ms)' or
@@ -209,13 +220,15 @@ class BudgetResult:
         text = f"{head}{value} ({'; '.join(notes)})"
         if not self.passed and self.worst:
             text += "; worst: " + ", ".join(f"{endpoint} {v}" for endpoint, v in self.worst)
+        if self.caveats:
+            text += "; CAUTION: " + "; ".join(self.caveats)
         return text
 
     def to_dict(self) -> dict:
         return {"budget": self.budget, "passed": self.passed, "measured": self.measured, "recorded": self.recorded,
                 "threshold": self.threshold, "reason": self.reason, "requests": self.requests,
                 "endpoints": self.endpoints, "worst": [{"endpoint": e, "value": v} for e, v in self.worst],
-                **{name: value for name, value in self.numbers}}
+                "caveats": list(self.caveats), **{name: value for name, value in self.numbers}}
 
 
 def _value_part(text: str | None) -> str:
@@ -327,7 +340,9 @@ def _not_relative(budget: Budget, measured: str, what: str, common: dict) -> Bud
 
 def _worst_latency(budget: Budget, candidates, limit_us: float) -> tuple[tuple[str, str], ...]:
     """Endpoints contributing most: requests on the wrong side of the limit (for mean: time beyond it),
-    then their own value of the metric."""
+    then their own value of the metric. Relative budgets: _worst_ratio."""
+    if budget.relative:
+        return _worst_ratio(budget, candidates)
     upper = budget.op in ("<", "<=")  # the budget caps the value: high values are the bad ones
     ranked = []
     for key, stats in candidates:
@@ -341,15 +356,24 @@ def _worst_latency(budget: Budget, candidates, limit_us: float) -> tuple[tuple[s
             contribution = stats.latency.count_beyond(limit_us, above=upper)
         ranked.append((contribution, value if upper else -value, key, value, stats))
     ranked = _contributors(ranked)
-    out = []
-    for _, _, key, value, stats in ranked[:WORST]:
-        text = _latency_text(value)
-        if budget.relative:
-            recorded = _latency(stats, budget, recorded=True) if stats.recorded.total else None
-            if recorded:
-                text += f" ({value / recorded:.2f}x)"
-        out.append((key, text))
-    return tuple(out)
+    return tuple((key, _latency_text(value)) for _, _, key, value, _ in ranked[:WORST])
+
+
+def _worst_ratio(budget: Budget, candidates) -> tuple[tuple[str, str], ...]:
+    """The endpoints whose own ratio (replayed / recorded value of the metric) breaks the factor,
+    the worst ratio first: an endpoint as slow in the capture as in the replay is no offender."""
+    upper = budget.op in ("<", "<=")
+    offenders = []
+    for key, stats in candidates:
+        value = _latency(stats, budget)
+        recorded = _latency(stats, budget, recorded=True) if stats.recorded.total else None
+        if value is None or not recorded:
+            continue
+        ratio = value / recorded
+        if not OPS[budget.op](ratio, budget.value):
+            offenders.append((-ratio if upper else ratio, key, value, ratio))
+    offenders.sort()
+    return tuple((key, f"{_latency_text(value)} ({ratio:.2f}x)") for _, key, value, ratio in offenders[:WORST])
 
 
 def _evaluate_errors(budget: Budget, stats, candidates, common: dict) -> BudgetResult:
@@ -398,6 +422,55 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+# -- cautions ---------------------------------------------------------------------------------------------
+LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def shares_cores(url: str | None, in_process: bool) -> str | None:
+    """Why the target shares this machine's cores with the replay (None: it need not): an in-process
+    app, or a URL on a loopback address. Names other than localhost are not resolved."""
+    if in_process:
+        return "in-process"
+    host = (urlsplit(str(url)).hostname or "") if url else ""
+    if host.lower() in LOCAL_NAMES:
+        return host
+    try:
+        return host if ipaddress.ip_address(host).is_loopback else None
+    except ValueError:
+        return None
+
+
+def caveat_texts(caveats: dict | None) -> tuple[str, ...]:
+    """The sentences of the cautions in `caveats` ({shared_cores, closed_loop}), as budget lines show them."""
+    caveats = caveats or {}
+    out = []
+    burst = caveats.get("closed_loop")
+    if burst:
+        out.append(f"the capture is closed-loop ({burst['requests']} of {burst['of']} requests sent back-to-back "
+                   "on their connection, as a benchmark tool sends them): its recorded latencies were measured "
+                   "under that tool's load, not comparable with an open-loop replay")
+    where = caveats.get("shared_cores")
+    if where:
+        out.append(f"the target ({where}) shares this machine's cores with the replay: replayed latencies "
+                   "include that contention, the recorded ones did not")
+    return tuple(out)
+
+
+def with_caveats(results: Iterable[BudgetResult], caveats: dict | None) -> list[BudgetResult]:
+    """`results`, the relative latency budgets among them carrying the cautions of `caveats`."""
+    texts = caveat_texts(caveats)
+    results = list(results)
+    if not texts:
+        return results
+    out = []
+    for result in results:
+        budget = parse_budget(result.budget)
+        if budget.relative and budget.kind == "latency":
+            result = dataclasses.replace(result, caveats=texts)
+        out.append(result)
+    return out
+
+
 def render_results(results: Iterable[BudgetResult]) -> list[str]:
     """Terminal lines: a heading, then one line per budget."""
     results = list(results)
@@ -408,5 +481,5 @@ def render_results(results: Iterable[BudgetResult]) -> list[str]:
     return [head] + [f"  {r.line()}" for r in results]
 
 
-__all__ = ["ACCEPTED_FORMS", "Budget", "BudgetResult", "Scope", "evaluate", "evaluate_one", "parse_budget",
-           "parse_budgets", "render_results"]
+__all__ = ["ACCEPTED_FORMS", "Budget", "BudgetResult", "Scope", "caveat_texts", "evaluate", "evaluate_one",
+           "parse_budget", "parse_budgets", "render_results", "shares_cores", "with_caveats"]

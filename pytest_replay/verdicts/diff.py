@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import codecs
 import difflib
-import gzip
 import hashlib
 import json
 import math
 import re
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from functools import lru_cache
 from deepdiff import DeepDiff
 from deepdiff.helper import notpresent
 
+from ..http.content import decode as decode_content
 from ..http.message import Exchange, Request, Response
 from ..http.normalize import endpoint_of
 from ..policy.redact import DEFAULT as DEFAULT_REDACTOR
@@ -44,11 +43,6 @@ __all__ = ["DiffConfig", "Difference", "Learned", "NoiseModel", "Verdict", "body
            "describe_noise",
            "learn_noise", "mask_text", "parse_rule", "parse_rules", "render_failure"]
 
-try:  # optional: without it, br bodies are reported undecodable (compared as raw bytes when equal)
-    import brotli  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the environment
-    brotli = None
-
 PARTS = frozenset({"status", "headers", "body"})
 MAX_VALUE = 120  # characters of a value shown in a difference
 PLACEHOLDER = "<ignored>"  # what regex rules (and learned text noise) put in place of their matches
@@ -59,39 +53,9 @@ HIDDEN = "..."  # stands for a value left out on purpose (Set-Cookie values)
 
 
 # -- bodies -------------------------------------------------------------------------------------------
-def _inflate(data: bytes) -> bytes:
-    try:
-        return zlib.decompress(data)  # RFC 9110 deflate: zlib-wrapped
-    except zlib.error:
-        return zlib.decompress(data, -zlib.MAX_WBITS)  # what some servers send: raw deflate
-
-
-def _unbrotli(data: bytes) -> bytes:
-    if brotli is None:
-        raise ValueError("br: the brotli module is not installed")
-    return brotli.decompress(data)
-
-
-DECODERS = {"gzip": gzip.decompress, "x-gzip": gzip.decompress, "deflate": _inflate, "br": _unbrotli,
-            "identity": lambda data: data}
-
-
 def _decode(response: Response) -> tuple[bytes, str | None]:
-    """(decoded body, None) or (body as received, why it could not be decoded)."""
-    value = response.header("content-encoding")
-    if not value or not response.body:
-        return response.body, None
-    codings = [c.strip().lower() for c in value.decode("latin-1").split(",") if c.strip()]
-    body = response.body
-    for coding in reversed(codings):  # codings are listed in the order they were applied
-        decoder = DECODERS.get(coding)
-        if decoder is None:
-            return response.body, f"unknown content-encoding {coding!r}"
-        try:
-            body = decoder(body)
-        except Exception as exc:  # zlib.error, OSError, EOFError, brotli.error...
-            return response.body, f"undecodable {coding} body ({exc})"
-    return body, None
+    """(decoded body, None) or (body as received, why it could not be decoded): http/content.py."""
+    return decode_content(response.body, response.header("content-encoding"))
 
 
 def decode_body(response: Response) -> bytes:
