@@ -158,6 +158,11 @@ def _shard(text: str) -> tuple[int, int]:
     return _policy("--replay-shard", parse_shard)(text)
 
 
+def _percent(flag: str) -> Callable[[str], float]:
+    return lambda text: _number(flag, text.strip().removesuffix("%"), minimum=0, inclusive=True,
+                                meaning="a percentage, e.g. 20 or 0.03%")
+
+
 def names(text: str) -> tuple[str, ...]:
     return tuple(n.strip().lower() for n in text.split(",") if n.strip())
 
@@ -298,6 +303,23 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SECONDS"),
     Option("replay_insecure", "--replay-insecure", "do not verify the TLS certificate of an https target "
            "(sandboxes with self-signed certificates). Default: verify.", False, flag_only=True),
+    Option("replay_baseline", "--replay-baseline", "judge against a live baseline (a known-good version, e.g. "
+           "the last release) instead of the recorded responses: every request goes to the target and to the "
+           "baseline at the same deadline, and the target's response is compared with the baseline's. Same forms "
+           "as --replay-target (also a replay_baseline fixture); must differ from the target. Sent writes go "
+           "once to each side: if both sides share a database, writes apply twice. Default: none (judge against "
+           "the recording).", metavar="URL"),
+    Option("replay_baseline2", "--replay-baseline2", "a second known-good instance for measuring noise: each read "
+           "is also sent to it, and fields that differ between the two baselines are noise. Default: the "
+           "baseline again (a second send at the same deadline).", metavar="URL"),
+    Option("replay_noise_relative", "--replay-noise-relative", "with a baseline: a field of an endpoint fails the "
+           "run when its differences beyond noise, (raw - noise) / raw, exceed this percent (raw: exchanges in "
+           "which baseline and target differ on the field; noise: in which the two baseline sends differ) and "
+           "the absolute threshold is exceeded too. Default: 20.", 20.0, _percent("--replay-noise-relative"),
+           metavar="PERCENT"),
+    Option("replay_noise_absolute", "--replay-noise-absolute", "with a baseline: ... and (raw - noise) / requests "
+           "to the endpoint exceeds this percent. Default: 0.03.", 0.03, _percent("--replay-noise-absolute"),
+           metavar="PERCENT"),
 )
 BY_DEST = {option.dest: option for option in OPTIONS}
 
@@ -376,6 +398,10 @@ class Settings:
     report: str | None = None
     shard: tuple[int, int] | None = None
     progress_every: float = 5.0
+    baseline: str | None = None
+    baseline2: str | None = None
+    noise_relative: float = 20.0
+    noise_absolute: float = 0.03
 
     @property
     def enabled(self) -> bool:
@@ -410,4 +436,6 @@ def load(config: pytest.Config) -> Settings:
         report=value["replay_report"], shard=value["replay_shard"], secret_headers=value["replay_secret_header"],
         secret_params=value["replay_secret_param"], show_headers=value["replay_show_header"],
         show_fields=value["replay_show_field"], judge=value["replay_judge"],
-        progress_every=value["replay_progress_every"])
+        progress_every=value["replay_progress_every"], baseline=value["replay_baseline"],
+        baseline2=value["replay_baseline2"], noise_relative=value["replay_noise_relative"],
+        noise_absolute=value["replay_noise_absolute"])

@@ -26,6 +26,7 @@ class RunResults:
     write_mode: str = ""
     notes: list[str] = field(default_factory=list)
     empty_shard: bool = False  # the shard held none of the capture's connections
+    baseline: dict = field(default_factory=dict)  # verdicts.baseline.DiffCounts data, with --replay-baseline
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -49,6 +50,9 @@ class RunResults:
         self.write_mode = self.write_mode or other.write_mode
         self.notes += [n for n in other.notes if n not in self.notes]
         self.empty_shard = self.empty_shard or other.empty_shard  # workers all collect alike
+        if other.baseline:
+            from ..verdicts.baseline import DiffCounts
+            self.baseline = DiffCounts(self.baseline).merge(other.baseline).to_dict()
         return self
 
 

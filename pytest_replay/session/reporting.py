@@ -27,6 +27,7 @@ class Reporting:
         self.collection = run.collection
         self.budget_results: list = []
         self._report: RunReport | None = None
+        self._baseline: dict = {}
         if self.settings.report:
             try:  # now, not after the replay: a gate that cannot write its evidence should not run
                 Path(self.settings.report).mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,11 @@ class Reporting:
         if not self.collection.loaded:
             return
         self.budget_results = self._judge_budgets(session, results)
+        if results.baseline:
+            from .baseline import report_fields
+            report_fields(self.config, session, self.settings, results.baseline)
         self._report = self._build(results)
+        self._baseline = results.baseline
         if self.settings.report:
             self._write_evidence(session, exitstatus, results)
 
@@ -52,6 +57,9 @@ class Reporting:
             self._report = self._build(self.run.results())
         if self._report is not None:
             for line in render_terminal(self._report, verbose=terminalreporter.config.option.verbose):
+                terminalreporter.write_line(line)
+            from .baseline import summary_lines
+            for line in summary_lines(self.settings, self._baseline, terminalreporter.config.option.verbose):
                 terminalreporter.write_line(line)
 
     def _build(self, results: RunResults) -> RunReport:
@@ -123,6 +131,9 @@ class Reporting:
             notes=results.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
             interrupted=report.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED, planned=report.planned,
             shard=s.shard, outcomes=outcomes, started=run.started, finished=now_iso(), noise=report.noise)
+        if results.baseline:
+            from .baseline import evidence
+            data["baseline"] = evidence(s, results.baseline)
         try:
             path = write_evidence(s.report, data)
         except OSError as exc:  # a full disk, the directory removed meanwhile: the run fails, saying why

@@ -70,9 +70,10 @@ class ReplayRun:
         self.notes: list[str] = []
         self.remote = RunResults()  # what other processes did (the xdist controller merges workers' here)
         self.started = now_iso()
+        self.differential = None  # session.baseline.Differential, with --replay-baseline
 
     # -- the engine --------------------------------------------------------------------------
-    def start_engine(self, target_spec, items: Iterable, outbound=None):
+    def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
         """Make the target, apply the write policy, rewrites and the production guard, and start
         the engine with every selected exchange on its schedule."""
         from ..policy.guard import check_target, recorded_hosts
@@ -102,7 +103,8 @@ class ReplayRun:
             allow=s.allow_write, dry_run_header=s.dry_run_header)
         self.write_counts = WriteCounts()
         self.unused_allow = policy.unused_allow_patterns(exchanges)
-        noise = learn_noise(exchanges) if s.noise == "auto" else None
+        # with a baseline, noise is measured live (a second baseline send), not learned from the recording
+        noise = learn_noise(exchanges) if s.noise == "auto" and baseline is None else None
         self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=s.ignore, noise=noise,
                                       redactor=self.redactor,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
@@ -118,6 +120,13 @@ class ReplayRun:
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
         plan = build_plan(planned, timing, lambda e: self.rewrites.apply(policy.mark(e.request)), wire)
+        if baseline is not None:
+            from .baseline import Differential
+            self.differential = Differential(s, self.redactor)
+            hosts = recorded_hosts(exchanges)
+            inner = self.differential.wrap(
+                inner, target_spec, baseline, verify=not s.insecure, is_write=policy.is_write,
+                check=lambda url: None if s.force_production else check_target(url, hosts))
         self.target = PolicyTarget(inner, policy, RecordedWrites.from_exchanges(planned, policy.is_write),
                                    counts=self.write_counts)
         if outbound is not None and in_process:
@@ -182,6 +191,12 @@ class ReplayRun:
             shown = "; ".join(self.redactor.text(call) for call in calls[:5])
             error = (f"outbound call without a replay_outbound route (blocked, nothing left the process): {shown}"
                      + (f" and {len(calls) - 5} more" if len(calls) > 5 else ""))
+        if self.differential is not None:
+            from ..policy.writes import MOCK
+            judged = self.differential.judge(exchange, observation, self.diff_config, error,
+                                             mocked=self.decisions.get(exchange.index) == MOCK)
+            if judged is not None:
+                return judged
         verdict = compare(exchange.response, observation.response, self.diff_config, exchange=exchange, error=error,
                           latency_ns=observation.latency_ns, recorded_latency_ns=exchange.recorded_latency_ns)
         text = "" if verdict.passed else render_failure(
@@ -225,5 +240,6 @@ class ReplayRun:
             failures=[str(engine.failure)] if engine is not None and engine.failure is not None else [],
             noise=self.noise_lines(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
-            notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard)
+            notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
+            baseline=self.differential.counts.to_dict() if self.differential is not None else {})
         return RunResults(notes=[]).merge(own).merge(self.remote)
