@@ -151,7 +151,9 @@ def test_regressions_fail_exactly_the_regressed_requests(pytester: pytest.Pytest
                                                          workers: list[str]) -> None:
     report_dir = pytester.path / "evidence"
     result = replay(pytester, service, "--replay-target", "asgi:v2b:app", "--replay-baseline", "asgi:v1b:app",
-                    "--replay-report", str(report_dir), *workers)
+                    "--replay-report", str(report_dir), "--replay-budget", "p95<2x",
+                    "--replay-budget", "GET /slow: p95<2x", "--replay-budget", "5xx<=baseline+0.5%",
+                    "--replay-budget", "GET /users/*: 5xx<=baseline", *workers)
     text = result.stdout.str()
     assert result.ret == 1
     expected = sorted(p for p in PATHS if p in REGRESSED)
@@ -167,6 +169,15 @@ def test_regressions_fail_exactly_the_regressed_requests(pytester: pytest.Pytest
     assert "FAILED replay-baseline::GET /items/{id} status" in text
     assert not any("served_at" in line or "request_id" in line for line in result.stdout.lines
                    if line.startswith("FAILED"))
+    # latency against the baseline's, measured in the same run on the same requests: the slowed
+    # endpoint only
+    budgets = [line for line in result.stdout.lines if line.startswith("FAILED replay-budgets::")]
+    assert len(budgets) == 3, text
+    assert "worst: GET /slow " in text and "x baseline =" not in text.split("worst: GET /slow")[1].split("\n")[0]
+    assert "FAILED replay-budgets::GET /slow: p95<2x" in text
+    assert "FAILED replay-budgets::5xx<=baseline+0.5%" in text
+    assert "PASS GET /users/*: 5xx<=baseline" in text
+    assert "(baseline " in text
     evidence = json.loads(next(report_dir.glob("*.json")).read_text())
     fields = {(f["endpoint"], f["field"]): f for f in evidence["baseline"]["fields"]}
     assert fields[("GET /users/{id}", "$.name")]["raw"] == 4
@@ -195,3 +206,9 @@ def test_baseline_equal_to_the_target_is_a_usage_error(pytester: pytest.Pytester
     result = replay(pytester, service, "--replay-target", "asgi:v1b:app", "--replay-baseline", "asgi:v1b:app")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "is the target itself" in result.stdout.str() + result.stderr.str()
+
+
+def test_a_budget_relative_to_the_baseline_needs_a_baseline(pytester: pytest.Pytester, service: Path) -> None:
+    result = replay(pytester, service, "--replay-target", "asgi:v1b:app", "--replay-budget", "p95<1.2x baseline")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "relative to the baseline" in result.stdout.str() + result.stderr.str()

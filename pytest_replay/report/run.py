@@ -27,6 +27,7 @@ class RunResults:
     notes: list[str] = field(default_factory=list)
     empty_shard: bool = False  # the shard held none of the capture's connections
     baseline: dict = field(default_factory=dict)  # verdicts.baseline.DiffCounts data, with --replay-baseline
+    baseline_aggregate: dict = field(default_factory=dict)  # Aggregate.to_dict() of the baseline's side
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -53,6 +54,9 @@ class RunResults:
         if other.baseline:
             from ..verdicts.baseline import DiffCounts
             self.baseline = DiffCounts(self.baseline).merge(other.baseline).to_dict()
+        if other.baseline_aggregate:
+            mine = Aggregate.from_dict(self.baseline_aggregate) if self.baseline_aggregate else Aggregate()
+            self.baseline_aggregate = mine.merge(Aggregate.from_dict(other.baseline_aggregate)).to_dict()
         return self
 
 

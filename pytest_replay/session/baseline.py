@@ -29,6 +29,8 @@ class Differential:
         self.settings = settings
         self.redactor = redactor
         self.counts = DiffCounts()
+        from ..report.aggregate import Aggregate
+        self.aggregate = Aggregate()  # the baseline's side of the same requests: latency, status
         self.target = None  # the DifferentialTarget
         self.name = ""
 
@@ -72,6 +74,10 @@ class Differential:
         judgement = judge(exchange, observation.response if observation.ok else None, baseline, probe, diff_config,
                           candidate_error=error, candidate_latency_ns=observation.latency_ns)
         self.counts.add(judgement)
+        if baseline is not None:
+            from ..schedule.target import Observation
+            self.aggregate.add(exchange, Observation(key, 0, 0, baseline.latency_ns, baseline.latency_ns or 0,
+                                                     baseline.response, baseline.error_kind, baseline.error))
         if judgement.verdict.passed:
             return judgement.verdict, ""
         return judgement.verdict, self.redactor.mask_pii(self.render(exchange, observation, baseline, judgement))
@@ -116,6 +122,50 @@ class Differential:
 
 
 # -- the end of the run ----------------------------------------------------------------------------------
+def check_budgets(budgets, baseline) -> None:
+    """A budget relative to the baseline without a baseline: a usage error."""
+    wrong = [str(b) for b in budgets if getattr(b, "reference", None) == "baseline"]
+    if wrong and baseline is None:
+        pytest.exit(f"--replay-budget {wrong[0]!r} is relative to the baseline, but no --replay-baseline "
+                    "(or replay_baseline fixture) was given", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def baseline_view(aggregate, baseline: dict):
+    """A copy of `aggregate` whose recorded latency and status are the baseline's, measured in the
+    same run on the same requests: relative budgets evaluated on it compare with the baseline."""
+    from collections import Counter
+
+    from ..report.aggregate import Aggregate, Histogram
+
+    view = Aggregate.from_dict(aggregate.to_dict())
+    side = Aggregate.from_dict(baseline)
+    for key, stats in [(None, view.overall), *view.endpoints.items()]:
+        theirs = side.overall if key is None else side.endpoints.get(key)
+        stats.recorded = Histogram.from_dict(theirs.latency.to_dict()) if theirs is not None else Histogram()
+        stats.recorded_status = Counter(theirs.status) if theirs is not None else Counter()
+    return view
+
+
+def evaluate_budgets(budgets, aggregate, baseline: dict) -> list:
+    """Budgets over the run: relative ones against the baseline when there is one (unless written
+    '... recorded'), the others as without a baseline."""
+    import dataclasses
+
+    from ..verdicts.budgets import evaluate_one
+
+    view = baseline_view(aggregate, baseline) if baseline else None
+    out = []
+    for budget in budgets:
+        if view is not None and budget.relative and budget.reference != "recorded":
+            result = evaluate_one(budget, view)
+            out.append(dataclasses.replace(
+                result, reference="baseline", threshold=result.threshold.replace("recorded", "baseline"),
+                reason=result.reason and result.reason.replace("the capture has no recorded", "the baseline has no")))
+        else:
+            out.append(evaluate_one(budget, aggregate))
+    return out
+
+
 def field_verdicts(settings, data: dict):
     return DiffCounts(data).fields(settings.noise_relative, settings.noise_absolute)
 

@@ -86,7 +86,9 @@ class Reporting:
         aggregate = results.aggregate
         if not budgets or not aggregate.overall.requests and not aggregate.endpoints:
             return []
-        outcome = evaluate(budgets, aggregate)
+        from .baseline import evaluate_budgets
+        outcome = evaluate_budgets(budgets, aggregate, results.baseline_aggregate) if results.baseline_aggregate \
+            else evaluate(budgets, aggregate)
         if self.settings.shard:
             # A scoped budget may have no request in this shard: the merge of all shards judges it.
             outcome = [dataclasses.replace(r, passed=True, reason="no request of this shard; judged when the "

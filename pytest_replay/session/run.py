@@ -120,6 +120,8 @@ class ReplayRun:
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
         plan = build_plan(planned, timing, lambda e: self.rewrites.apply(policy.mark(e.request)), wire)
+        from .baseline import check_budgets
+        check_budgets(s.budgets, baseline)
         if baseline is not None:
             from .baseline import Differential
             self.differential = Differential(s, self.redactor)
@@ -241,5 +243,6 @@ class ReplayRun:
             noise=self.noise_lines(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
             notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
-            baseline=self.differential.counts.to_dict() if self.differential is not None else {})
+            baseline=self.differential.counts.to_dict() if self.differential is not None else {},
+            baseline_aggregate=self.differential.aggregate.to_dict() if self.differential is not None else {})
         return RunResults(notes=[]).merge(own).merge(self.remote)
