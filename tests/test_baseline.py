@@ -27,7 +27,7 @@ DATA = {"A": {1: ("ada", 36), 2: ("bob", 41), 3: ("cyd", 29)},
         "B": {1: ("ann", 50), 2: ("ben", 22), 3: ("cat", 33)}}
 
 
-def make_app(version, data, dead=False):
+def make_app(version, data, dead=False, delay=0.0):
     users = DATA[data]
 
     async def app(scope, receive, send):
@@ -35,6 +35,8 @@ def make_app(version, data, dead=False):
             return
         if dead:
             raise RuntimeError("this instance is down")
+        if delay:
+            await asyncio.sleep(delay)
         path, status = scope["path"], 200
         stamp = {"served_at": time.time_ns(), "request_id": uuid.uuid4().hex}
         if path.startswith("/users/"):
@@ -70,7 +72,8 @@ def make_app(version, data, dead=False):
 '''
 
 MODULES = {"v1a": "app = make_app(1, 'A')", "v1b": "app = make_app(1, 'B')", "v1b_again": "app = make_app(1, 'B')",
-           "v2b": "app = make_app(2, 'B')", "deadb": "app = make_app(1, 'B', dead=True)"}
+           "v2b": "app = make_app(2, 'B')", "deadb": "app = make_app(1, 'B', dead=True)",
+           "slowb": "app = make_app(1, 'B', delay=3.0)"}
 PATHS = ["/users/1", "/users/2", "/users/3", "/orders", "/orders", "/items/1", "/items/2", "/items/3", "/items/4",
          "/slow", "/slow", "/slow", "/slow", "/users/1", "/orders", "/items/5", "/items/6", "/slow", "/slow", "/slow"]
 REGRESSED = {"/users/1", "/users/2", "/users/3", "/orders", "/items/2", "/items/4", "/items/6"}  # by body/status
@@ -195,6 +198,15 @@ def test_a_dead_baseline_fails_every_item_naming_the_baseline(pytester: pytest.P
     assert "side failures: baseline: 20" in text
 
 
+def test_a_slow_baseline_fails_the_items_naming_the_baseline(pytester: pytest.Pytester, service: Path) -> None:
+    result = replay(pytester, service, "--replay-target", "asgi:v1b:app", "--replay-baseline", "asgi:slowb:app",
+                    "--replay-timeout", "1", "--replay-include", "^GET /users/")
+    text = result.stdout.str()
+    result.assert_outcomes(failed=4)
+    assert "the baseline failed (timeout: no complete response from the baseline within 0.9 s)" in text
+    assert "target: 200" in text
+
+
 def test_a_dead_target_fails_naming_the_target(pytester: pytest.Pytester, service: Path) -> None:
     result = replay(pytester, service, "--replay-target", "asgi:deadb:app", "--replay-baseline", "asgi:v1b:app")
     text = result.stdout.str()
@@ -212,3 +224,29 @@ def test_a_budget_relative_to_the_baseline_needs_a_baseline(pytester: pytest.Pyt
     result = replay(pytester, service, "--replay-target", "asgi:v1b:app", "--replay-budget", "p95<1.2x baseline")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "relative to the baseline" in result.stdout.str() + result.stderr.str()
+
+
+def test_what_noise_can_never_hide_and_the_thresholds() -> None:
+    from pytest_replay.verdicts.baseline import DiffCounts, Judgement, structural
+    from pytest_replay.verdicts.diff import Difference, Verdict
+
+    assert structural(Difference("status", "status", "200", "500")) == "status changed"
+    assert structural(Difference("body", "$.a", '"x"', "(absent)")) == "field or element added or removed"
+    assert structural(Difference("body", "$.a[3]", "(absent)", "{}")) == "field or element added or removed"
+    assert structural(Difference("body", "$.n", "1", '"1"')) == "type changed (number -> string)"
+    assert structural(Difference("body", "$.at", "1700", "1800")) is None
+    assert structural(Difference("body", "$.id", '"a1"', '"b2"')) is None
+
+    ok = Verdict(True, (), (), "same")
+    counts = DiffCounts()
+    for i in range(100):  # a timestamp differing everywhere, a field regressed on 1 of 100, noise on 1 of 100
+        counts.add(Judgement(ok, "GET /x", raw=("$.at",) + (("$.total",) if i == 0 else ()) + (
+            ("$.rank",) if i == 1 else ()), noise=("$.at",) + (("$.rank",) if i == 1 else ()), probed=True))
+    other = DiffCounts().merge(counts.to_dict())  # as from an xdist worker
+    merged = DiffCounts().merge(counts).merge(other)
+    verdicts = {row.field: row for row in merged.fields()}
+    assert verdicts["$.at"].verdict == "noise" and verdicts["$.at"].raw == 200
+    assert verdicts["$.total"].verdict == "regression" and verdicts["$.total"].raw == 2
+    assert verdicts["$.rank"].verdict == "noise"
+    # an absolute threshold above the share of requests lets a rare difference pass
+    assert {row.field: row.verdict for row in merged.fields(absolute=5.0)}["$.total"] == "noise"
