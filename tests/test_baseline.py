@@ -250,3 +250,10 @@ def test_what_noise_can_never_hide_and_the_thresholds() -> None:
     assert verdicts["$.rank"].verdict == "noise"
     # an absolute threshold above the share of requests lets a rare difference pass
     assert {row.field: row.verdict for row in merged.fields(absolute=5.0)}["$.total"] == "noise"
+
+
+def test_the_production_guard_applies_to_the_baseline(pytester: pytest.Pytester, service: Path) -> None:
+    result = replay(pytester, service, "--replay-target", "asgi:v1b:app",
+                    "--replay-baseline", "http://shop.example.com")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "replay baseline:" in result.stdout.str() + result.stderr.str()
