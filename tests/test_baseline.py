@@ -133,13 +133,15 @@ def failed_paths(result) -> list[str]:
     return sorted(out)
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["1 process", "-n 2"])
 def test_same_version_on_other_data_fails_against_the_recording_and_passes_against_a_baseline(
-        pytester: pytest.Pytester, service: Path) -> None:
-    alone = replay(pytester, service, "--replay-target", "asgi:v1b:app")
+        pytester: pytest.Pytester, service: Path, workers: list[str]) -> None:
+    alone = replay(pytester, service, "--replay-target", "asgi:v1b:app", *workers)
     assert alone.ret == 1
     assert len(failed_paths(alone)) >= 10  # users, orders, items: data set B is not A
 
-    result = replay(pytester, service, "--replay-target", "asgi:v1b:app", "--replay-baseline", "asgi:v1b_again:app")
+    result = replay(pytester, service, "--replay-target", "asgi:v1b:app", "--replay-baseline", "asgi:v1b_again:app",
+                    *workers)
     text = result.stdout.str()
     assert result.ret == 0, text
     result.assert_outcomes(passed=len(PATHS))
@@ -257,3 +259,128 @@ def test_the_production_guard_applies_to_the_baseline(pytester: pytest.Pytester,
                     "--replay-baseline", "http://shop.example.com")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "replay baseline:" in result.stdout.str() + result.stderr.str()
+
+
+def test_the_replay_baseline_fixture_gives_the_baseline(pytester: pytest.Pytester, service: Path) -> None:
+    pytester.makeconftest("""
+import pytest
+import v1b
+
+@pytest.fixture(scope="session")
+def replay_baseline():
+    return v1b.app
+""")
+    result = replay(pytester, service, "--replay-target", "asgi:v2b:app")
+    assert failed_paths(result) == sorted(p for p in PATHS if p in REGRESSED)
+
+
+# -- network targets: uvicorn servers on 127.0.0.1 ----------------------------------------------------------
+def _serve(directory: Path, app: str):
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", app, "--app-dir", str(directory), "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"], cwd=directory)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail("uvicorn did not start")
+
+
+@pytest.fixture
+def servers(pytester: pytest.Pytester, service: Path):
+    procs, urls = [], {}
+    try:
+        for name in ("v1b", "v1b_again", "v2b"):
+            proc, urls[name] = _serve(pytester.path, f"{name}:app")
+            procs.append(proc)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_network_targets_judged_against_a_network_baseline(pytester: pytest.Pytester, service: Path,
+                                                            servers: dict) -> None:
+    same = replay(pytester, service, "--replay-target", servers["v1b"], "--replay-baseline", servers["v1b_again"])
+    assert same.ret == 0, same.stdout.str()
+    regressed = replay(pytester, service, "--replay-target", servers["v2b"], "--replay-baseline", servers["v1b"],
+                       "--replay-budget", "GET /slow: p95<2x")
+    assert failed_paths(regressed) == sorted(p for p in PATHS if p in REGRESSED), regressed.stdout.str()
+    assert "FAILED replay-budgets::GET /slow: p95<2x" in regressed.stdout.str()
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    down = replay(pytester, service, "--replay-target", servers["v1b"], "--replay-baseline", dead)
+    down.assert_outcomes(failed=len(PATHS))
+    assert "the baseline failed (refused" in down.stdout.str()
+    same_url = replay(pytester, service, "--replay-target", servers["v1b"], "--replay-baseline", servers["v1b"] + "/")
+    assert same_url.ret == pytest.ExitCode.USAGE_ERROR
+
+
+# -- the composite target on its own -------------------------------------------------------------------------
+class _Fake:
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name = name
+        self.fail = fail
+        self.calls: list[tuple[int, str]] = []
+        self.closed_lanes: list[str] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, planned, clock):
+        from pytest_replay.http.message import Response
+        from pytest_replay.schedule.target import REFUSED, TargetError
+
+        self.calls.append((planned.key, planned.lane))
+        now = clock.now_ns()
+        if self.fail:
+            raise TargetError(REFUSED, f"{self.name} refused")
+        return Response.build(200, "OK", ((b"content-length", b"2"),), b"{}", "1.1"), now, now + 1, now + 2
+
+    def close_lane(self, lane: str) -> None:
+        self.closed_lanes.append(lane)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_writes_go_once_to_each_side_and_never_to_the_noise_probe() -> None:
+    from pytest_replay.http.message import Request
+    from pytest_replay.schedule.clock import RealClock
+    from pytest_replay.schedule.plan import PlannedRequest
+    from pytest_replay.targets.differential import DifferentialTarget
+
+    def planned(key: int, method: str) -> PlannedRequest:
+        request = Request.build(method, "/orders", ((b"Host", b"shop"),))
+        return PlannedRequest(key, 0, "c1", request, request.raw)
+
+    candidate, baseline, probe = _Fake("candidate"), _Fake("baseline", fail=True), _Fake("probe")
+    target = DifferentialTarget(candidate, baseline, probe, probe=lambda p: p.request.method == "GET", timeout_s=1)
+
+    async def run():
+        clock = RealClock()
+        await target.start()
+        await target.send(planned(1, "GET"), clock)
+        await target.send(planned(2, "POST"), clock)
+        target.close_lane("c1")
+        await target.close()
+    asyncio.run(run())
+    assert candidate.calls == [(1, "c1"), (2, "c1")]
+    assert baseline.calls == [(1, "c1"), (2, "c1")]
+    assert probe.calls == [(1, "c1#noise")]  # the probe's own connections; no write
+    assert target.baseline_sides[2].error_kind == "refused" and target.probe_sides[1].ok
+    assert 2 not in target.probe_sides
+    assert probe.closed_lanes == ["c1#noise"] and baseline.closed_lanes == ["c1"]
