@@ -276,8 +276,9 @@ OPTIONS: tuple[Option, ...] = (
            "middleware is declared hung and the replay stops. Default: 10.", 10.0,
            seconds("--replay-middleware-timeout"), metavar="SECONDS"),
     Option("replay_budget", "--replay-budget", "a latency or error budget in k6 threshold syntax, judged over "
-           "the whole run: 'p95<200ms', 'p99<1.2x' (of the recorded latency), 'max<1s', '5xx<1%%', "
-           "'errors<0.5%%', '5xx<=recorded+0.5%%', scoped as 'GET /api/users/*: p99<300ms' (repeatable; also "
+           "the whole run: 'p95<200ms', 'p99<1.2x' (of the recorded latency; of the baseline's with "
+           "--replay-baseline; '1.2x recorded', '1.2x baseline' to choose), 'max<1s', '5xx<1%%', "
+           "'errors<0.5%%', '5xx<=recorded+0.5%%', '5xx<=baseline+0.5%%', scoped as 'GET /api/users/*: p99<300ms' (repeatable; also "
            "the pytest_replay_budgets hook). Default: none.", many=True, convert=_budget, metavar="BUDGET"),
     Option("replay_report", "--replay-report", "write the evidence package (replay-evidence.json) to this "
            "directory, also when the run is interrupted. Default: none.", metavar="DIR"),
@@ -306,7 +307,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_baseline", "--replay-baseline", "judge against a live baseline (a known-good version, e.g. "
            "the last release) instead of the recorded responses: every request goes to the target and to the "
            "baseline at the same deadline, and the target's response is compared with the baseline's. Same forms "
-           "as --replay-target (also a replay_baseline fixture); must differ from the target. Sent writes go "
+           "as --replay-target (also a replay_baseline fixture); must differ from the target; noise is then measured "
+           "live (--replay-noise does not apply). Sent writes go "
            "once to each side: if both sides share a database, writes apply twice. Default: none (judge against "
            "the recording).", metavar="URL"),
     Option("replay_baseline2", "--replay-baseline2", "a second known-good instance for measuring noise: each read "
@@ -317,8 +319,8 @@ OPTIONS: tuple[Option, ...] = (
            "which baseline and target differ on the field; noise: in which the two baseline sends differ) and "
            "the absolute threshold is exceeded too. Default: 20.", 20.0, _percent("--replay-noise-relative"),
            metavar="PERCENT"),
-    Option("replay_noise_absolute", "--replay-noise-absolute", "with a baseline: ... and (raw - noise) / requests "
-           "to the endpoint exceeds this percent. Default: 0.03.", 0.03, _percent("--replay-noise-absolute"),
+    Option("replay_noise_absolute", "--replay-noise-absolute", "with a baseline: the other threshold a field must "
+           "pass to fail the run: (raw - noise) / requests to the endpoint above this percent. Default: 0.03.", 0.03, _percent("--replay-noise-absolute"),
            metavar="PERCENT"),
 )
 BY_DEST = {option.dest: option for option in OPTIONS}
