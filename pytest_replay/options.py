@@ -191,6 +191,11 @@ def _shard(text: str) -> tuple[int, int]:
     return _policy("--replay-shard", parse_shard)(text)
 
 
+def _percent(flag: str) -> Callable[[str], float]:
+    return lambda text: _number(flag, text.strip().removesuffix("%"), minimum=0, inclusive=True,
+                                meaning="a percentage, e.g. 20 or 0.03%")
+
+
 def names(text: str) -> tuple[str, ...]:
     return tuple(n.strip().lower() for n in text.split(",") if n.strip())
 
@@ -323,8 +328,9 @@ OPTIONS: tuple[Option, ...] = (
            "middleware is declared hung and the replay stops. Default: 10.", 10.0,
            seconds("--replay-middleware-timeout"), metavar="SECONDS"),
     Option("replay_budget", "--replay-budget", "a latency or error budget in k6 threshold syntax, judged over "
-           "the whole run: 'p95<200ms', 'p99<1.2x' (of the recorded latency), 'max<1s', '5xx<1%%', "
-           "'errors<0.5%%', '5xx<=recorded+0.5%%', scoped as 'GET /api/users/*: p99<300ms' (repeatable; also "
+           "the whole run: 'p95<200ms', 'p99<1.2x' (of the recorded latency; of the baseline's with "
+           "--replay-baseline; '1.2x recorded', '1.2x baseline' to choose), 'max<1s', '5xx<1%%', "
+           "'errors<0.5%%', '5xx<=recorded+0.5%%', '5xx<=baseline+0.5%%', scoped as 'GET /api/users/*: p99<300ms' (repeatable; also "
            "the pytest_replay_budgets hook). Default: none.", many=True, convert=_budget, metavar="BUDGET"),
     Option("replay_report", "--replay-report", "write the evidence package to this directory, also when the "
            "run is interrupted: DIR/replay-evidence.json, or DIR/replay-evidence-shard-K-of-N.json under "
@@ -360,6 +366,24 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SIZE"),
     Option("replay_insecure", "--replay-insecure", "do not verify the TLS certificate of an https target "
            "(sandboxes with self-signed certificates). Default: verify.", False, flag_only=True),
+    Option("replay_baseline", "--replay-baseline", "judge against a live baseline (a known-good version, e.g. "
+           "the last release) instead of the recorded responses: every request goes to the target and to the "
+           "baseline at the same deadline, and the target's response is compared with the baseline's. Same forms "
+           "as --replay-target (also a replay_baseline fixture); must differ from the target; noise is then measured "
+           "live (--replay-noise does not apply). Sent writes go "
+           "once to each side: if both sides share a database, writes apply twice. Default: none (judge against "
+           "the recording).", metavar="URL"),
+    Option("replay_baseline2", "--replay-baseline2", "a second known-good instance for measuring noise: each read "
+           "is also sent to it, and fields that differ between the two baselines are noise. Default: the "
+           "baseline again (a second send at the same deadline).", metavar="URL"),
+    Option("replay_noise_relative", "--replay-noise-relative", "with a baseline: a field of an endpoint fails the "
+           "run when its differences beyond noise, (raw - noise) / raw, exceed this percent (raw: exchanges in "
+           "which baseline and target differ on the field; noise: in which the two baseline sends differ) and "
+           "the absolute threshold is exceeded too. Default: 20.", 20.0, _percent("--replay-noise-relative"),
+           metavar="PERCENT"),
+    Option("replay_noise_absolute", "--replay-noise-absolute", "with a baseline: the other threshold a field must "
+           "pass to fail the run: (raw - noise) / requests to the endpoint above this percent. Default: 0.03.", 0.03, _percent("--replay-noise-absolute"),
+           metavar="PERCENT"),
 )
 BY_DEST = {option.dest: option for option in OPTIONS}
 
@@ -443,6 +467,10 @@ class Settings:
     shard: tuple[int, int] | None = None
     progress_every: float = 5.0
     max_record_size: int | None = None  # None: capture.limits.DEFAULT_MAX_RECORD (64 MiB)
+    baseline: str | None = None
+    baseline2: str | None = None
+    noise_relative: float = 20.0
+    noise_absolute: float = 0.03
 
     @property
     def enabled(self) -> bool:
@@ -480,4 +508,6 @@ def load(config: pytest.Config) -> Settings:
         report=value["replay_report"], shard=value["replay_shard"], secret_headers=value["replay_secret_header"],
         secret_params=value["replay_secret_param"], show_headers=value["replay_show_header"],
         show_fields=value["replay_show_field"], judge=value["replay_judge"],
-        progress_every=value["replay_progress_every"], max_record_size=value["replay_max_record_size"])
+        progress_every=value["replay_progress_every"], max_record_size=value["replay_max_record_size"],
+        baseline=value["replay_baseline"], baseline2=value["replay_baseline2"],
+        noise_relative=value["replay_noise_relative"], noise_absolute=value["replay_noise_absolute"])

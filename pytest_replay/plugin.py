@@ -81,6 +81,14 @@ def replay_target(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(scope="session")
+def replay_baseline(request: pytest.FixtureRequest):
+    """The live baseline to judge against (a known-good version, e.g. the last release): the
+    --replay-baseline option (or the ini's replay_baseline) by default, None to judge against the
+    recording. Override it in conftest.py like replay_target."""
+    return request.config.stash[RUN].settings.baseline
+
+
+@pytest.fixture(scope="session")
 def replay_outbound():
     """The respx router answering an in-process app's own outbound httpx calls during the replay.
     Extend it in conftest.py (a call without a route, to a host not allowed with --replay-allow-host,
@@ -98,13 +106,15 @@ def replay_outbound():
 
 
 @pytest.fixture(scope="session")
-def replay_engine(request: pytest.FixtureRequest, replay_target):
+def replay_engine(request: pytest.FixtureRequest, replay_target, replay_baseline):
     """The running replay: started once, before the first replay item, with every selected item's
     exchange on its schedule; items wait for their own observation."""
     run = request.config.stash[RUN]
     cli_target = request.config.getoption("replay_target")  # the command line wins over a conftest fixture
+    cli_baseline = request.config.getoption("replay_baseline")
     engine = run.start_engine(cli_target if cli_target is not None else replay_target, request.session.items,
-                              outbound=lambda: request.getfixturevalue("replay_outbound"))
+                              outbound=lambda: request.getfixturevalue("replay_outbound"),
+                              baseline=cli_baseline if cli_baseline is not None else replay_baseline)
     if run.settings.judge == "after":
         run.wait_for_replay(engine)
     yield engine

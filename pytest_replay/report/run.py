@@ -31,6 +31,8 @@ class RunResults:
     origins: dict[str, int] = field(default_factory=dict)  # "origin A treated as B" -> responses
     wall_s: float | None = None  # the replay's start to its last response (workers start at one instant)
     locality: str = ""  # why the target shares this machine's cores ("in-process", "127.0.0.1"), if it does
+    baseline: dict = field(default_factory=dict)  # verdicts.baseline.DiffCounts data, with --replay-baseline
+    baseline_aggregate: dict = field(default_factory=dict)  # Aggregate.to_dict() of the baseline's side
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -59,6 +61,12 @@ class RunResults:
         walls = [w for w in (self.wall_s, other.wall_s) if w is not None]
         self.wall_s = max(walls) if walls else None
         self.locality = self.locality or other.locality
+        if other.baseline:
+            from ..verdicts.baseline import DiffCounts
+            self.baseline = DiffCounts(self.baseline).merge(other.baseline).to_dict()
+        if other.baseline_aggregate:
+            mine = Aggregate.from_dict(self.baseline_aggregate) if self.baseline_aggregate else Aggregate()
+            self.baseline_aggregate = mine.merge(Aggregate.from_dict(other.baseline_aggregate)).to_dict()
         return self
 
 

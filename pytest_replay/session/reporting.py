@@ -49,6 +49,7 @@ class Reporting:
         self.collection = run.collection
         self.budget_results: list = []
         self._report: RunReport | None = None
+        self._baseline: dict = {}
         if self.settings.report:
             try:  # now, not after the replay: a gate that cannot write its evidence should not run
                 Path(self.settings.report).mkdir(parents=True, exist_ok=True)
@@ -69,8 +70,12 @@ class Reporting:
 
             results.notes.append(fail_run(session, results.escaped, self.run.redactor.text))
         self.budget_results = self._judge_budgets(session, results)
+        if results.baseline:
+            from .baseline import report_fields
+            report_fields(self.config, session, self.settings, results.baseline)
         self._report = self._build(results)
         self._junit_properties(results)
+        self._baseline = results.baseline
         if self.settings.report:
             self._write_evidence(session, exitstatus, results)
 
@@ -79,6 +84,9 @@ class Reporting:
             self._report = self._build(self.run.results())
         if self._report is not None:
             for line in render_terminal(self._report, verbose=terminalreporter.config.option.verbose):
+                terminalreporter.write_line(line)
+            from .baseline import summary_lines
+            for line in summary_lines(self.settings, self._baseline, terminalreporter.config.option.verbose):
                 terminalreporter.write_line(line)
 
     def _build(self, results: RunResults) -> RunReport:
@@ -127,8 +135,11 @@ class Reporting:
         if not budgets or not aggregate.overall.requests and not aggregate.endpoints:
             return []
         from ..verdicts.budgets import with_caveats
+        from .baseline import evaluate_budgets
 
-        outcome = with_caveats(evaluate(budgets, aggregate), self.latency_caveats(results))
+        evaluated = (evaluate_budgets(budgets, aggregate, results.baseline_aggregate) if results.baseline_aggregate
+                     else evaluate(budgets, aggregate))
+        outcome = with_caveats(evaluated, self.latency_caveats(results))
         if self.settings.shard:
             # A scoped budget may have no request in this shard: the merge of all shards judges it.
             outcome = [dataclasses.replace(r, passed=True, reason="no request of this shard; judged when the "
@@ -174,6 +185,9 @@ class Reporting:
             origins=report.origins, 
             exit_status=int(session.exitstatus), wall_s=results.wall_s,
             latency_caveats=self.latency_caveats(results))
+        if results.baseline:
+            from .baseline import evidence
+            data["baseline"] = evidence(s, results.baseline)
         try:
             path = write_evidence(s.report, data)
         except OSError as exc:  # a full disk, the directory removed meanwhile: the run fails, saying why

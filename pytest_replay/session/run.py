@@ -80,9 +80,10 @@ class ReplayRun:
         self.split = ""  # "the 2 xdist workers" / "shards": where sent writes' barriers cannot reach
         if settings.shard:
             self.split = f"shards (--replay-shard {settings.shard[0]}/{settings.shard[1]})"
+        self.differential = None  # session.baseline.Differential, with --replay-baseline
 
     # -- the engine --------------------------------------------------------------------------
-    def start_engine(self, target_spec, items: Iterable, outbound=None):
+    def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
         """Make the target, apply the write policy, rewrites and the production guard, and start
         the engine with every selected exchange on its schedule."""
         from ..policy.guard import check_target, recorded_hosts
@@ -121,7 +122,8 @@ class ReplayRun:
             allow=s.allow_write, dry_run_header=s.dry_run_header)
         self.write_counts = WriteCounts()
         self.unused_allow = policy.unused_allow_patterns(exchanges)
-        noise = learn_noise(exchanges) if s.noise == "auto" else None
+        # with a baseline, noise is measured live (a second baseline send), not learned from the recording
+        noise = learn_noise(exchanges) if s.noise == "auto" and baseline is None else None
         self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=s.ignore, noise=noise,
                                       redactor=self.redactor,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
@@ -138,6 +140,16 @@ class ReplayRun:
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
         plan = build_plan(planned, timing, lambda e: self.rewrites.apply(
             policy.mark(e.request, decision=self.decisions[e.index])), wire)
+        from .baseline import check_budgets
+        check_budgets(s.budgets, baseline)
+        if baseline is not None:
+            from .baseline import Differential
+            self.differential = Differential(s, self.redactor)
+            hosts = recorded_hosts(exchanges)
+            inner = self.differential.wrap(
+                inner, target_spec, baseline, verify=not s.insecure,
+                is_write=lambda request: self.write_rules.classify(request).write,
+                check=lambda url: None if s.force_production else check_target(url, hosts))
         recorded = RecordedWrites.from_exchanges(planned, lambda e: self.decisions[e.index].why.write)
         self.target = PolicyTarget(inner, policy, recorded, counts=self.write_counts, decisions=self.decisions)
         if outbound is not None and in_process:
@@ -220,6 +232,13 @@ class ReplayRun:
         blocked = self.outbound.failure(exchange.index, self.redactor.text) if self.outbound is not None else None
         error = error or blocked
         origins = self.origins(exchange) if self.origins is not None else None
+        if self.differential is not None:
+            from ..policy.writes import MOCK
+            decision = self.decisions.get(exchange.index)
+            judged = self.differential.judge(exchange, observation, self.diff_config, error,
+                                             mocked=decision is not None and decision.action == MOCK)
+            if judged is not None:
+                return judged
         verdict = compare(exchange.response, observation.response, self.diff_config, exchange=exchange, error=error,
                           latency_ns=observation.latency_ns, recorded_latency_ns=exchange.recorded_latency_ns,
                           origins=origins)
@@ -273,5 +292,7 @@ class ReplayRun:
             notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
             escaped=self.outbound.escaped() if self.outbound is not None else [],
             origins=dict(self.origin_counts), wall_s=engine.wall_s() if engine else None,
-            locality=self.locality)
+            locality=self.locality,
+            baseline=self.differential.counts.to_dict() if self.differential is not None else {},
+            baseline_aggregate=self.differential.aggregate.to_dict() if self.differential is not None else {})
         return RunResults(notes=[]).merge(own).merge(self.remote)

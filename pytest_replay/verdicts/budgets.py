@@ -6,8 +6,10 @@
              errors:  5xx, 4xx, errors (transport failures and 5xx)
     OP       <  <=  >  >=
     VALUE    latency: 200ms, 150us, 1.5s (a bare number is ms, as in k6); relative: 1.2x (times the
-             recorded value of the same requests)
-             errors:  1%, 0.5% (a bare number is percent); relative: recorded, recorded+0.5%
+             value of the same requests: the live baseline's with --replay-baseline, else the
+             recorded one), 1.2x recorded, 1.2x baseline
+             errors:  1%, 0.5% (a bare number is percent); relative: recorded, recorded+0.5%,
+             baseline, baseline+0.5%
     SCOPE    [METHOD|*] PATH: PATH is a glob on the path template (`*` any characters, `?` one) in
              which `{name}` matches one path segment, so `GET /api/users/*` and `GET /api/users/{id}`
              both cover the template `/api/users/{id}`. Without a scope the budget covers every request.
@@ -57,9 +59,10 @@ _BUDGET = re.compile(
     r"^(?:(?P<scope>.+?)\s*:\s*)?"
     r"(?P<metric>p\(\s*(?:" + _NUMBER + r")\s*\)|p(?:" + _NUMBER + r")|max|mean|avg|med|median|5xx|4xx|errors)"
     r"\s*(?P<op><=|>=|<|>)\s*(?P<value>\S.*?)\s*$", re.IGNORECASE)
-_LATENCY_VALUE = re.compile(r"^(?P<n>" + _NUMBER + r")\s*(?P<unit>us|µs|ms|s|x)?$", re.IGNORECASE)
+_LATENCY_VALUE = re.compile(r"^(?P<n>" + _NUMBER + r")\s*(?P<unit>us|µs|ms|s|x)?"
+                            r"(?:\s*(?P<reference>recorded|baseline))?$", re.IGNORECASE)
 _ERROR_VALUE = re.compile(
-    r"^(?:(?P<recorded>recorded)(?:\s*(?P<sign>[+-])\s*(?P<delta>" + _NUMBER + r")\s*%?)?"
+    r"^(?:(?P<recorded>recorded|baseline)(?:\s*(?P<sign>[+-])\s*(?P<delta>" + _NUMBER + r")\s*%?)?"
     r"|(?P<n>" + _NUMBER + r")\s*%?)$", re.IGNORECASE)
 _SCOPE = re.compile(r"^(?:(?P<method>\*|[A-Za-z][A-Za-z-]*)\s+)?(?P<path>[/*]\S*)$")
 
@@ -110,6 +113,7 @@ class Budget:
     value: float
     relative: bool = False
     scope: Scope | None = None
+    reference: str | None = None  # relative budgets: "recorded", "baseline", None = baseline if any, else recorded
 
     @property
     def kind(self) -> str:
@@ -145,6 +149,7 @@ def parse_budget(text: str) -> Budget:
                              f"(use max for the largest value); {ACCEPTED_FORMS}")
         metric = f"p{q:g}"
     scope = None
+    reference = None
     if match["scope"] is not None:
         found = _SCOPE.match(match["scope"].strip())
         if not found:
@@ -162,6 +167,7 @@ def parse_budget(text: str) -> Budget:
         if found["recorded"]:
             delta = float(found["delta"] or 0)
             value, relative = (-delta if found["sign"] == "-" else delta), True
+            reference = found["recorded"].lower()
         else:
             value, relative = float(found["n"]), False
             if value > 100:
@@ -172,11 +178,15 @@ def parse_budget(text: str) -> Budget:
             raise ValueError(f"invalid budget {text!r}: {value_text!r} is not a latency for {metric} "
                              f"(e.g. 200ms, 150us, 1.5s, or 1.2x the recorded value); {ACCEPTED_FORMS}")
         unit = (found["unit"] or "ms").lower()
+        if found["reference"] and unit != "x":
+            raise ValueError(f"invalid budget {text!r}: {found['reference']!r} goes with a factor (1.2x "
+                             f"{found['reference'].lower()}); {ACCEPTED_FORMS}")
+        reference = found["reference"].lower() if found["reference"] else None
         if unit == "x":
             value, relative = float(found["n"]), True
         else:
             value, relative = float(found["n"]) * UNITS_NS[unit], False
-    return Budget(source, metric, match["op"], value, relative, scope)
+    return Budget(source, metric, match["op"], value, relative, scope, reference)
 
 
 def parse_budgets(texts: Iterable[str | Budget]) -> tuple[Budget, ...]:
@@ -206,6 +216,7 @@ class BudgetResult:
     endpoints: int = 0  # endpoints it covered
     numbers: tuple[tuple[str, float | None], ...] = ()  # (measured|recorded|limit, value)
     caveats: tuple[str, ...] = ()  # why the figures may not be trusted (with_caveats)
+    reference: str = "recorded"  # what `recorded` was measured on: "recorded" (the capture) or "baseline"
 
     def line(self) -> str:
         """One line: 'PASS p95<200ms: 143.2 ms (recorded 120.9 ms)' or
@@ -214,7 +225,7 @@ class BudgetResult:
         if self.reason is not None:
             return head + self.reason
         value = _value_part(self.measured)
-        notes = [f"recorded {_value_part(self.recorded)}" if self.recorded else "no recorded value"]
+        notes = [f"{self.reference} {_value_part(self.recorded)}" if self.recorded else f"no {self.reference} value"]
         if "=" in self.threshold:
             notes.append("limit " + self.threshold.rsplit("=", 1)[1].strip())
         text = f"{head}{value} ({'; '.join(notes)})"

@@ -1,0 +1,204 @@
+"""Judging against a live baseline, the run's side: builds the DifferentialTarget around the target,
+judges each exchange against the baseline (verdicts/baseline.py), counts per endpoint and field,
+and at the end of the run fails fields whose differences go beyond the measured noise (a summary
+entry like the budgets), with the per-endpoint difference table in the terminal and the evidence.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ..verdicts.baseline import DiffCounts, judge
+
+NODE = "replay-baseline"
+
+
+def _same(a, b) -> bool:
+    def norm(spec):
+        if isinstance(spec, str):
+            text = spec.strip().lower().rstrip("/")
+            return "asgi:pytest_replay.demo.app:app" if text == "demo" else text
+        return id(spec)
+    return norm(a) == norm(b)
+
+
+class Differential:
+    """One per replay process with a baseline."""
+
+    def __init__(self, settings, redactor) -> None:
+        self.settings = settings
+        self.redactor = redactor
+        self.counts = DiffCounts()
+        from ..report.aggregate import Aggregate
+        self.aggregate = Aggregate()  # the baseline's side of the same requests: latency, status
+        self.target = None  # the DifferentialTarget
+        self.name = ""
+
+    def wrap(self, candidate, target_spec, baseline_spec, *, verify: bool, check, is_write):
+        """The DifferentialTarget around `candidate`; usage errors exit pytest. `check(url)` is the
+        production guard (a refusal text or None)."""
+        from ..targets import make_target
+        from ..targets.differential import DifferentialTarget
+
+        s = self.settings
+        if _same(target_spec, baseline_spec) or (isinstance(baseline_spec, str) and _same(
+                getattr(candidate, "name", None), baseline_spec)):
+            pytest.exit(f"replay baseline: {baseline_spec!r} is the target itself; the baseline must be another "
+                        "instance (e.g. the last release) for a comparison to mean anything",
+                        returncode=pytest.ExitCode.USAGE_ERROR)
+        probe_spec = s.baseline2 if s.baseline2 is not None else baseline_spec
+        try:
+            baseline = make_target(baseline_spec, verify=verify)
+            probe = make_target(probe_spec, verify=verify)
+        except (ValueError, TypeError) as exc:
+            pytest.exit(f"replay baseline: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        for side in (baseline, probe):
+            url = getattr(side, "url", None) or getattr(side, "base", None)
+            refusal = check(str(url)) if url else None
+            if refusal:
+                pytest.exit(f"replay baseline: {refusal}", returncode=pytest.ExitCode.USAGE_ERROR)
+        self.name = baseline.name
+        self.target = DifferentialTarget(candidate, baseline, probe, probe=lambda planned: not is_write(planned.request),
+                                         timeout_s=s.timeout * 0.9)
+        return self.target
+
+    def judge(self, exchange, observation, diff_config, error: str | None, *, mocked: bool = False):
+        """(verdict, failure text) against the baseline; None for a write answered from the recording
+        (it never reached either side: judged against the recording as before)."""
+        if mocked:
+            return None
+        target = self.target
+        key = exchange.index
+        baseline = target.baseline_sides.get(key) if target is not None else None
+        probe = target.probe_sides.get(key) if target is not None else None
+        judgement = judge(exchange, observation.response if observation.ok else None, baseline, probe, diff_config,
+                          candidate_error=error, candidate_latency_ns=observation.latency_ns)
+        self.counts.add(judgement)
+        if baseline is not None:
+            from ..schedule.target import Observation
+            self.aggregate.add(exchange, Observation(key, 0, 0, baseline.latency_ns, baseline.latency_ns or 0,
+                                                     baseline.response, baseline.error_kind, baseline.error))
+        if judgement.verdict.passed:
+            return judgement.verdict, ""
+        return judgement.verdict, self.redactor.mask_pii(self.render(exchange, observation, baseline, judgement))
+
+    def render(self, exchange, observation, baseline, judgement) -> str:
+        from ..verdicts.baseline import field_key, structural
+        from ..verdicts.diff import Difference, _rescreen
+
+        request = exchange.request
+        redactor = self.redactor
+
+        def ms(ns):
+            return "?" if ns is None else f"{ns / 1e6:.1f} ms"
+        candidate = (f"{observation.response.status} in {ms(observation.latency_ns)}" if observation.ok
+                     and observation.response is not None else f"{observation.error_kind}: {observation.error}")
+        lines = [f"{request.method} {redactor.target(request.target)[:200]} HTTP/{request.version}  [{exchange.source}]",
+                 f"  baseline ({self.name}): {baseline.describe() if baseline is not None else 'no answer'}   "
+                 f"target: {candidate}"]
+        verdict = judgement.verdict
+        if verdict.differences and verdict.differences[0].part != "error":
+            lines.append("  differences (baseline -> target):")
+        for difference in verdict.differences:
+            if difference.part == "error":
+                lines.append(f"  {difference.replayed}")
+                continue
+            old, new = _rescreen(difference, redactor)
+            text = str(Difference(difference.part, difference.path, old, new))
+            key = field_key(difference)
+            if key is not None:
+                raw, noise, probed = self.counts.field(judgement.endpoint, key)
+                why = structural(difference)
+                text += (f"   [never noise: {why}]" if why else
+                         f"   [noise so far: differed between baseline sends in {noise} of {probed} exchanges "
+                         f"of {judgement.endpoint}, from the target in {raw}]")
+            lines.append("    " + text)
+        if verdict.more:
+            lines.append(f"    ... and {verdict.more} more")
+        if judgement.recorded_differences:
+            lines.append(f"  context: the recording differs from the baseline in {judgement.recorded_differences} "
+                         "places (not judged)")
+        return "\n".join(lines)
+
+
+# -- the end of the run ----------------------------------------------------------------------------------
+def check_budgets(budgets, baseline) -> None:
+    """A budget relative to the baseline without a baseline: a usage error."""
+    wrong = [str(b) for b in budgets if getattr(b, "reference", None) == "baseline"]
+    if wrong and baseline is None:
+        pytest.exit(f"--replay-budget {wrong[0]!r} is relative to the baseline, but no --replay-baseline "
+                    "(or replay_baseline fixture) was given", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def baseline_view(aggregate, baseline: dict):
+    """A copy of `aggregate` whose recorded latency and status are the baseline's, measured in the
+    same run on the same requests: relative budgets evaluated on it compare with the baseline."""
+    from collections import Counter
+
+    from ..report.aggregate import Aggregate, Histogram
+
+    view = Aggregate.from_dict(aggregate.to_dict())
+    side = Aggregate.from_dict(baseline)
+    for key, stats in [(None, view.overall), *view.endpoints.items()]:
+        theirs = side.overall if key is None else side.endpoints.get(key)
+        stats.recorded = Histogram.from_dict(theirs.latency.to_dict()) if theirs is not None else Histogram()
+        stats.recorded_status = Counter(theirs.status) if theirs is not None else Counter()
+    return view
+
+
+def evaluate_budgets(budgets, aggregate, baseline: dict) -> list:
+    """Budgets over the run: relative ones against the baseline when there is one (unless written
+    '... recorded'), the others as without a baseline."""
+    import dataclasses
+
+    from ..verdicts.budgets import evaluate_one
+
+    view = baseline_view(aggregate, baseline) if baseline else None
+    out = []
+    for budget in budgets:
+        if view is not None and budget.relative and budget.reference != "recorded":
+            result = evaluate_one(budget, view)
+            out.append(dataclasses.replace(
+                result, reference="baseline", threshold=result.threshold.replace("recorded", "baseline"),
+                reason=result.reason and result.reason.replace("the capture has no recorded", "the baseline has no")))
+        else:
+            out.append(evaluate_one(budget, aggregate))
+    return out
+
+
+def field_verdicts(settings, data: dict):
+    return DiffCounts(data).fields(settings.noise_relative, settings.noise_absolute)
+
+
+def report_fields(config: pytest.Config, session: pytest.Session, settings, data: dict) -> list:
+    """Fields failing Diffy's thresholds on the merged counts: one failing summary entry each."""
+    from _pytest.reports import TestReport
+
+    failing = [row for row in field_verdicts(settings, data) if row.failed]
+    hook = config.hook
+    for row in failing:
+        text = f"{row.endpoint} {row.field}"
+        nodeid = f"{NODE}::{text}"
+        properties = [("raw", row.raw), ("noise", row.noise), ("requests", row.requests), ("verdict", row.verdict)]
+        for when in ("setup", "call", "teardown"):
+            failed = when == "call"
+            report = TestReport(nodeid, (NODE, None, text), {"replay_baseline": 1}, "failed" if failed else "passed",
+                                row.line() if failed else None, when,
+                                user_properties=properties if failed else [])
+            hook.pytest_runtest_logreport(report=report)
+    if failing and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return failing
+
+
+def summary_lines(settings, data: dict, verbose: int = 0) -> list[str]:
+    if not data:
+        return []
+    return DiffCounts(data).lines(settings.noise_relative, settings.noise_absolute, limit=200 if verbose else 30)
+
+
+def evidence(settings, data: dict) -> dict:
+    return {"counts": DiffCounts(data).to_dict(), "relative_percent": settings.noise_relative,
+            "absolute_percent": settings.noise_absolute,
+            "fields": [{"endpoint": r.endpoint, "field": r.field, "raw": r.raw, "noise": r.noise,
+                        "requests": r.requests, "verdict": r.verdict} for r in field_verdicts(settings, data)]}
