@@ -214,13 +214,15 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
                    planned: int | None = None, shard: tuple[int, int] | dict | None = None,
                    outcomes: dict | None = None, started: str | None = None, finished: str | None = None,
                    ignored: dict | None = None, noise: Iterable[str] = (), run_id: str | None = None,
-                   merged_from: list | None = None, redactor=DEFAULT_REDACTOR, extra: dict | None = None) -> dict:
+                   merged_from: list | None = None, redactor=DEFAULT_REDACTOR, extra: dict | None = None,
+                   workers: Iterable[dict] = ()) -> dict:
     """The evidence of one run (or of merged shards) as plain JSON-ready data.
 
     captures: capture file paths (hashed here) or dicts with a sha256; capture_summary:
     capture.summary.summary_data(stats); skipped: (exchange, reason) pairs of exchanges selected but
     not replayed; incomplete: Exchanges incomplete in the capture (reasons from their flags), or pairs;
-    budgets: BudgetResults; shard: (K, N) 1-based; notes: known gaps the run knows about."""
+    budgets: BudgetResults; shard: (K, N) 1-based; notes: known gaps the run knows about; workers:
+    xdist workers of a run reaching other machines, each with its host and measured clock offset."""
     capture_section = _capture_section(captures, capture_summary)
     overall = aggregate.overall
     rows = aggregate.table()
@@ -239,7 +241,7 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
         "created": _now(),
         "run": {"id": run_id or uuid.uuid4().hex, "interrupted": bool(interrupted), "planned": planned,
                 "started": started, "finished": finished, "shard": shard, "outcomes": dict(outcomes or {}),
-                "merged_from": merged_from},
+                "merged_from": merged_from, "workers": [dict(w) for w in workers]},
         "captures": capture_section,
         "selection": {"filters": [str(f) for f in filters], "sample": sample, "rewrites": [str(r) for r in rewrites],
                       "redaction": [str(r) for r in redaction]},
@@ -442,6 +444,8 @@ def merge_evidence(named: list[tuple[str, dict]], budgets: Iterable | None = Non
         planned=sum(planned) if all(p is not None for p in planned) else None, outcomes=dict(outcomes),
         started=min(started) if started else None, finished=max(finished) if finished else None,
         ignored=dict(ignored), noise=noise,
+        workers=[{**w, "shard": (data.get("run") or {}).get("shard")} for _, data in named
+                 for w in (data.get("run") or {}).get("workers") or ()],
         merged_from=[{"file": name, "shard": (data.get("run") or {}).get("shard"),
                       "run_id": (data.get("run") or {}).get("id")} for name, data in named])
     return merged, warnings

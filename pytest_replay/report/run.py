@@ -27,6 +27,7 @@ class RunResults:
     notes: list[str] = field(default_factory=list)
     empty_shard: bool = False  # the shard held none of the capture's connections
     escaped: list[str] = field(default_factory=list)  # an in-process app's blocked calls tied to no exchange
+    workers: list[dict] = field(default_factory=list)  # xdist workers on other machines: host, clock offset
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -51,6 +52,7 @@ class RunResults:
         self.notes += [n for n in other.notes if n not in self.notes]
         self.empty_shard = self.empty_shard or other.empty_shard  # workers all collect alike
         self.escaped += other.escaped
+        self.workers += other.workers
         return self
 
 
@@ -81,6 +83,7 @@ class RunReport:
     writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped)
     unused_allow: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    workers: list = field(default_factory=list)  # {"worker", "host", "offset_ms", "uncertainty_ms", ...}
 
     @classmethod
     def build(cls, results: RunResults, *, captures: dict, target: str, pace: str, budgets: list) -> RunReport:
@@ -104,6 +107,7 @@ class RunReport:
                          if row["writes"] and row["endpoint"] != ALL]
         report.unused_allow = list(results.unused_allow)
         report.notes = list(results.notes)
+        report.workers = list(results.workers)
         return report
 
 
@@ -159,5 +163,9 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         lines.extend(f"  {entry}" for entry in shown)
         if len(report.noise) > len(shown):
             lines.append(f"  ... {len(report.noise) - len(shown)} more lines (-v shows them)")
+    if report.workers:
+        lines.append("worker clocks (offset from the controller's, +/- uncertainty): " + "; ".join(
+            f"{w['worker']} {w['host']} {w['offset_ms']:+.3f} ms +/-{w['uncertainty_ms']:.3f} ms"
+            for w in report.workers))
     lines.extend(f"note: {note}" for note in report.notes)
     return lines

@@ -3,10 +3,19 @@ pytest plugin only in its role (as xdist registers its DSession only in distribu
 
 The controller gives every worker a `WorkerSetup` (where and when to start, the redaction key),
 hands each worker its partition of the capture's connections, and merges the `RunResults` the
-workers ship back."""
+workers ship back.
+
+Workers on other machines (`--tx ssh=...`, `--tx socket=...`) read the capture at the same absolute
+path as the controller (a checkout, a shared mount or a CI artifact at one path): every worker must
+collect the same item ids anyway, so each needs the whole capture's index, and streaming a
+multi-gigabyte capture through execnet to every worker would make the controller's link the
+bottleneck. The controller measures each worker's clock offset over execnet round trips, and
+every worker starts at one instant of the controller's clock, read on its own clock."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import tempfile
 import time
@@ -15,7 +24,9 @@ from dataclasses import asdict, dataclass
 
 import pytest
 
-from ..distribute import lead_ns_until, local_worker, rendezvous, worker_index, worker_part
+from .. import options
+from ..distribute import (CLOCK_WARN_NS, ClockOffset, lead_ns_until, local_spec, local_worker, measure_offset,
+                          rendezvous, spec_host, worker_args, worker_index, worker_part)
 from ..http.message import Exchange
 from ..report.run import RunResults
 from .items import ReplayItem
@@ -25,6 +36,7 @@ REPLAY_OUTPUT = "pytest_replay"  # the key of a worker's results in xdist's work
 SETUP = "pytest_replay"  # the key of WorkerSetup in a worker's workerinput
 REMOTE_START_DELAY_S = 10.0  # workers on other machines start this long after the controller configured them
 MIN_LEAD_NS = 1_000_000
+CLOCK_TIMEOUT_S = 30.0  # for one clock round trip to a worker
 _EXCHANGE_ID = re.compile(r" #(\d+)$")
 _CONNECTION_ID = re.compile(r"::connection (.+) \(\d+ exchanges\)$")
 
@@ -36,13 +48,20 @@ class WorkerSetup:
     start: float  # wall-clock instant (seconds) at which remote workers start the replay
     redaction_key: str  # workers mask with the controller's key, so stand-ins agree across workers
     rendezvous: str | None = None  # a directory where local workers meet to agree on the start
+    clock_offset_ns: int = 0  # how far the worker's clock is ahead of the controller's (measured)
+    rootdir: str | None = None  # the controller's rootdir: item ids are relative to it
+    captures: tuple = ()  # (absolute path, size) of each capture, for a worker on another machine to check
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> WorkerSetup:
-        return cls(**data)
+        return cls(**{**data, "captures": tuple(tuple(c) for c in data.get("captures") or ())})
+
+    def start_on_worker_clock(self) -> float:
+        """The shared start instant, read on this worker's clock."""
+        return self.start + self.clock_offset_ns / 1e9
 
 
 def worker_setup(config: pytest.Config) -> WorkerSetup | None:
@@ -51,8 +70,35 @@ def worker_setup(config: pytest.Config) -> WorkerSetup | None:
 
 
 def is_controller(config: pytest.Config) -> bool:
-    return getattr(config, "workerinput", None) is None and bool(
-        getattr(config.option, "numprocesses", None) or getattr(config.option, "tx", None))
+    """As xdist decides to distribute: a dist mode and --tx specs (`-n N` sets both)."""
+    option = config.option
+    return getattr(config, "workerinput", None) is None and getattr(option, "dist", "no") != "no" and bool(
+        getattr(option, "tx", None))
+
+
+def _echo_clock(channel) -> None:  # runs in the worker's interpreter (execnet sends its source)
+    import time
+
+    for _ in channel:
+        channel.send(time.time_ns())
+
+
+def measure_gateway(gateway) -> ClockOffset:
+    """The clock offset of the interpreter behind an execnet gateway, NTP-style."""
+    channel = gateway.remote_exec(_echo_clock)
+    try:
+        def ping() -> int:
+            channel.send(None)
+            return channel.receive(CLOCK_TIMEOUT_S)
+
+        return measure_offset(ping)
+    finally:
+        channel.close()
+        channel.waitclose(CLOCK_TIMEOUT_S)
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:+.3f} ms"
 
 
 class Controller:
@@ -61,22 +107,51 @@ class Controller:
         self.redaction_key = redaction_key
         self.start = time.time() + REMOTE_START_DELAY_S
         self.rendezvous = tempfile.mkdtemp(prefix="pytest-replay-start-")
+        self._hand_workers_absolute_paths(run.config)
+
+    @staticmethod
+    def _hand_workers_absolute_paths(config: pytest.Config) -> None:
+        """xdist gives remote workers the command line with every existing path rewritten against
+        an rsync root: ours go as `--flag=VALUE` (left alone), captures as absolute paths."""
+        params = config.invocation_params
+        args = worker_args(params.args, [o.flag for o in options.OPTIONS if not o.flag_only], ["--replay"],
+                           str(params.dir))
+        config.invocation_params = dataclasses.replace(params, args=tuple(args))
 
     def pytest_sessionstart(self) -> None:
         self.run.collection.load()  # the controller collects nothing itself: it reads the capture here
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node) -> None:
+        specs = getattr(getattr(node, "nodemanager", None), "specs", None) or [node.gateway.spec]
+        all_local = all(local_spec(spec) for spec in specs)
         setup = WorkerSetup(start=self.start, redaction_key=self.redaction_key,
-                            rendezvous=self.rendezvous if local_worker(node) else None)
+                            rendezvous=self.rendezvous if all_local else None)
+        if not all_local:  # some worker is on another machine: all start at the instant, on their clocks
+            setup = dataclasses.replace(setup, clock_offset_ns=self._measure(node), rootdir=str(node.config.rootpath),
+                                        captures=tuple((p, _size(p)) for p in self.run.collection.paths))
         node.workerinput[SETUP] = setup.to_dict()
+
+    def _measure(self, node) -> int:
+        workerid = node.workerinput["workerid"]
+        host = spec_host(node.gateway.spec)
+        clock = measure_gateway(node.gateway)
+        self.run.remote.workers.append({"worker": workerid, "host": host, **clock.to_dict()})
+        if clock.uncertainty_ns > CLOCK_WARN_NS:
+            self.run.notes.append(
+                f"worker {workerid} ({host}): clock offset {_ms(clock.offset_ns)} known only to within "
+                f"+/-{clock.uncertainty_ns / 1e6:.3f} ms (over 1 ms): its start, and so its lateness, may be off "
+                "by that much")
+        return clock.offset_ns
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log):
         from .scheduler import ReplayScheduling
 
         lane_of = {e.index: e.connection for e in self.run.collection.load()}
-        workers = len(getattr(config.option, "tx", None) or ()) or int(config.option.numprocesses or 1)
+        from xdist.workermanage import parse_tx_spec_config
+
+        workers = len(parse_tx_spec_config(config)) or 1  # `--tx 2*ssh=...` is two workers
 
         def part_of(nodeid: str) -> int | None:
             # Matched on the whole node id: names hold "::" themselves (IPv6 connections, targets).
@@ -105,8 +180,25 @@ class Worker:
         workerinput = run.config.workerinput
         self.workerid = workerinput["workerid"]
         self.part, self.workers = worker_index(self.workerid), int(workerinput["workercount"])
+        self._check_same_view(run.config)
         run.lanes = self.lanes
         run.lead_ns = self.lead_ns
+
+    def _check_same_view(self, config: pytest.Config) -> None:
+        """A worker on another machine must see what the controller sees: the same rootdir (item
+        ids are relative to it) and the same capture files at the same paths."""
+        setup, where = self.setup, f"worker {self.workerid} ({os.uname().nodename}, in {os.getcwd()})"
+        if setup.rootdir and str(config.rootpath) != setup.rootdir:
+            raise pytest.UsageError(
+                f"{where}: rootdir {config.rootpath}, the controller's is {setup.rootdir}; item ids would differ. "
+                f"Give the worker's --tx spec //chdir={setup.rootdir} (the project checked out at the same path)")
+        for path, size in setup.captures:
+            mine = _size(path)
+            if mine != size:
+                found = "not found" if mine is None else f"{mine} bytes"
+                raise pytest.UsageError(
+                    f"{where}: capture {path}: {found}, the controller's has {size} bytes. Workers read the "
+                    "capture at the same absolute path: copy it there (or mount it) on every host")
 
     def lanes(self, exchanges: list[Exchange]) -> list[Exchange]:
         """The exchanges of this worker's partition of the connections."""
@@ -123,7 +215,13 @@ class Worker:
             if note:
                 self.run.notes.append(note)
         else:
-            start = self.setup.start
+            start = self.setup.start_on_worker_clock()
+            late = time.time() - start
+            if late > 0 and participants:
+                self.run.notes.append(
+                    f"worker {self.workerid} was ready {late:.2f} s after the shared start (set "
+                    f"{REMOTE_START_DELAY_S:g} s after the controller began configuring workers): its connections "
+                    "started late by that much")
         return max(lead_ns_until(start), MIN_LEAD_NS)
 
     @pytest.hookimpl(tryfirst=True)
@@ -131,3 +229,10 @@ class Worker:
         """Ship this worker's results to the controller."""
         self.run.count_unjudged()
         self.run.config.workeroutput[REPLAY_OUTPUT] = self.run.results().to_dict()
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
