@@ -49,15 +49,13 @@ class WorkerSetup:
     redaction_key: str  # workers mask with the controller's key, so stand-ins agree across workers
     rendezvous: str | None = None  # a directory where local workers meet to agree on the start
     clock_offset_ns: int = 0  # how far the worker's clock is ahead of the controller's (measured)
-    rootdir: str | None = None  # the controller's rootdir: item ids are relative to it
-    captures: tuple = ()  # (absolute path, size) of each capture, for a worker on another machine to check
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> WorkerSetup:
-        return cls(**{**data, "captures": tuple(tuple(c) for c in data.get("captures") or ())})
+        return cls(**data)
 
     def start_on_worker_clock(self) -> float:
         """The shared start instant, read on this worker's clock."""
@@ -81,6 +79,19 @@ def _echo_clock(channel) -> None:  # runs in the worker's interpreter (execnet s
 
     for _ in channel:
         channel.send(time.time_ns())
+
+
+def _probe(channel) -> None:  # runs in the worker's interpreter: where it is, what it sees of the captures
+    import os
+    import socket
+
+    sizes = []
+    for path in channel.receive():
+        try:
+            sizes.append(os.path.getsize(path))
+        except OSError:
+            sizes.append(None)
+    channel.send({"cwd": os.getcwd(), "host": socket.gethostname(), "sizes": sizes})
 
 
 def measure_gateway(gateway) -> ClockOffset:
@@ -128,9 +139,31 @@ class Controller:
         setup = WorkerSetup(start=self.start, redaction_key=self.redaction_key,
                             rendezvous=self.rendezvous if all_local else None)
         if not all_local:  # some worker is on another machine: all start at the instant, on their clocks
-            setup = dataclasses.replace(setup, clock_offset_ns=self._measure(node), rootdir=str(node.config.rootpath),
-                                        captures=tuple((p, _size(p)) for p in self.run.collection.paths))
+            self._check_same_view(node)
+            setup = dataclasses.replace(setup, clock_offset_ns=self._measure(node))
         node.workerinput[SETUP] = setup.to_dict()
+
+    def _check_same_view(self, node) -> None:
+        """A worker on another machine must see what the controller sees: the same directory (item ids
+        are relative to the rootdir found from there) and the same captures at the same paths. Checked
+        here, before the worker starts: a worker failing at its start would be restarted again and again."""
+        config, paths = node.config, self.run.collection.paths
+        channel = node.gateway.remote_exec(_probe)
+        channel.send(list(paths))
+        seen = channel.receive(CLOCK_TIMEOUT_S)
+        channel.waitclose(CLOCK_TIMEOUT_S)
+        where = f"worker {node.workerinput['workerid']} ({spec_host(node.gateway.spec)}, host {seen['host']})"
+        here = str(config.invocation_params.dir)
+        if seen["cwd"] not in (here, str(config.rootpath)):
+            pytest.exit(f"{where} runs in {seen['cwd']}, the controller in {here}: item ids would differ. Give its "
+                        f"--tx spec //chdir={here} (the project checked out at the same path on that host)",
+                        returncode=pytest.ExitCode.USAGE_ERROR)
+        for path, size in zip(paths, seen["sizes"]):
+            if size != _size(path):
+                found = "not found" if size is None else f"{size} bytes"
+                pytest.exit(f"{where}: capture {path}: {found} there, {_size(path)} bytes here. Workers read the "
+                            "capture at the same absolute path: copy or mount it there on every host",
+                            returncode=pytest.ExitCode.USAGE_ERROR)
 
     def _measure(self, node) -> int:
         workerid = node.workerinput["workerid"]
@@ -180,25 +213,8 @@ class Worker:
         workerinput = run.config.workerinput
         self.workerid = workerinput["workerid"]
         self.part, self.workers = worker_index(self.workerid), int(workerinput["workercount"])
-        self._check_same_view(run.config)
         run.lanes = self.lanes
         run.lead_ns = self.lead_ns
-
-    def _check_same_view(self, config: pytest.Config) -> None:
-        """A worker on another machine must see what the controller sees: the same rootdir (item
-        ids are relative to it) and the same capture files at the same paths."""
-        setup, where = self.setup, f"worker {self.workerid} ({os.uname().nodename}, in {os.getcwd()})"
-        if setup.rootdir and str(config.rootpath) != setup.rootdir:
-            raise pytest.UsageError(
-                f"{where}: rootdir {config.rootpath}, the controller's is {setup.rootdir}; item ids would differ. "
-                f"Give the worker's --tx spec //chdir={setup.rootdir} (the project checked out at the same path)")
-        for path, size in setup.captures:
-            mine = _size(path)
-            if mine != size:
-                found = "not found" if mine is None else f"{mine} bytes"
-                raise pytest.UsageError(
-                    f"{where}: capture {path}: {found}, the controller's has {size} bytes. Workers read the "
-                    "capture at the same absolute path: copy it there (or mount it) on every host")
 
     def lanes(self, exchanges: list[Exchange]) -> list[Exchange]:
         """The exchanges of this worker's partition of the connections."""
