@@ -245,3 +245,45 @@ def test_a_remote_worker_in_another_directory_is_refused_before_it_starts(pytest
     text = result.stdout.str() + result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR, text[-3000:]
     assert f"runs in {pytester.path / 'elsewhere'}" in text and f"//chdir={pytester.path}" in text
+
+
+KILL_GW1 = """
+import os
+import signal
+
+sent = []
+
+
+def pytest_replay_request(request, exchange, state):
+    if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+        sent.append(exchange.index)
+        if len(sent) == 10:  # mid-replay: nine requests of its part sent
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_worker_killed_mid_replay_fails_the_run_naming_it_and_its_connections(pytester: pytest.Pytester) -> None:
+    from pytest_replay.capture import load
+    from pytest_replay.distribute import worker_part
+
+    shutil.copy(DEMO, pytester.path / "demo.pcap")
+    pytester.makeconftest(KILL_GW1)
+    exchanges = load(str(DEMO))[0]
+    held = sorted({e.connection for e in exchanges if worker_part(e.connection, 3) == 1})
+    lost = sum(worker_part(e.connection, 3) == 1 for e in exchanges)
+    with _demo_server() as url:
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "--replay", "demo.pcap", "--replay-target", url, "--speed", "0",
+            "--replay-writes", "pass", "--replay-report", "evidence", "-n", "3", timeout=300)
+    text = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, text[-3000:]
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == lost and outcomes["passed"] == 259 - lost, text[-3000:]
+    assert "worker gw1 (popen (this machine)) died during the replay" in text
+    assert f"{lost} replay item(s) of the {len(held)} connection(s) it held not judged: {held[0]}" in text
+    # the rest of the evidence is written: what the other workers did, and why the rest is missing
+    [evidence] = (pytester.path / "evidence").glob("*.json")
+    data = json.loads(evidence.read_text())
+    assert data["errors"]["requests"] == 259 - lost and data["diff"]["failed"] == 0
+    assert data["run"]["planned"] == 259 and data["run"]["interrupted"] is True
+    assert any("worker gw1" in note and held[-1] in note for note in data["known_gaps"])

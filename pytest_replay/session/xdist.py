@@ -118,6 +118,8 @@ class Controller:
         self.redaction_key = redaction_key
         self.start = time.time() + REMOTE_START_DELAY_S
         self.rendezvous = tempfile.mkdtemp(prefix="pytest-replay-start-")
+        self._lane_of: dict[int, str] = {}  # exchange index -> its captured connection
+        self._down: dict[str, object] = {}  # worker id -> why it went down, for a worker that died
         self._hand_workers_absolute_paths(run.config)
 
     @staticmethod
@@ -179,28 +181,55 @@ class Controller:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log):
-        from .scheduler import ReplayScheduling
-
-        lane_of = {e.index: e.connection for e in self.run.collection.load()}
         from xdist.workermanage import parse_tx_spec_config
 
+        from .scheduler import ReplayScheduling
+
+        self._lane_of = {e.index: e.connection for e in self.run.collection.load()}
         workers = len(parse_tx_spec_config(config)) or 1  # `--tx 2*ssh=...` is two workers
 
         def part_of(nodeid: str) -> int | None:
-            # Matched on the whole node id: names hold "::" themselves (IPv6 connections, targets).
-            match = _EXCHANGE_ID.search(nodeid)
-            if match:
-                lane = lane_of.get(int(match.group(1)))
-            else:
-                match = _CONNECTION_ID.search(nodeid)
-                lane = match.group(1) if match else None
+            lane = self._lane(nodeid)
             return None if lane is None else worker_part(lane, workers)
 
-        return ReplayScheduling(config, log, part_of)
+        return ReplayScheduling(config, log, part_of, on_lost=self._lost)
+
+    def _lane(self, nodeid: str) -> str | None:
+        """The captured connection of a replay item (matched on the whole node id: names hold "::"
+        themselves, in IPv6 connections and targets)."""
+        match = _EXCHANGE_ID.search(nodeid)
+        if match:
+            return self._lane_of.get(int(match.group(1)))
+        match = _CONNECTION_ID.search(nodeid)
+        return match.group(1) if match else None
+
+    def _lost(self, node, nodeids: list[str]) -> None:
+        """A worker died with replay items not judged: its part of the schedule is gone (another
+        worker cannot take it over), so they fail, naming the worker and its connections; the run's
+        results and evidence hold what the other workers did."""
+        workerid = node.gateway.id
+        host = spec_host(node.gateway.spec)
+        error = str(self._down.get(workerid) or "no reason given").strip().splitlines()
+        lanes = sorted({lane for lane in map(self._lane, nodeids) if lane is not None})
+        shown = ", ".join(lanes[:20]) + (f" and {len(lanes) - 20} more" if len(lanes) > 20 else "")
+        died = f"worker {workerid} ({host}) died during the replay ({error[-1] if error else ''})"
+        self.run.remote.planned += sum(_exchanges_in(nodeid) for nodeid in nodeids)  # its plan, not sent
+        self.run.remote.failures.append(f"{died}: {len(nodeids)} replay item(s) of the {len(lanes)} connection(s) "
+                                        f"it held not judged: {shown}")
+        hook = self.run.config.hook
+        for nodeid in nodeids:
+            path = nodeid.split("::")[0]
+            why = f"{died}: not judged (connection {self._lane(nodeid)}, one of the {len(lanes)} it held)"
+            for when, outcome in (("setup", "passed"), ("call", "failed"), ("teardown", "passed")):
+                report = pytest.TestReport(nodeid, (path, None, nodeid[len(path) + 2:]), {}, outcome,
+                                           why if outcome == "failed" else None, when)
+                hook.pytest_runtest_logreport(report=report)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
-        """A worker finished: add its results to the run's."""
+        """A worker finished: add its results to the run's (a worker that died has none)."""
+        if error is not None:
+            self._down[node.gateway.id] = error
         output = getattr(node, "workeroutput", {}).get(REPLAY_OUTPUT)
         if output:
             self.run.remote.merge(RunResults.from_dict(output))
@@ -245,6 +274,11 @@ class Worker:
         """Ship this worker's results to the controller."""
         self.run.count_unjudged()
         self.run.config.workeroutput[REPLAY_OUTPUT] = self.run.results().to_dict()
+
+
+def _exchanges_in(nodeid: str) -> int:
+    match = _CONNECTION_ID.search(nodeid)
+    return int(re.search(r"\((\d+) exchanges\)$", nodeid).group(1)) if match else 1
 
 
 def _size(path: str) -> int | None:
