@@ -71,6 +71,16 @@ def test_estimator_needs_a_sample_and_reports_in_milliseconds() -> None:
     assert clock.to_dict() == {"offset_ms": 4.0, "uncertainty_ms": 1.0, "samples": 1}
 
 
+def test_an_offset_known_to_worse_than_a_millisecond_gets_a_note() -> None:
+    from pytest_replay.distribute import ClockOffset
+    from pytest_replay.session.xdist import clock_note
+
+    assert clock_note("gw0", "ssh box7", ClockOffset(offset_ns=-3_000_000, uncertainty_ns=1_000_000, samples=8)) is None
+    note = clock_note("gw1", "ssh box8", ClockOffset(offset_ns=2_500_000, uncertainty_ns=1_200_000, samples=8))
+    assert note is not None and note.startswith("worker gw1 (ssh box8): clock offset +2.500 ms known only to "
+                                                "within +/-1.200 ms (over 1 ms)")
+
+
 # -- the command line handed to remote workers ---------------------------------------------------
 def test_worker_args_join_our_options_and_make_captures_absolute() -> None:
     args = ["--replay", "cap.gor", "--replay=b/c.pcap", "--replay", "/abs/d.gor", "--replay-report", "evidence",

@@ -85,13 +85,14 @@ def _probe(channel) -> None:  # runs in the worker's interpreter: where it is, w
     import os
     import socket
 
+    paths, rootdir = channel.receive()
     sizes = []
-    for path in channel.receive():
+    for path in paths:
         try:
             sizes.append(os.path.getsize(path))
         except OSError:
             sizes.append(None)
-    channel.send({"cwd": os.getcwd(), "host": socket.gethostname(), "sizes": sizes})
+    channel.send({"cwd": os.getcwd(), "host": socket.gethostname(), "sizes": sizes, "rootdir": os.path.isdir(rootdir)})
 
 
 def measure_gateway(gateway) -> ClockOffset:
@@ -106,6 +107,15 @@ def measure_gateway(gateway) -> ClockOffset:
     finally:
         channel.close()
         channel.waitclose(CLOCK_TIMEOUT_S)
+
+
+def clock_note(workerid: str, host: str, clock: ClockOffset) -> str | None:
+    """A note for the summary when a worker's clock offset is known less precisely than 1 ms."""
+    if clock.uncertainty_ns <= CLOCK_WARN_NS:
+        return None
+    return (f"worker {workerid} ({host}): clock offset {_ms(clock.offset_ns)} known only to within "
+            f"+/-{clock.uncertainty_ns / 1e6:.3f} ms (over 1 ms): its start, and so its lateness, may be off by "
+            "that much")
 
 
 def _ms(ns: int) -> str:
@@ -127,8 +137,12 @@ class Controller:
         """xdist gives remote workers the command line with every existing path rewritten against
         an rsync root: ours go as `--flag=VALUE` (left alone), captures as absolute paths."""
         params = config.invocation_params
-        args = worker_args(params.args, [o.flag for o in options.OPTIONS if not o.flag_only], ["--replay"],
-                           str(params.dir))
+        args = worker_args(params.args, [o.flag for o in options.OPTIONS if not o.flag_only] + ["--rootdir"],
+                           ["--replay", "--rootdir"], str(params.dir))
+        if not any(arg.startswith("--rootdir=") for arg in args):
+            # pytest finds the rootdir from a `--replay PATH` value too, not from `--replay=PATH`:
+            # workers are told the controller's, so that item ids agree
+            args.append(f"--rootdir={config.rootpath}")
         config.invocation_params = dataclasses.replace(params, args=tuple(args))
 
     def pytest_sessionstart(self) -> None:
@@ -151,7 +165,7 @@ class Controller:
         here, before the worker starts: a worker failing at its start would be restarted again and again."""
         config, paths = node.config, self.run.collection.paths
         channel = node.gateway.remote_exec(_probe)
-        channel.send(list(paths))
+        channel.send((list(paths), str(config.rootpath)))
         seen = channel.receive(CLOCK_TIMEOUT_S)
         channel.waitclose(CLOCK_TIMEOUT_S)
         where = f"worker {node.workerinput['workerid']} ({spec_host(node.gateway.spec)}, host {seen['host']})"
@@ -159,6 +173,10 @@ class Controller:
         if seen["cwd"] not in (here, str(config.rootpath)):
             pytest.exit(f"{where} runs in {seen['cwd']}, the controller in {here}: item ids would differ. Give its "
                         f"--tx spec //chdir={here} (the project checked out at the same path on that host)",
+                        returncode=pytest.ExitCode.USAGE_ERROR)
+        if not seen["rootdir"]:
+            pytest.exit(f"{where}: the controller's rootdir {config.rootpath} does not exist there; item ids are "
+                        "relative to it: check the project out at the same path on every host",
                         returncode=pytest.ExitCode.USAGE_ERROR)
         for path, size in zip(paths, seen["sizes"]):
             if size != _size(path):
@@ -172,11 +190,9 @@ class Controller:
         host = spec_host(node.gateway.spec)
         clock = measure_gateway(node.gateway)
         self.run.remote.workers.append({"worker": workerid, "host": host, **clock.to_dict()})
-        if clock.uncertainty_ns > CLOCK_WARN_NS:
-            self.run.notes.append(
-                f"worker {workerid} ({host}): clock offset {_ms(clock.offset_ns)} known only to within "
-                f"+/-{clock.uncertainty_ns / 1e6:.3f} ms (over 1 ms): its start, and so its lateness, may be off "
-                "by that much")
+        note = clock_note(workerid, host, clock)
+        if note:
+            self.run.notes.append(note)
         return clock.offset_ns
 
     @pytest.hookimpl(optionalhook=True)
