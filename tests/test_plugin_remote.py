@@ -118,6 +118,19 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def test_without_sshd_the_remote_test_skips_but_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    reason = _missing_sshd()
+    assert reason is not None and "sshd, ssh, ssh-keygen missing" in reason
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        _skip_or_fail(reason)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        _skip_or_fail(reason)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
