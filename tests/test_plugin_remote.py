@@ -310,3 +310,18 @@ def test_a_worker_killed_mid_replay_fails_the_run_naming_it_and_its_connections(
     assert data["errors"]["requests"] == 259 - lost and data["diff"]["failed"] == 0
     assert data["run"]["planned"] == 259 and data["run"]["interrupted"] is True
     assert any("worker gw1" in note and held[-1] in note for note in data["known_gaps"])
+
+
+def test_worker_clocks_survive_the_merge_of_shards() -> None:
+    from pytest_replay.report.aggregate import Aggregate
+    from pytest_replay.report.evidence import build_evidence, merge_evidence
+
+    def shard(k: int) -> dict:
+        worker = {"worker": "gw0", "host": f"ssh host{k}", "offset_ms": 0.5 * k, "uncertainty_ms": 0.1, "samples": 8}
+        return build_evidence(aggregate=Aggregate(), shard=(k, 2), workers=[worker])
+
+    first, second = shard(1), shard(2)
+    assert first["run"]["workers"][0]["host"] == "ssh host1"
+    merged, _ = merge_evidence([("a.json", first), ("b.json", second)])
+    assert [(w["host"], w["offset_ms"], w["shard"]) for w in merged["run"]["workers"]] == [
+        ("ssh host1", 0.5, {"index": 1, "count": 2}), ("ssh host2", 1.0, {"index": 2, "count": 2})]
