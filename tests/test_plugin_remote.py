@@ -81,6 +81,13 @@ def test_an_offset_known_to_worse_than_a_millisecond_gets_a_note() -> None:
                                                 "within +/-1.200 ms (over 1 ms)")
 
 
+def test_a_worker_ready_after_the_start_says_how_late() -> None:
+    from pytest_replay.session.xdist import late_note
+
+    assert late_note("gw0", -0.5) is None
+    assert late_note("gw3", 2.345).startswith("worker gw3 was ready 2.35 s after the shared start")
+
+
 # -- the command line handed to remote workers ---------------------------------------------------
 def test_worker_args_join_our_options_and_make_captures_absolute() -> None:
     args = ["--replay", "cap.gor", "--replay=b/c.pcap", "--replay", "/abs/d.gor", "--replay-report", "evidence",

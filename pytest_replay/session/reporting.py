@@ -126,7 +126,8 @@ class Reporting:
             skipped=run.skipped, incomplete=[e for e in (self.collection.exchanges or ()) if not e.replayable],
             notes=results.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
             interrupted=report.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED, planned=report.planned,
-            shard=s.shard, outcomes=outcomes, workers=results.workers, started=run.started, finished=now_iso(), noise=report.noise)
+            shard=s.shard, outcomes=outcomes, started=run.started, finished=now_iso(), noise=report.noise,
+            workers=results.workers)
         try:
             path = write_evidence(s.report, data)
         except OSError as exc:  # a full disk, the directory removed meanwhile: the run fails, saying why

@@ -92,7 +92,8 @@ def _probe(channel) -> None:  # runs in the worker's interpreter: where it is, w
             sizes.append(os.path.getsize(path))
         except OSError:
             sizes.append(None)
-    channel.send({"cwd": os.getcwd(), "host": socket.gethostname(), "sizes": sizes, "rootdir": os.path.isdir(rootdir)})
+    channel.send({"cwd": os.getcwd(), "host": socket.gethostname(), "sizes": sizes,
+                  "rootdir": os.path.isdir(rootdir)})
 
 
 def measure_gateway(gateway) -> ClockOffset:
@@ -116,6 +117,14 @@ def clock_note(workerid: str, host: str, clock: ClockOffset) -> str | None:
     return (f"worker {workerid} ({host}): clock offset {_ms(clock.offset_ns)} known only to within "
             f"+/-{clock.uncertainty_ns / 1e6:.3f} ms (over 1 ms): its start, and so its lateness, may be off by "
             "that much")
+
+
+def late_note(workerid: str, late_s: float) -> str | None:
+    """A note when a worker was ready only after the shared start instant."""
+    if late_s <= 0:
+        return None
+    return (f"worker {workerid} was ready {late_s:.2f} s after the shared start (set {REMOTE_START_DELAY_S:g} s "
+            "after the controller began configuring workers): its connections started late by that much")
 
 
 def _ms(ns: int) -> str:
@@ -277,12 +286,9 @@ class Worker:
                 self.run.notes.append(note)
         else:
             start = self.setup.start_on_worker_clock()
-            late = time.time() - start
-            if late > 0 and participants:
-                self.run.notes.append(
-                    f"worker {self.workerid} was ready {late:.2f} s after the shared start (set "
-                    f"{REMOTE_START_DELAY_S:g} s after the controller began configuring workers): its connections "
-                    "started late by that much")
+            note = late_note(self.workerid, time.time() - start) if participants else None
+            if note:
+                self.run.notes.append(note)
         return max(lead_ns_until(start), MIN_LEAD_NS)
 
     @pytest.hookimpl(tryfirst=True)
