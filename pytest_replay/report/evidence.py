@@ -253,7 +253,8 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
                    origins: dict | None = None,
                    merged_from: list | None = None, redactor=DEFAULT_REDACTOR, extra: dict | None = None,
                    exit_status: int | None = None, wall_s: float | None = None, throughput: dict | None = None,
-                   missing_shards: list[int] | None = None, latency_caveats: dict | None = None) -> dict:
+                   missing_shards: list[int] | None = None, latency_caveats: dict | None = None,
+                   workers: Iterable[dict] = ()) -> dict:
     """The evidence of one run (or of merged shards) as plain JSON-ready data.
 
     captures: capture file paths (hashed here) or dicts with a sha256; capture_summary:
@@ -263,7 +264,8 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
     why -> differences (default: the aggregate's); noise: NoiseModel.summary() (each rule's `hid`
     is counted from the aggregate); outcomes:
     the run's test items by outcome (budgets left out); exit_status: pytest's; wall_s: the replay's
-    wall time; throughput: given by a merge (else derived from wall_s)."""
+    wall time; throughput: given by a merge (else derived from wall_s); workers:
+    xdist workers of a run reaching other machines, each with its host and measured clock offset."""
     capture_section = _capture_section(captures, capture_summary)
     overall = aggregate.overall
     rows = aggregate.table()
@@ -289,7 +291,8 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
         "run": {"id": run_id or uuid.uuid4().hex, "interrupted": bool(interrupted), "planned": planned,
                 "started": started, "finished": finished, "shard": shard, "outcomes": dict(outcomes or {}),
                 "exit_status": exit_status, "wall_s": _r(wall_s), "merged_from": merged_from,
-                "missing_shards": missing_shards, "verdict": None},
+                "missing_shards": missing_shards, "verdict": None,
+                "workers": [dict(w) for w in workers]},
         "captures": capture_section,
         "selection": {"filters": [str(f) for f in filters], "sample": sample, "rewrites": [str(r) for r in rewrites],
                       "redaction": [str(r) for r in redaction]},
@@ -523,7 +526,9 @@ def merge_evidence(named: list[tuple[str, dict]], budgets: Iterable | None = Non
         started=min(started) if started else None, finished=max(finished) if finished else None,
         ignored=dict(ignored), noise=noise, origins=dict(origins), throughput=throughput,
         latency_caveats=first.get("latency_caveats"), wall_s=max(walls) if walls else None,
-        missing_shards=missing or None, merged_from=[_shard_row(name, data) for name, data in named])
+        missing_shards=missing or None,
+        workers=[{**w, "shard": (data.get("run") or {}).get("shard")} for _, data in named
+                 for w in (data.get("run") or {}).get("workers") or ()], merged_from=[_shard_row(name, data) for name, data in named])
     return merged, warnings
 
 

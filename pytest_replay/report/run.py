@@ -33,6 +33,7 @@ class RunResults:
     locality: str = ""  # why the target shares this machine's cores ("in-process", "127.0.0.1"), if it does
     baseline: dict = field(default_factory=dict)  # verdicts.baseline.DiffCounts data, with --replay-baseline
     baseline_aggregate: dict = field(default_factory=dict)  # Aggregate.to_dict() of the baseline's side
+    workers: list[dict] = field(default_factory=list)  # xdist workers on other machines: host, clock offset
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -67,6 +68,7 @@ class RunResults:
         if other.baseline_aggregate:
             mine = Aggregate.from_dict(self.baseline_aggregate) if self.baseline_aggregate else Aggregate()
             self.baseline_aggregate = mine.merge(Aggregate.from_dict(other.baseline_aggregate)).to_dict()
+        self.workers += other.workers
         return self
 
 
@@ -100,7 +102,7 @@ class RunReport:
     unused_allow: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     origins: dict = field(default_factory=dict)  # "origin A treated as B" -> responses
-
+    workers: list = field(default_factory=list)  # {"worker", "host", "offset_ms", "uncertainty_ms", ...}
     wall_s: float | None = None  # the replay's wall time
     requests: int = 0  # requests that reached the target
     unscheduled: bool = False  # --speed 0: no schedule, so throughput is shown instead of lateness
@@ -137,6 +139,7 @@ class RunReport:
         report.unused_allow = list(results.unused_allow)
         report.notes = list(results.notes)
         report.origins = dict(results.origins)
+        report.workers = list(results.workers)
         return report
 
 
@@ -253,5 +256,11 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
     if report.origins:
         lines.append("origins (--replay-origins same; strict compares them as captured):")
         lines.extend(f"  {why} in {n} response{'s' * (n != 1)}" for why, n in sorted(report.origins.items()))
+        if len(report.noise) > len(shown):
+            lines.append(f"  ... {len(report.noise) - len(shown)} more lines (-v shows them)")
+    if report.workers:
+        lines.append("worker clocks (offset from the controller's, +/- uncertainty): " + "; ".join(
+            f"{w['worker']} {w['host']} {w['offset_ms']:+.3f} ms +/-{w['uncertainty_ms']:.3f} ms"
+            for w in report.workers))
     lines.extend(f"note: {note}" for note in report.notes)
     return lines

@@ -184,7 +184,7 @@ class Reporting:
             shard=s.shard, outcomes=outcomes, started=run.started, finished=now_iso(), noise=report.noise,
             origins=report.origins, 
             exit_status=int(session.exitstatus), wall_s=results.wall_s,
-            latency_caveats=self.latency_caveats(results))
+            latency_caveats=self.latency_caveats(results), workers=results.workers)
         if results.baseline:
             from .baseline import evidence
             data["baseline"] = evidence(s, results.baseline)

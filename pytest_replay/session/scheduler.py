@@ -18,9 +18,11 @@ class ReplayScheduling(LoadScopeScheduling):
     gwJ at the start (the worker planned exactly those lanes); other tests are load-balanced by
     module as with --dist loadscope."""
 
-    def __init__(self, config, log, part_of: Callable[[str], int | None]) -> None:
+    def __init__(self, config, log, part_of: Callable[[str], int | None],
+                 on_lost: Callable[[object, list[str]], None] | None = None) -> None:
         super().__init__(config, log)
         self._part_of = part_of
+        self._on_lost = on_lost  # told of a worker that went down with replay items not done
         # LoadScope counts a node's pending tests by walking its whole workload, after every test:
         # with one unit of 50,000 replay items that is quadratic (minutes for 100k items). Counted
         # here instead, as units are assigned and tests complete.
@@ -61,7 +63,16 @@ class ReplayScheduling(LoadScopeScheduling):
         super().mark_test_complete(node, item_index, duration)
 
     def remove_node(self, node):
-        self._pending.pop(id(self.assigned_work.get(node)), None)
+        """A worker went down. Its replay partition is not put back in the queue, as LoadScope
+        would: that worker's engine held the schedule of those connections, no other worker planned
+        them. Its unfinished replay items go to `on_lost`; other tests are rescheduled as usual."""
+        workload = self.assigned_work.get(node, {})
+        self._pending.pop(id(workload), None)
+        lost = []
+        for scope in [scope for scope in workload if scope.startswith(_PARTITION)]:
+            lost += [nodeid for nodeid, done in workload.pop(scope).items() if not done]
+        if lost and self._on_lost is not None:
+            self._on_lost(node, lost)
         return super().remove_node(node)
 
     def schedule(self) -> None:
