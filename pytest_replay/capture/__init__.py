@@ -23,10 +23,11 @@ from typing import BinaryIO
 
 from ..http.message import Exchange, Source
 from ..http.normalize import endpoint_of
-from .draft import Draft
+from ..reassembly.draft import Draft
 from .gor import GorReader, looks_like_gor
 from .limits import DEFAULT_MAX_RECORD
-from .stats import STREAM_ERRORS, CaptureError, CaptureStats, CaptureWarning
+from ..reassembly.stats import CaptureError, CaptureStats, CaptureWarning
+from .blocks import STREAM_ERRORS
 
 __all__ = ["Capture", "CaptureError", "CaptureStats", "CaptureWarning", "expand_paths", "load", "sniff"]
 

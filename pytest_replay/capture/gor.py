@@ -15,9 +15,10 @@ from typing import BinaryIO
 
 from ..http.message import NO_RESPONSE, TRUNCATED, Flag, Request
 from ..http.parser import Completion, Parsed, fast_message, parse_single
-from .draft import Draft, Reorder, flags_of, to_request, to_response
+from ..reassembly.draft import Draft, Reorder, flags_of, to_request, to_response
 from .limits import DEFAULT_MAX_RECORD, format_size
-from .stats import CaptureError, CaptureStats, CaptureWarning, read_block
+from ..reassembly.stats import CaptureError, CaptureStats, CaptureWarning
+from .blocks import read_block
 
 SEPARATOR = "\n🐵🙈🙉\n".encode()
 # The header line. Possessive quantifiers (no backtracking) match exactly what the plain ones

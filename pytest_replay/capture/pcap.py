@@ -18,10 +18,11 @@ from typing import BinaryIO
 
 from ..http.message import NO_RESPONSE, Flag
 from ..reassembly.flows import DEFAULT_SERVER_PORTS, FlowTable
-from .draft import Draft, Reorder
+from ..reassembly.draft import Draft, Reorder
 from .link import LINKTYPE_NAMES, Decoder
 from .limits import DEFAULT_MAX_RECORD, MAX_PACKET, format_size
-from .stats import CaptureError, CaptureStats, CaptureWarning, read_block
+from ..reassembly.stats import CaptureError, CaptureStats, CaptureWarning
+from .blocks import read_block
 
 RELEASE_LAG_NS = 100_000_000  # a finished exchange waits this long (capture time) for earlier ones to appear
 RESPONSE_WINDOW_NS = 120 * 10**9  # a request without a response start this long after it has none

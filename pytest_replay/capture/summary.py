@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from .stats import CaptureStats
+from ..reassembly.stats import CaptureStats
 
 TOP_ENDPOINTS = 15
 # Closed-loop bursts: a load tool (wrk, ab, k6 with no sleep) sends each request as soon as the

@@ -12,8 +12,8 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict, deque
 
-from ..capture.draft import Draft, Reorder, flags_of
-from ..capture.stats import CaptureStats
+from .draft import Draft, Reorder, flags_of
+from .stats import CaptureStats
 from ..http.message import CAPTURE_ENDED, CLOSED, NO_RESPONSE, UNPARSABLE, Flag, Request, Response, header_value
 from ..http.parser import HEAD, Framer, Lost, Parsed, Stop
 from .tcp import Stream
@@ -433,7 +433,7 @@ class FlowTable:
         ones of each kind named with where the connection starts (frame and file offset)."""
         self.stats.skipped_streams[code] += 1
         if self.stats.warning_counts[f"skipped-{code}"] < 20:
-            from ..capture.stats import CaptureWarning
+            from .stats import CaptureWarning
             self.stats.warn(CaptureWarning(self.file, f"skipped-{code}", f"stream not parsed: {detail}",
                                            offset=where, frame=frame))
 
