@@ -22,10 +22,19 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
-from .policy.correlate import DROP, ReplayState
-
 if TYPE_CHECKING:
     from .http.message import Exchange, Request, Response
+    from .policy.correlate import DROP, ReplayState
+
+
+def __getattr__(name: str):
+    """DROP and ReplayState, imported when first asked for: pytest registers these hook specs at
+    every start-up, replay or not, and the policy modules are not needed for that."""
+    if name in ("DROP", "ReplayState"):
+        from .policy import correlate
+
+        return getattr(correlate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 hookspec = pluggy.HookspecMarker("pytest")
 

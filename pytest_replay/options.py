@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from importlib import metadata
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import pytest
@@ -222,16 +223,26 @@ class Option:
     many: bool = False  # repeatable (append); the ini twin is a list of lines
     flag_only: bool = False  # a boolean switch
     metavar: str | None = None
+    field: str = ""  # its Settings attribute; default: dest without the replay_ prefix
 
     @property
     def ini(self) -> str:
         return self.dest
 
+    @property
+    def name(self) -> str:
+        return self.field or self.dest.removeprefix("replay_")
+
+    @property
+    def empty(self) -> Any:
+        """Its value when nothing sets it."""
+        return () if self.many else self.default
+
 
 OPTIONS: tuple[Option, ...] = (
     Option("replay", "--replay", "capture to replay: a .gor, pcap or pcapng file, a glob or a directory "
            "(repeatable; several are merged by timestamp). Turns replay on. Default: none.", many=True,
-           metavar="PATH"),
+           metavar="PATH", field="captures"),
     Option("replay_speed", "--speed", "replay speed factor over the recorded timing: 1 = recorded pace, "
            "2 = twice as fast, 0 = no waiting. Default: 1.", 1.0, speed, metavar="FACTOR"),
     Option("replay_rate", "--rate", "send at a fixed arrival rate (requests per second) instead of the "
@@ -331,7 +342,7 @@ OPTIONS: tuple[Option, ...] = (
            "the whole run: 'p95<200ms', 'p99<1.2x' (of the recorded latency; of the baseline's with "
            "--replay-baseline; '1.2x recorded', '1.2x baseline' to choose), 'max<1s', '5xx<1%%', "
            "'errors<0.5%%', '5xx<=recorded+0.5%%', '5xx<=baseline+0.5%%', scoped as 'GET /api/users/*: p99<300ms' (repeatable; also "
-           "the pytest_replay_budgets hook). Default: none.", many=True, convert=_budget, metavar="BUDGET"),
+           "the pytest_replay_budgets hook). Default: none.", many=True, convert=_budget, metavar="BUDGET", field="budgets"),
     Option("replay_report", "--replay-report", "write the evidence package to this directory, also when the "
            "run is interrupted: DIR/replay-evidence.json, or DIR/replay-evidence-shard-K-of-N.json under "
            "--replay-shard K/N (so a CI matrix's shards can share one directory). Default: none.", metavar="DIR"),
@@ -342,16 +353,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_secret_header", "--replay-secret-header", "one more header whose value is masked in "
            "everything printed or written (repeatable). Default: Authorization, Proxy-Authorization, Cookie, "
            "Set-Cookie and names with a secret word (token, secret, password, key, session, auth, credential, "
-           "signature...; any case or separator: X-Auth-Token, X-Session-Token).", many=True, metavar="NAME"),
+           "signature...; any case or separator: X-Auth-Token, X-Session-Token).", many=True, metavar="NAME", field="secret_headers"),
     Option("replay_secret_param", "--replay-secret-param", "one more query parameter, form or JSON field name "
            "whose value is masked (repeatable). Default: names with a secret word (token, secret, password, key, "
            "session, auth, credential, signature...; any case or separator: sessionToken, PHPSESSID, "
            "AWS_SECRET_ACCESS_KEY), card fields, and values shaped like secrets whatever their name.", many=True,
-           metavar="NAME"),
+           metavar="NAME", field="secret_params"),
     Option("replay_show_header", "--replay-show-header", "allowlist mode: mask every header value except these "
-           "(repeatable). Default: off.", many=True, metavar="NAME"),
+           "(repeatable). Default: off.", many=True, metavar="NAME", field="show_headers"),
     Option("replay_show_field", "--replay-show-field", "allowlist mode: mask every query, form and JSON field "
-           "value except these (repeatable). Default: off.", many=True, metavar="NAME"),
+           "value except these (repeatable). Default: off.", many=True, metavar="NAME", field="show_fields"),
     Option("replay_judge", "--replay-judge", "when items are judged: 'after' the whole replay (pytest's own "
            "work, ~1 ms per item, then never competes with the replay for the CPU and the GIL: best timing and "
            "throughput) or 'during' it (results stream as requests complete). Default: after.", "after",
@@ -419,95 +430,44 @@ def _value(config: pytest.Config, option: Option) -> Any:
     return option.convert(str(text)) if option.convert else text
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The parsed options of one run."""
-
-    captures: tuple[str, ...] = ()
-    speed: float = 1.0
-    rate: float | None = None
-    target: str | None = None
-    concurrency: int = 64
-    max_wait: float | None = None
-    timeout: float = 10.0
-    include: tuple[re.Pattern[str], ...] = ()
-    exclude: tuple[re.Pattern[str], ...] = ()
-    diff: frozenset[str] = frozenset({"status", "body"})
-    headers: tuple[str, ...] = ()
-    ignore: tuple = ()  # parsed rules (verdicts.rules)
-    noise: str = "auto"
-    origins: str = "same"
-    original_host: bool = False
-    max_latency: float | None = None
-    group: str = "exchange"
-    server_ports: tuple[int, ...] | None = None
-    insecure: bool = False
-    writes: str | None = None  # None: mock for network targets, pass for in-process apps
-    allow_write: tuple = ()
-    allow_host: tuple = ()  # AllowedHost values (targets.blocker)
-    write_methods: frozenset[str] = frozenset()
-    write_pattern: tuple = ()  # parsed rules (policy.rules.parse_write_pattern)
-    dry_run_header: tuple[bytes, bytes] | None = None
-    set_header: tuple = ()
-    rewrite_url: tuple = ()
-    allow_header: tuple = ()
-    disallow_header: tuple = ()
-    sample: object = None
-    force_production: bool = False
-    middleware: str | None = None
-    middleware_drop_timeout: float = 1.0
-    middleware_timeout: float = 10.0
-    judge: str = "after"
-    secret_headers: tuple = ()
-    secret_params: tuple = ()
-    show_headers: tuple = ()
-    show_fields: tuple = ()
-    budgets: tuple = ()
-    report: str | None = None
-    shard: tuple[int, int] | None = None
-    progress_every: float = 5.0
-    max_record_size: int | None = None  # None: capture.limits.DEFAULT_MAX_RECORD (64 MiB)
-    baseline: str | None = None
-    baseline2: str | None = None
-    noise_relative: float = 20.0
-    noise_absolute: float = 0.03
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.captures)
-
-    def selects(self, label: str) -> bool:
-        """Does 'METHOD target' pass --replay-include/--replay-exclude?"""
-        if self.include and not any(p.search(label) for p in self.include):
-            return False
-        return not any(p.search(label) for p in self.exclude)
+def _enabled(self) -> bool:
+    return bool(self.captures)
 
 
-def load(config: pytest.Config) -> Settings:
+def _selects(self, label: str) -> bool:
+    """Does 'METHOD target' pass --replay-include/--replay-exclude?"""
+    if self.include and not any(p.search(label) for p in self.include):
+        return False
+    return not any(p.search(label) for p in self.exclude)
+
+
+def _settings_class() -> type:
+    """The parsed options of one run: a frozen dataclass with one attribute per Option (its `name`)
+    and the Option's default. Made on first use (options.Settings), so a pytest run without
+    --replay does not pay for it."""
+    global _SETTINGS
+    if _SETTINGS is None:
+        _SETTINGS = make_dataclass(
+            "Settings", [(option.name, Any, dataclass_field(default=option.empty)) for option in OPTIONS],
+            frozen=True, namespace={"__doc__": "The parsed options of one run (generated from OPTIONS).",
+                                    "__module__": __name__, "enabled": property(_enabled), "selects": _selects})
+    return _SETTINGS
+
+
+_SETTINGS: type | None = None
+
+
+def __getattr__(name: str):
+    if name == "Settings":
+        return _settings_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load(config: pytest.Config) -> Settings | None:  # noqa: F821 (made by _settings_class)
     value = {option.dest: _value(config, option) for option in OPTIONS}
     if value["replay_rate"] is not None and config.getoption("replay_speed") is not None:
         raise pytest.UsageError("--rate and --speed exclude each other: --speed scales the recorded timing, "
                                 "--rate replaces it with a fixed arrival rate")
-    return Settings(
-        captures=value["replay"], speed=value["replay_speed"], rate=value["replay_rate"],
-        target=value["replay_target"], concurrency=value["replay_concurrency"], max_wait=value["replay_max_wait"],
-        timeout=value["replay_timeout"], include=value["replay_include"], exclude=value["replay_exclude"],
-        diff=value["replay_diff"], headers=value["replay_headers"], ignore=value["replay_ignore"],
-        noise=value["replay_noise"], origins=value["replay_origins"], original_host=value["replay_original_host"],
-        max_latency=value["replay_max_latency"], group=value["replay_group"],
-        server_ports=value["replay_server_ports"], insecure=value["replay_insecure"], writes=value["replay_writes"],
-        allow_write=value["replay_allow_write"], write_methods=value["replay_write_methods"],
-        allow_host=value["replay_allow_host"],
-        write_pattern=value["replay_write_pattern"],
-        dry_run_header=value["replay_dry_run_header"], set_header=value["replay_set_header"],
-        rewrite_url=value["replay_rewrite_url"], allow_header=value["replay_allow_header"],
-        disallow_header=value["replay_disallow_header"], sample=value["replay_sample"],
-        force_production=value["replay_force_production"], middleware=value["replay_middleware"],
-        middleware_drop_timeout=value["replay_middleware_drop_timeout"],
-        middleware_timeout=value["replay_middleware_timeout"], budgets=value["replay_budget"],
-        report=value["replay_report"], shard=value["replay_shard"], secret_headers=value["replay_secret_header"],
-        secret_params=value["replay_secret_param"], show_headers=value["replay_show_header"],
-        show_fields=value["replay_show_field"], judge=value["replay_judge"],
-        progress_every=value["replay_progress_every"], max_record_size=value["replay_max_record_size"],
-        baseline=value["replay_baseline"], baseline2=value["replay_baseline2"],
-        noise_relative=value["replay_noise_relative"], noise_absolute=value["replay_noise_absolute"])
+    if not value["replay"]:
+        return None  # replay is off: the values were checked, the Settings class is not needed
+    return _settings_class()(**{option.name: value[option.dest] for option in OPTIONS})

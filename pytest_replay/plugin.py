@@ -38,7 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if clash:
         raise pytest.UsageError(clash)
     settings = options.load(config)
-    if not settings.enabled:
+    if settings is None:  # no --replay
         return
     from .session import start
 
