@@ -394,3 +394,24 @@ def test_set_header_host_wins_over_the_target_host(pytester, shop) -> None:
     result.assert_outcomes(passed=len(TARGETS))
     result.stdout.fnmatch_lines([f"*origin http://{HOST} treated as http://api.sandbox.test in {len(TARGETS)} "
                                  "responses*"])
+
+
+def test_each_side_of_a_live_baseline_has_its_own_origin(pytester, shop, tmp_path) -> None:
+    # Baseline and target listen on different ports, so every absolute URL they build from their Host
+    # differs: by default the two origins are one value, and only a real change fails.
+    with gunicorn([_free_port()], tmp_path / "baseline.log") as (baseline,):
+        same = replay(pytester, shop["capture"], shop["url"], "--replay-baseline", baseline, "-rf")
+        same.assert_outcomes(passed=len(TARGETS))
+        strict = replay(pytester, shop["capture"], shop["url"], "--replay-baseline", baseline,
+                        "--replay-origins", "strict", "-rf")
+        assert strict.parseoutcomes()["failed"] >= 5  # each page's next/previous/item links
+        with gunicorn([_free_port()], tmp_path / "candidate.log", regression=True) as (candidate,):
+            regressed = replay(pytester, shop["capture"], candidate, "--replay-baseline", baseline, "-rf")
+    failing = {"/api/items/", "/api/items/?page=2", "/api/items/?page=3", "/api/items/?page=4", "/api/items/7/"}
+    text = regressed.stdout.str()
+    failed_items = {line.split("::GET ", 1)[1].split(" #")[0] for line in text.splitlines()
+                    if line.startswith("FAILED shop.gor::")}
+    assert failed_items == failing
+    assert regressed.parseoutcomes()["passed"] == len(TARGETS) - len(failing)
+    assert "$.next" in text and "Widget seven" in text
+    assert "$.previous" not in text and "$.results[0].url" not in text

@@ -33,8 +33,10 @@ class Differential:
         self.aggregate = Aggregate()  # the baseline's side of the same requests: latency, status
         self.target = None  # the DifferentialTarget
         self.name = ""
+        self.origins = None  # (baseline's, probe's) OriginResolver, with --replay-origins same
 
-    def wrap(self, candidate, target_spec, baseline_spec, *, verify: bool, check, is_write):
+    def wrap(self, candidate, target_spec, baseline_spec, *, verify: bool, check, is_write, keep_host: bool = False,
+             origins=None):
         """The DifferentialTarget around `candidate`; usage errors exit pytest. `check(url)` is the
         production guard (a refusal text or None)."""
         from ..targets import make_target
@@ -48,8 +50,8 @@ class Differential:
                         returncode=pytest.ExitCode.USAGE_ERROR)
         probe_spec = s.baseline2 if s.baseline2 is not None else baseline_spec
         try:
-            baseline = make_target(baseline_spec, verify=verify)
-            probe = make_target(probe_spec, verify=verify)
+            baseline = make_target(baseline_spec, verify=verify, keep_host=keep_host)
+            probe = make_target(probe_spec, verify=verify, keep_host=keep_host)
         except (ValueError, TypeError) as exc:
             pytest.exit(f"replay baseline: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         for side in (baseline, probe):
@@ -58,11 +60,14 @@ class Differential:
             if refusal:
                 pytest.exit(f"replay baseline: {refusal}", returncode=pytest.ExitCode.USAGE_ERROR)
         self.name = baseline.name
+        if origins is not None:  # each side builds absolute URLs from its own Host: one value in diffs
+            self.origins = (origins(baseline), origins(probe))
         self.target = DifferentialTarget(candidate, baseline, probe, probe=lambda planned: not is_write(planned.request),
                                          timeout_s=s.timeout * 0.9)
         return self.target
 
-    def judge(self, exchange, observation, diff_config, error: str | None, *, mocked: bool = False):
+    def judge(self, exchange, observation, diff_config, error: str | None, *, mocked: bool = False,
+              candidate_origins=None):
         """(verdict, failure text) against the baseline; None for a write answered from the recording
         (it never reached either side: judged against the recording as before)."""
         if mocked:
@@ -71,8 +76,12 @@ class Differential:
         key = exchange.index
         baseline = target.baseline_sides.get(key) if target is not None else None
         probe = target.probe_sides.get(key) if target is not None else None
+        pair = (None, None)
+        if self.origins is not None and candidate_origins is not None:
+            baseline_side, probe_side = self.origins
+            pair = (baseline_side.against(candidate_origins, exchange), baseline_side.against(probe_side, exchange))
         judgement = judge(exchange, observation.response if observation.ok else None, baseline, probe, diff_config,
-                          candidate_error=error, candidate_latency_ns=observation.latency_ns)
+                          candidate_error=error, candidate_latency_ns=observation.latency_ns, origins=pair)
         self.counts.add(judgement)
         if baseline is not None:
             from ..schedule.target import Observation

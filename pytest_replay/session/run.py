@@ -109,9 +109,13 @@ class ReplayRun:
         in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
             getattr(getattr(inner, "client", None), "_transport", None), (httpx.ASGITransport, httpx.WSGITransport))
         url = getattr(inner, "url", None) or getattr(inner, "base", None)
+        def origins_of(side) -> OriginResolver:
+            side_url = getattr(side, "url", None) or getattr(side, "base", None)
+            return OriginResolver(getattr(side, "sent_host", lambda request: None),
+                                  str(side_url) if side_url else None, self.rewrites.set_headers)
+
         if s.origins == SAME:
-            self.origins = OriginResolver(getattr(inner, "sent_host", lambda request: None),
-                                          str(url) if url else None, self.rewrites.set_headers)
+            self.origins = origins_of(inner)
         self.locality = shares_cores(str(url) if url else None, in_process) or ""
         if url and not s.force_production:
             refusal = check_target(str(url), recorded_hosts(exchanges))
@@ -147,7 +151,8 @@ class ReplayRun:
             self.differential = Differential(s, self.redactor)
             hosts = recorded_hosts(exchanges)
             inner = self.differential.wrap(
-                inner, target_spec, baseline, verify=not s.insecure,
+                inner, target_spec, baseline, verify=not s.insecure, keep_host=s.original_host or set_host,
+                origins=origins_of if s.origins == SAME else None,
                 is_write=lambda request: self.write_rules.classify(request).write,
                 check=lambda url: None if s.force_production else check_target(url, hosts))
         recorded = RecordedWrites.from_exchanges(planned, lambda e: self.decisions[e.index].why.write)
@@ -236,7 +241,8 @@ class ReplayRun:
             from ..policy.writes import MOCK
             decision = self.decisions.get(exchange.index)
             judged = self.differential.judge(exchange, observation, self.diff_config, error,
-                                             mocked=decision is not None and decision.action == MOCK)
+                                             mocked=decision is not None and decision.action == MOCK,
+                                             candidate_origins=self.origins)
             if judged is not None:
                 return judged
         verdict = compare(exchange.response, observation.response, self.diff_config, exchange=exchange, error=error,

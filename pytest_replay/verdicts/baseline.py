@@ -101,9 +101,11 @@ def _fields(verdict: Verdict) -> list[tuple[str, Difference]]:
 
 
 def judge(exchange: Exchange, candidate, baseline, probe, config: DiffConfig, *, candidate_error: str | None = None,
-          candidate_latency_ns: int | None = None) -> Judgement:
+          candidate_latency_ns: int | None = None, origins=(None, None)) -> Judgement:
     """`candidate`: the target's Response (None when `candidate_error`); `baseline`/`probe`: Side
-    values from targets/differential.py (probe None: not probed, e.g. a write)."""
+    values from targets/differential.py (probe None: not probed, e.g. a write); `origins`: the
+    verdicts.origin.Origins treated as one between the baseline and the target, and between the
+    baseline and the probe (None: compared as they are)."""
     request = exchange.request
     endpoint = endpoint_of(request.method, request.path)
     every = dataclasses.replace(config, max_diffs=ALL_DIFFS)
@@ -119,12 +121,13 @@ def judge(exchange: Exchange, candidate, baseline, probe, config: DiffConfig, *,
                                 f"the baseline answered {baseline.describe()}")
         return Judgement(Verdict(False, (difference,), (), f"target failed: {candidate_error}"), endpoint,
                          side_failed="target")
-    raw = compare(baseline.response, candidate, every, exchange=exchange, latency_ns=candidate_latency_ns)
+    raw = compare(baseline.response, candidate, every, exchange=exchange, latency_ns=candidate_latency_ns,
+                  origins=origins[0])
     noise_fields: set[str] = set()
     probed = probe is not None and probe.ok
     if probed:
         noise_fields = {key for key, _ in _fields(compare(baseline.response, probe.response, every,
-                                                          exchange=exchange))}
+                                                          exchange=exchange, origins=origins[1]))}
     failing, suppressed, structural_fields = [], 0, []
     raw_fields: dict[str, None] = {}
     for difference in raw.differences:

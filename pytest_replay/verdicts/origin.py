@@ -182,15 +182,25 @@ class OriginResolver:
         """The origin reasons among a Verdict's `ignored` entries (one response counts once for each)."""
         return [why for why, _ in ignored if why.startswith(PREFIX)]
 
-    def __call__(self, exchange: Exchange) -> Origins | None:
-        request = exchange.request
+    def sent_origins(self, request: Request) -> tuple[str, ...]:
+        """The origins this target was given for `request`: the Host it was sent (with the scheme),
+        then the target URL's own."""
         host = self.set_host if self.set_host is not None else self.sent_host(request)
         scheme = self.set_scheme or forwarded_scheme(request) or self.target_scheme
-        key = (request.host, forwarded_scheme(request), scheme, host, server_address(exchange.connection))
+        return tuple(dict.fromkeys(o for o in (make_origin(scheme, host), self.target_origin) if o))
+
+    def __call__(self, exchange: Exchange) -> Origins | None:
+        request = exchange.request
+        key = (request.host, forwarded_scheme(request), server_address(exchange.connection))
         if key not in self._cache:
             if len(self._cache) > 4096:
                 self._cache.clear()
-            replayed = (make_origin(scheme, host), self.target_origin)
-            origins = Origins(recorded_origins(exchange), tuple(dict.fromkeys(o for o in replayed if o)))
+            origins = Origins(recorded_origins(exchange), self.sent_origins(request))
             self._cache[key] = origins if origins.differ else None
         return self._cache[key]
+
+    def against(self, other: OriginResolver, exchange: Exchange) -> Origins | None:
+        """Two live sides of one request (a baseline and the target): each side's own origins are one
+        value, the other side's (`other` is the canonical one)."""
+        origins = Origins(self.sent_origins(exchange.request), other.sent_origins(exchange.request))
+        return origins if origins.differ else None
