@@ -10,13 +10,14 @@ endpoint, 4x latency on one endpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from support import uvicorn
 
 SEP = "\n🐵🙈🙉\n".encode()
 
@@ -275,38 +276,11 @@ def replay_baseline():
 
 
 # -- network targets: uvicorn servers on 127.0.0.1 ----------------------------------------------------------
-def _serve(directory: Path, app: str):
-    import socket
-    import subprocess
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", app, "--app-dir", str(directory), "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"], cwd=directory)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail("uvicorn did not start")
-
-
 @pytest.fixture
 def servers(pytester: pytest.Pytester, service: Path):
-    procs, urls = [], {}
-    try:
-        for name in ("v1b", "v1b_again", "v2b"):
-            proc, urls[name] = _serve(pytester.path, f"{name}:app")
-            procs.append(proc)
-        yield urls
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(uvicorn(f"{name}:app", app_dir=pytester.path, cwd=pytester.path))
+               for name in ("v1b", "v1b_again", "v2b")}
 
 
 def test_network_targets_judged_against_a_network_baseline(pytester: pytest.Pytester, service: Path,

@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from support import FIXTURES, ROOT
 
 from pytest_replay import options
 from pytest_replay.capture import Capture, CaptureError, gor, load
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures" / "captures"
 MIB = 1 << 20
 MEMORY_LIMIT = 1 << 30  # address space allowed to a CLI child: a bomb must stop well before it
 

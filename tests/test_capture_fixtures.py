@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
+from support import FIXTURES
 
 from pytest_replay.capture import load
 
 pytestmark = pytest.mark.usefixtures("both_framer_paths")  # fast path and reference path
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
 CASES = sorted(FIXTURES.glob("*/*.expect.json"))
 
 

@@ -9,12 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import DEMO, FIXTURES, ROOT
 
 from pytest_replay.capture import load
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "fixtures" / "captures" / "demo" / "demo.pcap"
-FIXTURES = ROOT / "fixtures" / "captures"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

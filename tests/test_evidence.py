@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
 from pytest_replay.http.message import Exchange, Flag, Request, Response, Source
 from pytest_replay.report import evidence as evidence_module
@@ -23,7 +24,6 @@ from pytest_replay.schedule.target import Observation
 from pytest_replay.verdicts.budgets import evaluate
 
 MS = 1_000_000
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def pair(target, *, index, recorded_ms, replayed_ms, status=200, method="GET"):

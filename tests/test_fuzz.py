@@ -29,9 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from support import FIXTURES, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures" / "captures"
 SEED = int(os.environ.get("REPLAY_FUZZ_SEED", "20250611"))
 COUNT = int(os.environ.get("REPLAY_FUZZ_COUNT", "5000"))
 SECONDS = float(os.environ.get("REPLAY_FUZZ_SECONDS", "30"))

@@ -14,17 +14,22 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-from collections import Counter
-
 import pytest
+from support import free_port, wait_listening
 
 from pytest_replay.http.message import Exchange, Request, Response, Source
 from pytest_replay.policy.guard import server_address
 from pytest_replay.report.run import RunResults
 from pytest_replay.verdicts.diff import DiffConfig, compare
-from pytest_replay.verdicts.origin import OriginResolver, Origins, make_origin, recorded_origins
+from pytest_replay.verdicts.origin import (
+    OriginResolver,
+    Origins,
+    make_origin,
+    recorded_origins,
+)
 
 APPS = Path(__file__).resolve().parent / "apps"
 SEP = "\n🐵🙈🙉\n".encode()
@@ -239,26 +244,6 @@ def test_run_results_add_up_origins_across_workers() -> None:
 
 
 # -- end to end: a real app under gunicorn ----------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_listening(proc: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"gunicorn exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail("gunicorn did not start")
-
-
 @contextlib.contextmanager
 def gunicorn(ports: list[int], log: Path, regression: bool = False):
     """The DRF shop under gunicorn on 127.0.0.1, logging the Host header of every request it serves."""
@@ -269,7 +254,7 @@ def gunicorn(ports: list[int], log: Path, regression: bool = False):
                              "--access-logfile", str(log), "--access-logformat", "%({host}i)s %(U)s"], env=env)
     try:
         for port in ports:
-            _wait_listening(proc, port)
+            wait_listening(port, proc, "gunicorn")
         yield [f"http://127.0.0.1:{port}" for port in ports]
     finally:
         proc.terminate()
@@ -307,7 +292,7 @@ def shop(tmp_path_factory):
     and its access log."""
     tmp = tmp_path_factory.mktemp("shop")
     log = tmp / "access.log"
-    recording, replay = _free_port(), _free_port()
+    recording, replay = free_port(), free_port()
     with gunicorn([recording, replay], log) as urls:
         capture = record(recording, tmp / "shop.gor")
         yield {"capture": capture, "url": urls[1], "log": log}
@@ -359,7 +344,7 @@ def test_strict_origins_from_the_ini_file(pytester, shop) -> None:
 
 
 def test_a_real_regression_in_the_same_responses_still_fails(pytester, shop, tmp_path) -> None:
-    with gunicorn([_free_port()], tmp_path / "access.log", regression=True) as (url,):
+    with gunicorn([free_port()], tmp_path / "access.log", regression=True) as (url,):
         result = replay(pytester, shop["capture"], url, "-rf")
     # Pages 1-4 have a `next` link (it now skips a page); page 2 and item 7 hold the renamed item.
     failing = {"/api/items/", "/api/items/?page=2", "/api/items/?page=3", "/api/items/?page=4", "/api/items/7/"}
@@ -399,13 +384,13 @@ def test_set_header_host_wins_over_the_target_host(pytester, shop) -> None:
 def test_each_side_of_a_live_baseline_has_its_own_origin(pytester, shop, tmp_path) -> None:
     # Baseline and target listen on different ports, so every absolute URL they build from their Host
     # differs: by default the two origins are one value, and only a real change fails.
-    with gunicorn([_free_port()], tmp_path / "baseline.log") as (baseline,):
+    with gunicorn([free_port()], tmp_path / "baseline.log") as (baseline,):
         same = replay(pytester, shop["capture"], shop["url"], "--replay-baseline", baseline, "-rf")
         same.assert_outcomes(passed=len(TARGETS))
         strict = replay(pytester, shop["capture"], shop["url"], "--replay-baseline", baseline,
                         "--replay-origins", "strict", "-rf")
         assert strict.parseoutcomes()["failed"] >= 5  # each page's next/previous/item links
-        with gunicorn([_free_port()], tmp_path / "candidate.log", regression=True) as (candidate,):
+        with gunicorn([free_port()], tmp_path / "candidate.log", regression=True) as (candidate,):
             regressed = replay(pytester, shop["capture"], candidate, "--replay-baseline", baseline, "-rf")
     failing = {"/api/items/", "/api/items/?page=2", "/api/items/?page=3", "/api/items/?page=4", "/api/items/7/"}
     text = regressed.stdout.str()

@@ -8,11 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import DEMO, FIXTURES
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "fixtures" / "captures" / "demo" / "demo.pcap"
-FIXTURES = ROOT / "fixtures" / "captures"
-REAL = FIXTURES / "real"
 
 
 def replay(pytester: pytest.Pytester, *args: str):

@@ -2,53 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
+from support import DEMO, pythonpath_env, uvicorn
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "fixtures" / "captures" / "demo" / "demo.pcap"
 BUDGETS = ("GET /api/products/{id}: p99<25ms", "GET /health: p99<25ms", "GET /api/users/{id}: p99<25ms")
 
 
-def _serve(regression: str):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {"DEMO_REGRESSION": regression, "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "pytest_replay.demo.app:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"], env={**env, **_pythonpath()})
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail("uvicorn did not start")
-
-
-def _pythonpath() -> dict:
-    import os
-
-    return {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-
-
-@contextlib.contextmanager
 def _served(regression: str):
-    proc, url = _serve(regression)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    """The demo service under uvicorn, with the regressions `regression` names (DEMO_REGRESSION)."""
+    return uvicorn("pytest_replay.demo.app:app", env=pythonpath_env(DEMO_REGRESSION=regression))
 
 
 @pytest.fixture

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from support import DEMO
 
 SEP = "\n🐵🙈🙉\n".encode()
 T0 = 1_700_000_000_000_000_000
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "fixtures" / "captures" / "demo" / "demo.pcap"
 OK_BODY = b'{"ok": true}'
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(OK_BODY) + OK_BODY
 PATHS = ("/fine", "/reset", "/garbage", "/truncated", "/slow", "/close-early")

@@ -4,23 +4,25 @@ clock) and the command line handed to remote workers."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support import DEMO, free_port, pythonpath_env, uvicorn, wait_listening
 
-from pytest_replay.distribute import ClockSample, estimate_offset, measure_offset, spec_host, worker_args
+from pytest_replay.distribute import (
+    ClockSample,
+    estimate_offset,
+    measure_offset,
+    spec_host,
+    worker_args,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "fixtures" / "captures" / "demo" / "demo.pcap"
 HOST = "replay-remote"  # the ssh_config alias of the test's sshd
 
 
@@ -138,25 +140,6 @@ def test_without_sshd_the_remote_test_skips_but_fails_in_ci(monkeypatch: pytest.
         _skip_or_fail(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"sshd exited ({proc.returncode}): {log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"sshd did not listen on port {port}: {log.read_text()}")
-
-
 @pytest.fixture
 def ssh_config(tmp_path: Path):
     """An OpenSSH server on 127.0.0.1 with its own host key and one authorized key, all in tmp_path;
@@ -170,7 +153,7 @@ def ssh_config(tmp_path: Path):
     for name in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
     (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
-    port = _free_port()
+    port = free_port()
     server = home / "sshd_config"
     server.write_text("\n".join([
         f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {home / 'host_key'}",
@@ -183,7 +166,7 @@ def ssh_config(tmp_path: Path):
     with log.open("w") as out:
         proc = subprocess.Popen([sshd, "-D", "-f", str(server), "-e"], stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_for_port(port, proc, log)
+        wait_listening(port, proc, "sshd", log=log)
         client = home / "ssh_config"
         client.write_text("\n".join([
             f"Host {HOST}", "  HostName 127.0.0.1", f"  Port {port}", f"  User {_user()}",
@@ -204,26 +187,8 @@ def _user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-@contextlib.contextmanager
 def _demo_server():
-    port = _free_port()
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "pytest_replay.demo.app:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"], env=env)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("uvicorn did not start")
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return uvicorn("pytest_replay.demo.app:app", env=pythonpath_env())
 
 
 def test_two_ssh_workers_and_a_local_one_replay_every_exchange_once(pytester: pytest.Pytester,

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import DEMO, ROOT, free_port, serving
 
 SEP = "\n🐵🙈🙉\n".encode()
 T0 = 1_700_000_000_000_000_000
@@ -74,8 +75,6 @@ def test_app_outbound_call_without_route_fails_the_exchange_and_leaves_nothing(p
     assert "POST https://payments.example/charge" in text
 
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "fixtures" / "captures" / "demo" / "demo.pcap"
 
 COUNTING_SERVER = '''
 import sys
@@ -98,32 +97,13 @@ if __name__ == "__main__":
 @pytest.fixture
 def counting_server(tmp_path: Path):
     """The demo service under uvicorn (a real server on 127.0.0.1) logging every write it receives."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
     script = tmp_path / "counting_server.py"
     script.write_text(COUNTING_SERVER)
     writes = tmp_path / "writes.log"
     writes.write_text("")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, str(script), str(writes), str(port)])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the counting server did not start")
-    yield f"http://127.0.0.1:{port}", writes
-    proc.terminate()
-    proc.wait(timeout=10)
+    port = free_port()
+    with serving([sys.executable, str(script), str(writes), str(port)], port, "the counting server") as url:
+        yield url, writes
 
 
 def test_default_replay_sends_no_writes_to_a_network_target(pytester: pytest.Pytester, counting_server) -> None:
@@ -435,9 +415,8 @@ def test_goreplay_habits_reach_the_service(pytester: pytest.Pytester) -> None:
     import json
 
     from pytest_replay.capture import load
-    from pytest_replay.policy.filters import Sampler
-
     from pytest_replay.http.message import Request
+    from pytest_replay.policy.filters import Sampler
 
     sampler = Sampler.parse("header:X-User:50%")
     kept_user = next(u for u in (b"p%d" % i for i in range(100))

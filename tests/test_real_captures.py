@@ -8,13 +8,12 @@ the test says why. A few exchanges are checked by value.
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import pytest
+from support import REAL
 
 from pytest_replay.capture import load
 
-REAL = Path(__file__).resolve().parent.parent / "fixtures" / "captures" / "real"
 
 # file -> (exchanges, complete, orphan responses, skipped streams)
 COUNTS = {

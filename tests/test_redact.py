@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
+from support import DEMO, FIXTURES, ROOT
 
 from pytest_replay.capture import load
 from pytest_replay.capture.gor import SEPARATOR
@@ -29,9 +30,6 @@ from pytest_replay.http.message import Exchange, Request, Response, Source
 from pytest_replay.policy.redact import (DEFAULT, Redactor, is_masked, luhn_ok, mask, mask_body, mask_pii,
                                          mask_text)
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures" / "captures"
-DEMO = FIXTURES / "demo" / "demo.pcap"
 T0 = 1_700_000_000_000_000_000
 
 

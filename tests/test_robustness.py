@@ -16,13 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from support import FIXTURES, REAL
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pytest_replay.capture import CaptureError, load
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
-REAL = FIXTURES / "real"  # copies of ../shared/captures/real/, in the repository
 
 SMALL_REAL = [
     "arkime_http-no-length_close-delimited.pcap",

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import re
-import socket
-import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import quote, quote_plus
@@ -24,6 +20,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import free_port, serving
 
 from pytest_replay.capture import load
 from pytest_replay.capture.gor import SEPARATOR
@@ -31,7 +28,7 @@ from pytest_replay.capture.writer import write_pcap
 from pytest_replay.http.message import Exchange, Request, Response, Source
 from pytest_replay.http.normalize import path_template
 from pytest_replay.http.sensitive import words
-from pytest_replay.policy.redact import DEFAULT, Redactor, is_masked
+from pytest_replay.policy.redact import Redactor, is_masked
 
 T0 = 1_700_000_000_000_000_000
 
@@ -226,23 +223,9 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 def server(tmp_path_factory: pytest.TempPathFactory):
     script = tmp_path_factory.mktemp("server") / "server.py"
     script.write_text(SERVER)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, str(script), str(port)])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the test server did not start")
-    yield port
-    proc.terminate()
-    proc.wait(timeout=10)
+    port = free_port()
+    with serving([sys.executable, str(script), str(port)], port, "the test server"):
+        yield port
 
 
 def replay_args(captures: list[Path], port: int, *extra: str) -> list[str]:

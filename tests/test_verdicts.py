@@ -7,10 +7,10 @@ import gzip
 import json
 import re
 import zlib
-from pathlib import Path
 
 import httpx
 import pytest
+from support import DEMO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +23,6 @@ from pytest_replay.verdicts.diff import (DiffConfig, NoiseModel, body_kind, comp
 from pytest_replay.verdicts.rules import (ACCEPTED_FORMS, Endpoint, Header, Json, Keep, Point, Regex,
                                           jsonpath_regex, parse_rule)
 
-DEMO = Path(__file__).resolve().parent.parent / "fixtures" / "captures" / "demo" / "demo.pcap"
 JSON = ((b"Content-Type", b"application/json"),)
 
 

@@ -1,0 +1,70 @@
+"""What the test modules share: paths into the repository, and servers they start on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures" / "captures"
+REAL = FIXTURES / "real"  # copies of ../shared/captures/real/, in the repository
+DEMO = FIXTURES / "demo" / "demo.pcap"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pythonpath_env(**extra: str) -> dict[str, str]:
+    """An environment for a child Python that imports what this one does (and little else)."""
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **extra}
+
+
+def wait_listening(port: int, proc: subprocess.Popen, what: str, *, timeout: float = 30,
+                   log: Path | None = None) -> None:
+    """Until `proc` listens on 127.0.0.1:port; the test fails early (saying so) if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited ({proc.returncode})" + (f": {log.read_text()}" if log else ""))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"{what} did not listen on 127.0.0.1:{port}" + (f": {log.read_text()}" if log else ""))
+
+
+@contextlib.contextmanager
+def serving(argv: Sequence[str], port: int, what: str, **popen) -> Iterator[str]:
+    """A server process listening on 127.0.0.1:port (its URL while it runs), stopped afterwards."""
+    proc = subprocess.Popen(list(argv), **popen)
+    try:
+        wait_listening(port, proc, what)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def uvicorn(app: str, *, app_dir: Path | None = None, **popen) -> contextlib.AbstractContextManager[str]:
+    """`app` ('module:attribute') under uvicorn on a free port of 127.0.0.1."""
+    port = free_port()
+    where = ["--app-dir", str(app_dir)] if app_dir is not None else []
+    return serving([sys.executable, "-m", "uvicorn", app, *where, "--host", "127.0.0.1", "--port", str(port),
+                    "--log-level", "warning"], port, "uvicorn", **popen)
