@@ -94,6 +94,7 @@ class RunReport:
     budgets: list = field(default_factory=list)  # BudgetResult
     noise: dict = field(default_factory=dict)  # NoiseModel.summary()
     hidden: dict = field(default_factory=dict)  # learned rule -> differences it hid in this run
+    clock: dict = field(default_factory=dict)  # clock / id noise reason -> differences it accounted for
     causes: list = field(default_factory=list)  # (diff signature, failed exchanges), most first
     interrupted: bool = False
     failure: str = ""
@@ -132,6 +133,7 @@ class RunReport:
         report.table = aggregate.table()
         report.noise = dict(results.noise)
         report.hidden = hidden_by_noise(aggregate)
+        report.clock = clock_noise(aggregate)
         report.causes = aggregate.failure_groups.most_common()
         report.write_mode = results.write_mode
         rows = [_write_row(row) for row in report.table if row["writes"] and row["endpoint"] != ALL]
@@ -141,6 +143,13 @@ class RunReport:
         report.origins = dict(results.origins)
         report.workers = list(results.workers)
         return report
+
+
+def clock_noise(aggregate: Aggregate) -> dict[str, int]:
+    """Differences the values themselves explained (verdicts/clock.py: times, generated UUIDs)."""
+    from ..verdicts.clock import CLOCK_REASON, ID_REASON
+
+    return {why: n for why, n in aggregate.overall.ignored.items() if why in (CLOCK_REASON, ID_REASON)}
 
 
 def hidden_by_noise(aggregate: Aggregate) -> dict[str, int]:
@@ -253,6 +262,8 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         lines.extend(f"  {entry}" for entry in shown)
         if len(noise) > len(shown):
             lines.append(f"  ... {len(noise) - len(shown)} more lines (-v shows them)")
+    for why, n in sorted(report.clock.items()):
+        lines.append(f"{why}: {n:,} difference{'s' * (n != 1)} ignored (--replay-noise off compares them)")
     if report.origins:
         lines.append("origins (--replay-origins same; strict compares them as captured):")
         lines.extend(f"  {why} in {n} response{'s' * (n != 1)}" for why, n in sorted(report.origins.items()))

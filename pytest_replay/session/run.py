@@ -8,6 +8,7 @@ observation, then asserts on it. What the run did is summed up as `RunResults` a
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -94,6 +95,7 @@ class ReplayRun:
         from ..targets.mock import PolicyTarget, RecordedWrites
         from ..targets.outbound import Outbound
         from ..verdicts.budgets import shares_cores
+        from ..verdicts.clock import ClockNoise
         from ..verdicts.diff import DiffConfig, learn_noise
         from ..verdicts.origin import SAME, OriginResolver
 
@@ -126,9 +128,10 @@ class ReplayRun:
             allow=s.allow_write, dry_run_header=s.dry_run_header)
         self.write_counts = WriteCounts()
         self.unused_allow = policy.unused_allow_patterns(exchanges)
-        # with a baseline, noise is measured live (a second baseline send), not learned from the recording
-        noise = learn_noise(exchanges) if s.noise == "auto" and baseline is None else None
-        self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=s.ignore, noise=noise,
+        learned = s.noise == "auto" and baseline is None  # with a baseline, noise is measured live instead
+        noise = learn_noise(exchanges) if learned else None
+        clock = ClockNoise.of(exchanges, time.time_ns(), time.time_ns) if learned else None
+        self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=s.ignore, noise=noise, clock=clock,
                                       redactor=self.redactor,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
         planned = []

@@ -35,6 +35,7 @@ from ..http.normalize import endpoint_of
 from ..policy.redact import DEFAULT as DEFAULT_REDACTOR
 from ..policy.redact import Redactor, is_masked, mask_text
 from .origin import Origins
+from .clock import ClockNoise
 from .learning import NOISE_REASON, SAFE_METHODS, WriteTimeline, describe_noise, text_noise
 from .rules import (FRAMING_HEADERS, TRANSPORT_HEADERS, VOLATILE_HEADERS, Endpoint, Header, Json, Keep, Point,
                     Regex, Rule, generalized_path, grouped_path, parse_rule, parse_rules, readable_path)
@@ -449,6 +450,7 @@ class DiffConfig:
     headers: tuple[str, ...] = ()  # compared when "headers" in parts; "*" = every header
     rules: tuple = ()
     noise: NoiseModel | None = None
+    clock: ClockNoise | None = None  # times of the capture vs of the replay, generated UUIDs (verdicts/clock.py)
     max_latency_ns: int | None = None
     max_diffs: int = 10
     redactor: Redactor = field(default=DEFAULT_REDACTOR, compare=False)
@@ -519,8 +521,11 @@ class _Comparison:
         return f"{NOISE_REASON}{noise_name(learned)}" if learned is not None else None
 
     def unless_ignored(self, part: str, key: str, difference: tuple[str, str, str, str], *, noise: bool = True,
-                       change: str = "", where: str = "") -> None:
+                       change: str = "", where: str = "", values: tuple | None = None) -> None:
         why = self.why_ignored(part, key, noise)
+        if why is None and noise and values is not None and self.config.clock is not None \
+                and not any(keep.ignores(Point(self.method, self.path, part, key)) for keep in self.config.keeps):
+            why = self.config.clock.reason(*values)
         if why is None:
             self.add(*difference, change=change, where=where)
         else:
@@ -543,7 +548,7 @@ class _Comparison:
                          else mask_text(redactor.header_value(name, v), redactor) for v in (a, b)]
                 change = "added" if a is None else "removed" if b is None else "changed"
                 self.unless_ignored("header", name, ("header", name, *shown), noise=change == "changed",
-                                    change=change)
+                                    change=change, values=(a, b))
 
     # bodies
     def body(self, recorded: Response, replayed: Response) -> None:
@@ -629,7 +634,7 @@ class _Comparison:
             shown = (_json_value(level.t1, redactor, secret), _json_value(level.t2, redactor, secret))
             change, value = _json_change(kind, level)
             self.unless_ignored("json", level.path(), ("body", path, *shown), noise=value, change=change,
-                                where=grouped_path(keys))
+                                where=grouped_path(keys), values=(level.t1, level.t2))
 
     def text(self, a: str, b: str) -> None:
         old, new = a.splitlines(), b.splitlines()
