@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 from dataclasses import dataclass, make_dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
@@ -131,6 +132,24 @@ def _policy(flag: str, parse):
         except ValueError as exc:
             raise pytest.UsageError(f"{flag}: {exc}") from None
     return convert
+
+
+def _noise_rules(text: str) -> tuple:
+    """The ignore rules of a file (blank lines and # comments skipped); usage errors name the line."""
+    from .verdicts.rules import parse_rule
+
+    try:
+        lines = Path(text).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise pytest.UsageError(f"--replay-noise-from {text}: cannot read it ({exc.strerror or exc})") from None
+    rules = []
+    for number, line in enumerate(lines, 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                rules.append(parse_rule(line))
+            except ValueError as exc:
+                raise pytest.UsageError(f"--replay-noise-from {text}, line {number}: {exc}") from None
+    return tuple(rules)
 
 
 def _write_mode(text: str) -> str:
@@ -274,6 +293,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_noise", "--replay-noise", "treat fields that differ between recorded responses of "
            "identical requests as noise: auto or off. Default: auto.", "auto",
            choice("--replay-noise", ("auto", "off")), metavar="MODE"),
+    Option("replay_noise_export", "--replay-noise-export", "write the noise learned from the capture to FILE as "
+           "ignore rules, one a line, ready to review and put under replay_ignore in the ini file. Default: none.",
+           metavar="FILE"),
+    Option("replay_noise_from", "--replay-noise-from", "use the reviewed ignore rules in FILE (one a line, as "
+           "--replay-noise-export writes them) instead of learning noise from the capture, so a gate's noise "
+           "decisions are deterministic and go through code review. Default: learn.", None, _noise_rules,
+           metavar="FILE"),
     Option("replay_origins", "--replay-origins", "how responses naming the service's own origin are compared: "
            "same (the recorded origin - the captured Host with the capture's scheme, and the captured server "
            "address - and the replayed one - the Host the target was sent, and the target URL's origin - are "

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from support import free_port, serving
 
 SEP = "\n🐵🙈🙉\n".encode()
 T0 = 1_700_000_000_000_000_000
@@ -253,3 +254,58 @@ def test_html_token_noise_is_learned_and_a_change_deep_in_one_line_is_shown(pyte
     text = result.stdout.str()
     assert result.parseoutcomes().get("failed") == 2, text[-3000:]
     assert "20.00" in text and "21.00" in text  # the window around the change, not the line's start
+
+
+def test_learned_noise_exported_reviewed_and_loaded_instead_of_learning(pytester, tmp_path) -> None:
+    # The capture's identical GETs differ in $.request_id: learned, exported as a rule; the reviewed
+    # file then decides instead of learning (an emptied file: the field fails again).
+    script = tmp_path / "server.py"
+    script.write_text(NOISE_EXPORT_SERVER)
+    port = free_port()
+    records = []
+    for n in range(4):
+        body = ('{"request_id": "r%d", "count": 2}' % n).encode()
+        request = b"GET /api/rows HTTP/1.1\r\nHost: shop\r\n\r\n"
+        response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        rid = f"{n + 1:016x}{n + 1:08x}"
+        ts = 1_700_000_000_000_000_000 + n * 10**9
+        records += [f"1 {rid} {ts} -1\n".encode() + request + "\n🐵🙈🙉\n".encode(),
+                    f"2 {rid} {ts + 10**6} -1\n".encode() + response + "\n🐵🙈🙉\n".encode()]
+    (pytester.path / "rows.gor").write_bytes(b"".join(records))
+    with serving([sys.executable, str(script), str(port)], port, "the test server") as url:
+        args = ("-p", "no:cacheprovider", "--replay", "rows.gor", "--replay-target", url, "--speed", "0")
+        learned = pytester.runpytest_subprocess(*args, "--replay-noise-export", "noise.txt")
+        learned.assert_outcomes(passed=4)
+        exported = (pytester.path / "noise.txt").read_text()
+        assert "GET /api/rows: json:$.request_id" in exported.splitlines()
+        reviewed = pytester.runpytest_subprocess(*args, "--replay-noise-from", "noise.txt")
+        reviewed.assert_outcomes(passed=4)
+        assert "noise learned from" not in reviewed.stdout.str()
+        (pytester.path / "empty.txt").write_text("# reviewed: nothing is noise here\n")
+        emptied = pytester.runpytest_subprocess(*args, "--replay-noise-from", "empty.txt")
+        emptied.assert_outcomes(failed=4)
+        (pytester.path / "bad.txt").write_text("json:$.ok\nnot a rule\n")
+        bad = pytester.runpytest_subprocess(*args, "--replay-noise-from", "bad.txt")
+        assert bad.ret == pytest.ExitCode.USAGE_ERROR
+        bad.stderr.fnmatch_lines(["*--replay-noise-from bad.txt, line 2:*"])
+
+
+NOISE_EXPORT_SERVER = '''
+import itertools, json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+counter = itertools.count(100)
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = json.dumps({"request_id": "r%d" % next(counter), "count": 2}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+'''

@@ -65,6 +65,8 @@ class Reporting:
             session.exitstatus = pytest.ExitCode.OK  # one job of a CI matrix with nothing to do is not a failure
         if not self.collection.loaded:
             return
+        if self.settings.noise_export:
+            results.notes.append(self._export_noise(results))
         if results.escaped:  # blocked outbound calls of the app that no exchange can answer for
             from ..targets.outbound import fail_run
 
@@ -78,6 +80,20 @@ class Reporting:
         self._baseline = results.baseline
         if self.settings.report:
             self._write_evidence(session, exitstatus, results)
+
+    def _export_noise(self, results: RunResults) -> str:
+        """--replay-noise-export: the learned rules, one a line, for review (a note saying where)."""
+        path = Path(self.settings.noise_export)
+        rules = [entry["rule"] for entry in (results.noise or {}).get("rules", ())]
+        header = ["# Noise learned by pytest-traffic-replay from " + ", ".join(self.collection.paths),
+                  "# Review, then use it with --replay-noise-from FILE or under replay_ignore in the ini file."]
+        try:
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text("\n".join(header + rules) + "\n", encoding="utf-8")
+            partial.replace(path)
+        except OSError as exc:
+            return f"noise NOT exported to {path}: {exc.strerror or exc}"
+        return f"{len(rules)} learned noise rule(s) exported to {path}"
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self._report is None and self.collection.loaded:

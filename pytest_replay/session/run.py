@@ -128,10 +128,12 @@ class ReplayRun:
             allow=s.allow_write, dry_run_header=s.dry_run_header)
         self.write_counts = WriteCounts()
         self.unused_allow = policy.unused_allow_patterns(exchanges)
-        learned = s.noise == "auto" and baseline is None  # with a baseline, noise is measured live instead
+        # with a baseline, noise is measured live instead; --replay-noise-from: reviewed rules, not learned
+        learned = s.noise == "auto" and baseline is None and s.noise_from is None
         noise = learn_noise(exchanges) if learned else None
         clock = ClockNoise.of(exchanges, time.time_ns(), time.time_ns) if learned else None
-        self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=s.ignore, noise=noise, clock=clock,
+        rules = s.ignore + (s.noise_from or ())
+        self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=rules, noise=noise, clock=clock,
                                       redactor=self.redactor,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
         planned = []
