@@ -81,11 +81,6 @@ def lead_ns_until(start_wall_s: float) -> int:
     return max(0, int((start_wall_s - time.time()) * 1e9))
 
 
-def local_worker(node) -> bool:
-    """Does this xdist worker run on this machine (so it shares the file system)?"""
-    return local_spec(getattr(getattr(node, "gateway", None), "spec", None))
-
-
 def local_spec(spec) -> bool:
     """Is an execnet spec (`--tx`) a process on this machine (sharing its clock and file system)?"""
     return bool(getattr(spec, "popen", False)) and not getattr(spec, "ssh", None) and \

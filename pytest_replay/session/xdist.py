@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import pytest
 
 from .. import options
-from ..distribute import (CLOCK_WARN_NS, ClockOffset, lead_ns_until, local_spec, local_worker, measure_offset,
+from ..distribute import (CLOCK_WARN_NS, ClockOffset, lead_ns_until, local_spec, measure_offset,
                           rendezvous, spec_host, worker_args, worker_index, worker_part)
 from ..http.message import Exchange
 from ..report.run import RunResults

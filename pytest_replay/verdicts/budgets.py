@@ -289,7 +289,6 @@ def evaluate(budgets: Iterable[Budget | str], aggregate) -> list[BudgetResult]:
 def evaluate_one(budget: Budget, aggregate) -> BudgetResult:
     stats, candidates = _scope(budget, aggregate)
     common = {"budget": budget.text, "requests": stats.requests, "endpoints": len(candidates)}
-    metric = budget.metric
     if stats.requests == 0:
         why = ("matched no replayed request" if budget.scope is not None else "no replayed requests")
         if budget.scope is not None and candidates:
