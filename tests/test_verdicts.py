@@ -751,3 +751,34 @@ def test_a_change_far_into_a_long_line_is_shown_with_its_window():
     short = verdict(resp(body=b"a b c", headers=((b"Content-Type", b"text/plain"),)),
                     resp(body=b"a b d", headers=((b"Content-Type", b"text/plain"),)))
     assert [(d.path, d.recorded, d.replayed) for d in short.differences] == [("line 1", "'a b c'", "'a b d'")]
+
+
+def _json_exchange(index: int, target: str, body: dict, ts_s: int) -> Exchange:
+    return Exchange(index, Request.build("GET", target, (), b""), resp(body=body), ts_s * 10**9,
+                    ts_s * 10**9 + 10**6, f"c{index}", 0, Source("t.gor", 0))
+
+
+def test_a_field_noisy_on_several_endpoints_and_stable_on_none_is_noise_everywhere() -> None:
+    # /a and /b are asked twice each: $.trace differs (noise on both), $.total does not. /once is asked
+    # once: nothing can be learned there, but $.trace is noise on every endpoint; $.total never is.
+    exchanges = [_json_exchange(0, "/a", {"trace": "t1", "total": 1}, 1), _json_exchange(1, "/a", {"trace": "t2", "total": 1}, 2),
+                 _json_exchange(2, "/b", {"trace": "t3", "total": 1}, 3), _json_exchange(3, "/b", {"trace": "t4", "total": 1}, 4),
+                 _json_exchange(4, "/once", {"trace": "t5", "total": 1}, 5)]
+    noise = learn_noise(exchanges)
+    assert "json:$.trace" in [str(item) for item in noise.learned]
+    config = DiffConfig(noise=noise)
+    once = exchanges[4]
+    replayed = _json_exchange(9, "/once", {"trace": "other", "total": 1}, 9).response
+    assert compare(once.response, replayed, config, exchange=once).passed
+    regressed = _json_exchange(9, "/once", {"trace": "other", "total": 2}, 9).response
+    verdict = compare(once.response, regressed, config, exchange=once)
+    assert not verdict.passed and [d.path for d in verdict.differences] == ["$.total"]
+    rules = {r["rule"]: r["learned"] for r in noise.summary()["rules"]}
+    assert rules["json:$.trace"].startswith("noise on every endpoint: learned on 2 (GET /a, GET /b)")
+
+
+def test_a_field_stable_somewhere_is_not_noise_everywhere() -> None:
+    exchanges = [_json_exchange(0, "/a", {"trace": "t1"}, 1), _json_exchange(1, "/a", {"trace": "t2"}, 2),
+                 _json_exchange(2, "/b", {"trace": "t3"}, 3), _json_exchange(3, "/b", {"trace": "t4"}, 4),
+                 _json_exchange(4, "/c", {"trace": "same"}, 5), _json_exchange(5, "/c", {"trace": "same"}, 6)]
+    assert "json:$.trace" not in [str(item) for item in learn_noise(exchanges).learned]

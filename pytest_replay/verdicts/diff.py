@@ -212,6 +212,10 @@ class Verdict:
         return len(self.differences) + self.more
 
 
+EVERYWHERE = "*"  # a Learned endpoint: noise on every endpoint where the field appears
+SPREAD = 2  # a field learned on this many endpoints, and stable on none, is noise everywhere
+
+
 @dataclass(frozen=True, slots=True)
 class Learned:
     """One piece of learned noise: where, and the evidence for it."""
@@ -224,12 +228,14 @@ class Learned:
     rule: Rule = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        method, _, template = self.endpoint.partition(" ")
         leaf = {"json": Json, "header": Header, "regex": Regex}[self.part](self.key)
-        object.__setattr__(self, "rule", Endpoint(method, template) & leaf)
+        if self.endpoint != EVERYWHERE:
+            method, _, template = self.endpoint.partition(" ")
+            leaf = Endpoint(method, template) & leaf
+        object.__setattr__(self, "rule", leaf)
 
     def __str__(self) -> str:
-        return f"{self.endpoint}: {self.part}:{self.key}"
+        return f"{self.part}:{self.key}" if self.endpoint == EVERYWHERE else f"{self.endpoint}: {self.part}:{self.key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +263,7 @@ class NoiseModel:
         object.__setattr__(self, "_index", dict(index))
 
     def match(self, point: Point) -> Learned | None:
-        for item in self._index.get(endpoint_of(point.method, point.path), ()):
+        for item in (*self._index.get(endpoint_of(point.method, point.path), ()), *self._index.get(EVERYWHERE, ())):
             if item.part != "regex" and item.rule.ignores(point):
                 return item
         return None
@@ -271,9 +277,15 @@ class NoiseModel:
         plain data for the report ({summary, rules: [{rule, learned}], not_used: [...]})."""
         groups = sum(g for _, g, _ in self.examined)
         examined = {endpoint: g for endpoint, g, _ in self.examined}
-        rules = [{"rule": noise_name(item), "learned": f"differed in {item.groups} of "
-                  f"{examined.get(item.endpoint, item.groups)} groups, {item.samples} responses"}
-                 for item in self.learned]
+        def evidence(item: Learned) -> str:
+            if item.endpoint == EVERYWHERE:
+                endpoints = sorted({i.endpoint for i in self.learned if i.key == item.key and i is not item})
+                return (f"noise on every endpoint: learned on {len(endpoints)} ({', '.join(endpoints[:3])}"
+                        f"{', ...' if len(endpoints) > 3 else ''}), stable on none")
+            return (f"differed in {item.groups} of {examined.get(item.endpoint, item.groups)} groups, "
+                    f"{item.samples} responses")
+
+        rules = [{"rule": noise_name(item), "learned": evidence(item)} for item in self.learned]
         not_used = [f"{endpoint}: {count} groups not used: unsafe method, or responses changed shape or "
                     "differed otherwise than in values (state, not noise)" for endpoint, count in self.skipped]
         not_used += [f"{endpoint}: {count} pairs of identical requests separated by a write to a related "
@@ -317,6 +329,21 @@ def _json_type(value) -> str:
 def _value_change(level) -> bool:
     """A deepdiff leaf change that keeps the JSON type (int and float are both numbers)."""
     return _json_type(level.t1) == _json_type(level.t2)
+
+
+def _leaf_paths(doc, keys: tuple = ()) -> set[str]:
+    """The generalized JSONPaths of a document's leaf values."""
+    if isinstance(doc, dict):
+        return {p for k, v in doc.items() for p in _leaf_paths(v, (*keys, k))}
+    if isinstance(doc, list):
+        return {p for i, v in enumerate(doc) for p in _leaf_paths(v, (*keys, i))}
+    return {generalized_path(list(keys))} if keys else set()
+
+
+def _stable_json_paths(responses: list[Response], noisy: set[str]) -> set[str]:
+    """The JSON leaf paths a group's responses share and that did not vary (seen stable)."""
+    doc = _json_body(responses[0])
+    return set() if doc is _UNPARSED else _leaf_paths(doc) - noisy
 
 
 def _noisy_json_paths(responses: list[Response]) -> set[str] | None:
@@ -411,6 +438,7 @@ def learn_noise(exchanges: Iterable[Exchange], *, redactor: Redactor = DEFAULT_R
     examined: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     skipped: Counter[str] = Counter()
     separated: Counter[str] = Counter()
+    stable: set[tuple[str, str]] = set()  # (part, key) seen not to vary in some group, on any endpoint
     for (method, target, *_), members in groups.items():
         if len(members) < 2:
             continue
@@ -436,9 +464,23 @@ def learn_noise(exchanges: Iterable[Exchange], *, redactor: Redactor = DEFAULT_R
                 counts = found.setdefault((endpoint, part, key), [0, 0])
                 counts[0] += 1
                 counts[1] += len(responses)
+            stable.update(("json", path) for path in _stable_json_paths(responses, {k for p, k in noisy if p == "json"}))
     learned = tuple(Learned(endpoint, part, key, g, s) for (endpoint, part, key), (g, s) in sorted(found.items()))
+    learned += _everywhere(learned, stable)
     return NoiseModel(learned, tuple((e, g, s) for e, (g, s) in sorted(examined.items())),
                       tuple(sorted(skipped.items())), tuple(sorted(separated.items())))
+
+
+def _everywhere(learned: tuple[Learned, ...], stable: set[tuple[str, str]]) -> tuple[Learned, ...]:
+    """JSON fields learned as noise on SPREAD or more endpoints and seen stable on none: noise on every
+    endpoint, including those whose requests occur once (where nothing can be learned)."""
+    spread: dict[tuple[str, str], list[Learned]] = defaultdict(list)
+    for item in learned:
+        if item.part == "json":
+            spread[(item.part, item.key)].append(item)
+    return tuple(Learned(EVERYWHERE, part, key, sum(i.groups for i in items), sum(i.samples for i in items))
+                 for (part, key), items in sorted(spread.items())
+                 if len({i.endpoint for i in items}) >= SPREAD and (part, key) not in stable)
 
 
 # -- configuration -------------------------------------------------------------------------------------
