@@ -135,13 +135,14 @@ class Collection:
         """Include/exclude patterns, header filters, sampling and the shard: what does not pass is
         deselected (and reported so)."""
         shard = self.settings.shard
-        if not (self.settings.include or self.settings.exclude or self.request_filter or shard):
+        if not (self.settings.include or self.settings.exclude or self.request_filter or shard
+                or self.settings.window or self.settings.connections):
             return
+        selects = self._selects()
         keep, drop = [], []
         for item in items:
             if isinstance(item, ReplayItem) and (
-                    not any(self.settings.selects(e.label) and self.request_filter.keep(e.request)
-                            for e in item.exchanges)
+                    not any(selects(e) for e in item.exchanges)
                     or shard and partition(item.exchanges[0].connection, shard[1]) != shard[0] - 1):
                 drop.append(item)
             else:
@@ -154,6 +155,23 @@ class Collection:
             self.empty_shard = True
             self.notes.append(f"shard {shard[0]}/{shard[1]} holds none of the capture's {lanes} connection(s): "
                               "nothing to replay here (the other shards replay them); this run passes")
+
+    def _selects(self):
+        """Does an exchange pass the include/exclude patterns, header filters and sampling,
+        --replay-window and --replay-connection?"""
+        s = self.settings
+        start = end = None
+        if s.window is not None:
+            first = min((e.request_ts_ns for e in self.exchanges or ()), default=0)
+            start, end = s.window.bounds(first)
+        connections = frozenset(s.connections)
+
+        def selects(exchange: Exchange) -> bool:
+            ts = exchange.request_ts_ns
+            return (s.selects(exchange.label) and self.request_filter.keep(exchange.request)
+                    and (start is None or ts >= start) and (end is None or ts < end)
+                    and (not connections or exchange.connection in connections))
+        return selects
 
     def check_target(self, session: pytest.Session) -> None:
         """No target anywhere is a usage error, before anything runs."""

@@ -1,0 +1,180 @@
+"""--replay-update end to end: a server with a deliberate change, the replay fails, --replay-update
+writes NAME.updated.EXT, and the replay of the updated capture passes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pytest_replay.capture import Capture
+
+SEP = "\n🐵🙈🙉\n".encode()
+T0 = 1_700_000_000_000_000_000
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "fixtures" / "captures" / "demo" / "demo.pcap"
+
+
+def _response(status: int, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+            .encode() + data)
+
+
+def _request(method: str, target: str, body: bytes = b"") -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nHost: shop\r\n"
+    if body:
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+# what the capture recorded: prices at version 1
+EXCHANGES = [
+    ("GET", "/api/products/1", b"", 200, {"id": 1, "price": 10}),
+    ("GET", "/api/products/2", b"", 200, {"id": 2, "price": 20}),
+    ("GET", "/api/health", b"", 200, {"ok": True}),
+    ("POST", "/api/orders", b'{"product": 1}', 201, {"order": 7}),
+]
+
+
+def write_capture(path: Path) -> Path:
+    records = []
+    for i, (method, target, body, status, answer) in enumerate(EXCHANGES):
+        rid = f"{i + 1:016x}00000001"
+        ts = T0 + i * 1_000_000_000
+        records.append(f"1 {rid} {ts} -1\n".encode() + _request(method, target, body) + SEP)
+        records.append(f"2 {rid} {ts + 2_000_000} -1\n".encode() + _response(status, answer) + SEP)
+    path.write_bytes(b"".join(records))
+    return path
+
+
+class _Shop(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/api/health":
+            answer = {"ok": True}
+        else:
+            pid = int(self.path.rsplit("/", 1)[1])
+            answer = {"id": pid, "price": pid * 10 * self.server.factor}  # the deliberate change: factor 2
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.server.posts += 1
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def shop():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Shop)
+    srv.daemon_threads = True
+    srv.factor = 2
+    srv.posts = 0
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def replay(pytester: pytest.Pytester, capture: Path, url: str, *args: str):
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(capture), "--replay-target", url,
+                                         "--speed", "0", "--replay-timeout", "5", *args, timeout=120)
+
+
+def test_update_accepts_the_change_and_the_updated_capture_passes(pytester: pytest.Pytester, shop) -> None:
+    url = f"http://127.0.0.1:{shop.server_address[1]}"
+    capture = write_capture(pytester.path / "shop.gor")
+    result = replay(pytester, capture, url)
+    result.assert_outcomes(passed=1, failed=2, skipped=1)
+    assert not (pytester.path / "shop.updated.gor").exists()
+
+    result = replay(pytester, capture, url, "--replay-update")
+    result.assert_outcomes(passed=1, failed=2, skipped=1)
+    updated = pytester.path / "shop.updated.gor"
+    assert updated.exists()
+    result.stdout.fnmatch_lines(["replay update: 2 updated, 1 unchanged, 1 not replayed (1 of them mocked writes, "
+                                 "kept as recorded) -> *shop.updated.gor",
+                                 "*responses produced * .. * (replay wall clock)"])
+    assert capture.read_bytes() != updated.read_bytes()
+    assert shop.posts == 0  # the write was mocked, not sent
+
+    old = {e.request.target: e for e in Capture([str(capture)])}
+    new = {e.request.target: e for e in Capture([str(updated)])}
+    assert json.loads(new["/api/products/2"].response.body) == {"id": 2, "price": 40}
+    assert new["/api/orders"].response.raw == old["/api/orders"].response.raw  # mocked write: kept
+    for target, exchange in new.items():
+        assert exchange.request.raw == old[target].request.raw
+        assert exchange.request_ts_ns == old[target].request_ts_ns  # requests and their timing untouched
+    shifted = new["/api/products/1"]
+    assert shifted.recorded_latency_ns != old["/api/products/1"].recorded_latency_ns
+    assert 0 < shifted.recorded_latency_ns < 5_000_000_000  # the replayed latency, not the wall clock
+
+    result = replay(pytester, updated, url)
+    result.assert_outcomes(passed=3, skipped=1)
+    assert result.ret == 0
+
+
+def test_update_to_a_file_and_a_pcap_stays_a_pcap(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        import pytest
+        from pytest_replay.demo import make_app
+
+        @pytest.fixture(scope="session")
+        def replay_target():
+            return make_app(regression="bug")
+    """)
+    out = pytester.path / "accepted.pcap"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(DEMO), "--speed", "0", "-q",
+                                           "--replay-update", "--replay-update-to", str(out), timeout=300)
+    assert result.parseoutcomes()["failed"] == 5
+    result.stdout.fnmatch_lines(["replay update: 5 updated, 254 unchanged, 0 not replayed -> *accepted.pcap",
+                                 "*format: pcap*"])
+    assert out.read_bytes()[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(out), "--speed", "0", "-q",
+                                           timeout=300)
+    result.assert_outcomes(passed=259)
+
+
+def test_no_update_after_an_interrupted_replay_unless_partial(pytester: pytest.Pytester, shop) -> None:
+    url = f"http://127.0.0.1:{shop.server_address[1]}"
+    capture = write_capture(pytester.path / "shop.gor")
+    result = replay(pytester, capture, url, "--replay-update", "-x")
+    result.stdout.fnmatch_lines(["replay update: NOT written (the run stopped early*--replay-update-partial*"])
+    assert not (pytester.path / "shop.updated.gor").exists()
+    result = replay(pytester, capture, url, "--replay-update", "--replay-update-partial", "-x")
+    result.stdout.fnmatch_lines(["replay update: partial (the run stopped early*",
+                                 "replay update: 1 updated, 0 unchanged, 3 not replayed*"])
+    assert (pytester.path / "shop.updated.gor").exists()
+
+
+def test_workers_send_their_responses_to_the_controller(pytester: pytest.Pytester, shop) -> None:
+    url = f"http://127.0.0.1:{shop.server_address[1]}"
+    capture = write_capture(pytester.path / "shop.gor")
+    result = replay(pytester, capture, url, "--replay-update", "-n", "2")
+    result.stdout.fnmatch_lines(["replay update: 2 updated, 1 unchanged, 1 not replayed*"])
+    result = replay(pytester, pytester.path / "shop.updated.gor", url, "-n", "2")
+    result.assert_outcomes(passed=3, skipped=1)
+
+
+def test_update_to_with_several_captures_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    a = write_capture(pytester.path / "a.gor")
+    b = write_capture(pytester.path / "b.gor")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(a), "--replay", str(b),
+                                           "--replay-target", "demo", "--replay-update", "--replay-update-to",
+                                           "x.gor", timeout=60)
+    result.stderr.fnmatch_lines(["*--replay-update-to FILE takes one capture*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
