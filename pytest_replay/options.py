@@ -392,9 +392,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_update", "--replay-update", "accept the replayed responses (like snapshot tools' --update): "
            "write a new capture, in the capture's format, next to it as NAME.updated.EXT (demo.pcap -> "
            "demo.updated.pcap, x.gor.gz -> x.updated.gor.gz) or to --replay-update-to, whose recorded responses are "
-           "the replayed ones of the exchanges that ran (requests and their timing untouched; mocked writes and "
-           "the rest kept as recorded), and print how many were updated, unchanged and not replayed. Not written "
-           "after an interrupted replay (see --replay-update-partial). Default: off.", False, flag_only=True),
+           "the replayed ones of the exchanges that ran and differed (stamped request time + replayed latency; "
+           "requests and their timing untouched; matching exchanges, mocked writes and the rest kept as "
+           "recorded), and print how many were updated, unchanged and not replayed. Not written after an "
+           "interrupted replay (see --replay-update-partial). Default: off.", False, flag_only=True),
     Option("replay_update_to", "--replay-update-to", "with --replay-update: write the updated capture to FILE "
            "(one capture only) instead of NAME.updated.EXT; a .gor or .gor.gz FILE writes GoReplay's format "
            "whatever the input. Default: next to the capture.", metavar="FILE"),

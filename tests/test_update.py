@@ -178,3 +178,47 @@ def test_update_to_with_several_captures_is_a_usage_error(pytester: pytest.Pytes
                                            "x.gor", timeout=60)
     result.stderr.fnmatch_lines(["*--replay-update-to FILE takes one capture*"])
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/d/shop.gor", "/d/shop.updated.gor"), ("/d/x.gor.gz", "/d/x.updated.gor.gz"),
+    ("demo.pcap", "demo.updated.pcap"), ("/d.v2/traffic.2024-05.pcapng", "/d.v2/traffic.2024-05.updated.pcapng"),
+    ("/d/capture", "/d/capture.updated"),
+])
+def test_updated_path_names(path: str, expected: str) -> None:
+    from pytest_replay.session.update import updated_path
+
+    assert updated_path(path) == expected
+
+
+def test_replayed_responses_cross_from_workers_and_keep_their_bytes() -> None:
+    from pytest_replay.http.message import Response
+    from pytest_replay.report.run import RunResults
+    from pytest_replay.session.update import Replayed, Updates
+
+    response = Response.build(404, "Not Found", ((b"Content-Length", b"2"),), b"no")
+    updates = Updates()
+    updates.by_index[3] = Replayed(3, response, 1_500_000, 1_700_000_000_000_000_000, False)
+    updates.by_index[4] = Replayed(4, None, 900_000, 1_700_000_000_000_000_001, True)
+    shipped, truncated = updates.to_dicts()
+    results = RunResults(updates=shipped, updates_truncated=truncated)
+    merged = RunResults().merge(RunResults.from_dict(results.to_dict()))
+    back = Updates()
+    back.merge_dicts(merged.updates, merged.updates_truncated)
+    assert back.by_index[3].response.raw == response.raw and back.by_index[3].response.status == 404
+    assert back.by_index[4].response is None and back.by_index[4].matched
+    assert not back.truncated
+
+
+def test_a_worker_sends_at_most_the_bound_and_says_so(monkeypatch) -> None:
+    from pytest_replay.http.message import Response
+    from pytest_replay.session import update
+    from pytest_replay.session.update import Replayed, Updates
+
+    monkeypatch.setattr(update, "MAX_SHIPPED_BYTES", 100)
+    updates = Updates()
+    for i in range(3):
+        response = Response.build(200, "OK", (), b"x" * 40)
+        updates.by_index[i] = Replayed(i, response, 1, 1, False)
+    shipped, truncated = updates.to_dicts()
+    assert len(shipped) == 1 and truncated

@@ -52,6 +52,9 @@ class Reporting:
         self._report: RunReport | None = None
         self._baseline: dict = {}
         self._update_lines: list[str] = []
+        if self.settings.update and self.settings.baseline:
+            raise pytest.UsageError("--replay-update accepts the responses that differ from the recording; with "
+                                    "--replay-baseline they are judged against the baseline: drop one of them")
         if self.settings.update_to and len(self.collection.paths) > 1:
             raise pytest.UsageError("--replay-update-to FILE takes one capture; with several, each is written "
                                     "next to its capture as NAME.updated.EXT")

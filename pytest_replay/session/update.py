@@ -106,8 +106,11 @@ class Updates:
 def updated_path(path: str) -> str:
     """Where `--replay-update` writes for `path`: NAME.updated.EXT (x.gor.gz -> x.updated.gor.gz)."""
     directory, name = os.path.split(path)
-    stem, dot, ext = name.partition(".")
-    return os.path.join(directory, f"{stem}.updated{dot}{ext}" if dot else f"{name}.updated")
+    gz = ".gz" if name.endswith(".gz") else ""
+    base = name[:len(name) - len(gz)]
+    stem, dot, ext = base.rpartition(".")
+    updated = f"{stem}.updated.{ext}" if dot and stem else f"{base}.updated"
+    return os.path.join(directory, updated + gz)
 
 
 _FRAMING = (b"content-length", b"transfer-encoding")
