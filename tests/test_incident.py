@@ -105,3 +105,10 @@ def test_pdb_stops_with_the_exchange_values_as_locals(tmp_path: Path) -> None:
     out = result.stdout
     assert "(Pdb) '/api/orders/1001'\n(Pdb) 200\n(Pdb) 404\n(Pdb) 'tuple'" in out, out[-3000:]
     assert result.returncode == 1
+
+
+def test_an_empty_selection_says_why(pytester: pytest.Pytester) -> None:
+    result = replay(pytester, "--replay-window", "+100s..", "--replay-connection", "1.2.3.4:5 -> 6.7.8.9:80")
+    result.stdout.fnmatch_lines([
+        "note: --replay-connection: '1.2.3.4:5 -> 6.7.8.9:80' not in the capture*inspect --json*",
+        "note: --replay-window +100s.. selects no exchange: the capture spans 2026-11-27T10:44:45.300+00:00 .. *"])
