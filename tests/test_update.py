@@ -222,3 +222,33 @@ def test_a_worker_sends_at_most_the_bound_and_says_so(monkeypatch) -> None:
         updates.by_index[i] = Replayed(i, response, 1, 1, False)
     shipped, truncated = updates.to_dicts()
     assert len(shipped) == 1 and truncated
+
+
+@pytest.mark.parametrize("fmt", ["gor", "pcapng"])
+def test_updated_responses_are_framed_so_they_read_back(tmp_path: Path, fmt: str) -> None:
+    """A chunked response received from the network keeps its framing; one from an in-process app
+    (head + de-chunked body, or no length at all) gets a Content-Length: both read back whole."""
+    from pytest_replay.capture.writer import write_pcap
+    from pytest_replay.http.message import Response
+    from pytest_replay.session.update import Replayed, framed, parse_response, write_updated
+
+    source = write_capture(tmp_path / "shop.gor")
+    if fmt == "pcapng":
+        write_pcap(Capture([str(source)]), tmp_path / "shop.pcapng", ng=True)
+        source = tmp_path / "shop.pcapng"
+    exchanges = list(Capture([str(source)]))
+    network = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 200)
+    app = framed(Response.build(200, "OK", ((b"Transfer-Encoding", b"chunked"),), b"world"), "GET")
+    streamed = framed(Response.build(200, "OK", ((b"Content-Type", b"application/x-ndjson"),), b"{}\n{}\n"), "GET")
+    updates = {}
+    for exchange, response in zip(exchanges, (network, app, streamed)):
+        replayed = Replayed(exchange.index, response, 3_000_000, 0, False)
+        updates[exchange.index] = Replayed.from_dict(replayed.to_dict())  # as it crosses from a worker
+    target = tmp_path / f"shop.updated.{fmt}"
+    result = write_updated(str(source), exchanges, updates, str(target), mocked={exchanges[3].index})
+    assert result.counts == {"updated": 3, "mocked": 1}
+    back = list(Capture([str(target)]))
+    assert [e.response.body for e in back[:3]] == [b"hello", b"world", b"{}\n{}\n"]
+    assert all(e.complete for e in back)
+    assert [e.recorded_latency_ns for e in back[:3]] == [3_000_000] * 3
+    assert back[3].response.raw == exchanges[3].response.raw

@@ -53,7 +53,8 @@ class Replayed:
 
 
 def parse_response(raw: bytes, status: int) -> Response:
-    """A Response from bytes as received (head, then body as framed)."""
+    """A Response from bytes as received (head, then the body as framed: chunked stays chunked;
+    only `raw` is written, by the capture writers)."""
     from ..http.message import split_head
 
     head, sep, body = raw.partition(b"\r\n\r\n")
@@ -83,7 +84,8 @@ class Updates:
         now = clock.now_ns() if clock is not None else first
         wall = time.time_ns() - (now - first)  # the engine clock is monotonic: read the wall clock now
         matched = bool(verdict.passed)
-        self.by_index[exchange.index] = Replayed(exchange.index, None if matched else response,
+        kept = None if matched else framed(response, exchange.request.method)
+        self.by_index[exchange.index] = Replayed(exchange.index, kept,
                                                  observation.latency_ns, wall, matched)
 
     def to_dicts(self) -> tuple[list[dict], bool]:
@@ -136,8 +138,7 @@ def with_response(exchange: Exchange, replayed: Replayed) -> Exchange:
     """The exchange with its replayed response, stamped request start + replayed latency; the
     flags about the old response are dropped (the new one is whole)."""
     flags = tuple(flag for flag in exchange.flags if flag.part != "response")
-    response = framed(replayed.response, exchange.request.method)
-    return Exchange(exchange.index, exchange.request, response, exchange.request_ts_ns,
+    return Exchange(exchange.index, exchange.request, replayed.response, exchange.request_ts_ns,
                     exchange.request_ts_ns + replayed.latency_ns, exchange.connection, exchange.position,
                     exchange.source, flags, exchange.replayed)
 
