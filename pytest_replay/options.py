@@ -397,8 +397,8 @@ OPTIONS: tuple[Option, ...] = (
            "recorded), and print how many were updated, unchanged and not replayed. Not written after an "
            "interrupted replay (see --replay-update-partial). Default: off.", False, flag_only=True),
     Option("replay_update_to", "--replay-update-to", "with --replay-update: write the updated capture to FILE "
-           "(one capture only) instead of NAME.updated.EXT; a .gor or .gor.gz FILE writes GoReplay's format "
-           "whatever the input. Default: next to the capture.", metavar="FILE"),
+           "(one capture only) instead of NAME.updated.EXT; its suffix chooses the format (.gor, .pcap, .pcapng, "
+           "each optionally .gz), else the capture's. Default: next to the capture.", metavar="FILE"),
     Option("replay_update_partial", "--replay-update-partial", "with --replay-update: write the updated capture "
            "even when the replay was interrupted (Ctrl-C, -x, a stopped engine): what was not replayed is kept as "
            "recorded. Default: off (an interrupted replay writes nothing).", False, flag_only=True),

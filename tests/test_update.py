@@ -106,8 +106,8 @@ def test_update_accepts_the_change_and_the_updated_capture_passes(pytester: pyte
     result.assert_outcomes(passed=1, failed=2, skipped=1)
     updated = pytester.path / "shop.updated.gor"
     assert updated.exists()
-    result.stdout.fnmatch_lines(["replay update: 2 updated, 1 unchanged, 1 not replayed (1 of them mocked writes, "
-                                 "kept as recorded) -> *shop.updated.gor",
+    result.stdout.fnmatch_lines(["replay update: 2 updated, 1 unchanged, 1 not replayed (1 of them writes not sent: "
+                                 "mocked or skipped) -> *shop.updated.gor",
                                  "*responses produced * .. * (replay wall clock)"])
     assert capture.read_bytes() != updated.read_bytes()
     assert shop.posts == 0  # the write was mocked, not sent
@@ -252,3 +252,11 @@ def test_updated_responses_are_framed_so_they_read_back(tmp_path: Path, fmt: str
     assert all(e.complete for e in back)
     assert [e.recorded_latency_ns for e in back[:3]] == [3_000_000] * 3
     assert back[3].response.raw == exchanges[3].response.raw
+
+
+def test_the_target_suffix_chooses_the_format() -> None:
+    from pytest_replay.session.update import format_of
+
+    assert format_of("x.gor") == ("gor", False) and format_of("x.gor.gz") == ("gor", True)
+    assert format_of("out/x.PCAPNG") == ("pcapng", False) and format_of("x.pcap.gz") == ("pcap", True)
+    assert format_of("x.bin") is None
