@@ -153,11 +153,12 @@ def fail(message: str, exchange: Exchange, observation, verdict) -> None:
     `p request.target`, `p recorded.status`, `p replayed.body`), `diff` (the differences, each with
     its path and values) and `verdict`, `exchange`, `observation` (timing, error). `message` is the
     masked text shown in the report; the values here are as captured and as received (not masked):
-    this frame exists only in a local debugging session."""
-    request = exchange.request
-    recorded = exchange.response
-    replayed = observation.response
-    diff = verdict.differences
+    this frame exists only in a local debugging session. An item of several exchanges stops with its
+    first failing one."""
+    request = exchange.request  # noqa: F841 - read at the debugger's prompt
+    recorded = exchange.response  # noqa: F841
+    replayed = observation.response  # noqa: F841
+    diff = verdict.differences  # noqa: F841
     raise ReplayFailure(message)
 
 
