@@ -2,6 +2,7 @@
 
     inspect CAPTURE...            the capture health summary
     inspect --json CAPTURE...     one JSON object per exchange, then {"summary": {...}}
+    show CAPTURE... '#17'         one exchange whole: heads and bodies, decoded and masked
     convert IN... OUT.gor[.gz]    GoReplay's format (types 1 and 2) from any capture
     redact IN OUT                 a copy of IN in its own format with secrets and personal data replaced
     merge A.json B.json ...       merge the evidence of replay shards, judge budgets over the whole, gate
@@ -124,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     redact.add_argument("--server-ports", type=_server_ports, metavar="P1,P2",
                         help="ports that are servers (for connections captured without their SYN)")
     _add_max_record_size(redact)
+    show = sub.add_parser("show", help="print one exchange whole: request and response heads and bodies, "
+                          "decoded, with secrets and personal data masked")
+    show.add_argument("captures", nargs="+", metavar="CAPTURE", help="files, globs or directories (as given to "
+                      "--replay: the index counts across them)")
+    show.add_argument("index", metavar="#N", help="the exchange's index, as in test ids and inspect --json "
+                      "('#17' or 17)")
+    show.add_argument("--server-ports", type=_server_ports, metavar="P1,P2",
+                      help="ports that are servers (for connections captured without their SYN)")
+    _add_max_record_size(show)
     sub.add_parser("merge", add_help=False, help="merge the evidence files of replay shards, judge budgets over "
                    "the whole, and exit non-zero if any shard's item or a budget failed (python -m pytest_replay "
                    "merge --help)")
@@ -184,6 +194,75 @@ def cmd_convert(args: argparse.Namespace, out, err) -> int:
     if orphans:
         out.write(f"  not written: {orphans} responses without their request\n")
     return 0
+
+
+# -- show -------------------------------------------------------------------------------------------
+MAX_SHOWN_BODY = 1 << 20  # characters of a body printed by `show`
+
+
+def _shown_body(msg) -> list[str]:
+    """A message's body for reading: content coding undone, JSON indented, binary summarised."""
+    import hashlib
+
+    from .http.content import decode
+
+    if not msg.body:
+        return ["(no body)"]
+    body, problem = decode(msg.body, msg.header("content-encoding"))
+    if problem is not None:
+        return [f"({len(msg.body)} bytes, not shown: {problem})"]
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        digest = hashlib.sha256(body).hexdigest()[:16]
+        return [f"({len(body)} bytes of binary data, sha256 {digest}...)"]
+    try:
+        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        pass
+    if len(text) > MAX_SHOWN_BODY:
+        text = text[:MAX_SHOWN_BODY] + f"\n... ({len(text) - MAX_SHOWN_BODY} more characters)"
+    return text.splitlines() or [""]
+
+
+def _shown_message(title: str, msg) -> list[str]:
+    head = msg.head.decode("latin-1").replace("\r\n", "\n").rstrip("\n")
+    return [f"--- {title} ---", *head.split("\n"), "", *_shown_body(msg)]
+
+
+def render_exchange(exchange: Exchange, redactor: Redactor = REDACT) -> str:
+    """One exchange whole, masked as everything printed is (secrets, personal data)."""
+    masked = redactor.exchange(exchange)
+    latency = exchange.recorded_latency_ns
+    lines = [f"#{exchange.index} {exchange.request.method} {redactor.target(exchange.request.target)}",
+             f"  source: {exchange.source}", f"  connection: {exchange.connection} (request {exchange.position})",
+             f"  recorded latency: {'-' if latency is None else f'{latency / 1e6:.3f} ms'}"]
+    if exchange.flags:
+        lines.append("  incomplete: " + "; ".join(exchange.reasons))
+    lines += _shown_message("request", masked.request)
+    if masked.response is None:
+        lines += ["--- response ---", "(no response in the capture)"]
+    else:
+        lines += _shown_message("response", masked.response)
+    return "\n".join(redactor.mask_pii(line) for line in lines)
+
+
+def cmd_show(args: argparse.Namespace, out, err) -> int:
+    text = args.index.strip().removeprefix("#")
+    if not text.isdigit():
+        err.write(f"show: expected an exchange index like '#17' or 17, got {args.index!r}\n")
+        return 2
+    wanted = int(text)
+    capture = Capture(args.captures, server_ports=args.server_ports, max_record_size=args.max_record_size)
+    count = 0
+    for exchange in capture:
+        count += 1
+        if exchange.index == wanted:
+            out.write(render_exchange(exchange) + "\n")
+            return 0
+    held = f"exchanges #0 to #{count - 1}" if count else "no exchange"
+    err.write(f"show: no exchange #{wanted} in {', '.join(args.captures)} (it holds {held})\n")
+    return 1
 
 
 # -- redact -----------------------------------------------------------------------------------------
@@ -292,6 +371,8 @@ def main(argv: Sequence[str] | None = None, out=None, err=None) -> int:
             return cmd_inspect(args, out)
         if args.command == "redact":
             return cmd_redact(args, out, err)
+        if args.command == "show":
+            return cmd_show(args, out, err)
         return cmd_convert(args, out, err)
     except CaptureError as exc:
         err.write(f"error: {exc}\n")

@@ -216,6 +216,11 @@ def _percent(flag: str) -> Callable[[str], float]:
                                 meaning="a percentage, e.g. 20 or 0.03%")
 
 
+def _window(text: str):
+    from .policy.filters import parse_window
+    return _policy("--replay-window", parse_window)(text)
+
+
 def names(text: str) -> tuple[str, ...]:
     return tuple(n.strip().lower() for n in text.split(",") if n.strip())
 
@@ -421,6 +426,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_noise_absolute", "--replay-noise-absolute", "with a baseline: the other threshold a field must "
            "pass to fail the run: (raw - noise) / requests to the endpoint above this percent. Default: 0.03.", 0.03, _percent("--replay-noise-absolute"),
            metavar="PERCENT"),
+    Option("replay_update", "--replay-update", "accept the replayed responses (like snapshot tools' --update): "
+           "write a new capture, in the capture's format, next to it as NAME.updated.EXT (demo.pcap -> "
+           "demo.updated.pcap, x.gor.gz -> x.updated.gor.gz) or to --replay-update-to, whose recorded responses are "
+           "the replayed ones of the exchanges that ran and differed (stamped request time + replayed latency; "
+           "requests and their timing untouched; matching exchanges, mocked writes and the rest kept as "
+           "recorded), and print how many were updated, unchanged and not replayed. Not written after an "
+           "interrupted replay (see --replay-update-partial). Default: off.", False, flag_only=True),
+    Option("replay_update_to", "--replay-update-to", "with --replay-update: write the updated capture to FILE "
+           "(one capture only) instead of NAME.updated.EXT; its suffix chooses the format (.gor, .pcap, .pcapng, "
+           "each optionally .gz), else the capture's. Default: next to the capture.", metavar="FILE"),
+    Option("replay_update_partial", "--replay-update-partial", "with --replay-update: write the updated capture "
+           "even when the replay was interrupted (Ctrl-C, -x, a stopped engine): what was not replayed is kept as "
+           "recorded. Default: off (an interrupted replay writes nothing).", False, flag_only=True),
+    Option("replay_window", "--replay-window", "replay only the exchanges whose request started in START..END: "
+           "absolute times as `inspect` prints them (2024-05-01T12:00:00.000+00:00; no zone means UTC), or "
+           "offsets from the capture's first request like +600s..+660s (units ms, s, m, h); either side may be "
+           "left open. Default: the whole capture.", None, _window, metavar="START..END"),
+    Option("replay_connection", "--replay-connection", "replay only the exchanges of this captured connection, "
+           "as `inspect --json` names it (e.g. '10.0.0.1:51534 -> 10.0.0.2:80'; repeatable). Default: every "
+           "connection.", many=True, metavar="ID", field="connections"),
 )
 BY_DEST = {option.dest: option for option in OPTIONS}
 

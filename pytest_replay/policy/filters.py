@@ -142,3 +142,69 @@ class RequestFilter:
 
 def _header_rule(value: HeaderMatch | str) -> HeaderMatch:
     return parse_header_filter(value) if isinstance(value, str) else value
+
+
+# -- --replay-window ----------------------------------------------------------------------------------
+_OFFSET = re.compile(r"\+(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+WINDOW_FORMS = ("START..END with absolute times as `inspect` prints them (2024-05-01T12:00:00.000+00:00; "
+                "no zone means UTC) or offsets from the capture's first request (+600s..+660s; units ms, s, m, h); "
+                "either side may be left open (+600s..)")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One side of a window: an absolute instant (ns since 1970) or an offset from the first request."""
+
+    ns: int
+    relative: bool
+
+    def resolve(self, first_ns: int) -> int:
+        return first_ns + self.ns if self.relative else self.ns
+
+
+@dataclass(frozen=True)
+class Window:
+    """Exchanges whose request started in [start, end)."""
+
+    start: Bound | None
+    end: Bound | None
+    text: str
+
+    def bounds(self, first_ns: int) -> tuple[int | None, int | None]:
+        return (None if self.start is None else self.start.resolve(first_ns),
+                None if self.end is None else self.end.resolve(first_ns))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _bound(text: str) -> Bound | None:
+    text = text.strip()
+    if not text:
+        return None
+    match = _OFFSET.fullmatch(text)
+    if match:
+        return Bound(round(float(match[1]) * _UNIT_NS[match[2]]), True)
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a time nor an offset; expected {WINDOW_FORMS}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    seconds = int(when.timestamp())
+    return Bound(seconds * 1_000_000_000 + when.microsecond * 1000, False)
+
+
+def parse_window(text: str) -> Window:
+    """'START..END' -> Window; a ValueError naming the accepted forms otherwise."""
+    start, sep, end = text.partition("..")
+    if not sep or (not start.strip() and not end.strip()):
+        raise ValueError(f"expected {WINDOW_FORMS}, got {text!r}")
+    window = Window(_bound(start), _bound(end), text)
+    if window.start is not None and window.end is not None and window.start.relative == window.end.relative \
+            and window.end.ns <= window.start.ns:
+        raise ValueError(f"the window {text!r} ends before it starts")
+    return window

@@ -34,6 +34,10 @@ class RunResults:
     baseline: dict = field(default_factory=dict)  # verdicts.baseline.DiffCounts data, with --replay-baseline
     baseline_aggregate: dict = field(default_factory=dict)  # Aggregate.to_dict() of the baseline's side
     workers: list[dict] = field(default_factory=list)  # xdist workers on other machines: host, clock offset
+    # --replay-update: a worker's replayed responses (session.update.Replayed.to_dict, bounded by
+    # session.update.MAX_SHIPPED_BYTES) and whether some were left out
+    updates: list[dict] = field(default_factory=list)
+    updates_truncated: bool = False
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -69,6 +73,8 @@ class RunResults:
             mine = Aggregate.from_dict(self.baseline_aggregate) if self.baseline_aggregate else Aggregate()
             self.baseline_aggregate = mine.merge(Aggregate.from_dict(other.baseline_aggregate)).to_dict()
         self.workers += other.workers
+        self.updates += other.updates
+        self.updates_truncated = self.updates_truncated or other.updates_truncated
         return self
 
 

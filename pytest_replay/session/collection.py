@@ -22,6 +22,14 @@ from ..policy.redact import Redactor
 from .items import CaptureFile, ReplayItem, item_name
 
 
+def _when(ts_ns: int | None) -> str:
+    from datetime import datetime, timezone
+
+    if ts_ns is None:
+        return "?"
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
 def display_path(path: str) -> str:
     """A path as users see it: relative to the current directory when it is below it."""
     relative = os.path.relpath(path)
@@ -135,13 +143,14 @@ class Collection:
         """Include/exclude patterns, header filters, sampling and the shard: what does not pass is
         deselected (and reported so)."""
         shard = self.settings.shard
-        if not (self.settings.include or self.settings.exclude or self.request_filter or shard):
+        if not (self.settings.include or self.settings.exclude or self.request_filter or shard
+                or self.settings.window or self.settings.connections):
             return
+        selects = self._selects()
         keep, drop = [], []
         for item in items:
             if isinstance(item, ReplayItem) and (
-                    not any(self.settings.selects(e.label) and self.request_filter.keep(e.request)
-                            for e in item.exchanges)
+                    not any(selects(e) for e in item.exchanges)
                     or shard and partition(item.exchanges[0].connection, shard[1]) != shard[0] - 1):
                 drop.append(item)
             else:
@@ -149,11 +158,44 @@ class Collection:
         if drop:
             self.config.hook.pytest_deselected(items=drop)
             items[:] = keep
+        self._note_empty_selection(keep)
         if shard and drop and not any(isinstance(item, ReplayItem) for item in keep):
             lanes = len({e.connection for item in drop for e in item.exchanges})
             self.empty_shard = True
             self.notes.append(f"shard {shard[0]}/{shard[1]} holds none of the capture's {lanes} connection(s): "
                               "nothing to replay here (the other shards replay them); this run passes")
+
+    def _note_empty_selection(self, keep: list) -> None:
+        """Say why --replay-window / --replay-connection left nothing (a typo in a connection name, a
+        window outside the capture)."""
+        s = self.settings
+        known = {e.connection for e in self.exchanges or ()}
+        unknown = [c for c in s.connections if c not in known]
+        if unknown:
+            self.notes.append(f"--replay-connection: {', '.join(repr(c) for c in unknown)} not in the capture "
+                              "(`python -m pytest_replay inspect --json CAPTURE` names its connections)")
+        if s.window is not None and not any(isinstance(item, ReplayItem) for item in keep) and self.exchanges:
+            from ..capture.summary import summary_data
+            data = summary_data(self.stats) if self.stats else {}
+            self.notes.append(f"--replay-window {s.window} selects no exchange: the capture spans "
+                              f"{_when(data.get('first_ts_ns'))} .. {_when(data.get('last_ts_ns'))}")
+
+    def _selects(self):
+        """Does an exchange pass the include/exclude patterns, header filters and sampling,
+        --replay-window and --replay-connection?"""
+        s = self.settings
+        start = end = None
+        if s.window is not None:
+            first = min((e.request_ts_ns for e in self.exchanges or ()), default=0)
+            start, end = s.window.bounds(first)
+        connections = frozenset(s.connections)
+
+        def selects(exchange: Exchange) -> bool:
+            ts = exchange.request_ts_ns
+            return (s.selects(exchange.label) and self.request_filter.keep(exchange.request)
+                    and (start is None or ts >= start) and (end is None or ts < end)
+                    and (not connections or exchange.connection in connections))
+        return selects
 
     def check_target(self, session: pytest.Session) -> None:
         """No target anywhere is a usage error, before anything runs."""

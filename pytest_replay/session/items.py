@@ -110,16 +110,17 @@ class ReplayItem(pytest.Function):
             if len(self.exchanges) == 1:
                 self._properties(exchange, observation)
             if not verdict.passed:
-                failures.append(text)
+                failures.append((text, exchange, observation, verdict))
         if not_sent and len(not_sent) == sum(e.replayable for e in self.exchanges):
             reason = not_sent[0] if len(not_sent) == 1 else f"{len(not_sent)} requests not sent: {not_sent[0]}"
             # reported at the item (the capture), as skip markers are, not at this line of the plugin
             raise pytest.skip.Exception(reason, _use_item_location=True)
         if failures:
-            shown = failures[:5]
+            shown = [text for text, *_ in failures[:5]]
             more = f"\n... and {len(failures) - 5} more failing exchanges" if len(failures) > 5 else ""
             header = f"{len(failures)} of {len(self.exchanges)} exchanges failed\n\n" if len(self.exchanges) > 1 else ""
-            raise ReplayFailure(header + "\n\n".join(shown) + more)
+            _, exchange, observation, verdict = failures[0]
+            fail(header + "\n\n".join(shown) + more, exchange, observation, verdict)
 
     def _properties(self, exchange: Exchange, observation) -> None:
         recorded = exchange.response
@@ -144,6 +145,21 @@ class ReplayItem(pytest.Function):
     def reportinfo(self):
         # A line number, not None: pytest places skip reports (skip markers) at the item's line.
         return self.path, 0, self.name
+
+
+def fail(message: str, exchange: Exchange, observation, verdict) -> None:
+    """Raise the item's ReplayFailure from a frame whose locals are what a debugger wants at hand:
+    `pytest --pdb` stops here with `request`, `recorded` and `replayed` (Request and Response values:
+    `p request.target`, `p recorded.status`, `p replayed.body`), `diff` (the differences, each with
+    its path and values) and `verdict`, `exchange`, `observation` (timing, error). `message` is the
+    masked text shown in the report; the values here are as captured and as received (not masked):
+    this frame exists only in a local debugging session. An item of several exchanges stops with its
+    first failing one."""
+    request = exchange.request  # noqa: F841 - read at the debugger's prompt
+    recorded = exchange.response  # noqa: F841
+    replayed = observation.response  # noqa: F841
+    diff = verdict.differences  # noqa: F841
+    raise ReplayFailure(message)
 
 
 def _ms(ns: int | None) -> str:

@@ -4,6 +4,7 @@ the workers' results are in): budgets as test reports, the evidence package, the
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,13 @@ class Reporting:
         self.budget_results: list = []
         self._report: RunReport | None = None
         self._baseline: dict = {}
+        self._update_lines: list[str] = []
+        if self.settings.update and self.settings.baseline:
+            raise pytest.UsageError("--replay-update accepts the responses that differ from the recording; with "
+                                    "--replay-baseline they are judged against the baseline: drop one of them")
+        if self.settings.update_to and len(self.collection.paths) > 1:
+            raise pytest.UsageError("--replay-update-to FILE takes one capture; with several, each is written "
+                                    "next to its capture as NAME.updated.EXT")
         if self.settings.report:
             try:  # now, not after the replay: a gate that cannot write its evidence should not run
                 Path(self.settings.report).mkdir(parents=True, exist_ok=True)
@@ -80,6 +88,8 @@ class Reporting:
         self._baseline = results.baseline
         if self.settings.report:
             self._write_evidence(session, exitstatus, results)
+        if self.settings.update:
+            self._update_lines = self._write_update(session, exitstatus, results)
 
     def _export_noise(self, results: RunResults) -> str:
         """--replay-noise-export: the learned rules, one a line, for review (a note saying where)."""
@@ -104,6 +114,8 @@ class Reporting:
             from .baseline import summary_lines
             for line in summary_lines(self.settings, self._baseline, terminalreporter.config.option.verbose):
                 terminalreporter.write_line(line)
+        for line in self._update_lines:
+            terminalreporter.write_line(line)
 
     def _build(self, results: RunResults) -> RunReport:
         target = getattr(self.run.target, "name", None) or str(self.settings.target or "(replay_target fixture)")
@@ -176,6 +188,51 @@ class Reporting:
         if any(not r.passed for r in outcome) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         return outcome
+
+    # -- --replay-update ---------------------------------------------------------------------
+    def _write_update(self, session: pytest.Session, exitstatus: int, results: RunResults) -> list[str]:
+        """Write each capture with the replayed responses (session/update.py); nothing after an
+        interrupted replay unless --replay-update-partial."""
+        from .update import Updates, render_update, updated_path, write_updated
+
+        run = self.run
+        updates = Updates()
+        if run.updates is not None:
+            updates.by_index.update(run.updates.by_index)
+        updates.merge_dicts(results.updates, results.updates_truncated)
+        why = self._interrupted(session, exitstatus, results, updates)
+        if why and not self.settings.update_partial:
+            return [f"replay update: NOT written ({why}); --replay-update-partial writes what was replayed"]
+        lines = [f"replay update: partial ({why}): what was not replayed is kept as recorded"] if why else []
+        exchanges = self.collection.exchanges or []
+        for path in self.collection.paths:
+            mine = [e for e in exchanges if os.path.realpath(e.source.file) == path]
+            writes = {e.index for e in mine if e.index not in updates.by_index
+                      and run.write_rules.classify(run.rewrites.apply(e.request)).write}
+            target = self.settings.update_to or updated_path(path)
+            try:
+                result = write_updated(path, mine, updates.by_index, target, writes)
+            except OSError as exc:
+                lines.append(f"replay update: NOT written to {target}: {exc.strerror or exc}")
+                if session.exitstatus == pytest.ExitCode.OK:
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+                continue
+            lines += render_update(result)
+        return lines
+
+    @staticmethod
+    def _interrupted(session: pytest.Session, exitstatus: int, results: RunResults, updates) -> str:
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            return "the run was interrupted"
+        if session.shouldstop or session.shouldfail:
+            return f"the run stopped early: {session.shouldstop or session.shouldfail}"
+        if results.failures:
+            return "the replay stopped: " + "; ".join(results.failures)
+        if results.sent < results.planned:
+            return f"{results.sent} of {results.planned} requests sent"
+        if updates.truncated:
+            return "an xdist worker had more replayed responses than it may send (64 MiB)"
+        return ""
 
     # -- evidence ----------------------------------------------------------------------------
     def _write_evidence(self, session: pytest.Session, exitstatus: int, results: RunResults) -> None:

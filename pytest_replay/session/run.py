@@ -82,6 +82,10 @@ class ReplayRun:
         if settings.shard:
             self.split = f"shards (--replay-shard {settings.shard[0]}/{settings.shard[1]})"
         self.differential = None  # session.baseline.Differential, with --replay-baseline
+        self.updates = None  # session.update.Updates: replayed responses kept for --replay-update
+        if settings.update:
+            from .update import Updates
+            self.updates = Updates()
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
@@ -267,6 +271,8 @@ class ReplayRun:
         self.aggregate.add(exchange, observation, verdict, write=column, why=decision.why.reason if column else None,
                            shown=text)
         self.counted.add(exchange.index)
+        if verdict is not None and self.updates is not None:  # judged: sent, answered (mocked writes are not)
+            self.updates.add(exchange, observation, verdict, self.engine)
         if verdict is not None and self.origins is not None:
             self.origin_counts.update(self.origins.treated(verdict.ignored))
 

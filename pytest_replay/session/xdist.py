@@ -297,7 +297,10 @@ class Worker:
     def pytest_sessionfinish(self) -> None:
         """Ship this worker's results to the controller."""
         self.run.count_unjudged()
-        self.run.config.workeroutput[REPLAY_OUTPUT] = self.run.results().to_dict()
+        results = self.run.results()
+        if self.run.updates is not None:  # --replay-update: only the controller writes
+            results.updates, results.updates_truncated = self.run.updates.to_dicts()
+        self.run.config.workeroutput[REPLAY_OUTPUT] = results.to_dict()
 
 
 def _exchanges_in(nodeid: str) -> int:
