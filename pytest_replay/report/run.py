@@ -34,6 +34,7 @@ class RunResults:
     baseline: dict = field(default_factory=dict)  # verdicts.baseline.DiffCounts data, with --replay-baseline
     baseline_aggregate: dict = field(default_factory=dict)  # Aggregate.to_dict() of the baseline's side
     workers: list[dict] = field(default_factory=list)  # xdist workers on other machines: host, clock offset
+    capacity: dict = field(default_factory=dict)  # capacity runs: per stage planned/sent, the stop (session.run)
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -69,6 +70,7 @@ class RunResults:
             mine = Aggregate.from_dict(self.baseline_aggregate) if self.baseline_aggregate else Aggregate()
             self.baseline_aggregate = mine.merge(Aggregate.from_dict(other.baseline_aggregate)).to_dict()
         self.workers += other.workers
+        self.capacity = merge_capacity(self.capacity, other.capacity)
         return self
 
 
@@ -96,6 +98,7 @@ class RunReport:
     hidden: dict = field(default_factory=dict)  # learned rule -> differences it hid in this run
     causes: list = field(default_factory=list)  # (diff signature, failed exchanges), most first
     interrupted: bool = False
+    stopped: bool = False  # a stop condition (--replay-abort-on) ended the replay
     failure: str = ""
     write_mode: str = ""
     writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped, flagged, reasons)
@@ -119,7 +122,8 @@ class RunReport:
         report.wall_s = None if results.wall_s is None else round(results.wall_s, 3)
         report.planned, report.sent = results.planned, results.sent
         report.failure = "; ".join(results.failures)
-        report.interrupted = report.sent < report.planned
+        report.interrupted = report.sent < report.planned and not (results.capacity or {}).get("stopped")
+        report.stopped = bool((results.capacity or {}).get("stopped"))
         aggregate = results.aggregate
         overall = aggregate.overall
         report.requests = overall.requests
@@ -207,7 +211,7 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         if len(warnings) > 3 and not verbose:
             lines.append(f"  ... {sum(c['warning_counts'].values()) - 3} more warnings (-v shows them)")
     if report.planned:
-        state = " (INTERRUPTED)" if report.interrupted else ""
+        state = " (INTERRUPTED)" if report.interrupted else " (STOPPED by --replay-abort-on)" if report.stopped else ""
         mocked = sum(row[1] for row in report.writes)
         among = f"; {mocked} of them writes answered from the recording, not sent" if mocked else ""
         wall = f"; replay wall time {report.wall_s:.1f} s" if report.wall_s is not None else ""
@@ -264,3 +268,24 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
             for w in report.workers))
     lines.extend(f"note: {note}" for note in report.notes)
     return lines
+
+
+def merge_capacity(mine: dict, other: dict) -> dict:
+    """Workers' stage rows summed (each worker sends its own connections on the same schedule); the
+    first stop kept, the others listed."""
+    if not other:
+        return mine
+    if not mine:
+        return {**other, "stages": [dict(row) for row in other["stages"]]}
+    for row, theirs in zip(mine["stages"], other["stages"]):
+        for key in ("planned", "sent", "sent_in_stage", "errors", "not_sent"):
+            row[key] += theirs[key]
+        late = [v for v in (row.get("lateness_p99_ms"), theirs.get("lateness_p99_ms")) if v is not None]
+        row["lateness_p99_ms"] = max(late) if late else None  # the worst worker's
+    mine["sent_after_the_end"] = mine.get("sent_after_the_end", 0) + other.get("sent_after_the_end", 0)
+    if other.get("stopped"):
+        if not mine.get("stopped"):
+            mine["stopped"] = other["stopped"]
+        else:
+            mine.setdefault("other_stops", []).append(other["stopped"])
+    return mine
