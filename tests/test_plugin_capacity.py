@@ -171,3 +171,17 @@ def replay_target():
     data = evidence(pytester)
     assert data["capacity"]["stages"][0]["sent"] == 30 and data["capacity"]["loops"] == 3
     assert "the capture was looped (3 passes begun)" in result.stdout.str()
+
+
+def test_stages_with_two_xdist_workers(pytester: pytest.Pytester, serve) -> None:
+    """Each worker computes the same stage plan from the whole capture and sends its connections'
+    part of it; the controller sums the stages."""
+    url = serve()
+    result = run(pytester, url, "-n", "2", "--replay-stages", "fixed 5/s:2s, ramp 5/s..10/s:2s")
+    text = result.stdout.str()
+    assert result.ret == 0, text
+    capacity = evidence(pytester)["capacity"]
+    assert [r["planned"] for r in capacity["stages"]] == [10, 15]
+    assert [r["sent"] for r in capacity["stages"]] == [10, 15]
+    assert "stage 2: ramp 5/s..10/s" in text
+    assert result.parseoutcomes() == {"passed": 25, "skipped": 15}  # the stages end before 15 of the capture's turns

@@ -16,7 +16,7 @@ def test_grammar_accepts_the_documented_forms():
     stages = parse_stages("500/s:30s, ramp 500/s..4000/s:60s, fixed 500/s:500ms, fixed ramp 1/s..2/s:2")
     assert [(s.kind, s.start, s.end, s.duration_ns) for s in stages] == [
         (RATE, 500, 500, 30e9), (RATE, 500, 4000, 60e9), (FIXED, 500, 500, 5e8), (FIXED, 1, 2, 2e9)]
-    assert stages[1].label == "500/s..4000/s" and stages[2].label == "fixed 500/s"
+    assert stages[1].label == "ramp 500/s..4000/s" and stages[2].label == "fixed 500/s"
 
 
 @pytest.mark.parametrize("text", ["", "2x", "2:10s", "ramp 2x..5/s:10s", "fixed 2x:10s", "0x:10s", "1x:0s",

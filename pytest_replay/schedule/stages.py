@@ -57,7 +57,7 @@ class Stage:
 
     @property
     def label(self) -> str:
-        pace = f"{self.pace(self.start)}..{self.pace(self.end)}" if self.ramp else self.pace(self.start)
+        pace = f"ramp {self.pace(self.start)}..{self.pace(self.end)}" if self.ramp else self.pace(self.start)
         return ("fixed " if self.kind == FIXED else "") + pace
 
 
