@@ -222,6 +222,12 @@ def duration(flag: str) -> Callable[[str], float]:
     return convert
 
 
+def pid(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise pytest.UsageError(f"--replay-target-pid: expected a process id (a positive whole number), got {text!r}")
+    return int(text)
+
+
 def link(text: str) -> tuple[str, str]:
     name, sep, url = text.partition("=")
     if not sep or not name.strip() or not url.strip():
@@ -298,6 +304,14 @@ OPTIONS: tuple[Option, ...] = (
            "(p99 lateness). The run then fails. Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
     Option("replay_abort_window", "--replay-abort-window", "seconds of the sliding window stop conditions are "
            "judged on. Default: 10.", 10.0, seconds("--replay-abort-window"), metavar="SECONDS"),
+    Option("replay_target_pid", "--replay-target-pid", "capacity runs: sample the target process's CPU, RSS and "
+           "open files from /proc/PID once a second (per stage in the evidence). Default: none.", None,
+           pid, metavar="PID"),
+    Option("replay_metrics", "--replay-metrics", "capacity runs: scrape this Prometheus metrics URL once a second "
+           "(process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds and --replay-metric); "
+           "failures are reported, never fatal. Default: none.", None, metavar="URL"),
+    Option("replay_metric", "--replay-metric", "one more metric NAME scraped from --replay-metrics (repeatable; "
+           "summed over its labels). Default: none.", many=True, metavar="NAME"),
     Option("replay_environment", "--replay-environment", "the environment replayed against, recorded in the "
            "evidence (e.g. staging-eu). Default: none.", None, metavar="NAME"),
     Option("replay_owner", "--replay-owner", "who owns this run, recorded in the evidence. Default: none.", None,
@@ -537,6 +551,9 @@ class Settings:
     environment: str | None = None
     owner: str | None = None
     links: tuple = ()  # (name, url)
+    target_pid: int | None = None
+    metrics_url: str | None = None
+    metrics: tuple = ()
 
     @property
     def enabled(self) -> bool:
@@ -559,6 +576,7 @@ def load(config: pytest.Config) -> Settings:
         stages=value["replay_stages"] or (), loop=value["replay_loop"], duration=value["replay_duration"],
         abort_on=value["replay_abort_on"], abort_window=value["replay_abort_window"],
         environment=value["replay_environment"], owner=value["replay_owner"], links=value["replay_link"],
+        target_pid=value["replay_target_pid"], metrics_url=value["replay_metrics"], metrics=value["replay_metric"],
         captures=value["replay"], speed=value["replay_speed"], rate=value["replay_rate"],
         target=value["replay_target"], concurrency=value["replay_concurrency"], max_wait=value["replay_max_wait"],
         timeout=value["replay_timeout"], include=value["replay_include"], exclude=value["replay_exclude"],

@@ -16,7 +16,7 @@ import pytest
 SEP = "\n🐵🙈🙉\n".encode()
 T0 = 1_700_000_000_000_000_000
 
-APP = '''
+APP = r'''
 import os, time
 
 served = 0
@@ -25,6 +25,14 @@ DIE_AFTER = int(os.environ.get("DIE_AFTER", "0"))
 async def app(scope, receive, send):
     global served
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/metrics":
+        body = ("# HELP process_cpu_seconds_total CPU\n# TYPE process_cpu_seconds_total counter\n"
+                f"process_cpu_seconds_total {time.process_time()}\n"
+                f'app_requests_total{{path="/work"}} {served}\n').encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
         return
     if scope["path"] == "/work":
         served += 1
@@ -69,6 +77,7 @@ def serve(tmp_path):
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                start.pid = proc.pid
                 return f"http://127.0.0.1:{port}"
             except OSError:
                 time.sleep(0.05)
@@ -121,7 +130,8 @@ def test_ramp_stops_at_the_stage_the_target_cannot_hold(pytester: pytest.Pyteste
 def test_target_killed_mid_ramp_stops_at_the_first_window_with_errors(pytester: pytest.Pytester, serve) -> None:
     url = serve(DIE_AFTER=45)  # 30 requests in stage 1, the 46th (15 into stage 2) kills it
     result = run(pytester, url, "--replay-stages", "fixed 10/s:3s, fixed 20/s:6s", "--replay-abort-on", "errors>10%",
-                 "--replay-abort-window", "1", "--replay-timeout", "2")
+                 "--replay-abort-window", "1", "--replay-timeout", "2", "--replay-target-pid", str(serve.pid),
+                 "--replay-metrics", url + "/metrics", "--replay-metric", "app_requests_total")
     text = result.stdout.str()
     assert result.ret == 1, text
     assert "STOPPED: held fixed 10/s for 3 s; at fixed 20/s (stage 2" in text, text
@@ -130,6 +140,13 @@ def test_target_killed_mid_ramp_stops_at_the_first_window_with_errors(pytester: 
     stop = capacity["stopped"]
     assert stop["stage"] == 2 and stop["into_stage_s"] <= 3  # the first whole second after the death
     assert capacity["stages"][1]["not_sent"] > 40
+    saturation = capacity["saturation"]
+    first = saturation["stages"][0]
+    assert first["samples"] >= 2 and "replayer_cpu" in first and "target_rss_bytes" in first
+    assert "metrics_cpu" in first and first["app_requests_total"]["max"] >= 1
+    sources = {f["source"] for f in saturation["failures"]}  # the dead target: reported, never fatal
+    assert url + "/metrics" in sources  # (/proc/PID stays readable: the dead server is our unreaped child)
+    assert "stage 1 saturation: replayer CPU" in text and "sampling " in text
     outcomes = result.parseoutcomes()
     assert outcomes.get("skipped", 0) == 0  # every item's first pass was sent (stage 1 + the start of 2)
 
@@ -185,3 +202,18 @@ def test_stages_with_two_xdist_workers(pytester: pytest.Pytester, serve) -> None
     assert [r["sent"] for r in capacity["stages"]] == [10, 15]
     assert "stage 2: ramp 5/s..10/s" in text
     assert result.parseoutcomes() == {"passed": 25, "skipped": 15}  # the stages end before 15 of the capture's turns
+
+
+def test_prometheus_text_parsing():
+    from pytest_replay.session.saturation import parse_prometheus
+
+    text = """# HELP x y
+process_open_fds 12
+http_requests_total{code="200"} 5
+http_requests_total{code="500"} 2 1700000000000
+process_resident_memory_bytes 1.5e+07
+bad_metric NaN
+"""
+    assert parse_prometheus(text, ["process_open_fds", "http_requests_total", "process_resident_memory_bytes",
+                                   "bad_metric"]) == {"process_open_fds": 12.0, "http_requests_total": 7.0,
+                                                      "process_resident_memory_bytes": 1.5e7}

@@ -277,6 +277,7 @@ def merge_capacity(mine: dict, other: dict) -> dict:
         return mine
     if not mine:
         return {**other, "stages": [dict(row) for row in other["stages"]]}
+    mine.setdefault("saturation", other.get("saturation"))  # the first worker's samples (each samples alike)
     for row, theirs in zip(mine["stages"], other["stages"]):
         for key in ("planned", "sent", "sent_in_stage", "errors", "not_sent"):
             row[key] += theirs[key]

@@ -54,6 +54,19 @@ def summary_lines(data: dict) -> list[str]:
                      + f"  errors {row['errors']}"
                      + (f"  lateness p99 {late:g} ms" if late is not None else "")
                      + (f"  not sent {row['not_sent']}" if row.get("not_sent") else ""))
+    saturation = data.get("saturation") or {}
+    for row in saturation.get("stages", ()):
+        parts = [f"{label} {row[key]['mean'] * 100:.0f}% (max {row[key]['max'] * 100:.0f}%)"
+                 for key, label in (("replayer_cpu", "replayer CPU"), ("target_cpu", "target CPU"),
+                                    ("metrics_cpu", "target CPU (metrics)")) if key in row]
+        if "target_rss_bytes" in row:
+            parts.append(f"target RSS max {row['target_rss_bytes']['max'] / 2**20:.0f} MiB")
+        if "target_open_fds" in row:
+            parts.append(f"fds max {row['target_open_fds']['max']:g}")
+        if parts:
+            lines.append(f"  stage {row['stage']} saturation: " + ", ".join(parts))
+    for failure in saturation.get("failures", ()):
+        lines.append(f"  sampling {failure['source']} failed {failure['failures']} time(s): {failure['first']}")
     if data.get("sent_after_the_end"):
         lines.append(f"  {data['sent_after_the_end']} request(s) were sent after the last stage's end: the replay "
                      "could not keep the pace (see lateness)")

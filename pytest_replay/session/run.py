@@ -83,6 +83,7 @@ class ReplayRun:
         self.differential = None  # session.baseline.Differential, with --replay-baseline
         self.stage_plan = None  # schedule.stages.StagePlan of a capacity run
         self.key_stride = 0  # a looped request's key: exchange index + loop * key_stride
+        self.sampler = None  # session.saturation.Sampler of a capacity run
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
@@ -172,6 +173,11 @@ class ReplayRun:
                              barriers=barriers, monitor=monitor)
         _running.add(self)
         self.engine.start()
+        if self.stage_plan is not None:
+            from .saturation import Sampler
+            self.sampler = Sampler(self.engine.clock.now_ns, pid=s.target_pid, metrics_url=s.metrics_url,
+                                   metrics=s.metrics)
+            self.sampler.start()
         return self.engine
 
     def _stage_plan(self, replayed: list[Exchange], planned: list[Exchange], prepare, wire) -> list:
@@ -251,6 +257,15 @@ class ReplayRun:
                          "lateness_p99_ms": round((percentile(late[i], 99) or 0) / 1e6, 3) if late[i] else None})
         data = {"stages": rows, "loops": sp.loops, "sent_after_the_end": after_end, "base_rate": round(sp.base_rate, 3), "stopped": None,
                 "conditions": [str(c) for c in self.settings.abort_on], "window_s": self.settings.abort_window}
+        if self.sampler is not None and engine.t0_ns is not None:
+            from ..http.sensitive import url_without_password
+            self.sampler.stop()
+            data["saturation"] = self.sampler.summary(engine.t0_ns, sp.bounds_ns, [st.label for st in sp.stages])
+            if self.sampler.url:
+                data["saturation"]["metrics_url"] = url_without_password(self.sampler.url)
+                for failure in data["saturation"]["failures"]:
+                    failure["source"] = url_without_password(failure["source"])
+                    failure["first"] = self.redactor.text(failure["first"])
         if stop is not None:
             i = sp.stage_of(stop.at_ns)
             data["stopped"] = {"condition": stop.condition, "measured": stop.measured, "at_s": stop.at_ns / 1e9,
@@ -298,6 +313,8 @@ class ReplayRun:
             _running.discard(self)
         if self.outbound is not None:
             self.outbound.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
 
     @staticmethod
     def running() -> list[ReplayRun]:
