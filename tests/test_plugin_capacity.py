@@ -217,3 +217,24 @@ bad_metric NaN
     assert parse_prometheus(text, ["process_open_fds", "http_requests_total", "process_resident_memory_bytes",
                                    "bad_metric"]) == {"process_open_fds": 12.0, "http_requests_total": 7.0,
                                                       "process_resident_memory_bytes": 1.5e7}
+
+
+def test_ctrl_c_mid_ramp_gives_partial_evidence_with_the_stage_reached(tmp_path: Path) -> None:
+    import signal
+
+    from tests.test_plugin_faults import DEMO
+
+    report = tmp_path / "evidence"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--replay", str(DEMO),
+                             "--replay-target", "demo", "--replay-stages", "1x:2s, ramp 1x..3x:60s",
+                             "--replay-report", str(report)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(8)  # collection, then 2 s of stage 1: stage 2 runs
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2, out
+    assert "reached stage 2 (ramp 1x..3x)" in out, out
+    capacity = json.loads((report / "replay-evidence.json").read_text())["capacity"]
+    assert capacity["reached"]["stage"] == 2 and capacity["stages"][0]["sent"] == capacity["stages"][0]["planned"]
+    assert 0 < capacity["stages"][1]["sent"] < capacity["stages"][1]["planned"]

@@ -284,6 +284,9 @@ def merge_capacity(mine: dict, other: dict) -> dict:
         late = [v for v in (row.get("lateness_p99_ms"), theirs.get("lateness_p99_ms")) if v is not None]
         row["lateness_p99_ms"] = max(late) if late else None  # the worst worker's
     mine["sent_after_the_end"] = mine.get("sent_after_the_end", 0) + other.get("sent_after_the_end", 0)
+    theirs = other.get("reached")
+    if theirs and (not mine.get("reached") or theirs["at_s"] > mine["reached"]["at_s"]):
+        mine["reached"] = theirs
     if other.get("stopped"):
         if not mine.get("stopped"):
             mine["stopped"] = other["stopped"]

@@ -70,6 +70,10 @@ def summary_lines(data: dict) -> list[str]:
     if data.get("sent_after_the_end"):
         lines.append(f"  {data['sent_after_the_end']} request(s) were sent after the last stage's end: the replay "
                      "could not keep the pace (see lateness)")
+    reached = data.get("reached")
+    if reached and not stop and any(row["sent"] < row["planned"] for row in data["stages"]):
+        lines.append(f"  reached stage {reached['stage']} ({reached['pace']}), {_s(reached['into_stage_s'])} into it, "
+                     f"{_s(reached['at_s'])} into the replay")
     if stop:
         lines.append("STOPPED: " + stop_sentence(data))
         for other in data.get("other_stops", ()):

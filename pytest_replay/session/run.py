@@ -257,6 +257,12 @@ class ReplayRun:
                          "lateness_p99_ms": round((percentile(late[i], 99) or 0) / 1e6, 3) if late[i] else None})
         data = {"stages": rows, "loops": sp.loops, "sent_after_the_end": after_end, "base_rate": round(sp.base_rate, 3), "stopped": None,
                 "conditions": [str(c) for c in self.settings.abort_on], "window_s": self.settings.abort_window}
+        last = max((o.sent_ns for o in engine.observations() if o.error_kind not in ("cancelled", "dropped")),
+                   default=None)
+        if last is not None:  # how far the replay got (an interrupted run's evidence says so)
+            i = sp.stage_of(last - t0)
+            data["reached"] = {"stage": i + 1, "pace": sp.stages[i].label, "at_s": round((last - t0) / 1e9, 3),
+                               "into_stage_s": round((last - t0 - sp.bounds_ns[i]) / 1e9, 3)}
         if self.sampler is not None and engine.t0_ns is not None:
             from ..http.sensitive import url_without_password
             self.sampler.stop()
