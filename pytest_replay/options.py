@@ -300,7 +300,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_duration", "--replay-duration", "replay for this long, looping the capture as needed "
            "(e.g. 10m). Default: the capture's length.", None, duration("--replay-duration"), metavar="DURATION"),
     Option("replay_abort_on", "--replay-abort-on", "stop the replay when this holds over the last "
-           "--replay-abort-window seconds (repeatable): 'p99>2s', '5xx>5%', 'errors>1%', 'lateness>50ms' "
+           "--replay-abort-window seconds (repeatable): 'p99>2s', '5xx>5%%', 'errors>1%%', 'lateness>50ms' "
            "(p99 lateness). The run then fails. Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
     Option("replay_abort_window", "--replay-abort-window", "seconds of the sliding window stop conditions are "
            "judged on. Default: 10.", 10.0, seconds("--replay-abort-window"), metavar="SECONDS"),
