@@ -211,6 +211,50 @@ def _shard(text: str) -> tuple[int, int]:
     return _policy("--replay-shard", parse_shard)(text)
 
 
+def _stages(text: str):
+    from .schedule.stages import parse_stages
+    return _policy("--replay-stages", parse_stages)(text)
+
+
+def _abort_on(text: str):
+    from .verdicts.budgets import parse_stop_condition
+    return _policy("--replay-abort-on", parse_stop_condition)(text)
+
+
+def loop_count(text: str) -> int:
+    value = _number("--replay-loop", text, (1, 1_000_000), meaning="how many times the capture is replayed")
+    if value != int(value):
+        raise pytest.UsageError(f"--replay-loop: expected a whole number from 1 to 1000000, got {text!r}")
+    return int(value)
+
+
+def duration(flag: str) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        from .schedule.stages import parse_duration_ns
+        try:
+            value = parse_duration_ns(text) / 1e9
+        except ValueError:
+            value = -1
+        if not 0 < value <= 1e6:
+            raise pytest.UsageError(f"{flag}: expected a duration such as 90s, 10m, 1h or 500ms (a bare number "
+                                    f"is seconds, at most 1e6 s), got {text!r}")
+        return value
+    return convert
+
+
+def pid(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise pytest.UsageError(f"--replay-target-pid: expected a process id (a positive whole number), got {text!r}")
+    return int(text)
+
+
+def link(text: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    if not sep or not name.strip() or not url.strip():
+        raise pytest.UsageError(f"--replay-link: expected NAME=URL, e.g. dashboard=https://grafana/d/abc, got {text!r}")
+    return name.strip(), url.strip()
+
+
 def _percent(flag: str) -> Callable[[str], float]:
     return lambda text: _number(flag, text.strip().removesuffix("%"), minimum=0, inclusive=True,
                                 meaning="a percentage, e.g. 20 or 0.03%")
@@ -281,6 +325,35 @@ OPTIONS: tuple[Option, ...] = (
            "(after --speed). Default: no cap.", None, seconds("--replay-max-wait"), metavar="SECONDS"),
     Option("replay_timeout", "--replay-timeout", "time allowed for each request and its response. "
            "Default: 10.", 10.0, seconds("--replay-timeout"), metavar="SECONDS"),
+    Option("replay_stages", "--replay-stages", "capacity run: comma-separated stages 'PACE:DURATION', PACE a speed "
+           "(2x), a mean rate over the recorded timing (500/s), an even rate ('fixed 500/s') or a linear ramp "
+           "('ramp 2x..5x', 'ramp 500/s..4000/s'); the capture loops when a stage needs more. Excludes --speed, "
+           "--rate and --replay-duration. Default: off.", (), _stages, metavar="STAGES"),
+    Option("replay_loop", "--replay-loop", "replay the capture N times in a row (GoReplay's --input-file-loop); "
+           "loops after the first are counted in the summary, budgets and evidence, judged by no item. "
+           "Default: 1.", None, loop_count, metavar="N"),
+    Option("replay_duration", "--replay-duration", "replay for this long, looping the capture as needed "
+           "(e.g. 10m). Default: the capture's length.", None, duration("--replay-duration"), metavar="DURATION"),
+    Option("replay_abort_on", "--replay-abort-on", "stop the replay when this holds over the last "
+           "--replay-abort-window seconds (repeatable): 'p99>2s', '5xx>5%%', 'errors>1%%', 'lateness>50ms' "
+           "(p99 lateness). The run then fails. Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
+    Option("replay_abort_window", "--replay-abort-window", "seconds of the sliding window stop conditions are "
+           "judged on. Default: 10.", 10.0, seconds("--replay-abort-window"), metavar="SECONDS"),
+    Option("replay_target_pid", "--replay-target-pid", "capacity runs: sample the target process's CPU, RSS and "
+           "open files from /proc/PID once a second (per stage in the evidence). Default: none.", None,
+           pid, metavar="PID"),
+    Option("replay_metrics", "--replay-metrics", "capacity runs: scrape this Prometheus metrics URL once a second "
+           "(process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds and --replay-metric); "
+           "failures are reported, never fatal. Default: none.", None, metavar="URL", field="metrics_url"),
+    Option("replay_metric", "--replay-metric", "one more metric NAME scraped from --replay-metrics (repeatable; "
+           "summed over its labels). Default: none.", many=True, metavar="NAME", field="metrics"),
+    Option("replay_environment", "--replay-environment", "the environment replayed against, recorded in the "
+           "evidence (e.g. staging-eu). Default: none.", None, metavar="NAME"),
+    Option("replay_owner", "--replay-owner", "who owns this run, recorded in the evidence. Default: none.", None,
+           metavar="NAME"),
+    Option("replay_link", "--replay-link", "a link recorded in the evidence, NAME=URL (repeatable), e.g. "
+           "dashboard=https://grafana/d/abc. Default: none.", many=True, convert=link, metavar="NAME=URL",
+           field="links"),
     Option("replay_include", "--replay-include", "replay only exchanges whose 'METHOD target' matches this "
            "regular expression (repeatable: any may match). Default: all.", many=True,
            convert=regex("--replay-include"), metavar="REGEX"),
@@ -519,6 +592,24 @@ def load(config: pytest.Config) -> Settings | None:  # noqa: F821 (made by _sett
     if value["replay_rate"] is not None and config.getoption("replay_speed") is not None:
         raise pytest.UsageError("--rate and --speed exclude each other: --speed scales the recorded timing, "
                                 "--rate replaces it with a fixed arrival rate")
+    _exclusive(config, value)
     if not value["replay"]:
         return None  # replay is off: the values were checked, the Settings class is not needed
     return _settings_class()(**{option.name: value[option.dest] for option in OPTIONS})
+
+
+def _exclusive(config: pytest.Config, value: dict) -> None:
+    """--replay-stages sets the pace itself; --replay-loop and --replay-duration say how long."""
+    if value["replay_stages"]:
+        given = [flag for flag, dest in (("--speed", "replay_speed"), ("--rate", "replay_rate"),
+                                         ("--replay-duration", "replay_duration"), ("--replay-loop", "replay_loop"))
+                 if value[dest] is not None and (dest != "replay_speed" or config.getoption(dest) is not None
+                                                 or config.getini(dest))]
+        if given:
+            raise pytest.UsageError(f"--replay-stages sets the pace and the length of the run: it excludes "
+                                    f"{', '.join(given)} (put the pace in a stage: '2x:60s', '500/s:60s', "
+                                    f"'fixed 500/s:60s')")
+    if value["replay_loop"] is not None and value["replay_duration"] is not None:
+        raise pytest.UsageError("--replay-loop and --replay-duration exclude each other: both say how long to replay")
+    if (value["replay_loop"] or value["replay_duration"]) and value["replay_speed"] == 0 and not value["replay_rate"]:
+        raise pytest.UsageError("--replay-loop and --replay-duration need a pace: --speed 0 sends everything at once")

@@ -38,6 +38,7 @@ class RunResults:
     # session.update.MAX_SHIPPED_BYTES) and whether some were left out
     updates: list[dict] = field(default_factory=list)
     updates_truncated: bool = False
+    capacity: dict = field(default_factory=dict)  # capacity runs: per stage planned/sent, the stop (session.run)
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -75,6 +76,7 @@ class RunResults:
         self.workers += other.workers
         self.updates += other.updates
         self.updates_truncated = self.updates_truncated or other.updates_truncated
+        self.capacity = merge_capacity(self.capacity, other.capacity)
         return self
 
 
@@ -103,6 +105,7 @@ class RunReport:
     clock: dict = field(default_factory=dict)  # clock / id noise reason -> differences it accounted for
     causes: list = field(default_factory=list)  # (diff signature, failed exchanges), most first
     interrupted: bool = False
+    stopped: bool = False  # a stop condition (--replay-abort-on) ended the replay
     failure: str = ""
     write_mode: str = ""
     writes: list = field(default_factory=list)  # (endpoint, mocked, passed, skipped, flagged, reasons)
@@ -126,7 +129,8 @@ class RunReport:
         report.wall_s = None if results.wall_s is None else round(results.wall_s, 3)
         report.planned, report.sent = results.planned, results.sent
         report.failure = "; ".join(results.failures)
-        report.interrupted = report.sent < report.planned
+        report.interrupted = report.sent < report.planned and not (results.capacity or {}).get("stopped")
+        report.stopped = bool((results.capacity or {}).get("stopped"))
         aggregate = results.aggregate
         overall = aggregate.overall
         report.requests = overall.requests
@@ -222,7 +226,7 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         if len(warnings) > 3 and not verbose:
             lines.append(f"  ... {sum(c['warning_counts'].values()) - 3} more warnings (-v shows them)")
     if report.planned:
-        state = " (INTERRUPTED)" if report.interrupted else ""
+        state = " (INTERRUPTED)" if report.interrupted else " (STOPPED by --replay-abort-on)" if report.stopped else ""
         mocked = sum(row[1] for row in report.writes)
         among = f"; {mocked} of them writes answered from the recording, not sent" if mocked else ""
         wall = f"; replay wall time {report.wall_s:.1f} s" if report.wall_s is not None else ""
@@ -281,3 +285,28 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
             for w in report.workers))
     lines.extend(f"note: {note}" for note in report.notes)
     return lines
+
+
+def merge_capacity(mine: dict, other: dict) -> dict:
+    """Workers' stage rows summed (each worker sends its own connections on the same schedule); the
+    first stop kept, the others listed."""
+    if not other:
+        return mine
+    if not mine:
+        return {**other, "stages": [dict(row) for row in other["stages"]]}
+    mine.setdefault("saturation", other.get("saturation"))  # the first worker's samples (each samples alike)
+    for row, theirs in zip(mine["stages"], other["stages"]):
+        for key in ("planned", "sent", "sent_in_stage", "errors", "not_sent"):
+            row[key] += theirs[key]
+        late = [v for v in (row.get("lateness_p99_ms"), theirs.get("lateness_p99_ms")) if v is not None]
+        row["lateness_p99_ms"] = max(late) if late else None  # the worst worker's
+    mine["sent_after_the_end"] = mine.get("sent_after_the_end", 0) + other.get("sent_after_the_end", 0)
+    theirs = other.get("reached")
+    if theirs and (not mine.get("reached") or theirs["at_s"] > mine["reached"]["at_s"]):
+        mine["reached"] = theirs
+    if other.get("stopped"):
+        if not mine.get("stopped"):
+            mine["stopped"] = other["stopped"]
+        else:
+            mine.setdefault("other_stops", []).append(other["stopped"])
+    return mine

@@ -139,7 +139,8 @@ class Engine:
     def __init__(self, plan: list[PlannedRequest], target: Target, *, clock: Clock | None = None,
                  concurrency: int = 64, timeout_s: float = 10.0, lead_ns: int = 50_000_000,
                  switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True,
-                 pipeline: RequestPipeline | None = None, barriers: Barriers | None = None) -> None:
+                 pipeline: RequestPipeline | None = None, barriers: Barriers | None = None,
+                 monitor=None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         plan = list(plan)
@@ -179,6 +180,11 @@ class Engine:
         self._busy: dict[_Lane, float] = {}  # lanes with a request in flight -> when it times out (monotonic s)
         self._slot_queue: deque[asyncio.Future] = deque()
         self._saved_switch: float | None = None
+        # Stop conditions (schedule.monitor.StopMonitor): when one trips, no more requests are sent,
+        # those in flight complete, and the run ends (`halted` says why).
+        self.monitor = monitor
+        self.halted = None  # the monitor's Trip once the replay was stopped by a condition
+        self._dispatcher: asyncio.Task | None = None
 
     # -- pytest's side (any thread) ------------------------------------------------------------
     def start(self) -> None:
@@ -263,6 +269,13 @@ class Engine:
             return None
         return max(max(o.done_ns for o in observations) - self.t0_ns, 0) / 1e9
 
+    def planned_key(self, key: int) -> bool:
+        return key in self._planned
+
+    def was_sent(self, key: int) -> bool:
+        """Has request `key` an observation of its own (sent, or failed on its way)?"""
+        return key in self._obs
+
     @property
     def finished(self) -> bool:
         return self._finished.is_set()
@@ -339,7 +352,12 @@ class Engine:
                 watchdog = loop.create_task(self._watchdog())
                 try:
                     self.t0_ns = self.clock.now_ns() + self.lead_ns
-                    await self._dispatch(self.t0_ns)
+                    self._dispatcher = loop.create_task(self._dispatch(self.t0_ns))
+                    try:
+                        await self._dispatcher
+                    except asyncio.CancelledError:
+                        if self.halted is None or self._main.cancelling():
+                            raise
                     while self._live:
                         await asyncio.wait(list(self._live))
                 finally:
@@ -406,6 +424,8 @@ class Engine:
         gate = self._gate
         try:
             while True:
+                if self.halted is not None:
+                    break
                 if not queue:
                     if lane.remaining == 0:
                         break
@@ -423,6 +443,8 @@ class Engine:
                 else:
                     await self._wait_slot(loop)
                 try:
+                    if self.halted is not None:  # stopped while it waited: not sent
+                        break
                     deadline = t0 + p.offset_ns
                     if self.pipeline is not None:
                         try:
@@ -493,9 +515,16 @@ class Engine:
         the throughput). A timeout fires between timeout_s and timeout_s + tick; tick is 5% of it."""
         tick = min(max(self.timeout_s / 20, 0.002), 0.25)
         busy = self._busy
+        monitor = self.monitor
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
+            if monitor is not None and self.t0_ns is not None:  # a window with no completion is judged too
+                second = max(self.clock.now_ns() - self.t0_ns, 0) // 1_000_000_000
+                if second > monitor.judged:
+                    trip = monitor.tick(second)
+                    if trip is not None:
+                        self._halt(trip)
             for lane in [lane for lane, limit in busy.items() if limit <= now]:
                 del busy[lane]
                 if lane.task is not None:
@@ -521,9 +550,36 @@ class Engine:
                 return
         self._free += 1
 
+    def _halt(self, trip) -> None:
+        """A stop condition tripped: send nothing more; requests in flight complete."""
+        if self.halted is not None:
+            return
+        self.halted = trip
+        dispatcher = self._dispatcher
+        if dispatcher is not None and not dispatcher.done():
+            dispatcher.cancel()
+        for lane in self._lanes.values():
+            lane.queue.clear()
+            wake = lane.wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+        gate = self._gate
+        if gate is not None:  # whatever they waited for will not come: let them see the halt
+            for entry in gate.by_writes + gate.by_all:
+                fut = entry[-1]
+                if not fut.done():
+                    fut.set_result(None)
+            gate.by_writes.clear()
+            gate.by_all.clear()
+
     def _record(self, obs: Observation) -> None:
         self._obs[obs.key] = obs
         self.completed += 1
+        monitor = self.monitor
+        if monitor is not None and self.t0_ns is not None:
+            trip = monitor.add(obs, self.t0_ns)
+            if trip is not None:
+                self._halt(trip)
         if self._gate is not None:
             self._gate.completed(obs.key)
         if obs.error_kind is not None:
@@ -553,7 +609,9 @@ class Engine:
     def _not_sent(self, key: int) -> Observation:
         p = self._planned[key]
         deadline = (self.t0_ns or 0) + p.offset_ns
-        if self.failure is not None:
+        if self.halted is not None:
+            why = f"not sent: the replay was stopped by --replay-abort-on '{self.halted.condition}'"
+        elif self.failure is not None:
             why = f"not sent: the replay engine failed ({type(self.failure).__name__}: {self.failure})"
         else:
             why = "not sent: the replay was stopped"

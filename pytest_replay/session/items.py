@@ -93,9 +93,18 @@ class ReplayItem(pytest.Function):
             if decision is not None and decision.action == SKIP:  # counted when the plan was made
                 not_sent.append(decision.not_sent())
                 continue
+            if not engine.planned_key(exchange.index):  # a capacity run whose stages end before its turn
+                why = "not sent: the stages (--replay-stages) end before its turn in the capture"
+                self.replay.skip(exchange, why)
+                not_sent.append(why)
+                continue
             observation = self.replay.wait(engine, exchange.index)
             if observation.error_kind != "cancelled":  # (never sent: no time of its own)
                 self.own_ns += observation.total_ns
+            elif getattr(engine, "halted", None) is not None and not engine.was_sent(exchange.index):
+                self.replay.skip(exchange, observation.error)  # a stop condition tripped before its turn
+                not_sent.append(observation.error)
+                continue
             if observation.error_kind == "dropped":
                 self.replay.skip(exchange, "dropped")
                 not_sent.append(observation.error)

@@ -19,6 +19,11 @@ BUDGET_NODE = "replay-budgets::"  # the node ids of budgets' test reports
 
 def pace_text(settings) -> str:
     s = settings
+    if s.stages:
+        return "stages " + ", ".join(stage.text for stage in s.stages)
+    if s.loop or s.duration:
+        how = f"{s.loop} loops" if s.loop else f"for {s.duration:g} s"
+        return (f"rate {s.rate:g}/s" if s.rate else f"speed {s.speed:g}x") + f", {how}"
     return f"rate {s.rate:g}/s" if s.rate else "speed 0 (no waiting)" if s.speed == 0 else f"speed {s.speed:g}x"
 
 
@@ -58,6 +63,7 @@ class Reporting:
         if self.settings.update_to and len(self.collection.paths) > 1:
             raise pytest.UsageError("--replay-update-to FILE takes one capture; with several, each is written "
                                     "next to its capture as NAME.updated.EXT")
+        self._capacity: dict = {}
         if self.settings.report:
             try:  # now, not after the replay: a gate that cannot write its evidence should not run
                 Path(self.settings.report).mkdir(parents=True, exist_ok=True)
@@ -80,12 +86,16 @@ class Reporting:
 
             results.notes.append(fail_run(session, results.escaped, self.run.redactor.text))
         self.budget_results = self._judge_budgets(session, results)
+        if results.capacity:
+            from .capacity import report_stop
+            report_stop(self.config, session, results.capacity)
         if results.baseline:
             from .baseline import report_fields
             report_fields(self.config, session, self.settings, results.baseline)
         self._report = self._build(results)
         self._junit_properties(results)
         self._baseline = results.baseline
+        self._capacity = results.capacity
         if self.settings.report:
             self._write_evidence(session, exitstatus, results)
         if self.settings.update:
@@ -113,6 +123,9 @@ class Reporting:
                 terminalreporter.write_line(line)
             from .baseline import summary_lines
             for line in summary_lines(self.settings, self._baseline, terminalreporter.config.option.verbose):
+                terminalreporter.write_line(line)
+            from . import capacity
+            for line in capacity.summary_lines(self._capacity):
                 terminalreporter.write_line(line)
         for line in self._update_lines:
             terminalreporter.write_line(line)
@@ -261,6 +274,9 @@ class Reporting:
         if results.baseline:
             from .baseline import evidence
             data["baseline"] = evidence(s, results.baseline)
+        if results.capacity:
+            data["capacity"] = {**results.capacity, "planned_stages": [stage.text for stage in s.stages]}
+        data["run"].update(environment=s.environment, owner=s.owner, links={name: url for name, url in s.links})
         try:
             path = write_evidence(s.report, data)
         except OSError as exc:  # a full disk, the directory removed meanwhile: the run fails, saying why

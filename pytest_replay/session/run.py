@@ -86,6 +86,9 @@ class ReplayRun:
         if settings.update:
             from .update import Updates
             self.updates = Updates()
+        self.stage_plan = None  # schedule.stages.StagePlan of a capacity run
+        self.key_stride = 0  # a looped request's key: exchange index + loop * key_stride
+        self.sampler = None  # session.saturation.Sampler of a capacity run
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
@@ -141,7 +144,9 @@ class ReplayRun:
                                       redactor=self.redactor,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
         planned = []
-        for exchange in self.lanes(replayed_exchanges(items)):
+        replayed = replayed_exchanges(items)
+        mine = self.lanes(replayed)
+        for exchange in mine:
             # decided on the request as it will leave (PolicyTarget decides again)
             decision = self.decisions[exchange.index] = policy.decision(self.rewrites.apply(exchange.request))
             if decision.action == SKIP:
@@ -151,8 +156,11 @@ class ReplayRun:
                 planned.append(exchange)
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
-        plan = build_plan(planned, timing, lambda e: self.rewrites.apply(
-            policy.mark(e.request, decision=self.decisions[e.index])), wire)
+        prepare = lambda e: self.rewrites.apply(policy.mark(e.request, decision=self.decisions[e.index]))  # noqa: E731
+        if s.stages or s.loop or s.duration:
+            plan = self._stage_plan(replayed, planned, prepare, wire)
+        else:
+            plan = build_plan(planned, timing, prepare, wire)
         from .baseline import check_budgets
         check_budgets(s.budgets, baseline)
         if baseline is not None:
@@ -170,12 +178,120 @@ class ReplayRun:
             self.outbound = Outbound(outbound(), allow=s.allow_host)
             self.outbound.start()
         barriers = self._barriers(planned, exchanges, policy)
+        monitor = None
+        if s.abort_on:
+            from ..schedule.monitor import StopMonitor
+            monitor = StopMonitor(s.abort_on, s.abort_window)
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items),
-                             barriers=barriers)
+                             barriers=barriers, monitor=monitor)
         _running.add(self)
         self.engine.start()
+        if self.stage_plan is not None:
+            from .saturation import Sampler
+            self.sampler = Sampler(self.engine.clock.now_ns, pid=s.target_pid, metrics_url=s.metrics_url,
+                                   metrics=s.metrics)
+            self.sampler.start()
         return self.engine
+
+    def _stage_plan(self, replayed: list[Exchange], planned: list[Exchange], prepare, wire) -> list:
+        """The plan of a capacity run (--replay-stages, --replay-loop, --replay-duration): computed
+        from every replayed exchange (so each xdist worker computes the same schedule), then kept for
+        the exchanges this process sends. Loop k > 0 of exchange i has the key i + k * stride."""
+        from ..schedule.plan import PlannedRequest
+        from ..schedule.stages import loop_stages, stage_plan
+
+        s = self.settings
+        chosen = sorted(replayed, key=lambda e: (e.request_ts_ns, e.index))
+        timestamps = [e.request_ts_ns for e in chosen]
+        stages = s.stages or loop_stages(timestamps, speed=s.speed, rate=s.rate, loops=s.loop, duration_s=s.duration)
+        try:
+            self.stage_plan = stage_plan(timestamps, stages)
+        except ValueError as exc:
+            pytest.exit(f"--replay-stages: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        self.key_stride = max((e.index for e in self.collection.exchanges or ()), default=0) + 1
+        sent_here = {e.index for e in planned}
+        requests: dict[int, tuple] = {}
+        plan = []
+        for send in self.stage_plan.sends:
+            exchange = chosen[send.position]
+            if exchange.index not in sent_here:
+                continue
+            prepared = requests.get(exchange.index)
+            if prepared is None:
+                request = prepare(exchange)
+                prepared = requests[exchange.index] = (request, wire(request))
+            plan.append(PlannedRequest(exchange.index + send.loop * self.key_stride, send.offset_ns,
+                                       exchange.connection, prepared[0], prepared[1]))
+        if self.stage_plan.loops > 1:
+            self.notes.append(
+                f"the capture was looped ({self.stage_plan.loops} passes begun): the requests of loops after the "
+                "first are counted in the summary, the budgets and the evidence, and judged by no test item "
+                "(each item judges its exchange's first pass)")
+        return plan
+
+    def capacity(self) -> dict:
+        """Per stage: planned and achieved requests and rates, lateness; the stop condition that
+        tripped, if one did (data for the summary and the evidence, merged across workers)."""
+        sp, engine = self.stage_plan, self.engine
+        if sp is None or engine is None:
+            return {}
+        from ..schedule.monitor import percentile, _bin
+        from collections import Counter as _Counter
+        t0 = engine.t0_ns or 0
+        rows = []
+        planned_counts = sp.planned()
+        sent = [0] * len(sp.stages)
+        errors = [0] * len(sp.stages)
+        late = [_Counter() for _ in sp.stages]
+        in_window = [0] * len(sp.stages)  # sent during the stage's time (the achieved rate)
+        after_end = 0
+        for o in engine.observations():
+            if o.error_kind in ("cancelled", "dropped"):
+                continue
+            i = sp.stage_of(o.deadline_ns - t0)
+            sent[i] += 1
+            at = o.sent_ns - t0
+            if at >= sp.bounds_ns[-1]:
+                after_end += 1
+            else:
+                in_window[sp.stage_of(at)] += 1
+            if o.error_kind is not None or (o.response is not None and o.response.status >= 500):
+                errors[i] += 1
+            late[i][_bin(max(o.lateness_ns, 0))] += 1
+        mine = [0] * len(sp.stages)
+        for p in engine.plan:
+            mine[sp.stage_of(p.offset_ns)] += 1
+        stop = engine.halted
+        for i, stage in enumerate(sp.stages):
+            rows.append({"stage": i + 1, "pace": stage.label, "kind": stage.kind, "duration_s": stage.duration_ns / 1e9,
+                         "start_s": sp.bounds_ns[i] / 1e9, "target_rate": round(sp.target_rate(i), 3),
+                         "planned_all": planned_counts[i], "planned": mine[i], "sent": sent[i], "sent_in_stage": in_window[i], "errors": errors[i],
+                         "not_sent": mine[i] - sent[i] if stop is not None else 0,
+                         "lateness_p99_ms": round((percentile(late[i], 99) or 0) / 1e6, 3) if late[i] else None})
+        data = {"stages": rows, "loops": sp.loops, "sent_after_the_end": after_end, "base_rate": round(sp.base_rate, 3), "stopped": None,
+                "conditions": [str(c) for c in self.settings.abort_on], "window_s": self.settings.abort_window}
+        last = max((o.sent_ns for o in engine.observations() if o.error_kind not in ("cancelled", "dropped")),
+                   default=None)
+        if last is not None:  # how far the replay got (an interrupted run's evidence says so)
+            i = sp.stage_of(last - t0)
+            data["reached"] = {"stage": i + 1, "pace": sp.stages[i].label, "at_s": round((last - t0) / 1e9, 3),
+                               "into_stage_s": round((last - t0 - sp.bounds_ns[i]) / 1e9, 3)}
+        if self.sampler is not None and engine.t0_ns is not None:
+            from ..http.sensitive import url_without_password
+            self.sampler.stop()
+            data["saturation"] = self.sampler.summary(engine.t0_ns, sp.bounds_ns, [st.label for st in sp.stages])
+            if self.sampler.url:
+                data["saturation"]["metrics_url"] = url_without_password(self.sampler.url)
+                for failure in data["saturation"]["failures"]:
+                    failure["source"] = url_without_password(failure["source"])
+                    failure["first"] = self.redactor.text(failure["first"])
+        if stop is not None:
+            i = sp.stage_of(stop.at_ns)
+            data["stopped"] = {"condition": stop.condition, "measured": stop.measured, "at_s": stop.at_ns / 1e9,
+                               "stage": i + 1, "into_stage_s": (stop.at_ns - sp.bounds_ns[i]) / 1e9,
+                               "window_s": stop.window_s, "requests_in_window": stop.requests}
+        return data
 
     def _barriers(self, planned: list[Exchange], exchanges, policy):
         """The ordering barriers of the writes this process sends (schedule/plan.py); a note when the
@@ -217,6 +333,8 @@ class ReplayRun:
             _running.discard(self)
         if self.outbound is not None:
             self.outbound.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
 
     @staticmethod
     def running() -> list[ReplayRun]:
@@ -288,8 +406,16 @@ class ReplayRun:
         if self.engine is None:
             return
         by_index = {e.index: e for e in self.collection.exchanges or ()}
+        stride = self.key_stride
         for observation in self.engine.observations():
-            exchange = by_index.get(observation.key)
+            looped = stride and observation.key >= stride
+            exchange = by_index.get(observation.key % stride if looped else observation.key)
+            if looped and exchange is not None and observation.error_kind != "dropped":
+                decision = self.decisions.get(exchange.index)
+                column = decision.column if decision is not None else None
+                self.aggregate.add(exchange, observation, None, write=column,
+                                   why=decision.why.reason if column else None)
+                continue
             if exchange is not None and observation.key not in self.counted and observation.error_kind != "dropped":
                 self.record(exchange, observation, None)
 
@@ -311,5 +437,6 @@ class ReplayRun:
             origins=dict(self.origin_counts), wall_s=engine.wall_s() if engine else None,
             locality=self.locality,
             baseline=self.differential.counts.to_dict() if self.differential is not None else {},
-            baseline_aggregate=self.differential.aggregate.to_dict() if self.differential is not None else {})
+            baseline_aggregate=self.differential.aggregate.to_dict() if self.differential is not None else {},
+            capacity=self.capacity())
         return RunResults(notes=[]).merge(own).merge(self.remote)

@@ -493,3 +493,57 @@ def render_results(results: Iterable[BudgetResult]) -> list[str]:
 
 __all__ = ["ACCEPTED_FORMS", "Budget", "BudgetResult", "Scope", "caveat_texts", "evaluate", "evaluate_one",
            "parse_budget", "parse_budgets", "render_results", "shares_cores", "with_caveats"]
+
+
+# -- stop conditions (--replay-abort-on): the budget grammar, inverted --------------------------
+STOP_FORMS = ("accepted forms: 'METRIC OP VALUE' as in budgets, tripping when it holds: latency p50|p90|p95|"
+              "p99|pN|max|mean (200ms, 1.5s), 5xx|4xx|errors (a percent), or lateness (the replayer's own "
+              "p99 lateness: it cannot keep up), e.g. 'p99>2s', '5xx>5%', 'errors>1%', 'lateness>50ms'")
+
+
+@dataclass(frozen=True, slots=True)
+class StopCondition:
+    """A condition that stops a replay when it holds over the sliding window (k6's abortOnFail,
+    written as the failure: 'p99>2s' stops when p99 exceeds 2 s). `value`: ns or percent."""
+
+    text: str
+    metric: str  # "p99", "max", "mean", "5xx", "4xx", "errors", "lateness" (p99 lateness)
+    op: str
+    value: float
+
+    @property
+    def kind(self) -> str:
+        return "errors" if self.metric in ERROR_METRICS else "latency"
+
+    @property
+    def quantile(self) -> float | None:
+        if self.metric == "lateness":
+            return 99.0
+        return Budget(self.text, self.metric, self.op, self.value).quantile
+
+    def holds(self, measured: float | None) -> bool:
+        return measured is not None and OPS[self.op](measured, self.value)
+
+    def measured_text(self, measured: float | None) -> str:
+        if measured is None:
+            return "-"
+        if self.kind == "errors":
+            return _rate_text(measured)
+        return f"{measured / 1e9:.2f} s" if measured >= 1e9 else f"{fmt_ms(measured / 1e6)} ms"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_stop_condition(text: str) -> StopCondition:
+    """'p99>2s', '5xx>5%', 'lateness>50ms' -> StopCondition. ValueError names the accepted forms."""
+    source = " ".join(str(text).split())
+    lateness = re.match(r"^lateness\s*(?=[<>])", source, re.IGNORECASE)
+    try:
+        budget = parse_budget("p99" + source[lateness.end():] if lateness else source)
+    except ValueError as exc:
+        raise ValueError(f"invalid stop condition {text!r}; {STOP_FORMS}") from exc
+    if budget.scope is not None or budget.relative:
+        raise ValueError(f"invalid stop condition {text!r}: scopes and relative values are not judged during the "
+                         f"replay; {STOP_FORMS}")
+    return StopCondition(source, "lateness" if lateness else budget.metric, budget.op, budget.value)
