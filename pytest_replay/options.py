@@ -335,6 +335,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_report", "--replay-report", "write the evidence package to this directory, also when the "
            "run is interrupted: DIR/replay-evidence.json, or DIR/replay-evidence-shard-K-of-N.json under "
            "--replay-shard K/N (so a CI matrix's shards can share one directory). Default: none.", metavar="DIR"),
+    Option("replay_html", "--replay-html", "write a self-contained HTML report to this file (run, budgets, a "
+           "sortable per-endpoint table, latency charts, failures by cause with their masked diffs, noise, skipped "
+           "exchanges), also when the run is interrupted; needs no network to open. Default: none.", metavar="FILE"),
     Option("replay_shard", "--replay-shard", "replay only shard K of N (a stable split by captured "
            "connection, for CI matrices); merge the shards' evidence with 'python -m pytest_replay merge', "
            "which exits non-zero when any shard's item or a budget failed. Default: everything.", None, _shard,
@@ -464,6 +467,7 @@ class Settings:
     show_fields: tuple = ()
     budgets: tuple = ()
     report: str | None = None
+    html: str | None = None  # --replay-html FILE
     shard: tuple[int, int] | None = None
     progress_every: float = 5.0
     max_record_size: int | None = None  # None: capture.limits.DEFAULT_MAX_RECORD (64 MiB)
@@ -506,6 +510,7 @@ def load(config: pytest.Config) -> Settings:
         middleware_drop_timeout=value["replay_middleware_drop_timeout"],
         middleware_timeout=value["replay_middleware_timeout"], budgets=value["replay_budget"],
         report=value["replay_report"], shard=value["replay_shard"], secret_headers=value["replay_secret_header"],
+        html=value["replay_html"],
         secret_params=value["replay_secret_param"], show_headers=value["replay_show_header"],
         show_fields=value["replay_show_field"], judge=value["replay_judge"],
         progress_every=value["replay_progress_every"], max_record_size=value["replay_max_record_size"],

@@ -4,6 +4,7 @@ the workers' results are in): budgets as test reports, the evidence package, the
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,12 @@ class Reporting:
             except OSError as exc:
                 raise pytest.UsageError(f"--replay-report {self.settings.report}: cannot create the directory "
                                         f"({exc.strerror or exc})") from None
+        if self.settings.html:
+            from ..report.html import check_writable
+
+            why = check_writable(self.settings.html)
+            if why:
+                raise pytest.UsageError(f"--replay-html {self.settings.html}: {why}")
 
     @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file: budgets are test cases there
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -76,8 +83,14 @@ class Reporting:
         self._report = self._build(results)
         self._junit_properties(results)
         self._baseline = results.baseline
-        if self.settings.report:
-            self._write_evidence(session, exitstatus, results)
+        if self.settings.report or self.settings.html or os.environ.get("GITHUB_STEP_SUMMARY"):
+            data = self._evidence(session, exitstatus, results)
+            if self.settings.report:
+                self._write_evidence(session, data)
+            if self.settings.html:
+                self._write_html(session, data)
+            if os.environ.get("GITHUB_STEP_SUMMARY"):
+                self._step_summary(data)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self._report is None and self.collection.loaded:
@@ -162,8 +175,9 @@ class Reporting:
         return outcome
 
     # -- evidence ----------------------------------------------------------------------------
-    def _write_evidence(self, session: pytest.Session, exitstatus: int, results: RunResults) -> None:
-        from ..report.evidence import build_evidence, write_evidence
+    def _evidence(self, session: pytest.Session, exitstatus: int, results: RunResults) -> dict:
+        """The evidence data: written with --replay-report, rendered with --replay-html."""
+        from ..report.evidence import build_evidence
 
         s, run, report = self.settings, self.run, self._report
         outcomes = item_outcomes(self.config.pluginmanager.get_plugin("terminalreporter"))
@@ -188,6 +202,15 @@ class Reporting:
         if results.baseline:
             from .baseline import evidence
             data["baseline"] = evidence(s, results.baseline)
+            if s.baseline:  # a URL given on the command line or in the ini file (a password masked)
+                from ..http.sensitive import url_without_password
+                data["baseline"]["target"] = url_without_password(str(s.baseline))
+        return data
+
+    def _write_evidence(self, session: pytest.Session, data: dict) -> None:
+        from ..report.evidence import write_evidence
+
+        s = self.settings
         try:
             path = write_evidence(s.report, data)
         except OSError as exc:  # a full disk, the directory removed meanwhile: the run fails, saying why
@@ -196,6 +219,26 @@ class Reporting:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             return
         self._report.notes.append(f"evidence written to {path}")
+
+    def _write_html(self, session: pytest.Session, data: dict) -> None:
+        from ..report.html import write_html
+
+        try:
+            path = write_html(self.settings.html, data)
+        except OSError as exc:  # as for the evidence: the run fails, saying why
+            self._report.notes.append(f"HTML report NOT written to {self.settings.html}: {exc.strerror or exc}")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        self._report.notes.append(f"HTML report written to {path}")
+
+    def _step_summary(self, data: dict) -> None:
+        """GitHub Actions shows what is appended to $GITHUB_STEP_SUMMARY on the run's page."""
+        from ..report.summary import append_step_summary
+
+        where = append_step_summary(data, html=self.settings.html)
+        if where:
+            self._report.notes.append(where)
 
     def _redaction_notes(self) -> list[str]:
         s = self.settings
