@@ -52,14 +52,14 @@ def _response(body: bytes, status: str = "200 OK") -> bytes:
 
 
 def write_capture(path: Path) -> Path:
-    """40 exchanges, 5 ms apart: fast, slow (regresses), broken (500 now), changed (a field changed)
+    """40 exchanges, 200 ms apart: fast, slow (regresses), broken (500 now), changed (a field changed)
     and account (a secret in the body, requested with a secret header)."""
     records = []
     kinds = ("fast", "slow", "broken", "changed", "account")
     for i in range(40):
         kind = kinds[i % len(kinds)]
         rid = f"{i + 1:016x}00000000"
-        ts = T0 + i * 5 * MS
+        ts = T0 + i * 200 * MS  # 8 s of capture, replayed at --speed 4 in 2 s
         headers = f"Host: shop\r\nAuthorization: {HEADER_SECRET}\r\n" if kind == "account" else "Host: shop\r\n"
         request = f"GET /api/{kind}/{i} HTTP/1.1\r\n{headers}\r\n".encode()
         if kind == "account":
@@ -144,7 +144,7 @@ def replayed(server: int, tmp_path_factory: pytest.TempPathFactory) -> SimpleNam
     env = {**os.environ, "GITHUB_STEP_SUMMARY": str(out.summary)}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--replay", str(capture),
-         "--replay-target", f"http://127.0.0.1:{server}", "--speed", "1", "--replay-budget", "p95<1.2x",
+         "--replay-target", f"http://127.0.0.1:{server}", "--speed", "4", "--replay-budget", "p95<1.2x",
          "--replay-budget", "5xx<50%", "--replay-html", str(out.html), "--replay-report", str(out.evidence),
          f"--junitxml={out.junit}", "--replay-headers", "*"],
         cwd=root, env=env, capture_output=True, text=True, timeout=300)
@@ -168,6 +168,7 @@ def test_real_replay_writes_a_self_contained_report(replayed: SimpleNamespace) -
     assert "REDACTED" in text  # the secret field's diff is there, masked
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)  # nothing loaded from elsewhere
     assert "<script src" not in text and "<link" not in text
+    assert "requests per second" in text and "status classes over time" in text and "lateness (send time" in text
     for part in ("Traffic replay: FAILED", "sha256", "GET /api/slow/{id}", "GET /api/broken/{id}",
                  "p95&lt;1.2x", "Failures by cause", "status 200 -&gt; 500", "<svg", "Skipped exchanges"):
         assert part in text, part
@@ -212,7 +213,7 @@ def test_report_opens_in_a_real_browser(replayed: SimpleNamespace, tmp_path: Pat
         sizes = driver.execute_script(
             "return Array.from(document.querySelectorAll('svg.chart')).map(function (s) {"
             " var r = s.getBoundingClientRect(); return [r.width, r.height, s.querySelectorAll('path').length]; })")
-        assert len(sizes) >= 6, sizes  # overall, status classes, one per endpoint (5)
+        assert len(sizes) >= 10, sizes  # overall, status classes, one per endpoint (5), 4 over time
         assert all(w > 0 and h > 0 for w, h, _ in sizes), sizes
         curves = driver.execute_script(
             "return Array.from(document.querySelectorAll('svg.chart path')).map(function (p) {"
@@ -402,6 +403,8 @@ def big_evidence() -> dict:
             aggregate.failure_groups.add(f"GET /api/resource-{n % 100:03d}/{{id}}",
                                          SimpleNamespace(differences=[_difference(f"body $.f{n} changed")]),
                                          n * 10 + index, text)
+    for i in range(100_000):  # two hours of capture: the timeline folds into 4 s buckets
+        aggregate.timeline.add(T0 + i * 72 * MS, 500 if i % 100 == 0 else 200, i % 1000 == 0, 2000 + i % 5000, i % 300)
     skipped = [{"index": i, "exchange": f"POST /api/w/{i}", "source": "c.gor", "reason": "write skipped"}
                for i in range(5000)]
     return build_evidence(aggregate=aggregate, target="http://127.0.0.1:9", budgets=evaluate(
@@ -419,7 +422,8 @@ def test_a_big_run_stays_under_2_mb_and_renders_fast(tmp_path: Path) -> None:
     assert size < 2_000_000, size
     assert elapsed < 20, elapsed  # typically ~1 s; generous for a loaded 2-core machine
     text = path.read_text(encoding="utf-8")
-    assert text.count('<svg class="chart"') == 102  # every endpoint drawn, plus the overall and status charts
+    assert text.count('<svg class="chart"') == 106  # every endpoint, overall, status classes, 4 over time
+    assert data["aggregate"]["timeline"]["width_s"] == 4 and len(data["aggregate"]["timeline"]["rows"]) <= 2000
     assert "the report's size limit for diffs was reached" in text
     assert MAX_DIFF_CHARS < 2_000_000
 
@@ -470,3 +474,36 @@ def test_markdown_summary_of_evidence(tmp_path: Path) -> None:
     assert append_step_summary(data, environ={}) is None  # not under GitHub Actions: nothing written
     note = append_step_summary(data, environ={"GITHUB_STEP_SUMMARY": str(tmp_path / "no" / "such" / "f")})
     assert note and "NOT appended" in note
+
+
+# -- the timeline ---------------------------------------------------------------------------------------
+def test_timeline_merges_exactly_and_stays_bounded() -> None:
+    from pytest_replay.report.timeline import MAX_BUCKETS, Timeline, coarsen
+
+    events = [(T0 + i * 700 * MS, 500 if i % 9 == 0 else 200, i % 50 == 0, 1000 + i % 777, i % 13) for i in range(9000)]
+    whole, parts = Timeline(), [Timeline(), Timeline(), Timeline()]
+    for n, event in enumerate(events):
+        whole.add(*event)
+        parts[n % 3].add(*event)
+    merged = Timeline().merge(parts[0]).merge(parts[1]).merge(parts[2])
+    assert merged == whole and whole.width == 4 and len(whole.buckets) <= MAX_BUCKETS  # 6300 s of capture
+    assert Timeline.from_dict(whole.to_dict()) == whole
+    rows = [dict(zip(whole.to_dict()["fields"], row)) for row in whole.to_dict()["rows"]]
+    assert sum(r["requests"] for r in rows) == 9000
+    assert sum(r["errors"] for r in rows) == 180 and sum(r["5xx"] for r in rows) == 1000 - sum(
+        1 for i in range(0, 9000, 9) if i % 50 == 0)
+    assert max(r["latency_max_us"] for r in rows) == 1776
+    width, starts, drawn = coarsen(whole.to_dict(), 300)
+    assert len(drawn) <= 300 and width == 32 and sum(r["requests"] for r in drawn) == 9000
+
+
+def test_aggregate_carries_the_timeline_through_merges(tmp_path: Path) -> None:
+    pairs = [_pair(f"/api/users/{i}", i * 50, 10, 11) for i in range(100)]  # 500 ms apart
+    whole, halves = Aggregate(), [Aggregate(), Aggregate()]
+    for n, (exchange, observation) in enumerate(pairs):
+        whole.add(exchange, observation)
+        halves[n % 2].add(exchange, observation)
+    merged = Aggregate.merged(Aggregate.from_dict(h.to_dict()) for h in halves)
+    assert merged == whole and sum(r[0] for r in whole.timeline.buckets.values()) == 100
+    assert len(whole.timeline.buckets) == 50
+    assert Aggregate.from_dict({k: v for k, v in whole.to_dict().items() if k != "timeline"}).timeline.buckets == {}

@@ -4,7 +4,9 @@ Written by ``--replay-html FILE`` at the end of a run (also an interrupted one, 
 ``python -m pytest_replay merge ... --html FILE`` for shards, so it is built from the evidence data
 alone, never from live objects. Self-contained: the CSS (report/report.css) and a few lines of
 JavaScript (sortable tables) are inlined, charts are inline SVG drawn here; opening it needs no
-network. Secrets: the evidence is already masked (request targets by the Redactor, failure examples
+network. Charts: latency distributions (recorded vs replayed, log scale) overall and per endpoint,
+status classes, and, from the aggregate's per-second timeline (report/timeline.py), requests,
+latency, lateness and status classes over the capture's time. Secrets: the evidence is already masked (request targets by the Redactor, failure examples
 rendered as the terminal shows them), and nothing else reaches the page. Bounded: huge diffs are cut
 with a note, the charts are downsampled, so 100 endpoints of 100k requests stay far under 2 MB.
 
@@ -21,6 +23,7 @@ from html import escape
 from pathlib import Path
 
 from .aggregate import ALL, Histogram, _highest
+from .timeline import coarsen
 
 MAX_ENDPOINT_CHARTS = 100  # latency-distribution charts drawn (endpoints with most requests first)
 MAX_CURVE_POINTS = 120  # points per distribution curve
@@ -28,6 +31,7 @@ MAX_DIFF_LINES = 60  # lines shown per failure example
 MAX_LINE_CHARS = 400  # characters shown per diff line
 MAX_EXAMPLE_CHARS = 8_000  # characters shown per failure example
 MAX_DIFF_CHARS = 600_000  # characters of failure examples in the whole report (keeps it well under 2 MB)
+MAX_TIME_POINTS = 300  # buckets drawn in the charts over time (the timeline is folded to fit)
 MAX_LISTED = 50  # skipped / incomplete examples listed
 CSS = Path(__file__).with_name("report.css")  # package data, inlined into every report
 
@@ -229,6 +233,85 @@ def bar_chart(title: str, groups: list[str], series: list[tuple[str, str, dict]]
     return "".join(parts)
 
 
+def time_chart(title: str, xs: list[float], series: list[tuple[str, str, list[float | None]]], unit: str,
+               width: int = 560, height: int = 200) -> str:
+    """Lines over time (x: seconds into the capture; y: linear from 0)."""
+    values = [v for _, _, ys in series for v in ys if v is not None]
+    if not xs or not values:
+        return ""
+    left, right, top, bottom = 60, 20, 20, 40
+    w, h = width - left - right, height - top - bottom
+    x0, x1 = xs[0], xs[-1] if xs[-1] > xs[0] else xs[0] + 1
+    peak = max(values) or 1.0
+
+    def px(x: float) -> float:
+        return left + w * (x - x0) / (x1 - x0)
+
+    def py(y: float) -> float:
+        return top + h * (1 - y / peak)
+
+    parts = [f'<svg class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+             f"<title>{_e(title)}</title>", f'<text x="{left}" y="13" class="ct">{_e(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{w}" height="{h}" class="frame"/>']
+    for frac in (0, 0.5, 1):
+        y = py(peak * frac)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" class="grid"/>'
+                     f'<text x="{left - 3}" y="{y + 3:.1f}" class="tk" text-anchor="end">{peak * frac:.3g}'
+                     f"{_e(unit)}</text>")
+    for frac in (0, 0.25, 0.5, 0.75, 1):
+        x = x0 + (x1 - x0) * frac
+        parts.append(f'<text x="{px(x):.1f}" y="{top + h + 12}" class="tk" text-anchor="middle">{x:g} s</text>')
+    for n, (name, cls, ys) in enumerate(series):
+        path, pen = [], "M"
+        for x, y in zip(xs, ys):
+            if y is None:
+                pen = "M"
+                continue
+            path.append(f"{pen}{px(x):.1f},{py(y):.1f}")
+            pen = "L"
+        if len(path) == 1:  # one point: a dot-sized line, still visible
+            path.append("l1,0")
+        if path:
+            parts.append(f'<path d="{"".join(path)}" class="{cls}"><title>{_e(name)}</title></path>')
+        lx = left + 4 + n * 95
+        parts.append(f'<line x1="{lx}" y1="{height - 6}" x2="{lx + 14}" y2="{height - 6}" class="{cls}"/>'
+                     f'<text x="{lx + 18}" y="{height - 3}" class="tk">{_e(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _time_charts(data: dict) -> str:
+    timeline = (data.get("aggregate") or {}).get("timeline")
+    if not timeline or not timeline.get("rows"):
+        return ('<p class="missing">Not drawn: requests, latency, lateness and status classes over time (this '
+                "evidence has no per-second series).</p>")
+    width, starts, rows = coarsen(timeline, MAX_TIME_POINTS)
+    origin = starts[0]
+    xs = [k - origin for k in starts]
+    per_s = [r["requests"] / width for r in rows]
+    mean = [r["latency_sum_us"] / r["latency_n"] / 1000 if r["latency_n"] else None for r in rows]
+    peak = [r["latency_max_us"] / 1000 if r["latency_n"] else None for r in rows]
+    unit = "1 s" if width == 1 else f"{width} s"
+    charts = [time_chart(f"requests per second (buckets of {unit})", xs, [("requests/s", "rep", per_s)], ""),
+              time_chart("replayed latency over time", xs, [("mean", "rep", mean), ("max", "mx", peak)], " ms")]
+    if data.get("lateness") is not None:
+        late_mean = [r["lateness_sum_us"] / r["requests"] / 1000 if r["requests"] else None for r in rows]
+        late_max = [r["lateness_max_us"] / 1000 if r["requests"] else None for r in rows]
+        charts.append(time_chart("lateness (send time - deadline) over time", xs,
+                                 [("mean", "rep", late_mean), ("max", "mx", late_max)], " ms"))
+    classes = [(name, f"s{name[0]}", [r[name] for r in rows]) for name in ("2xx", "3xx", "4xx", "5xx")
+               if any(r[name] for r in rows)]
+    if any(r["errors"] for r in rows):
+        classes.append(("errors", "s6", [r["errors"] for r in rows]))
+    charts.append(time_chart(f"status classes over time (responses per {unit} bucket)", xs, classes, ""))
+    pace = data.get("pace") or {}
+    how = (f"at speed {pace.get('speed')} the replay ran each second of the capture in 1/{pace.get('speed')} s"
+           if pace.get("speed") and not pace.get("rate") else
+           "the replay did not follow the capture's pace (--rate or --speed 0): the time axis is the capture's")
+    return (f"<h3>Over time</h3><p>Seconds into the capture (the recorded requests' timestamps; {_e(how)}).</p>"
+            f'<div class="charts">{"".join(c for c in charts if c)}</div>')
+
+
 # -- sections ----------------------------------------------------------------------------------------
 def _header(data: dict) -> str:
     state, reasons = outcome(data)
@@ -358,8 +441,7 @@ def _charts(data: dict) -> str:
     if len(ranked) > len(shown):
         parts.append(f"<p>{len(ranked) - len(shown)} endpoints with fewer requests are not drawn "
                      "(they are in the table).</p>")
-    parts.append('<p class="missing">Not drawn: requests, latency, lateness and status classes over the replay\'s '
-                 "time. The evidence keeps whole-run histograms and counters per endpoint, not a time series.</p>")
+    parts.append(_time_charts(data))
     parts.append("</section>")
     return "".join(parts)
 
