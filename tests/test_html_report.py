@@ -146,7 +146,8 @@ def replayed(server: int, tmp_path_factory: pytest.TempPathFactory) -> SimpleNam
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--replay", str(capture),
          "--replay-target", f"http://127.0.0.1:{server}", "--speed", "4", "--replay-budget", "p95<1.2x",
          "--replay-budget", "5xx<50%", "--replay-html", str(out.html), "--replay-report", str(out.evidence),
-         f"--junitxml={out.junit}", "--replay-headers", "*"],
+         f"--junitxml={out.junit}", "--replay-headers", "*", f"--html={root / 'pytest-html.html'}",
+         "--self-contained-html"],
         cwd=root, env=env, capture_output=True, text=True, timeout=300)
     out.stdout = done.stdout + done.stderr
     out.returncode = done.returncode
@@ -201,6 +202,15 @@ def test_github_step_summary_is_appended(replayed: SimpleNamespace) -> None:
     assert "`GET /api/broken/{id}`" in text and "Top causes:" in text
     assert f"HTML report: `{replayed.html}`" in text
     assert_no_secret(text, "the job summary")
+
+
+def test_pytest_html_report_gets_extras_and_the_summary(replayed: SimpleNamespace) -> None:
+    text = (replayed.root / "pytest-html.html").read_text(encoding="utf-8")
+    assert "Traffic replay: FAILED" in text  # the run's summary, in pytest-html's summary section
+    assert "Full replay report" in text and "rep p95 ms" in text and "p95&lt;1.2x" in text
+    assert "replay diff" in text  # a failed item's diff as a text extra
+    assert "replayed_latency_ms" in text and "GET /api/slow/{id}" in text  # latencies as an HTML extra
+    assert_no_secret(text, "the pytest-html report")
 
 
 def test_report_opens_in_a_real_browser(replayed: SimpleNamespace, tmp_path: Path) -> None:

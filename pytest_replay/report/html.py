@@ -551,6 +551,15 @@ def render_html(data: dict) -> str:
             f"<body>{body}<script>{SORT_JS}</script></body></html>\n")
 
 
+def summary_fragment(data: dict, html_path: str | None = None) -> str:
+    """The run's outcome, budgets and per-endpoint table as an HTML fragment (pytest-html's summary)."""
+    state, reasons = outcome(data)
+    link = (f'<p>Full replay report: <a href="{_e(Path(html_path).resolve().as_uri())}">{_e(html_path)}</a></p>'
+            if html_path else "")
+    return (f'<div class="replay-summary"><h2>Traffic replay: {_e(state)}</h2><p>{_e("; ".join(reasons))}</p>'
+            f"{link}{_budgets(data)}{_endpoints(data)}</div>")
+
+
 # -- files ---------------------------------------------------------------------------------------------
 def check_writable(path: str | os.PathLike) -> str | None:
     """None if a report can be written at `path` (its directory is created), else why not."""

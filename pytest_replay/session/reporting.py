@@ -51,6 +51,7 @@ class Reporting:
         self.budget_results: list = []
         self._report: RunReport | None = None
         self._baseline: dict = {}
+        self.data: dict | None = None  # the evidence data, when something renders it (files, summaries)
         if self.settings.report:
             try:  # now, not after the replay: a gate that cannot write its evidence should not run
                 Path(self.settings.report).mkdir(parents=True, exist_ok=True)
@@ -83,8 +84,9 @@ class Reporting:
         self._report = self._build(results)
         self._junit_properties(results)
         self._baseline = results.baseline
-        if self.settings.report or self.settings.html or os.environ.get("GITHUB_STEP_SUMMARY"):
-            data = self._evidence(session, exitstatus, results)
+        if self.settings.report or self.settings.html or os.environ.get("GITHUB_STEP_SUMMARY") or getattr(
+                self.config.option, "htmlpath", None):  # pytest-html's --html: its summary shows the run
+            data = self.data = self._evidence(session, exitstatus, results)
             if self.settings.report:
                 self._write_evidence(session, data)
             if self.settings.html:
