@@ -455,17 +455,15 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert target.read_text().startswith("<!DOCTYPE html>")
 
 
-def test_merge_writes_the_html_of_the_shards(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_merge_writes_the_html_of_the_shards(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     pairs = [_pair(f"/api/users/{i}", i, 10, 11) for i in range(40)]
     files = [str(write_evidence(tmp_path / "shards", small_evidence(tmp_path, (k, 2), pairs[k - 1::2])))
              for k in (1, 2)]
     html = tmp_path / "merged" / "report.html"
     summary = tmp_path / "summary.md"
-    os.environ["GITHUB_STEP_SUMMARY"] = str(summary)
-    try:
-        code = merge_main([*files, "--html", str(html)])
-    finally:
-        del os.environ["GITHUB_STEP_SUMMARY"]
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    code = merge_main([*files, "--html", str(html)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"HTML report: {html}" in out
