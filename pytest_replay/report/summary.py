@@ -41,9 +41,11 @@ def markdown(data: dict, html: str | None = None) -> str:
     if failing:
         lines += ["| endpoint | failed | requests | p95 recorded -> replayed ms | errors % |", "|---|---|---|---|---|"]
         for r in failing[:TOP]:
-            lines.append(f"| `{_cell(r['endpoint'])}` | {r['failed']:,} | {r.get('requests', 0):,} | "
-                         f"{(r.get('recorded_ms') or {}).get('p95', '-')} -> {(r.get('replayed_ms') or {}).get('p95', '-')}"
-                         f" | {r.get('error_pct') if r.get('error_pct') is not None else '-'} |")
+            rec = (r.get("recorded_ms") or {}).get("p95", "-")
+            rep = (r.get("replayed_ms") or {}).get("p95", "-")
+            errors = "-" if r.get("error_pct") is None else r["error_pct"]
+            lines.append(f"| `{_cell(r['endpoint'])}` | {r['failed']:,} | {r.get('requests', 0):,} | {rec} -> {rep}"
+                         f" | {errors} |")
         lines.append("")
     groups = (data.get("failures") or {}).get("groups") or []
     if groups:
