@@ -7,8 +7,9 @@ JavaScript (sortable tables) are inlined, charts are inline SVG drawn here; open
 network. Charts: latency distributions (recorded vs replayed, log scale) overall and per endpoint,
 status classes, and, from the aggregate's per-second timeline (report/timeline.py), requests,
 latency, lateness and status classes over the capture's time. Secrets: the evidence is already
-masked (request targets by the Redactor, failure examples rendered as the terminal shows them), and nothing else reaches the page. Bounded: huge diffs are cut
-with a note, the charts are downsampled, so 100 endpoints of 100k requests stay far under 2 MB.
+masked (request targets by the Redactor, failure examples rendered as the terminal shows them), and
+nothing else reaches the page. Bounded: huge diffs are cut with a note, the charts are downsampled,
+so 100 endpoints of 100k requests stay far under 2 MB.
 
 Sans-IO apart from `write_html` (atomic: a temporary file beside the target, then os.replace).
 """
