@@ -254,6 +254,24 @@ def test_report_opens_in_a_real_browser(replayed: SimpleNamespace, tmp_path: Pat
         driver.quit()
 
 
+def test_a_big_report_opens_fast_in_a_real_browser(tmp_path: Path) -> None:
+    path = write_html(tmp_path / "big.html", big_evidence())
+    driver = chromium(tmp_path)
+    try:
+        started = time.perf_counter()
+        driver.get(path.as_uri())  # returns once the page has loaded
+        loaded = time.perf_counter() - started
+        assert not [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert driver.execute_script("return document.querySelectorAll('svg.chart').length") == 106
+        assert loaded < 10, loaded  # typically well under a second
+        header = driver.find_element("xpath", "//table[@id='endpoints']//th[text()='requests']")
+        started = time.perf_counter()
+        header.click()
+        assert time.perf_counter() - started < 5
+    finally:
+        driver.quit()
+
+
 def skip_or_fail(reason: str) -> None:
     """Skipped on a developer's machine without Chromium; under CI (CI set) a failure instead."""
     if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
