@@ -450,6 +450,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_report", "--replay-report", "write the evidence package to this directory, also when the "
            "run is interrupted: DIR/replay-evidence.json, or DIR/replay-evidence-shard-K-of-N.json under "
            "--replay-shard K/N (so a CI matrix's shards can share one directory). Default: none.", metavar="DIR"),
+    Option("replay_html", "--replay-html", "write a self-contained HTML report to this file (run, budgets, a "
+           "sortable per-endpoint table, latency charts, failures by cause with their masked diffs, noise, skipped "
+           "exchanges), also when the run is interrupted; needs no network to open. Default: none.", metavar="FILE"),
     Option("replay_shard", "--replay-shard", "replay only shard K of N (a stable split by captured "
            "connection, for CI matrices); merge the shards' evidence with 'python -m pytest_replay merge', "
            "which exits non-zero when any shard's item or a budget failed. Default: everything.", None, _shard,

@@ -27,6 +27,8 @@ Definitions (the budgets and the evidence use these):
                  with a body that were sent
   write_reasons  why requests were writes or flagged ("method PURGE", "X-HTTP-Method-Override: DELETE")
   skipped        exchanges not replayed, by reason (Aggregate.skip)
+  timeline       per-second requests, status classes, errors, latency and lateness on the capture's
+                 timeline (report/timeline.py), bounded
 Sans-IO: values in, values out; no pytest, no clock, no files.
 """
 
@@ -40,6 +42,7 @@ from hdrh.histogram import HdrHistogram
 from ..http.normalize import endpoint_of
 from ..verdicts.budgets import fmt_ms
 from .failures import FailureGroups
+from .timeline import Timeline
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
@@ -327,6 +330,7 @@ class Aggregate:
         self.endpoints: dict[str, Stats] = {}
         self.folded = 0  # exchanges counted under OTHER because the endpoint cap was reached
         self.failure_groups = FailureGroups()
+        self.timeline = Timeline()  # per-second counts on the capture's timeline (report/timeline.py)
 
     # -- feeding ----------------------------------------------------------------------------
     def _stats(self, method: str, target: str) -> Stats:
@@ -392,6 +396,10 @@ class Aggregate:
                     stats.failed += 1
                     for part in {d.part for d in verdict.differences} or {"?"}:
                         stats.failures[part] += 1
+        response, latency = observation.response, observation.latency_ns
+        self.timeline.add(exchange.request_ts_ns, None if response is None else response.status, kind is not None,
+                          to_us(latency) if latency is not None and kind is None else None,
+                          to_us(observation.sent_ns - observation.deadline_ns))
         if verdict is not None and not verdict.passed:
             self.failure_groups.add(endpoint_of(request.method, request.target), verdict, exchange.index, shown)
 
@@ -411,6 +419,7 @@ class Aggregate:
         self.overall.merge(other.overall)
         self.folded += other.folded
         self.failure_groups.merge(other.failure_groups)
+        self.timeline.merge(other.timeline)
         for key, stats in other.endpoints.items():
             mine = self.endpoints.get(key)
             if mine is None:
@@ -435,7 +444,7 @@ class Aggregate:
         return {"schema": self.SCHEMA, "max_endpoints": self.max_endpoints, "folded": self.folded,
                 "overall": self.overall.to_dict(),
                 "endpoints": {key: stats.to_dict() for key, stats in sorted(self.endpoints.items())},
-                "failure_groups": self.failure_groups.to_dict()}
+                "failure_groups": self.failure_groups.to_dict(), "timeline": self.timeline.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> Aggregate:
@@ -447,11 +456,13 @@ class Aggregate:
         aggregate.overall = Stats.from_dict(data["overall"])
         aggregate.endpoints = {key: Stats.from_dict(value) for key, value in data["endpoints"].items()}
         aggregate.failure_groups = FailureGroups.from_dict(data.get("failure_groups"))
+        aggregate.timeline = Timeline.from_dict(data.get("timeline"))  # absent in older files: empty
         return aggregate
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Aggregate) and self.overall == other.overall
-                and self.endpoints == other.endpoints and self.failure_groups == other.failure_groups)
+                and self.endpoints == other.endpoints and self.failure_groups == other.failure_groups
+                and self.timeline == other.timeline)
 
     # -- reading ----------------------------------------------------------------------------
     def stats(self, endpoint: str | None = None) -> Stats | None:

@@ -1,4 +1,4 @@
-"""``python -m pytest_replay merge A.json B.json ... [--budget B]... [--report DIR]``
+"""``python -m pytest_replay merge A.json B.json ... [--budget B]... [--report DIR] [--html FILE]``
 
 Merges the evidence files of the shards of one run: histograms add bucket by bucket, so the merged
 percentiles are exactly those of one run over all requests. Prints each shard's outcomes and the
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latency or error budget, e.g. 'p95<200ms', 'GET /api/users/*: p99<300ms', '5xx<1%%', "
                              "'p95<1.2x', '5xx<=recorded+0.5%%' (repeatable). Default: the shards' budgets.")
     parser.add_argument("--report", metavar="DIR", help="write the merged evidence to DIR/replay-evidence.json")
+    parser.add_argument("--html", metavar="FILE", help="write the merged run as a self-contained HTML report to FILE")
     parser.add_argument("--rows", type=int, default=50, metavar="N", help="endpoints shown in the table (default 50)")
     return parser
 
@@ -67,6 +68,13 @@ def main(argv: Sequence[str] | None = None, out=None, err=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse printed the message (or the help: 0)
         return USAGE if exc.code else OK
+    if args.html:
+        from .html import check_writable
+
+        why = check_writable(args.html)
+        if why:
+            print(f"merge: --html {args.html}: {why}", file=err)
+            return USAGE
     try:
         named = [(path, read_evidence(path)) for path in args.files]
         budgets = list(args.budget)
@@ -100,6 +108,13 @@ def main(argv: Sequence[str] | None = None, out=None, err=None) -> int:
     if args.report:
         path = write_evidence(args.report, merged)
         print(f"evidence: {path}", file=out)
+    if args.html:
+        from .html import write_html
+
+        print(f"HTML report: {write_html(args.html, merged)}", file=out)
+    from .summary import append_step_summary
+
+    append_step_summary(merged, html=args.html)
     print(verdict_line(merged), file=out)
     return code
 

@@ -42,10 +42,18 @@ def start(config: pytest.Config, settings: Settings) -> ReplayRun:
                     Progress(config, worker=setup is not None, every_s=settings.progress_every,
                              unscheduled=settings.speed == 0 and not settings.rate))
     config.pluginmanager.register(ItemDurations(), "pytest-replay-item-durations")
+    from . import html_extras
+
+    extras = html_extras.active(config)  # pytest-html's --html: extras and a summary in its report
     if setup is not None:
         config.pluginmanager.register(Worker(run, setup), "pytest-replay-worker")
+        if extras:
+            config.pluginmanager.register(html_extras.HtmlExtras(), "pytest-replay-html-extras")
         return run
-    config.pluginmanager.register(Reporting(run), "pytest-replay-reporting")
+    reporting = Reporting(run)
+    config.pluginmanager.register(reporting, "pytest-replay-reporting")
+    if extras:
+        config.pluginmanager.register(html_extras.HtmlExtras(reporting), "pytest-replay-html-extras")
     if controller:
         config.pluginmanager.register(Controller(run, redaction_key=key), "pytest-replay-controller")
     return run

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from ..http.message import Exchange
-from ..http.normalize import path_template
+from ..http.normalize import endpoint_of, path_template
 from ..policy.redact import Redactor
 from ..policy.writes import MARKERS, SEND, SKIP
 
@@ -80,6 +80,8 @@ class ReplayItem(pytest.Function):
             item.add_marker(pytest.mark.skip(reason=f"incomplete in the capture: {reasons}"))
         item.user_properties.append(("replay_exchange", ",".join(str(e.index) for e in exchanges[:20])))
         item.user_properties.append(("replay_source", str(first.source)))
+        endpoints = dict.fromkeys(endpoint_of(e.request.method, e.request.target) for e in exchanges)
+        item.user_properties.append(("replay_endpoint", ", ".join(list(endpoints)[:20])))
         return item
 
     def runtest(self) -> None:

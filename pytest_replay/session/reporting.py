@@ -64,12 +64,19 @@ class Reporting:
             raise pytest.UsageError("--replay-update-to FILE takes one capture; with several, each is written "
                                     "next to its capture as NAME.updated.EXT")
         self._capacity: dict = {}
+        self.data: dict | None = None  # the evidence data, when something renders it (files, summaries)
         if self.settings.report:
             try:  # now, not after the replay: a gate that cannot write its evidence should not run
                 Path(self.settings.report).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise pytest.UsageError(f"--replay-report {self.settings.report}: cannot create the directory "
                                         f"({exc.strerror or exc})") from None
+        if self.settings.html:
+            from ..report.html import check_writable
+
+            why = check_writable(self.settings.html)
+            if why:
+                raise pytest.UsageError(f"--replay-html {self.settings.html}: {why}")
 
     @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file: budgets are test cases there
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -96,8 +103,15 @@ class Reporting:
         self._junit_properties(results)
         self._baseline = results.baseline
         self._capacity = results.capacity
-        if self.settings.report:
-            self._write_evidence(session, exitstatus, results)
+        if self.settings.report or self.settings.html or os.environ.get("GITHUB_STEP_SUMMARY") or getattr(
+                self.config.option, "htmlpath", None):  # pytest-html's --html: its summary shows the run
+            data = self.data = self._evidence(session, exitstatus, results)
+            if self.settings.report:
+                self._write_evidence(session, data)
+            if self.settings.html:
+                self._write_html(session, data)
+            if os.environ.get("GITHUB_STEP_SUMMARY"):
+                self._step_summary(data)
         if self.settings.update:
             self._update_lines = self._write_update(session, exitstatus, results)
 
@@ -248,8 +262,9 @@ class Reporting:
         return ""
 
     # -- evidence ----------------------------------------------------------------------------
-    def _write_evidence(self, session: pytest.Session, exitstatus: int, results: RunResults) -> None:
-        from ..report.evidence import build_evidence, write_evidence
+    def _evidence(self, session: pytest.Session, exitstatus: int, results: RunResults) -> dict:
+        """The evidence data: written with --replay-report, rendered with --replay-html."""
+        from ..report.evidence import build_evidence
 
         s, run, report = self.settings, self.run, self._report
         outcomes = item_outcomes(self.config.pluginmanager.get_plugin("terminalreporter"))
@@ -268,15 +283,24 @@ class Reporting:
             notes=results.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
             interrupted=report.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED, planned=report.planned,
             shard=s.shard, outcomes=outcomes, started=run.started, finished=now_iso(), noise=report.noise,
-            origins=report.origins, 
+            origins=report.origins,
             exit_status=int(session.exitstatus), wall_s=results.wall_s,
             latency_caveats=self.latency_caveats(results), workers=results.workers)
         if results.baseline:
             from .baseline import evidence
             data["baseline"] = evidence(s, results.baseline)
+            if s.baseline:  # a URL given on the command line or in the ini file (a password masked)
+                from ..http.sensitive import url_without_password
+                data["baseline"]["target"] = url_without_password(str(s.baseline))
         if results.capacity:
             data["capacity"] = {**results.capacity, "planned_stages": [stage.text for stage in s.stages]}
         data["run"].update(environment=s.environment, owner=s.owner, links={name: url for name, url in s.links})
+        return data
+
+    def _write_evidence(self, session: pytest.Session, data: dict) -> None:
+        from ..report.evidence import write_evidence
+
+        s = self.settings
         try:
             path = write_evidence(s.report, data)
         except OSError as exc:  # a full disk, the directory removed meanwhile: the run fails, saying why
@@ -285,6 +309,26 @@ class Reporting:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             return
         self._report.notes.append(f"evidence written to {path}")
+
+    def _write_html(self, session: pytest.Session, data: dict) -> None:
+        from ..report.html import write_html
+
+        try:
+            path = write_html(self.settings.html, data)
+        except OSError as exc:  # as for the evidence: the run fails, saying why
+            self._report.notes.append(f"HTML report NOT written to {self.settings.html}: {exc.strerror or exc}")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        self._report.notes.append(f"HTML report written to {path}")
+
+    def _step_summary(self, data: dict) -> None:
+        """GitHub Actions shows what is appended to $GITHUB_STEP_SUMMARY on the run's page."""
+        from ..report.summary import append_step_summary
+
+        where = append_step_summary(data, html=self.settings.html)
+        if where:
+            self._report.notes.append(where)
 
     def _redaction_notes(self) -> list[str]:
         s = self.settings

@@ -12,7 +12,6 @@ import math
 import os
 import re
 import threading
-import time
 
 MAX_SAMPLES = 3600  # an hour of samples kept in the evidence; the per-stage summary covers all
 STANDARD = ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds")
