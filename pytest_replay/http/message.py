@@ -122,6 +122,9 @@ class Request(_Message):
     trailers: Headers = ()
     lf_only: bool = False  # the head used bare LF line endings (hand-edited .gor files)
     _headers: Headers | None = field(default=None, compare=False, repr=False)
+    # how it was captured: "http/1" (version says which), "h2c" or "h2" (HTTP/2: head and raw are
+    # synthesized in HTTP/1.1 form, and it is replayed over HTTP/1.1 for now)
+    protocol: str = "http/1"
 
     @classmethod
     def build(cls, method: str, target: str, headers: Headers = (), body: bytes = b"",
@@ -154,6 +157,7 @@ class Response(_Message):
     interim: tuple[int, ...] = ()  # 1xx statuses that came before this final response
     lf_only: bool = False
     _headers: Headers | None = field(default=None, compare=False, repr=False)
+    protocol: str = "http/1"  # as for Request
 
     @classmethod
     def build(cls, status: int, reason: str = "", headers: Headers = (), body: bytes = b"",
