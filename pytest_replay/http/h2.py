@@ -25,15 +25,13 @@ from collections.abc import Callable
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
-from .message import CAPTURE_ENDED, CLOSED, GAP, TRUNCATED, Headers, Request, Response, build_head
+from .message import CAPTURE_ENDED, CLOSED, GAP, H2_ERROR, HPACK_UNKNOWN, TRUNCATED, Headers, Request, Response, build_head
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
 MAX_FRAME = 1 << 24  # the 24-bit length field's limit
 MAX_HEADER_BLOCK = 1 << 20  # a header block (HEADERS + CONTINUATIONs) longer than this is not used
-HPACK_UNKNOWN = "hpack-unknown"  # a header referenced a dynamic-table entry the capture never saw
-H2_ERROR = "h2-error"  # the frames or a header block are invalid
 STATIC = HeaderTable.STATIC_TABLE
 _UNKNOWN = b"?"  # name or value of an entry the capture did not see
 
@@ -181,7 +179,7 @@ class H2Stream:
         self.opaque = None  # the caller's (flows.py: its Draft)
 
     def flag(self, code: str, part: str, detail: str) -> None:
-        if (code, part, detail) not in self.flags:
+        if not any(flag[0] == code and flag[1] == part for flag in self.flags):
             self.flags.append((code, part, detail))
 
     @property
@@ -201,6 +199,8 @@ def _pseudo(headers: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], lis
     pseudo: dict[bytes, bytes] = {}
     regular = []
     for name, value in headers:
+        if name is _UNKNOWN:
+            continue  # a reference to an HPACK entry the capture did not see (the stream is flagged)
         if name[:1] == b":":
             pseudo.setdefault(name, value)
         else:

@@ -46,7 +46,9 @@ TRUNCATED = "truncated"  # packets were cut by the snapshot length, or the recor
 UNPARSABLE = "unparsable"  # the bytes are not valid HTTP/1.x where a message was expected
 CAPTURE_ENDED = "capture-ended"  # the capture stops in the middle of the message
 CLOSED = "closed"  # the connection was closed or reset before the message was complete
-REASON_CODES = (NO_RESPONSE, GAP, TRUNCATED, UNPARSABLE, CAPTURE_ENDED, CLOSED)
+HPACK_UNKNOWN = "hpack-unknown"  # HTTP/2 headers referenced HPACK table entries sent before the capture began
+H2_ERROR = "h2-error"  # HTTP/2 frames or a header block were invalid where the message was
+REASON_CODES = (NO_RESPONSE, GAP, TRUNCATED, UNPARSABLE, CAPTURE_ENDED, CLOSED, HPACK_UNKNOWN, H2_ERROR)
 
 
 @dataclass(frozen=True, slots=True)

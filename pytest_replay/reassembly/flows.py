@@ -399,8 +399,12 @@ class Connection:
         False: the HPACK tables are not known)."""
         if self.h2 is None:
             self.h2 = H2Session(self._h2_open, self._h2_close, preface=preface, known=known, protocol=protocol)
-            self.table.stats.protocols[protocol] += 1
-            self.table.stats.protocols["http/1"] -= 1
+            protocols = self.table.stats.protocols
+            protocols[protocol] += 1
+            if protocols["http/1"] > 1:
+                protocols["http/1"] -= 1
+            else:
+                del protocols["http/1"]
         for from_client, wanted in ((True, client), (False, server)):
             framer = self.requests if from_client else self.responses
             if not wanted or isinstance(framer, H2Sink):
