@@ -21,6 +21,7 @@ not done yet); ``protocol`` says how it was captured.
 from __future__ import annotations
 
 from collections.abc import Callable
+from http import HTTPStatus
 
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
@@ -34,6 +35,7 @@ MAX_FRAME = 1 << 24  # the 24-bit length field's limit
 MAX_HEADER_BLOCK = 1 << 20  # a header block (HEADERS + CONTINUATIONs) longer than this is not used
 STATIC = HeaderTable.STATIC_TABLE
 _UNKNOWN = b"?"  # name or value of an entry the capture did not see
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
 class H2Error(ValueError):
@@ -234,11 +236,7 @@ def to_response(headers, body: bytes, trailers, interim: tuple[int, ...], protoc
     status_text = pseudo.get(b":status", b"0")
     status = int(status_text) if status_text.isdigit() and len(status_text) == 3 else 0
     regular = _with_length(regular, body, False)
-    from http import HTTPStatus
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""
+    reason = _REASONS.get(status, "")
     head = build_head(f"HTTP/1.1 {status} {reason}".rstrip().encode("latin-1"), tuple(regular))
     return Response(status, reason, "1.1", head, body, head + body, tuple(trailers), interim, False,
                     tuple(regular), protocol)

@@ -445,8 +445,9 @@ class Connection:
             self.table.orphan("its HTTP/2 stream started before the capture (or its request was lost)")
             return
         protocol = self.h2.protocol
-        if draft.request is None or draft.request.protocol != "http/1":
-            draft.request = stream.request(protocol)
+        request = draft.request
+        if request is None or (request.protocol != "http/1" and (stream.req_data or stream.req_trailers)):
+            draft.request = stream.request(protocol)  # built at _h2_open() from the headers alone
         response = stream.response(protocol)
         if response is not None:
             if draft.interim:
