@@ -87,9 +87,34 @@ def _raw_ipv6(data: bytes) -> tuple[int, int] | None:
     return ETH_IPV6, 0
 
 
+_NFLOG_FAMILIES = {2: ETH_IPV4, 10: ETH_IPV6}  # AF_INET, AF_INET6 (Linux)
+_NFULA_PAYLOAD = 9
+
+
+def _nflog(data: bytes) -> tuple[int, int] | None:
+    """Linux NFLOG (239): family, version, resource id (4 bytes), then TLVs (16-bit length including
+    its 4-byte header, 16-bit type; both in the capturing host's byte order, each TLV padded to 4
+    bytes). The packet is the value of the NFULA_PAYLOAD TLV (type 9)."""
+    if len(data) < 4 or data[1] != 0:
+        return None
+    etype = _NFLOG_FAMILIES.get(data[0])
+    if etype is None:
+        return None
+    for order in ("<", ">"):
+        off = 4
+        while off + 4 <= len(data):
+            length, kind = struct.unpack_from(order + "HH", data, off)
+            if length < 4 or off + length > len(data):
+                break  # not this byte order (or a damaged TLV)
+            if kind & 0x7FFF == _NFULA_PAYLOAD:
+                return etype, off + 4
+            off += (length + 3) & ~3
+    return None
+
+
 LINK_DECODERS: dict[int, LinkDecoder] = {
     1: _ethernet, 113: _sll, 276: _sll2, 0: _null_host_order, 108: _loop,
-    12: _raw_ip, 14: _raw_ip, 101: _raw_ip, 228: _raw_ipv4, 229: _raw_ipv6,
+    12: _raw_ip, 14: _raw_ip, 101: _raw_ip, 228: _raw_ipv4, 229: _raw_ipv6, 239: _nflog,
 }
 
 
