@@ -195,3 +195,22 @@ def test_looks_like_frames() -> None:
     assert looks_like_frames(server) and looks_like_frames(client[len(PREFACE):])
     assert not looks_like_frames(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert not looks_like_frames(b"HTTP/1.1 200 OK\r\n\r\n")
+
+
+def test_quic_is_counted_not_decoded(tmp_path) -> None:
+    """QUIC (HTTP/3 over UDP 443) cannot be replayed: counted with its reason; other UDP as before."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    from scapy.utils import wrpcap
+
+    mac = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    packets = [Ether(**mac) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=50000, dport=443)
+               / Raw(b"\xc3\x00\x00\x00\x01" + bytes(30)),  # long header, Initial
+               Ether(**mac) / IPv6(src="::1", dst="::2") / UDP(sport=443, dport=50000) / Raw(b"\x40" + b"\x11" * 20),
+               Ether(**mac) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=5353, dport=5353) / Raw(bytes(12))]
+    wrpcap(str(tmp_path / "quic.pcap"), packets)
+    exchanges, stats = load(str(tmp_path / "quic.pcap"))
+    assert exchanges == [] and stats.not_decoded == {"QUIC (UDP port 443, HTTP/3): not replayed": 2,
+                                                     "not TCP (IP protocol 17)": 1}
