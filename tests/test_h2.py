@@ -214,3 +214,16 @@ def test_quic_is_counted_not_decoded(tmp_path) -> None:
     exchanges, stats = load(str(tmp_path / "quic.pcap"))
     assert exchanges == [] and stats.not_decoded == {"QUIC (UDP port 443, HTTP/3): not replayed": 2,
                                                      "not TCP (IP protocol 17)": 1}
+
+
+def test_inspect_reports_protocols(capsys) -> None:
+    import json
+
+    from pytest_replay.cli import main
+
+    assert main(["inspect", str(CRAFTED / "upgrade_ws_and_h2.pcapng")]) == 0
+    assert "connections: 2 (HTTP/1.x: 1, h2c: 1)" in capsys.readouterr().out
+    assert main(["inspect", "--json", str(RECORDED / "nginx_h2c_prior_knowledge.pcap")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {line["protocol"] for line in lines[:-1]} == {"h2c"}
+    assert lines[-1]["summary"]["protocols"] == {"h2c": 2}

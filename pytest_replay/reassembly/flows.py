@@ -350,6 +350,11 @@ class Connection:
                 return
         if not self.stopped:
             self.stopped = True
+            if self.position == 0 and self.h2 is None:  # nothing was read as HTTP/1.x on it
+                protocols = self.table.stats.protocols
+                protocols["http/1"] -= 1
+                if protocols["http/1"] <= 0:
+                    del protocols["http/1"]
             self.table.skipped(event.code, f"{self.name}: {event.detail}", self.first_frame, self.first_where)
         self.requests.stop(event.code, event.detail)
         self.responses.stop(event.code, event.detail)
