@@ -5,8 +5,8 @@ through :class:`H2Session` or :func:`exchanges_from_streams`, for decrypted TLS 
 was h2: the caller feeds each direction's bytes in order (any segmentation) with the timestamp,
 frame number and file offset they came from, and gets one :class:`H2Stream` per HTTP/2 stream.
 
-Frames are walked here directly (a 9-byte header: slicing it costs less than building
-hyperframe objects, see docs/design.md for the figures); HPACK header blocks are decoded here too,
+Frames are walked here directly (a 9-byte header: slicing it costs about a fifth of building
+hyperframe objects, see bench/bench_h2.py and docs/benchmarks.md); HPACK header blocks are decoded here too,
 over the hpack package's static table and Huffman decoder, because a capture that starts in the
 middle of a connection does not know the dynamic table: a reference to an entry it never saw is
 flagged (``hpack-unknown``) and decoding goes on with the rest of the block, so later entries stay
