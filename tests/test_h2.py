@@ -3,6 +3,11 @@ cut anywhere, corruption, gRPC, the entry point for decrypted streams, and the h
 
 from __future__ import annotations
 
+import getpass
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import h2.config
@@ -227,3 +232,42 @@ def test_inspect_reports_protocols(capsys) -> None:
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {line["protocol"] for line in lines[:-1]} == {"h2c"}
     assert lines[-1]["summary"]["protocols"] == {"h2c": 2}
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx")
+def test_h2c_capture_replays_over_http1(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """The recorded h2c traffic replayed (over HTTP/1.1) against the same content served by nginx over
+    HTTP/1.1: the reads pass, the POSTs are writes (mocked unless allowed)."""
+    html = tmp_path / "html"
+    html.mkdir()
+    (html / "index.html").write_bytes(b"hello from nginx over h2c\n")
+    (html / "items.json").write_bytes(b'{"items": [1, 2, 3]}\n')
+    (tmp_path / "logs").mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "nginx.conf").write_text(
+        # workers as the same user as the master (root here: pytest's tmp dirs are private)
+        f"daemon off; user {getpass.getuser()}; pid {tmp_path}/nginx.pid; error_log {tmp_path}/logs/error.log;\n"
+        "events { worker_connections 64; }\n"
+        f"http {{ access_log off; server {{ listen 127.0.0.1:{port}; root {html};\n"
+        '  location /echo { return 201 "created\\n"; } } }\n')
+    server = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                              stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        capture = str(RECORDED / "nginx_h2c_prior_knowledge.pcap")
+        args = ("-p", "no:cacheprovider", "--replay", capture, "--replay-target", f"http://127.0.0.1:{port}",
+                "--speed", "0", "-q")
+        result = pytester.runpytest_subprocess(*args, timeout=300)
+        result.assert_outcomes(passed=3, skipped=2)
+        result = pytester.runpytest_subprocess(*args, "--replay-allow-write", "POST ^/echo", timeout=300)
+        result.assert_outcomes(passed=5)
+    finally:
+        server.terminate()
+        server.wait(10)
