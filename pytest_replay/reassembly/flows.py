@@ -14,7 +14,8 @@ from collections import OrderedDict, deque
 
 from ..capture.draft import Draft, Reorder, flags_of
 from ..capture.stats import CaptureStats
-from ..http.message import CAPTURE_ENDED, CLOSED, GAP, NO_RESPONSE, UNPARSABLE, Flag, Request, Response, header_value
+from ..http.message import (CAPTURE_ENDED, CLOSED, GAP, NO_RESPONSE, UNPARSABLE, Flag, Request, Response, build_head,
+                            header_value)
 from ..http.h2 import H2Session, H2Stream, looks_like_frames
 from ..http.parser import HEAD, Framer, Lost, Parsed, Stop
 from .tcp import Stream
@@ -435,6 +436,7 @@ class Connection:
         self.h2_upgrade = None
         session = self.speak_h2(False, True)
         session.upgraded(draft.request, draft, draft.ts, draft.frames[0] if draft.frames else 0, draft.offset)
+        draft.request = _without_upgrade(draft.request)
         draft.interim += (101,)
 
     def _h2_open(self, stream: H2Stream) -> None:
@@ -467,6 +469,26 @@ class Connection:
         if response is None and not any(flag.part == "response" for flag in draft.flags):
             draft.flags += (Flag(NO_RESPONSE, "response", f"HTTP/2 stream {stream.id} had no response"),)
         draft.done = True
+
+
+def _without_upgrade(request: Request) -> Request:
+    """The Upgrade: h2c request as it is replayed (over HTTP/1.1): without Upgrade, HTTP2-Settings and
+    their Connection tokens, which would ask the target to switch protocols."""
+    kept = []
+    for name, value in request.headers:
+        lname = name.lower()
+        if lname in (b"upgrade", b"http2-settings"):
+            continue
+        if lname == b"connection":
+            tokens = [t.strip() for t in value.split(b",") if t.strip().lower() not in (b"upgrade", b"http2-settings")]
+            if not tokens:
+                continue
+            value = b", ".join(tokens)
+        kept.append((name, value))
+    start = request.head.split(b"\n", 1)[0].rstrip(b"\r")
+    head = build_head(start, tuple(kept))
+    return Request(request.method, request.target, request.version, head, request.body, head + request.body,
+                   request.trailers, False, tuple(kept))
 
 
 def _asks_h2c(headers) -> bool:
