@@ -271,3 +271,81 @@ def test_h2c_capture_replays_over_http1(pytester: pytest.Pytester, tmp_path: Pat
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _flows(client_turns: list[bytes], server_turns: list[bytes], cuts: list[int]) -> list[tuple]:
+    """Exchanges of one connection fed to the FlowTable turn by turn (client then server), each
+    turn's bytes cut at `cuts` (offsets modulo the turn length)."""
+    from pytest_replay.capture.draft import Reorder
+    from pytest_replay.capture.stats import CaptureStats
+    from pytest_replay.reassembly.flows import ACK, SYN, FlowTable
+
+    reorder = Reorder()
+    table = FlowTable("mem", CaptureStats(), reorder)
+    cli, srv = (b"\x0a\x00\x00\x01", 40000), (b"\x0a\x00\x00\x02", 80)
+    seq = {True: 1000, False: 5000}
+    frame = 0
+
+    def packet(from_client: bool, flags: int, payload: bytes = b"") -> None:
+        nonlocal frame
+        frame += 1
+        src, dst = (cli, srv) if from_client else (srv, cli)
+        table.packet(src[0], src[1], dst[0], dst[1], seq[from_client], seq[not from_client], flags, payload, 0,
+                     frame * 1000, frame, frame * 100)
+        seq[from_client] += len(payload) + bool(flags & SYN)
+
+    packet(True, SYN)
+    packet(False, SYN | ACK)
+    for turn in range(max(len(client_turns), len(server_turns))):
+        for from_client, turns in ((True, client_turns), (False, server_turns)):
+            if turn < len(turns):
+                data = turns[turn]
+                points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+                for a, b in zip(points, points[1:]):
+                    packet(from_client, ACK, data[a:b])
+    table.finish()
+    return [(d.request.raw, d.response.raw if d.response else None, d.interim,
+             tuple(str(f) for f in d.flags)) for d in reorder.drain()]
+
+
+def _upgrade_turns(preface_early: bool) -> tuple[list[bytes], list[bytes]]:
+    """An Upgrade: h2c made by python-hyper h2 (initiate_upgrade_connection on both sides): the server
+    answers stream 1 (the upgrade request) in frames, then the client's stream 3."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    settings_header = client.initiate_upgrade_connection()
+    upgrade = (b"GET /up HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+               b"Upgrade: h2c\r\nHTTP2-Settings: " + settings_header + b"\r\n\r\n")
+    switching = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    server.initiate_upgrade_connection(settings_header)
+    preface = client.data_to_send()
+    server.receive_data(preface)
+    server.send_headers(1, [(":status", "200"), ("content-type", "text/plain")])
+    server.send_data(1, b"upgraded!", end_stream=True)
+    answer1 = server.data_to_send()
+    client.receive_data(answer1)
+    client.send_headers(3, [(":method", "GET"), (":path", "/next"), (":scheme", "http"),
+                            (":authority", "example.test")], end_stream=True)
+    request3 = client.data_to_send()
+    server.receive_data(request3)
+    server.send_headers(3, [(":status", "404")])
+    server.send_data(3, b"no", end_stream=True)
+    answer3 = server.data_to_send()
+    if preface_early:
+        return [upgrade + preface, request3], [switching + answer1, answer3]
+    return [upgrade, preface + request3], [switching + answer1, answer3]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, 10**6), max_size=8), st.booleans())
+def test_upgrade_h2c_cut_anywhere(cuts, preface_early) -> None:
+    """Upgrade: h2c through the FlowTable, the bytes cut at random points (the preface and frames
+    split across segments, with the HTTP/1.1 request or the 101 in the same segment): the same
+    exchanges as with whole turns."""
+    client_turns, server_turns = _upgrade_turns(preface_early)
+    whole = _flows(client_turns, server_turns, [])
+    assert len(whole) == 2 and all(not flags for *_, flags in whole), whole
+    assert whole[0][0] == b"GET /up HTTP/1.1\r\nHost: example.test\r\n\r\n" and whole[0][2] == (101,)
+    assert whole[0][1].endswith(b"\r\n\r\nupgraded!") and whole[1][0].startswith(b"GET /next HTTP/1.1\r\n")
+    assert whole[1][1].startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert _flows(client_turns, server_turns, cuts) == whole

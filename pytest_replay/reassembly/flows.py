@@ -434,10 +434,11 @@ class Connection:
     def _upgraded_h2c(self, draft: Draft, event: Parsed) -> None:
         """101 to h2c: the upgrade request is stream 1's request; its response comes in frames."""
         self.h2_upgrade = None
-        session = self.speak_h2(False, True)
+        draft.interim += (101,)
+        session = self.speak_h2(False, False)  # stream 1 must exist before the server's frames go in
         session.upgraded(draft.request, draft, draft.ts, draft.frames[0] if draft.frames else 0, draft.offset)
         draft.request = _without_upgrade(draft.request)
-        draft.interim += (101,)
+        self.speak_h2(False, True)
 
     def _h2_open(self, stream: H2Stream) -> None:
         draft = Draft(stream.request(self.h2.protocol), stream.req_ts, self.name, self.position, self.file,
@@ -457,10 +458,7 @@ class Connection:
             draft.request = stream.request(protocol)  # built at _h2_open() from the headers alone
         response = stream.response(protocol)
         if response is not None:
-            if draft.interim:
-                response = response.__class__(response.status, response.reason, response.version, response.head,
-                                              response.body, response.raw, response.trailers,
-                                              draft.interim + response.interim, False, response._headers, protocol)
+            draft.interim += response.interim  # Capture puts the draft's interim statuses on the response
             draft.response = response
             draft.resp_ts = stream.resp_ts
             draft.frames = (draft.frames[0] if draft.frames else stream.req_frame, stream.resp_frame)
