@@ -317,7 +317,13 @@ class H2Session:
         self.streams: dict[int, H2Stream] = {}
         self.closed_ids: set[int] = set()
         self.warnings: list[str] = []
+        self.warning_count = 0
         self.frames = 0
+
+    def _warn(self, text: str) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < 20:  # the first ones, named; the rest counted
+            self.warnings.append(text)
 
     # -- input -------------------------------------------------------------------------------
     def feed(self, from_client: bool, data: bytes, ts_ns: int = 0, frame: int = 0, where: int = 0) -> None:
@@ -374,7 +380,7 @@ class H2Session:
     # -- framing -----------------------------------------------------------------------------
     def _kill(self, side: _Direction, code: str, detail: str) -> None:
         side.dead = code
-        self.warnings.append(f"{'client' if side.client else 'server'}: {detail}")
+        self._warn(f"{'client' if side.client else 'server'}: {detail}")
         self._flag_open(side, code, detail)
         side.buf = bytearray()
         side.block = None
@@ -431,7 +437,7 @@ class H2Session:
             stream = self.streams.get(stream_id)
             if stream is None:
                 if stream_id not in self.closed_ids:
-                    self.warnings.append(f"DATA on unknown stream {stream_id}")
+                    self._warn(f"DATA on stream {stream_id}, whose HEADERS are not in the capture: ignored")
                 return
             (stream.req_data if side.client else stream.resp_data).append(payload)
             if flags & END_STREAM:

@@ -376,6 +376,12 @@ class Connection:
         self.finished = True
         if self.h2 is not None:
             self.h2.finish(why, code or CLOSED)
+            stats = self.table.stats
+            for text in self.h2.warnings[:3]:
+                if stats.warning_counts["http2"] < 20:
+                    from ..capture.stats import CaptureWarning
+                    stats.warn(CaptureWarning(self.file, "http2", f"{self.name}: HTTP/2 {text}",
+                                              offset=self.first_where, frame=self.first_frame))
         for draft in self.heads:  # their framer stopped mid-message
             draft.settle_request()
         self.heads.clear()
