@@ -156,6 +156,8 @@ def exchange_json(exchange: Exchange) -> dict:
         "recorded_latency_ns": exchange.recorded_latency_ns,
         "complete": exchange.complete,
         "reasons": list(exchange.reasons),
+        # as captured: "http/1", or "h2c"/"h2" (HTTP/2; an Upgrade: h2c request answered on stream 1 too)
+        "protocol": (response or exchange.request).protocol,
         "source": {"file": exchange.source.file, "offset": exchange.source.offset,
                    "record": exchange.source.record, "frames": list(exchange.source.frames)},
     }

@@ -25,7 +25,7 @@ COUNTS = {
     "learngit_http_sll_port85.cap": (1, 1, 0, {}),
     "ppa3_http_ip4and6.pcapng": (2, 2, 0, {}),
     "ppa3_http_post.pcapng": (2, 2, 0, {}),
-    "scapy_http2_h2c.pcap": (1, 1, 0, {"upgraded": 1}),
+    "scapy_http2_h2c.pcap": (2, 2, 0, {}),
     "scapy_http_content_length.pcap": (2, 2, 0, {}),
     "scapy_http_head.pcapng": (1, 1, 0, {}),
     "wireshark-http-chunked-gzip_via-mikekap-pcap2har.pcap": (1, 1, 0, {}),
@@ -136,11 +136,23 @@ def test_post_then_get_on_one_keepalive_connection() -> None:
     assert post.connection == get.connection and (post.position, get.position) == (0, 1)
 
 
-def test_h2c_upgrade_stops_http1() -> None:
-    exchange, _, stats = _one("scapy_http2_h2c.pcap")
-    assert (exchange.label, exchange.response.status) == ("GET /robots.txt", 101)
-    assert exchange.request.header("upgrade") == b"h2c"
-    assert stats.skipped_streams == {"upgraded": 1}
+def test_h2c_upgrade_yields_both_streams() -> None:
+    """As tshark -d tcp.port==80,http2 shows it: the Upgrade: h2c request is answered by stream 1
+    (101, then HEADERS :status 200 and 62 bytes of DATA), stream 3 is GET /humans.txt -> 404."""
+    exchanges, stats = load(str(REAL / "scapy_http2_h2c.pcap"))
+    upgrade, humans = exchanges
+    assert (upgrade.label, upgrade.response.status, upgrade.response.interim) == ("GET /robots.txt", 200, (101,))
+    # replayed over HTTP/1.1: without the headers that would ask the target to switch protocols
+    assert upgrade.request.header("upgrade") is None and upgrade.request.header("http2-settings") is None
+    assert upgrade.request.protocol == "http/1" and upgrade.request.header("host") == b"nghttp2.org"
+    assert upgrade.response.protocol == "h2c" and len(upgrade.response.body) == 62
+    assert upgrade.response.header("server") == b"nghttpx"
+    assert upgrade.source.frames == (1, 6)
+    assert (humans.label, humans.response.status, humans.response.body) == ("GET /humans.txt", 404, b"not found")
+    assert humans.request.protocol == "h2c" and humans.request.header("host") == b"nghttp2.org"
+    assert humans.request.head.startswith(b"GET /humans.txt HTTP/1.1\r\nhost: nghttp2.org\r\n")
+    assert humans.source.frames == (8, 10) and humans.complete
+    assert stats.skipped_streams == {} and stats.protocols == {"h2c": 1}
 
 
 def test_content_length_then_204() -> None:

@@ -87,9 +87,47 @@ def _raw_ipv6(data: bytes) -> tuple[int, int] | None:
     return ETH_IPV6, 0
 
 
+_NFLOG_FAMILIES = {2: ETH_IPV4, 10: ETH_IPV6}  # AF_INET, AF_INET6 (Linux)
+_NFULA_PAYLOAD = 9
+
+
+def _nflog(data: bytes) -> tuple[int, int] | None:
+    """Linux NFLOG (239): family, version, resource id (4 bytes), then TLVs (16-bit length including
+    its 4-byte header, 16-bit type; both in the capturing host's byte order, each TLV padded to 4
+    bytes). The packet is the value of the NFULA_PAYLOAD TLV (type 9)."""
+    if len(data) < 4 or data[1] != 0:
+        return None
+    etype = _NFLOG_FAMILIES.get(data[0])
+    if etype is None:
+        return None
+    for order in ("<", ">"):
+        off = 4
+        while off + 4 <= len(data):
+            length, kind = struct.unpack_from(order + "HH", data, off)
+            if length < 4 or off + length > len(data):
+                break  # not this byte order (or a damaged TLV)
+            if kind & 0x7FFF == _NFULA_PAYLOAD:
+                return etype, off + 4
+            off += (length + 3) & ~3
+    return None
+
+
+QUIC = "QUIC (UDP port 443, HTTP/3): not replayed"
+
+
+def _quic(proto: int, data: bytes, off: int, otherwise: str) -> str:
+    """Why a non-TCP packet is not decoded: QUIC (HTTP/3) when it is UDP on port 443 with the QUIC
+    fixed bit set, else `otherwise`."""
+    if proto == 17 and len(data) >= off + 9:
+        sport, dport = (data[off] << 8) | data[off + 1], (data[off + 2] << 8) | data[off + 3]
+        if 443 in (sport, dport) and data[off + 8] & 0x40:
+            return QUIC
+    return otherwise
+
+
 LINK_DECODERS: dict[int, LinkDecoder] = {
     1: _ethernet, 113: _sll, 276: _sll2, 0: _null_host_order, 108: _loop,
-    12: _raw_ip, 14: _raw_ip, 101: _raw_ip, 228: _raw_ipv4, 229: _raw_ipv6,
+    12: _raw_ip, 14: _raw_ip, 101: _raw_ip, 228: _raw_ipv4, 229: _raw_ipv6, 239: _nflog,
 }
 
 
@@ -193,7 +231,7 @@ class Decoder:
                 return None
             return self._tcp(src, dst, datagram, 0, len(datagram), 0)
         if proto != PROTO_TCP:
-            self.not_decoded[f"not TCP (IP protocol {proto})"] += 1
+            self.not_decoded[_quic(proto, data, off + ihl, f"not TCP (IP protocol {proto})")] += 1
             return None
         missing = end - len(data) if end > len(data) else 0
         return self._tcp(src, dst, data, off + ihl, min(end, len(data)), missing)
@@ -228,7 +266,7 @@ class Decoder:
             nxt = data[pos]
             pos += size
         if nxt != PROTO_TCP:
-            self.not_decoded[f"not TCP (IPv6 next header {nxt})"] += 1
+            self.not_decoded[_quic(nxt, data, pos, f"not TCP (IPv6 next header {nxt})")] += 1
             return None
         missing = end - len(data) if end > len(data) else 0
         return self._tcp(src, dst, data, pos, min(end, len(data)), missing)

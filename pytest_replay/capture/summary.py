@@ -54,6 +54,9 @@ def _back_to_back_runs(members: list) -> list[int]:
     return runs
 
 
+PROTOCOL_NAMES = {"http/1": "HTTP/1.x"}  # connections by the protocol their exchanges were read as
+
+
 def summary_data(stats: CaptureStats) -> dict:
     """Plain data (JSON-ready) describing a capture after it was read."""
     duration = None
@@ -76,6 +79,7 @@ def summary_data(stats: CaptureStats) -> dict:
         "requests_without_response": stats.no_response,
         "responses_without_request": dict(stats.orphan_responses),
         "skipped_streams": dict(stats.skipped_streams),
+        "protocols": {PROTOCOL_NAMES.get(k, k): v for k, v in stats.protocols.items() if v},
         "gaps": stats.gaps,
         "gap_bytes": stats.gap_bytes,
         "bytes_not_framed": dict(stats.lost),
@@ -131,7 +135,8 @@ def render_summary(data: dict) -> str:
     if data["ip_fragments"]:
         lines.append(f"IP fragments: {_counts(data['ip_fragments'])}")
     if data["packets"]:
-        lines.append(f"connections: {data['connections']}")
+        protocols = data.get("protocols") or {}
+        lines.append(f"connections: {data['connections']}" + (f" ({_counts(protocols)})" if protocols else ""))
     lines.append(f"exchanges: {data['exchanges']} ({data['complete']} complete, {data['incomplete']} incomplete)")
     if data["incomplete_by_reason"]:
         lines.append(f"  incomplete by reason: {_counts(data['incomplete_by_reason'])}")

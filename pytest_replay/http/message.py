@@ -46,7 +46,9 @@ TRUNCATED = "truncated"  # packets were cut by the snapshot length, or the recor
 UNPARSABLE = "unparsable"  # the bytes are not valid HTTP/1.x where a message was expected
 CAPTURE_ENDED = "capture-ended"  # the capture stops in the middle of the message
 CLOSED = "closed"  # the connection was closed or reset before the message was complete
-REASON_CODES = (NO_RESPONSE, GAP, TRUNCATED, UNPARSABLE, CAPTURE_ENDED, CLOSED)
+HPACK_UNKNOWN = "hpack-unknown"  # HTTP/2 headers referenced HPACK table entries sent before the capture began
+H2_ERROR = "h2-error"  # HTTP/2 frames or a header block were invalid where the message was
+REASON_CODES = (NO_RESPONSE, GAP, TRUNCATED, UNPARSABLE, CAPTURE_ENDED, CLOSED, HPACK_UNKNOWN, H2_ERROR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,9 @@ class Request(_Message):
     trailers: Headers = ()
     lf_only: bool = False  # the head used bare LF line endings (hand-edited .gor files)
     _headers: Headers | None = field(default=None, compare=False, repr=False)
+    # how it was captured: "http/1" (version says which), "h2c" or "h2" (HTTP/2: head and raw are
+    # synthesized in HTTP/1.1 form, and it is replayed over HTTP/1.1 for now)
+    protocol: str = "http/1"
 
     @classmethod
     def build(cls, method: str, target: str, headers: Headers = (), body: bytes = b"",
@@ -154,6 +159,7 @@ class Response(_Message):
     interim: tuple[int, ...] = ()  # 1xx statuses that came before this final response
     lf_only: bool = False
     _headers: Headers | None = field(default=None, compare=False, repr=False)
+    protocol: str = "http/1"  # as for Request
 
     @classmethod
     def build(cls, status: int, reason: str = "", headers: Headers = (), body: bytes = b"",

@@ -312,6 +312,7 @@ class Framer:
         self._pending: list = []  # events produced by gap() before next_event() is called
         self._skipped = 0  # bytes discarded while resynchronising before anything was framed
         self.stopped: Stop | None = None
+        self.leftover: list[tuple[bytes, int, int, int]] = []  # unframed bytes when it stopped (_rest())
         self.messages = 0
 
     # -- input -------------------------------------------------------------------------------
@@ -850,6 +851,7 @@ class Framer:
         self._closing = closing
 
     def _stop(self, code: str, detail: str) -> Stop:
+        self.leftover = self._rest()
         self._state = STOPPED
         self.stopped = Stop(code, detail, self._offset_of(self._pos))
         self._base += len(self._buf)
@@ -857,6 +859,18 @@ class Framer:
         self._pos = self._msg_start = 0
         self._cur = None
         return self.stopped
+
+    def _rest(self) -> list[tuple[bytes, int, int, int]]:
+        """The bytes not framed yet, as (bytes, ts_ns, frame, file offset) per feed: what another
+        protocol's parser (HTTP/2 after a preface or an upgrade) takes over."""
+        buf, pos, base, marks = self._buf, self._pos, self._base, self._marks
+        out = []
+        for i, (offset, ts_ns, frame, _ack, where) in enumerate(marks):
+            start = max(offset - base, pos)
+            end = marks[i + 1][0] - base if i + 1 < len(marks) else len(buf)
+            if end > start:
+                out.append((bytes(buf[start:end]), ts_ns, frame, where))
+        return out
 
     def _unparsable(self, pos: int, why: str) -> Lost:
         """Not HTTP/1.x where a message was expected: skip that line and look for the next start."""

@@ -14,7 +14,9 @@ from collections import OrderedDict, deque
 
 from .draft import Draft, Reorder, flags_of
 from .stats import CaptureStats
-from ..http.message import CAPTURE_ENDED, CLOSED, NO_RESPONSE, UNPARSABLE, Flag, Request, Response, header_value
+from ..http.message import (CAPTURE_ENDED, CLOSED, GAP, NO_RESPONSE, UNPARSABLE, Flag, Request, Response, build_head,
+                            header_value)
+from ..http.h2 import H2Session, H2Stream, looks_like_frames
 from ..http.parser import HEAD, Framer, Lost, Parsed, Stop
 from .tcp import Stream
 
@@ -39,10 +41,41 @@ class LostSpan:
         self.start, self.end = start, end
 
 
+class H2Sink:
+    """Stands in for a side's Framer once the connection speaks HTTP/2: the side's Stream feeds it,
+    and Connection.packet()'s fast-path checks see a framer with nothing to drain."""
+
+    _state = -1  # never parser.HEAD: packet() calls feed()
+    _buf = b""
+    _pending = ()
+    _closing = False
+    _first = False
+    stopped = None
+
+    def __init__(self, session: H2Session, from_client: bool) -> None:
+        self.session = session
+        self.from_client = from_client
+
+    def feed(self, data: bytes, ts_ns: int, frame: int = 0, ack: int | None = None, where: int = 0) -> None:
+        self.session.feed(self.from_client, data, ts_ns, frame, where)
+
+    def gap(self, nbytes: int, code: str = GAP, detail: str = "") -> None:
+        self.session.gap(self.from_client, nbytes, code, detail)
+
+    def close(self, code: str | None = None, detail: str = "") -> None:
+        self.session.close(self.from_client, code, detail)
+
+    def next_event(self) -> None:
+        return None
+
+    def stop(self, code: str, detail: str) -> None:
+        pass
+
+
 class Connection:
     __slots__ = ("name", "table", "client", "server", "requests", "responses", "queue", "answering",
                  "heads", "position", "client_isn", "stopped", "finished", "_server_gaps", "_client_gaps",
-                 "file", "key", "first_frame", "first_where")
+                 "file", "key", "first_frame", "first_where", "h2", "h2_upgrade", "mid_stream")
 
     def __init__(self, table: FlowTable, name: str, key: tuple, mid_stream: bool, frame: int = 0,
                  where: int = 0) -> None:
@@ -69,6 +102,9 @@ class Connection:
         self.finished = False
         self._server_gaps = 0  # server-stream gaps seen at the last response head
         self._client_gaps = 0
+        self.h2: H2Session | None = None  # the connection speaks HTTP/2 (on one side or both)
+        self.h2_upgrade: Draft | None = None  # a request with Upgrade: h2c awaiting its answer
+        self.mid_stream = mid_stream
 
     # -- packets -----------------------------------------------------------------------------
     def packet(self, from_client: bool, seq: int, ack: int, flags: int, payload: bytes, missing: int,
@@ -148,6 +184,8 @@ class Connection:
         self.position += 1
         self.table.reorder.push(draft)
         self.queue.append(draft)
+        if b"h2c" in request.head and _asks_h2c(request.headers):
+            self._wants_h2c(draft)
 
     def _request_event(self, event) -> None:
         if type(event) is Parsed:
@@ -156,6 +194,8 @@ class Connection:
                                     event.trailers, event.lf_only)
             draft.head = None
             draft.end = event.end
+            if b"h2c" in event.head and _asks_h2c(draft.request.headers):
+                self._wants_h2c(draft)
             if event.flags:
                 draft.flags += flags_of(event, "request")
             if event.lf_only:
@@ -258,6 +298,10 @@ class Connection:
             draft = self.answering.popleft() if self.answering else None
             if draft is None:
                 return
+            if status == 101 and draft is self.h2_upgrade and (event_header(event, b"upgrade") or b"").strip().lower() \
+                    == b"h2c":
+                self._upgraded_h2c(draft, event)
+                return
             draft.response = Response(status, event.reason, event.version, event.head, event.body, event.raw,
                                       event.trailers, (), event.lf_only)
             draft.resp_ts = event.ts_ns
@@ -293,8 +337,25 @@ class Connection:
     # -- ends --------------------------------------------------------------------------------
     def _stop(self, event: Stop) -> None:
         """The connection stops being HTTP/1.x (not HTTP at all, or upgraded)."""
+        if event.code == "http2" and self.requests.stopped is event:
+            # the client preface: prior knowledge, or after asking for Upgrade: h2c
+            self.speak_h2(True, self.h2_upgrade is None)
+            return
+        if event.code == "not-http":
+            if self.h2 is not None:
+                return  # the server's frames, its side already handed over (or about to be)
+            framer = self.requests if self.requests.stopped is event else self.responses
+            if framer.leftover and looks_like_frames(framer.leftover[0][0]):
+                self.speak_h2(True, True, preface=framer is self.responses and not self.mid_stream,
+                              known=not self.mid_stream)
+                return
         if not self.stopped:
             self.stopped = True
+            if self.position == 0 and self.h2 is None:  # nothing was read as HTTP/1.x on it
+                protocols = self.table.stats.protocols
+                protocols["http/1"] -= 1
+                if protocols["http/1"] <= 0:
+                    del protocols["http/1"]
             self.table.skipped(event.code, f"{self.name}: {event.detail}", self.first_frame, self.first_where)
         self.requests.stop(event.code, event.detail)
         self.responses.stop(event.code, event.detail)
@@ -313,6 +374,14 @@ class Connection:
         self._drain(True)
         self._drain(False)
         self.finished = True
+        if self.h2 is not None:
+            self.h2.finish(why, code or CLOSED)
+            stats = self.table.stats
+            for text in self.h2.warnings[:3]:
+                if stats.warning_counts["http2"] < 20:
+                    from .stats import CaptureWarning
+                    stats.warn(CaptureWarning(self.file, "http2", f"{self.name}: HTTP/2 {text}",
+                                              offset=self.first_where, frame=self.first_frame))
         for draft in self.heads:  # their framer stopped mid-message
             draft.settle_request()
         self.heads.clear()
@@ -330,6 +399,105 @@ class Connection:
             stats.gap_bytes += side.gap_bytes
             stats.retransmitted_bytes += side.retransmitted
         self.table.closed(self)
+
+
+    # -- HTTP/2 ------------------------------------------------------------------------------
+    def speak_h2(self, client: bool, server: bool, *, preface: bool = True, known: bool = True,
+                 protocol: str = "h2c") -> H2Session:
+        """From here on, these sides carry HTTP/2 frames: their framers stop and what they had not
+        framed goes to the connection's :class:`H2Session`, whose streams become exchanges. The hook
+        for decrypted TLS with ALPN h2 (both sides, protocol "h2"); the client side starts with the
+        preface unless `preface` is False (a connection the capture joined mid-way, with `known`
+        False: the HPACK tables are not known)."""
+        if self.h2 is None:
+            self.h2 = H2Session(self._h2_open, self._h2_close, preface=preface, known=known, protocol=protocol)
+            protocols = self.table.stats.protocols
+            protocols[protocol] += 1
+            if protocols["http/1"] > 1:
+                protocols["http/1"] -= 1
+            else:
+                del protocols["http/1"]
+        for from_client, wanted in ((True, client), (False, server)):
+            framer = self.requests if from_client else self.responses
+            if not wanted or isinstance(framer, H2Sink):
+                continue
+            framer.stop("http2", "HTTP/2")
+            sink = H2Sink(self.h2, from_client)
+            if from_client:
+                self.requests = self.client.sink = sink
+            else:
+                self.responses = self.server.sink = sink
+            for data, ts_ns, frame, where in framer.leftover:
+                self.h2.feed(from_client, data, ts_ns, frame, where)
+            framer.leftover = []
+        return self.h2
+
+    def _wants_h2c(self, draft: Draft) -> None:
+        """A request asked for Upgrade: h2c: the client's preface may follow it at once."""
+        self.h2_upgrade = draft
+        self.requests._first = True  # the next bytes are checked for the HTTP/2 preface
+
+    def _upgraded_h2c(self, draft: Draft, event: Parsed) -> None:
+        """101 to h2c: the upgrade request is stream 1's request; its response comes in frames."""
+        self.h2_upgrade = None
+        draft.interim += (101,)
+        session = self.speak_h2(False, False)  # stream 1 must exist before the server's frames go in
+        session.upgraded(draft.request, draft, draft.ts, draft.frames[0] if draft.frames else 0, draft.offset)
+        draft.request = _without_upgrade(draft.request)
+        self.speak_h2(False, True)
+
+    def _h2_open(self, stream: H2Stream) -> None:
+        draft = Draft(stream.request(self.h2.protocol), stream.req_ts, self.name, self.position, self.file,
+                      stream.req_where, frames=(stream.req_frame,))
+        self.position += 1
+        stream.opaque = draft
+        self.table.reorder.push(draft)
+
+    def _h2_close(self, stream: H2Stream) -> None:
+        draft = stream.opaque
+        if stream.req_headers is None or draft is None:
+            self.table.orphan("its HTTP/2 stream started before the capture (or its request was lost)")
+            return
+        protocol = self.h2.protocol
+        request = draft.request
+        if request is None or (request.protocol != "http/1" and (stream.req_data or stream.req_trailers)):
+            draft.request = stream.request(protocol)  # built at _h2_open() from the headers alone
+        response = stream.response(protocol)
+        if response is not None:
+            draft.interim += response.interim  # Capture puts the draft's interim statuses on the response
+            draft.response = response
+            draft.resp_ts = stream.resp_ts
+            draft.frames = (draft.frames[0] if draft.frames else stream.req_frame, stream.resp_frame)
+        for code, part, detail in stream.flags:
+            draft.flags += (Flag(code, part, detail),)
+        if response is None and not any(flag.part == "response" for flag in draft.flags):
+            draft.flags += (Flag(NO_RESPONSE, "response", f"HTTP/2 stream {stream.id} had no response"),)
+        draft.done = True
+
+
+def _without_upgrade(request: Request) -> Request:
+    """The Upgrade: h2c request as it is replayed (over HTTP/1.1): without Upgrade, HTTP2-Settings and
+    their Connection tokens, which would ask the target to switch protocols."""
+    kept = []
+    for name, value in request.headers:
+        lname = name.lower()
+        if lname in (b"upgrade", b"http2-settings"):
+            continue
+        if lname == b"connection":
+            tokens = [t.strip() for t in value.split(b",") if t.strip().lower() not in (b"upgrade", b"http2-settings")]
+            if not tokens:
+                continue
+            value = b", ".join(tokens)
+        kept.append((name, value))
+    start = request.head.split(b"\n", 1)[0].rstrip(b"\r")
+    head = build_head(start, tuple(kept))
+    return Request(request.method, request.target, request.version, head, request.body, head + request.body,
+                   request.trailers, False, tuple(kept))
+
+
+def _asks_h2c(headers) -> bool:
+    return (header_value(headers, b"upgrade") or b"").strip().lower() == b"h2c" or any(
+        name.lower() == b"upgrade" and b"h2c" in value.lower() for name, value in headers)
 
 
 def _received(draft: Draft, ack_off: int) -> bool:
@@ -399,6 +567,9 @@ class FlowTable:
         conn = Connection(self, name, ckey, mid_stream, frame, where)
         if flags & SYN and from_client:
             conn.client_isn = seq
+        self.stats.protocols["http/1"] += 1
+        if mid_stream and looks_like_frames(payload):  # joined an HTTP/2 connection mid-way
+            conn.speak_h2(True, True, preface=False, known=False)
         self.tombstones.pop(key, None)
         self.tombstones.pop(reverse, None)
         self.flows[ckey] = (conn, True)

@@ -65,6 +65,7 @@ class CaptureStats:
     no_response: int = 0
     orphan_responses: Counter = field(default_factory=Counter)  # why -> responses without their request
     skipped_streams: Counter = field(default_factory=Counter)  # reason code -> connections not HTTP/1.x
+    protocols: Counter = field(default_factory=Counter)  # "http/1", "h2c", "h2" -> connections parsed as such
     gaps: int = 0
     gap_bytes: int = 0
     lost: Counter = field(default_factory=Counter)  # reason code -> bytes discarded while framing
