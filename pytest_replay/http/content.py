@@ -13,6 +13,8 @@ import gzip
 import zlib
 from collections.abc import Callable
 
+from .message import codings
+
 try:
     import brotli  # CPython: the C bindings
 except ImportError:  # pragma: no cover - depends on the platform
@@ -25,6 +27,7 @@ try:
     import zstandard
 except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
     zstandard = None
+
 
 def _inflate(data: bytes) -> bytes:
     try:
@@ -59,14 +62,6 @@ DECODERS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.decompress, "x-gzip": gzip.decompress, "deflate": _inflate, "br": _unbrotli, "zstd": _unzstd,
     "identity": lambda data: data,
 }
-
-
-def codings(value: bytes | str | None) -> list[str]:
-    """The codings of a Content-Encoding value, in the order they were applied."""
-    if not value:
-        return []
-    text = value.decode("latin-1") if isinstance(value, bytes) else value
-    return [c.strip().lower() for c in text.split(",") if c.strip()]
 
 
 def decode(body: bytes, value: bytes | str | None) -> tuple[bytes, str | None]:

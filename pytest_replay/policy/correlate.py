@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from ..http.message import Request, Response
+from ..http.message import Request, Response, field_value, is_chunked, split_head
 
 _CONTENT_LENGTH = re.compile(rb"(?im)^(content-length[ \t]*:[ \t]*)(\d+)([ \t]*\r?)$")
-_CHUNKED = re.compile(rb"(?im)^transfer-encoding[ \t]*:.*\bchunked\b")
 
 
 class _Drop:
@@ -121,8 +120,7 @@ class ReplayState:
 def rebuild_request(request: Request, head: bytes, body: bytes) -> Request:
     """A request with a new head and body: Content-Length set to the body's length (when the head has one),
     a chunked body re-framed as one chunk (trailers kept)."""
-    chunked = _CHUNKED.search(head) is not None
-    if chunked:
+    if is_chunked(field_value(split_head(head), b"transfer-encoding")):
         framed = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n"
         framed += b"".join(k + b": " + v + b"\r\n" for k, v in request.trailers) + b"\r\n"
     else:

@@ -55,6 +55,7 @@ from collections import Counter
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from ..http.message import codings, field_value, head_lines, header_fields, header_value, is_chunked
 from ..http.sensitive import (is_token, known_kind, name_is_secret, names_a_secret, secret_segment,
                               sub_known as _sub_known, sub_url_passwords)
 
@@ -212,13 +213,6 @@ def decode_content(body: bytes, coding: bytes | str | None) -> tuple[bytes, str 
         except Exception:  # zlib.error, OSError, EOFError, brotli.error...
             return body, f"undecodable {name} body"
     return body, None
-
-
-def _header(headers, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
 
 
 def _charset(content_type: str) -> str:
@@ -784,11 +778,10 @@ class Redactor:
 
         is_request = isinstance(msg, Request)
         headers = msg.headers
-        te = (_header(headers, b"transfer-encoding") or b"").decode("latin-1").lower()
-        codings = [c.strip() for c in te.split(",") if c.strip()]
-        chunked = bool(codings) and codings[-1] == "chunked"
-        other_te = [c for c in codings if c != "chunked"]
-        ctype = _header(headers, b"content-type")
+        te = field_value(headers, b"transfer-encoding")
+        chunked = is_chunked(te)
+        other_te = [c for c in codings(te) if c != "chunked"]
+        ctype = header_value(headers, b"content-type")
         body = msg.body
         wire_body: bytes | None = None  # bytes after the head, when kept as they are
         drop_coding = False
@@ -797,7 +790,7 @@ class Redactor:
                 counts["body", f"not inspected (transfer-encoding {','.join(other_te)})"] += 1
             wire_body = msg.raw[len(msg.head):]
         else:
-            coding = _header(headers, b"content-encoding")
+            coding = header_value(headers, b"content-encoding")
             decoded, problem = decode_content(body, coding)
             if problem is not None:
                 if counts is not None:
@@ -815,11 +808,11 @@ class Redactor:
             counts["body", "chunked, rewritten with Content-Length"] += 1
         new_length = str(len(body)).encode() if (body_changed or chunked) and wire_body is None else None
 
-        lines = _head_lines(msg.head)
+        lines = head_lines(msg.head)
         out = [self._start_line(msg, lines[0][0], counts) + lines[0][1]] if is_request else [lines[0][0] + lines[0][1]]
         eol = lines[0][1] or b"\r\n"
         had_length = False
-        for group in _header_groups(lines[1:]):
+        for group in header_fields(lines[1:]):
             name, value, raw = group
             lname = name.lower()
             if lname == b"content-length" and new_length is not None:
@@ -876,41 +869,6 @@ class Redactor:
                         self.message(response, counts) if response is not None else None,
                         exchange.request_ts_ns, exchange.response_ts_ns, exchange.connection, exchange.position,
                         exchange.source, exchange.flags, ())
-
-
-def _head_lines(head: bytes) -> list[tuple[bytes, bytes]]:
-    """(line, line ending) pairs of a head; the last pair is the empty line that ends it."""
-    out = []
-    pos = 0
-    while pos < len(head):
-        end = head.find(b"\n", pos)
-        if end < 0:
-            out.append((head[pos:], b""))
-            break
-        line = head[pos:end]
-        if line.endswith(b"\r"):
-            out.append((line[:-1], b"\r\n"))
-        else:
-            out.append((line, b"\n"))
-        pos = end + 1
-    if len(out) < 2 or out[-1][0]:
-        out.append((b"", b""))
-    return out
-
-
-def _header_groups(lines: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, list]]:
-    """(name, value, [(line, ending)...]) per header field, obsolete folded lines joined."""
-    groups: list[tuple[bytes, bytes, list]] = []
-    for line, ending in lines[:-1]:
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t") and groups:
-            name, value, raw = groups[-1]
-            groups[-1] = (name, value + b" " + line.strip(b" \t"), raw + [(line, ending)])
-            continue
-        name, _, value = line.partition(b":")
-        groups.append((name.rstrip(b" \t"), value.strip(b" \t"), [(line, ending)]))
-    return groups
 
 
 DEFAULT = Redactor()

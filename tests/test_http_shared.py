@@ -1,0 +1,97 @@
+"""The HTTP knowledge that lives once in http/ (design.md, "Knowledge in one place"): header walking
+with folded lines, chunked detection, the RFC 9110 token, and the places that use them."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_replay.http.message import (Request, codings, field_value, head_lines, header_fields,
+                                        is_chunked, is_http_token, split_head)
+from pytest_replay.http.parser import parse_single
+from pytest_replay.policy.correlate import ReplayState, rebuild_request
+from pytest_replay.policy.middleware import parse_request
+from pytest_replay.policy.redact import Redactor
+from pytest_replay.policy.rewrite import Rewrites
+from pytest_replay.targets.raw import wire_bytes
+
+FOLDED = (b"POST /p HTTP/1.1\r\nHost: old\r\n  continued\r\nX-Long: a\r\n\tb\r\n  c\r\n"
+          b"Content-Length: 3\r\n\r\n")
+
+
+# -- header walking ---------------------------------------------------------------------------------------
+def test_head_lines_keep_each_ending_and_end_with_the_empty_line() -> None:
+    assert head_lines(b"GET / HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n") == [
+        (b"GET / HTTP/1.1", b"\r\n"), (b"A: 1", b"\n"), (b"B: 2", b"\r\n"), (b"", b"\r\n")]
+    assert head_lines(b"GET / HTTP/1.1\r\nA: 1") == [(b"GET / HTTP/1.1", b"\r\n"), (b"A: 1", b""), (b"", b"")]
+
+
+def test_header_fields_unfold_obs_fold_lines_and_keep_them_with_their_field() -> None:
+    fields = header_fields(head_lines(FOLDED)[1:])
+    assert [(name, value) for name, value, _ in fields] == [
+        (b"Host", b"old continued"), (b"X-Long", b"a b c"), (b"Content-Length", b"3")]
+    assert fields[1][2] == [(b"X-Long: a", b"\r\n"), (b"\tb", b"\r\n"), (b"  c", b"\r\n")]
+    assert split_head(FOLDED) == tuple((name, value) for name, value, _ in fields)
+
+
+def test_split_head_bare_lf_and_odd_spacing() -> None:
+    assert split_head(b"HTTP/1.1 200 OK\nA :  x \t\nB:y\n z\n\n") == ((b"A", b"x"), (b"B", b"y z"))
+
+
+def test_field_value_joins_repeated_fields() -> None:
+    headers = ((b"Transfer-Encoding", b"gzip"), (b"X", b"1"), (b"transfer-encoding", b"chunked"))
+    assert field_value(headers, b"transfer-encoding") == b"gzip, chunked"
+    assert field_value(headers, b"absent") is None
+
+
+def test_editors_keep_or_drop_a_folded_field_whole() -> None:
+    request = parse_request(FOLDED + b"abc")
+    sent = wire_bytes(request, "new")
+    assert sent.startswith(b"POST /p HTTP/1.1\r\nHost: new\r\nX-Long: a\r\n\tb\r\n  c\r\nContent-Length: 3\r\n\r\n")
+    rewritten = Rewrites(set_headers=["X-Long: short"]).apply(request)
+    assert rewritten.head == b"POST /p HTTP/1.1\r\nHost: old\r\n  continued\r\nX-Long: short\r\nContent-Length: 3\r\n\r\n"
+    redacted = Redactor().message(request)
+    assert redacted.head == FOLDED  # nothing secret: every line as it was
+
+
+# -- chunked detection ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("value", "chunked"), [
+    (b"chunked", True), (b"Chunked", True), (b"gzip, chunked", True), (b"gzip,chunked", True),
+    ("gzip , CHUNKED ", True), (b"chunked, gzip", False), (b"gzip", False), (b"", False), (None, False)])
+def test_is_chunked_only_when_chunked_is_the_last_coding(value, chunked: bool) -> None:
+    assert is_chunked(value) is chunked
+
+
+def test_codings_in_the_order_applied() -> None:
+    assert codings(b"gzip, Chunked") == ["gzip", "chunked"] and codings(None) == [] and codings(" , ") == []
+
+
+def test_a_gzip_chunked_request_is_reframed_by_correlation_and_redaction() -> None:
+    wire = (b"POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            b"7\r\nold-val\r\n0\r\n\r\n")
+    request = parse_request(wire)
+    assert request is not None and request.body == b"old-val"
+    state = ReplayState()
+    state.learn(b"old-val", b"new-value")
+    new = state.substitute(request)
+    assert new.raw.endswith(b"\r\n\r\n9\r\nnew-value\r\n0\r\n\r\n") and b"Content-Length" not in new.head
+    again = rebuild_request(request, request.head, b"x")
+    assert parse_single(again.raw, True)[0].body == b"x"
+    sent = wire_bytes(request, None)
+    assert sent.endswith(b"Transfer-Encoding: gzip, chunked\r\n\r\n7\r\nold-val\r\n0\r\n\r\n")
+
+
+# -- the RFC 9110 token -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "ok"), [
+    ("X-Replay", True), (b"GET", True), ("a!#$%&'*+.^_`|~9", True), ("", False), ("a b", False),
+    ("a:b", False), (b"a\n", False), ("é", False), ("\u20ac", False)])
+def test_is_http_token(text, ok: bool) -> None:
+    assert is_http_token(text) is ok
+
+
+def test_header_names_are_checked_as_tokens_by_rewrites_and_filters() -> None:
+    from pytest_replay.policy.rules import parse_header_filter
+
+    with pytest.raises(ValueError, match="not a header name"):
+        Rewrites(set_headers=["X Bad: 1"])
+    with pytest.raises(ValueError, match="not a header name"):
+        parse_header_filter("X(bad): .*")
