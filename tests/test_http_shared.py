@@ -95,3 +95,103 @@ def test_header_names_are_checked_as_tokens_by_rewrites_and_filters() -> None:
         Rewrites(set_headers=["X Bad: 1"])
     with pytest.raises(ValueError, match="not a header name"):
         parse_header_filter("X(bad): .*")
+
+
+# -- content codings --------------------------------------------------------------------------------------
+def _encoders():
+    import gzip
+    import zlib
+
+    import brotli
+    import zstandard
+
+    def raw_deflate(data: bytes) -> bytes:
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return packer.compress(data) + packer.flush()
+
+    def zstd_frame(part: bytes) -> bytes:  # as a streaming compressor writes it: no decoded size
+        packer = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+        return packer.compress(part) + packer.flush()
+
+    def zstd_streamed(data: bytes) -> bytes:  # two such frames
+        half = len(data) // 2
+        return zstd_frame(data[:half]) + zstd_frame(data[half:])
+
+    return {"gzip": lambda d: gzip.compress(d, mtime=0), "x-gzip": lambda d: gzip.compress(d, mtime=0),
+            "deflate": zlib.compress, "raw-deflate": raw_deflate, "br": brotli.compress,
+            "zstd": zstandard.ZstdCompressor().compress, "zstd-streamed": zstd_streamed,
+            "identity": lambda d: d}
+
+
+BODY = b'{"access_token": "tok-recorded-1", "items": [1, 2, 3]}'
+
+
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate", "raw-deflate", "br", "zstd", "zstd-streamed",
+                                    "identity"])
+def test_every_content_coding_is_undone(coding: str) -> None:
+    from pytest_replay.http.content import decode, undo
+
+    name = {"raw-deflate": "deflate", "zstd-streamed": "zstd"}.get(coding, coding)
+    encoded = _encoders()[coding](BODY)
+    assert undo(encoded, name.upper()) == BODY and decode(encoded, name.encode()) == (BODY, None)
+
+
+@pytest.mark.parametrize("stack", ["gzip, br", "br, zstd", "deflate,gzip", "zstd, identity, deflate"])
+def test_stacked_content_codings_are_undone_last_first(stack: str) -> None:
+    from pytest_replay.http.content import undo
+
+    encoders = _encoders()
+    encoded = BODY
+    for coding in codings(stack):
+        encoded = encoders[coding](encoded)
+    assert undo(encoded, stack) == BODY
+
+
+def test_unknown_or_damaged_codings_name_the_coding() -> None:
+    from pytest_replay.http.content import Undecodable, decode, undo
+
+    with pytest.raises(Undecodable) as unknown:
+        undo(b"x", "gzip, compress")
+    assert unknown.value.coding == "compress" and "unknown content-encoding 'compress'" in str(unknown.value)
+    with pytest.raises(Undecodable) as damaged:
+        undo(b"\x28\xb5\x2f\xfd", "zstd")
+    assert damaged.value.coding == "zstd"
+    body, why = decode(b"not gzip", "gzip")
+    assert body == b"not gzip" and why.startswith("undecodable gzip body")
+    assert undo(b"", "br") == b"" and undo(b"plain", None) == b"plain"
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "gzip, br"])
+def test_correlation_finds_a_token_in_a_brotli_or_zstd_body(coding: str) -> None:
+    from pytest_replay.http.message import Response
+    from pytest_replay.policy.correlate import correlate_json_field
+
+    encoders = _encoders()
+
+    def response(body: bytes) -> Response:
+        for name in codings(coding):
+            body = encoders[name](body)
+        return Response.build(200, "OK", ((b"Content-Encoding", coding.encode()),), body)
+
+    state = ReplayState()
+    recorded = response(BODY)
+    replayed = response(BODY.replace(b"tok-recorded-1", b"tok-replayed-2"))
+    assert correlate_json_field(state, recorded, replayed, "access_token") == (b"tok-recorded-1", b"tok-replayed-2")
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "deflate, zstd"])
+def test_redaction_reads_every_content_coding(coding: str) -> None:
+    from collections import Counter
+
+    from pytest_replay.http.message import Response
+
+    encoders = _encoders()
+    body = b'{"password": "hunter2-secret", "n": 1}'
+    for name in codings(coding):
+        body = encoders[name](body)
+    response = Response.build(200, "OK", ((b"Content-Encoding", coding.encode()),
+                                          (b"Content-Length", b"%d" % len(body))), body)
+    counts: Counter = Counter()
+    out = Redactor().message(response, counts)
+    assert b"hunter2" not in out.raw and out.header("content-encoding") is None
+    assert counts["body", "content-encoded, rewritten identity-encoded"] == 1

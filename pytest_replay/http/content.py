@@ -64,20 +64,36 @@ DECODERS: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
-def decode(body: bytes, value: bytes | str | None) -> tuple[bytes, str | None]:
-    """(body with the Content-Encoding `value` undone, None), or (body as given, why it could not be)."""
-    if not body:
-        return body, None
+class Undecodable(ValueError):
+    """A body whose content coding `coding` could not be undone (unknown or damaged); str() says why."""
+
+    def __init__(self, coding: str, why: str) -> None:
+        super().__init__(why)
+        self.coding = coding
+
+
+def undo(body: bytes, value: bytes | str | None) -> bytes:
+    """`body` with the Content-Encoding `value` undone (the last applied first); raises Undecodable."""
     decoded = body
-    for coding in reversed(codings(value)):  # the last applied is undone first
+    if not body:
+        return body
+    for coding in reversed(codings(value)):
         decoder = DECODERS.get(coding)
         if decoder is None:
-            return body, f"unknown content-encoding {coding!r}"
+            raise Undecodable(coding, f"unknown content-encoding {coding!r}")
         try:
             decoded = decoder(decoded)
         except Exception as exc:  # zlib.error, OSError, EOFError, brotli.error, zstd.ZstdError...
-            return body, f"undecodable {coding} body ({exc})"
-    return decoded, None
+            raise Undecodable(coding, f"undecodable {coding} body ({exc})") from exc
+    return decoded
 
 
-__all__ = ["DECODERS", "codings", "decode"]
+def decode(body: bytes, value: bytes | str | None) -> tuple[bytes, str | None]:
+    """(body with the Content-Encoding `value` undone, None), or (body as given, why it could not be)."""
+    try:
+        return undo(body, value), None
+    except Undecodable as exc:
+        return body, str(exc)
+
+
+__all__ = ["DECODERS", "Undecodable", "codings", "decode", "undo"]

@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import re
 import threading
-import zlib
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+from ..http.content import decode
 from ..http.message import Request, Response, field_value, is_chunked, split_head
 
 _CONTENT_LENGTH = re.compile(rb"(?im)^(content-length[ \t]*:[ \t]*)(\d+)([ \t]*\r?)$")
@@ -141,24 +141,13 @@ def rebuild_request(request: Request, head: bytes, body: bytes) -> Request:
 # -- helpers for the common cases -----------------------------------------------------------------------
 
 def decoded_body(response: Response | bytes | None) -> bytes | None:
-    """The body of a response, gzip/deflate content-encoding undone (other encodings: as is)."""
+    """The body of a response, its content-encoding undone (every coding http/content.py knows, stacked
+    ones too); as it is when it can not be."""
     if response is None:
         return None
     if isinstance(response, (bytes, bytearray)):
         return bytes(response)
-    body = response.body
-    encoding = (response.header("content-encoding") or b"").strip().lower()
-    try:
-        if encoding in (b"gzip", b"x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == b"deflate":
-            try:
-                return zlib.decompress(body)
-            except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-    except zlib.error:
-        return body
-    return body
+    return decode(response.body, response.header("content-encoding"))[0]
 
 
 def json_field(body: bytes | None, path: str | Sequence[str | int]) -> Any:

@@ -45,16 +45,15 @@ Personal data (mask_pii), chosen to leave ordinary numbers alone:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import hmac
 import json
 import re
-import zlib
 from collections import Counter
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from ..http.content import Undecodable, undo
 from ..http.message import codings, field_value, head_lines, header_fields, header_value, is_chunked
 from ..http.sensitive import (is_token, known_kind, name_is_secret, names_a_secret, secret_segment,
                               sub_known as _sub_known, sub_url_passwords)
@@ -180,39 +179,6 @@ BINARY_TYPES = ("image/", "audio/", "video/", "font/", "octet-stream", "pdf", "z
                 "msgpack", "cbor", "avro", "wasm")
 TEXT_TYPES = ("text/", "xml", "javascript", "ecmascript", "yaml", "csv", "graphql", "html", "multipart/")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
-
-
-def _inflate(data: bytes) -> bytes:
-    try:
-        return zlib.decompress(data)  # RFC 9110 deflate: zlib-wrapped
-    except zlib.error:
-        return zlib.decompress(data, -zlib.MAX_WBITS)  # what some servers send: raw deflate
-
-
-CONTENT_DECODERS = {"gzip": gzip.decompress, "x-gzip": gzip.decompress, "deflate": _inflate,
-                    "identity": lambda data: data}
-try:  # optional
-    import brotli  # type: ignore[import-not-found]
-
-    CONTENT_DECODERS["br"] = brotli.decompress
-except ImportError:  # pragma: no cover - depends on the environment
-    pass
-
-
-def decode_content(body: bytes, coding: bytes | str | None) -> tuple[bytes, str | None]:
-    """(body with Content-Encoding undone, None) or (body as given, why it could not be decoded)."""
-    if not coding or not body:
-        return body, None
-    text = coding.decode("latin-1") if isinstance(coding, bytes) else coding
-    for name in reversed([c.strip().lower() for c in text.split(",") if c.strip()]):
-        decoder = CONTENT_DECODERS.get(name)
-        if decoder is None:
-            return body, f"content-encoding {name}"
-        try:
-            body = decoder(body)
-        except Exception:  # zlib.error, OSError, EOFError, brotli.error...
-            return body, f"undecodable {name} body"
-    return body, None
 
 
 def _charset(content_type: str) -> str:
@@ -772,7 +738,7 @@ class Redactor:
     def message(self, msg, counts: Counter | None = None):
         """A Request or Response with every secret and personal datum replaced, still valid HTTP:
         Content-Length follows a changed body; a chunked body is written with Content-Length; a
-        gzip/deflate body that had anything to mask is written back identity-encoded, without its
+        content-encoded body (any coding http/content.py undoes) that had anything to mask is written back identity-encoded, without its
         Content-Encoding header. Bytes after the end of the message are not kept."""
         from ..http.message import Request
 
@@ -790,11 +756,11 @@ class Redactor:
                 counts["body", f"not inspected (transfer-encoding {','.join(other_te)})"] += 1
             wire_body = msg.raw[len(msg.head):]
         else:
-            coding = header_value(headers, b"content-encoding")
-            decoded, problem = decode_content(body, coding)
-            if problem is not None:
+            try:
+                decoded = undo(body, field_value(headers, b"content-encoding"))
+            except Undecodable as exc:
                 if counts is not None:
-                    counts["body", f"not inspected ({problem})"] += 1
+                    counts["body", f"not inspected (content-encoding {exc.coding})"] += 1
             else:
                 masked = self.body(decoded, ctype, counts)
                 if masked != decoded:
