@@ -195,3 +195,29 @@ def test_redaction_reads_every_content_coding(coding: str) -> None:
     out = Redactor().message(response, counts)
     assert b"hunter2" not in out.raw and out.header("content-encoding") is None
     assert counts["body", "content-encoded, rewritten identity-encoded"] == 1
+
+
+# -- milliseconds -----------------------------------------------------------------------------------------
+def test_fmt_ms_keeps_about_four_significant_digits() -> None:
+    from pytest_replay.http.units import fmt_ms
+
+    assert [fmt_ms(v) for v in (143.21, 100.0, 99.999, 3.412, 1.0, 0.4123, 0.0)] == [
+        "143.2", "100.0", "100.00", "3.41", "1.00", "0.412", "0.000"]
+    assert fmt_ms(-20.5) == "-20.50" and fmt_ms(None) == "-" and fmt_ms(None, "?") == "?"
+
+
+def test_ms_shows_nanoseconds_as_each_caller_wants_them() -> None:
+    from pytest_replay.http.units import ms
+
+    assert ms(12_345_678) == "12.3 ms" and ms(None) == "?"  # verdicts, baseline, differential
+    assert ms(12_345_678, missing="", unit="") == "12.3" and ms(None, missing="", unit="") == ""  # JUnit
+    assert ms(412_345, None, missing="-") == "0.412 ms" and ms(None, None, missing="-") == "-"  # the summary
+    assert ms(2_500_000, 3, sign="+") == "+2.500 ms" and ms(-2_500_000, 3, sign="+") == "-2.500 ms"  # clocks
+    assert ms(1_234_567, 2) == "1.23 ms"  # progress
+
+
+def test_ms_number_for_data() -> None:
+    from pytest_replay.http.units import US_PER_MS, ms_number
+
+    assert ms_number(1234, US_PER_MS) == 1.234 and ms_number(1_234_567) == 1.235
+    assert ms_number(1_234_567, digits=4) == 1.2346 and ms_number(None) is None

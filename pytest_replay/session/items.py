@@ -13,6 +13,7 @@ import pytest
 
 from ..http.message import Exchange
 from ..http.normalize import path_template
+from ..http.units import ms
 from ..policy.redact import Redactor
 from ..policy.writes import MARKERS, SEND, SKIP
 
@@ -126,9 +127,10 @@ class ReplayItem(pytest.Function):
         self.user_properties.extend([
             ("recorded_status", recorded.status if recorded else ""),
             ("replayed_status", observation.response.status if observation.response else ""),
-            ("recorded_latency_ms", _ms(exchange.recorded_latency_ns)),
-            ("replayed_latency_ms", _ms(observation.latency_ns)),
-            ("lateness_ms", _ms(observation.lateness_ns)),
+            *((name, ms(ns, missing="", unit="")) for name, ns in (  # JUnit properties: a number or ""
+                ("recorded_latency_ms", exchange.recorded_latency_ns),
+                ("replayed_latency_ms", observation.latency_ns),
+                ("lateness_ms", observation.lateness_ns))),
         ])
 
     def own_duration(self, report) -> None:
@@ -144,10 +146,6 @@ class ReplayItem(pytest.Function):
     def reportinfo(self):
         # A line number, not None: pytest places skip reports (skip markers) at the item's line.
         return self.path, 0, self.name
-
-
-def _ms(ns: int | None) -> str:
-    return "" if ns is None else f"{ns / 1e6:.1f}"
 
 
 class CaptureFile(pytest.File):
