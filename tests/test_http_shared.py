@@ -221,3 +221,14 @@ def test_ms_number_for_data() -> None:
 
     assert ms_number(1234, US_PER_MS) == 1.234 and ms_number(1_234_567) == 1.235
     assert ms_number(1_234_567, digits=4) == 1.2346 and ms_number(None) is None
+
+
+# -- tokens by shape ----------------------------------------------------------------------------------------
+def test_sub_tokens_replaces_token_runs_with_their_padding_only() -> None:
+    from pytest_replay.http.sensitive import is_token, sub_tokens
+
+    text = "sig=a1B2c3D4e5F6g7H8i9== id=troubleshooting2016 uuid=123e4567-e89b-12d3-a456-426614174000"
+    assert is_token("a1B2c3D4e5F6g7H8i9") and not is_token("troubleshooting2016")
+    assert sub_tokens(lambda m: "<" + m[0] + ">", text) == text.replace("a1B2c3D4e5F6g7H8i9==", "<a1B2c3D4e5F6g7H8i9==>")
+    masked = Redactor().text("see a1B2c3D4e5F6g7H8i9== here")
+    assert "a1B2c3D4e5F6g7H8i9" not in masked and masked.endswith(" here")

@@ -38,7 +38,7 @@ import re
 from urllib.parse import unquote
 
 __all__ = ["KNOWN_FORMATS", "SECRET_WORDS", "find_known", "is_token", "name_is_secret", "names_a_secret",
-           "secret_segment", "url_without_password"]
+           "secret_segment", "sub_tokens", "url_without_password"]
 
 SECRET_WORDS = frozenset({
     "token", "tokens", "secret", "secrets", "password", "passwords", "passwd", "pwd", "pass", "passphrase",
@@ -95,6 +95,8 @@ _KNOWN = re.compile("(?<![A-Za-z0-9_])(?:" + "|".join(f"(?P<f{i}>{p})" for i, (_
                     + ")")
 # Candidates for the entropy rule: runs of letters, digits, - and _ (16 or more), holding a digit.
 _CANDIDATE = re.compile(r"(?<![A-Za-z0-9_\-])(?=[A-Za-z_\-]*+[0-9])[A-Za-z0-9_\-]{16,}+")
+# A run as it stands in text, for replacing: a candidate with its base64 padding.
+_RUN = re.compile(_CANDIDATE.pattern + "={0,2}")
 _CLASS_RUNS = re.compile(r"[a-z]+|[A-Z]+|[0-9]+")
 MIN_TOKEN = 16  # letters and digits
 _URL_PASSWORD = re.compile(r"(?i)\b(?P<user>[a-z][a-z0-9+.\-]*://[^\s:/@?#\"'<>]*:)(?P<value>[^\s/@?#\"'<>]+)(?=@)")
@@ -183,6 +185,15 @@ def is_token(value: str) -> bool:
     if len(value) < MIN_TOKEN:
         return False
     return any(_random(m[0]) for m in _CANDIDATE.finditer(value)) or _KNOWN.search(value) is not None
+
+
+def sub_tokens(repl, text: str) -> str:
+    """re.sub of every run of token characters (base64 padding included) that is a token by shape
+    (is_token, on the run without its leading and trailing - and _): repl gets the match."""
+    def one(match: re.Match[str]) -> str:
+        return repl(match) if is_token(match[0].strip("_-")) else match[0]
+
+    return _RUN.sub(one, text)
 
 
 def secret_segment(segment: str, after_secret_name: bool) -> bool:

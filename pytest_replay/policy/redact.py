@@ -56,7 +56,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 from ..http.content import Undecodable, undo
 from ..http.message import codings, field_value, head_lines, header_fields, header_value, is_chunked
 from ..http.sensitive import (is_token, known_kind, name_is_secret, names_a_secret, secret_segment,
-                              sub_known as _sub_known, sub_url_passwords)
+                              sub_known as _sub_known, sub_tokens, sub_url_passwords)
 
 __all__ = ["DEFAULT", "SECRET_FIELD", "SECRET_HEADERS", "STRUCTURAL_HEADERS", "Redactor",
            "is_masked", "luhn_ok", "mask", "mask_body", "mask_pii", "mask_text"]
@@ -149,9 +149,6 @@ TEXT_RULES = (('"', _QUOTED_NAMES, _QUOTED), ("=", _PAIR_NAMES, _PAIR), ("=", _A
 _BOUNDARY = re.compile(r'(?i)\bboundary=(?:"([^"]+)"|([^;\s]+))')
 _PART_NAME = re.compile(r'(?i)\bname="([^"]*)"|\bname=([^;\s]+)')
 _SCHEME = re.compile(r"(?i)\b(?P<name>bearer|basic|token|digest)\s+(?P<value>[\w.~+/=\-]{8,})")
-# By shape: maximal runs of token characters (base64url, with its padding), 16 or more, holding a digit
-# (sensitive.is_token decides).
-_RUN = re.compile(r"(?<![A-Za-z0-9_\-])(?!REDACTED-)(?=[A-Za-z_\-]*+[0-9])[A-Za-z0-9_\-]{16,}+={0,2}")
 
 _AT = re.compile(r"@|%40")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}$")
@@ -509,14 +506,14 @@ class Redactor:
         def run(match: re.Match[str]) -> str:
             whole = match[0]
             core = whole.strip("_-")
-            if is_masked(core) or not is_token(core):
+            if is_masked(core):
                 return whole
             if counts is not None:
                 counts["shape", "token"] += 1
             lead = len(whole) - len(whole.lstrip("_-"))
             return whole[:lead] + self.mask(core) + whole[lead + len(core):]
 
-        return _RUN.sub(run, text)
+        return sub_tokens(run, text)  # a run sensitive.is_token calls a token
 
     def mask_pii(self, text: str, counts: Counter | None = None) -> str:
         """E-mail addresses, card numbers and phone numbers in `text`, replaced by stand-ins."""
