@@ -48,7 +48,6 @@ TRUNCATED = "truncated"  # packets were cut by the snapshot length, or the recor
 UNPARSABLE = "unparsable"  # the bytes are not valid HTTP/1.x where a message was expected
 CAPTURE_ENDED = "capture-ended"  # the capture stops in the middle of the message
 CLOSED = "closed"  # the connection was closed or reset before the message was complete
-REASON_CODES = (NO_RESPONSE, GAP, TRUNCATED, UNPARSABLE, CAPTURE_ENDED, CLOSED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-__all__ = ["KNOWN_FORMATS", "SECRET_WORDS", "find_known", "is_token", "name_is_secret", "names_a_secret",
-           "secret_segment", "sub_tokens", "url_without_password"]
+__all__ = ["KNOWN_FORMATS", "SECRET_WORDS", "is_token", "known_kind", "name_is_secret", "names_a_secret",
+           "secret_segment", "sub_known", "sub_tokens", "sub_url_passwords", "url_without_password"]
 
 SECRET_WORDS = frozenset({
     "token", "tokens", "secret", "secrets", "password", "passwords", "passwd", "pwd", "pass", "passphrase",
@@ -155,12 +155,8 @@ def names_a_secret(segment: str) -> bool:
     return known
 
 
-def find_known(text: str):
-    """The known credential formats in `text`: an iterator of re.Match (kind: known_kind(match))."""
-    return _KNOWN.finditer(text)
-
-
 def known_kind(match: re.Match[str]) -> str:
+    """The name of the known credential format a sub_known() match is (KNOWN_FORMATS)."""
     return KNOWN_FORMATS[int(match.lastgroup[1:])][0]
 
 

@@ -50,7 +50,6 @@ MAX_IGNORED = 1000  # distinct reasons for ignored differences kept; the rest ar
 OTHER = "(other)"
 ALL = "(all)"
 METRICS = ("latency", "recorded", "lateness")
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 WRITE_OUTCOMES = {"mock": "mocked", "send": "passed", "pass": "passed", "skip": "skipped"}  # policy.writes
 CANCELLED = "cancelled"  # schedule.target.CANCELLED (kept literal: report/ does not import schedule/)
 
@@ -60,7 +59,6 @@ _HALF_MAG = _TEMPLATE.sub_bucket_half_count_magnitude
 _HALF = _TEMPLATE.sub_bucket_half_count
 _MASK = _TEMPLATE.sub_bucket_mask
 _SHIFT = _UNIT + _HALF_MAG + 1
-_COUNTS_LEN = _TEMPLATE.counts_len
 _HIGHEST_EQUIVALENT: dict[int, int] = {}  # bucket index -> highest value it holds (memo)
 
 
