@@ -157,7 +157,8 @@ class ClockOffset:
     samples: int
 
     def to_dict(self) -> dict:
-        return {"offset_ms": ms_number(self.offset_ns, digits=4), "uncertainty_ms": ms_number(self.uncertainty_ns, digits=4),
+        return {"offset_ms": ms_number(self.offset_ns, digits=4),
+                "uncertainty_ms": ms_number(self.uncertainty_ns, digits=4),
                 "samples": self.samples}
 
 

@@ -735,8 +735,9 @@ class Redactor:
     def message(self, msg, counts: Counter | None = None):
         """A Request or Response with every secret and personal datum replaced, still valid HTTP:
         Content-Length follows a changed body; a chunked body is written with Content-Length; a
-        content-encoded body (any coding http/content.py undoes) that had anything to mask is written back identity-encoded, without its
-        Content-Encoding header. Bytes after the end of the message are not kept."""
+        content-encoded body (any coding http/content.py undoes) that had anything to mask is written
+        back identity-encoded, without its Content-Encoding header. Bytes after the end of the message
+        are not kept."""
         from ..http.message import Request
 
         is_request = isinstance(msg, Request)
