@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .http.units import ms_number
+
 SHARD_SALT = b""
 WORKER_SALT = b"#worker"
 RENDEZVOUS_TIMEOUT_S = 120.0
@@ -150,7 +152,8 @@ class ClockOffset:
     samples: int
 
     def to_dict(self) -> dict:
-        return {"offset_ms": round(self.offset_ns / 1e6, 4), "uncertainty_ms": round(self.uncertainty_ns / 1e6, 4),
+        return {"offset_ms": ms_number(self.offset_ns, digits=4),
+                "uncertainty_ms": ms_number(self.uncertainty_ns, digits=4),
                 "samples": self.samples}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from ..http.units import ms_number
 from ..reassembly.stats import CaptureStats
 
 TOP_ENDPOINTS = 15
@@ -36,7 +37,7 @@ def closed_loop(exchanges) -> dict | None:
         connections += bool(bursts)
     if not total or in_bursts < BURST_SHARE * total:
         return None
-    return {"requests": in_bursts, "of": total, "connections": connections, "gap_ms": BURST_GAP_NS / 1e6,
+    return {"requests": in_bursts, "of": total, "connections": connections, "gap_ms": ms_number(BURST_GAP_NS),
             "run": BURST_RUN}
 
 

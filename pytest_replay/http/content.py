@@ -13,6 +13,8 @@ import gzip
 import zlib
 from collections.abc import Callable
 
+from .message import codings
+
 try:
     import brotli  # CPython: the C bindings
 except ImportError:  # pragma: no cover - depends on the platform
@@ -25,6 +27,7 @@ try:
     import zstandard
 except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
     zstandard = None
+
 
 def _inflate(data: bytes) -> bytes:
     try:
@@ -61,28 +64,36 @@ DECODERS: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
-def codings(value: bytes | str | None) -> list[str]:
-    """The codings of a Content-Encoding value, in the order they were applied."""
-    if not value:
-        return []
-    text = value.decode("latin-1") if isinstance(value, bytes) else value
-    return [c.strip().lower() for c in text.split(",") if c.strip()]
+class Undecodable(ValueError):
+    """A body whose content coding `coding` could not be undone (unknown or damaged); str() says why."""
+
+    def __init__(self, coding: str, why: str) -> None:
+        super().__init__(why)
+        self.coding = coding
+
+
+def undo(body: bytes, value: bytes | str | None) -> bytes:
+    """`body` with the Content-Encoding `value` undone (the last applied first); raises Undecodable."""
+    decoded = body
+    if not body:
+        return body
+    for coding in reversed(codings(value)):
+        decoder = DECODERS.get(coding)
+        if decoder is None:
+            raise Undecodable(coding, f"unknown content-encoding {coding!r}")
+        try:
+            decoded = decoder(decoded)
+        except Exception as exc:  # zlib.error, OSError, EOFError, brotli.error, zstd.ZstdError...
+            raise Undecodable(coding, f"undecodable {coding} body ({exc})") from exc
+    return decoded
 
 
 def decode(body: bytes, value: bytes | str | None) -> tuple[bytes, str | None]:
     """(body with the Content-Encoding `value` undone, None), or (body as given, why it could not be)."""
-    if not body:
-        return body, None
-    decoded = body
-    for coding in reversed(codings(value)):  # the last applied is undone first
-        decoder = DECODERS.get(coding)
-        if decoder is None:
-            return body, f"unknown content-encoding {coding!r}"
-        try:
-            decoded = decoder(decoded)
-        except Exception as exc:  # zlib.error, OSError, EOFError, brotli.error, zstd.ZstdError...
-            return body, f"undecodable {coding} body ({exc})"
-    return decoded, None
+    try:
+        return undo(body, value), None
+    except Undecodable as exc:
+        return body, str(exc)
 
 
-__all__ = ["DECODERS", "codings", "decode"]
+__all__ = ["DECODERS", "Undecodable", "codings", "decode", "undo"]

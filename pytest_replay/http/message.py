@@ -8,7 +8,9 @@ Nothing here imports asyncio or pytest.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
+
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -48,7 +50,6 @@ CAPTURE_ENDED = "capture-ended"  # the capture stops in the middle of the messag
 CLOSED = "closed"  # the connection was closed or reset before the message was complete
 HPACK_UNKNOWN = "hpack-unknown"  # HTTP/2 headers referenced HPACK table entries sent before the capture began
 H2_ERROR = "h2-error"  # HTTP/2 frames or a header block were invalid where the message was
-REASON_CODES = (NO_RESPONSE, GAP, TRUNCATED, UNPARSABLE, CAPTURE_ENDED, CLOSED, HPACK_UNKNOWN, H2_ERROR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,24 +72,86 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+def head_lines(head: bytes) -> list[tuple[bytes, bytes]]:
+    """(line, line ending) pairs of a head, start line first; the last pair is the empty line that ends
+    it (b"", b"") when the head lacks one). Bare-LF heads are accepted: each line keeps its ending."""
+    out = []
+    pos = 0
+    while pos < len(head):
+        end = head.find(b"\n", pos)
+        if end < 0:
+            out.append((head[pos:], b""))
+            break
+        line = head[pos:end]
+        if line.endswith(b"\r"):
+            out.append((line[:-1], b"\r\n"))
+        else:
+            out.append((line, b"\n"))
+        pos = end + 1
+    if len(out) < 2 or out[-1][0]:
+        out.append((b"", b""))
+    return out
+
+
+def header_fields(lines: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, list[tuple[bytes, bytes]]]]:
+    """(name, value, [(line, ending)...]) per header field of head_lines()[1:], in order: the one walk
+    over header lines. Obsolete line folding (a line starting with a space or tab) is unfolded into the
+    previous value (joined by one space) and its lines stay with the field, so an editor can keep or
+    drop a field whole."""
+    fields: list[tuple[bytes, bytes, list[tuple[bytes, bytes]]]] = []
+    for line, ending in lines:
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            name, value, raw = fields[-1]
+            fields[-1] = (name, value + b" " + line.strip(b" \t\r"), raw + [(line, ending)])
+            continue
+        name, _, value = line.partition(b":")
+        fields.append((name.rstrip(b" \t"), value.strip(b" \t\r"), [(line, ending)]))
+    return fields
+
+
 def split_head(head: bytes) -> Headers:
     """Header pairs of a message head (start line first), keeping order, case and duplicates.
 
-    The head was validated by httptools when it was framed; this only cuts it up. Obsolete line
-    folding is unfolded into the previous value; bare-LF heads are accepted.
+    The head was validated by httptools when it was framed; this only cuts it up (header_fields).
     """
-    lines = head.replace(b"\r\n", b"\n").split(b"\n")
-    pairs: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t") and pairs:
-            name, value = pairs[-1]
-            pairs[-1] = (name, value + b" " + line.strip(b" \t\r"))
-            continue
-        name, _, value = line.partition(b":")
-        pairs.append((name.rstrip(b" \t"), value.strip(b" \t\r")))
-    return tuple(pairs)
+    return tuple((name, value) for name, value, _ in header_fields(head_lines(head)[1:]))
+
+
+def codings(value: bytes | str | None) -> list[str]:
+    """The codings of a Content-Encoding or Transfer-Encoding value, lower case, in the order they were
+    applied."""
+    if not value:
+        return []
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return [c.strip().lower() for c in text.split(",") if c.strip()]
+
+
+def field_value(headers: Headers, name: bytes) -> bytes | None:
+    """Every value of header `name` (lower-case bytes) joined by ", " (RFC 9110 5.3), or None."""
+    values = [value for key, value in headers if key.lower() == name]
+    return b", ".join(values) if values else None
+
+
+def is_chunked(transfer_encoding: bytes | str | None) -> bool:
+    """Is a body with this Transfer-Encoding value chunked? Only when chunked is the last transfer
+    coding (RFC 9112 6.1): `gzip, chunked` is, `chunked, gzip` is not (its end is the close)."""
+    applied = codings(transfer_encoding)
+    return bool(applied) and applied[-1] == "chunked"
+
+
+_TCHARS = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+
+
+def is_http_token(text: bytes | str) -> bool:
+    """Is `text` an RFC 9110 token (5.6.2): what a field name or a method is made of?"""
+    if isinstance(text, str):
+        try:
+            text = text.encode("latin-1")
+        except UnicodeEncodeError:
+            return False
+    return _TCHARS.match(text) is not None
 
 
 def build_head(start_line: bytes, headers: Headers) -> bytes:

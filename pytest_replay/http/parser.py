@@ -19,11 +19,11 @@ from collections.abc import Callable
 
 import httptools
 
-from .message import CAPTURE_ENDED, CLOSED, GAP, TRUNCATED, UNPARSABLE, Request, Response, split_head
+from .message import (CAPTURE_ENDED, CLOSED, GAP, TRUNCATED, UNPARSABLE, Request, Response, is_chunked,
+                      is_http_token, split_head)
 
 MAX_HEAD = 64 * 1024  # a head longer than this is not HTTP we can use
 _CRLF2 = b"\r\n\r\n"
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _REQUEST_START = re.compile(rb"[A-Za-z][!#$%&'*+.^_`|~0-9A-Za-z-]{0,31} [!-~]{1,65536} HTTP/1\.[01]\r?\n")
 _RESPONSE_START = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9][ \r\n]")
 _REQUEST_LINE_FEED = re.compile(rb"\n(?=[A-Za-z][!#$%&'*+.^_`|~0-9A-Za-z-]{0,31} [!-~]{1,65536} HTTP/1\.[01]\r?\n)")
@@ -207,7 +207,7 @@ def _parse_head_leniently(head: bytes, is_request: bool, *, stand_in: bool = Fal
         except httptools.HttpParserInvalidMethodError:
             space = head.find(b" ")
             name = head[:space] if space > 0 else b""
-            if stand_in or not _TOKEN.match(name):
+            if stand_in or not is_http_token(name):
                 return "invalid method"
             result = _parse_head_leniently(b"POST" + head[space:], True, stand_in=True)
             if isinstance(result, str):
@@ -591,7 +591,7 @@ class Framer:
     def _begin_body(self, msg: Parsed, head: bytes, pos: int):
         """Decide how the body of `msg` is framed (RFC 9112 section 6.3)."""
         te, cl = framing_headers(head)
-        chunked = te is not None and te.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+        chunked = is_chunked(te)
         if self.is_request:
             self._on_head(msg)
             if te is not None:
@@ -623,7 +623,7 @@ class Framer:
             return None  # too short to tell, or the start of a known signature: wait for more
         if self.is_request:
             token, space, _ = head.partition(b" ")
-            plausible = bool(space) and _TOKEN.match(token) is not None
+            plausible = bool(space) and is_http_token(token)
         else:
             plausible = head.startswith(b"HTTP/")
         if not plausible:
@@ -707,7 +707,7 @@ class Framer:
                 trailers = []
                 for line in bytes(buf[pos:end]).replace(b"\r\n", b"\n").split(b"\n"):
                     name, sep, value = line.partition(b":")
-                    if not sep or not _TOKEN.match(name):
+                    if not sep or not is_http_token(name):
                         return self._broken_chunk(f"bad trailer line {line[:40]!r}")
                     trailers.append((name, value.strip()))
                 self._cur.trailers = tuple(trailers)

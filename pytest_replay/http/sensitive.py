@@ -37,8 +37,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-__all__ = ["KNOWN_FORMATS", "SECRET_WORDS", "find_known", "is_token", "name_is_secret", "names_a_secret",
-           "secret_segment", "url_without_password"]
+__all__ = ["KNOWN_FORMATS", "SECRET_WORDS", "is_token", "known_kind", "name_is_secret", "names_a_secret",
+           "secret_segment", "sub_known", "sub_tokens", "sub_url_passwords", "url_without_password"]
 
 SECRET_WORDS = frozenset({
     "token", "tokens", "secret", "secrets", "password", "passwords", "passwd", "pwd", "pass", "passphrase",
@@ -95,6 +95,8 @@ _KNOWN = re.compile("(?<![A-Za-z0-9_])(?:" + "|".join(f"(?P<f{i}>{p})" for i, (_
                     + ")")
 # Candidates for the entropy rule: runs of letters, digits, - and _ (16 or more), holding a digit.
 _CANDIDATE = re.compile(r"(?<![A-Za-z0-9_\-])(?=[A-Za-z_\-]*+[0-9])[A-Za-z0-9_\-]{16,}+")
+# A run as it stands in text, for replacing: a candidate with its base64 padding.
+_RUN = re.compile(_CANDIDATE.pattern + "={0,2}")
 _CLASS_RUNS = re.compile(r"[a-z]+|[A-Z]+|[0-9]+")
 MIN_TOKEN = 16  # letters and digits
 _URL_PASSWORD = re.compile(r"(?i)\b(?P<user>[a-z][a-z0-9+.\-]*://[^\s:/@?#\"'<>]*:)(?P<value>[^\s/@?#\"'<>]+)(?=@)")
@@ -153,12 +155,8 @@ def names_a_secret(segment: str) -> bool:
     return known
 
 
-def find_known(text: str):
-    """The known credential formats in `text`: an iterator of re.Match (kind: known_kind(match))."""
-    return _KNOWN.finditer(text)
-
-
 def known_kind(match: re.Match[str]) -> str:
+    """The name of the known credential format a sub_known() match is (KNOWN_FORMATS)."""
     return KNOWN_FORMATS[int(match.lastgroup[1:])][0]
 
 
@@ -183,6 +181,15 @@ def is_token(value: str) -> bool:
     if len(value) < MIN_TOKEN:
         return False
     return any(_random(m[0]) for m in _CANDIDATE.finditer(value)) or _KNOWN.search(value) is not None
+
+
+def sub_tokens(repl, text: str) -> str:
+    """re.sub of every run of token characters (base64 padding included) that is a token by shape
+    (is_token, on the run without its leading and trailing - and _): repl gets the match."""
+    def one(match: re.Match[str]) -> str:
+        return repl(match) if is_token(match[0].strip("_-")) else match[0]
+
+    return _RUN.sub(one, text)
 
 
 def secret_segment(segment: str, after_secret_name: bool) -> bool:

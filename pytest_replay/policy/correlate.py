@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 import re
 import threading
-import zlib
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from ..http.message import Request, Response
+from ..http.content import decode
+from ..http.message import Request, Response, field_value, is_chunked, split_head
 
 _CONTENT_LENGTH = re.compile(rb"(?im)^(content-length[ \t]*:[ \t]*)(\d+)([ \t]*\r?)$")
-_CHUNKED = re.compile(rb"(?im)^transfer-encoding[ \t]*:.*\bchunked\b")
 
 
 class _Drop:
@@ -121,8 +120,7 @@ class ReplayState:
 def rebuild_request(request: Request, head: bytes, body: bytes) -> Request:
     """A request with a new head and body: Content-Length set to the body's length (when the head has one),
     a chunked body re-framed as one chunk (trailers kept)."""
-    chunked = _CHUNKED.search(head) is not None
-    if chunked:
+    if is_chunked(field_value(split_head(head), b"transfer-encoding")):
         framed = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n"
         framed += b"".join(k + b": " + v + b"\r\n" for k, v in request.trailers) + b"\r\n"
     else:
@@ -143,24 +141,13 @@ def rebuild_request(request: Request, head: bytes, body: bytes) -> Request:
 # -- helpers for the common cases -----------------------------------------------------------------------
 
 def decoded_body(response: Response | bytes | None) -> bytes | None:
-    """The body of a response, gzip/deflate content-encoding undone (other encodings: as is)."""
+    """The body of a response, its content-encoding undone (every coding http/content.py knows, stacked
+    ones too); as it is when it can not be."""
     if response is None:
         return None
     if isinstance(response, (bytes, bytearray)):
         return bytes(response)
-    body = response.body
-    encoding = (response.header("content-encoding") or b"").strip().lower()
-    try:
-        if encoding in (b"gzip", b"x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == b"deflate":
-            try:
-                return zlib.decompress(body)
-            except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-    except zlib.error:
-        return body
-    return body
+    return decode(response.body, response.header("content-encoding"))[0]
 
 
 def json_field(body: bytes | None, path: str | Sequence[str | int]) -> Any:

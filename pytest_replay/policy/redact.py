@@ -45,18 +45,18 @@ Personal data (mask_pii), chosen to leave ordinary numbers alone:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import hmac
 import json
 import re
-import zlib
 from collections import Counter
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from ..http.content import Undecodable, undo
+from ..http.message import codings, field_value, head_lines, header_fields, header_value, is_chunked
 from ..http.sensitive import (is_token, known_kind, name_is_secret, names_a_secret, secret_segment,
-                              sub_known as _sub_known, sub_url_passwords)
+                              sub_known as _sub_known, sub_tokens, sub_url_passwords)
 
 __all__ = ["DEFAULT", "SECRET_FIELD", "SECRET_HEADERS", "STRUCTURAL_HEADERS", "Redactor",
            "is_masked", "luhn_ok", "mask", "mask_body", "mask_pii", "mask_text"]
@@ -149,9 +149,6 @@ TEXT_RULES = (('"', _QUOTED_NAMES, _QUOTED), ("=", _PAIR_NAMES, _PAIR), ("=", _A
 _BOUNDARY = re.compile(r'(?i)\bboundary=(?:"([^"]+)"|([^;\s]+))')
 _PART_NAME = re.compile(r'(?i)\bname="([^"]*)"|\bname=([^;\s]+)')
 _SCHEME = re.compile(r"(?i)\b(?P<name>bearer|basic|token|digest)\s+(?P<value>[\w.~+/=\-]{8,})")
-# By shape: maximal runs of token characters (base64url, with its padding), 16 or more, holding a digit
-# (sensitive.is_token decides).
-_RUN = re.compile(r"(?<![A-Za-z0-9_\-])(?!REDACTED-)(?=[A-Za-z_\-]*+[0-9])[A-Za-z0-9_\-]{16,}+={0,2}")
 
 _AT = re.compile(r"@|%40")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}$")
@@ -179,46 +176,6 @@ BINARY_TYPES = ("image/", "audio/", "video/", "font/", "octet-stream", "pdf", "z
                 "msgpack", "cbor", "avro", "wasm")
 TEXT_TYPES = ("text/", "xml", "javascript", "ecmascript", "yaml", "csv", "graphql", "html", "multipart/")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
-
-
-def _inflate(data: bytes) -> bytes:
-    try:
-        return zlib.decompress(data)  # RFC 9110 deflate: zlib-wrapped
-    except zlib.error:
-        return zlib.decompress(data, -zlib.MAX_WBITS)  # what some servers send: raw deflate
-
-
-CONTENT_DECODERS = {"gzip": gzip.decompress, "x-gzip": gzip.decompress, "deflate": _inflate,
-                    "identity": lambda data: data}
-try:  # optional
-    import brotli  # type: ignore[import-not-found]
-
-    CONTENT_DECODERS["br"] = brotli.decompress
-except ImportError:  # pragma: no cover - depends on the environment
-    pass
-
-
-def decode_content(body: bytes, coding: bytes | str | None) -> tuple[bytes, str | None]:
-    """(body with Content-Encoding undone, None) or (body as given, why it could not be decoded)."""
-    if not coding or not body:
-        return body, None
-    text = coding.decode("latin-1") if isinstance(coding, bytes) else coding
-    for name in reversed([c.strip().lower() for c in text.split(",") if c.strip()]):
-        decoder = CONTENT_DECODERS.get(name)
-        if decoder is None:
-            return body, f"content-encoding {name}"
-        try:
-            body = decoder(body)
-        except Exception:  # zlib.error, OSError, EOFError, brotli.error...
-            return body, f"undecodable {name} body"
-    return body, None
-
-
-def _header(headers, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
 
 
 def _charset(content_type: str) -> str:
@@ -549,14 +506,14 @@ class Redactor:
         def run(match: re.Match[str]) -> str:
             whole = match[0]
             core = whole.strip("_-")
-            if is_masked(core) or not is_token(core):
+            if is_masked(core):
                 return whole
             if counts is not None:
                 counts["shape", "token"] += 1
             lead = len(whole) - len(whole.lstrip("_-"))
             return whole[:lead] + self.mask(core) + whole[lead + len(core):]
 
-        return _RUN.sub(run, text)
+        return sub_tokens(run, text)  # a run sensitive.is_token calls a token
 
     def mask_pii(self, text: str, counts: Counter | None = None) -> str:
         """E-mail addresses, card numbers and phone numbers in `text`, replaced by stand-ins."""
@@ -778,17 +735,17 @@ class Redactor:
     def message(self, msg, counts: Counter | None = None):
         """A Request or Response with every secret and personal datum replaced, still valid HTTP:
         Content-Length follows a changed body; a chunked body is written with Content-Length; a
-        gzip/deflate body that had anything to mask is written back identity-encoded, without its
-        Content-Encoding header. Bytes after the end of the message are not kept."""
+        content-encoded body (any coding http/content.py undoes) that had anything to mask is written
+        back identity-encoded, without its Content-Encoding header. Bytes after the end of the message
+        are not kept."""
         from ..http.message import Request
 
         is_request = isinstance(msg, Request)
         headers = msg.headers
-        te = (_header(headers, b"transfer-encoding") or b"").decode("latin-1").lower()
-        codings = [c.strip() for c in te.split(",") if c.strip()]
-        chunked = bool(codings) and codings[-1] == "chunked"
-        other_te = [c for c in codings if c != "chunked"]
-        ctype = _header(headers, b"content-type")
+        te = field_value(headers, b"transfer-encoding")
+        chunked = is_chunked(te)
+        other_te = [c for c in codings(te) if c != "chunked"]
+        ctype = header_value(headers, b"content-type")
         body = msg.body
         wire_body: bytes | None = None  # bytes after the head, when kept as they are
         drop_coding = False
@@ -797,11 +754,11 @@ class Redactor:
                 counts["body", f"not inspected (transfer-encoding {','.join(other_te)})"] += 1
             wire_body = msg.raw[len(msg.head):]
         else:
-            coding = _header(headers, b"content-encoding")
-            decoded, problem = decode_content(body, coding)
-            if problem is not None:
+            try:
+                decoded = undo(body, field_value(headers, b"content-encoding"))
+            except Undecodable as exc:
                 if counts is not None:
-                    counts["body", f"not inspected ({problem})"] += 1
+                    counts["body", f"not inspected (content-encoding {exc.coding})"] += 1
             else:
                 masked = self.body(decoded, ctype, counts)
                 if masked != decoded:
@@ -815,11 +772,11 @@ class Redactor:
             counts["body", "chunked, rewritten with Content-Length"] += 1
         new_length = str(len(body)).encode() if (body_changed or chunked) and wire_body is None else None
 
-        lines = _head_lines(msg.head)
+        lines = head_lines(msg.head)
         out = [self._start_line(msg, lines[0][0], counts) + lines[0][1]] if is_request else [lines[0][0] + lines[0][1]]
         eol = lines[0][1] or b"\r\n"
         had_length = False
-        for group in _header_groups(lines[1:]):
+        for group in header_fields(lines[1:]):
             name, value, raw = group
             lname = name.lower()
             if lname == b"content-length" and new_length is not None:
@@ -876,41 +833,6 @@ class Redactor:
                         self.message(response, counts) if response is not None else None,
                         exchange.request_ts_ns, exchange.response_ts_ns, exchange.connection, exchange.position,
                         exchange.source, exchange.flags, ())
-
-
-def _head_lines(head: bytes) -> list[tuple[bytes, bytes]]:
-    """(line, line ending) pairs of a head; the last pair is the empty line that ends it."""
-    out = []
-    pos = 0
-    while pos < len(head):
-        end = head.find(b"\n", pos)
-        if end < 0:
-            out.append((head[pos:], b""))
-            break
-        line = head[pos:end]
-        if line.endswith(b"\r"):
-            out.append((line[:-1], b"\r\n"))
-        else:
-            out.append((line, b"\n"))
-        pos = end + 1
-    if len(out) < 2 or out[-1][0]:
-        out.append((b"", b""))
-    return out
-
-
-def _header_groups(lines: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, list]]:
-    """(name, value, [(line, ending)...]) per header field, obsolete folded lines joined."""
-    groups: list[tuple[bytes, bytes, list]] = []
-    for line, ending in lines[:-1]:
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t") and groups:
-            name, value, raw = groups[-1]
-            groups[-1] = (name, value + b" " + line.strip(b" \t"), raw + [(line, ending)])
-            continue
-        name, _, value = line.partition(b":")
-        groups.append((name.rstrip(b" \t"), value.strip(b" \t"), [(line, ending)]))
-    return groups
 
 
 DEFAULT = Redactor()

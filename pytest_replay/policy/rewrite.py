@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..http.message import Request
+from ..http.message import Request, head_lines, header_fields, is_http_token
 
 SET_HEADER_FORMS = "accepted form: 'Name: value' (like GoReplay's --http-set-header), e.g. 'X-Replay: 1'"
 REWRITE_URL_FORMS = (
@@ -26,7 +26,6 @@ REWRITE_URL_FORMS = (
     "the request target (path and query); the replacement may use groups as \\1, \\g<name> or Go's $1 / ${1}; "
     "e.g. '^/v1/(.*):/v2/\\1'"
 )
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 # Setting these would contradict the body, which rewrites never change.
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _GO_GROUP = re.compile(r"\$(?:\{(\w+)\}|(\d+))")
@@ -59,7 +58,7 @@ def parse_set_header(text: str) -> tuple[bytes, bytes]:
     name, value = name.strip(), value.strip()
     if not sep or not name:
         raise ValueError(f"bad header to set {text!r}; {SET_HEADER_FORMS}")
-    if not _TOKEN.fullmatch(name):
+    if not is_http_token(name):
         raise ValueError(f"bad header to set {text!r}: {name!r} is not a header name; {SET_HEADER_FORMS}")
     if name.lower().encode() in FRAMING:
         raise ValueError(f"bad header to set {text!r}: {name} frames the body, which rewrites never change; "
@@ -128,34 +127,21 @@ def _b(value: bytes | str) -> bytes:
 
 def _rebuild(request: Request, target: str, set_headers: tuple[tuple[bytes, bytes], ...]) -> Request:
     head = request.head
-    lines = head.split(b"\n")  # each line keeps its b"\r" when the head used CRLF
+    lines = head_lines(head)
     eol = b"\n" if request.lf_only or b"\r\n" not in head else b"\r\n"
-    # lines: request line, header lines (and obs-fold continuations), blank line, b"" after the last LF
-    end = len(lines)
-    while end > 1 and lines[end - 1] in (b"", b"\r"):
-        end -= 1
-    out = [_request_line(lines[0], request.target, target)]
+    start, ending = lines[0]
+    out = [_request_line(start, request.target, target) + ending]
     pending = {name.lower(): (name, value) for name, value in set_headers}
     done: set[bytes] = set()
-    dropping = False
-    for line in lines[1:end]:
-        if line[:1] in (b" ", b"\t"):  # obs-fold: belongs to the previous header
-            if not dropping:
-                out.append(line)
-            continue
-        name = line.partition(b":")[0]
+    for name, _, raw in header_fields(lines[1:]):  # a field with its obs-fold lines
         key = name.strip().lower()
-        dropping = False
-        if key in pending:
-            dropping = True
-            if key not in done:
-                done.add(key)
-                out.append(name.rstrip() + b": " + pending[key][1] + (b"\r" if line.endswith(b"\r") else b""))
-            continue
-        out.append(line)
-    cr = eol[:-1]
-    out += [name + b": " + value + cr for key, (name, value) in pending.items() if key not in done]
-    new_head = b"\n".join(out) + b"\n" + cr + b"\n"
+        if key not in pending:
+            out += [line + end for line, end in raw]
+        elif key not in done:  # the first of that name is set; later ones are dropped
+            done.add(key)
+            out.append(name + b": " + pending[key][1] + raw[0][1])
+    out += [name + b": " + value + eol for key, (name, value) in pending.items() if key not in done]
+    new_head = b"".join(out) + eol
     if new_head == head and target == request.target:
         return request
     raw = request.raw

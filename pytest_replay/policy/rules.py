@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from .. import combinators
-from ..http.message import Request
+from ..http.message import Request, is_http_token
 
 ALLOW_WRITE_FORMS = (
     "accepted forms: 'METHOD PATH_REGEX [@HOST]' where METHOD is a method name, a comma-separated list "
@@ -45,7 +45,6 @@ HEADER_FILTER_FORMS = (
     "--http-allow-header / --http-disallow-header), e.g. 'X-Tenant: ^acme$', 'User-Agent: (?i)bot'"
 )
 _METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 
 
 class Rule(combinators.Rule):
@@ -236,7 +235,7 @@ def parse_header_filter(text: str) -> HeaderMatch:
     name, pattern = name.strip(), pattern.strip()
     if not sep or not name:
         raise ValueError(f"bad header filter {text!r}; {HEADER_FILTER_FORMS}")
-    if not _TOKEN.fullmatch(name):
+    if not is_http_token(name):
         raise ValueError(f"bad header filter {text!r}: {name!r} is not a header name; {HEADER_FILTER_FORMS}")
     _compile(pattern, "header", text, HEADER_FILTER_FORMS)
     try:

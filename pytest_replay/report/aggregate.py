@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from hdrh.histogram import HdrHistogram
 
 from ..http.normalize import endpoint_of
-from ..verdicts.budgets import fmt_ms
+from ..http.units import US_PER_MS, fmt_ms, ms_number
 from .failures import FailureGroups
 from .timeline import Timeline
 
@@ -53,7 +53,6 @@ MAX_IGNORED = 1000  # distinct reasons for ignored differences kept; the rest ar
 OTHER = "(other)"
 ALL = "(all)"
 METRICS = ("latency", "recorded", "lateness")
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 WRITE_OUTCOMES = {"mock": "mocked", "send": "passed", "pass": "passed", "skip": "skipped"}  # policy.writes
 CANCELLED = "cancelled"  # schedule.target.CANCELLED (kept literal: report/ does not import schedule/)
 
@@ -63,7 +62,6 @@ _HALF_MAG = _TEMPLATE.sub_bucket_half_count_magnitude
 _HALF = _TEMPLATE.sub_bucket_half_count
 _MASK = _TEMPLATE.sub_bucket_mask
 _SHIFT = _UNIT + _HALF_MAG + 1
-_COUNTS_LEN = _TEMPLATE.counts_len
 _HIGHEST_EQUIVALENT: dict[int, int] = {}  # bucket index -> highest value it holds (memo)
 
 
@@ -496,10 +494,6 @@ class Aggregate:
 QS = (50, 95, 99, 100)
 
 
-def _ms(us: int | float | None) -> float | None:
-    return None if us is None else round(us / 1000, 3)
-
-
 def row(endpoint: str, stats: Stats) -> dict:
     """A table row (plain data) for one endpoint's Stats."""
     rec = stats.recorded.percentiles(QS)
@@ -510,11 +504,14 @@ def row(endpoint: str, stats: Stats) -> dict:
     def pct(value: float | None) -> float | None:
         return None if value is None else round(value, 3)
 
+    def in_ms(percentiles: dict, named) -> dict:  # the histograms count µs
+        return {name: ms_number(percentiles[q], US_PER_MS) for name, q in named}
+
     return {
         "endpoint": endpoint,
         "requests": stats.requests,
-        "recorded_ms": {n: _ms(rec[q]) for n, q in zip(names, QS)} | {"mean": _ms(stats.recorded.mean)},
-        "replayed_ms": {n: _ms(rep[q]) for n, q in zip(names, QS)} | {"mean": _ms(stats.latency.mean)},
+        "recorded_ms": in_ms(rec, zip(names, QS)) | {"mean": ms_number(stats.recorded.mean, US_PER_MS)},
+        "replayed_ms": in_ms(rep, zip(names, QS)) | {"mean": ms_number(stats.latency.mean, US_PER_MS)},
         "error_pct": pct(stats.rate("errors")),
         "5xx_pct": pct(stats.rate("5xx")),
         "4xx_pct": pct(stats.rate("4xx")),
@@ -522,7 +519,7 @@ def row(endpoint: str, stats: Stats) -> dict:
         "transport_errors": dict(stats.errors),
         "status": dict(stats.status),
         "recorded_status": dict(stats.recorded_status),
-        "lateness_ms": {"p50": _ms(late[50]), "p99": _ms(late[99]), "max": _ms(late[100])},
+        "lateness_ms": in_ms(late, (("p50", 50), ("p99", 99), ("max", 100))),
         "early": stats.early,
         "judged": stats.judged,
         "failed": stats.failed,

@@ -81,6 +81,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..http.units import US_PER_MS, ms_number
 from ..policy.redact import DEFAULT as DEFAULT_REDACTOR
 from .aggregate import ALL, HIGHEST_US, SIGNIFICANT_FIGURES, Aggregate
 
@@ -307,8 +308,9 @@ def build_evidence(*, aggregate: Aggregate, captures: Iterable = (), capture_sum
                                  "errors": _r(overall.rate("errors")),
                                  "recorded_5xx": _r(overall.rate("5xx", recorded=True)),
                                  "recorded_4xx": _r(overall.rate("4xx", recorded=True))}},
-        "lateness": None if unscheduled else {"p50_ms": _ms(lateness[50]), "p99_ms": _ms(lateness[99]),
-                                              "max_ms": _ms(lateness[100]), "early": overall.early},
+        "lateness": None if unscheduled else {
+            **{f"{name}_ms": ms_number(lateness[q], US_PER_MS) for name, q in (("p50", 50), ("p99", 99), ("max", 100))},
+            "early": overall.early},
         "throughput": throughput,
         "diff": {"judged": overall.judged, "passed": overall.judged - overall.failed, "failed": overall.failed,
                  "by_part": dict(overall.failures),
@@ -349,10 +351,6 @@ def throughput_of(requests: int, wall_s: float | None) -> dict:
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-def _ms(us: int | None) -> float | None:
-    return None if us is None else round(us / 1000, 3)
 
 
 def filename(data: dict) -> str:

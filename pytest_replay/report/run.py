@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 
 from ..http.sensitive import url_without_password
+from ..http.units import ms
 from .aggregate import ALL, Aggregate, render_table
 
 
@@ -78,10 +79,6 @@ class RunResults:
         self.updates_truncated = self.updates_truncated or other.updates_truncated
         self.capacity = merge_capacity(self.capacity, other.capacity)
         return self
-
-
-def _ms(ns: int | None) -> str:
-    return "-" if ns is None else f"{ns / 1e6:.2f} ms" if ns < 1e7 else f"{ns / 1e6:.1f} ms"
 
 
 @dataclass
@@ -207,7 +204,8 @@ def _pace_line(report: RunReport) -> str:
         return (f"throughput: {report.requests} requests in {report.wall_s or 0:.2f} s = "
                 + ("-" if rate is None else f"{rate:.1f}") + " requests/s (--speed 0: no schedule to be late for)")
     lat = report.lateness
-    return f"lateness (send time - deadline): p50 {_ms(lat.get(50))}, p99 {_ms(lat.get(99))}, max {_ms(lat.get(100))}"
+    shown = (f"{name} {ms(lat.get(q), None, missing='-')}" for name, q in (("p50", 50), ("p99", 99), ("max", 100)))
+    return "lateness (send time - deadline): " + ", ".join(shown)
 
 
 def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
@@ -244,7 +242,8 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         lines.append(_pace_line(report))
         rep, rec = report.latency, report.recorded_latency
         lines.append("latency (to first byte), replayed vs recorded: "
-                     + ", ".join(f"p{q} {_ms(rep.get(q))} vs {_ms(rec.get(q))}" for q in (50, 95, 99)))
+                     + ", ".join(f"p{q} {ms(rep.get(q), None, missing='-')} vs {ms(rec.get(q), None, missing='-')}"
+                                 for q in (50, 95, 99)))
         if report.table:
             lines.extend(render_table(report.table, limit=100 if verbose else 15, lateness=not report.unscheduled))
     if report.budgets:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from ..http.units import ms
 from ..verdicts.baseline import DiffCounts, judge
 
 NODE = "replay-baseline"
@@ -97,9 +98,6 @@ class Differential:
 
         request = exchange.request
         redactor = self.redactor
-
-        def ms(ns):
-            return "?" if ns is None else f"{ns / 1e6:.1f} ms"
         candidate = (f"{observation.response.status} in {ms(observation.latency_ns)}" if observation.ok
                      and observation.response is not None else f"{observation.error_kind}: {observation.error}")
         lines = [f"{request.method} {redactor.target(request.target)[:200]} HTTP/{request.version}  [{exchange.source}]",

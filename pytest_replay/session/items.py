@@ -13,6 +13,7 @@ import pytest
 
 from ..http.message import Exchange
 from ..http.normalize import endpoint_of, path_template
+from ..http.units import ms
 from ..policy.redact import Redactor
 from ..policy.writes import MARKERS, SEND, SKIP
 
@@ -138,9 +139,10 @@ class ReplayItem(pytest.Function):
         self.user_properties.extend([
             ("recorded_status", recorded.status if recorded else ""),
             ("replayed_status", observation.response.status if observation.response else ""),
-            ("recorded_latency_ms", _ms(exchange.recorded_latency_ns)),
-            ("replayed_latency_ms", _ms(observation.latency_ns)),
-            ("lateness_ms", _ms(observation.lateness_ns)),
+            *((name, ms(ns, missing="", unit="")) for name, ns in (  # JUnit properties: a number or ""
+                ("recorded_latency_ms", exchange.recorded_latency_ns),
+                ("replayed_latency_ms", observation.latency_ns),
+                ("lateness_ms", observation.lateness_ns))),
         ])
 
     def own_duration(self, report) -> None:
@@ -171,10 +173,6 @@ def fail(message: str, exchange: Exchange, observation, verdict) -> None:
     replayed = observation.response  # noqa: F841
     diff = verdict.differences  # noqa: F841
     raise ReplayFailure(message)
-
-
-def _ms(ns: int | None) -> str:
-    return "" if ns is None else f"{ns / 1e6:.1f}"
 
 
 class CaptureFile(pytest.File):

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from ..http.units import ms
+
 def _isatty(reporter) -> bool:
     """TerminalReporter.isatty: an attribute up to pytest 8.3, a method since 8.4."""
     isatty = reporter.isatty
@@ -52,10 +54,10 @@ class Progress:
             last = (now - max(engine.clock.now_ns() - engine.t0_ns, 0) / 1e9, 0)
         rate = "" if last is None else f" ({(progress.sent - last[1]) / max(now - last[0], 1e-9):.1f}/s)"
         self._last = (now, progress.sent)
-        p95 = latencies[int(len(latencies) * 0.95)] / 1e6 if latencies else None
-        p99 = lateness[int(len(lateness) * 0.99)] / 1e6 if lateness else None
+        p95 = latencies[int(len(latencies) * 0.95)] if latencies else None
+        p99 = lateness[int(len(lateness) * 0.99)] if lateness else None
         waiting = engine.due_in_s(key) if key is not None else None
         return (f"[replay] {progress.sent}/{progress.planned} sent{rate}, {progress.completed} done, "
-                f"{progress.errors} errors, p95 so far {'-' if p95 is None else f'{p95:.1f} ms'}"
-                + ("" if self.unscheduled else f", lateness p99 {'-' if p99 is None else f'{p99:.2f} ms'}")
+                f"{progress.errors} errors, p95 so far {ms(p95, 1, missing='-')}"
+                + ("" if self.unscheduled else f", lateness p99 {ms(p99, 2, missing='-')}")
                 + (f"; this item's request is due in {waiting:.1f} s" if waiting and waiting > 0 else ""))

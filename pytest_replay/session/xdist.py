@@ -28,6 +28,7 @@ from .. import options
 from ..distribute import (CLOCK_WARN_NS, ClockOffset, lead_ns_until, local_spec, measure_offset,
                           rendezvous, spec_host, worker_args, worker_index, worker_part)
 from ..http.message import Exchange
+from ..http.units import ms
 from ..report.run import RunResults
 from .items import ReplayItem
 from .run import ReplayRun
@@ -114,8 +115,8 @@ def clock_note(workerid: str, host: str, clock: ClockOffset) -> str | None:
     """A note for the summary when a worker's clock offset is known less precisely than 1 ms."""
     if clock.uncertainty_ns <= CLOCK_WARN_NS:
         return None
-    return (f"worker {workerid} ({host}): clock offset {_ms(clock.offset_ns)} known only to within "
-            f"+/-{clock.uncertainty_ns / 1e6:.3f} ms (over 1 ms): its start, and so its lateness, may be off by "
+    return (f"worker {workerid} ({host}): clock offset {ms(clock.offset_ns, 3, sign='+')} known only to "
+            f"within +/-{ms(clock.uncertainty_ns, 3)} (over 1 ms): its start, and so its lateness, may be off by "
             "that much")
 
 
@@ -125,10 +126,6 @@ def late_note(workerid: str, late_s: float) -> str | None:
         return None
     return (f"worker {workerid} was ready {late_s:.2f} s after the shared start (set {REMOTE_START_DELAY_S:g} s "
             "after the controller began configuring workers): its connections started late by that much")
-
-
-def _ms(ns: int) -> str:
-    return f"{ns / 1e6:+.3f} ms"
 
 
 class Controller:

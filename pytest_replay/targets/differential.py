@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..http.message import Response
+from ..http.units import ms
 from ..schedule.plan import PlannedRequest
 from ..schedule.target import APP_ERROR, TIMEOUT, TargetError, describe
 
@@ -41,8 +42,7 @@ class Side:
 
     def describe(self) -> str:
         if self.ok:
-            ms = "?" if self.latency_ns is None else f"{self.latency_ns / 1e6:.1f} ms"
-            return f"{self.response.status} in {ms}"
+            return f"{self.response.status} in {ms(self.latency_ns)}"
         return f"{self.error_kind}: {self.error}"
 
 

@@ -17,7 +17,8 @@ import re
 import ssl
 from urllib.parse import urlsplit
 
-from ..http.message import CLOSED, UNPARSABLE as FLAG_UNPARSABLE, Request, Response
+from ..http.message import (CLOSED, UNPARSABLE as FLAG_UNPARSABLE, Request, Response, field_value, head_lines,
+                            header_fields, is_chunked)
 from ..http.parser import Framer, Lost, Parsed, Stop
 from ..http.sensitive import url_without_password
 from ..schedule.plan import PlannedRequest
@@ -37,46 +38,29 @@ def wire_bytes(request: Request, host: str | None) -> bytes:
     (a wrong one is fixed, duplicates dropped; none is added to a body-less request), a chunked body
     re-chunked from `request.body` as one chunk plus the captured trailers. Everything else (header
     order and case, Connection) is kept as captured."""
-    lines = request.head.replace(b"\r\n", b"\n").split(b"\n")
-    while lines and not lines[-1]:
-        lines.pop()
+    lines = head_lines(request.head)
+    fields = header_fields(lines[1:])  # each with its obs-fold lines: kept or dropped whole
     body = request.body
     # Which framing the body had: the last transfer coding decides (RFC 9112 6.1).
-    codings = b",".join(line.partition(b":")[2] for line in lines[1:]
-                        if line.partition(b":")[0].strip().lower() == b"transfer-encoding")
-    chunked = codings.strip() != b"" and codings.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-    out = [lines[0]]
+    chunked = is_chunked(field_value(tuple((name, value) for name, value, _ in fields), b"transfer-encoding"))
+    out = [lines[0][0]]
     host_done = host is None
     length_done = chunked
-    dropping = False  # inside a dropped header's obs-fold continuation lines
-    for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                out.append(line)
-            continue
-        name, _, _ = line.partition(b":")
+    for name, _, raw in fields:
         key = name.strip().lower()
-        dropping = False
         if key == b"host" and host is not None:
-            if host_done:
-                dropping = True
-                continue
-            out.append(name.rstrip() + b": " + host.encode("latin-1"))
-            host_done = True
-            dropping = True  # the captured value's continuation lines go with it
+            if not host_done:
+                out.append(name + b": " + host.encode("latin-1"))
+                host_done = True
             continue
         if key == b"content-length":
-            if length_done:
-                dropping = True
-                continue
-            out.append(name.rstrip() + b": " + str(len(body)).encode())
-            length_done = True
-            dropping = True
+            if not length_done:
+                out.append(name + b": " + str(len(body)).encode())
+                length_done = True
             continue
         if key == b"transfer-encoding" and not chunked:
-            dropping = True  # a request coding other than chunked is not framing we can send
-            continue
-        out.append(line)
+            continue  # a request coding other than chunked is not framing we can send
+        out += [line for line, _ in raw]
     if not host_done:
         out.insert(1, b"Host: " + host.encode("latin-1"))
     if not length_done and body:

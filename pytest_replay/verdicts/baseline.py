@@ -144,9 +144,9 @@ def judge(exchange: Exchange, candidate, baseline, probe, config: DiffConfig, *,
             suppressed += 1
         else:
             failing.append(difference)
-    recorded = None
+    recorded_differences = None  # how many: the recording against the baseline, context only
     if exchange.response is not None:
-        recorded = compare(exchange.response, baseline.response, every, exchange=exchange).total
+        recorded_differences = compare(exchange.response, baseline.response, every, exchange=exchange).total
     ignored = raw.ignored + ((("noise measured on the baseline", suppressed),) if suppressed else ())
     cap = config.max_diffs
     if failing:
@@ -158,7 +158,7 @@ def judge(exchange: Exchange, candidate, baseline, probe, config: DiffConfig, *,
         summary += f" (noise probe failed: {probe.describe()}; judged without noise)"
     verdict = Verdict(not failing, tuple(failing[:cap]), ignored, summary, max(0, len(failing) - cap))
     return Judgement(verdict, endpoint, tuple(raw_fields), tuple(sorted(noise_fields)),
-                     tuple(dict.fromkeys(structural_fields)), probed, recorded)
+                     tuple(dict.fromkeys(structural_fields)), probed, recorded_differences)
 
 
 # -- counts over the run ----------------------------------------------------------------------------------

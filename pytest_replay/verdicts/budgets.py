@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..http.units import US_PER_MS, fmt_ms
+
 # The aggregate (report.aggregate.Aggregate) is taken by duck type, so verdicts do not import report:
 # it offers .overall, .endpoints {key: Stats}, .folded and .union(keys) -> Stats.
 
@@ -247,7 +249,7 @@ def _value_part(text: str | None) -> str:
 
 
 def _latency_text(us: float | None) -> str:
-    return "-" if us is None else f"{fmt_ms(us / 1000)} ms"
+    return "-" if us is None else f"{fmt_ms(us / US_PER_MS)} ms"
 
 
 def _rate_text(percent: float | None) -> str:
@@ -260,17 +262,6 @@ def _latency(stats, budget: Budget, recorded: bool = False) -> float | None:
     if budget.metric == "mean":
         return hist.mean
     return hist.percentile(budget.quantile)
-
-
-def fmt_ms(value: float | None) -> str:
-    """Milliseconds for display: '143.2', '3.41', '0.412'; '-' when missing."""
-    if value is None:
-        return "-"
-    if value >= 100:
-        return f"{value:.1f}"
-    if value >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
 
 
 def _scope(budget: Budget, aggregate):

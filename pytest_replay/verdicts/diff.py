@@ -32,6 +32,7 @@ from deepdiff.helper import notpresent
 from ..http.content import decode as decode_content
 from ..http.message import Exchange, Request, Response
 from ..http.normalize import endpoint_of
+from ..http.units import ms
 from ..policy.redact import DEFAULT as DEFAULT_REDACTOR
 from ..policy.redact import Redactor, is_masked, mask_text
 from .origin import Origins
@@ -519,10 +520,6 @@ DEFAULT_CONFIG = DiffConfig()
 
 
 # -- comparison -----------------------------------------------------------------------------------------
-def _ms(ns: int | None) -> str:
-    return "?" if ns is None else f"{ns / 1e6:.1f} ms"
-
-
 class _Comparison:
     """Collects differences and ignored counts for one exchange (internal, short-lived)."""
 
@@ -793,8 +790,8 @@ def compare(recorded: Response | None, replayed: Response | None, config: DiffCo
             check.body(recorded, replayed)
     cap = config.max_latency_ns
     if cap is not None and latency_ns is not None and latency_ns > cap:
-        was = f"cap {_ms(cap)}" + (f" (recorded {_ms(recorded_latency_ns)})" if recorded_latency_ns else "")
-        check.add("latency", "latency", was, _ms(latency_ns))
+        was = f"cap {ms(cap)}" + (f" (recorded {ms(recorded_latency_ns)})" if recorded_latency_ns else "")
+        check.add("latency", "latency", was, ms(latency_ns))
     return check.verdict(note)
 
 
@@ -822,8 +819,8 @@ def render_failure(exchange: Exchange, verdict: Verdict, *, recorded_latency_ns:
     lines = [
         f"{request.method} {_short(redactor.target(request.target), 200)} HTTP/{request.version}"
         f"  [{exchange.source}]",
-        f"  recorded: {recorded_status} in {_ms(recorded_latency_ns)}   "
-        f"replayed: {replayed_status if replayed_status is not None else '-'} in {_ms(replayed_latency_ns)}",
+        f"  recorded: {recorded_status} in {ms(recorded_latency_ns)}   "
+        f"replayed: {replayed_status if replayed_status is not None else '-'} in {ms(replayed_latency_ns)}",
     ]
     for difference in verdict.differences:
         old, new = _rescreen(difference, redactor)
