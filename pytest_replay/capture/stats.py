@@ -66,6 +66,8 @@ class CaptureStats:
     no_response: int = 0
     orphan_responses: Counter = field(default_factory=Counter)  # why -> responses without their request
     skipped_streams: Counter = field(default_factory=Counter)  # reason code -> connections not HTTP/1.x
+    tls: Counter = field(default_factory=Counter)  # TLS connections by outcome: decrypted, no-key, failed, ...
+    tls_connections: list[dict] = field(default_factory=list)  # the first TLS connections, described (no keys)
     gaps: int = 0
     gap_bytes: int = 0
     lost: Counter = field(default_factory=Counter)  # reason code -> bytes discarded while framing

@@ -28,8 +28,9 @@ from .keylog import KeyLog
 from .keys import (SUITES, VERSIONS, DecryptError, Tls12Protection, Tls13Protection, suite_name,
                    tls12_key_block)
 from .records import (ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, CLIENT_HELLO, FINISHED, HANDSHAKE, HEADER,
-                      KEY_UPDATE, SERVER_HELLO, ClientHello, NotTls, ServerHello, handshake_messages,
-                      parse_client_hello, parse_server_hello, record_header)
+                      KEY_UPDATE, SERVER_HELLO, ENCRYPTED_EXTENSIONS, ClientHello, NotTls, ServerHello, handshake_messages,
+                      parse_client_hello, parse_encrypted_extensions, parse_server_hello,
+                      record_header)
 
 TLS13 = 0x0304
 MAX_FAILURES = 3  # records in a row that do not authenticate before the connection is given up
@@ -45,8 +46,10 @@ Report = Callable[[str, str, "int | None", "int | None"], None]  # (code, detail
 class TlsConnection:
     """Both directions of one TLS connection; `client` and `server` are the TCP streams' sinks."""
 
-    def __init__(self, keylog: KeyLog | None, client_sink, server_sink, report: Report, warn: Report) -> None:
+    def __init__(self, keylog: KeyLog | None, client_sink, server_sink, report: Report, warn: Report,
+                 on_h2: Callable[[TlsConnection], tuple | None] | None = None) -> None:
         self.keylog = keylog
+        self.on_h2 = on_h2  # ALPN h2 chosen: returns (client sink, server sink) for HTTP/2, or None
         self.report = report  # the connection is given up (it stops being read)
         self.warn = warn  # something was lost, reading goes on
         self.client = TlsDirection(self, True, client_sink)
@@ -102,8 +105,29 @@ class TlsConnection:
                 if not server_hello.retry:
                     self.server_hello = server_hello
                     self._check_suite(mark)
+                    if server_hello.alpn == "h2":
+                        self._h2()
         except ValueError as exc:
             self.give_up(FAILED, f"malformed {'Client' if kind == 1 else 'Server'}Hello ({exc})", mark)
+
+    def encrypted_extensions(self, body: bytes) -> None:
+        try:
+            alpn = parse_encrypted_extensions(body)
+        except ValueError:
+            return
+        if alpn is not None and self.server_hello is not None:
+            self.server_hello.alpn = alpn
+            if alpn == "h2":
+                self._h2()
+
+    def _h2(self) -> None:
+        """ALPN h2: the plaintext is HTTP/2, not for the HTTP/1.x framers. The seam for the HTTP/2
+        parser (http/h2.py): `on_h2` returns the sinks for the two decrypted streams (feed(data,
+        ts_ns, frame, ack, where), gap(), close()); until it is wired the records are still
+        decrypted (and counted) and the plaintext is dropped."""
+        sinks = self.on_h2(self) if self.on_h2 is not None else None
+        client, server = sinks if sinks is not None else (_Discard(), _Discard())
+        self.client.sink, self.server.sink = client, server
 
     def _check_suite(self, mark: tuple) -> None:
         if self.server_hello.suite not in SUITES:
@@ -159,6 +183,19 @@ class TlsConnection:
         self.client.dead = self.server.dead = True
         frame, where = (mark[2], mark[3]) if mark else (None, None)
         self.report("tls-failed" if status == FAILED else "tls", reason, frame, where)
+
+
+class _Discard:
+    """A sink that drops plaintext nobody reads (HTTP/2 until its parser is wired)."""
+
+    def feed(self, data: bytes, ts_ns: int, frame: int = 0, ack: int | None = None, where: int = 0) -> None:
+        pass
+
+    def gap(self, nbytes: int, code: str = GAP, detail: str = "") -> None:
+        pass
+
+    def close(self, code: str | None = None, detail: str = "") -> None:
+        pass
 
 
 class TlsDirection:
@@ -274,8 +311,10 @@ class TlsDirection:
                 self.sink.feed(content, mark[1], mark[2], None, mark[3])
         elif inner == HANDSHAKE:
             self.hs += content
-            for kind, _message in handshake_messages(self.hs):
-                if kind == FINISHED and self.after_handshake is not None:
+            for kind, message in handshake_messages(self.hs):
+                if kind == ENCRYPTED_EXTENSIONS and not self.from_client:
+                    conn.encrypted_extensions(message)
+                elif kind == FINISHED and self.after_handshake is not None:
                     self.protection, self.after_handshake = self.after_handshake, None
                 elif kind == KEY_UPDATE and isinstance(self.protection, Tls13Protection):
                     self.protection = self.protection.updated()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
 CONTENT_TYPES = (CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA)
-CLIENT_HELLO, SERVER_HELLO, NEW_SESSION_TICKET, FINISHED, KEY_UPDATE = 1, 2, 4, 20, 24
+CLIENT_HELLO, SERVER_HELLO, NEW_SESSION_TICKET, ENCRYPTED_EXTENSIONS, FINISHED, KEY_UPDATE = 1, 2, 4, 8, 20, 24
 HEADER = 5
 MAX_RECORD = (1 << 14) + 2048  # the largest ciphertext a record may carry (RFC 5246 6.2.3)
 EXT_SERVER_NAME, EXT_ALPN, EXT_ETM, EXT_SUPPORTED_VERSIONS = 0, 16, 22, 43
@@ -150,3 +150,9 @@ def parse_server_hello(body: bytes) -> ServerHello:
         version = int.from_bytes(ext[EXT_SUPPORTED_VERSIONS], "big")
     alpn = _alpn_list(ext[EXT_ALPN])[0] if EXT_ALPN in ext and ext[EXT_ALPN][2:] else None
     return ServerHello(random, version, suite, alpn, EXT_ETM in ext)
+
+
+def parse_encrypted_extensions(body: bytes) -> str | None:
+    """TLS 1.3: the ALPN protocol the server chose (it is in EncryptedExtensions, not ServerHello)."""
+    ext = _extensions(_Reader(body))
+    return _alpn_list(ext[EXT_ALPN])[0] if EXT_ALPN in ext and ext[EXT_ALPN][2:] else None
