@@ -277,6 +277,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_server_ports", "--replay-server-ports", "ports that are servers, for pcap connections "
            "captured without their SYN on unusual ports. Default: common HTTP ports.", None, ports,
            metavar="P1,P2"),
+    Option("replay_keylog", "--replay-keylog", "TLS key log (NSS SSLKEYLOGFILE format) to decrypt TLS 1.2 and 1.3 "
+           "connections in pcap captures with (repeatable). Keys embedded in a pcapng (Decryption Secrets Blocks) "
+           "are used without it. Default: none.", many=True, metavar="FILE"),
     Option("replay_writes", "--replay-writes", "what happens to writes (every method but GET, HEAD and OPTIONS, "
            "and requests whose method override names one): mock "
            "(answered from the recorded response, never sent), pass (sent) or skip (not replayed). Default: mock "
@@ -441,6 +444,7 @@ class Settings:
     max_latency: float | None = None
     group: str = "exchange"
     server_ports: tuple[int, ...] | None = None
+    keylog: tuple[str, ...] = ()  # TLS key log files
     insecure: bool = False
     writes: str | None = None  # None: mock for network targets, pass for in-process apps
     allow_write: tuple = ()
@@ -495,7 +499,7 @@ def load(config: pytest.Config) -> Settings:
         diff=value["replay_diff"], headers=value["replay_headers"], ignore=value["replay_ignore"],
         noise=value["replay_noise"], origins=value["replay_origins"], original_host=value["replay_original_host"],
         max_latency=value["replay_max_latency"], group=value["replay_group"],
-        server_ports=value["replay_server_ports"], insecure=value["replay_insecure"], writes=value["replay_writes"],
+        server_ports=value["replay_server_ports"], keylog=value["replay_keylog"], insecure=value["replay_insecure"], writes=value["replay_writes"],
         allow_write=value["replay_allow_write"], write_methods=value["replay_write_methods"],
         allow_host=value["replay_allow_host"],
         write_pattern=value["replay_write_pattern"],
