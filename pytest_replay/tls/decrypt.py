@@ -27,9 +27,9 @@ from ..http.message import GAP
 from .keylog import KeyLog
 from .keys import (SUITES, VERSIONS, DecryptError, Tls12Protection, Tls13Protection, suite_name,
                    tls12_key_block)
-from .records import (ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, CLIENT_HELLO, FINISHED, HANDSHAKE, HEADER,
-                      KEY_UPDATE, SERVER_HELLO, ENCRYPTED_EXTENSIONS, ClientHello, NotTls, ServerHello, handshake_messages,
-                      parse_client_hello, parse_encrypted_extensions, parse_server_hello,
+from .records import (ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, CLIENT_HELLO, ENCRYPTED_EXTENSIONS, FINISHED,
+                      HANDSHAKE, HEADER, KEY_UPDATE, SERVER_HELLO, ClientHello, NotTls, ServerHello,
+                      handshake_messages, parse_client_hello, parse_encrypted_extensions, parse_server_hello,
                       record_header)
 
 TLS13 = 0x0304
