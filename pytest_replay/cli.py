@@ -155,6 +155,8 @@ def exchange_json(exchange: Exchange) -> dict:
         "recorded_latency_ns": exchange.recorded_latency_ns,
         "complete": exchange.complete,
         "reasons": list(exchange.reasons),
+        "scheme": exchange.scheme,  # "https": decrypted from TLS
+        "server_name": exchange.server_name,
         "source": {"file": exchange.source.file, "offset": exchange.source.offset,
                    "record": exchange.source.record, "frames": list(exchange.source.frames)},
     }
