@@ -183,6 +183,18 @@ def test_connection_without_its_key_is_reported_others_decrypt() -> None:
     assert f"no key for client random {random.hex()}" in str(warning) and warning.frame is not None
 
 
+def test_tls13_traffic_secrets_alone_suffice_and_handshake_secrets_alone_are_reported() -> None:
+    lines = KEYS13.read_text().splitlines()
+    only_traffic, only_handshake = KeyLog(), KeyLog()
+    only_traffic.add_text("\n".join(line for line in lines if "HANDSHAKE" not in line), "traffic")
+    only_handshake.add_text("\n".join(line for line in lines if "TRAFFIC_SECRET_0" not in line), "handshake")
+    exchanges, stats = load(str(TLS13), keylog=only_traffic)  # handshake records skipped by trial
+    assert len(exchanges) == len(_truth(TLS13)["exchanges"]) and stats.tls == {"decrypted": 4}
+    exchanges, stats = load(str(TLS13), keylog=only_handshake)
+    assert exchanges == [] and stats.tls == {"no-key": 4}
+    assert all("no SERVER_TRAFFIC_SECRET_0 line in the key log" in c["reason"] for c in stats.tls_connections)
+
+
 def test_no_keylog_at_all_reports_every_connection() -> None:
     exchanges, stats = load(str(TLS12))
     assert exchanges == [] and stats.tls == {"no-key": 7} and stats.skipped_streams == {"tls": 7}

@@ -155,6 +155,7 @@ class TlsConnection:
                 return None
             app_protection = Tls13Protection(suite, app) if app else None
             if hs:
+                direction.tls13_handshake = app_protection is None  # handshake keys only
                 return Tls13Protection(suite, hs), app_protection
             direction.trial = MAX_EARLY_FAILURES  # handshake records are skipped, by trial
             return app_protection, None
@@ -212,6 +213,7 @@ class TlsDirection:
         self.protection = None
         self.after_handshake = None  # TLS 1.3: the application traffic protection, after Finished
         self.trial = 0  # TLS 1.3 without handshake secrets: records that may fail before one opens
+        self.tls13_handshake = False  # TLS 1.3 with handshake secrets but no application traffic secret
         self.opened = 0
         self.failures = 0  # records in a row that did not authenticate
         self.dead = False
@@ -316,6 +318,10 @@ class TlsDirection:
                     conn.encrypted_extensions(message)
                 elif kind == FINISHED and self.after_handshake is not None:
                     self.protection, self.after_handshake = self.after_handshake, None
+                elif kind == FINISHED and self.tls13_handshake:  # the key log lacks the traffic secret
+                    side = "CLIENT" if self.from_client else "SERVER"
+                    conn._no_key(f"no {side}_TRAFFIC_SECRET_0 line", mark)
+                    return
                 elif kind == KEY_UPDATE and isinstance(self.protection, Tls13Protection):
                     self.protection = self.protection.updated()
 
