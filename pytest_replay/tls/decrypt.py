@@ -79,7 +79,9 @@ class TlsConnection:
         return self.server_hello.alpn if self.server_hello else None
 
     def describe(self) -> str:
-        parts = [self.version or "TLS", *( [self.suite] if self.suite else [])]
+        parts = [self.version or "TLS"]
+        if self.suite:
+            parts.append(self.suite)
         if self.server_name:
             parts.append(f"SNI {self.server_name}")
         return ", ".join(parts)
@@ -96,10 +98,8 @@ class TlsConnection:
         try:
             if kind == CLIENT_HELLO and direction.from_client:
                 hello = parse_client_hello(body)
-                if self.hello is None:
-                    self.hello = hello
-                elif hello.random != self.hello.random:
-                    self.hello = hello  # a second ClientHello after a HelloRetryRequest keeps its random
+                # after a HelloRetryRequest the second ClientHello comes with the same random
+                self.hello = hello
             elif kind == SERVER_HELLO and not direction.from_client:
                 server_hello = parse_server_hello(body)
                 if not server_hello.retry:
