@@ -85,6 +85,12 @@ def _add_max_record_size(parser: argparse.ArgumentParser) -> None:
                              "like pytest's --replay-max-record-size)")
 
 
+def _add_keylog(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keylog", action="append", default=None, metavar="FILE",
+                        help="TLS key log (SSLKEYLOGFILE format) to decrypt TLS connections with (repeatable); "
+                             "keys embedded in a pcapng are used without it. The keys are never written out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pytest_replay",
                                      description="Inspect and convert HTTP traffic captures (.gor, pcap, pcapng).",
@@ -95,11 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="JSON Lines: one object per exchange, then the summary")
     inspect.add_argument("--server-ports", type=_server_ports, metavar="P1,P2",
                          help="ports that are servers (for connections captured without their SYN)")
+    _add_keylog(inspect)
     _add_max_record_size(inspect)
     convert = sub.add_parser("convert", help="write GoReplay's .gor format (types 1 and 2) from any capture")
     convert.add_argument("paths", nargs="+", metavar="PATH", help="input captures..., then the output .gor (or .gor.gz)")
     convert.add_argument("--server-ports", type=_server_ports, metavar="P1,P2",
                          help="ports that are servers (for connections captured without their SYN)")
+    _add_keylog(convert)
     _add_max_record_size(convert)
     redact = sub.add_parser("redact", help="a copy of a capture, in its own format, with secrets and personal "
                             "data replaced (pcap/pcapng are regenerated from the HTTP exchanges)",
@@ -124,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "across runs; keep TEXT private)")
     redact.add_argument("--server-ports", type=_server_ports, metavar="P1,P2",
                         help="ports that are servers (for connections captured without their SYN)")
+    _add_keylog(redact)
     _add_max_record_size(redact)
     show = sub.add_parser("show", help="print one exchange whole: request and response heads and bodies, "
                           "decoded, with secrets and personal data masked")
@@ -158,13 +167,16 @@ def exchange_json(exchange: Exchange) -> dict:
         "reasons": list(exchange.reasons),
         # as captured: "http/1", or "h2c"/"h2" (HTTP/2; an Upgrade: h2c request answered on stream 1 too)
         "protocol": (response or exchange.request).protocol,
+        "scheme": exchange.scheme,  # "https": decrypted from TLS
+        "server_name": exchange.server_name,
         "source": {"file": exchange.source.file, "offset": exchange.source.offset,
                    "record": exchange.source.record, "frames": list(exchange.source.frames)},
     }
 
 
 def cmd_inspect(args: argparse.Namespace, out) -> int:
-    capture = Capture(args.captures, server_ports=args.server_ports, max_record_size=args.max_record_size)
+    capture = Capture(args.captures, server_ports=args.server_ports, max_record_size=args.max_record_size,
+                      keylog=args.keylog)
     if args.json:
         for exchange in capture:
             out.write(json.dumps(exchange_json(exchange)) + "\n")
@@ -184,7 +196,8 @@ def cmd_convert(args: argparse.Namespace, out, err) -> int:
     if not target.endswith((".gor", ".gor.gz")):
         err.write(f"convert: the output must end with .gor or .gor.gz, got {target!r}\n")
         return 2
-    capture = Capture(inputs, server_ports=args.server_ports, max_record_size=args.max_record_size)
+    capture = Capture(inputs, server_ports=args.server_ports, max_record_size=args.max_record_size,
+                      keylog=args.keylog)
     result = write_gor(capture, target)
     stats = capture.stats
     out.write(f"wrote {target}: {result.written} exchanges ({stats.exchanges} read)\n")
@@ -343,7 +356,8 @@ def cmd_redact(args: argparse.Namespace, out, err) -> int:
     key = args.salt.encode("utf-8") if args.salt else os.urandom(16)
     redactor = Redactor(args.secret_header, args.secret_param, args.allow_header, args.allow_field,
                         key=key, pii=not args.keep_pii)
-    capture = Capture([source], server_ports=args.server_ports, max_record_size=args.max_record_size)
+    capture = Capture([source], server_ports=args.server_ports, max_record_size=args.max_record_size,
+                      keylog=args.keylog)
     counts: Counter = Counter()
     exchanges = _redacted(capture, redactor, counts)
     if fmt == "gor":

@@ -392,6 +392,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_server_ports", "--replay-server-ports", "ports that are servers, for pcap connections "
            "captured without their SYN on unusual ports. Default: common HTTP ports.", None, ports,
            metavar="P1,P2"),
+    Option("replay_keylog", "--replay-keylog", "TLS key log (NSS SSLKEYLOGFILE format) to decrypt TLS 1.2 and 1.3 "
+           "connections in pcap captures with (repeatable). Keys embedded in a pcapng (Decryption Secrets Blocks) "
+           "are used without it. Default: none.", many=True, metavar="FILE"),
     Option("replay_writes", "--replay-writes", "what happens to writes (every method but GET, HEAD and OPTIONS, "
            "and requests whose method override names one): mock "
            "(answered from the recorded response, never sent), pass (sent) or skip (not replayed). Default: mock "

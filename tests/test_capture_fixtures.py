@@ -32,7 +32,8 @@ def _body_len(expected: dict, part: str, complete: bool) -> int | None:
 def test_fixture_matches_ground_truth(expect_file: Path) -> None:
     truth = json.loads(expect_file.read_text())
     capture = expect_file.with_name(expect_file.name.removesuffix(".expect.json"))
-    exchanges, stats = load(str(capture))
+    keylog = [str(expect_file.with_name(truth["keylog"]))] if truth.get("keylog") else None  # TLS fixtures
+    exchanges, stats = load(str(capture), keylog=keylog)
     got = [(e.request.method, e.request.target, e.response.status if e.response else None) for e in exchanges]
     want = [(x["method"], x["target"], x["status"]) for x in truth["exchanges"]]
     assert got == want, f"{capture.name}: exchanges differ"

@@ -77,7 +77,7 @@ class Capture:
     """One or more capture files read as a single stream of exchanges, merged by timestamp."""
 
     def __init__(self, paths: Iterable[str] | str, *, server_ports: Iterable[int] | None = None,
-                 max_record_size: int | None = None) -> None:
+                 max_record_size: int | None = None, keylog=None) -> None:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = expand_paths(paths)
@@ -85,6 +85,15 @@ class Capture:
         # the longest .gor record, pcap packet or pcapng block read (limits.py)
         self.max_record_size = max_record_size or DEFAULT_MAX_RECORD
         self.stats = CaptureStats()
+        # TLS keys (a tls.KeyLog, or key log paths): pcapng Decryption Secrets Blocks are added to it
+        if keylog is not None and not hasattr(keylog, "get"):
+            from ..tls.keylog import KeyLog, KeyLogError
+
+            try:
+                keylog = KeyLog.from_files([os.fspath(p) for p in keylog])
+            except KeyLogError as exc:
+                raise CaptureError(str(exc).split(": ", 1)[0], str(exc).split(": ", 1)[-1]) from None
+        self.keylog = keylog
 
     def __iter__(self) -> Iterator[Exchange]:
         if len(self.paths) == 1:
@@ -113,6 +122,8 @@ class Capture:
                     exchange = Exchange(index, request, response, draft.ts, draft.resp_ts, draft.connection,
                                         draft.position, Source(draft.file, draft.offset, draft.record, draft.frames),
                                         flags, draft.replayed)
+                    if draft.tls is not None:
+                        exchange = _over_tls(exchange, draft.tls)
                     stats.exchanges += 1
                     if flags:
                         for code in {flag.code for flag in flags}:
@@ -141,7 +152,8 @@ class Capture:
                 from .pcap import read_pcap  # here, not at the top: reassembly imports this package
 
                 kwargs = {"server_ports": self.server_ports} if self.server_ports else {}
-                yield from read_pcap(path, stream, size, stats, info, max_record_size=self.max_record_size, **kwargs)
+                yield from read_pcap(path, stream, size, stats, info, max_record_size=self.max_record_size,
+                                     keylog=self.keylog, **kwargs)
 
     def _drafts(self, order: int, path: str) -> Iterator[Draft]:
         """The drafts of one of several files, one by one, for the merge."""
@@ -149,6 +161,13 @@ class Capture:
             for draft in batch:
                 draft.seq = order  # ties between files: the order they were given in
                 yield draft
+
+
+def _over_tls(exchange: Exchange, server_name: str) -> Exchange:
+    """An exchange decrypted from TLS: scheme https, and the SNI (or, without one, the Host)."""
+    if not server_name:
+        server_name = exchange.request.host
+    return dataclasses.replace(exchange, scheme="https", server_name=server_name)
 
 
 def _merge_key(draft: Draft) -> tuple[int, int]:

@@ -118,7 +118,7 @@ _RAISE_LIMIT = ("if the block is genuine, raise the limit with --replay-max-reco
 
 def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats, info: dict,
               server_ports: frozenset[int] = DEFAULT_SERVER_PORTS,
-              max_record_size: int = DEFAULT_MAX_RECORD) -> Iterator[list[Draft]]:
+              max_record_size: int = DEFAULT_MAX_RECORD, keylog=None) -> Iterator[list[Draft]]:
     """Drafts of one pcap/pcapng file, released in request-timestamp order, in lists.
 
     This loop runs once per packet, so it is written for speed: locals instead of attribute
@@ -128,7 +128,9 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     reader = open_reader(name, stream, size, max_record_size)
     decoder = Decoder(stats.not_decoded, stats.fragments)
     reorder = Reorder()
-    table = FlowTable(name, stats, reorder, server_ports)
+    table = FlowTable(name, stats, reorder, server_ports, keylog)
+    if not hasattr(reader, "nano"):
+        _read_secrets(name, reader, table, stats)
     flows = table.flows
     new_packet = table.packet
     decode = decoder.decode
@@ -336,6 +338,29 @@ def _pcapng_frames(name: str, reader, size: int | None, stats: CaptureStats, inf
                 last = ((meta.tshigh << 32) | meta.tslow) * 10**9 // meta.tsresol
             yield last, meta.linktype, data, max(0, meta.wirelen - len(data)), where
     _report_end(name, stats, reader, size, where, frame, log)
+
+
+def _read_secrets(name: str, reader, table: FlowTable, stats: CaptureStats) -> None:
+    """pcapng Decryption Secrets Blocks (`editcap --inject-secrets tls,keys.log`): their TLS key
+    logs are used to decrypt this file's connections, and never copied anywhere."""
+
+    def secrets_block(block: bytes, size: int) -> None:
+        if len(block) < 8:
+            return None
+        kind, length = struct.unpack(reader.endian + "II", block[:8])
+        if kind != 0x544C534B:  # "TLSK"; other secrets (WireGuard, ZigBee...) are not ours
+            stats.note(f"{name}: a Decryption Secrets Block of type 0x{kind:08x} is not used")
+            return None
+        if table.keylog is None:
+            from ..tls.keylog import KeyLog
+
+            table.keylog = KeyLog()
+        kept = table.keylog.add_text(block[8:8 + length], f"{name} (pcapng Decryption Secrets Block)")
+        stats.note(f"{name}: TLS key log embedded in the capture (Decryption Secrets Block, {kept} secrets) "
+                   "used for decryption")
+        return None
+
+    reader.blocktypes = {**reader.blocktypes, 10: secrets_block}
 
 
 def _report_end(name: str, stats: CaptureStats, reader, size: int | None, where: int, frames: int,

@@ -81,6 +81,8 @@ def summary_data(stats: CaptureStats) -> dict:
         "responses_without_request": dict(stats.orphan_responses),
         "skipped_streams": dict(stats.skipped_streams),
         "protocols": {PROTOCOL_NAMES.get(k, k): v for k, v in stats.protocols.items() if v},
+        "tls": dict(stats.tls),
+        "tls_connections": stats.tls_connections,
         "gaps": stats.gaps,
         "gap_bytes": stats.gap_bytes,
         "bytes_not_framed": dict(stats.lost),
@@ -111,6 +113,22 @@ def _when(ts_ns: int | None) -> str:
 
 def _counts(counter: dict) -> str:
     return ", ".join(f"{key}: {value}" for key, value in sorted(counter.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def tls_line(conn: dict) -> str:
+    """One TLS connection for inspect: version, cipher suite, decrypted or not and why."""
+    what = ", ".join(x for x in (conn.get("version"), conn.get("cipher_suite")) if x) or "TLS"
+    if conn.get("server_name"):
+        what += f", SNI {conn['server_name']}"
+    if conn.get("alpn"):
+        what += f", ALPN {conn['alpn']}"
+    state = f"decrypted ({conn['records']} records)" if conn.get("decrypted") else "not decrypted"
+    reason = conn.get("reason") or ""
+    if ", no key" in reason:
+        state += ": no key" + reason.split(", no key", 1)[1]
+    elif reason:
+        state += f": {reason}"
+    return f"{conn['connection']} (frame {conn['frame']}): {what}: {state}"
 
 
 def render_summary(data: dict) -> str:
@@ -149,6 +167,10 @@ def render_summary(data: dict) -> str:
         lines.append(f"streams skipped (not HTTP/1.x): {_counts(data['skipped_streams'])}")
         lines.append(f"gaps: {data['gaps']} ({data['gap_bytes']} bytes missing)"
                      + (f"; bytes not framed: {_counts(data['bytes_not_framed'])}" if data["bytes_not_framed"] else ""))
+    if data.get("tls"):
+        lines.append(f"TLS connections: {_counts(data['tls'])}")
+        for conn in data.get("tls_connections", [])[:TOP_ENDPOINTS]:
+            lines.append("  " + tls_line(conn))
     if data["lf_only_messages"]:
         lines.append(f"messages with bare-LF line endings: {data['lf_only_messages']}")
     duration = data["duration_s"]

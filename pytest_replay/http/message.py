@@ -262,6 +262,8 @@ class Exchange:
     source: Source
     flags: tuple[Flag, ...] = ()
     replayed: tuple[Response, ...] = ()  # type 3 records: responses seen by an earlier GoReplay replay
+    scheme: str = "http"  # "https" for exchanges decrypted from TLS
+    server_name: str | None = None  # TLS: the SNI host name (the Host header when the client sent no SNI)
 
     @property
     def recorded_latency_ns(self) -> int | None:

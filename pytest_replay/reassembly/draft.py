@@ -19,7 +19,7 @@ class Draft:
     interim statuses folded into the response) when it leaves the reader."""
 
     __slots__ = ("request", "response", "ts", "resp_ts", "connection", "position", "file", "offset",
-                 "record", "frames", "flags", "replayed", "interim", "done", "seq", "end", "key", "head")
+                 "record", "frames", "flags", "replayed", "interim", "done", "seq", "end", "key", "head", "tls")
 
     def __init__(self, request: Request | None, ts: int, connection: str, position: int, file: str, offset: int,
                  record: int | None = None, frames: tuple[int, ...] = ()) -> None:
@@ -42,6 +42,7 @@ class Draft:
         self.end = 0  # pcap: stream offset just past the request; gor: records read when it was read
         self.key: object = None  # gor: the record id
         self.head: Parsed | None = None  # pcap: the request head, until the whole request is framed
+        self.tls: str | None = None  # decrypted from TLS: the SNI server name ("" without SNI)
 
     @property
     def method(self) -> str | None:

@@ -18,11 +18,13 @@ from ..http.message import (CAPTURE_ENDED, CLOSED, GAP, NO_RESPONSE, UNPARSABLE,
                             header_value)
 from ..http.h2 import H2Session, H2Stream, looks_like_frames
 from ..http.parser import HEAD, Framer, Lost, Parsed, Stop
+from ..tls.records import looks_like_client_hello
 from .tcp import Stream
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 DEFAULT_SERVER_PORTS = frozenset({80, 81, 591, 3000, 4000, 5000, 5984, 8000, 8008, 8080, 8081, 8088, 8443, 8888,
                                   9000, 9080, 9200, 443})
+MAX_TLS_LISTED = 1000  # TLS connections described one by one in the stats (all are counted)
 TOMBSTONES = 4096  # recently closed connections whose stray packets are ignored
 
 
@@ -75,7 +77,8 @@ class H2Sink:
 class Connection:
     __slots__ = ("name", "table", "client", "server", "requests", "responses", "queue", "answering",
                  "heads", "position", "client_isn", "stopped", "finished", "_server_gaps", "_client_gaps",
-                 "file", "key", "first_frame", "first_where", "h2", "h2_upgrade", "mid_stream")
+                 "file", "key", "first_frame", "first_where", "h2", "h2_upgrade", "mid_stream", "undecided",
+                 "tls")
 
     def __init__(self, table: FlowTable, name: str, key: tuple, mid_stream: bool, frame: int = 0,
                  where: int = 0) -> None:
@@ -105,6 +108,8 @@ class Connection:
         self.h2: H2Session | None = None  # the connection speaks HTTP/2 (on one side or both)
         self.h2_upgrade: Draft | None = None  # a request with Upgrade: h2c awaiting its answer
         self.mid_stream = mid_stream
+        self.undecided = True  # no payload seen yet: the first one tells whether this is TLS
+        self.tls = None  # a TlsConnection between the TCP streams and the framers, for TLS
 
     # -- packets -----------------------------------------------------------------------------
     def packet(self, from_client: bool, seq: int, ack: int, flags: int, payload: bytes, missing: int,
@@ -113,6 +118,8 @@ class Connection:
             stream, other, framer = self.client, self.server, self.requests
         else:
             stream, other, framer = self.server, self.client, self.responses
+        if self.undecided and payload:
+            self._classify(from_client, payload)
         if flags & ACK:
             if other.waiting:
                 other.acked(ack)
@@ -121,7 +128,8 @@ class Connection:
                 other.last_ack = ack
         else:
             ack = None
-        if payload and not flags & 0x07 and not missing and seq == stream.next_seq and not stream.waiting:
+        if (payload and not flags & 0x07 and not missing and seq == stream.next_seq and not stream.waiting
+                and self.tls is None):
             # in order, nothing special: the common case, inlined (with Framer.feed()'s own)
             size = len(payload)
             stream.offset += size
@@ -148,6 +156,43 @@ class Connection:
         if stream.closed and other.closed:
             self.finish("connection closed before a response")
 
+    def _classify(self, from_client: bool, payload: bytes) -> None:
+        """The connection's first payload: a ClientHello makes it a TLS connection, whose records
+        are decrypted (when the key log has its keys) and whose plaintext goes to the framers. This
+        is where streams are classified; other signatures (TLS without its handshake, HTTP/2, SSH)
+        are recognised by the framers and skipped."""
+        self.undecided = False
+        if not (from_client and self.client.offset == 0 and looks_like_client_hello(payload)):
+            return
+        from ..tls.decrypt import TlsConnection  # here: plain HTTP captures never load it
+
+        self.tls = TlsConnection(self.table.keylog, self.requests, self.responses, self._tls_stop, self._tls_warn,
+                                 self._tls_h2)
+        self.client.sink = self.tls.client
+        self.server.sink = self.tls.server
+        self.requests._first = self.responses._first = True  # the plaintext is checked, not the records
+
+    def _tls_stop(self, code: str, detail: str, frame: int | None, where: int | None) -> None:
+        """The TLS connection cannot be decrypted (no key, wrong key, unsupported): reported with
+        where, and its framers stop."""
+        if not self.stopped:
+            self.stopped = True
+            self.table.skipped(code, f"{self.name}: {detail}", frame if frame is not None else self.first_frame,
+                               where if where is not None else self.first_where)
+        self.requests.stop(code, detail)
+        self.responses.stop(code, detail)
+
+    def _tls_h2(self, tls) -> None:
+        """ALPN h2 over TLS: not HTTP/1.x. HTTP/2 parsing (http/h2.py, in progress) plugs in here by
+        returning sinks for the decrypted client and server streams."""
+        self._stop(Stop("http2", f"{tls.describe()}: ALPN h2, HTTP/2 over TLS (decrypted; HTTP/2 is not parsed)", 0))
+        return None
+
+    def _tls_warn(self, code: str, detail: str, frame: int | None, where: int | None) -> None:
+        from .stats import CaptureWarning
+
+        self.table.stats.warn(CaptureWarning(self.file, code, f"{self.name}: {detail}", offset=where, frame=frame))
+
     def _drain(self, client_side: bool) -> None:
         if client_side:
             framer, handle = self.requests, self._request_event
@@ -172,6 +217,8 @@ class Connection:
         draft = Draft(None, msg.ts_ns, self.name, self.position, self.file, msg.where, frames=(msg.frame,))
         draft.end = msg.start  # until the request completes: where it starts
         draft.head = msg
+        if self.tls is not None:
+            draft.tls = self.tls.server_name or ""
         self.position += 1
         self.heads.append(draft)
         self.table.reorder.push(draft)
@@ -181,6 +228,8 @@ class Connection:
         """A whole request framed from one segment: _request_head() and _request_event() at once."""
         draft = Draft(request, ts_ns, self.name, self.position, self.file, where, None, (frame,))
         draft.end = end
+        if self.tls is not None:
+            draft.tls = self.tls.server_name or ""
         self.position += 1
         self.table.reorder.push(draft)
         self.queue.append(draft)
@@ -394,6 +443,8 @@ class Connection:
                 self._no_response(draft, why)
         self.answering.clear()
         stats = self.table.stats
+        if self.tls is not None:
+            self.table.tls_finished(self)
         for side in (self.client, self.server):
             stats.gaps += side.gaps
             stats.gap_bytes += side.gap_bytes
@@ -513,8 +564,9 @@ class FlowTable:
     """All connections of one capture file, keyed by (src, sport, dst, dport) in both directions."""
 
     def __init__(self, file: str, stats: CaptureStats, reorder: Reorder,
-                 server_ports: frozenset[int] = DEFAULT_SERVER_PORTS) -> None:
+                 server_ports: frozenset[int] = DEFAULT_SERVER_PORTS, keylog=None) -> None:
         self.file = file
+        self.keylog = keylog  # a tls.KeyLog (TLS connections are decrypted with it), or None
         self.stats = stats
         self.reorder = reorder
         self.server_ports = server_ports
@@ -607,6 +659,16 @@ class FlowTable:
             from .stats import CaptureWarning
             self.stats.warn(CaptureWarning(self.file, f"skipped-{code}", f"stream not parsed: {detail}",
                                            offset=where, frame=frame))
+
+    def tls_finished(self, conn: Connection) -> None:
+        """A TLS connection ended: its outcome counted, and described for inspect (no keys)."""
+        tls = conn.tls
+        if tls.status == "handshake" and tls.reason == "":
+            tls.reason = "no encrypted records in the capture"
+        self.stats.tls[tls.status] += 1
+        if len(self.stats.tls_connections) < MAX_TLS_LISTED:
+            self.stats.tls_connections.append({"file": self.file, "connection": conn.name, "frame": conn.first_frame,
+                                               **tls.info()})
 
     def closed(self, conn: Connection) -> None:
         for key in (conn.key, (conn.key[2], conn.key[3], conn.key[0], conn.key[1])):

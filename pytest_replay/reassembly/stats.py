@@ -66,6 +66,8 @@ class CaptureStats:
     orphan_responses: Counter = field(default_factory=Counter)  # why -> responses without their request
     skipped_streams: Counter = field(default_factory=Counter)  # reason code -> connections not HTTP/1.x
     protocols: Counter = field(default_factory=Counter)  # "http/1", "h2c", "h2" -> connections parsed as such
+    tls: Counter = field(default_factory=Counter)  # TLS connections by outcome: decrypted, no-key, failed, ...
+    tls_connections: list[dict] = field(default_factory=list)  # the first TLS connections, described (no keys)
     gaps: int = 0
     gap_bytes: int = 0
     lost: Counter = field(default_factory=Counter)  # reason code -> bytes discarded while framing

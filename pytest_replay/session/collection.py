@@ -77,13 +77,15 @@ class Collection:
 
     def load(self) -> list[Exchange]:
         if self.exchanges is None and self.error is None:
-            capture = Capture([display_path(p) for p in self.paths], server_ports=self.settings.server_ports,
-                              max_record_size=self.settings.max_record_size)
+            capture = None
             try:
+                capture = Capture([display_path(p) for p in self.paths], server_ports=self.settings.server_ports,
+                                  max_record_size=self.settings.max_record_size,
+                                  keylog=list(self.settings.keylog) or None)  # TLS key logs
                 self.exchanges = list(capture)
             except CaptureError as exc:
                 self.error = exc
-            self.stats = capture.stats
+            self.stats = capture.stats if capture is not None else CaptureStats()
         return self.exchanges or []
 
     @property

@@ -81,7 +81,7 @@ def forwarded_scheme(request: Request) -> str | None:
 
 def recorded_origins(exchange: Exchange) -> tuple[str, ...]:
     """The origins the recorded response may name its service by: captured Host, then server address."""
-    scheme = forwarded_scheme(exchange.request) or "http"
+    scheme = forwarded_scheme(exchange.request) or exchange.scheme  # "https" when decrypted from TLS
     found = (make_origin(scheme, exchange.request.host), make_origin(scheme, server_address(exchange.connection)))
     return tuple(dict.fromkeys(o for o in found if o is not None))
 
