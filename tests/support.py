@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -68,3 +69,22 @@ def uvicorn(app: str, *, app_dir: Path | None = None, **popen) -> contextlib.Abs
     where = ["--app-dir", str(app_dir)] if app_dir is not None else []
     return serving([sys.executable, "-m", "uvicorn", app, *where, "--host", "127.0.0.1", "--port", str(port),
                     "--log-level", "warning"], port, "uvicorn", **popen)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str) -> None:
+    """A test that needs a tool this machine lacks: skipped on a developer's machine, a failure under
+    CI (CI set), so a test that needs nginx, Chromium or sshd can never silently not run there."""
+    if in_ci():
+        pytest.fail(f"CI is set, and this test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def require(*tools: str) -> None:
+    """skip_or_fail() unless every tool is on PATH (or in /usr/sbin, where Debian puts daemons)."""
+    missing = [t for t in tools if not shutil.which(t) and not os.path.exists(f"/usr/sbin/{t}")]
+    if missing:
+        skip_or_fail(f"{', '.join(missing)} not installed (.ci/run installs it)")

@@ -4,7 +4,6 @@ cut anywhere, corruption, gRPC, the entry point for decrypted streams, and the h
 from __future__ import annotations
 
 import getpass
-import shutil
 import socket
 import subprocess
 import time
@@ -15,6 +14,7 @@ import h2.connection
 import h2.events
 import hpack
 import pytest
+from support import require
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -234,10 +234,10 @@ def test_inspect_reports_protocols(capsys) -> None:
     assert lines[-1]["summary"]["protocols"] == {"h2c": 2}
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx")
 def test_h2c_capture_replays_over_http1(pytester: pytest.Pytester, tmp_path: Path) -> None:
     """The recorded h2c traffic replayed (over HTTP/1.1) against the same content served by nginx over
     HTTP/1.1: the reads pass, the POSTs are writes (mocked unless allowed)."""
+    require("nginx")
     html = tmp_path / "html"
     html.mkdir()
     (html / "index.html").write_bytes(b"hello from nginx over h2c\n")

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from support import skip_or_fail
 
 from pytest_replay.http.message import Exchange, Request, Response, Source
 from pytest_replay.report.aggregate import Aggregate, Stats
@@ -270,13 +271,6 @@ def test_a_big_report_opens_fast_in_a_real_browser(tmp_path: Path) -> None:
         assert time.perf_counter() - started < 5
     finally:
         driver.quit()
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skipped on a developer's machine without Chromium; under CI (CI set) a failure instead."""
-    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-        pytest.fail(f"CI is set, and the browser test cannot run: {reason}")
-    pytest.skip(reason)
 
 
 def chromium(tmp_path: Path):

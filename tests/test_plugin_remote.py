@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import DEMO, free_port, pythonpath_env, uvicorn, wait_listening
+from support import DEMO, free_port, pythonpath_env, skip_or_fail, uvicorn, wait_listening
 
 from pytest_replay.distribute import (
     ClockSample,
@@ -119,14 +119,6 @@ def _missing_sshd() -> str | None:
     return None
 
 
-def _skip_or_fail(reason: str) -> None:
-    """Skipped on a developer's machine without sshd; in CI (CI set) a failure, so the remote-worker
-    test can never silently not run there."""
-    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-        pytest.fail(f"CI is set, and the remote-worker test cannot run: {reason}")
-    pytest.skip(reason)
-
-
 def test_without_sshd_the_remote_test_skips_but_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.setattr(os.path, "exists", lambda path: False)
@@ -134,10 +126,10 @@ def test_without_sshd_the_remote_test_skips_but_fails_in_ci(monkeypatch: pytest.
     assert reason is not None and "sshd, ssh, ssh-keygen missing" in reason
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception):
-        _skip_or_fail(reason)
+        skip_or_fail(reason)
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
-        _skip_or_fail(reason)
+        skip_or_fail(reason)
 
 
 @pytest.fixture
@@ -146,7 +138,7 @@ def ssh_config(tmp_path: Path):
     yields an ssh_config path whose host `replay-remote` reaches it without questions."""
     reason = _missing_sshd()
     if reason:
-        _skip_or_fail(reason)
+        skip_or_fail(reason)
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"  # sshd must be started by its absolute path
     home = tmp_path / "ssh"
     home.mkdir()

@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+from support import require
 import uvicorn
 
 from pytest_replay.demo import make_app
@@ -465,12 +466,10 @@ def test_make_target_forms():
 
 # -- https -------------------------------------------------------------------------------------------------------------
 def test_raw_https_verify_on_and_off(tmp_path):
-    import shutil
     import ssl
     import subprocess
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    require("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
