@@ -388,17 +388,25 @@ def write_evidence(directory: str | os.PathLike, data: dict) -> Path:
     os.replace'd over the target. On any failure, or an interrupt mid-write, the temporary file is
     removed and an earlier evidence file, if any, stays as it was."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / filename(data)
     text = json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False, default=str)
+    return write_atomically(directory / filename(data), text + "\n")
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same directory, flushed, fsynced and
+    os.replace'd over it (readable by all, as a report is meant to be). On any failure, or an
+    interrupt mid-write (Ctrl-C waits until the file is complete), the temporary file is removed and
+    an earlier file stays as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with _sigint_deferred():
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
-                handle.write("\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(temp, 0o644)
             os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -16,7 +16,6 @@ Sans-IO apart from `write_html` (atomic: a temporary file beside the target, the
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
@@ -585,25 +584,9 @@ def check_writable(path: str | os.PathLike) -> str | None:
 def write_html(path: str | os.PathLike, data: dict) -> Path:
     """Render `data` and write it to `path` atomically (temporary file in the same directory, fsync,
     os.replace); Ctrl-C during the write is delivered once the file is complete."""
-    from .evidence import _sigint_deferred
+    from .evidence import write_atomically
 
-    path = Path(path)
-    text = render_html(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _sigint_deferred():
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, 0o644)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-    return path
+    return write_atomically(path, render_html(data))
 
 
 __all__ = ["ALL", "bar_chart", "check_writable", "distribution", "latency_chart", "outcome", "render_html",
