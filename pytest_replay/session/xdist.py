@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -150,6 +151,9 @@ class Controller:
             # workers are told the controller's, so that item ids agree
             args.append(f"--rootdir={config.rootpath}")
         config.invocation_params = dataclasses.replace(params, args=tuple(args))
+
+    def pytest_unconfigure(self) -> None:
+        shutil.rmtree(self.rendezvous, ignore_errors=True)
 
     def pytest_sessionstart(self) -> None:
         self.run.collection.load()  # the controller collects nothing itself: it reads the capture here
