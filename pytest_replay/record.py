@@ -27,9 +27,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import os
+import pickle
 import random
 import signal
+import struct
 import sys
 import time
 from collections import Counter
@@ -227,6 +230,13 @@ async def copy_body(framing: tuple[str, int], src: asyncio.StreamReader, dst: as
 
 
 # -- the recording ----------------------------------------------------------------------------------
+# Masking an exchange costs the redactor ~1-2 ms of Python (policy/redact.py), several times what the
+# proxy itself adds per request. So exchanges are written by a writer process of their own (on
+# another core): the proxy sends each finished exchange down a pipe and goes on. When the writer
+# falls behind, the pipe fills and the proxy waits for it (memory stays bounded).
+_FRAME = struct.Struct("!I")
+
+
 @dataclass(slots=True)
 class Message:
     """One message as it passed: head, body kept, when its head arrived and how long it took."""
@@ -236,20 +246,155 @@ class Message:
     ts_ns: int
     latency_ns: int
 
+    def wire(self) -> tuple:
+        return (self.head, self.body.bytes(), self.body.over, self.ts_ns, self.latency_ns)
 
-class Recorder:
-    """Writes exchanges (redacted unless keep_secrets) and counts what happened, for the summary."""
+
+def _frame(obj) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _FRAME.pack(len(data)) + data
+
+
+def _read_frame(stream):
+    size = stream.read(_FRAME.size)
+    if len(size) < _FRAME.size:
+        return None
+    data = stream.read(_FRAME.unpack(size)[0])
+    return pickle.loads(data)  # noqa: S301 - from our own proxy, over a pipe it made
+
+
+class Writer:
+    """In the writer process: each exchange redacted (unless redactor is None) and appended whole."""
 
     def __init__(self, path: str, redactor: Redactor | None, max_body: int, err) -> None:
-        self.path = path
         self.out = GorAppender(path)
         self.redactor = redactor
         self.max_body = max_body
         self.err = err
-        self.counts: Counter = Counter()  # exchanges, bytes, bodies over the cap
-        self.errors: Counter = Counter()  # kind -> n
+        self.counts: Counter = Counter()
         self.redactions: Counter = Counter()  # the masker's counts: (kind, name) -> n
+
+    def write(self, rid: str, method: str, request: tuple, response: tuple | None) -> None:
+        try:
+            records = [gor_record(1, rid, request[3], request[4], self._stored(request, True, method))]
+            if response is not None:
+                records.append(gor_record(2, rid, response[3], response[4], self._stored(response, False, method)))
+        except BadMessage as exc:
+            self.counts["not written: could not be parsed to redact"] += 1
+            self.err.write(f"record: exchange {rid}: not written, could not be parsed to redact it: {exc}\n")
+            return
+        try:
+            written = self.out.append(records)
+        except ValueError:
+            self.counts["not written: holds the .gor separator line"] += 1
+            return
+        except OSError as exc:
+            self.counts["not written: the file could not be written"] += 1
+            self.err.write(f"record: {self.out.path}: cannot write exchange {rid}: {exc.strerror or exc}\n")
+            return
+        self.counts["exchanges"] += 1
+        self.counts["without response"] += response is None
+        self.counts["file bytes"] += written
+
+    def _stored(self, msg: tuple, is_request: bool, method: str) -> bytes:
+        """The bytes stored for a message: redacted unless keep_secrets; its head alone when its
+        body was over the cap."""
+        head, body, over = msg[0], msg[1], msg[2]
+        if over:
+            self.counts["request bodies over the cap" if is_request else "response bodies over the cap"] += 1
+        raw = head if over else head + body
+        if self.redactor is None:
+            return raw
+        parsed = _parse(raw, head, is_request, method, over)
+        if over:
+            return self.redactor.head(parsed, self.redactions)
+        return self.redactor.message(parsed, self.redactions).raw
+
+    def result(self) -> dict:
+        return {"counts": dict(self.counts),
+                "redactions": [[kind, name, n] for (kind, name), n in self.redactions.items()]}
+
+
+def _parse(raw: bytes, head: bytes, is_request: bool, method: str, head_only: bool) -> Request | Response:
+    if head_only:  # only the start line and the headers are looked at
+        parsed = parse_head(head, is_request)
+        if isinstance(parsed, str):
+            raise BadMessage(parsed)
+        name, text, version, status, _ = parsed
+        if is_request:
+            return Request(name, text, version, head, b"", head)
+        return Response(status, text, version, head, b"", head)
+    msg = fast_message(raw, is_request, method)
+    if msg is not None:
+        return msg
+    parsed, error, _ = parse_single(raw, is_request, method=method)
+    if parsed is None:
+        raise BadMessage(error)
+    if is_request:
+        return Request(parsed.method, parsed.target, parsed.version, parsed.head, parsed.body, parsed.raw,
+                       parsed.trailers, parsed.lf_only)
+    return Response(parsed.status, parsed.reason, parsed.version, parsed.head, parsed.body, parsed.raw,
+                    parsed.trailers, (), parsed.lf_only)
+
+
+def writer_main() -> int:
+    """The writer process: a configuration frame, then exchange frames on stdin until it closes;
+    one JSON line on stdout when the output is open ({"ready": true} or {"error": ...}), one with
+    the counts at the end. Signals are the proxy's business: it closes the pipe to stop this."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stdin, out, err = sys.stdin.buffer, sys.stdout, sys.stderr
+    config = _read_frame(stdin)
+    redactor = None
+    if not config["keep_secrets"]:
+        redactor = Redactor(config["secret_header"], config["secret_param"], key=config["key"],
+                            pii=not config["keep_pii"])
+    try:
+        writer = Writer(config["path"], redactor, config["max_body"], err)
+    except OSError as exc:
+        out.write(json.dumps({"error": exc.strerror or str(exc)}) + "\n")
+        return 1
+    out.write('{"ready": true}\n')
+    out.flush()
+    while (item := _read_frame(stdin)) is not None:
+        writer.write(*item)
+    writer.out.close()
+    out.write(json.dumps(writer.result()) + "\n")
+    out.flush()
+    return 0
+
+
+class Recorder:
+    """In the proxy: what happened (counts, errors), and the writer process exchanges are sent to."""
+
+    def __init__(self, path: str, max_body: int, keep_secrets: bool, err) -> None:
+        self.path = path
+        self.max_body = max_body
+        self.keep_secrets = keep_secrets
+        self.err = err
+        self.counts: Counter = Counter()  # requests, bytes; the writer's counts are added at the end
+        self.errors: Counter = Counter()  # kind -> n
+        self.redactions: Counter = Counter()
         self.error_lines = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        self.failed: str | None = None  # the writer process is gone: why
+        self.on_failure = None
+
+    async def start(self, config: dict) -> str | None:
+        """Start the writer process; None when it has opened the output, else why it could not."""
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH"))
+                                                          if p)}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; from pytest_replay.record import writer_main; sys.exit(writer_main())",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+        self.proc.stdin.write(_frame({"path": self.path, "max_body": self.max_body, **config}))
+        line = await self.proc.stdout.readline()
+        answer = json.loads(line) if line.strip() else {"error": "the writer process exited"}
+        if "error" in answer:
+            await self.proc.wait()
+            return answer["error"]
+        return None
 
     def error(self, kind: str, where: str, detail: str = "") -> None:
         self.errors[kind] += 1
@@ -261,62 +406,39 @@ class Recorder:
                 self.err.write("record: further errors are only counted (see the summary)\n")
             self.err.flush()
 
-    def write(self, rid: str, method: str, request: Message, response: Message | None) -> None:
+    async def write(self, rid: str, method: str, request: Message, response: Message | None) -> None:
+        """Hand an exchange to the writer process (waits only when the writer is behind)."""
+        if self.failed is not None:
+            return
+        frame = _frame((rid, method, request.wire(), response.wire() if response is not None else None))
         try:
-            records = [gor_record(1, rid, request.ts_ns, request.latency_ns, self._stored(request, True, method))]
-            if response is not None:
-                records.append(gor_record(2, rid, response.ts_ns, response.latency_ns,
-                                          self._stored(response, False, method)))
-        except BadMessage as exc:
-            self.counts["not written: could not be parsed to redact"] += 1
-            self.error("not written", rid, str(exc))
+            self.proc.stdin.write(frame)
+            await self.proc.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            self.failed = f"the writer process exited ({exc.__class__.__name__}); exchanges are no longer written"
+            self.err.write(f"record: {self.failed}: stopping\n")
+            if self.on_failure is not None:
+                self.on_failure()
+
+    async def finish(self) -> None:
+        """Close the pipe, let the writer write what it holds, and take its counts."""
+        proc = self.proc
+        if proc is None:
             return
         try:
-            written = self.out.append(records)
-        except ValueError:
-            self.counts["not written: holds the .gor separator line"] += 1
+            proc.stdin.close()
+            await proc.stdin.wait_closed()
+        except (ConnectionError, RuntimeError):
+            pass
+        line = await proc.stdout.readline()
+        await proc.wait()
+        if not line.strip():
+            self.failed = self.failed or "the writer process exited without its counts"
             return
-        self.counts["exchanges"] += 1
-        self.counts["without response"] += response is None
-        self.counts["file bytes"] += written
-
-    def _stored(self, msg: Message, is_request: bool, method: str) -> bytes:
-        """The bytes stored for a message: redacted unless keep_secrets; its head alone when its
-        body was over the cap."""
-        if msg.body.over:
-            self.counts["request bodies over the cap" if is_request else "response bodies over the cap"] += 1
-        raw = msg.head if msg.body.over else msg.head + msg.body.bytes()
-        if self.redactor is None:
-            return raw
-        parsed = self._parse(raw, msg.head, is_request, method, msg.body.over)
-        if msg.body.over:
-            return self.redactor.head(parsed, self.redactions)
-        return self.redactor.message(parsed, self.redactions).raw
-
-    @staticmethod
-    def _parse(raw: bytes, head: bytes, is_request: bool, method: str, head_only: bool) -> Request | Response:
-        if head_only:  # only the start line and the headers are looked at
-            parsed = parse_head(head, is_request)
-            if isinstance(parsed, str):
-                raise BadMessage(parsed)
-            name, text, version, status, _ = parsed
-            if is_request:
-                return Request(name, text, version, head, b"", head)
-            return Response(status, text, version, head, b"", head)
-        msg = fast_message(raw, is_request, method)
-        if msg is not None:
-            return msg
-        parsed, error, _ = parse_single(raw, is_request, method=method)
-        if parsed is None:
-            raise BadMessage(error)
-        if is_request:
-            return Request(parsed.method, parsed.target, parsed.version, parsed.head, parsed.body, parsed.raw,
-                           parsed.trailers, parsed.lf_only)
-        return Response(parsed.status, parsed.reason, parsed.version, parsed.head, parsed.body, parsed.raw,
-                        parsed.trailers, (), parsed.lf_only)
-
-    def close(self) -> None:
-        self.out.close()
+        result = json.loads(line)
+        self.counts.update(result["counts"])
+        for kind, name, n in result["redactions"]:
+            self.redactions[kind, name] += n
 
 
 # -- a client connection ----------------------------------------------------------------------------
@@ -454,7 +576,7 @@ class Connection:
             if request.latency_ns == 0:  # the request was not read whole: it cannot be recorded
                 await self.answer(502, "Bad Gateway", f"upstream failed: {exc}", close=True)
                 return False
-            rec.write(self.rid(), method, request, None)
+            await rec.write(self.rid(), method, request, None)
             await self.answer(502, "Bad Gateway", f"upstream failed: {exc}", close=True)
             return False
         except BadMessage as exc:
@@ -463,7 +585,7 @@ class Connection:
                 return await self.bad_request(str(exc))
             rec.error("bad response from upstream (502 sent, request recorded without a response)", self.where,
                       str(exc))
-            rec.write(self.rid(), method, request, None)
+            await rec.write(self.rid(), method, request, None)
             await self.answer(502, "Bad Gateway", f"bad response from upstream: {exc}", close=True)
             return False
 
@@ -483,7 +605,7 @@ class Connection:
             host, port = self.proxy.upstream
             rec.error("upstream unreachable (502 sent, request recorded without a response)", self.where,
                       f"{host}:{port}: {failure}")
-            rec.write(self.rid(), method, request, None)
+            await rec.write(self.rid(), method, request, None)
             await self.answer(502, "Bad Gateway", f"upstream {host}:{port} unreachable: {failure}",
                               close=not client_alive)
             return client_alive
@@ -525,7 +647,7 @@ class Connection:
         response.latency_ns = max(1, time.perf_counter_ns() - answered)
         self.reused = True
         self.busy = False
-        rec.write(rid, method, request, response)
+        await rec.write(rid, method, request, response)
         if status == 101:
             await self.tunnel()
             return False
@@ -553,7 +675,7 @@ class Connection:
 
 # -- the proxy --------------------------------------------------------------------------------------
 class Proxy:
-    def __init__(self, recorder: Recorder | None, upstream: tuple[str, int]) -> None:
+    def __init__(self, recorder: Recorder, upstream: tuple[str, int]) -> None:
         self.recorder = recorder
         self.upstream = upstream
         self.connections: dict[asyncio.Task, Connection] = {}
@@ -655,12 +777,14 @@ def render_summary(recorder: Recorder, accepted: int, in_flight: int, seconds: f
             lines.append(f"  {c[key]} {key} ({format_size(recorder.max_body)}): stored without their bytes "
                          "(passed on whole; --max-body-size to keep them)")
     for key in ("not written: could not be parsed to redact", "not written: holds the .gor separator line",
-                "upgraded connections (not recorded after the 101)"):
+                "not written: the file could not be written", "upgraded connections (not recorded after the 101)"):
         if c[key]:
             lines.append(f"  {key}: {c[key]}")
     errors = ", ".join(f"{n} {kind}" for kind, n in recorder.errors.most_common())
     lines.append(f"  errors: {errors or 'none'}")
-    if recorder.redactor is None:
+    if recorder.failed is not None:
+        lines.append(f"  ERROR: {recorder.failed}")
+    if recorder.keep_secrets:
         lines.append("  redactions: none (--keep-secrets: the file holds secrets as sent; keep it private)")
     else:
         by_kind: Counter = Counter()
@@ -677,30 +801,30 @@ def render_summary(recorder: Recorder, accepted: int, in_flight: int, seconds: f
 
 
 async def serve(args: argparse.Namespace, out, err) -> int:
-    redactor = None
-    if not args.keep_secrets:
-        key = args.salt.encode("utf-8") if args.salt else os.urandom(16)
-        redactor = Redactor(args.secret_header, args.secret_param, key=key, pii=not args.keep_pii)
     host, port = args.listen
-    proxy = Proxy(None, args.upstream)
+    proxy = Proxy(Recorder(args.output, args.max_body_size, args.keep_secrets, err), args.upstream)
+    recorder = proxy.recorder
     try:
-        server = await asyncio.start_server(proxy.handle, host, port, limit=MAX_HEAD)
+        server = await asyncio.start_server(proxy.handle, host, port, limit=MAX_HEAD, start_serving=False)
     except OSError as exc:  # before the output is touched: an existing file stays as it was
         why = os.strerror(exc.errno) if exc.errno else str(exc)
         err.write(f"record: cannot listen on {host}:{port}: {why}\n")
         return 1
-    try:  # (no client is served before the next await)
-        proxy.recorder = Recorder(args.output, redactor, args.max_body_size, err)
-    except OSError as exc:
+    key = args.salt.encode("utf-8") if args.salt else os.urandom(16)
+    failure = await recorder.start({"keep_secrets": args.keep_secrets, "keep_pii": args.keep_pii,
+                                    "secret_header": args.secret_header, "secret_param": args.secret_param,
+                                    "key": key})
+    if failure is not None:
         server.close()
-        err.write(f"record: {args.output}: cannot write: {exc.strerror or exc}\n")
+        err.write(f"record: {args.output}: cannot write: {failure}\n")
         return 1
-    recorder = proxy.recorder
-    bound = server.sockets[0].getsockname()
     stopping = asyncio.Event()
+    recorder.on_failure = stopping.set
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    await server.start_serving()
+    bound = server.sockets[0].getsockname()
     up_host, up_port = args.upstream
     mode = "secrets kept as sent" if args.keep_secrets else "secrets redacted"
     out.write(f"recording http://{bound[0]}:{bound[1]} -> http://{up_host}:{up_port} into {args.output} "
@@ -718,10 +842,10 @@ async def serve(args: argparse.Namespace, out, err) -> int:
         server.close()
         in_flight = await proxy.stop()
         await server.wait_closed()
-        recorder.close()
+        await recorder.finish()
     out.write(render_summary(recorder, proxy.accepted, in_flight, time.monotonic() - started) + "\n")
     out.flush()
-    return 0
+    return 0 if recorder.failed is None else 1
 
 
 def main(argv: Sequence[str] | None = None, out=None, err=None) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -449,3 +450,49 @@ def test_record_is_listed_by_the_cli_help() -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest_replay", "--help"], capture_output=True, text=True,
                           env=pythonpath_env(), timeout=30)
     assert "record" in proc.stdout and "recording reverse proxy" in proc.stdout
+
+
+def test_records_carry_goreplay_ids_timestamps_and_latencies(upstream: str, tmp_path: Path) -> None:
+    capture = tmp_path / "ids.gor"
+    with recording(upstream, capture) as rec:
+        before = time.time_ns()
+        with httpx.Client(timeout=10) as client:
+            for i in range(3):
+                client.post(rec.url + f"/p{i}", content=b"x" * 1000)
+        after = time.time_ns()
+    headers = [record.split(b"\n", 1)[0].decode() for record in capture.read_bytes().split(SEPARATOR)[:-1]]
+    assert [h.split()[0] for h in headers] == ["1", "2"] * 3
+    ids = [h.split()[1] for h in headers]
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    assert ids[0] == ids[1] != ids[2] == ids[3] != ids[4] == ids[5]  # a request and its response share one
+    assert len({i[:16] for i in ids}) == 1  # the connection: client port, listen port, client address
+    assert ids[0][4:8] == f"{int(rec.url.rsplit(':', 1)[1]):04x}" and ids[0][8:16] == "7f000001"
+    stamps = [int(h.split()[2]) for h in headers]
+    assert before <= stamps[0] <= stamps[1] <= stamps[2] <= after
+    assert all(int(h.split()[3]) > 0 for h in headers)
+
+
+def test_an_unwritable_output_is_one_line_before_serving(upstream: str, tmp_path: Path) -> None:
+    proc = _recorder(upstream, tmp_path / "missing" / "x.gor", port=free_port())
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "recording" not in out
+    assert err.strip() == f"record: {tmp_path / 'missing' / 'x.gor'}: cannot write: No such file or directory"
+
+
+def test_the_writer_process_dying_stops_the_proxy_with_whole_exchanges(upstream: str, tmp_path: Path) -> None:
+    capture = tmp_path / "writer.gor"
+    with recording(upstream, capture) as rec:
+        with httpx.Client(timeout=10) as client:
+            assert client.get(rec.url + "/first").status_code == 200
+            time.sleep(0.3)
+            children = Path(f"/proc/{rec.proc.pid}/task/{rec.proc.pid}/children").read_text().split()
+            assert len(children) == 1
+            os.kill(int(children[0]), signal.SIGKILL)
+            time.sleep(0.3)
+            with contextlib.suppress(httpx.HTTPError):
+                client.get(rec.url + "/second")
+        rec.proc.wait(timeout=20)
+    assert rec.returncode == 1
+    assert "the writer process exited" in rec.stderr and "stopping" in rec.stderr
+    exchanges, stats = read_back(capture)
+    assert [e.request.target for e in exchanges] == ["/first"] and not stats.warnings
