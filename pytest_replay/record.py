@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import struct
 import sys
@@ -42,7 +43,7 @@ from urllib.parse import urlsplit
 
 from .capture.limits import format_size, parse_size
 from .capture.writer import GorAppender, gor_record
-from .http.message import Request, Response, codings, field_value, is_chunked, split_head
+from .http.message import Request, Response, is_chunked
 from .http.parser import MAX_HEAD, fast_message, framing_headers, parse_head, parse_single
 from .policy.redact import Redactor
 
@@ -109,15 +110,25 @@ def response_framing(head: bytes, method: str, status: int) -> tuple[str, int]:
     return UNTIL_CLOSE, 0
 
 
-def _connection_tokens(head: bytes) -> set[str]:
-    return set(codings(field_value(split_head(head), b"connection")))
+_CONNECTION = re.compile(rb"\nconnection[ \t]*:([^\r\n]*)", re.IGNORECASE)
+
+
+def _connection_tokens(head: bytes) -> set[bytes]:
+    return {token.strip().lower() for value in _CONNECTION.findall(head) for token in value.split(b",")}
 
 
 def keeps_alive(head: bytes, version: str) -> bool:
+    """Does the connection stay open after this message (RFC 9112 9.3)?"""
     tokens = _connection_tokens(head)
     if version == "1.0":
-        return "keep-alive" in tokens
-    return "close" not in tokens
+        return b"keep-alive" in tokens
+    return b"close" not in tokens
+
+
+def _buffered(reader: asyncio.StreamReader) -> bool:
+    """Has `reader` bytes at hand (a body that came in the same segment as its head)? A private
+    attribute of asyncio's StreamReader, read only to save a send: False if it is ever gone."""
+    return bool(getattr(reader, "_buffer", None))
 
 
 # -- what is kept of a body -------------------------------------------------------------------------
@@ -179,15 +190,20 @@ async def _send(writer: asyncio.StreamWriter, data: bytes, side: str) -> None:
 
 
 async def copy_body(framing: tuple[str, int], src: asyncio.StreamReader, dst: asyncio.StreamWriter | None,
-                    body: Body, names: tuple[str, str]) -> None:
+                    body: Body, names: tuple[str, str], head: bytes = b"") -> None:
     """Pass a body from `src` to `dst` as it arrives (dst None: read and drop it), keeping what
-    `body` keeps. `names`: the sides, for Broken (the one read from, the one written to)."""
+    `body` keeps. `names`: the sides, for Broken (the one read from, the one written to). `head`:
+    bytes to send with the body's first bytes (one send instead of two, for a length or chunked
+    body whose first bytes are at hand)."""
     kind, length = framing
     source, sink = names
+    pending = [head] if head else []
 
     async def forward(data: bytes) -> None:
         body.add(data)
         if dst is not None:
+            if pending:
+                data = pending.pop() + data
             await _send(dst, data, sink)
 
     if kind == LENGTH:
@@ -609,8 +625,11 @@ class Connection:
             await self.answer(502, "Bad Gateway", f"upstream {host}:{port} unreachable: {failure}",
                               close=not client_alive)
             return client_alive
-        await _send(self.up_w, request.head, "upstream")
-        await copy_body(framing, self.reader, self.up_w, request.body, ("client", "upstream"))
+        together = framing[0] != NONE and _buffered(self.reader)
+        if not together:
+            await _send(self.up_w, request.head, "upstream")
+        await copy_body(framing, self.reader, self.up_w, request.body, ("client", "upstream"),
+                        request.head if together else b"")
         request.latency_ns = max(1, time.perf_counter_ns() - started)
         rec.counts["bytes from clients"] += request.body.size
         try:
@@ -640,10 +659,14 @@ class Connection:
             response.head = head
         resp_framing = response_framing(head, method, status)
         self.responding = True
-        await self.to_client(head)
-        await copy_body(resp_framing, self.up_r, self.writer, response.body, ("upstream", "client"))
-        self.seq = (self.seq + response.body.size) & 0xFFFFFFFF
-        rec.counts["bytes to clients"] += response.body.size
+        together = resp_framing[0] in (LENGTH, CHUNKED) and _buffered(self.up_r)
+        if not together:
+            await self.to_client(head)
+        await copy_body(resp_framing, self.up_r, self.writer, response.body, ("upstream", "client"),
+                        head if together else b"")
+        sent = response.body.size + (len(head) if together else 0)
+        self.seq = (self.seq + sent) & 0xFFFFFFFF
+        rec.counts["bytes to clients"] += sent
         response.latency_ns = max(1, time.perf_counter_ns() - answered)
         self.reused = True
         self.busy = False
