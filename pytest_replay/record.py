@@ -53,6 +53,7 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_MAX_BODY = 8 << 20  # bytes of one body kept in the capture (and in memory while it passes)
 CHUNK = 64 << 10  # bytes read at a time from either side
 CONNECT_TIMEOUT = 10.0  # seconds to reach the upstream
+WRITER_BACKLOG = 4 << 20  # bytes of finished exchanges queued for the writer process before the proxy waits
 MAX_ERROR_LINES = 20  # errors printed as they happen; the rest are only counted
 _END_HEAD = b"\r\n\r\n"
 
@@ -404,6 +405,9 @@ class Recorder:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", "import sys; from pytest_replay.record import writer_main; sys.exit(writer_main())",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+        # Up to WRITER_BACKLOG of finished exchanges wait for the writer before the proxy does (a burst
+        # faster than the masker goes through at the proxy's speed; sustained, at the masker's).
+        self.proc.stdin.transport.set_write_buffer_limits(high=WRITER_BACKLOG)
         self.proc.stdin.write(_frame({"path": self.path, "max_body": self.max_body, **config}))
         line = await self.proc.stdout.readline()
         answer = json.loads(line) if line.strip() else {"error": "the writer process exited"}
@@ -441,6 +445,11 @@ class Recorder:
         proc = self.proc
         if proc is None:
             return
+        queued = proc.stdin.transport.get_write_buffer_size() if not proc.stdin.is_closing() else 0
+        if queued > 1 << 16:
+            self.err.write(f"record: stopping: the writer still has {queued:,} bytes of finished exchanges to "
+                           "write...\n")
+            self.err.flush()
         try:
             proc.stdin.close()
             await proc.stdin.wait_closed()
