@@ -25,7 +25,7 @@ from pytest_replay.capture import Capture
 from pytest_replay.capture.gor import SEPARATOR
 from pytest_replay.demo.app import session_for, token_for
 
-from support import free_port, pythonpath_env, uvicorn, wait_listening
+from support import free_port, pythonpath_env, require, uvicorn, wait_listening
 
 API_KEY = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"  # planted secrets: never in a redacted capture
 PASSWORD = "alice-pw"
@@ -496,3 +496,22 @@ def test_the_writer_process_dying_stops_the_proxy_with_whole_exchanges(upstream:
     assert "the writer process exited" in rec.stderr and "stopping" in rec.stderr
     exchanges, stats = read_back(capture)
     assert [e.request.target for e in exchanges] == ["/first"] and not stats.warnings
+
+
+def test_curl_upload_with_expect_100_continue(upstream: str, tmp_path: Path) -> None:
+    """curl sends `Expect: 100-continue` for bodies over 1 MiB and waits for the 100 before sending."""
+    require("curl")
+    data = tmp_path / "upload.bin"
+    data.write_bytes(os.urandom(3 << 20))
+    capture = tmp_path / "curl.gor"
+    with recording(upstream, capture, "--max-body-size", "16M") as rec:
+        start = time.monotonic()
+        proc = subprocess.run(["curl", "-sS", "--expect100-timeout", "15", "--data-binary", f"@{data}", "-H", "Content-Type: application/octet-stream",
+                               rec.url + "/upload"], capture_output=True, timeout=30)
+        elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"bytes": 3 << 20, "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
+    assert elapsed < 10  # curl did not sit out its (15 s) wait for the 100 Continue
+    exchanges, stats = read_back(capture)
+    assert len(exchanges) == 1 and exchanges[0].complete and len(exchanges[0].request.body) == 3 << 20
+    assert exchanges[0].response.status == 200 and not stats.warnings
