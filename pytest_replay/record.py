@@ -56,6 +56,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach the upstream
 WRITER_BACKLOG = 4 << 20  # bytes of finished exchanges queued for the writer process before the proxy waits
 MAX_ERROR_LINES = 20  # errors printed as they happen; the rest are only counted
 _END_HEAD = b"\r\n\r\n"
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # may be sent again (RFC 9110 9.2.2)
 
 # Body framings
 NONE, LENGTH, CHUNKED, UNTIL_CLOSE = "none", "length", "chunked", "until-close"
@@ -529,8 +530,8 @@ class Connection:
     # the upstream's side
     async def connect(self) -> str | None:
         """Open the upstream connection if there is none; None, or why it failed."""
-        if self.up_w is not None and not self.up_w.transport.is_closing():
-            return None
+        if self.up_w is not None and not self.up_w.transport.is_closing() and not self.up_r.at_eof():
+            return None  # (at EOF: the upstream closed it while idle, and said so)
         self.close_upstream()
         host, port = self.proxy.upstream
         try:
@@ -644,9 +645,10 @@ class Connection:
         try:
             head = await self.response_head()
         except Broken:
-            if not (self.reused and not request.body.over):
+            if not (self.reused and method in IDEMPOTENT and not request.body.over):
                 raise
-            # A keep-alive connection the upstream had closed while idle: once more on a new one.
+            # A keep-alive connection the upstream closed while idle without a FIN seen yet: once more
+            # on a new one, for idempotent methods only (RFC 9110 9.2.2).
             self.close_upstream()
             failure = await self.connect()
             if failure is not None:

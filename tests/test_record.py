@@ -515,3 +515,39 @@ def test_curl_upload_with_expect_100_continue(upstream: str, tmp_path: Path) -> 
     exchanges, stats = read_back(capture)
     assert len(exchanges) == 1 and exchanges[0].complete and len(exchanges[0].request.body) == 3 << 20
     assert exchanges[0].response.status == 200 and not stats.warnings
+
+
+def test_an_upgrade_is_recorded_up_to_the_101_and_then_tunnelled(tmp_path: Path) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:  # answers 101, then echoes
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+            while chunk := conn.recv(65536):
+                conn.sendall(chunk)
+
+    threading.Thread(target=serve, daemon=True).start()
+    capture = tmp_path / "upgrade.gor"
+    with recording(f"http://127.0.0.1:{port}", capture) as rec:
+        host, cport = rec.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(cport)), timeout=10) as sock:
+            sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 101")
+            sock.sendall(b"ping over the tunnel")
+            echoed = b""
+            while len(echoed) < 20:
+                echoed += sock.recv(65536)
+            assert echoed == b"ping over the tunnel"
+    server.close()
+    assert "upgraded connections (not recorded after the 101): 1" in rec.stdout
+    exchanges, _ = read_back(capture)
+    assert [(e.request.target, e.response.status) for e in exchanges] == [("/ws", 101)]
+    assert b"ping" not in capture.read_bytes()
