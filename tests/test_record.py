@@ -553,3 +553,31 @@ def test_an_upgrade_is_recorded_up_to_the_101_and_then_tunnelled(tmp_path: Path)
     exchanges, _ = read_back(capture)
     assert [(e.request.target, e.response.status) for e in exchanges] == [("/ws", 101)]
     assert b"ping" not in capture.read_bytes()
+
+
+def test_a_write_failing_part_way_is_cut_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GorAppender: a full disk in the middle of an exchange leaves the file as it was before it."""
+    from pytest_replay.capture import writer
+
+    out = writer.GorAppender(tmp_path / "full.gor")
+    first = [b"1 " + b"a" * 24 + b" 1 1\nGET / HTTP/1.1\r\n\r\n"]
+    out.append(first)
+    size = (tmp_path / "full.gor").stat().st_size
+    real_write = os.write
+    calls = []
+
+    def disk_fills(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:10]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer.os, "write", disk_fills)
+    with pytest.raises(OSError):
+        out.append(first + first)
+    monkeypatch.setattr(writer.os, "write", real_write)
+    assert (tmp_path / "full.gor").stat().st_size == size
+    out.append(first)  # and the next exchange follows on at the right place
+    out.close()
+    data = (tmp_path / "full.gor").read_bytes()
+    assert data == (first[0] + SEPARATOR) * 2
