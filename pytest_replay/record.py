@@ -885,5 +885,9 @@ async def serve(args: argparse.Namespace, out, err) -> int:
 def main(argv: Sequence[str] | None = None, out=None, err=None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(list(sys.argv[2:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
+    if args.output.endswith(".gz"):
+        parser.error(f"the output is written uncompressed, an exchange at a time (so that it is whole when "
+                     f"stopped): give a .gor name and gzip it afterwards, got {args.output!r}")
     return asyncio.run(serve(args, out, err))

@@ -410,7 +410,8 @@ def test_listen_address_in_use_is_one_line_and_leaves_the_output_alone(upstream:
 def test_bad_usage_is_refused_before_anything_starts(tmp_path: Path) -> None:
     for args, message in ((["--upstream", "https://example.com"], "https upstreams are not supported"),
                           (["--upstream", "http://127.0.0.1:1", "--listen", "nowhere"], "expected HOST:PORT"),
-                          (["--upstream", "http://127.0.0.1:1/api"], "expected no path")):
+                          (["--upstream", "http://127.0.0.1:1/api"], "expected no path"),
+                          (["--upstream", "http://127.0.0.1:1", "-o", str(tmp_path / "x.gor.gz")], "uncompressed")):
         proc = subprocess.run([sys.executable, "-m", "pytest_replay", "record", "-o", str(tmp_path / "x.gor"),
                                *args], capture_output=True, text=True, env=pythonpath_env(), timeout=30)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
