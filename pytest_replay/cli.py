@@ -6,6 +6,7 @@
     convert IN... OUT.gor[.gz]    GoReplay's format (types 1 and 2) from any capture
     redact IN OUT                 a copy of IN in its own format with secrets and personal data replaced
     merge A.json B.json ...       merge the evidence of replay shards, judge budgets over the whole, gate
+    record --upstream URL -o F    a recording reverse proxy writing .gor (record.py; no root needed)
 
 Exit status of inspect, convert and redact: 0 success, 1 a capture could not be read (the message
 says which file, where and why), 2 bad usage. merge exits as pytest does (report/merge.py): 0
@@ -146,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("merge", add_help=False, help="merge the evidence files of replay shards, judge budgets over "
                    "the whole, and exit non-zero if any shard's item or a budget failed (python -m pytest_replay "
                    "merge --help)")
+    sub.add_parser("record", add_help=False, help="a recording reverse proxy: writes a .gor capture of the traffic "
+                   "it passes to --upstream, secrets redacted (python -m pytest_replay record --help)")
     return parser
 
 
@@ -381,6 +384,10 @@ def main(argv: Sequence[str] | None = None, out=None, err=None) -> int:
         from .report.merge import main as merge_main
 
         return merge_main(argv[1:])
+    if argv[:1] == ["record"]:  # its own parser: record.py
+        from .record import main as record_main
+
+        return record_main(argv[1:], out, err)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "inspect":

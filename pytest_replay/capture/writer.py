@@ -37,7 +37,7 @@ from typing import BinaryIO
 from ..http.message import Exchange
 from .gor import SEPARATOR
 
-__all__ = ["WriteResult", "gor_id", "gor_records", "write_gor", "write_pcap"]
+__all__ = ["GorAppender", "WriteResult", "gor_id", "gor_record", "gor_records", "write_gor", "write_pcap"]
 
 STEP_NS = 1_000  # between the segments of one message, and the packets of a handshake or a close
 HANDSHAKE_NS = 3 * STEP_NS  # SYN, SYN-ACK and ACK end 1 us before the request's first byte
@@ -114,13 +114,54 @@ def gor_id(connection: str, position: int) -> str:
     return prefix + f"{position & 0xFFFFFFFF:08x}"
 
 
+def gor_record(kind: int, rid: str, ts_ns: int, latency_ns: int, raw: bytes) -> bytes:
+    """One record without its separator: the header line (type, id, timestamp, latency), then the
+    message's bytes."""
+    return b"%d %s %d %d\n" % (kind, rid.encode("ascii"), ts_ns, latency_ns) + raw
+
+
 def gor_records(exchange: Exchange) -> list[bytes]:
     """Type 1 (and 2, when the response was captured whole) records for one exchange."""
     rid = gor_id(exchange.connection, exchange.position)
-    records = [f"1 {rid} {exchange.request_ts_ns} -1\n".encode() + exchange.request.raw]
+    records = [gor_record(1, rid, exchange.request_ts_ns, -1, exchange.request.raw)]
     if _response_whole(exchange):
-        records.append(f"2 {rid} {exchange.response_ts_ns} -1\n".encode() + exchange.response.raw)
+        records.append(gor_record(2, rid, exchange.response_ts_ns, -1, exchange.response.raw))
     return records
+
+
+class GorAppender:
+    """A .gor file written one exchange at a time (the recorder's output): each exchange's records
+    and separators go out in one write, and a write that fails part-way is cut back off, so the file
+    holds whole exchanges only, whenever it is read and however the writer stops (Ctrl-C, SIGTERM).
+    The file is created (or emptied) readable by its owner only: it may hold credentials."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.size = 0
+
+    def append(self, records: list[bytes]) -> int:
+        """Write `records` (each followed by the separator); the bytes written. A record holding
+        the separator line cannot be represented: ValueError, and nothing is written."""
+        if any(SEPARATOR in record for record in records):
+            raise ValueError("the message holds the .gor separator line")
+        data = memoryview(b"".join(record + SEPARATOR for record in records))
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self.fd, data[done:])
+        except OSError:
+            if done:
+                os.ftruncate(self.fd, self.size)
+                os.lseek(self.fd, self.size, os.SEEK_SET)
+            raise
+        self.size += done
+        return done
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def write_gor(exchanges: Iterable[Exchange], target: str | os.PathLike | BinaryIO, *,

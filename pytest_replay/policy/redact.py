@@ -814,6 +814,25 @@ class Redactor:
 
         return Response(msg.status, msg.reason, msg.version, head, body, raw, trailers, msg.interim, msg.lf_only)
 
+    def head(self, msg, counts: Counter | None = None) -> bytes:
+        """A message's head alone, masked as message() masks it, its framing headers kept as they are:
+        for a message stored without its body (the recorder's bodies over their cap), which must not
+        turn into a whole message with an empty body."""
+        from ..http.message import Request
+
+        lines = head_lines(msg.head)
+        start = self._start_line(msg, lines[0][0], counts) if isinstance(msg, Request) else lines[0][0]
+        out = [start + lines[0][1]]
+        for name, value, raw in header_fields(lines[1:]):
+            text = value.decode("latin-1")
+            new = self._header_text(name.decode("latin-1"), text, counts)
+            if new == text:
+                out.extend(line + ending for line, ending in raw)
+            else:
+                out.append(name + b": " + new.encode("latin-1", "replace") + raw[-1][1])
+        out.append(lines[-1][0] + lines[-1][1])
+        return b"".join(out)
+
     def _start_line(self, msg, line: bytes, counts: Counter | None) -> bytes:
         target = self.target(msg.target, counts)
         if target == msg.target:
