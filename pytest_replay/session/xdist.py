@@ -30,6 +30,7 @@ from ..distribute import (CLOCK_WARN_NS, ClockOffset, lead_ns_until, local_spec,
 from ..http.message import Exchange
 from ..http.units import ms
 from ..report.run import RunResults
+from ..vocab import plain
 from .items import ReplayItem
 from .run import ReplayRun
 
@@ -297,7 +298,7 @@ class Worker:
         results = self.run.results()
         if self.run.updates is not None:  # --replay-update: only the controller writes
             results.updates, results.updates_truncated = self.run.updates.to_dicts()
-        self.run.config.workeroutput[REPLAY_OUTPUT] = results.to_dict()
+        self.run.config.workeroutput[REPLAY_OUTPUT] = plain(results.to_dict())  # execnet: builtin types only
 
 
 def _exchanges_in(nodeid: str) -> int:
