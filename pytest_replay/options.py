@@ -246,6 +246,12 @@ def duration(flag: str) -> Callable[[str], float]:
     return convert
 
 
+def percent(flag: str) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        return _number(flag, str(text).strip().removesuffix("%"), (0, 100), meaning="a percentage, e.g. 0.5 or 2%")
+    return convert
+
+
 def pid(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise pytest.UsageError(f"--replay-target-pid: expected a process id (a positive whole number), got {text!r}")
@@ -343,6 +349,10 @@ OPTIONS: tuple[Option, ...] = (
            "(p99 lateness). The run then fails. Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
     Option("replay_abort_window", "--replay-abort-window", "seconds of the sliding window stop conditions are "
            "judged on. Default: 10.", 10.0, seconds("--replay-abort-window"), metavar="SECONDS"),
+    Option("replay_max_capture_loss", "--replay-max-capture-loss", "fail the run when the capture lost more "
+           "than PCT percent of its bytes to gaps (bytes lost over bytes captured; a capture that dropped traffic "
+           "misrepresents it). Above 1%% a warning is shown whatever this says. Default: off.", None,
+           percent("--replay-max-capture-loss"), metavar="PCT"),
     Option("replay_target_pid", "--replay-target-pid", "capacity runs: sample the target process's CPU, RSS and "
            "open files from /proc/PID once a second (per stage in the evidence). Default: none.", None,
            pid, metavar="PID"),

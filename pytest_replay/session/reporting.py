@@ -64,6 +64,7 @@ class Reporting:
             raise pytest.UsageError("--replay-update-to FILE takes one capture; with several, each is written "
                                     "next to its capture as NAME.updated.EXT")
         self._capacity: dict = {}
+        self._loss: dict | None = None  # the capture's bytes lost to gaps (session/capacity.capture_loss)
         self.data: dict | None = None  # the evidence data, when something renders it (files, summaries)
         if self.settings.report:
             try:  # now, not after the replay: a gate that cannot write its evidence should not run
@@ -96,6 +97,9 @@ class Reporting:
         if results.capacity:
             from .capacity import report_stop
             report_stop(self.config, session, results.capacity)
+        from .capacity import capture_loss, report_loss
+        self._loss = capture_loss(self.collection.capture_summary(), self.settings.max_capture_loss)
+        report_loss(self.config, session, self._loss)
         if results.baseline:
             from .baseline import report_fields
             report_fields(self.config, session, self.settings, results.baseline)
@@ -140,6 +144,8 @@ class Reporting:
                 terminalreporter.write_line(line)
             from . import capacity
             for line in capacity.summary_lines(self._capacity):
+                terminalreporter.write_line(line)
+            for line in capacity.loss_lines(self._loss):
                 terminalreporter.write_line(line)
         for line in self._update_lines:
             terminalreporter.write_line(line)
@@ -294,6 +300,7 @@ class Reporting:
                 data["baseline"]["target"] = url_without_password(str(s.baseline))
         if results.capacity:
             data["capacity"] = {**results.capacity, "planned_stages": [stage.text for stage in s.stages]}
+        data["captures"]["loss"] = self._loss
         data["run"].update(environment=s.environment, owner=s.owner, links={name: url for name, url in s.links})
         return data
 
