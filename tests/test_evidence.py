@@ -346,3 +346,90 @@ def test_merge_gate_carries_shard_outcomes(tmp_path, capture, capsys):
         **read_evidence(p)["run"], "outcomes": {"passed": 60}, "exit_status": 0}})) for p in paths]
     assert merge_main(clean) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "PASSED: 120 passed (exit status 0)"
+
+
+# -- the Evidence dataclass: round trips, merge algebra, the separate mergeability check ---------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pytest_replay.report.evidence import Evidence, Listing, RunInfo, check_mergeable  # noqa: E402
+
+_names = st.text("abcdefgh-", min_size=1, max_size=6)
+_counts = st.dictionaries(_names, st.integers(0, 10**6), max_size=4)
+_plain = st.none() | st.booleans() | st.integers(-5, 10**9) | st.text(max_size=8)
+
+
+@given(id=st.text(max_size=8), interrupted=st.booleans(), planned=st.none() | st.integers(0, 10**6),
+       shard=st.none() | st.tuples(st.integers(1, 9), st.integers(1, 9)), outcomes=_counts,
+       more=st.dictionaries(st.sampled_from(["environment", "owner", "links", "future_key"]), _plain, max_size=3))
+def test_run_info_round_trips(id, interrupted, planned, shard, outcomes, more):
+    data = {"id": id, "interrupted": interrupted, "planned": planned, "outcomes": outcomes,
+            "shard": {"index": shard[0], "count": shard[1]} if shard else None, **more}
+    run = RunInfo.from_dict(data)
+    assert RunInfo.from_dict(run.to_dict()) == run
+    assert {k: v for k, v in run.to_dict().items() if k in data} == data  # nothing lost, nothing renamed
+
+
+@given(total=st.integers(0, 100), by_reason=_counts, examples=st.lists(st.dictionaries(_names, _plain), max_size=3))
+def test_listing_round_trips(total, by_reason, examples):
+    listing = Listing(total, by_reason, examples)
+    assert Listing.from_dict(listing.to_dict()) == listing
+
+
+def test_evidence_round_trips_through_json(capture):
+    exchange, _ = pair("/api/orders/1", method="POST", index=500, recorded_ms=1, replayed_ms=1)
+    data = evidence_of(requests(), capture, skipped=[(exchange, "write-policy")], shard=(1, 2))
+    data["capacity"] = {"stages": [], "stopped": None}
+    data["run"]["environment"] = "staging"
+    evidence = Evidence.from_dict(json.loads(json.dumps(data)))
+    assert isinstance(evidence.run, RunInfo) and evidence.run.shard.count == 2 and evidence.skipped.total == 1
+    assert evidence.more == {"capacity": {"stages": [], "stopped": None}}
+    assert Evidence.from_dict(evidence.to_dict()) == evidence
+    assert evidence.to_dict() == json.loads(json.dumps(data))  # the JSON's shape is unchanged
+    assert list(evidence.to_dict()) == list(data)  # and so is its key order
+
+
+def _counts_of(evidence: Evidence) -> dict:
+    aggregate = Aggregate.from_dict(evidence.aggregate)
+    return {"outcomes": evidence.run.outcomes, "planned": evidence.run.planned, "requests": aggregate.overall.requests,
+            "status": evidence.errors.status, "transport": evidence.errors.transport,
+            "skipped": evidence.skipped.by_reason, "incomplete": evidence.incomplete.by_reason,
+            "ignored": evidence.diff.ignored, "origins": evidence.diff.origins, "sample": evidence.selection.sample,
+            "throughput": evidence.throughput.requests, "writes": evidence.write_policy.to_dict(),
+            "endpoints": {row["endpoint"]: row["requests"] for row in evidence.endpoints},
+            "p99": evidence.totals and evidence.totals["replayed_ms"]["p99"]}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.tuples(st.integers(0, 60), st.integers(0, 60)), reasons=st.lists(st.sampled_from("abc"), max_size=6))
+def test_merge_is_associative_and_commutative_on_counts(capture, cuts, reasons):
+    pairs = requests(60)
+    low, high = sorted(cuts)
+    parts = [pairs[:low], pairs[low:high], pairs[high:]]
+    evidences = []
+    for k, part in enumerate(parts):
+        skipped = [(exchange, reasons[i % len(reasons)]) for i, (exchange, _) in enumerate(part[:3])] if reasons else ()
+        data = evidence_of(part, capture, shard=(k + 1, 3), skipped=skipped)
+        data["diff"]["ignored"] = {f"rule {k}": len(part), "rule x": 1}
+        data["diff"]["origins"] = {"o": k}
+        evidences.append(Evidence.from_dict(data))
+    a, b, c = evidences
+    left, right = a.merge(b).merge(c), a.merge(b.merge(c))
+    assert _counts_of(left) == _counts_of(right)
+    assert _counts_of(a.merge(b)) == _counts_of(b.merge(a))
+    assert _counts_of(left)["outcomes"] == {"passed": 60} and _counts_of(left)["planned"] == 60
+    assert _counts_of(left)["ignored"]["rule x"] == 3 and _counts_of(left)["sample"]["size"] == 60
+
+
+def test_mergeability_is_checked_apart_from_the_merge(tmp_path, capture):
+    docs = [(p, read_evidence(p)) for p in shards(capture, tmp_path, n=3)]
+    assert check_mergeable(docs) == (3, [], [])
+    count, missing, warnings = check_mergeable(docs[:2])
+    assert (count, missing) == (3, [3]) and warnings == ["shard(s) 3 of 3 missing: the merge covers 2 of 3 shards"]
+    other = json.loads(json.dumps(docs[1][1]))
+    other["schema"] = "pytest-replay-evidence/1"
+    with pytest.raises(EvidenceError, match="other.json: evidence schema 'pytest-replay-evidence/1', expected"):
+        check_mergeable([docs[0], ("other.json", other)])
+    # the merge itself does not refuse: a merged evidence merges again with a third shard
+    merged = Evidence.from_dict(merge_evidence(docs[:2])[0])
+    assert Aggregate.from_dict(merged.merge(Evidence.from_dict(docs[2][1])).aggregate).overall.requests == 120

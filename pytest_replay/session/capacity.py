@@ -8,6 +8,20 @@ import pytest
 STOP_NODE = "replay-stop::"
 
 
+def shard_share(stages: tuple, shard: tuple[int, int] | None) -> tuple:
+    """A CI shard (--replay-shard K/N) runs each rate stage at 1/N of its rate, so the N shards together
+    keep it; a speed stage is already a share (each shard replays its own connections' timing)."""
+    import dataclasses
+
+    from ..schedule.stages import SPEED
+
+    if not shard or shard[1] <= 1:
+        return stages
+    count = shard[1]
+    return tuple(stage if stage.kind == SPEED else
+                 dataclasses.replace(stage, start=stage.start / count, end=stage.end / count) for stage in stages)
+
+
 def _s(value: float) -> str:
     return f"{value:g} s" if value < 120 else f"{value / 60:g} min"
 
@@ -45,6 +59,10 @@ def summary_lines(data: dict) -> list[str]:
              f"{data['loops']} pass(es) over it planned"
              + (f"; stop conditions {', '.join(data['conditions'])} over {data['window_s']:g} s windows"
                 if data.get("conditions") else "")]
+    shard = data.get("shard")
+    if shard:
+        lines.append(f"  shard {shard['index']} of {shard['count']}: each rate stage at 1/{shard['count']} of its rate "
+                     f"(the {shard['count']} shards together keep it); this shard stops on its own")
     for row in data["stages"]:
         rate = achieved_rate(row, stop)
         late = row.get("lateness_p99_ms")

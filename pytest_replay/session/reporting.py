@@ -94,6 +94,8 @@ class Reporting:
 
             results.notes.append(fail_run(session, results.escaped, self.run.redactor.text))
         self.budget_results = self._judge_budgets(session, results)
+        if results.capacity and self.settings.shard:  # a shard ran its share of each rate
+            results.capacity["shard"] = {"index": self.settings.shard[0], "count": self.settings.shard[1]}
         if results.capacity:
             from .capacity import report_stop
             report_stop(self.config, session, results.capacity)

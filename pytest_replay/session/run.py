@@ -204,7 +204,9 @@ class ReplayRun:
         s = self.settings
         chosen = sorted(replayed, key=lambda e: (e.request_ts_ns, e.index))
         timestamps = [e.request_ts_ns for e in chosen]
-        stages = s.stages or loop_stages(timestamps, speed=s.speed, rate=s.rate, loops=s.loop, duration_s=s.duration)
+        from .capacity import shard_share  # a shard's part of each stage's rate
+        stages = shard_share(s.stages, s.shard) or loop_stages(timestamps, speed=s.speed, rate=s.rate, loops=s.loop,
+                                                               duration_s=s.duration)
         try:
             self.stage_plan = stage_plan(timestamps, stages)
         except ValueError as exc:
