@@ -53,10 +53,10 @@ def slow_app(serve, tmp_path):
 from tests.test_plugin_capacity import serve  # noqa: E402,F401  (the uvicorn fixture)
 
 
-def replay(pytester: pytest.Pytester, gor: Path, url: str, *args: str):
+def replay(pytester: pytest.Pytester, gor: Path, url: str, *args: str, stages: str = STAGES):
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(gor), "--replay-target", url,
                                          "--replay-report", str(pytester.path / "evidence"), "--replay-stages",
-                                         STAGES, *ABORT, *args, timeout=300)
+                                         stages, *ABORT, *args, timeout=300)
 
 
 def shard_evidence(pytester: pytest.Pytester, k: int) -> dict:
@@ -92,3 +92,23 @@ def test_shards_run_their_share_of_the_rate_and_stop_on_their_own(pytester: pyte
     assert stage["pace"] == "fixed 20/s" and stage["target_rate"] == 20 and stage["planned"] == 80
     assert [s["shard"]["index"] for s in merged["capacity"]["shard_stops"]] == [1]
     assert [row["stopped"] is not None for row in merged["run"]["merged_from"]] == [True, False]
+
+
+def test_a_stop_on_one_xdist_worker_stops_every_worker(pytester: pytest.Pytester, slow_app) -> None:
+    """gw0 holds the slow connections and trips; gw1's own requests are fast (it would never trip by
+    itself) and stops too, when gw0's trip reaches it through the controller's execnet channels."""
+    gor = split_capture(pytester.path / "split.gor", lambda lane: worker_part(lane, 2))
+    result = replay(pytester, gor, slow_app, "-n", "2", stages="fixed 20/s:6s")
+    text = result.stdout.str()
+    assert result.ret == 1, text
+    assert "STOPPED on worker gw0: no stage held; at fixed 20/s (stage 1" in text, text
+    assert "worker gw1 stopped too: gw0's 'p99>200ms' reached it through xdist's channels" in text
+    capacity = json.loads((pytester.path / "evidence" / "replay-evidence.json").read_text())["capacity"]
+    stop = capacity["stopped"]
+    assert stop["tripped_on"] == "gw0" and stop["worker"] == "gw0" and not stop["relayed"]
+    (relayed,) = capacity["other_stops"]
+    assert relayed["worker"] == "gw1" and relayed["tripped_on"] == "gw0" and relayed["relayed"]
+    assert relayed["condition"] == "p99>200ms" and relayed["stage"] == stop["stage"]
+    row = capacity["stages"][0]
+    assert row["planned"] == 120 and row["sent"] < 90  # both halves stopped (gw1's alone is 60)
+    assert row["not_sent"] == row["planned"] - row["sent"]

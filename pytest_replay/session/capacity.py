@@ -93,9 +93,15 @@ def summary_lines(data: dict) -> list[str]:
         lines.append(f"  reached stage {reached['stage']} ({reached['pace']}), {_s(reached['into_stage_s'])} into it, "
                      f"{_s(reached['at_s'])} into the replay")
     if stop:
-        lines.append("STOPPED: " + stop_sentence(data))
+        where = f" on worker {stop['tripped_on']}" if stop.get("tripped_on") else ""
+        lines.append(f"STOPPED{where}: " + stop_sentence(data))
         for other in data.get("other_stops", ()):
-            lines.append(f"  (another worker stopped too: '{other['condition']}' at stage {other['stage']})")
+            if other.get("relayed"):
+                lines.append(f"  worker {other.get('worker')} stopped too: {other['tripped_on']}'s '{other['condition']}' "
+                             "reached it through xdist's channels")
+            else:
+                lines.append(f"  (worker {other.get('tripped_on')} tripped too: '{other['condition']}' at stage "
+                             f"{other['stage']})")
     return lines
 
 
