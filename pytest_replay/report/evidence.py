@@ -20,11 +20,13 @@ Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
                        budgets are not counted here, they are under `budgets`), exit_status (pytest's, for
                        a run; null for a merge), wall_s (from the replay's start to its last response),
                        merged_from: [{file, shard, run_id, outcomes, interrupted, exit_status, wall_s,
-                       budgets_failed}] | null, missing_shards: [K...] | null,
+                       budgets_failed, stopped (the shard's capacity stop) | null}] | null, missing_shards: [K...] | null,
                        verdict: {passed, exit_code, reasons} (a merge's gate, see report/merge.py) | null}
     captures          {files: [{path, name, bytes, sha256, format?}], first_ts_ns, last_ts_ns, first, last,
                        duration_s, exchanges, complete, incomplete, incomplete_by_reason,
-                       requests_without_response, gaps, gap_bytes, skipped_streams, warning_counts}
+                       requests_without_response, gaps, gap_bytes, skipped_streams, warning_counts,
+                       loss: {gap_bytes, bytes, pct, limit_pct, exceeded} | null (bytes lost to TCP gaps over
+                       bytes captured; limit_pct: --replay-max-capture-loss)}
     selection         {filters: [...], sample: {size, of, ...} | null, rewrites: [...], redaction: [...]}
                       (sample.size: exchanges this run or shard selected; a merge adds them up)
     pace              {speed, rate, max_wait_s, concurrency, ...} as given
@@ -64,6 +66,16 @@ Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
     notes             [sentences] given by the run (kept apart so a merge can recompute the derived gaps)
     method            how the numbers were measured (latency definition, histogram precision, rates)
     aggregate         report.aggregate.Aggregate.to_dict(): the mergeable raw data (HDR histograms)
+    capacity          (capacity runs) {stages: [{stage, pace, target_rate, planned, sent, ...}], stopped:
+                      {condition, measured, stage, into_stage_s, ..., tripped_on, worker, relayed} | null,
+                      other_stops (xdist workers), shard {index, count} (a shard ran 1/count of each rate),
+                      shard_stops (a merge: each shard's stop), reached, saturation, planned_stages}
+    baseline, extra   optional sections
+
+In code the package is an `Evidence` dataclass (nested dataclasses where the shape is fixed, dicts
+where the aggregate or the capture reader renders it); `to_dict()` gives the JSON above, `from_dict()`
+reads it back keeping keys it does not declare, `merge()` adds two up, and `check_mergeable()` says
+whether files may be merged at all.
 """
 
 from __future__ import annotations
