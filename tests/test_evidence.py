@@ -433,3 +433,21 @@ def test_mergeability_is_checked_apart_from_the_merge(tmp_path, capture):
     # the merge itself does not refuse: a merged evidence merges again with a third shard
     merged = Evidence.from_dict(merge_evidence(docs[:2])[0])
     assert Aggregate.from_dict(merged.merge(Evidence.from_dict(docs[2][1])).aggregate).overall.requests == 120
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d.update(run="x"), "b.json: run (or run.shard) is not an object"),
+    (lambda d: d["captures"].pop("files"), "b.json: no captures.files list"),
+    (lambda d: d["run"].update(outcomes={"passed": "many"}), "b.json: run.outcomes is malformed"),
+    (lambda d: d["diff"].update(ignored=[1]), "b.json: diff.ignored is malformed"),
+    (lambda d: d.update(aggregate={"schema": 2, "endpoints": 7}), "b.json: aggregate is malformed"),
+])
+def test_merge_names_the_file_and_section_of_a_damaged_shard(tmp_path, capture, damage, message, capsys):
+    paths = shards(capture, tmp_path)
+    data = json.loads(Path(paths[1]).read_text())
+    damage(data)
+    bad = tmp_path / "b.json"
+    bad.write_text(json.dumps(data))
+    code = merge_main([paths[0], str(bad)])
+    err = capsys.readouterr().err
+    assert code == 4 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

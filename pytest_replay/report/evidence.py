@@ -701,6 +701,12 @@ def check_mergeable(named: list[tuple[str, dict]]) -> tuple[int | None, list[int
         if data.get("schema") != SCHEMA:
             raise EvidenceError(f"{name}: evidence schema {data.get('schema')!r}, expected {SCHEMA!r}: "
                                 "merge files written by the same version of pytest-traffic-replay")
+    for name, data in named:
+        files = (data.get("captures") or {}).get("files") if isinstance(data.get("captures"), dict) else None
+        if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+            raise EvidenceError(f"{name}: no captures.files list: not a complete evidence file")
+        if not isinstance(data.get("run") or {}, dict) or not isinstance((data.get("run") or {}).get("shard") or {}, dict):
+            raise EvidenceError(f"{name}: run (or run.shard) is not an object: not a complete evidence file")
     digests = {name: sorted(f.get("sha256") or "" for f in data["captures"]["files"]) for name, data in named}
     for name, data in named[1:]:
         if digests[name] != digests[first_name]:
@@ -758,10 +764,7 @@ def merge_evidence(named: list[tuple[str, dict]], budgets: Iterable | None = Non
 
     `budgets` (BudgetResults) are stored in the result; evaluating them is the caller's business."""
     _, missing, warnings = check_mergeable(named)
-    try:
-        shards = [Evidence.from_dict(data) for _, data in named]
-    except (TypeError, AttributeError) as exc:
-        raise EvidenceError(f"an evidence file is malformed: {exc}") from None
+    shards = [_load(name, data) for name, data in named]
     for evidence in shards:  # a worker of a shard is named with its shard
         shard = evidence.run.shard.to_dict() if evidence.run.shard else None
         evidence.run.workers = [{**w, "shard": shard} for w in evidence.run.workers]
@@ -774,6 +777,24 @@ def merge_evidence(named: list[tuple[str, dict]], budgets: Iterable | None = Non
     merged.run.merged_from = [_shard_row(name, data) for name, data in named]
     merged.budgets = [_budget_dict(b) for b in budgets or ()]
     return merged.to_dict(), warnings
+
+
+def _load(name: str, data: dict) -> Evidence:
+    """A shard's Evidence, its sections checked: EvidenceError naming the file and the section."""
+    section = "the file"
+    try:
+        evidence = Evidence.from_dict(data)
+        for section, value in (("run.outcomes", evidence.run.outcomes), ("diff.ignored", evidence.diff.ignored),
+                               ("diff.origins", evidence.diff.origins),
+                               ("skipped.by_reason", evidence.skipped.by_reason),
+                               ("incomplete.by_reason", evidence.incomplete.by_reason)):
+            if not isinstance(value, dict) or not all(isinstance(n, int) for n in value.values()):
+                raise TypeError("expected an object of counts")
+        section = "aggregate"
+        Aggregate.from_dict(evidence.aggregate)
+    except (EvidenceError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise EvidenceError(f"{name}: {section} is malformed ({type(exc).__name__}: {exc})") from None
+    return evidence
 
 
 def _shard_row(name: str, data: dict) -> dict:
