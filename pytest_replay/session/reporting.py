@@ -272,11 +272,11 @@ class Reporting:
     # -- evidence ----------------------------------------------------------------------------
     def _evidence(self, session: pytest.Session, exitstatus: int, results: RunResults) -> dict:
         """The evidence data: written with --replay-report, rendered with --replay-html."""
-        from ..report.evidence import build_evidence
+        from ..report.evidence import Evidence
 
         s, run, report = self.settings, self.run, self._report
         outcomes = item_outcomes(self.config.pluginmanager.get_plugin("terminalreporter"))
-        data = build_evidence(redactor=run.redactor,
+        evidence = Evidence.build(redactor=run.redactor,
             aggregate=results.aggregate, captures=self.collection.paths,
             capture_summary=self.collection.capture_summary(),
             target=report.target, pace={"speed": s.speed, "rate": s.rate, "max_wait_s": s.max_wait,
@@ -295,16 +295,16 @@ class Reporting:
             exit_status=int(session.exitstatus), wall_s=results.wall_s,
             latency_caveats=self.latency_caveats(results), workers=results.workers)
         if results.baseline:
-            from .baseline import evidence
-            data["baseline"] = evidence(s, results.baseline)
+            from .baseline import evidence as baseline_evidence
+            baseline = evidence.more["baseline"] = baseline_evidence(s, results.baseline)
             if s.baseline:  # a URL given on the command line or in the ini file (a password masked)
                 from ..http.sensitive import url_without_password
-                data["baseline"]["target"] = url_without_password(str(s.baseline))
+                baseline["target"] = url_without_password(str(s.baseline))
         if results.capacity:
-            data["capacity"] = {**results.capacity, "planned_stages": [stage.text for stage in s.stages]}
-        data["captures"]["loss"] = self._loss
-        data["run"].update(environment=s.environment, owner=s.owner, links={name: url for name, url in s.links})
-        return data
+            evidence.more["capacity"] = {**results.capacity, "planned_stages": [stage.text for stage in s.stages]}
+        evidence.captures["loss"] = self._loss
+        evidence.run.more.update(environment=s.environment, owner=s.owner, links=dict(s.links))
+        return evidence.to_dict()
 
     def _write_evidence(self, session: pytest.Session, data: dict) -> None:
         from ..report.evidence import write_evidence
