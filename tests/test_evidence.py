@@ -451,3 +451,24 @@ def test_merge_names_the_file_and_section_of_a_damaged_shard(tmp_path, capture, 
     code = merge_main([paths[0], str(bad)])
     err = capsys.readouterr().err
     assert code == 4 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_capacity_sections_of_shards_merge_in_any_order():
+    from pytest_replay.report.evidence import merge_shard_capacity
+
+    def shard(k, sent, stopped=None):
+        return {"stages": [{"stage": 1, "pace": "fixed 5/s", "target_rate": 5.0, "planned": 10, "sent": sent,
+                            "sent_in_stage": sent, "errors": 0, "not_sent": 10 - sent, "lateness_p99_ms": k}],
+                "planned_stages": ["fixed 10/s:2s"], "shard": {"index": k, "count": 3}, "stopped": stopped,
+                "sent_after_the_end": 0, "reached": {"stage": 1, "at_s": sent / 10}}
+
+    stop = {"condition": "p99>1s", "stage": 1}
+    a, b, c = shard(1, 10), shard(2, 4, stop), shard(3, 10)
+    left = merge_shard_capacity(merge_shard_capacity(a, b), c)
+    right = merge_shard_capacity(a, merge_shard_capacity(b, c))
+    assert left == right
+    assert left["stages"][0]["planned"] == 30 and left["stages"][0]["target_rate"] == 15
+    assert left["stages"][0]["pace"] == "fixed 10/s" and left["stages"][0]["lateness_p99_ms"] == 3
+    assert left["shard_stops"] == [{**stop, "shard": {"index": 2, "count": 3}}] and left["shard"] is None
+    alone = merge_shard_capacity(b, None)
+    assert alone["shard_stops"] == left["shard_stops"] and alone["stages"][0]["pace"] == "fixed 10/s"

@@ -561,7 +561,8 @@ def merge_shard_capacity(mine: dict | None, other: dict | None) -> dict | None:
     (requests and target rates) add up; each shard's stop is kept in `shard_stops` (a shard stops
     on its own), the first as `stopped`."""
     if not mine or not other:
-        return dict(mine or other) if (mine or other) else None
+        only = mine or other
+        return _merged_form(only) if only else None
     rows = []
     for row, theirs in zip(mine["stages"], other["stages"]):
         row = dict(row)
@@ -581,6 +582,15 @@ def merge_shard_capacity(mine: dict | None, other: dict | None) -> dict | None:
     reached = [r for r in (mine.get("reached"), other.get("reached")) if r]
     merged["reached"] = max(reached, key=lambda r: r["at_s"]) if reached else None
     return merged
+
+
+def _merged_form(capacity: dict) -> dict:
+    """One shard's capacity section as a merge shows it (when the other shards have none)."""
+    rows = [dict(row) for row in capacity["stages"]]
+    for row, text in zip(rows, capacity.get("planned_stages") or []):
+        row["pace"] = text.rsplit(":", 1)[0]
+    stops = _shard_stops(capacity)
+    return {**capacity, "stages": rows, "shard": None, "shard_stops": stops, "stopped": stops[0] if stops else None}
 
 
 def _shard_stops(capacity: dict) -> list[dict]:
