@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+from .vocab import DiffPart, Group, Judge, NoiseMode, Origins
+
+
 def clashing_plugin() -> str | None:
     """ESSS's pytest-replay also installs a module named pytest_replay and a --replay flag."""
     try:
@@ -29,8 +32,8 @@ def clashing_plugin() -> str | None:
             "(or use separate virtual environments).")
 
 
-GROUPS = ("exchange", "endpoint", "connection")
-DIFF_PARTS = ("status", "headers", "body")
+GROUPS = tuple(Group)
+DIFF_PARTS = tuple(DiffPart)
 
 
 # Ranges of the numeric options. The schedule computes gap / speed and i * 1e9 / rate in floats and
@@ -99,9 +102,10 @@ def regex(flag: str) -> Callable[[str], re.Pattern[str]]:
 
 def choice(flag: str, choices: tuple[str, ...]) -> Callable[[str], str]:
     def convert(text: str) -> str:
-        if text not in choices:
-            raise pytest.UsageError(f"{flag}: expected one of {', '.join(choices)}, got {text!r}")
-        return text
+        for value in choices:  # the vocabulary's member (a StrEnum is equal to its string)
+            if value == text:
+                return value
+        raise pytest.UsageError(f"{flag}: expected one of {', '.join(choices)}, got {text!r}")
     return convert
 
 
@@ -242,6 +246,12 @@ def duration(flag: str) -> Callable[[str], float]:
     return convert
 
 
+def percent(flag: str) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        return _number(flag, str(text).strip().removesuffix("%"), (0, 100), meaning="a percentage, e.g. 0.5 or 2%")
+    return convert
+
+
 def pid(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise pytest.UsageError(f"--replay-target-pid: expected a process id (a positive whole number), got {text!r}")
@@ -339,6 +349,10 @@ OPTIONS: tuple[Option, ...] = (
            "(p99 lateness). The run then fails. Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
     Option("replay_abort_window", "--replay-abort-window", "seconds of the sliding window stop conditions are "
            "judged on. Default: 10.", 10.0, seconds("--replay-abort-window"), metavar="SECONDS"),
+    Option("replay_max_capture_loss", "--replay-max-capture-loss", "fail the run when the capture lost more "
+           "than PCT percent of its bytes to gaps (bytes lost over bytes captured; a capture that dropped traffic "
+           "misrepresents it). Above 1%% a warning is shown whatever this says. Default: off.", None,
+           percent("--replay-max-capture-loss"), metavar="PCT"),
     Option("replay_target_pid", "--replay-target-pid", "capacity runs: sample the target process's CPU, RSS and "
            "open files from /proc/PID once a second (per stage in the evidence). Default: none.", None,
            pid, metavar="PID"),
@@ -370,7 +384,7 @@ OPTIONS: tuple[Option, ...] = (
            many=True, convert=ignore_rule, metavar="RULE"),
     Option("replay_noise", "--replay-noise", "treat fields that differ between recorded responses of "
            "identical requests as noise: auto or off. Default: auto.", "auto",
-           choice("--replay-noise", ("auto", "off")), metavar="MODE"),
+           choice("--replay-noise", tuple(NoiseMode)), metavar="MODE"),
     Option("replay_noise_export", "--replay-noise-export", "write the noise learned from the capture to FILE as "
            "ignore rules, one a line, ready to review and put under replay_ignore in the ini file. Default: none.",
            metavar="FILE"),
@@ -383,7 +397,7 @@ OPTIONS: tuple[Option, ...] = (
            "address - and the replayed one - the Host the target was sent, and the target URL's origin - are "
            "one value in headers such as Location and Link and in JSON, text and HTML bodies; counted in the "
            "summary) or strict (compared as captured). Default: same.", "same",
-           choice("--replay-origins", ("same", "strict")), metavar="MODE"),
+           choice("--replay-origins", tuple(Origins)), metavar="MODE"),
     Option("replay_max_latency", "--replay-max-latency", "fail an exchange whose replayed latency exceeds this "
            "many seconds. Default: no cap.", None, seconds("--replay-max-latency"), metavar="SECONDS"),
     Option("replay_group", "--replay-group", "one test item per exchange, per endpoint (method and path "
@@ -476,7 +490,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_judge", "--replay-judge", "when items are judged: 'after' the whole replay (pytest's own "
            "work, ~1 ms per item, then never competes with the replay for the CPU and the GIL: best timing and "
            "throughput) or 'during' it (results stream as requests complete). Default: after.", "after",
-           choice("--replay-judge", ("after", "during")), metavar="WHEN"),
+           choice("--replay-judge", tuple(Judge)), metavar="WHEN"),
     Option("replay_progress_every", "--replay-progress-every", "seconds between progress lines during a long "
            "replay (shown on a terminal, not under -q). Default: 5.", 5.0, seconds("--replay-progress-every"),
            metavar="SECONDS"),

@@ -346,3 +346,129 @@ def test_merge_gate_carries_shard_outcomes(tmp_path, capture, capsys):
         **read_evidence(p)["run"], "outcomes": {"passed": 60}, "exit_status": 0}})) for p in paths]
     assert merge_main(clean) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "PASSED: 120 passed (exit status 0)"
+
+
+# -- the Evidence dataclass: round trips, merge algebra, the separate mergeability check ---------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pytest_replay.report.evidence import Evidence, Listing, RunInfo, check_mergeable  # noqa: E402
+
+_names = st.text("abcdefgh-", min_size=1, max_size=6)
+_counts = st.dictionaries(_names, st.integers(0, 10**6), max_size=4)
+_plain = st.none() | st.booleans() | st.integers(-5, 10**9) | st.text(max_size=8)
+
+
+@given(id=st.text(max_size=8), interrupted=st.booleans(), planned=st.none() | st.integers(0, 10**6),
+       shard=st.none() | st.tuples(st.integers(1, 9), st.integers(1, 9)), outcomes=_counts,
+       more=st.dictionaries(st.sampled_from(["environment", "owner", "links", "future_key"]), _plain, max_size=3))
+def test_run_info_round_trips(id, interrupted, planned, shard, outcomes, more):
+    data = {"id": id, "interrupted": interrupted, "planned": planned, "outcomes": outcomes,
+            "shard": {"index": shard[0], "count": shard[1]} if shard else None, **more}
+    run = RunInfo.from_dict(data)
+    assert RunInfo.from_dict(run.to_dict()) == run
+    assert {k: v for k, v in run.to_dict().items() if k in data} == data  # nothing lost, nothing renamed
+
+
+@given(total=st.integers(0, 100), by_reason=_counts, examples=st.lists(st.dictionaries(_names, _plain), max_size=3))
+def test_listing_round_trips(total, by_reason, examples):
+    listing = Listing(total, by_reason, examples)
+    assert Listing.from_dict(listing.to_dict()) == listing
+
+
+def test_evidence_round_trips_through_json(capture):
+    exchange, _ = pair("/api/orders/1", method="POST", index=500, recorded_ms=1, replayed_ms=1)
+    data = evidence_of(requests(), capture, skipped=[(exchange, "write-policy")], shard=(1, 2))
+    data["capacity"] = {"stages": [], "stopped": None}
+    data["run"]["environment"] = "staging"
+    evidence = Evidence.from_dict(json.loads(json.dumps(data)))
+    assert isinstance(evidence.run, RunInfo) and evidence.run.shard.count == 2 and evidence.skipped.total == 1
+    assert evidence.more == {"capacity": {"stages": [], "stopped": None}}
+    assert Evidence.from_dict(evidence.to_dict()) == evidence
+    assert evidence.to_dict() == json.loads(json.dumps(data))  # the JSON's shape is unchanged
+    assert list(evidence.to_dict()) == list(data)  # and so is its key order
+
+
+def _counts_of(evidence: Evidence) -> dict:
+    aggregate = Aggregate.from_dict(evidence.aggregate)
+    return {"outcomes": evidence.run.outcomes, "planned": evidence.run.planned, "requests": aggregate.overall.requests,
+            "status": evidence.errors.status, "transport": evidence.errors.transport,
+            "skipped": evidence.skipped.by_reason, "incomplete": evidence.incomplete.by_reason,
+            "ignored": evidence.diff.ignored, "origins": evidence.diff.origins, "sample": evidence.selection.sample,
+            "throughput": evidence.throughput.requests, "writes": evidence.write_policy.to_dict(),
+            "endpoints": {row["endpoint"]: row["requests"] for row in evidence.endpoints},
+            "p99": evidence.totals and evidence.totals["replayed_ms"]["p99"]}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.tuples(st.integers(0, 60), st.integers(0, 60)), reasons=st.lists(st.sampled_from("abc"), max_size=6))
+def test_merge_is_associative_and_commutative_on_counts(capture, cuts, reasons):
+    pairs = requests(60)
+    low, high = sorted(cuts)
+    parts = [pairs[:low], pairs[low:high], pairs[high:]]
+    evidences = []
+    for k, part in enumerate(parts):
+        skipped = [(exchange, reasons[i % len(reasons)]) for i, (exchange, _) in enumerate(part[:3])] if reasons else ()
+        data = evidence_of(part, capture, shard=(k + 1, 3), skipped=skipped)
+        data["diff"]["ignored"] = {f"rule {k}": len(part), "rule x": 1}
+        data["diff"]["origins"] = {"o": k}
+        evidences.append(Evidence.from_dict(data))
+    a, b, c = evidences
+    left, right = a.merge(b).merge(c), a.merge(b.merge(c))
+    assert _counts_of(left) == _counts_of(right)
+    assert _counts_of(a.merge(b)) == _counts_of(b.merge(a))
+    assert _counts_of(left)["outcomes"] == {"passed": 60} and _counts_of(left)["planned"] == 60
+    assert _counts_of(left)["ignored"]["rule x"] == 3 and _counts_of(left)["sample"]["size"] == 60
+
+
+def test_mergeability_is_checked_apart_from_the_merge(tmp_path, capture):
+    docs = [(p, read_evidence(p)) for p in shards(capture, tmp_path, n=3)]
+    assert check_mergeable(docs) == (3, [], [])
+    count, missing, warnings = check_mergeable(docs[:2])
+    assert (count, missing) == (3, [3]) and warnings == ["shard(s) 3 of 3 missing: the merge covers 2 of 3 shards"]
+    other = json.loads(json.dumps(docs[1][1]))
+    other["schema"] = "pytest-replay-evidence/1"
+    with pytest.raises(EvidenceError, match="other.json: evidence schema 'pytest-replay-evidence/1', expected"):
+        check_mergeable([docs[0], ("other.json", other)])
+    # the merge itself does not refuse: a merged evidence merges again with a third shard
+    merged = Evidence.from_dict(merge_evidence(docs[:2])[0])
+    assert Aggregate.from_dict(merged.merge(Evidence.from_dict(docs[2][1])).aggregate).overall.requests == 120
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d.update(run="x"), "b.json: run (or run.shard) is not an object"),
+    (lambda d: d["captures"].pop("files"), "b.json: no captures.files list"),
+    (lambda d: d["run"].update(outcomes={"passed": "many"}), "b.json: run.outcomes is malformed"),
+    (lambda d: d["diff"].update(ignored=[1]), "b.json: diff.ignored is malformed"),
+    (lambda d: d.update(aggregate={"schema": 2, "endpoints": 7}), "b.json: aggregate is malformed"),
+])
+def test_merge_names_the_file_and_section_of_a_damaged_shard(tmp_path, capture, damage, message, capsys):
+    paths = shards(capture, tmp_path)
+    data = json.loads(Path(paths[1]).read_text())
+    damage(data)
+    bad = tmp_path / "b.json"
+    bad.write_text(json.dumps(data))
+    code = merge_main([paths[0], str(bad)])
+    err = capsys.readouterr().err
+    assert code == 4 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_capacity_sections_of_shards_merge_in_any_order():
+    from pytest_replay.report.evidence import merge_shard_capacity
+
+    def shard(k, sent, stopped=None):
+        return {"stages": [{"stage": 1, "pace": "fixed 5/s", "target_rate": 5.0, "planned": 10, "sent": sent,
+                            "sent_in_stage": sent, "errors": 0, "not_sent": 10 - sent, "lateness_p99_ms": k}],
+                "planned_stages": ["fixed 10/s:2s"], "shard": {"index": k, "count": 3}, "stopped": stopped,
+                "sent_after_the_end": 0, "reached": {"stage": 1, "at_s": sent / 10}}
+
+    stop = {"condition": "p99>1s", "stage": 1}
+    a, b, c = shard(1, 10), shard(2, 4, stop), shard(3, 10)
+    left = merge_shard_capacity(merge_shard_capacity(a, b), c)
+    right = merge_shard_capacity(a, merge_shard_capacity(b, c))
+    assert left == right
+    assert left["stages"][0]["planned"] == 30 and left["stages"][0]["target_rate"] == 15
+    assert left["stages"][0]["pace"] == "fixed 10/s" and left["stages"][0]["lateness_p99_ms"] == 3
+    assert left["shard_stops"] == [{**stop, "shard": {"index": 2, "count": 3}}] and left["shard"] is None
+    alone = merge_shard_capacity(b, None)
+    assert alone["shard_stops"] == left["shard_stops"] and alone["stages"][0]["pace"] == "fixed 10/s"

@@ -69,3 +69,25 @@ def test_engine_halts_sends_nothing_more_and_lets_in_flight_complete():
     assert not engine.was_sent(59)
     observation = engine.wait(59)
     assert observation.error_kind == CANCELLED and "--replay-abort-on '5xx>50%'" in observation.error
+
+
+def test_own_trip_is_passed_on_and_a_relayed_one_stops_at_the_next_judgement():
+    from pytest_replay.schedule.monitor import Trip
+
+    told = []
+    tripping = StopMonitor([parse_stop_condition("p99>500ms")], window_s=1, name="gw0", on_trip=told.append)
+    for i in range(10):
+        tripping.add(obs(i, 0.05 * i, latency_ms=900), 0)
+    trip = tripping.tick(1)
+    assert trip is not None and trip.worker == "gw0" and not trip.relayed and told == [trip]
+
+    quiet = StopMonitor([parse_stop_condition("p99>500ms")], window_s=1, name="gw1", on_trip=told.append)
+    for i in range(10):
+        quiet.add(obs(i, 0.05 * i, latency_ms=1), 0)
+    assert quiet.tick(1) is None and quiet.judged == 1
+    quiet.relay(trip)
+    assert quiet.judged == -1  # the engine's watchdog judges again at its next tick (second 1 > -1)
+    relayed = quiet.tick(1)
+    assert relayed == Trip("p99>500ms", trip.measured, trip.at_ns, 1.0, trip.requests, "gw0", True)
+    assert told == [trip]  # a relayed trip is not passed on again
+    assert quiet.tick(2) is None  # once

@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from ..http.fields import form_values, query_values
 from ..http.message import Request
 from ..http.normalize import endpoint_of
+from ..vocab import WriteDecision, WriteMode, WriteOutcome
 from .rewrite import with_header
 from .rules import HasBody, Labeled, Method, Rule, parse_allow_write, parse_methods, parse_write_pattern
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # compared exactly: 'get' is not a read
-SEND, MOCK, SKIP = "send", "mock", "skip"
+SEND, MOCK, SKIP = WriteDecision.SEND, WriteDecision.MOCK, WriteDecision.SKIP
 # mode -> decision for a write the allowlist does not name
-MODES = {"mock": MOCK, "pass": SEND, "skip": SKIP}
+MODES = {WriteMode.MOCK: MOCK, WriteMode.PASS: SEND, WriteMode.SKIP: SKIP}
 WRITE_MODE_FORMS = ("accepted forms: 'mock' (answer writes from the recorded responses; the default), "
                     "'pass' (send writes to the target), 'skip' (do not replay writes)")
 WRITE_METHODS_FORMS = "accepted form: a comma-separated list of method names, e.g. 'PURGE,LOCK'"
@@ -47,8 +48,8 @@ WRITE_METHODS_DEPRECATED = (
     "reads writes use --replay-write-pattern 'METHOD PATH_REGEX' (e.g. 'GET ^/api/delete'). It still works "
     "and will be removed in 0.3.")
 # decision -> WriteCounts column (a flagged read that was sent: "flagged")
-OUTCOMES = {MOCK: "mocked", SEND: "passed", SKIP: "skipped"}
-FLAGGED = "flagged"
+OUTCOMES = {MOCK: WriteOutcome.MOCKED, SEND: WriteOutcome.PASSED, SKIP: WriteOutcome.SKIPPED}
+FLAGGED = WriteOutcome.FLAGGED
 COLUMNS = (*OUTCOMES.values(), FLAGGED)
 # what an item not sent says, by decision
 NOT_SENT = {MOCK: "write answered from the recording, not sent (--replay-writes mock; --replay-allow-write "
@@ -60,7 +61,7 @@ def parse_write_mode(text: str) -> str:
     mode = text.strip().lower()
     if mode not in MODES:
         raise ValueError(f"unknown write mode {text!r}; {WRITE_MODE_FORMS}")
-    return mode
+    return WriteMode(mode)
 
 
 def write_methods(extra: Iterable[str] = ()) -> frozenset[str]:

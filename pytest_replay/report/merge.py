@@ -139,12 +139,20 @@ def shard_lines(merged: dict) -> list[str]:
         status = row.get("exit_status")
         lines.append(f"  {name}: {_counts(row.get('outcomes') or {})}{state}"
                      + (f"; pytest exit status {status}" if status is not None else "") + f" ({row['file']})")
+        if row.get("stopped"):
+            lines.append(f"    {name} STOPPED: {stop_text(row['stopped'])}")
     for index in run.get("missing_shards") or []:
         count = next(r["shard"]["count"] for r in run["merged_from"] if r.get("shard"))
         lines.append(f"  shard {index} of {count}: MISSING")
     lines.append(f"  total: {_counts(run.get('outcomes') or {})}; {merged['diff']['failed']} of "
                  f"{merged['diff']['judged']} judged exchanges failed")
     return lines
+
+
+def stop_text(stop: dict) -> str:
+    """A shard's own stop (a capacity run's stop condition), in one line."""
+    return (f"'{stop['condition']}' tripped at stage {stop['stage']}, {stop['into_stage_s']:.1f} s into it "
+            f"(measured {stop['measured']} over {stop['window_s']:g} s, {stop['requests_in_window']} requests)")
 
 
 def verdict(merged: dict) -> tuple[int, list[str]]:
@@ -170,6 +178,8 @@ def verdict(merged: dict) -> tuple[int, list[str]]:
             incomplete.append(f"{name} was interrupted")
         elif row.get("exit_status") == 3:
             failing.append(f"{name} ended with an internal error (pytest exit status 3)")
+        if row.get("stopped"):
+            failing.append(f"{name} was stopped by '{row['stopped']['condition']}' at stage {row['stopped']['stage']}")
     if run.get("missing_shards"):
         incomplete.append("shard(s) " + ", ".join(map(str, run["missing_shards"])) + " missing")
     code = INCOMPLETE if incomplete else FAILED if failing else OK

@@ -304,8 +304,10 @@ def merge_capacity(mine: dict, other: dict) -> dict:
     if theirs and (not mine.get("reached") or theirs["at_s"] > mine["reached"]["at_s"]):
         mine["reached"] = theirs
     if other.get("stopped"):
-        if not mine.get("stopped"):
-            mine["stopped"] = other["stopped"]
-        else:
-            mine.setdefault("other_stops", []).append(other["stopped"])
+        stop, theirs = mine.get("stopped"), other["stopped"]
+        if stop and stop.get("relayed") and not theirs.get("relayed"):  # the worker that tripped comes first
+            stop, theirs = theirs, stop
+        mine["stopped"] = stop or theirs
+        if stop:
+            mine.setdefault("other_stops", []).append(theirs)
     return mine

@@ -6,13 +6,18 @@ lateness (16 bins per doubling: a percentile within ~4.4%). When a second is ove
 are judged over the buckets of the last `window_s` seconds: a few dict updates per request and one
 small merge per second. The conditions are taken by duck type (verdicts.budgets.StopCondition:
 .metric, .quantile, .holds(value), .measured_text(value)), so schedule/ does not import verdicts/.
+
+A replay split over processes (xdist workers) stops as one: `on_trip` is told of this monitor's own
+trip (to pass it on), and `relay(trip)`, from any thread, makes the next judgement return another
+process's trip, so the engine halts at its next watchdog tick (a few ms to 250 ms).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from .target import CANCELLED, DROPPED, Observation
 
@@ -60,15 +65,28 @@ class Trip:
     at_ns: int  # from t0: the end of the window that tripped
     window_s: float
     requests: int  # completed requests in the window
+    worker: str = ""  # the process whose window tripped (an xdist worker id; "" in a single process)
+    relayed: bool = False  # this process stopped because another one tripped
 
 
 class StopMonitor:
-    def __init__(self, conditions, window_s: float = 10.0) -> None:
+    def __init__(self, conditions, window_s: float = 10.0, *, name: str = "",
+                 on_trip: Callable[[Trip], None] | None = None) -> None:
         self.conditions = tuple(conditions)
         self.window = max(1, round(window_s))
         self.buckets: dict[int, _Bucket] = {}
         self.judged = 0  # seconds before this one have been judged
         self.trip: Trip | None = None
+        self.name = name  # names this process in its trips
+        self.on_trip = on_trip  # told of this monitor's own trip (not of a relayed one)
+        self._relayed: Trip | None = None
+
+    def relay(self, trip: Trip) -> None:
+        """Another process tripped: stop here too (thread-safe: the engine picks it up at its next
+        judgement, which setting `judged` back makes come at the next watchdog tick)."""
+        if self._relayed is None:
+            self._relayed = replace(trip, relayed=True)
+            self.judged = -1
 
     def add(self, obs: Observation, t0_ns: int) -> Trip | None:
         """Count a completed request; judge the window when a second has passed. The Trip when a
@@ -103,6 +121,9 @@ class StopMonitor:
         self.judged = second
         if self.trip is not None or not self.conditions:
             return None
+        if self._relayed is not None:
+            self.trip = self._relayed
+            return self.trip
         window = [self.buckets[s] for s in range(second - self.window, second) if s in self.buckets]
         for s in [s for s in self.buckets if s < second - self.window]:
             del self.buckets[s]
@@ -113,7 +134,9 @@ class StopMonitor:
             measured = self._measure(condition, window, requests)
             if condition.holds(measured):
                 self.trip = Trip(str(condition), condition.measured_text(measured), second * 1_000_000_000,
-                                 float(self.window), requests)
+                                 float(self.window), requests, self.name)
+                if self.on_trip is not None:
+                    self.on_trip(self.trip)
                 return self.trip
         return None
 

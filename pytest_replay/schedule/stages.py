@@ -26,7 +26,9 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass
 
-SPEED, RATE, FIXED = "speed", "rate", "fixed"
+from ..vocab import StageKind
+
+SPEED, RATE, FIXED = StageKind.SPEED, StageKind.RATE, StageKind.FIXED
 MAX_REQUESTS = 20_000_000  # a plan larger than this is refused (memory): shorten the stages
 ACCEPTED = ("accepted forms: comma-separated stages 'PACE:DURATION', PACE a speed factor (2x), a mean "
             "rate scaling the recorded timing (500/s), an even rate ('fixed 500/s'), or a linear ramp "

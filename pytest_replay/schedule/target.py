@@ -13,17 +13,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..http.message import Response
+from ..vocab import ErrorKind
 from .plan import PlannedRequest
 
-# Why a request got no usable response: one code per cause.
-REFUSED = "refused"  # connection refused / could not connect
-RESET = "reset"  # the connection was reset or closed before a complete response
-TIMEOUT = "timeout"  # no complete response within the timeout
-UNPARSABLE = "unparsable"  # the bytes that came back are not an HTTP/1.x response
-TRUNCATED = "truncated"  # the response ended before its body did
-APP_ERROR = "app-error"  # an in-process app raised (or a target failed unexpectedly)
-CANCELLED = "cancelled"  # the replay was stopped (or failed) before this request completed
-DROPPED = "dropped"  # a pytest_replay_request hook or the middleware chose not to send it
+# Why a request got no usable response: one code per cause (vocab.ErrorKind says what each means).
+REFUSED = ErrorKind.REFUSED
+RESET = ErrorKind.RESET
+TIMEOUT = ErrorKind.TIMEOUT
+UNPARSABLE = ErrorKind.UNPARSABLE
+TRUNCATED = ErrorKind.TRUNCATED
+APP_ERROR = ErrorKind.APP_ERROR
+CANCELLED = ErrorKind.CANCELLED
+DROPPED = ErrorKind.DROPPED
 ERROR_KINDS = (REFUSED, RESET, TIMEOUT, UNPARSABLE, TRUNCATED, APP_ERROR, CANCELLED, DROPPED)
 
 _set = object.__setattr__

@@ -8,6 +8,20 @@ import pytest
 STOP_NODE = "replay-stop::"
 
 
+def shard_share(stages: tuple, shard: tuple[int, int] | None) -> tuple:
+    """A CI shard (--replay-shard K/N) runs each rate stage at 1/N of its rate, so the N shards together
+    keep it; a speed stage is already a share (each shard replays its own connections' timing)."""
+    import dataclasses
+
+    from ..schedule.stages import SPEED
+
+    if not shard or shard[1] <= 1:
+        return stages
+    count = shard[1]
+    return tuple(stage if stage.kind == SPEED else
+                 dataclasses.replace(stage, start=stage.start / count, end=stage.end / count) for stage in stages)
+
+
 def _s(value: float) -> str:
     return f"{value:g} s" if value < 120 else f"{value / 60:g} min"
 
@@ -45,6 +59,10 @@ def summary_lines(data: dict) -> list[str]:
              f"{data['loops']} pass(es) over it planned"
              + (f"; stop conditions {', '.join(data['conditions'])} over {data['window_s']:g} s windows"
                 if data.get("conditions") else "")]
+    shard = data.get("shard")
+    if shard:
+        lines.append(f"  shard {shard['index']} of {shard['count']}: each rate stage at 1/{shard['count']} of its rate "
+                     f"(the {shard['count']} shards together keep it); this shard stops on its own")
     for row in data["stages"]:
         rate = achieved_rate(row, stop)
         late = row.get("lateness_p99_ms")
@@ -75,27 +93,81 @@ def summary_lines(data: dict) -> list[str]:
         lines.append(f"  reached stage {reached['stage']} ({reached['pace']}), {_s(reached['into_stage_s'])} into it, "
                      f"{_s(reached['at_s'])} into the replay")
     if stop:
-        lines.append("STOPPED: " + stop_sentence(data))
+        where = f" on worker {stop['tripped_on']}" if stop.get("tripped_on") else ""
+        lines.append(f"STOPPED{where}: " + stop_sentence(data))
         for other in data.get("other_stops", ()):
-            lines.append(f"  (another worker stopped too: '{other['condition']}' at stage {other['stage']})")
+            if other.get("relayed"):
+                lines.append(f"  worker {other.get('worker')} stopped too: {other['tripped_on']}'s '{other['condition']}' "
+                             "reached it through xdist's channels")
+            else:
+                lines.append(f"  (worker {other.get('tripped_on')} tripped too: '{other['condition']}' at stage "
+                             f"{other['stage']})")
     return lines
 
 
 def report_stop(config: pytest.Config, session: pytest.Session, data: dict) -> None:
     """A tripped stop condition is a failing entry, as a failed budget is."""
-    from _pytest.reports import TestReport
-
     stop = data.get("stopped") if data else None
     if not stop:
         return
-    nodeid = f"{STOP_NODE}{stop['condition']}"
+    _fail(config, session, STOP_NODE, stop["condition"], f"the replay was stopped: {stop_sentence(data)}",
+          [("stage", stop["stage"]), ("measured", stop["measured"])])
+
+
+def _fail(config: pytest.Config, session: pytest.Session, node: str, name: str, message: str,
+          properties: list) -> None:
+    """A failing entry of the run (setup, call, teardown reports), the run's exit status 1."""
+    from _pytest.reports import TestReport
+
     for when in ("setup", "call", "teardown"):
         failed = when == "call"
-        report = TestReport(nodeid, ("replay-stop", None, stop["condition"]), {"replay_stop": 1},
-                            "failed" if failed else "passed",
-                            f"the replay was stopped: {stop_sentence(data)}" if failed else None, when,
-                            user_properties=[("stage", stop["stage"]), ("measured", stop["measured"])]
-                            if failed else [])
+        report = TestReport(f"{node}{name}", (node.rstrip(":"), None, name), {node.rstrip(":").replace("-", "_"): 1},
+                            "failed" if failed else "passed", message if failed else None, when,
+                            user_properties=properties if failed else [])
         config.hook.pytest_runtest_logreport(report=report)
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- the capture's coverage ---------------------------------------------------------------------
+LOSS_NODE = "replay-capture-loss::"
+LOSS_WARN_PCT = 1.0  # above this a capture is not trustworthy: always warned about
+
+
+def capture_loss(summary: dict | None, limit_pct: float | None) -> dict | None:
+    """{gap_bytes, bytes, pct, limit_pct, exceeded}: bytes lost to TCP gaps over bytes captured
+    (None when nothing was captured)."""
+    captured = (summary or {}).get("bytes") or 0
+    lost = (summary or {}).get("gap_bytes") or 0
+    if not captured:
+        return None
+    pct = 100.0 * lost / captured
+    return {"gap_bytes": lost, "bytes": captured, "pct": round(pct, 3), "limit_pct": limit_pct,
+            "exceeded": limit_pct is not None and pct > limit_pct}
+
+
+def loss_sentence(loss: dict) -> str:
+    return (f"the capture lost {loss['pct']:g}% of its bytes to TCP gaps ({loss['gap_bytes']} bytes lost, "
+            f"{loss['bytes']} captured)")
+
+
+def loss_lines(loss: dict | None) -> list[str]:
+    """The summary's lines: a failure over --replay-max-capture-loss, a warning above 1%."""
+    if not loss:
+        return []
+    if loss["exceeded"]:
+        return [f"CAPTURE LOSS: {loss_sentence(loss)}, over --replay-max-capture-loss {loss['limit_pct']:g}%: "
+                "the run fails"]
+    if loss["pct"] > LOSS_WARN_PCT:
+        return [f"warning: {loss_sentence(loss)}, over {LOSS_WARN_PCT:g}%: the replay may misrepresent the "
+                "traffic (--replay-max-capture-loss PCT fails a run above PCT)"]
+    return []
+
+
+def report_loss(config: pytest.Config, session: pytest.Session, loss: dict | None) -> None:
+    """A capture that lost more than --replay-max-capture-loss is a failing entry."""
+    if not loss or not loss["exceeded"]:
+        return
+    _fail(config, session, LOSS_NODE, f"max {loss['limit_pct']:g}%",
+          f"{loss_sentence(loss)}: over --replay-max-capture-loss {loss['limit_pct']:g}%",
+          [("loss_pct", loss["pct"]), ("limit_pct", loss["limit_pct"])])

@@ -64,6 +64,7 @@ class Reporting:
             raise pytest.UsageError("--replay-update-to FILE takes one capture; with several, each is written "
                                     "next to its capture as NAME.updated.EXT")
         self._capacity: dict = {}
+        self._loss: dict | None = None  # the capture's bytes lost to gaps (session/capacity.capture_loss)
         self.data: dict | None = None  # the evidence data, when something renders it (files, summaries)
         if self.settings.report:
             try:  # now, not after the replay: a gate that cannot write its evidence should not run
@@ -93,9 +94,14 @@ class Reporting:
 
             results.notes.append(fail_run(session, results.escaped, self.run.redactor.text))
         self.budget_results = self._judge_budgets(session, results)
+        if results.capacity and self.settings.shard:  # a shard ran its share of each rate
+            results.capacity["shard"] = {"index": self.settings.shard[0], "count": self.settings.shard[1]}
         if results.capacity:
             from .capacity import report_stop
             report_stop(self.config, session, results.capacity)
+        from .capacity import capture_loss, report_loss
+        self._loss = capture_loss(self.collection.capture_summary(), self.settings.max_capture_loss)
+        report_loss(self.config, session, self._loss)
         if results.baseline:
             from .baseline import report_fields
             report_fields(self.config, session, self.settings, results.baseline)
@@ -140,6 +146,8 @@ class Reporting:
                 terminalreporter.write_line(line)
             from . import capacity
             for line in capacity.summary_lines(self._capacity):
+                terminalreporter.write_line(line)
+            for line in capacity.loss_lines(self._loss):
                 terminalreporter.write_line(line)
         for line in self._update_lines:
             terminalreporter.write_line(line)
@@ -264,11 +272,11 @@ class Reporting:
     # -- evidence ----------------------------------------------------------------------------
     def _evidence(self, session: pytest.Session, exitstatus: int, results: RunResults) -> dict:
         """The evidence data: written with --replay-report, rendered with --replay-html."""
-        from ..report.evidence import build_evidence
+        from ..report.evidence import Evidence
 
         s, run, report = self.settings, self.run, self._report
         outcomes = item_outcomes(self.config.pluginmanager.get_plugin("terminalreporter"))
-        data = build_evidence(redactor=run.redactor,
+        evidence = Evidence.build(redactor=run.redactor,
             aggregate=results.aggregate, captures=self.collection.paths,
             capture_summary=self.collection.capture_summary(),
             target=report.target, pace={"speed": s.speed, "rate": s.rate, "max_wait_s": s.max_wait,
@@ -287,15 +295,16 @@ class Reporting:
             exit_status=int(session.exitstatus), wall_s=results.wall_s,
             latency_caveats=self.latency_caveats(results), workers=results.workers)
         if results.baseline:
-            from .baseline import evidence
-            data["baseline"] = evidence(s, results.baseline)
+            from .baseline import evidence as baseline_evidence
+            baseline = evidence.more["baseline"] = baseline_evidence(s, results.baseline)
             if s.baseline:  # a URL given on the command line or in the ini file (a password masked)
                 from ..http.sensitive import url_without_password
-                data["baseline"]["target"] = url_without_password(str(s.baseline))
+                baseline["target"] = url_without_password(str(s.baseline))
         if results.capacity:
-            data["capacity"] = {**results.capacity, "planned_stages": [stage.text for stage in s.stages]}
-        data["run"].update(environment=s.environment, owner=s.owner, links={name: url for name, url in s.links})
-        return data
+            evidence.more["capacity"] = {**results.capacity, "planned_stages": [stage.text for stage in s.stages]}
+        evidence.captures["loss"] = self._loss
+        evidence.run.more.update(environment=s.environment, owner=s.owner, links=dict(s.links))
+        return evidence.to_dict()
 
     def _write_evidence(self, session: pytest.Session, data: dict) -> None:
         from ..report.evidence import write_evidence

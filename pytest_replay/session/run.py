@@ -178,10 +178,7 @@ class ReplayRun:
             self.outbound = Outbound(outbound(), allow=s.allow_host)
             self.outbound.start()
         barriers = self._barriers(planned, exchanges, policy)
-        monitor = None
-        if s.abort_on:
-            from ..schedule.monitor import StopMonitor
-            monitor = StopMonitor(s.abort_on, s.abort_window)
+        monitor = self.stop_monitor(s.abort_on, s.abort_window) if s.abort_on else None
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items),
                              barriers=barriers, monitor=monitor)
@@ -194,6 +191,11 @@ class ReplayRun:
             self.sampler.start()
         return self.engine
 
+    def stop_monitor(self, conditions, window_s: float):
+        """The stop conditions' monitor (an xdist Worker replaces this: a stop on one worker stops all)."""
+        from ..schedule.monitor import StopMonitor
+        return StopMonitor(conditions, window_s)
+
     def _stage_plan(self, replayed: list[Exchange], planned: list[Exchange], prepare, wire) -> list:
         """The plan of a capacity run (--replay-stages, --replay-loop, --replay-duration): computed
         from every replayed exchange (so each xdist worker computes the same schedule), then kept for
@@ -204,7 +206,9 @@ class ReplayRun:
         s = self.settings
         chosen = sorted(replayed, key=lambda e: (e.request_ts_ns, e.index))
         timestamps = [e.request_ts_ns for e in chosen]
-        stages = s.stages or loop_stages(timestamps, speed=s.speed, rate=s.rate, loops=s.loop, duration_s=s.duration)
+        from .capacity import shard_share  # a shard's part of each stage's rate
+        stages = shard_share(s.stages, s.shard) or loop_stages(timestamps, speed=s.speed, rate=s.rate, loops=s.loop,
+                                                               duration_s=s.duration)
         try:
             self.stage_plan = stage_plan(timestamps, stages)
         except ValueError as exc:
@@ -290,7 +294,8 @@ class ReplayRun:
             i = sp.stage_of(stop.at_ns)
             data["stopped"] = {"condition": stop.condition, "measured": stop.measured, "at_s": stop.at_ns / 1e9,
                                "stage": i + 1, "into_stage_s": (stop.at_ns - sp.bounds_ns[i]) / 1e9,
-                               "window_s": stop.window_s, "requests_in_window": stop.requests}
+                               "window_s": stop.window_s, "requests_in_window": stop.requests,
+                               "tripped_on": stop.worker or None, "relayed": stop.relayed}
         return data
 
     def _barriers(self, planned: list[Exchange], exchanges, policy):

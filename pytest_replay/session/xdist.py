@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -31,11 +32,13 @@ from ..distribute import (CLOCK_WARN_NS, ClockOffset, lead_ns_until, local_spec,
 from ..http.message import Exchange
 from ..http.units import ms
 from ..report.run import RunResults
+from ..vocab import plain
 from .items import ReplayItem
 from .run import ReplayRun
 
 REPLAY_OUTPUT = "pytest_replay"  # the key of a worker's results in xdist's workeroutput
 SETUP = "pytest_replay"  # the key of WorkerSetup in a worker's workerinput
+STOP_CHANNEL = "pytest_replay_stop"  # the key of a worker's stop channel in its workerinput (with --replay-abort-on)
 REMOTE_START_DELAY_S = 10.0  # workers on other machines start this long after the controller configured them
 MIN_LEAD_NS = 1_000_000
 CLOCK_TIMEOUT_S = 30.0  # for one clock round trip to a worker
@@ -137,6 +140,8 @@ class Controller:
         self.rendezvous = tempfile.mkdtemp(prefix="pytest-replay-start-")
         self._lane_of: dict[int, str] = {}  # exchange index -> its captured connection
         self._down: dict[str, object] = {}  # worker id -> why it went down, for a worker that died
+        self._stop_channels: dict[str, object] = {}  # worker id -> its execnet channel for stops
+        self._stop_lock = threading.Lock()
         self._hand_workers_absolute_paths(run.config)
 
     @staticmethod
@@ -168,6 +173,30 @@ class Controller:
             self._check_same_view(node)
             setup = dataclasses.replace(setup, clock_offset_ns=self._measure(node))
         node.workerinput[SETUP] = setup.to_dict()
+        if self.run.settings.abort_on:
+            self._open_stop_channel(node)
+
+    def _open_stop_channel(self, node) -> None:
+        """A channel of the worker's execnet gateway, handed over in its workerinput: the worker sends
+        its own trip on it, the controller passes it on to every other worker."""
+        workerid = node.workerinput["workerid"]
+        channel = node.gateway.newchannel()
+        with self._stop_lock:
+            self._stop_channels[workerid] = channel
+        channel.setcallback(lambda message: self._relay_stop(workerid, message), endmarker=None)
+        node.workerinput[STOP_CHANNEL] = channel
+
+    def _relay_stop(self, workerid: str, message: dict | None) -> None:
+        """A worker's stop condition tripped (execnet's receiving thread): stop the others."""
+        if message is None:  # the worker's gateway closed
+            return
+        with self._stop_lock:
+            others = [channel for other, channel in self._stop_channels.items() if other != workerid]
+        for channel in others:
+            try:
+                channel.send(message)
+            except (OSError, EOFError):  # that worker is done already
+                pass
 
     def _check_same_view(self, node) -> None:
         """A worker on another machine must see what the controller sees: the same directory (item ids
@@ -270,8 +299,46 @@ class Worker:
         self.part, self.workers = worker_index(self.workerid), int(workerinput["workercount"])
         run.lanes = self.lanes
         run.lead_ns = self.lead_ns
+        self._stop_channel = workerinput.get(STOP_CHANNEL)
+        self._monitor = None  # the engine's StopMonitor, once made
+        self._relayed = None  # a stop that came before the monitor was made
+        self._stop_lock = threading.Lock()
+        if self._stop_channel is not None:
+            run.stop_monitor = self.stop_monitor
+            self._stop_channel.setcallback(self._on_relayed_stop, endmarker=None)
         if self.workers > 1:
             run.split = f"the {self.workers} xdist workers"
+
+    def stop_monitor(self, conditions, window_s: float):
+        """A monitor that names this worker in its trip, sends it to the controller (which stops the
+        other workers), and stops on theirs."""
+        from ..schedule.monitor import StopMonitor
+
+        monitor = StopMonitor(conditions, window_s, name=self.workerid, on_trip=self._send_trip)
+        with self._stop_lock:
+            self._monitor = monitor
+            if self._relayed is not None:
+                monitor.relay(self._relayed)
+        return monitor
+
+    def _send_trip(self, trip) -> None:  # the engine's thread
+        try:
+            self._stop_channel.send(plain(asdict(trip)))
+        except (OSError, EOFError):  # the controller is gone: this worker stops alone
+            pass
+
+    def _on_relayed_stop(self, message: dict | None) -> None:  # execnet's receiving thread
+        if message is None:
+            return
+        from ..schedule.monitor import Trip
+
+        trip = Trip(**message)
+        with self._stop_lock:
+            if self._monitor is None:
+                self._relayed = self._relayed or trip
+                return
+            monitor = self._monitor
+        monitor.relay(trip)
 
     def lanes(self, exchanges: list[Exchange]) -> list[Exchange]:
         """The exchanges of this worker's partition of the connections."""
@@ -299,9 +366,11 @@ class Worker:
         """Ship this worker's results to the controller."""
         self.run.count_unjudged()
         results = self.run.results()
+        if (results.capacity or {}).get("stopped"):  # the stop that ended this worker's replay
+            results.capacity["stopped"]["worker"] = self.workerid
         if self.run.updates is not None:  # --replay-update: only the controller writes
             results.updates, results.updates_truncated = self.run.updates.to_dicts()
-        self.run.config.workeroutput[REPLAY_OUTPUT] = results.to_dict()
+        self.run.config.workeroutput[REPLAY_OUTPUT] = plain(results.to_dict())  # execnet: builtin types only
 
 
 def _exchanges_in(nodeid: str) -> int:

@@ -34,8 +34,9 @@ from urllib.parse import urlsplit
 
 from ..http.message import Exchange, Request
 from ..policy.guard import server_address
+from ..vocab import Origins
 
-SAME, STRICT = "same", "strict"
+SAME, STRICT = Origins.SAME, Origins.STRICT
 MODES = (SAME, STRICT)
 PREFIX = "origin "  # every reason this module puts in a Verdict's `ignored` starts so
 DEFAULT_PORTS = {"http": "80", "https": "443"}
