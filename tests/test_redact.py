@@ -444,14 +444,16 @@ def test_mask_text_is_shared_with_diffs() -> None:
     assert mask_text("Authorization: Bearer abcdefgh123") == f"Authorization: Bearer {mask('abcdefgh123')}"
 
 
-def test_mask_body_is_fast_enough_for_report_bodies() -> None:
+def test_mask_body_of_a_large_report_body_finishes() -> None:
+    # A guard against a hang, not a speed target (that is bench/bench_record.py's, with redaction on):
+    # a quadratic masker takes minutes on this body, a linear one well under a second on a quiet machine.
     items = [{"id": i, "name": f"Product {i}", "price_cents": 1000 + i, "updated": "2024-01-15T10:44:44Z",
               "uuid": "52433dd1-60fb-4804-86cc-27c7a7eca242", "email": f"user{i}@example.com"} for i in range(5000)]
     body = json.dumps({"token": "t", "items": items}).encode()
     started = time.perf_counter()
     out = mask_body(body, "application/json")
     elapsed = time.perf_counter() - started
-    assert len(body) > 700_000 and elapsed < 3.0, elapsed
+    assert len(body) > 700_000 and elapsed < 30.0, elapsed
     assert b"@example.com" not in out and json.loads(out)["items"][0]["uuid"] == items[0]["uuid"]
 
 
