@@ -10,6 +10,10 @@ the request key, read by the judge (verdicts/baseline.py) once the item's observ
 
 It sits inside PolicyTarget: mocked writes are answered from the recording and never get here;
 sent writes go once to each side, never to the probe.
+
+Settings that differ per side (the baseline's credentials, Host, URL rewrites) are `side_request`:
+it turns the request as the target gets it (after the run's rewrites, hooks and middleware) into the
+baseline's, for the baseline and the probe (made once per send, for both).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..http.message import Response
+from ..http.message import Request, Response
 from ..http.units import ms
 from ..schedule.plan import PlannedRequest
 from ..schedule.target import APP_ERROR, TIMEOUT, TargetError, describe
@@ -50,12 +54,13 @@ class DifferentialTarget:
     """candidate + baseline (+ the noise probe, for requests `probe(planned)` accepts)."""
 
     def __init__(self, candidate, baseline, probe_target=None, *, probe: Callable[[PlannedRequest], bool] | None = None,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, side_request: Callable[[Request], Request] | None = None) -> None:
         self.candidate = candidate
         self.baseline = baseline
         self.probe_target = probe_target
         self.probe = probe or (lambda planned: True)
         self.timeout_s = timeout_s
+        self.side_request = side_request
         self.name = candidate.name
         self.baseline_sides: dict[int, Side] = {}
         self.probe_sides: dict[int, Side] = {}
@@ -72,13 +77,18 @@ class DifferentialTarget:
         wire = getattr(self.candidate, "wire", None)
         return wire(request) if wire is not None else request.raw
 
+    def _side_request(self, planned: PlannedRequest) -> Request:
+        """The baseline's version of the request the target gets (itself without per-side settings)."""
+        side_request = self.side_request
+        return planned.request if side_request is None else side_request(planned.request)
+
     @staticmethod
-    def _for(target, planned: PlannedRequest, lane_suffix: str = "") -> PlannedRequest:
+    def _for(target, planned: PlannedRequest, request: Request, lane_suffix: str = "") -> PlannedRequest:
         wire = getattr(target, "wire", None)
-        data = wire(planned.request) if wire is not None else planned.request.raw
-        if data is planned.wire and not lane_suffix:
+        data = wire(request) if wire is not None else request.raw
+        if data is planned.wire and not lane_suffix and request is planned.request:
             return planned
-        return dataclasses.replace(planned, wire=data, lane=planned.lane + lane_suffix)
+        return dataclasses.replace(planned, request=request, wire=data, lane=planned.lane + lane_suffix)
 
     async def start(self) -> None:
         targets = [t for t in (self.candidate, self.baseline, self.probe_target) if t is not None]
@@ -107,12 +117,13 @@ class DifferentialTarget:
         return Side(response, None if first is None else first - sent)
 
     async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
+        request = self._side_request(planned)
         sides = [self._side(self.candidate, planned, clock, "target"),
-                 self._side(self.baseline, self._for(self.baseline, planned), clock, "baseline")]
+                 self._side(self.baseline, self._for(self.baseline, planned, request), clock, "baseline")]
         probing = self.probe_target is not None and self.probe(planned)
         if probing:
-            sides.append(self._side(self.probe_target, self._for(self.probe_target, planned, NOISE_LANE), clock,
-                                    "baseline (noise probe)"))
+            sides.append(self._side(self.probe_target, self._for(self.probe_target, planned, request, NOISE_LANE),
+                                    clock, "baseline (noise probe)"))
         results = await asyncio.gather(*sides)
         self.baseline_sides[planned.key] = self._keep(results[1])
         if probing:
