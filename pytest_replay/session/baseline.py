@@ -71,6 +71,16 @@ class Differential:
                                          timeout_s=s.timeout * 0.9, side_request=own.apply if own else None)
         return self.target
 
+    def network_sides(self) -> list:
+        """The baseline's and the probe's network addresses (AllowedHost): an in-process target's
+        socket blocker must let the engine reach them (it blocks every other connection)."""
+        from ..targets.blocker import AllowedHost
+
+        target = self.target
+        sides = (target.baseline, target.probe_target) if target is not None else ()
+        return list(dict.fromkeys(AllowedHost(side.hostname.lower(), side.port) for side in sides
+                                  if getattr(side, "hostname", None) and getattr(side, "port", None)))
+
     def side_rewrites(self):
         """The baseline's own settings (--replay-baseline-set-header, --replay-baseline-rewrite-url),
         applied to the request as the target gets it."""

@@ -175,7 +175,8 @@ class ReplayRun:
         recorded = RecordedWrites.from_exchanges(planned, lambda e: self.decisions[e.index].why.write)
         self.target = PolicyTarget(inner, policy, recorded, counts=self.write_counts, decisions=self.decisions)
         if outbound is not None and in_process:
-            self.outbound = Outbound(outbound(), allow=s.allow_host)
+            sides = self.differential.network_sides() if self.differential is not None else []
+            self.outbound = Outbound(outbound(), allow=(*s.allow_host, *sides))  # the engine reaches a baseline
             self.outbound.start()
         barriers = self._barriers(planned, exchanges, policy)
         monitor = None
