@@ -491,3 +491,62 @@ def test_baseline_side_settings_without_a_baseline_are_a_usage_error(pytester: p
                     "--replay-baseline-set-header", "Host: baseline.test")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--replay-baseline-set-header" in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /a HTTP/1.1\r\nHost: shop.example.com\r\nAccept: */*\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nAccept: */*\r\nHOST: Shop.Example.com\r\nX-Host: h\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nAccept: */*\r\n\r\n",  # no Host: one is added
+    b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # duplicates: the first is set, the rest dropped
+    b"GET /a HTTP/1.1\nHost: lf.example\nAccept: x\n\n",  # bare LF, normalised
+    b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhost:",  # a body that looks like a header
+    b"GET /a HTTP/1.1\r\nHost: x\r\nX-Note: \r\n host: folded\r\n\r\n",  # obs-fold
+])
+def test_rehost_makes_the_bytes_the_baseline_would(head: bytes) -> None:
+    from pytest_replay.http.message import Request
+    from pytest_replay.targets.differential import rehost
+    from pytest_replay.targets.raw import RawTarget
+
+    lf_only = b"\r\n" not in head
+    end = head.index(b"\n\n" if lf_only else b"\r\n\r\n") + (2 if lf_only else 4)
+    line = head.split(b"\n", 1)[0].strip().decode()
+    method, target, version = line.split(" ")
+    request = Request(method, target, version.removeprefix("HTTP/"), head[:end], head[end:], head, (), lf_only)
+    candidate, baseline = RawTarget("http://127.0.0.1:8000"), RawTarget("http://127.0.0.1:18001")
+    made = rehost(candidate.wire(request), candidate.host, baseline.host)
+    assert made is None or made == baseline.wire(request)
+    if b"folded" not in head:
+        assert made == baseline.wire(request)  # the fast path is taken
+
+
+def test_a_target_that_outlasts_the_engine_keeps_the_baselines_answer_and_a_slow_side_times_out() -> None:
+    """The baseline sides run beside the target's send: their own time limit (a timer), and what they
+    answered is kept when the engine gives up on the target's request."""
+    from pytest_replay.http.message import Request, Response
+    from pytest_replay.schedule.clock import RealClock
+    from pytest_replay.schedule.plan import PlannedRequest
+    from pytest_replay.targets.differential import DifferentialTarget
+
+    class Slow(_Fake):
+        def __init__(self, name: str, delay: float) -> None:
+            super().__init__(name)
+            self.delay = delay
+
+        async def send(self, planned, clock):
+            await asyncio.sleep(self.delay)
+            now = clock.now_ns()
+            return Response.build(200, "OK", ((b"content-length", b"2"),), b"{}", "1.1"), now, now, now
+
+    request = Request.build("GET", "/x", ((b"Host", b"shop"),))
+    planned = PlannedRequest(1, 0, "c1", request, request.raw)
+    target = DifferentialTarget(Slow("candidate", 5), _Fake("baseline"), Slow("probe", 5), timeout_s=0.2)
+
+    async def run():
+        clock = RealClock()
+        await target.start()
+        with pytest.raises(TimeoutError):  # the engine's own limit on the target's request
+            await asyncio.wait_for(target.send(planned, clock), 0.5)
+    asyncio.run(run())
+    assert target.baseline_sides[1].ok  # answered at once: kept
+    assert target.probe_sides[1].error_kind == "timeout"  # cut by the sides' timer at 0.2 s
+    assert "within 0.2 s" in target.probe_sides[1].error
