@@ -188,9 +188,11 @@ def _set_header(flag: str):
     return convert
 
 
-def _rewrite_url(text: str):
-    from .policy.rewrite import parse_rewrite_url
-    return _policy("--replay-rewrite-url", parse_rewrite_url)(text)
+def _rewrite_url(flag: str):
+    def convert(text: str):
+        from .policy.rewrite import parse_rewrite_url
+        return _policy(flag, parse_rewrite_url)(text)
+    return convert
 
 
 def _header_filter(flag: str):
@@ -439,7 +441,7 @@ OPTIONS: tuple[Option, ...] = (
            "--replay-set-header wins over both. Default: the target's host:port.", False, flag_only=True),
     Option("replay_rewrite_url", "--replay-rewrite-url", "rewrite request targets, GoReplay style: "
            "'REGEX:replacement' on path and query (repeatable; the first that matches applies). Default: none.",
-           many=True, convert=_rewrite_url, metavar="'REGEX:REPLACEMENT'"),
+           many=True, convert=_rewrite_url("--replay-rewrite-url"), metavar="'REGEX:REPLACEMENT'"),
     Option("replay_allow_header", "--replay-allow-header", "replay only requests whose header matches "
            "'Name: REGEX' (repeatable: all must match). Default: none.", many=True,
            convert=_header_filter("--replay-allow-header"), metavar="'NAME: REGEX'"),
@@ -511,6 +513,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_baseline2", "--replay-baseline2", "a second known-good instance for measuring noise: each read "
            "is also sent to it, and fields that differ between the two baselines are noise. Default: the "
            "baseline again (a second send at the same deadline).", metavar="URL"),
+    Option("replay_baseline_set_header", "--replay-baseline-set-header", "with a baseline: set a request header on "
+           "the baseline's requests only (and the noise probe's, --replay-baseline2 included), e.g. its own "
+           "credentials or Host (repeatable). Applied last, after --replay-set-header, hooks and middleware: it "
+           "replaces a header of that name set for both sides; the target never gets it. Masked like every "
+           "secret in what is printed or written. Default: none (the baseline gets what the target gets).",
+           many=True, convert=_set_header("--replay-baseline-set-header"), metavar="'NAME: VALUE'"),
+    Option("replay_baseline_rewrite_url", "--replay-baseline-rewrite-url", "with a baseline: rewrite the baseline's "
+           "request targets only, 'REGEX:replacement' as --replay-rewrite-url (repeatable; the first that matches "
+           "applies), applied after --replay-rewrite-url to the target as the target gets it. Default: none.",
+           many=True, convert=_rewrite_url("--replay-baseline-rewrite-url"), metavar="'REGEX:REPLACEMENT'"),
+    Option("replay_baseline_original_host", "--replay-baseline-original-host", "with a baseline: send the captured "
+           "Host header unchanged to a network baseline (as --replay-original-host does for both sides); a Host set "
+           "with --replay-baseline-set-header wins. Default: the baseline's host:port.", False, flag_only=True),
     Option("replay_noise_relative", "--replay-noise-relative", "with a baseline: a field of an endpoint fails the "
            "run when its differences beyond noise, (raw - noise) / raw, exceed this percent (raw: exchanges in "
            "which baseline and target differ on the field; noise: in which the two baseline sends differ) and "

@@ -89,6 +89,28 @@ def replay_baseline(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(scope="session")
+def replay_server():
+    """Start ASGI/WSGI apps in subprocess servers on 127.0.0.1 for the session (e.g. the baseline,
+    when it is another version of the target's own package): `replay_server("asgi:shop.asgi:application",
+    path=["../release"], env={"DJANGO_SETTINGS_MODULE": "shop.settings"})` returns its URL once it
+    answers; a clear error with the app's output if it does not start; stopped at the session's end::
+
+        @pytest.fixture(scope="session")
+        def replay_baseline(replay_server):
+            return replay_server("asgi:shop.asgi:application", path=["../release"])
+    """
+    from .serving import ServeError, Servers
+
+    with Servers() as servers:
+        def start(app: str, **options):
+            try:
+                return servers.start(app, **options)
+            except ServeError as exc:  # the app's own output, without this fixture's traceback
+                pytest.fail(str(exc), pytrace=False)
+        yield start
+
+
+@pytest.fixture(scope="session")
 def replay_outbound():
     """The respx router answering an in-process app's own outbound httpx calls during the replay.
     Extend it in conftest.py (a call without a route, to a host not allowed with --replay-allow-host,

@@ -358,3 +358,195 @@ def test_writes_go_once_to_each_side_and_never_to_the_noise_probe() -> None:
     assert target.baseline_sides[2].error_kind == "refused" and target.probe_sides[1].ok
     assert 2 not in target.probe_sides
     assert probe.closed_lanes == ["c1#noise"] and baseline.closed_lanes == ["c1"]
+
+
+# -- settings that differ per side: two real servers, each with its own token and Host ------------------------
+GUARDED = '''
+import json, os, time
+
+TOKEN, HOST, PREFIX = os.environ["GUARD_TOKEN"], os.environ["GUARD_HOST"], os.environ.get("GUARD_PREFIX", "")
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    path, status, extra = scope["path"], 200, []
+    if headers.get("authorization") != "Bearer " + TOKEN:
+        status, body = 401, {"error": "bad or missing bearer token"}
+        extra = [(b"www-authenticate", b"Bearer")]
+    elif headers.get("host") != HOST:
+        status, body = 421, {"error": "this server is " + HOST}
+    elif not path.startswith(PREFIX + "/"):
+        status, body = 404, {"error": "no such path"}
+    elif path == PREFIX + "/headers":  # echoes what it got, as httpbin's /headers does
+        body = {"seen": headers["authorization"].split()[-1], "host": headers["host"]}
+    else:
+        iid = int(path.rsplit("/", 1)[1])
+        # an absolute URL built from the Host it was sent, and a per-response timestamp (noise)
+        body = {"id": iid, "name": "item %d" % iid, "self": "http://%s/items/%d" % (headers["host"], iid),
+                "served_at": time.time_ns()}
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *extra]})
+    await send({"type": "http.response.body", "body": data})
+'''
+CANDIDATE_TOKEN, BASELINE_TOKEN = "candidate-secret-one", "baseline-secret-two"
+GUARDED_PATHS = ["/items/1", "/items/2", "/items/3", "/items/1", "/items/2", "/headers"]
+
+
+def guarded_capture(path: Path) -> Path:
+    records = []
+    t0 = time.time_ns() - 3600 * 10**9
+    for i, target in enumerate(GUARDED_PATHS):
+        rid = f"{i + 1:016x}{0:08x}"
+        request = f"GET {target} HTTP/1.1\r\nHost: shop.example.com\r\nAuthorization: Bearer recorded\r\n\r\n"
+        response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        records.append(f"1 {rid} {t0 + i * 10_000_000} 0\n".encode() + request.encode() + SEP)
+        records.append(f"2 {rid} {t0 + i * 10_000_000 + 1_000_000} 1000000\n".encode() + response + SEP)
+    path.write_bytes(b"".join(records))
+    return path
+
+
+@pytest.fixture
+def guarded(pytester: pytest.Pytester):
+    """The candidate (token one, Host candidate.test, paths /items/...) and the baseline (token two,
+    Host baseline.test, the last release's paths /v1/items/...), each under uvicorn on 127.0.0.1."""
+    import os
+
+    (pytester.path / "guarded.py").write_text(GUARDED)
+    sides = {"candidate": (CANDIDATE_TOKEN, "candidate.test", ""), "baseline": (BASELINE_TOKEN, "baseline.test", "/v1")}
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for side, (token, host, prefix) in sides.items():
+            env = {**os.environ, "GUARD_TOKEN": token, "GUARD_HOST": host, "GUARD_PREFIX": prefix}
+            urls[side] = stack.enter_context(uvicorn("guarded:app", app_dir=pytester.path, cwd=pytester.path, env=env))
+        yield guarded_capture(pytester.path / "guarded.gor"), urls
+
+
+CANDIDATE_SETTINGS = ("--replay-set-header", f"Authorization: Bearer {CANDIDATE_TOKEN}",
+                      "--replay-set-header", "Host: candidate.test")
+
+
+def assert_no_token(pytester: pytest.Pytester, *texts: str) -> None:
+    written = [p.read_text(errors="replace") for p in pytester.path.rglob("*") if p.is_file()
+               and p.suffix in (".json", ".xml", ".html")]
+    for text in (*texts, *written):
+        assert CANDIDATE_TOKEN not in text and BASELINE_TOKEN not in text
+
+
+def test_without_the_baselines_own_settings_the_baseline_refuses_naming_the_baseline(
+        pytester: pytest.Pytester, guarded) -> None:
+    capture, urls = guarded
+    result = replay(pytester, capture, "--replay-target", urls["candidate"], "--replay-baseline", urls["baseline"],
+                    *CANDIDATE_SETTINGS, "--replay-exclude", "/headers", "--replay-report", "evidence")
+    text = result.stdout.str()
+    result.assert_outcomes(failed=5)
+    assert text.count("the baseline refused the request (401 Unauthorized) while the target answered 200") == 5
+    assert "--replay-baseline-set-header" in text
+    assert "side failures: baseline: 5" in text
+    assert_no_token(pytester, text, result.stderr.str())
+
+
+def test_per_side_settings_reach_only_their_side_and_all_pass(pytester: pytest.Pytester, guarded) -> None:
+    capture, urls = guarded
+    pytester.makeini(f"""[pytest]
+replay_baseline_set_header =
+    Authorization: Bearer {BASELINE_TOKEN}
+    Host: baseline.test
+""")
+    result = replay(pytester, capture, "--replay-target", urls["candidate"], "--replay-baseline", urls["baseline"],
+                    *CANDIDATE_SETTINGS, "--replay-baseline-rewrite-url", "^/items/(.*):/v1/items/\\1",
+                    "--replay-exclude", "/headers", "--replay-report", "evidence", "--junitxml", "junit.xml")
+    text = result.stdout.str()
+    assert result.ret == 0, text
+    result.assert_outcomes(passed=5)
+    assert "$.served_at" in text and "| noise" in text  # measured on the baseline's own requests
+    evidence = json.loads((pytester.path / "evidence" / "replay-evidence.json").read_text())
+    rewrites = evidence["selection"]["rewrites"]
+    assert "baseline set-header Authorization" in rewrites and "baseline set-header Host" in rewrites
+    assert any(r.startswith("baseline rewrite-url ^/items/") for r in rewrites)
+    assert_no_token(pytester, text, result.stderr.str())
+    # the candidate's own Host is never sent to the baseline: its URLs are the baseline's
+    assert "$.self" not in text
+
+
+def test_the_other_sides_token_echoed_in_a_body_is_masked(pytester: pytest.Pytester, guarded) -> None:
+    capture, urls = guarded
+    result = replay(pytester, capture, "--replay-target", urls["candidate"], "--replay-baseline", urls["baseline"],
+                    *CANDIDATE_SETTINGS, "--replay-baseline-set-header", f"Authorization: Bearer {BASELINE_TOKEN}",
+                    "--replay-baseline-set-header", "Host: baseline.test",
+                    "--replay-baseline-rewrite-url", "^/(.*):/v1/\\1", "--replay-include", "/headers",
+                    "--replay-report", "evidence")
+    text = result.stdout.str()
+    result.assert_outcomes(failed=3)  # the item, and the fields $.seen and $.host over the run
+    assert "$.seen" in text and "REDACTED-" in text
+    assert_no_token(pytester, text, result.stderr.str())
+
+
+def test_baseline_side_settings_without_a_baseline_are_a_usage_error(pytester: pytest.Pytester, guarded) -> None:
+    capture, urls = guarded
+    result = replay(pytester, capture, "--replay-target", urls["candidate"],
+                    "--replay-baseline-set-header", "Host: baseline.test")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--replay-baseline-set-header" in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /a HTTP/1.1\r\nHost: shop.example.com\r\nAccept: */*\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nAccept: */*\r\nHOST: Shop.Example.com\r\nX-Host: h\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nAccept: */*\r\n\r\n",  # no Host: one is added
+    b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # duplicates: the first is set, the rest dropped
+    b"GET /a HTTP/1.1\nHost: lf.example\nAccept: x\n\n",  # bare LF, normalised
+    b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhost:",  # a body that looks like a header
+    b"GET /a HTTP/1.1\r\nHost: x\r\nX-Note: \r\n host: folded\r\n\r\n",  # obs-fold
+])
+def test_rehost_makes_the_bytes_the_baseline_would(head: bytes) -> None:
+    from pytest_replay.http.message import Request
+    from pytest_replay.targets.differential import rehost
+    from pytest_replay.targets.raw import RawTarget
+
+    lf_only = b"\r\n" not in head
+    end = head.index(b"\n\n" if lf_only else b"\r\n\r\n") + (2 if lf_only else 4)
+    line = head.split(b"\n", 1)[0].strip().decode()
+    method, target, version = line.split(" ")
+    request = Request(method, target, version.removeprefix("HTTP/"), head[:end], head[end:], head, (), lf_only)
+    candidate, baseline = RawTarget("http://127.0.0.1:8000"), RawTarget("http://127.0.0.1:18001")
+    made = rehost(candidate.wire(request), candidate.host, baseline.host)
+    assert made is None or made == baseline.wire(request)
+    if b"folded" not in head:
+        assert made == baseline.wire(request)  # the fast path is taken
+
+
+def test_a_target_that_outlasts_the_engine_keeps_the_baselines_answer_and_a_slow_side_times_out() -> None:
+    """The baseline sides run beside the target's send: their own time limit (a timer), and what they
+    answered is kept when the engine gives up on the target's request."""
+    from pytest_replay.http.message import Request, Response
+    from pytest_replay.schedule.clock import RealClock
+    from pytest_replay.schedule.plan import PlannedRequest
+    from pytest_replay.targets.differential import DifferentialTarget
+
+    class Slow(_Fake):
+        def __init__(self, name: str, delay: float) -> None:
+            super().__init__(name)
+            self.delay = delay
+
+        async def send(self, planned, clock):
+            await asyncio.sleep(self.delay)
+            now = clock.now_ns()
+            return Response.build(200, "OK", ((b"content-length", b"2"),), b"{}", "1.1"), now, now, now
+
+    request = Request.build("GET", "/x", ((b"Host", b"shop"),))
+    planned = PlannedRequest(1, 0, "c1", request, request.raw)
+    target = DifferentialTarget(Slow("candidate", 5), _Fake("baseline"), Slow("probe", 5), timeout_s=0.2)
+
+    async def run():
+        clock = RealClock()
+        await target.start()
+        with pytest.raises(TimeoutError):  # the engine's own limit on the target's request
+            await asyncio.wait_for(target.send(planned, clock), 0.5)
+    asyncio.run(run())
+    assert target.baseline_sides[1].ok  # answered at once: kept
+    assert target.probe_sides[1].error_kind == "timeout"  # cut by the sides' timer at 0.2 s
+    assert "within 0.2 s" in target.probe_sides[1].error

@@ -35,6 +35,7 @@ class Differential:
         self.target = None  # the DifferentialTarget
         self.name = ""
         self.origins = None  # (baseline's, probe's) OriginResolver, with --replay-origins same
+        self._secret_values: list[str] | None = None  # values of secret headers set for either side
 
     def wrap(self, candidate, target_spec, baseline_spec, *, verify: bool, check, is_write, keep_host: bool = False,
              origins=None):
@@ -50,6 +51,9 @@ class Differential:
                         "instance (e.g. the last release) for a comparison to mean anything",
                         returncode=pytest.ExitCode.USAGE_ERROR)
         probe_spec = s.baseline2 if s.baseline2 is not None else baseline_spec
+        own = self.side_rewrites()
+        # a Host of the baseline's own, or the captured one: the baseline sends the request's Host
+        keep_host = keep_host or s.baseline_original_host or any(name.lower() == b"host" for name, _ in own.set_headers)
         try:
             baseline = make_target(baseline_spec, verify=verify, keep_host=keep_host)
             probe = make_target(probe_spec, verify=verify, keep_host=keep_host)
@@ -62,10 +66,27 @@ class Differential:
                 pytest.exit(f"replay baseline: {refusal}", returncode=pytest.ExitCode.USAGE_ERROR)
         self.name = baseline.name
         if origins is not None:  # each side builds absolute URLs from its own Host: one value in diffs
-            self.origins = (origins(baseline), origins(probe))
+            self.origins = (origins(baseline, own.set_headers), origins(probe, own.set_headers))
         self.target = DifferentialTarget(candidate, baseline, probe, probe=lambda planned: not is_write(planned.request),
-                                         timeout_s=s.timeout * 0.9)
+                                         timeout_s=s.timeout * 0.9, side_request=own.apply if own else None)
         return self.target
+
+    def network_sides(self) -> list:
+        """The baseline's and the probe's network addresses (AllowedHost): an in-process target's
+        socket blocker must let the engine reach them (it blocks every other connection)."""
+        from ..targets.blocker import AllowedHost
+
+        target = self.target
+        sides = (target.baseline, target.probe_target) if target is not None else ()
+        return list(dict.fromkeys(AllowedHost(side.hostname.lower(), side.port) for side in sides
+                                  if getattr(side, "hostname", None) and getattr(side, "port", None)))
+
+    def side_rewrites(self):
+        """The baseline's own settings (--replay-baseline-set-header, --replay-baseline-rewrite-url),
+        applied to the request as the target gets it."""
+        from ..policy.rewrite import Rewrites
+
+        return Rewrites(self.settings.baseline_set_header, self.settings.baseline_rewrite_url)
 
     def judge(self, exchange, observation, diff_config, error: str | None, *, mocked: bool = False,
               candidate_origins=None):
@@ -90,7 +111,30 @@ class Differential:
                                                      baseline.response, baseline.error_kind, baseline.error))
         if judgement.verdict.passed:
             return judgement.verdict, ""
-        return judgement.verdict, self.redactor.mask_pii(self.render(exchange, observation, baseline, judgement))
+        return judgement.verdict, self.mask(self.render(exchange, observation, baseline, judgement))
+
+    def mask(self, text: str) -> str:
+        """Personal data masked, and the values of secret headers set for either side (an app that
+        echoes its credentials in a body must not print them)."""
+        text = self.redactor.mask_pii(text)
+        for value in self._secrets():
+            if value in text:
+                text = text.replace(value, self.redactor.mask(value))
+        return text
+
+    def _secrets(self) -> list[str]:
+        if self._secret_values is None:
+            s, redactor = self.settings, self.redactor
+            values = set()
+            for name, value in (*s.set_header, *s.baseline_set_header):
+                if redactor.is_secret_header(name):
+                    text = value.decode("latin-1")
+                    values.add(text)
+                    token = text.split(None, 1)[-1]  # 'Bearer abc' -> 'abc'
+                    if len(token) >= 6:
+                        values.add(token)
+            self._secret_values = sorted((v for v in values if v), key=len, reverse=True)
+        return self._secret_values
 
     def render(self, exchange, observation, baseline, judgement) -> str:
         from ..verdicts.baseline import field_key, structural
@@ -129,12 +173,25 @@ class Differential:
 
 
 # -- the end of the run ----------------------------------------------------------------------------------
-def check_budgets(budgets, baseline) -> None:
-    """A budget relative to the baseline without a baseline: a usage error."""
-    wrong = [str(b) for b in budgets if getattr(b, "reference", None) == "baseline"]
-    if wrong and baseline is None:
+BASELINE_ONLY = (("baseline_set_header", "--replay-baseline-set-header"),
+                 ("baseline_rewrite_url", "--replay-baseline-rewrite-url"),
+                 ("baseline_original_host", "--replay-baseline-original-host"),
+                 ("baseline2", "--replay-baseline2"))
+
+
+def check_usage(settings, baseline) -> None:
+    """Without a baseline, a budget relative to the baseline or a setting of the baseline's side is a
+    usage error (it would silently do nothing)."""
+    if baseline is not None:
+        return
+    wrong = [str(b) for b in settings.budgets if getattr(b, "reference", None) == "baseline"]
+    if wrong:
         pytest.exit(f"--replay-budget {wrong[0]!r} is relative to the baseline, but no --replay-baseline "
                     "(or replay_baseline fixture) was given", returncode=pytest.ExitCode.USAGE_ERROR)
+    given = [flag for name, flag in BASELINE_ONLY if getattr(settings, name)]
+    if given:
+        pytest.exit(f"{given[0]} (or its ini twin) sets the baseline's side, but no --replay-baseline (or "
+                    "replay_baseline fixture) was given", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def baseline_view(aggregate, baseline: dict):
@@ -171,6 +228,14 @@ def evaluate_budgets(budgets, aggregate, baseline: dict) -> list:
         else:
             out.append(evaluate_one(budget, aggregate))
     return out
+
+
+def baseline_rewrites(settings, redactor) -> list[str]:
+    """The baseline's own settings as the evidence lists them: header names, never their values."""
+    return ([f"baseline set-header {name.decode('latin-1')}" for name, _ in settings.baseline_set_header]
+            + [f"baseline rewrite-url {redactor.text(str(rule))}" for rule in settings.baseline_rewrite_url]
+            + (["baseline original-host (the captured Host sent to the baseline)"]
+               if settings.baseline_original_host else []))
 
 
 def field_verdicts(settings, data: dict):

@@ -273,6 +273,7 @@ class Reporting:
     def _evidence(self, session: pytest.Session, exitstatus: int, results: RunResults) -> dict:
         """The evidence data: written with --replay-report, rendered with --replay-html."""
         from ..report.evidence import Evidence
+        from .baseline import baseline_rewrites
 
         s, run, report = self.settings, self.run, self._report
         outcomes = item_outcomes(self.config.pluginmanager.get_plugin("terminalreporter"))
@@ -284,7 +285,8 @@ class Reporting:
             filters=[f"include {p.pattern}" for p in s.include] + [f"exclude {p.pattern}" for p in s.exclude]
             + [f"allow-header {h}" for h in s.allow_header] + [f"disallow-header {h}" for h in s.disallow_header],
             rewrites=[f"set-header {n.decode('latin-1')}" for n, _ in s.set_header] + [str(r) for r in s.rewrite_url]
-            + (["original-host (the captured Host sent unchanged)"] if s.original_host else []),
+            + (["original-host (the captured Host sent unchanged)"] if s.original_host else [])
+            + baseline_rewrites(s, run.redactor),
             redaction=self._redaction_notes(),
             sample=report.planned or None, write_policy=report.write_mode or None, budgets=self.budget_results,
             skipped=run.skipped, incomplete=[e for e in (self.collection.exchanges or ()) if not e.replayable],

@@ -118,10 +118,10 @@ class ReplayRun:
         in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
             getattr(getattr(inner, "client", None), "_transport", None), (httpx.ASGITransport, httpx.WSGITransport))
         url = getattr(inner, "url", None) or getattr(inner, "base", None)
-        def origins_of(side) -> OriginResolver:
+        def origins_of(side, set_headers=()) -> OriginResolver:  # set_headers: a side's own, set last
             side_url = getattr(side, "url", None) or getattr(side, "base", None)
             return OriginResolver(getattr(side, "sent_host", lambda request: None),
-                                  str(side_url) if side_url else None, self.rewrites.set_headers)
+                                  str(side_url) if side_url else None, self.rewrites.set_headers + tuple(set_headers))
 
         if s.origins == SAME:
             self.origins = origins_of(inner)
@@ -161,8 +161,8 @@ class ReplayRun:
             plan = self._stage_plan(replayed, planned, prepare, wire)
         else:
             plan = build_plan(planned, timing, prepare, wire)
-        from .baseline import check_budgets
-        check_budgets(s.budgets, baseline)
+        from .baseline import check_usage
+        check_usage(s, baseline)
         if baseline is not None:
             from .baseline import Differential
             self.differential = Differential(s, self.redactor)
@@ -175,7 +175,8 @@ class ReplayRun:
         recorded = RecordedWrites.from_exchanges(planned, lambda e: self.decisions[e.index].why.write)
         self.target = PolicyTarget(inner, policy, recorded, counts=self.write_counts, decisions=self.decisions)
         if outbound is not None and in_process:
-            self.outbound = Outbound(outbound(), allow=s.allow_host)
+            sides = self.differential.network_sides() if self.differential is not None else []
+            self.outbound = Outbound(outbound(), allow=(*s.allow_host, *sides))  # the engine reaches a baseline
             self.outbound.start()
         barriers = self._barriers(planned, exchanges, policy)
         monitor = self.stop_monitor(s.abort_on, s.abort_window) if s.abort_on else None

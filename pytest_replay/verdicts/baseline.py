@@ -30,6 +30,16 @@ __all__ = ["DiffCounts", "FieldVerdict", "Judgement", "field_key", "judge", "str
 RELATIVE = 20.0  # percent, Diffy's default
 ABSOLUTE = 0.03  # percent, Diffy's default
 ALL_DIFFS = 10_000
+# Statuses that say the side did not accept the request as sent (credentials, Host): when only one side
+# answers one, that side's settings are the likely cause, and the failure says so.
+REFUSALS = {401: "Unauthorized", 403: "Forbidden", 407: "Proxy Authentication Required",
+            421: "Misdirected Request"}
+SIDE_HINTS = {
+    "baseline": "are the baseline's credentials and Host right? Settings for the baseline only: "
+                "--replay-baseline-set-header, --replay-baseline-rewrite-url",
+    "target": "a regression, or the target's credentials or Host are wrong (--replay-set-header sets them for "
+              "both sides; --replay-baseline-set-header overrides them for the baseline)",
+}
 _INDEX = re.compile(r"\[\d+\]")
 
 
@@ -100,6 +110,19 @@ def _fields(verdict: Verdict) -> list[tuple[str, Difference]]:
     return [(key, d) for d in verdict.differences if (key := field_key(d)) is not None]
 
 
+def _refused(baseline, candidate) -> tuple[Verdict, str] | None:
+    """(the verdict, the side) when exactly one side refused the request (401, 403, 407, 421)."""
+    sides = (("baseline", baseline, candidate), ("target", candidate, baseline))
+    for side, refusing, other in sides:
+        if refusing.status in REFUSALS and other.status not in REFUSALS:
+            reason = refusing.reason or REFUSALS[refusing.status]
+            text = (f"the {side} refused the request ({refusing.status} {reason}) while the "
+                    f"{'target' if side == 'baseline' else 'baseline'} answered {other.status}: {SIDE_HINTS[side]}")
+            difference = Difference("error", side, "", text)
+            return Verdict(False, (difference,), (), f"{side} refused: {refusing.status} {reason}"), side
+    return None
+
+
 def judge(exchange: Exchange, candidate, baseline, probe, config: DiffConfig, *, candidate_error: str | None = None,
           candidate_latency_ns: int | None = None, origins=(None, None)) -> Judgement:
     """`candidate`: the target's Response (None when `candidate_error`); `baseline`/`probe`: Side
@@ -121,6 +144,10 @@ def judge(exchange: Exchange, candidate, baseline, probe, config: DiffConfig, *,
                                 f"the baseline answered {baseline.describe()}")
         return Judgement(Verdict(False, (difference,), (), f"target failed: {candidate_error}"), endpoint,
                          side_failed="target")
+    refused = _refused(baseline.response, candidate)
+    if refused is not None:
+        verdict, side = refused
+        return Judgement(verdict, endpoint, side_failed=side)
     raw = compare(baseline.response, candidate, every, exchange=exchange, latency_ns=candidate_latency_ns,
                   origins=origins[0])
     noise_fields: set[str] = set()
