@@ -88,3 +88,33 @@ def require(*tools: str) -> None:
     missing = [t for t in tools if not shutil.which(t) and not os.path.exists(f"/usr/sbin/{t}")]
     if missing:
         skip_or_fail(f"{', '.join(missing)} not installed (.ci/run installs it)")
+
+
+def pytest_to_interrupt(args: Sequence[str], cwd: Path) -> subprocess.Popen:
+    """`python -m pytest ARGS` in a child whose Ctrl-C acts as in a terminal (even where this suite runs
+    with SIGINT ignored), output unbuffered so that `interrupt_after_collection` sees it as it comes."""
+    import signal
+
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def interrupt_after_collection(proc: subprocess.Popen, seconds: float, *,
+                               timeout: float = 60) -> tuple[str, float]:
+    """Ctrl-C `seconds` after the replay's first item started (collection alone takes seconds on a loaded
+    machine, so a fixed delay from the start interrupts collection instead); returns the whole output and
+    the seconds pytest took to end after Ctrl-C."""
+    import signal
+
+    seen = ""
+    while ".pcap " not in seen and ".gor " not in seen:  # the first item's progress line: the replay runs
+        char = proc.stdout.read(1)
+        assert char, f"pytest ended before its first item:\n{seen}"
+        seen += char
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGINT)
+    pressed = time.monotonic()
+    out, _ = proc.communicate(timeout=timeout)
+    return seen + out, time.monotonic() - pressed

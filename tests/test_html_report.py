@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support import skip_or_fail
+from support import interrupt_after_collection, pytest_to_interrupt, skip_or_fail
 
 from pytest_replay.http.message import Exchange, Request, Response, Source
 from pytest_replay.report.aggregate import Aggregate, Stats
@@ -318,19 +317,9 @@ def test_unwritable_report_path_is_a_usage_error_at_start(tmp_path: Path) -> Non
 
 def test_ctrl_c_still_writes_the_report_marked_interrupted(tmp_path: Path) -> None:
     html = tmp_path / "report.html"
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--replay", str(DEMO),
-                             "--replay-target", "demo", "--speed", "0.2", "--replay-html", str(html)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    seen = ""
-    while "demo.pcap" not in seen:  # the first item started: collection is done, the replay runs
-        char = proc.stdout.read(1)
-        assert char, seen
-        seen += char
-    time.sleep(2)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    out = seen + out
+    proc = pytest_to_interrupt(["--replay", str(DEMO), "--replay-target", "demo", "--speed", "0.2",
+                                "--replay-html", str(html)], tmp_path)
+    out, _ = interrupt_after_collection(proc, 2)
     assert proc.returncode == 2, out
     text = html.read_text(encoding="utf-8")
     assert "Traffic replay: INTERRUPTED" in text and "the run was interrupted" in text

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import DEMO, interrupt_after_collection, pytest_to_interrupt
 
 SEP = "\n🐵🙈🙉\n".encode()
 T0 = 1_700_000_000_000_000_000
@@ -220,19 +221,10 @@ bad_metric NaN
 
 
 def test_ctrl_c_mid_ramp_gives_partial_evidence_with_the_stage_reached(tmp_path: Path) -> None:
-    import signal
-
-    from tests.test_plugin_faults import DEMO
-
     report = tmp_path / "evidence"
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--replay", str(DEMO),
-                             "--replay-target", "demo", "--replay-stages", "1x:2s, ramp 1x..3x:60s",
-                             "--replay-report", str(report)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(8)  # collection, then 2 s of stage 1: stage 2 runs
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    proc = pytest_to_interrupt(["--replay", str(DEMO), "--replay-target", "demo", "--replay-stages",
+                                "1x:2s, ramp 1x..3x:60s", "--replay-report", str(report)], tmp_path)
+    out, _ = interrupt_after_collection(proc, 4, timeout=30)  # 2 s of stage 1, then stage 2 runs
     assert proc.returncode == 2, out
     assert "reached stage 2 (ramp 1x..3x)" in out, out
     capacity = json.loads((report / "replay-evidence.json").read_text())["capacity"]

@@ -3,16 +3,13 @@ completes and never hangs; Ctrl-C stops the replay promptly and reports what was
 
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from support import DEMO
+from support import DEMO, interrupt_after_collection, pytest_to_interrupt
 
 SEP = "\n🐵🙈🙉\n".encode()
 T0 = 1_700_000_000_000_000_000
@@ -103,16 +100,10 @@ def test_each_fault_fails_its_item_with_a_clear_reason(pytester: pytest.Pytester
 
 def test_ctrl_c_stops_the_replay_promptly_and_reports(tmp_path: Path) -> None:
     report = tmp_path / "evidence"
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--replay", str(DEMO),
-                             "--replay-target", "demo", "--speed", "0.2", "--replay-report", str(report)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            # Ctrl-C acts as in a terminal even where this suite runs with SIGINT ignored
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(4)  # the replay runs (at a fifth of the recorded pace: ~40 s in all)
-    proc.send_signal(signal.SIGINT)
-    started = time.monotonic()
-    out, _ = proc.communicate(timeout=30)
-    assert time.monotonic() - started < 10, "Ctrl-C did not stop the run promptly"
+    proc = pytest_to_interrupt(["--replay", str(DEMO), "--replay-target", "demo", "--speed", "0.2",
+                                "--replay-report", str(report)], tmp_path)
+    out, stop_s = interrupt_after_collection(proc, 2, timeout=30)  # at a fifth of the recorded pace: ~40 s
+    assert stop_s < 10, "Ctrl-C did not stop the run promptly"
     assert proc.returncode == 2  # pytest's "interrupted"
     assert "KeyboardInterrupt" in out
     assert "(INTERRUPTED)" in out and "replayed: " in out
