@@ -1,8 +1,8 @@
 """gRPC verdicts: grpc-status (and grpc-message) from the trailers, then each message of the body.
 
 Messages are split by their 5-byte length prefix (compressed ones inflated when grpc-encoding is gzip
-or deflate). Without a schema they are compared as bytes (count, then size and sha256 of each that
-differs). With descriptor sets (`--replay-proto-descriptors`, `protoc --descriptor_set_out`) the
+or deflate). Without a schema they are compared as bytes (count, then the size of each that differs and
+where it starts to differ: a digest would be masked as a secret-looking token). With descriptor sets (`--replay-proto-descriptors`, `protoc --descriptor_set_out`) the
 messages of a known method are decoded with the `protobuf` package and become dicts
 (json_format.MessageToDict, proto field names, fields at their default included so a value reset to
 0 shows as changed rather than removed), then diffed like JSON bodies (diff.py): same paths
@@ -15,7 +15,6 @@ write policy treats calls to them as reads (session/run.py hands them to policy/
 from __future__ import annotations
 
 import gzip
-import hashlib
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,10 +135,6 @@ def _inflate(coding: bytes, data: bytes) -> bytes:
     raise ValueError("unknown grpc-encoding")
 
 
-def _fingerprint(data: bytes) -> str:
-    return f"{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}"
-
-
 def _status(response: Response) -> tuple[str, str]:
     code, message = grpc_status(response)
     return ("(absent)" if code is None else str(code)), (message or "")
@@ -183,8 +178,9 @@ def compare_messages(check, recorded: Response, replayed: Response, schema: Sche
         check.add("body", "grpc messages", f"{len(old)} messages", f"{len(new)} messages", change="count changed")
     for i, (a, b) in enumerate(zip(old, new)):
         if a != b:
-            check.add("body", f"grpc message {i + 1}", _fingerprint(a), _fingerprint(b), change="bytes changed",
-                      where="grpc message")
+            at = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            check.add("body", f"grpc message {i + 1}", f"{len(a)} bytes", f"{len(b)} bytes, differing from byte {at}",
+                      change="bytes changed", where="grpc message")
 
 
 def _decode(cls, raw: list[bytes]) -> tuple[list[dict], str | None]:
