@@ -125,8 +125,8 @@ def test_grpc_to_an_in_process_app_is_an_error_naming_why(pytester, generated) -
     """In-process apps get the writes too (--replay-writes pass is their default): all seven fail."""
     result = replay(pytester, "demo", "--replay-proto-descriptors", str(generated / "catalog.desc"))
     result.assert_outcomes(failed=7)
-    result.stdout.fnmatch_lines(["*gRPC needs HTTP/2 (trailers carry its status): an in-process app is called "
-                                 "through httpx with HTTP/1.1 semantics*"])
+    result.stdout.fnmatch_lines(["*error (transport): app-error: gRPC needs HTTP/2; httpx calls in-process apps "
+                                 "over HTTP/1.1: serve the app, replay to its URL"])
 
 
 @pytest.mark.parametrize("content, expected", [

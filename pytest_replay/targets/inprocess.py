@@ -67,9 +67,9 @@ def _build(method: str, url: str, headers, body: bytes) -> httpx.Request:
             from None
 
 
-NO_GRPC = ("gRPC needs HTTP/2 (trailers carry its status): an in-process app is called through httpx with "
-           "HTTP/1.1 semantics (httpx speaks HTTP/2 only over the network); serve the app (e.g. hypercorn) and "
-           "replay to its URL")
+# Short enough to be shown whole in a failure (httpx speaks HTTP/2 only over the network, and gRPC's
+# status travels in trailers, which an HTTP/1.1-semantics call does not carry).
+NO_GRPC = "gRPC needs HTTP/2; httpx calls in-process apps over HTTP/1.1: serve the app, replay to its URL"
 
 
 def _refuse_grpc(request: Request) -> None:
