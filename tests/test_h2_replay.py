@@ -182,14 +182,15 @@ def test_tls_alpn_h2(pytester, tmp_path) -> None:
     assert [line[0] for line in lines] == ["2"] * 5
 
 
-def test_flow_control_both_ways(tmp_path) -> None:
+@pytest.mark.parametrize("engine", ["frames", "h2"])
+def test_flow_control_both_ways(tmp_path, engine) -> None:
     """A 300 kB request body and a 1 MB response: more than the 64 kB windows the server starts with,
-    so both sides wait for WINDOW_UPDATEs."""
+    so both sides wait for WINDOW_UPDATEs. Our frame walker and the h2 package (the reference) alike."""
     body = bytes(range(256)) * 1200
     request = to_request([(b":method", b"POST"), (b":path", b"/upload"), (b":authority", b"x")], body, (), "h2c")
 
     async def send(url: str):
-        target = H2Target(url, version="2")
+        target = H2Target(url, version="2", engine=engine)
         await target.start()
         try:
             planned = PlannedRequest(0, 0, "c", request, target.wire(request))
@@ -203,3 +204,47 @@ def test_flow_control_both_ways(tmp_path) -> None:
     assert head == f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode()
     assert rest == b"x" * 1_000_000 and response.protocol == "h2c"
     assert sent <= first <= done
+
+
+def test_frame_walker_agrees_with_the_h2_package(tmp_path) -> None:
+    """Every exchange of the h2c capture sent by both connection engines to the same server: the same
+    responses (status, headers less the date, body, trailers)."""
+    exchanges, _ = load(str(H2C))
+
+    async def send_all(url: str, engine: str):
+        target = H2Target(url, version="2", engine=engine)
+        await target.start()
+        try:
+            plans = [PlannedRequest(e.index, 0, e.connection, e.request, target.wire(e.request)) for e in exchanges]
+            return await asyncio.gather(*(target.send(p, RealClock()) for p in plans))
+        finally:
+            await target.close()
+
+    def shape(response):
+        headers = tuple((k, v) for k, v in response.headers if k != b"date")
+        return response.status, headers, response.body, response.trailers, response.protocol
+
+    with hypercorn(tmp_path) as (url, _):
+        ours = asyncio.run(send_all(url, "frames"))
+        reference = asyncio.run(send_all(url, "h2"))
+    assert [shape(r[0]) for r in ours] == [shape(r[0]) for r in reference]
+    assert [r[0].status for r in ours] == [e.response.status for e in exchanges]
+
+
+def test_header_blocks_longer_than_a_frame_go_in_continuations(tmp_path) -> None:
+    """A 40 kB header (more than the 16 kB frame limit): HEADERS + CONTINUATION frames."""
+    big = b"v" * 40_000
+    request = to_request([(b":method", b"GET"), (b":path", b"/"), (b":authority", b"x"), (b"x-big", big)], b"", (),
+                         "h2c")
+
+    async def send(url: str):
+        target = H2Target(url, version="2")
+        await target.start()
+        try:
+            return await target.send(PlannedRequest(0, 0, "c", request, b""), RealClock())
+        finally:
+            await target.close()
+
+    with hypercorn(tmp_path) as (url, _):
+        response = asyncio.run(send(url))[0]
+    assert response.status == 200 and response.body == b"hello from nginx over h2c\n"

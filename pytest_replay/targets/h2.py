@@ -29,7 +29,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from ..http.h2 import is_grpc, to_response
+from ..http.h2 import H2Error, HpackDecoder, is_grpc, to_response
 from ..http.message import Request, Response
 from ..schedule.plan import PlannedRequest, connection_of, slot_count
 from ..schedule.target import REFUSED, RESET, TargetError
@@ -131,8 +131,9 @@ class _Stream:
         self.window: asyncio.Future | None = None  # set while the request body waits for flow control
 
 
-class _Connection(asyncio.Protocol):
-    """One HTTP/2 connection: many streams in flight, each `exchange` waiting for its own."""
+class _H2PackageConnection(asyncio.Protocol):
+    """One HTTP/2 connection on python-hyper's h2 state machine (the reference: ENGINES["h2"]). Many
+    streams in flight, each `exchange` waiting for its own."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, now, protocol: str) -> None:
         self.loop = loop
@@ -341,16 +342,359 @@ def _code(code) -> str:
 
 
 _HANDLERS = {
-    h2.events.ResponseReceived: _Connection._response,
-    h2.events.InformationalResponseReceived: _Connection._informational,
-    h2.events.DataReceived: _Connection._data,
-    h2.events.TrailersReceived: _Connection._trailers,
-    h2.events.StreamEnded: _Connection._ended,
-    h2.events.StreamReset: _Connection._reset,
-    h2.events.WindowUpdated: _Connection._window,
-    h2.events.RemoteSettingsChanged: _Connection._settings,
-    h2.events.ConnectionTerminated: _Connection._goaway,
+    h2.events.ResponseReceived: _H2PackageConnection._response,
+    h2.events.InformationalResponseReceived: _H2PackageConnection._informational,
+    h2.events.DataReceived: _H2PackageConnection._data,
+    h2.events.TrailersReceived: _H2PackageConnection._trailers,
+    h2.events.StreamEnded: _H2PackageConnection._ended,
+    h2.events.StreamReset: _H2PackageConnection._reset,
+    h2.events.WindowUpdated: _H2PackageConnection._window,
+    h2.events.RemoteSettingsChanged: _H2PackageConnection._settings,
+    h2.events.ConnectionTerminated: _H2PackageConnection._goaway,
 }
+
+
+# -- the frame walker (the default) ---------------------------------------------------------------------
+# Frame types and flags (RFC 9113 6), settings (6.5.2) and the HPACK bytes a request needs (RFC 7541).
+DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 5, 6, 7, 8, 9
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME = 3, 4, 5
+OUR_MAX_FRAME = 1 << 14  # we do not raise SETTINGS_MAX_FRAME_SIZE: a longer frame is a server error
+_OUR_SETTINGS = (b"\x00\x02" + (0).to_bytes(4, "big")  # ENABLE_PUSH 0
+                 + b"\x00\x04" + _WINDOW.to_bytes(4, "big"))  # INITIAL_WINDOW_SIZE
+# Fully indexed static entries (RFC 7541 Appendix A) for the common pseudo-header values.
+_INDEXED = {(b":method", b"GET"): b"\x82", (b":method", b"POST"): b"\x83", (b":path", b"/"): b"\x84",
+            (b":scheme", b"http"): b"\x86", (b":scheme", b"https"): b"\x87"}
+_NAME_INDEX = {b":authority": 1, b":method": 2, b":path": 4, b":scheme": 6}
+
+
+def _unpad(payload: bytes) -> bytes:
+    if not payload or payload[0] >= len(payload):
+        raise H2Error("bad padding")
+    return payload[1:len(payload) - payload[0]]
+
+
+def _frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
+def _hpack_int(value: int, prefix: int, first: int) -> bytes:
+    mask = (1 << prefix) - 1
+    if value < mask:
+        return bytes((first | value,))
+    out = bytearray((first | mask,))
+    value -= mask
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _hpack_str(data: bytes) -> bytes:
+    return _hpack_int(len(data), 7, 0) + data  # no Huffman: encoding time matters more than bytes here
+
+
+def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """An HPACK block that never touches the dynamic table (literal without indexing, names from the
+    static table for pseudo-headers): nothing to keep in step with the server's decoder, and cheap."""
+    out = []
+    for pair in headers:
+        indexed = _INDEXED.get(pair)
+        if indexed is not None:
+            out.append(indexed)
+            continue
+        name, value = pair
+        index = _NAME_INDEX.get(name)
+        if index is not None:
+            out.append(_hpack_int(index, 4, 0) + _hpack_str(value))
+        else:
+            out.append(b"\x00" + _hpack_str(name) + _hpack_str(value))
+    return b"".join(out)
+
+
+class _FrameStream(_Stream):
+    __slots__ = ("send_window", "received")
+
+    def __init__(self, waiter: asyncio.Future, window: int) -> None:
+        _Stream.__init__(self, waiter)
+        self.send_window = window  # what we may still send on this stream (the server's window)
+        self.received = 0  # DATA bytes taken since our last WINDOW_UPDATE for the stream
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/2 connection, frames walked directly (ENGINES["frames"]): python-hyper's h2 state
+    machine costs far more per exchange than the rest of the replay (bench/bench_h2_replay.py (c));
+    it stays as the reference (_H2PackageConnection), and tests run both against the same servers.
+    Flow control both ways, SETTINGS (concurrent streams, initial window, frame size), PING, GOAWAY,
+    RST_STREAM, trailers, 1xx; response headers decoded by the capture parser's HPACK decoder."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, now, protocol: str) -> None:
+        self.loop = loop
+        self.now = now
+        self.protocol = protocol
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.hpack = HpackDecoder(True)
+        self.block: tuple | None = None  # (stream id, flags, [fragments]) of a header block in progress
+        self.streams: dict[int, _FrameStream] = {}
+        self.next_id = 1
+        self.max_streams = 1 << 31
+        self.initial_window = 65535  # the server's SETTINGS_INITIAL_WINDOW_SIZE: our new streams' send window
+        self.send_window = 65535  # the connection's send window
+        self.max_frame = OUR_MAX_FRAME  # the server's SETTINGS_MAX_FRAME_SIZE: our frames' limit
+        self.received = 0  # DATA bytes taken since our last connection WINDOW_UPDATE
+        self.slot: asyncio.Future | None = None
+        self.closed: str | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(PREFACE + _frame(SETTINGS, 0, 0, _OUR_SETTINGS)
+                        + _frame(WINDOW_UPDATE, 0, 0, (_WINDOW - 65535).to_bytes(4, "big")))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        now = self.now()
+        pos, n = 0, len(buf)
+        try:
+            while n - pos >= 9:
+                length = int.from_bytes(buf[pos:pos + 3], "big")
+                if length > OUR_MAX_FRAME:
+                    raise H2Error(f"a {length}-byte frame (our SETTINGS_MAX_FRAME_SIZE is {OUR_MAX_FRAME})")
+                end = pos + 9 + length
+                if end > n:
+                    break
+                ftype, flags = buf[pos + 3], buf[pos + 4]
+                stream_id = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+                self._frame(ftype, flags, stream_id, bytes(buf[pos + 9:end]), now)
+                pos = end
+        except H2Error as exc:
+            self._lost(f"HTTP/2 protocol error from the server: {exc}")
+            self.transport.abort()
+            return
+        del buf[:pos]
+
+    def connection_lost(self, exc) -> None:
+        self._lost("connection closed" if exc is None else f"connection lost ({type(exc).__name__}: {exc})")
+
+    # frames
+    def _frame(self, ftype: int, flags: int, stream_id: int, payload: bytes, now: int) -> None:
+        if self.block is not None and ftype != CONTINUATION:
+            raise H2Error(f"frame type {ftype} inside a header block")
+        if ftype == DATA:
+            self._data(flags, stream_id, payload, now)
+        elif ftype == HEADERS:
+            if flags & PADDED:
+                payload = _unpad(payload)
+            if flags & PRIORITY:
+                payload = payload[5:]
+            self.block = (stream_id, flags, [payload])
+            if flags & END_HEADERS:
+                self._headers(now)
+        elif ftype == CONTINUATION:
+            if self.block is None or self.block[0] != stream_id:
+                raise H2Error("CONTINUATION without its HEADERS")
+            self.block[2].append(payload)
+            if flags & END_HEADERS:
+                self._headers(now)
+        elif ftype == SETTINGS:
+            if not flags & ACK:
+                self._settings(payload)
+        elif ftype == WINDOW_UPDATE:
+            self._window_update(stream_id, payload)
+        elif ftype == PING:
+            if not flags & ACK:
+                self.transport.write(_frame(PING, ACK, 0, payload))
+        elif ftype == RST_STREAM:
+            code = int.from_bytes(payload[:4], "big")
+            self._fail(stream_id, f"the server reset the stream (RST_STREAM {_code_name(code)})")
+        elif ftype == GOAWAY:
+            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            why = f"the server sent GOAWAY ({_code_name(int.from_bytes(payload[4:8], 'big'))})"
+            self.closed = self.closed or why
+            for sid in [sid for sid in self.streams if sid > last]:
+                self._fail(sid, f"{why} before answering this stream")
+        elif ftype == PUSH_PROMISE:
+            raise H2Error("PUSH_PROMISE although we disabled server push")
+        # PRIORITY and unknown frame types: nothing to do
+
+    def _data(self, flags: int, stream_id: int, payload: bytes, now: int) -> None:
+        taken = len(payload)  # flow control counts the padding too
+        if flags & PADDED:
+            payload = _unpad(payload)
+        out = []
+        self.received += taken
+        if self.received >= _WINDOW // 2:
+            out.append(_frame(WINDOW_UPDATE, 0, 0, self.received.to_bytes(4, "big")))
+            self.received = 0
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.data.append(payload)
+            stream.received += taken
+            if flags & END_STREAM:
+                self._end(stream_id, now)
+            elif stream.received >= _WINDOW // 2:
+                out.append(_frame(WINDOW_UPDATE, 0, stream_id, stream.received.to_bytes(4, "big")))
+                stream.received = 0
+        if out:
+            self.transport.write(b"".join(out))
+
+    def _headers(self, now: int) -> None:
+        stream_id, flags, parts = self.block
+        self.block = None
+        headers, _ = self.hpack.decode(b"".join(parts))  # decoded even for a stream we dropped: HPACK state
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if stream.first_ns is None:
+            stream.first_ns = now
+        status = next((value for name, value in headers if name == b":status"), None)
+        if stream.headers is None and status is not None and status[:1] == b"1":
+            stream.interim += (int(status) if status.isdigit() else 0,)
+        elif stream.headers is None:
+            stream.headers = headers
+        else:
+            stream.trailers = headers
+        if flags & END_STREAM:
+            self._end(stream_id, now)
+
+    def _settings(self, payload: bytes) -> None:
+        for i in range(0, len(payload) - 5, 6):
+            key, value = int.from_bytes(payload[i:i + 2], "big"), int.from_bytes(payload[i + 2:i + 6], "big")
+            if key == S_MAX_CONCURRENT:
+                self.max_streams = value
+            elif key == S_INITIAL_WINDOW:
+                delta, self.initial_window = value - self.initial_window, value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+            elif key == S_MAX_FRAME:
+                self.max_frame = value
+        self.transport.write(_frame(SETTINGS, ACK, 0))
+        self._wake_senders()
+        self._free_slot()
+
+    def _window_update(self, stream_id: int, payload: bytes) -> None:
+        increment = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+        if stream_id == 0:
+            self.send_window += increment
+            self._wake_senders()
+            return
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.send_window += increment
+            if stream.window is not None and not stream.window.done():
+                stream.window.set_result(None)
+
+    def _wake_senders(self) -> None:
+        for stream in self.streams.values():
+            if stream.window is not None and not stream.window.done():
+                stream.window.set_result(None)
+
+    def _end(self, stream_id: int, now: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None or stream.waiter.done():
+            return
+        if stream.headers is None:
+            stream.waiter.set_exception(TargetError(RESET, "the stream ended without response headers",
+                                                    first_byte_ns=stream.first_ns))
+        else:
+            response = to_response(stream.headers, b"".join(stream.data), stream.trailers, stream.interim,
+                                   self.protocol)
+            stream.waiter.set_result((response, stream.first_ns, now))
+        self._free_slot()
+
+    def _fail(self, stream_id: int, why: str) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None and not stream.waiter.done():
+            stream.waiter.set_exception(TargetError(RESET, why, first_byte_ns=stream.first_ns))
+        self._free_slot()
+
+    _lost = _H2PackageConnection._lost
+    _free_slot = _H2PackageConnection._free_slot
+
+    # the lanes' side
+    async def exchange(self, headers: list, body: bytes, trailers) -> tuple[Response, int, int, int]:
+        while len(self.streams) >= self.max_streams and self.closed is None:
+            if self.slot is None or self.slot.done():
+                self.slot = self.loop.create_future()
+            await self.slot
+        if self.closed is not None or self.next_id > 0x7FFFFFFF:
+            raise TargetError(RESET, f"{self.closed or 'stream ids used up'}: no new stream could be opened")
+        stream_id, self.next_id = self.next_id, self.next_id + 2
+        stream = self.streams[stream_id] = _FrameStream(self.loop.create_future(), self.initial_window)
+        sent = self.now()
+        try:
+            self.transport.write(self._header_frames(stream_id, headers, not body and not trailers))
+            if body or trailers:
+                await self._body(stream_id, stream, body, not trailers)
+                if trailers and stream_id in self.streams and self.closed is None:
+                    self.transport.write(self._header_frames(stream_id, list(trailers), True))
+            response, first, done = await stream.waiter
+            return response, sent, first, done
+        except asyncio.CancelledError:
+            self.cancel(stream_id)
+            raise
+
+    def _header_frames(self, stream_id: int, headers: list, end_stream: bool) -> bytes:
+        block = encode_headers(headers)
+        limit = self.max_frame
+        flags = END_STREAM if end_stream else 0
+        if len(block) <= limit:
+            return _frame(HEADERS, flags | END_HEADERS, stream_id, block)
+        chunks = [block[i:i + limit] for i in range(0, len(block), limit)]
+        frames = [_frame(HEADERS, flags, stream_id, chunks[0])]
+        frames += [_frame(CONTINUATION, 0, stream_id, c) for c in chunks[1:-1]]
+        frames.append(_frame(CONTINUATION, END_HEADERS, stream_id, chunks[-1]))
+        return b"".join(frames)
+
+    async def _body(self, stream_id: int, stream: _FrameStream, body: bytes, end: bool) -> None:
+        view = memoryview(body)
+        while view:
+            if self.closed is not None or stream.waiter.done():
+                return  # the waiter says what happened
+            allowed = min(self.send_window, stream.send_window, self.max_frame, len(view))
+            if allowed <= 0:
+                stream.window = self.loop.create_future()
+                await stream.window
+                stream.window = None
+                continue
+            last = allowed == len(view)
+            self.transport.write(_frame(DATA, END_STREAM if last and end else 0, stream_id, bytes(view[:allowed])))
+            self.send_window -= allowed
+            stream.send_window -= allowed
+            view = view[allowed:]
+        if not body and end:
+            self.transport.write(_frame(DATA, END_STREAM, stream_id))
+
+    def cancel(self, stream_id: int) -> None:
+        if self.streams.pop(stream_id, None) is not None and self.closed is None:
+            self.transport.write(_frame(RST_STREAM, 0, stream_id, (8).to_bytes(4, "big")))  # CANCEL
+        self._free_slot()
+
+    def close(self) -> None:
+        if self.transport is not None and self.closed is None:
+            self.closed = "closed by the replay"
+            last = max(self.next_id - 2, 0)
+            self.transport.write(_frame(GOAWAY, 0, 0, last.to_bytes(4, "big") + bytes(4)))
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+_ERROR_CODES = ("NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT",
+                "STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR",
+                "CONNECT_ERROR", "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED")
+
+
+def _code_name(code: int) -> str:
+    return _ERROR_CODES[code] if code < len(_ERROR_CODES) else f"error code {code}"
+
+
+ENGINES = {"frames": _Connection, "h2": _H2PackageConnection}
 
 
 # -- the target ---------------------------------------------------------------------------------------
@@ -359,13 +703,15 @@ class H2Target:
     HTTP/1.x exchanges, and HTTP/2 ones the target or `version` sends over HTTP/1.1, go through
     `http1` (the RawTarget fast path)."""
 
-    def __init__(self, url: str, *, version: str = "auto", verify: bool = True, keep_host: bool = False) -> None:
+    def __init__(self, url: str, *, version: str = "auto", verify: bool = True, keep_host: bool = False,
+                 engine: str = "frames") -> None:
         if version not in HTTP_VERSIONS:
             raise ValueError(f"HTTP version {version!r}: expected one of {', '.join(HTTP_VERSIONS)}")
         self.http1 = RawTarget(url, verify=verify, keep_host=keep_host)
         self.name = self.url = self.http1.url
         self.scheme = self.http1.scheme
         self.version = version
+        self.connection_class = ENGINES[engine]  # "frames" (ours) or "h2" (python-hyper's, the reference)
         self.verify = verify
         self.keep_host = keep_host
         self.probed: Probe | None = None  # set by check() (or the first HTTP/2 request)
@@ -449,7 +795,7 @@ class H2Target:
         protocol = "h2" if self.scheme == "https" else "h2c"
         try:
             transport, conn = await loop.create_connection(
-                lambda: _Connection(loop, clock.now_ns, protocol), host, port, ssl=self._ssl,
+                lambda: self.connection_class(loop, clock.now_ns, protocol), host, port, ssl=self._ssl,
                 server_hostname=host if self._ssl is not None else None)
         except ConnectionRefusedError as exc:
             raise TargetError(REFUSED, f"connection refused by {host}:{port} ({exc.strerror or exc})") from None
