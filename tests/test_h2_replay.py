@@ -31,7 +31,7 @@ APPS = Path(__file__).resolve().parent / "apps"
 
 
 @contextlib.contextmanager
-def nginx(tmp_path: Path, *, h2c: bool) -> Iterator[tuple[str, Path]]:
+def nginx(tmp_path: Path, *, h2c: bool, keepalive_requests: int = 1000) -> Iterator[tuple[str, Path]]:
     """nginx serving the content of the h2c capture (h2c with prior knowledge only, or HTTP/1.1 only);
     its access log names each request's connection and protocol."""
     require("nginx")
@@ -46,7 +46,7 @@ def nginx(tmp_path: Path, *, h2c: bool) -> Iterator[tuple[str, Path]]:
         f"daemon off; user {getpass.getuser()}; pid {tmp_path}/nginx.pid; error_log {tmp_path}/logs/error.log;\n"
         "events { worker_connections 64; }\n"
         "http { log_format replay '$connection $server_protocol $request_method $request_uri $status';\n"
-        f"  access_log {log} replay;\n"
+        f"  access_log {log} replay; keepalive_requests {keepalive_requests};\n"
         f"  server {{ listen 127.0.0.1:{port}{' http2' if h2c else ''}; root {html};\n"
         '  location /echo { return 201 "created\\n"; } } }\n')
     proc = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
@@ -111,6 +111,16 @@ def test_h2c_capture_replayed_over_h2_on_one_connection_per_captured_one(pyteste
         by_connection.setdefault(connection, []).append(f"{method} {uri}")
     assert sorted(map(sorted, by_connection.values())) == [
         ["GET /", "GET /items.json", "GET /missing", "POST /echo"], ["POST /echo"]]
+
+
+def test_streams_refused_by_goaway_are_sent_again(pytester, tmp_path) -> None:
+    """nginx ends a connection after 3 requests (keepalive_requests 3) with a GOAWAY: the fourth stream,
+    which it did not process, is sent again on a new connection, and passes."""
+    with nginx(tmp_path, h2c=True, keepalive_requests=3) as (url, log):
+        result = replay(pytester, url, "--replay-allow-write", "POST ^/echo$")
+        result.assert_outcomes(passed=5)
+        lines = log_lines(log)
+    assert len(lines) == 5 and len({line[0] for line in lines}) == 3
 
 
 def test_auto_falls_back_to_http11_and_says_why(pytester, tmp_path) -> None:

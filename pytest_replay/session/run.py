@@ -212,7 +212,9 @@ class ReplayRun:
                             returncode=pytest.ExitCode.USAGE_ERROR)
         said = choice()
         self.notes.append(f"replay: {said}")
-        self.config.get_terminal_writer().line(f"replay: {said}")
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:  # (none in an xdist worker)
+            reporter.write_line(f"replay: {said}")
 
     def _stage_plan(self, replayed: list[Exchange], planned: list[Exchange], prepare, wire) -> list:
         """The plan of a capacity run (--replay-stages, --replay-loop, --replay-duration): computed

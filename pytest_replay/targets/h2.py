@@ -46,6 +46,14 @@ _WINDOW = 1 << 24  # our receive window (stream and connection): responses are n
 PROBE_TIMEOUT_S = 3.0
 
 
+class Unprocessed(TargetError):
+    """The server said it did not process the stream (GOAWAY below its id, RST_STREAM REFUSED_STREAM):
+    safe to send again on a new connection, whatever the method (RFC 9113 8.7)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(RESET, message)
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
     """What the target answered to HTTP/2: `h2` True when it speaks it; `how` says what was seen."""
@@ -220,9 +228,9 @@ class _H2PackageConnection(asyncio.Protocol):
     def _reset(self, event, now: int) -> None:
         stream = self.streams.pop(event.stream_id, None)
         if stream is not None and not stream.waiter.done():
-            stream.waiter.set_exception(TargetError(
-                RESET, f"the server reset the stream (RST_STREAM {_code(event.error_code)})",
-                first_byte_ns=stream.first_ns))
+            why = f"the server reset the stream (RST_STREAM {_code(event.error_code)})"
+            stream.waiter.set_exception(Unprocessed(why) if event.error_code == REFUSED_STREAM else
+                                        TargetError(RESET, why, first_byte_ns=stream.first_ns))
         self._free_slot()
 
     def _window(self, event, now: int) -> None:
@@ -244,7 +252,7 @@ class _H2PackageConnection(asyncio.Protocol):
         for stream_id in [s for s in self.streams if s > last]:
             stream = self.streams.pop(stream_id)
             if not stream.waiter.done():
-                stream.waiter.set_exception(TargetError(RESET, f"{why} before answering this stream"))
+                stream.waiter.set_exception(Unprocessed(f"{why} before answering this stream"))
 
     def _lost(self, why: str) -> None:
         self.closed = self.closed or why
@@ -359,6 +367,7 @@ _HANDLERS = {
 DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 5, 6, 7, 8, 9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME = 3, 4, 5
+REFUSED_STREAM = 7
 OUR_MAX_FRAME = 1 << 14  # we do not raise SETTINGS_MAX_FRAME_SIZE: a longer frame is a server error
 _OUR_SETTINGS = (b"\x00\x02" + (0).to_bytes(4, "big")  # ENABLE_PUSH 0
                  + b"\x00\x04" + _WINDOW.to_bytes(4, "big"))  # INITIAL_WINDOW_SIZE
@@ -509,13 +518,14 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(_frame(PING, ACK, 0, payload))
         elif ftype == RST_STREAM:
             code = int.from_bytes(payload[:4], "big")
-            self._fail(stream_id, f"the server reset the stream (RST_STREAM {_code_name(code)})")
+            self._fail(stream_id, f"the server reset the stream (RST_STREAM {_code_name(code)})",
+                       unprocessed=code == REFUSED_STREAM)
         elif ftype == GOAWAY:
             last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
             why = f"the server sent GOAWAY ({_code_name(int.from_bytes(payload[4:8], 'big'))})"
             self.closed = self.closed or why
             for sid in [sid for sid in self.streams if sid > last]:
-                self._fail(sid, f"{why} before answering this stream")
+                self._fail(sid, f"{why} before answering this stream", unprocessed=True)
         elif ftype == PUSH_PROMISE:
             raise H2Error("PUSH_PROMISE although we disabled server push")
         # PRIORITY and unknown frame types: nothing to do
@@ -605,10 +615,11 @@ class _Connection(asyncio.Protocol):
             stream.waiter.set_result((response, stream.first_ns, now))
         self._free_slot()
 
-    def _fail(self, stream_id: int, why: str) -> None:
+    def _fail(self, stream_id: int, why: str, unprocessed: bool = False) -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is not None and not stream.waiter.done():
-            stream.waiter.set_exception(TargetError(RESET, why, first_byte_ns=stream.first_ns))
+            stream.waiter.set_exception(Unprocessed(why) if unprocessed else
+                                        TargetError(RESET, why, first_byte_ns=stream.first_ns))
         self._free_slot()
 
     _lost = _H2PackageConnection._lost
@@ -763,10 +774,15 @@ class H2Target:
         answer = self.probed
         if answer is not None and not answer.h2 and self.version != "2":
             raise TargetError(REFUSED, f"gRPC needs HTTP/2 and {self.url} does not speak it ({answer.how})")
-        conn = await self._connection(connection_of(planned.lane), clock)
+        key = connection_of(planned.lane)
         authority = request.host if self.keep_host and request.host else self.http1.host
         headers = h2_headers(request, self.scheme, authority)
-        return await conn.exchange(headers, request.body, request.trailers)
+        conn = await self._connection(key, clock)
+        try:
+            return await conn.exchange(headers, request.body, request.trailers)
+        except Unprocessed:  # not processed by the server: once more (after a GOAWAY, on a new connection)
+            conn = await self._connection(key, clock)
+            return await conn.exchange(headers, request.body, request.trailers)
 
     async def _connection(self, key: str, clock) -> _Connection:
         conn = self._conns.get(key)
