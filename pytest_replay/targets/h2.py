@@ -730,6 +730,7 @@ class H2Target:
         self._conns: dict[str, _Connection] = {}
         self._opening: dict[str, asyncio.Future] = {}
         self._closed_lanes: dict[str, set[str]] = {}  # captured connection -> its lanes closed so far
+        self._probing: asyncio.Future | None = None
         self.opened = 0  # HTTP/2 connections opened (one per captured connection, unless one was lost)
         self.wire = self.http1.wire
         self.sent_host = self.http1.sent_host
@@ -769,7 +770,11 @@ class H2Target:
 
     async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
         request = planned.request
-        if request.protocol == "http/1" or not self.over_h2(request):
+        if request.protocol == "http/1":
+            return await self.http1.send(planned, clock)
+        if self.probed is None and self.version == "auto":  # not probed before the replay (a baseline target)
+            await self._probe_once()
+        if not self.over_h2(request):
             return await self.http1.send(planned, clock)
         answer = self.probed
         if answer is not None and not answer.h2 and self.version != "2":
@@ -783,6 +788,12 @@ class H2Target:
         except Unprocessed:  # not processed by the server: once more (after a GOAWAY, on a new connection)
             conn = await self._connection(key, clock)
             return await conn.exchange(headers, request.body, request.trailers)
+
+    async def _probe_once(self) -> None:
+        """check() off the event loop (it blocks), once for every stream that needs it."""
+        if self._probing is None:
+            self._probing = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, self.check))
+        await asyncio.shield(self._probing)
 
     async def _connection(self, key: str, clock) -> _Connection:
         conn = self._conns.get(key)
