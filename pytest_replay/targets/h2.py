@@ -685,11 +685,13 @@ class _Connection(asyncio.Protocol):
         self._free_slot()
 
     def close(self) -> None:
-        if self.transport is not None and self.closed is None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.closed is None:  # (after the server's GOAWAY: just close)
             self.closed = "closed by the replay"
-            last = max(self.next_id - 2, 0)
-            self.transport.write(_frame(GOAWAY, 0, 0, last.to_bytes(4, "big") + bytes(4)))
-            self.transport.close()
+            transport.write(_frame(GOAWAY, 0, 0, bytes(8)))  # we accept no streams: last id 0, NO_ERROR
+        transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
