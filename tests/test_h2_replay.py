@@ -258,3 +258,14 @@ def test_header_blocks_longer_than_a_frame_go_in_continuations(tmp_path) -> None
     with hypercorn(tmp_path) as (url, _):
         response = asyncio.run(send(url))[0]
     assert response.status == 200 and response.body == b"hello from nginx over h2c\n"
+
+
+def test_timed_out_streams_are_cancelled_and_reported(pytester, tmp_path) -> None:
+    """The app holds every request for 3 s, the replay allows 0.5 s: each exchange fails as a timeout
+    (its stream reset with CANCEL, the connection kept for the others), no traceback, and the run ends."""
+    with hypercorn(tmp_path, delay=3.0) as (url, _):
+        result = replay(pytester, url, "--replay-timeout", "0.5", "--replay-allow-write", "POST ^/echo$")
+    result.assert_outcomes(failed=5)
+    result.stdout.fnmatch_lines(["*error (transport): timeout: no complete response within 0.5 s*"])
+    result.stdout.fnmatch_lines(["*HTTP/2 captures over HTTP/2 (h2c with prior knowledge)*"])
+    assert "Traceback" not in result.stdout.str()
