@@ -269,3 +269,12 @@ def test_timed_out_streams_are_cancelled_and_reported(pytester, tmp_path) -> Non
     result.stdout.fnmatch_lines(["*error (transport): timeout: no complete response within 0.5 s*"])
     result.stdout.fnmatch_lines(["*HTTP/2 captures over HTTP/2 (h2c with prior knowledge)*"])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_http_version_11_sends_http2_captures_over_http11(pytester, tmp_path) -> None:
+    with hypercorn(tmp_path) as (url, log):
+        result = replay(pytester, url, "--replay-http-version", "1.1", "--replay-allow-write", "POST ^/echo$")
+        result.assert_outcomes(passed=5)
+        result.stdout.fnmatch_lines(["*HTTP/2 captures over HTTP/1.1 (--replay-http-version 1.1; gRPC over HTTP/2)*"])
+        lines = log_lines(log)
+    assert [line[0] for line in lines] == ["1.1"] * 5
