@@ -103,7 +103,10 @@ def test_h2c_capture_replayed_over_h2_on_one_connection_per_captured_one(pyteste
     with nginx(tmp_path, h2c=True) as (url, log):
         result = replay(pytester, url, "--replay-allow-write", "POST ^/echo$")
         result.assert_outcomes(passed=5)
-        result.stdout.fnmatch_lines(["*HTTP/2 captures over HTTP/2 (h2c with prior knowledge)*"])
+        # said once after collection, before the first result (and in the notes at the end)
+        result.stdout.fnmatch_lines(["replay: HTTP/2 captures over HTTP/2 (h2c with prior knowledge)", "..... *",
+                                     "note: replay: HTTP/2 captures over HTTP/2 (h2c with prior knowledge)"])
+        assert result.stdout.str().count("HTTP/2 captures over") == 2
         lines = log_lines(log)
     assert len(lines) == 5 and {line[1] for line in lines} == {"HTTP/2.0"}
     by_connection: dict[str, list[str]] = {}

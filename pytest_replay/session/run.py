@@ -92,6 +92,8 @@ class ReplayRun:
         self.stage_plan = None  # schedule.stages.StagePlan of a capacity run
         self.key_stride = 0  # a looped request's key: exchange index + loop * key_stride
         self.sampler = None  # session.saturation.Sampler of a capacity run
+        self.probed = None  # (target URL, targets.h2.Probe) when the target was probed after collection
+        self.http_version_said = None  # what HTTP/2 captures go over, as said after collection
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
@@ -198,6 +200,24 @@ class ReplayRun:
             self.sampler.start()
         return self.engine
 
+    def http_version_lines(self, items) -> list[str] | None:
+        """After collection, before the replay: with HTTP/2 exchanges selected and an http(s) URL as the
+        target option, probe it once and say what they will go over (the target reuses the answer)."""
+        s = self.settings
+        target = s.target
+        if not isinstance(target, str) or not target.strip().lower().startswith(("http://", "https://")):
+            return None
+        if not any(e.request.protocol != "http/1" for e in replayed_exchanges(items)):
+            return None
+        from ..targets.h2 import H2Target
+        try:
+            prober = H2Target(target.strip(), version=s.http_version, verify=not s.insecure)
+        except ValueError:
+            return None  # start_engine says why
+        self.http_version_said = prober.choice()
+        self.probed = (prober.url, prober.probed)
+        return [f"replay: {self.http_version_said}"]
+
     def _choose_http_version(self, inner, planned: list[Exchange]) -> None:
         """With exchanges captured over HTTP/2 and a network target: probe it once (before t0, so the
         probe costs no lateness) and say what they go over; --replay-http-version 2 against a target
@@ -205,6 +225,8 @@ class ReplayRun:
         choice = getattr(inner, "choice", None)
         if choice is None or not any(e.request.protocol != "http/1" for e in planned):
             return
+        if self.probed is not None and self.probed[0] == inner.url and inner.probed is None:
+            inner.probed = self.probed[1]  # probed after collection: not again
         if self.settings.http_version == "2":
             probed = inner.check()
             if not probed.h2:
@@ -213,7 +235,7 @@ class ReplayRun:
         said = choice()
         self.notes.append(f"replay: {said}")
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:  # (none in an xdist worker)
+        if reporter is not None and said != self.http_version_said:  # (not said after collection; no reporter in a worker)
             reporter.write_line(f"replay: {said}")
 
     def _stage_plan(self, replayed: list[Exchange], planned: list[Exchange], prepare, wire) -> list:

@@ -755,6 +755,8 @@ class H2Target:
         answer = self.check()
         if answer.h2:
             return f"HTTP/2 captures over HTTP/2 ({answer.how})"
+        if self.version == "2":
+            return f"HTTP/2 captures need HTTP/2 (--replay-http-version 2), and the target does not speak it: {answer.how}"
         return f"HTTP/2 captures over HTTP/1.1 (the target does not speak HTTP/2: {answer.how})"
 
     def over_h2(self, request: Request) -> bool:
