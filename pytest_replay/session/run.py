@@ -205,7 +205,8 @@ class ReplayRun:
         target option, probe it once and say what they will go over (the target reuses the answer)."""
         s = self.settings
         target = s.target
-        if not isinstance(target, str) or not target.strip().lower().startswith(("http://", "https://")):
+        if not isinstance(target, str) or not target.strip().lower().startswith(("http://", "https://")) \
+                or self.config.option.collectonly:  # (--collect-only reaches no target)
             return None
         if not any(e.request.protocol != "http/1" for e in replayed_exchanges(items)):
             return None
