@@ -277,6 +277,16 @@ def _window(text: str):
     return _policy("--replay-window", parse_window)(text)
 
 
+def _descriptors(text: str):
+    """A descriptor set file, read and checked now: a bad file is a usage error naming it."""
+    from .verdicts.grpc import load_descriptors
+
+    try:
+        return load_descriptors(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--replay-proto-descriptors: {exc}") from None
+
+
 def names(text: str) -> tuple[str, ...]:
     return tuple(n.strip().lower() for n in text.split(",") if n.strip())
 
@@ -411,6 +421,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_keylog", "--replay-keylog", "TLS key log (NSS SSLKEYLOGFILE format) to decrypt TLS 1.2 and 1.3 "
            "connections in pcap captures with (repeatable). Keys embedded in a pcapng (Decryption Secrets Blocks) "
            "are used without it. Default: none.", many=True, metavar="FILE"),
+    Option("replay_http_version", "--replay-http-version", "what exchanges captured over HTTP/2 are replayed over "
+           "on an http(s):// target: auto (HTTP/2 when the target speaks it: h2c with prior knowledge for http://, "
+           "ALPN h2 for https://; probed once), 2 (HTTP/2 required: a usage error when the target does not speak "
+           "it), 1.1 (HTTP/1.1). gRPC always goes over HTTP/2; HTTP/1.x captures over HTTP/1.1. Default: auto.",
+           "auto", choice("--replay-http-version", ("auto", "1.1", "2")), metavar="VERSION", field="http_version"),
+    Option("replay_proto_descriptors", "--replay-proto-descriptors", "a protobuf FileDescriptorSet (protoc "
+           "--descriptor_set_out=FILE --include_imports): gRPC messages are decoded and compared field by field "
+           "like JSON, and methods with idempotency_level NO_SIDE_EFFECTS are reads under the write policy "
+           "(repeatable). Default: none (messages compared as bytes; every gRPC call is a write).", many=True,
+           convert=_descriptors, metavar="FILE"),
     Option("replay_writes", "--replay-writes", "what happens to writes (every method but GET, HEAD and OPTIONS, "
            "and requests whose method override names one): mock "
            "(answered from the recorded response, never sent), pass (sent) or skip (not replayed). Default: mock "

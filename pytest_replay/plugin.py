@@ -72,6 +72,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         run.collection.check_target(session)
 
 
+def pytest_report_collectionfinish(config: pytest.Config, items: list) -> list[str] | None:
+    run = _run(config)
+    return run.http_version_lines(items) if run else None
+
+
 @pytest.fixture(scope="session")
 def replay_target(request: pytest.FixtureRequest):
     """Where captured requests go: the --replay-target option (or the ini's replay_target) by

@@ -22,6 +22,7 @@ from pytest_replay.schedule.plan import PlannedRequest
 from pytest_replay.targets import make_target
 from pytest_replay.schedule.target import APP_ERROR, REFUSED, RESET, TIMEOUT, TRUNCATED, UNPARSABLE, TargetError
 from pytest_replay.targets.inprocess import ASGITarget, ClientTarget, WSGITarget
+from pytest_replay.targets.h2 import H2Target
 from pytest_replay.targets.raw import RawTarget, wire_bytes
 
 CLOCK = RealClock(precise=False)
@@ -446,7 +447,8 @@ def wsgi_app(environ, start_response):
 
 
 def test_make_target_forms():
-    assert isinstance(make_target("http://127.0.0.1:9"), RawTarget)
+    network = make_target("http://127.0.0.1:9")  # HTTP/1.x captures through RawTarget, HTTP/2 ones over h2
+    assert isinstance(network, H2Target) and isinstance(network.http1, RawTarget) and network.version == "auto"
     assert make_target("https://h", verify=False).verify is False
     demo = make_target("demo")
     assert isinstance(demo, ASGITarget) and demo.name == "demo"

@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from http import HTTPStatus
 
-from hpack.huffman_table import decode_huffman
+from functools import lru_cache
+
+from hpack.huffman_table import decode_huffman as _decode_huffman
 from hpack.table import HeaderTable
 
 from .message import CAPTURE_ENDED, CLOSED, GAP, H2_ERROR, HPACK_UNKNOWN, TRUNCATED, Headers, Request, Response, build_head
@@ -116,6 +118,11 @@ class HpackDecoder:
                 self._add(name, value)
             headers.append((name, value))
         return headers, unknown
+
+
+# Header values repeat (a server's Server, Content-Type, Date within a second): hpack's pure-Python
+# Huffman decoder was most of the replay's time per HTTP/2 response (bench/bench_h2_replay.py).
+decode_huffman = lru_cache(maxsize=4096)(_decode_huffman)
 
 
 def _integer(data: bytes, pos: int, prefix: int) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """The write policy: which captured requests may change state on the server, and what happens to them.
 
 Deny by default. GET, HEAD and OPTIONS are reads; every other method, known or not, is a write
-(PURGE, MKCOL, MOVE, PROPPATCH, LOCK, CONNECT, TRACE, FOO; a gRPC call is a POST). A request is a
+(PURGE, MKCOL, MOVE, PROPPATCH, LOCK, CONNECT, TRACE, FOO; a gRPC call is a POST, a read only when a
+descriptor set marks its method `idempotency_level = NO_SIDE_EFFECTS`). A request is a
 write too when it names a write method the way frameworks honour (a method override: the
 X-HTTP-Method-Override, X-HTTP-Method or X-Method-Override header, the `_method` query parameter or
 form field) or when a --replay-write-pattern names it. A GET or HEAD with a body is sent, and flagged.
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..http.fields import form_values, query_values
+from ..http.h2 import is_grpc
 from ..http.message import Request
 from ..http.normalize import endpoint_of
 from ..vocab import WriteDecision, WriteMode, WriteOutcome
@@ -95,13 +97,19 @@ def _writes(values: Iterable[str]) -> tuple[str, ...]:
 # -- where a request names a method the server may act on --------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class OwnMethod:
-    """The request line's method, when it is not a read."""
+    """The request line's method, when it is not a read. `reads`: gRPC methods ('/pkg.Service/Get')
+    a descriptor set marks `idempotency_level = NO_SIDE_EFFECTS`: their POSTs are reads."""
 
     hinted = False  # may name a method whatever the head and body hold
+    reads: frozenset[str] = frozenset()
 
     def named(self, request: Request) -> tuple[str, ...]:
         method = request.method
-        return () if method in READ_METHODS else (method,)
+        if method in READ_METHODS:
+            return ()
+        if self.reads and method == "POST" and request.path in self.reads and is_grpc(request.headers):
+            return ()
+        return (method,)
 
     def reason(self, method: str) -> str:
         return f"method {method}"
@@ -245,10 +253,13 @@ class WriteRules:
         object.__setattr__(self, "_unhinted", tuple(s for s in self.sources if not s.hinted))
 
     @classmethod
-    def declaring(cls, patterns: Iterable = (), methods: Iterable[str] = ()) -> WriteRules:
-        """With --replay-write-pattern rules (or their text) and --replay-write-methods names."""
+    def declaring(cls, patterns: Iterable = (), methods: Iterable[str] = (), reads: Iterable[str] = ()) -> WriteRules:
+        """With --replay-write-pattern rules (or their text), --replay-write-methods names and the
+        gRPC methods a descriptor set declares free of side effects (`reads`, paths)."""
         declared = tuple(Declared(parse_write_pattern(p) if isinstance(p, str) else p) for p in patterns)
-        return cls((*declared, *SOURCES)).with_methods(methods)
+        own = OwnMethod(frozenset(reads))
+        sources = tuple(own if isinstance(s, OwnMethod) else s for s in SOURCES)
+        return cls((*declared, *sources)).with_methods(methods)
 
     def with_methods(self, methods: Iterable[str]) -> WriteRules:
         """These rules, with `methods` declared writes first (deprecated --replay-write-methods)."""

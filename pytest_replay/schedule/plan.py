@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from ..http.message import Exchange, Request
 
 
+_NEVER = float("inf")  # the completion time of a request the capture holds no response for
+
+
 @dataclass(frozen=True, slots=True)
 class PlannedRequest:
     """One request to send. `key` identifies it to whoever waits for its observation."""
@@ -60,21 +63,64 @@ def offsets(timestamps: list[int], timing: Timing) -> list[int]:
     return [round(o) for o in out]
 
 
+# An HTTP/2 connection carries concurrent streams: a lane sends one request at a time, so the streams
+# of one captured connection that overlapped in the capture get lanes of their own ("slots"), named
+# "CONNECTION ~k/n" (slot k of n). A connection whose streams never overlapped keeps its name as its
+# one lane. An HTTP/2 target opens one connection per captured connection (connection_of) and
+# multiplexes its slots' streams on it, until all n of them are closed (slot_count).
+SLOT = " ~"
+
+
+def connection_of(lane: str) -> str:
+    """The captured connection a lane belongs to."""
+    return lane.split(SLOT, 1)[0]
+
+
+def slot_count(lane: str) -> int:
+    """How many lanes (slots) the lane's captured connection has in the plan."""
+    _, sep, slot = lane.rpartition(SLOT)
+    return int(slot.rpartition("/")[2]) if sep else 1
+
+
+def stream_lanes(exchanges: Iterable[Exchange]) -> dict[int, str]:
+    """exchange index -> lane, for the exchanges captured over HTTP/2 on connections where streams
+    overlapped (every other exchange's lane is its connection). A stream takes the lowest slot whose
+    previous stream had its response started (recorded) when it began: streams sent one after the
+    other share a slot, streams in flight together go side by side."""
+    by_connection: dict[str, list[Exchange]] = {}
+    for e in exchanges:
+        if e.request.protocol != "http/1":
+            by_connection.setdefault(e.connection, []).append(e)
+    lanes: dict[int, str] = {}
+    for connection, members in by_connection.items():
+        busy_until: list[float] = []  # per slot: when its last stream's response started
+        slots = {}
+        for e in sorted(members, key=lambda e: (e.request_ts_ns, e.index)):
+            slot = next((k for k, until in enumerate(busy_until) if until <= e.request_ts_ns), len(busy_until))
+            if slot == len(busy_until):
+                busy_until.append(0)
+            busy_until[slot] = _NEVER if e.response_ts_ns is None else e.response_ts_ns
+            slots[e.index] = slot
+        if len(busy_until) > 1:
+            n = len(busy_until)
+            lanes.update((index, f"{connection}{SLOT}{slot}/{n}") for index, slot in slots.items())
+    return lanes
+
+
 def build_plan(exchanges: Iterable[Exchange], timing: Timing, prepare=None, wire=None) -> list[PlannedRequest]:
     """The plan for `exchanges` (already filtered), ordered by deadline. `prepare(exchange)` gives
     the request to send (after rewrites; default: the captured one), `wire(request)` the bytes a
-    network target sends for it (default: the captured bytes)."""
+    network target sends for it (default: the captured bytes). Overlapping HTTP/2 streams of one
+    connection get lanes of their own (stream_lanes)."""
     chosen = sorted(exchanges, key=lambda e: (e.request_ts_ns, e.index))
     deadlines = offsets([e.request_ts_ns for e in chosen], timing)
+    slots = stream_lanes(chosen)
     plan = []
     for exchange, offset in zip(chosen, deadlines):
         request = prepare(exchange) if prepare else exchange.request
-        plan.append(PlannedRequest(exchange.index, offset, exchange.connection, request,
+        plan.append(PlannedRequest(exchange.index, offset, slots.get(exchange.index, exchange.connection), request,
                                    wire(request) if wire else request.raw))
     return plan
-
-
-_NEVER = float("inf")  # the completion time of a request the capture holds no response for
 
 
 @dataclass(frozen=True, slots=True)

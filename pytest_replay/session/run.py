@@ -67,7 +67,10 @@ class ReplayRun:
         self.write_counts = None
         self.unused_allow: list[str] = []
         self.decisions: dict = {}  # exchange index -> policy.writes.Decision (send / mock / skip, and why)
-        self.write_rules = WriteRules.declaring(settings.write_pattern, settings.write_methods)  # what is a write
+        from ..verdicts.grpc import combined
+        self.grpc_schema = combined(settings.proto_descriptors)  # --replay-proto-descriptors, or None
+        reads = self.grpc_schema.read_paths if self.grpc_schema is not None else ()  # NO_SIDE_EFFECTS methods
+        self.write_rules = WriteRules.declaring(settings.write_pattern, settings.write_methods, reads)  # what is a write
         self.diff_config = None  # DiffConfig, made when the engine starts
         self.origins = None  # OriginResolver (--replay-origins same), made when the engine starts
         self.origin_counts: Counter[str] = Counter()  # "origin A treated as B" -> responses
@@ -89,6 +92,8 @@ class ReplayRun:
         self.stage_plan = None  # schedule.stages.StagePlan of a capacity run
         self.key_stride = 0  # a looped request's key: exchange index + loop * key_stride
         self.sampler = None  # session.saturation.Sampler of a capacity run
+        self.probed = None  # (target URL, targets.h2.Probe) when the target was probed after collection
+        self.http_version_said = None  # what HTTP/2 captures go over, as said after collection
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
@@ -112,7 +117,7 @@ class ReplayRun:
         try:
             # --replay-original-host, or a Host set with --replay-set-header: the target sends the request's own
             inner = make_target(target_spec, verify=not s.insecure, keep_host=s.original_host or set_host,
-                                import_paths=(os.getcwd(), str(self.config.rootpath)))
+                                import_paths=(os.getcwd(), str(self.config.rootpath)), http_version=s.http_version)
         except (ValueError, TypeError) as exc:
             pytest.exit(self.redactor.text(f"replay target: {exc}"), returncode=pytest.ExitCode.USAGE_ERROR)
         in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
@@ -141,7 +146,7 @@ class ReplayRun:
         clock = ClockNoise.of(exchanges, time.time_ns(), time.time_ns) if learned else None
         rules = s.ignore + (s.noise_from or ())
         self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=rules, noise=noise, clock=clock,
-                                      redactor=self.redactor,
+                                      redactor=self.redactor, grpc=self.grpc_schema,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
         planned = []
         replayed = replayed_exchanges(items)
@@ -154,6 +159,7 @@ class ReplayRun:
                 self.skip(exchange, "write skipped (--replay-writes skip)", write=True)
             else:
                 planned.append(exchange)
+        self._choose_http_version(inner, planned)
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
         prepare = lambda e: self.rewrites.apply(policy.mark(e.request, decision=self.decisions[e.index]))  # noqa: E731
@@ -197,11 +203,50 @@ class ReplayRun:
         from ..schedule.monitor import StopMonitor
         return StopMonitor(conditions, window_s)
 
+    def http_version_lines(self, items) -> list[str] | None:
+        """After collection, before the replay: with HTTP/2 exchanges selected and an http(s) URL as the
+        target option, probe it once and say what they will go over (the target reuses the answer)."""
+        s = self.settings
+        target = s.target
+        if not isinstance(target, str) or not target.strip().lower().startswith(("http://", "https://")) \
+                or self.config.option.collectonly:  # (--collect-only reaches no target)
+            return None
+        if not any(e.request.protocol != "http/1" for e in replayed_exchanges(items)):
+            return None
+        from ..targets.h2 import H2Target
+        try:
+            prober = H2Target(target.strip(), version=s.http_version, verify=not s.insecure)
+        except ValueError:
+            return None  # start_engine says why
+        self.http_version_said = prober.choice()
+        self.probed = (prober.url, prober.probed)
+        return [f"replay: {self.http_version_said}"]
+
+    def _choose_http_version(self, inner, planned: list[Exchange]) -> None:
+        """With exchanges captured over HTTP/2 and a network target: probe it once (before t0, so the
+        probe costs no lateness) and say what they go over; --replay-http-version 2 against a target
+        that does not speak HTTP/2 is a usage error."""
+        choice = getattr(inner, "choice", None)
+        if choice is None or not any(e.request.protocol != "http/1" for e in planned):
+            return
+        if self.probed is not None and self.probed[0] == inner.url and inner.probed is None:
+            inner.probed = self.probed[1]  # probed after collection: not again
+        if self.settings.http_version == "2":
+            probed = inner.check()
+            if not probed.h2:
+                pytest.exit(f"--replay-http-version 2: {inner.url} does not speak HTTP/2 ({probed.how})",
+                            returncode=pytest.ExitCode.USAGE_ERROR)
+        said = choice()
+        self.notes.append(f"replay: {said}")
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and said != self.http_version_said:  # (not said after collection; no reporter in a worker)
+            reporter.write_line(f"replay: {said}")
+
     def _stage_plan(self, replayed: list[Exchange], planned: list[Exchange], prepare, wire) -> list:
         """The plan of a capacity run (--replay-stages, --replay-loop, --replay-duration): computed
         from every replayed exchange (so each xdist worker computes the same schedule), then kept for
         the exchanges this process sends. Loop k > 0 of exchange i has the key i + k * stride."""
-        from ..schedule.plan import PlannedRequest
+        from ..schedule.plan import PlannedRequest, stream_lanes
         from ..schedule.stages import loop_stages, stage_plan
 
         s = self.settings
@@ -216,6 +261,7 @@ class ReplayRun:
             pytest.exit(f"--replay-stages: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         self.key_stride = max((e.index for e in self.collection.exchanges or ()), default=0) + 1
         sent_here = {e.index for e in planned}
+        slots = stream_lanes(chosen)  # overlapping HTTP/2 streams side by side
         requests: dict[int, tuple] = {}
         plan = []
         for send in self.stage_plan.sends:
@@ -227,7 +273,7 @@ class ReplayRun:
                 request = prepare(exchange)
                 prepared = requests[exchange.index] = (request, wire(request))
             plan.append(PlannedRequest(exchange.index + send.loop * self.key_stride, send.offset_ns,
-                                       exchange.connection, prepared[0], prepared[1]))
+                                       slots.get(exchange.index, exchange.connection), prepared[0], prepared[1]))
         if self.stage_plan.loops > 1:
             self.notes.append(
                 f"the capture was looped ({self.stage_plan.loops} passes begun): the requests of loops after the "

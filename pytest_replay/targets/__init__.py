@@ -23,25 +23,35 @@ ACCEPTED_FORMS = ("an http:// or https:// URL (e.g. http://127.0.0.1:8000)", "'a
                   "a WSGI app (callable taking environ, start_response)")
 
 
+_NO_H2_IN_PROCESS = ("--replay-http-version 2 needs a network target (an http:// or https:// URL): in-process "
+                     "apps are called through httpx, which speaks HTTP/2 only over the network")
+
+
 def _accepted() -> str:
     return "; ".join(ACCEPTED_FORMS)
 
 
-def make_target(spec, *, verify: bool = True, keep_host: bool = False, import_paths=()) -> Target:
+def make_target(spec, *, verify: bool = True, keep_host: bool = False, import_paths=(),
+                http_version: str = "auto") -> Target:
     """A Target for `spec`; ValueError naming the accepted forms for anything else. `keep_host`: a
     network target or a user's client sends each request's own Host instead of the target's.
     `import_paths` (the rootdir, the current directory) are put first on sys.path for 'asgi:'/'wsgi:'
-    modules, as `python -m pytest` does for the current directory and the `pytest` script does not."""
+    modules, as `python -m pytest` does for the current directory and the `pytest` script does not.
+    `http_version` ("auto", "1.1", "2"): what exchanges captured over HTTP/2 are replayed over, on a
+    network target (targets/h2.py); in-process apps get HTTP/1.1 semantics through httpx, "2" is an
+    error for them."""
     if isinstance(spec, str):
         text = spec.strip()
         if text == "demo":
             text = DEMO_SPEC
         lowered = text.lower()
         if lowered.startswith(("http://", "https://")):
-            from .raw import RawTarget
-            return RawTarget(text, verify=verify, keep_host=keep_host)
+            from .h2 import H2Target
+            return H2Target(text, version=http_version, verify=verify, keep_host=keep_host)
         for prefix in ("asgi:", "wsgi:"):
             if lowered.startswith(prefix):
+                if http_version == "2":
+                    raise ValueError(_NO_H2_IN_PROCESS)
                 app = _load(text[len(prefix):], spec, import_paths)
                 from .inprocess import ASGITarget, WSGITarget
                 cls = ASGITarget if prefix == "asgi:" else WSGITarget
@@ -57,6 +67,8 @@ def make_target(spec, *, verify: bool = True, keep_host: bool = False, import_pa
     if _is_target(spec):
         return spec
     kind = app_kind(spec)
+    if kind is not None and http_version == "2":
+        raise ValueError(_NO_H2_IN_PROCESS)
     if kind == "asgi":
         from .inprocess import ASGITarget
         return ASGITarget(spec)

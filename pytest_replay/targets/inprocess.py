@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..http.h2 import is_grpc
 from ..http.message import Request, Response
 from ..schedule.plan import PlannedRequest
 from ..schedule.target import APP_ERROR, REFUSED, RESET, TIMEOUT, UNPARSABLE, TargetError, describe
@@ -66,6 +67,17 @@ def _build(method: str, url: str, headers, body: bytes) -> httpx.Request:
             from None
 
 
+# Short enough to be shown whole in a failure (httpx speaks HTTP/2 only over the network, and gRPC's
+# status travels in trailers, which an HTTP/1.1-semantics call does not carry).
+NO_GRPC = "gRPC needs HTTP/2; httpx calls in-process apps over HTTP/1.1: serve the app, replay to its URL"
+
+
+def _refuse_grpc(request: Request) -> None:
+    """A gRPC call captured over HTTP/2 can not go to an in-process app: a per-exchange error."""
+    if is_grpc(request.headers):
+        raise TargetError(APP_ERROR, NO_GRPC)
+
+
 class _AppTarget:
     """Shared by the ASGI and WSGI targets: the URL carries the captured Host, so the app sees it."""
 
@@ -102,6 +114,8 @@ class ASGITarget(_AppTarget):
 
     async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
         request = planned.request
+        if request.protocol != "http/1":
+            _refuse_grpc(request)
         req = _build(request.method, self._url(request), _headers(request), request.body)
         now = clock.now_ns
         token = CURRENT_EXCHANGE.set(planned.key)  # the app's outbound calls are attributed to it
@@ -150,6 +164,8 @@ class WSGITarget(_AppTarget):
 
     async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
         request = planned.request
+        if request.protocol != "http/1":
+            _refuse_grpc(request)
         req = _build(request.method, self._url(request), _headers(request), request.body)
         if self._pool is None:
             await self.start()

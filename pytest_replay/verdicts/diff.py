@@ -497,6 +497,7 @@ class DiffConfig:
     max_latency_ns: int | None = None
     max_diffs: int = 10
     redactor: Redactor = field(default=DEFAULT_REDACTOR, compare=False)
+    grpc: object | None = field(default=None, compare=False)  # verdicts.grpc.Schema (--replay-proto-descriptors)
     ignores: tuple[Rule, ...] = field(default=(), init=False, compare=False, repr=False)
     keeps: tuple[Rule, ...] = field(default=(), init=False, compare=False, repr=False)
     masks: tuple[Regex, ...] = field(default=(), init=False, compare=False, repr=False)
@@ -782,17 +783,31 @@ def compare(recorded: Response | None, replayed: Response | None, config: DiffCo
         if cut:
             note = (f"the recorded response is incomplete ({'; '.join(cut)}): body "
                     + ("" if head_whole else "and headers ") + "not compared; ")
+        grpc = _grpc_pair(recorded, replayed)
         if "status" in config.parts and recorded.status != replayed.status:
             check.add("status", "status", str(recorded.status), str(replayed.status))
+        if "status" in config.parts and grpc is not None and not cut:
+            grpc.compare_status(check, recorded, replayed)
         if "headers" in config.parts and head_whole:
             check.headers(recorded, replayed)
         if "body" in config.parts and not cut:
-            check.body(recorded, replayed)
+            if grpc is not None:
+                grpc.compare_messages(check, recorded, replayed, config.grpc)
+            else:
+                check.body(recorded, replayed)
     cap = config.max_latency_ns
     if cap is not None and latency_ns is not None and latency_ns > cap:
         was = f"cap {ms(cap)}" + (f" (recorded {ms(recorded_latency_ns)})" if recorded_latency_ns else "")
         check.add("latency", "latency", was, ms(latency_ns))
     return check.verdict(note)
+
+
+def _grpc_pair(recorded: Response, replayed: Response):
+    """verdicts.grpc when both responses are gRPC (captured over HTTP/2), else None."""
+    if recorded.protocol == "http/1" and replayed.protocol == "http/1":
+        return None
+    from . import grpc
+    return grpc if grpc.both_grpc(recorded, replayed) else None
 
 
 # -- rendering -------------------------------------------------------------------------------------------
@@ -817,7 +832,8 @@ def render_failure(exchange: Exchange, verdict: Verdict, *, recorded_latency_ns:
     request = exchange.request
     recorded_status = exchange.response.status if exchange.response is not None else "(not recorded)"
     lines = [
-        f"{request.method} {_short(redactor.target(request.target), 200)} HTTP/{request.version}"
+        f"{request.method} {_short(redactor.target(request.target), 200)} "
+        f"{'HTTP/2' if request.protocol != 'http/1' else f'HTTP/{request.version}'}"
         f"  [{exchange.source}]",
         f"  recorded: {recorded_status} in {ms(recorded_latency_ns)}   "
         f"replayed: {replayed_status if replayed_status is not None else '-'} in {ms(replayed_latency_ns)}",
