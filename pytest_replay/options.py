@@ -321,6 +321,15 @@ OPTIONS: tuple[Option, ...] = (
            metavar="URL"),
     Option("replay_concurrency", "--replay-concurrency", "most requests in flight at once. Default: 64.", 64,
            concurrency, metavar="N"),
+    Option("replay_connections", "--replay-connections", "requests of one captured connection: 'strict' sends "
+           "them in captured order on one replay connection, each after the previous response (faithful to what "
+           "the server saw on it; a request due while its connection is busy is late, and the summary says "
+           "'connection'); 'spill' sends such a request at its deadline on an extra connection (the schedule kept, "
+           "the captured order and connection reuse given up: the server sees more connections, and at --speed 0, "
+           "where everything is due at once, up to --replay-concurrency of them). Extra connections are reused "
+           "while idle and closed when their captured connection has no more requests. Default: strict.", "strict",
+           choice("--replay-connections", ("strict", "spill")), metavar="MODE",
+           field="connection_mode"),
     Option("replay_max_wait", "--replay-max-wait", "cap each idle gap between requests to this many seconds "
            "(after --speed). Default: no cap.", None, seconds("--replay-max-wait"), metavar="SECONDS"),
     Option("replay_timeout", "--replay-timeout", "time allowed for each request and its response. "

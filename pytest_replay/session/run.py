@@ -184,7 +184,7 @@ class ReplayRun:
             monitor = StopMonitor(s.abort_on, s.abort_window)
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items),
-                             barriers=barriers, monitor=monitor)
+                             barriers=barriers, monitor=monitor, connections=s.connection_mode)
         _running.add(self)
         self.engine.start()
         if self.stage_plan is not None:
@@ -439,4 +439,8 @@ class ReplayRun:
             baseline=self.differential.counts.to_dict() if self.differential is not None else {},
             baseline_aggregate=self.differential.aggregate.to_dict() if self.differential is not None else {},
             capacity=self.capacity())
+        if engine is not None and engine.extra_connections:
+            own.notes.append(f"--replay-connections spill: {engine.spilled} requests went out on "
+                             f"{engine.extra_connections} extra connections, closed when their captured connection "
+                             "had no more requests")
         return RunResults(notes=[]).merge(own).merge(self.remote)
