@@ -11,7 +11,10 @@ JSON file) and stops it in `finally`.
     `wrk -c 32 -t 1 -d 5s` on the same URL, and a bare asyncio Protocol + httptools client on 32 connections
     (design.md section 3: ~17,500 req/s) - what the engine costs on top of the socket work. Also the engine
     while pytest's thread consumes every observation with wait(key) in key order (how the plugin uses it).
-    Targets: >= 10,000 req/s; aim >= 1/4 of wrk.
+    Targets: >= 10,000 req/s; >= 0.5 of wrk (issue 13.6). The engine runs as the plugin runs it (uvloop when
+    installed, batched writes); the same plan on asyncio's loop and with unbatched writes is printed beside it,
+    and wrk is measured before and after the engine runs (the mean of both is the reference: on a shared
+    machine the rate of everything drifts during a run).
 (b) Timing fidelity: a plan at a fixed 2,000 requests/s for 60 s (10 s with --quick), 16 lanes. Lateness is
     sent - (t0 + offset). Prints p50/p99/max and drift (median lateness of the last 10% minus the first 10%).
     Targets: p99 <= 1 ms, |drift| <= 0.1 ms. For contrast, GoReplay-style relative sleeping (each sleep
@@ -44,13 +47,13 @@ if ROOT not in sys.path:
 import httptools  # noqa: E402
 
 from pytest_replay.http.message import Request  # noqa: E402
-from pytest_replay.schedule.engine import SWITCH_INTERVAL_S, Engine  # noqa: E402
+from pytest_replay.schedule.engine import SWITCH_INTERVAL_S, Engine, loop_name  # noqa: E402
 from pytest_replay.schedule.plan import PlannedRequest  # noqa: E402
 from pytest_replay.targets.raw import RawTarget  # noqa: E402
 from _common import start_nginx, stop  # noqa: E402
 
 TARGET_RPS = 10_000
-TARGET_WRK_RATIO = 0.25
+TARGET_WRK_RATIO = 0.5
 TARGET_P99_MS = 1.0
 TARGET_DRIFT_MS = 0.1
 LANES_THROUGHPUT = 32
@@ -141,12 +144,13 @@ def make_plan(target: RawTarget, n: int, lanes: int, step_ns: int) -> list[Plann
 
 
 def run_engine(url: str, n: int, lanes: int, step_ns: int, *, consume: str = "none",
-               switch_interval: float | None = SWITCH_INTERVAL_S) -> tuple[Engine, float]:
+               switch_interval: float | None = SWITCH_INTERVAL_S, loop: str = "auto",
+               batch: bool = True) -> tuple[Engine, float]:
     """consume: 'none' (pytest's thread just joins), 'wait' (wait(key) for each key in order),
     'pytest' (wait, then ~1.15 ms of Python per item)."""
-    target = RawTarget(url)
+    target = RawTarget(url, batch=batch)
     plan = make_plan(target, n, lanes, step_ns)
-    engine = Engine(plan, target, concurrency=64, switch_interval=switch_interval)
+    engine = Engine(plan, target, concurrency=64, switch_interval=switch_interval, loop=loop)
     saved = sys.getswitchinterval()
     start = time.perf_counter()
     engine.start()
@@ -233,21 +237,35 @@ def main() -> int:
     try:
         nginx, url = start_site(workdir)
         print(f"nginx on {url}; python {sys.version.split()[0]}; {os.cpu_count()} cores; "
-              f"load average {os.getloadavg()[0]:.2f}")
+              f"load average {os.getloadavg()[0]:.2f}; engine event loop: {loop_name()}")
         n = cfg["requests"]
         print("\n(a) throughput, speed 0, 32 lanes")
-        wrk = run_wrk(url, 5)
-        row("wrk -c 32 -t 1 -d 5s", f"{wrk:,.0f} req/s")
+        wrk_before = run_wrk(url, 5)
+        row("wrk -c 32 -t 1 -d 5s (before)", f"{wrk_before:,.0f} req/s")
         wire = make_plan(RawTarget(url), 1, 1, 0)[0].wire
         bare = bare_client(url, wire, n, LANES_THROUGHPUT)
         row(f"bare asyncio Protocol + httptools, 32 conns, {n:,} req", f"{bare:,.0f} req/s")
         engine, wall = run_engine(url, n, LANES_THROUGHPUT, 0)
         rps = rate_of(check(engine))
-        row(f"engine + RawTarget, {n:,} req (first send to last answer)", f"{rps:,.0f} req/s",
+        variants = []
+        for label, loop, batch in (("asyncio loop, batched writes", "asyncio", True),
+                                   ("asyncio loop, one write per request (before)", "asyncio", False),
+                                   ("uvloop, one write per request", "uvloop", False)):
+            if loop == "uvloop" and not loop_name().startswith("uvloop"):
+                continue
+            other, _ = run_engine(url, n, LANES_THROUGHPUT, 0, loop=loop, batch=batch)
+            variants.append((label, rate_of(check(other))))
+        wrk_after = run_wrk(url, 5)
+        wrk = (wrk_before + wrk_after) / 2
+        row("wrk -c 32 -t 1 -d 5s (after)", f"{wrk_after:,.0f} req/s")
+        row(f"engine + RawTarget ({loop_name()}, batched), {n:,} req", f"{rps:,.0f} req/s",
             judge(rps >= TARGET_RPS) + f" (>= {TARGET_RPS:,})")
         row("  wall time incl. thread start, lead 50 ms, close", f"{n / wall:,.0f} req/s")
-        row("  engine / wrk", f"{rps / wrk:.2f}", judge(rps / wrk >= TARGET_WRK_RATIO) + f" (>= {TARGET_WRK_RATIO})")
+        row("  engine / wrk (mean of before and after)", f"{rps / wrk:.2f}",
+            judge(rps / wrk >= TARGET_WRK_RATIO) + f" (>= {TARGET_WRK_RATIO})")
         row("  engine / bare Protocol client", f"{rps / bare:.2f}")
+        for label, rate in variants:
+            row(f"  same plan, {label}", f"{rate:,.0f} req/s = {rate / wrk:.2f} of wrk")
         engine, wall = run_engine(url, n, LANES_THROUGHPUT, 0, consume="wait")
         rps_wait = rate_of(check(engine))
         row("engine while pytest's thread wait()s for every key", f"{rps_wait:,.0f} req/s")

@@ -65,6 +65,42 @@ class Progress:
 
 
 CONNECTION_MODES = ("strict", "spill")  # --replay-connections
+LOOPS = ("auto", "asyncio", "uvloop")  # Engine(loop=...): auto is uvloop when it is installed
+
+
+def uvloop_version() -> str | None:
+    """uvloop's version when it is installed (the [fast] extra), without importing it; else None."""
+    from importlib.metadata import PackageNotFoundError, version
+    from importlib.util import find_spec
+
+    if find_spec("uvloop") is None:
+        return None
+    try:
+        return version("uvloop")
+    except PackageNotFoundError:  # importable but not installed as a distribution
+        return "?"
+
+
+def loop_name(loop: str = "auto") -> str:
+    """The event loop an engine made with `loop` runs on: 'uvloop 0.23.0' or 'asyncio'."""
+    if loop == "asyncio":
+        return "asyncio"
+    found = uvloop_version()
+    if found is None:
+        if loop == "uvloop":
+            raise ValueError("uvloop is not installed: pip install pytest-traffic-replay[fast]")
+        return "asyncio"
+    return f"uvloop {found}"
+
+
+def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:
+    """The engine thread's loop. uvloop (libuv's transports in C) roughly halves what the network
+    path costs per request (bench/bench_replay.py measures both in the same run)."""
+    if loop_name(loop) == "asyncio":
+        return asyncio.new_event_loop()
+    import uvloop
+
+    return uvloop.new_event_loop()
 
 
 class _Lane:
@@ -155,16 +191,23 @@ class Engine:
     whole exchange (on real time, also under a FakeClock; checked every timeout_s/20, at most 0.25 s);
     a timed-out request gets error_kind "timeout" and the target drops the lane's connection
     (cancellation contract of Target). `start()` also lowers sys.setswitchinterval to
-    `switch_interval` and freezes the GC (`freeze_gc`) for the duration of the replay.
+    `switch_interval` and freezes the GC (`freeze_gc`) for the duration of the replay. `loop`: the
+    engine thread's event loop, "auto" (uvloop when installed), "asyncio" or "uvloop"; an in-process
+    app must run on asyncio's (targets/blocker.py sees its sockets through Python's socket module,
+    which uvloop's transports bypass).
     """
 
     def __init__(self, plan: list[PlannedRequest], target: Target, *, clock: Clock | None = None,
                  concurrency: int = 64, timeout_s: float = 10.0, lead_ns: int = 50_000_000,
                  switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True,
                  pipeline: RequestPipeline | None = None, barriers: Barriers | None = None,
-                 monitor=None, connections: str = "strict") -> None:
+                 monitor=None, connections: str = "strict", loop: str = "auto") -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if loop not in LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+        self.loop = loop
+        self.loop_name = loop_name(loop)  # what the engine thread runs on
         if connections not in CONNECTION_MODES:
             raise ValueError(f"connections must be one of {', '.join(CONNECTION_MODES)}, got {connections!r}")
         plan = list(plan)
@@ -313,7 +356,7 @@ class Engine:
 
     # -- the engine thread -----------------------------------------------------------------------
     def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop(self.loop)
         try:
             asyncio.set_event_loop(loop)
             loop.run_until_complete(self.run())

@@ -184,7 +184,8 @@ class ReplayRun:
             monitor = StopMonitor(s.abort_on, s.abort_window)
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items),
-                             barriers=barriers, monitor=monitor, connections=s.connection_mode)
+                             barriers=barriers, monitor=monitor, connections=s.connection_mode,
+                             loop="asyncio" if in_process else "auto")  # uvloop bypasses the app's socket blocker
         _running.add(self)
         self.engine.start()
         if self.stage_plan is not None:
