@@ -330,6 +330,11 @@ OPTIONS: tuple[Option, ...] = (
            "while idle and closed when their captured connection has no more requests. Default: strict.", "strict",
            choice("--replay-connections", ("strict", "spill")), metavar="MODE",
            field="connection_mode"),
+    Option("replay_event_loop", "--replay-event-loop", "the replay engine's event loop: 'auto' (uvloop when it is "
+           "installed, e.g. with pip install pytest-traffic-replay[fast]: less CPU per request on the network "
+           "path), 'asyncio' or 'uvloop'. In-process apps (asgi:, wsgi:) always run on asyncio's loop, where the "
+           "outbound-call blocker sees their sockets. The header line names the loop. Default: auto.", "auto",
+           choice("--replay-event-loop", ("auto", "asyncio", "uvloop")), metavar="LOOP"),
     Option("replay_max_wait", "--replay-max-wait", "cap each idle gap between requests to this many seconds "
            "(after --speed). Default: no cap.", None, seconds("--replay-max-wait"), metavar="SECONDS"),
     Option("replay_timeout", "--replay-timeout", "time allowed for each request and its response. "

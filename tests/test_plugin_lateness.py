@@ -120,3 +120,20 @@ def test_connections_mode_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--replay", "x.gor", "--replay-connections", "loose")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--replay-connections: expected one of strict, spill, got 'loose'" in result.stderr.str()
+
+
+def test_header_names_the_event_loop_and_the_connections_mode(pytester: pytest.Pytester) -> None:
+    gor = capture(pytester.path / "slow.gor")
+    base = ("-p", "no:cacheprovider", "--collect-only", "--replay", str(gor), "--replay-target", "http://127.0.0.1:9")
+    uvloop = pytest.importorskip("uvloop", reason="the [fast] extra is not installed")
+    auto = pytester.runpytest_subprocess(*base, "--replay-connections", "spill").stdout.str()
+    assert f"event loop uvloop {uvloop.__version__} (network targets)" in auto and "connections spill" in auto
+    plain = pytester.runpytest_subprocess(*base, "--replay-event-loop", "asyncio").stdout.str()
+    assert "; event loop asyncio" in plain and "connections spill" not in plain
+
+
+def test_strict_on_asyncio_loop_same_attribution(pytester: pytest.Pytester, app: str) -> None:
+    result, evidence = replay(pytester, app, "--replay-event-loop", "asyncio")
+    assert result.ret == 0, result.stdout.str()
+    assert "; event loop asyncio" in result.stdout.str()
+    assert endpoint(evidence, "GET /health")["lateness_causes"]["connection"]["requests"] == 2

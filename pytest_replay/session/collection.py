@@ -219,7 +219,7 @@ class Collection:
         target = url_without_password(str(s.target)) if s.target else "(replay_target fixture)"
         from ..schedule.engine import uvloop_version  # (no uvloop import: a metadata look-up)
 
-        found = uvloop_version()
+        found = uvloop_version() if s.event_loop != "asyncio" else None
         loop = f"; event loop uvloop {found} (network targets)" if found else "; event loop asyncio"
         spill = "; connections spill" if s.connection_mode == "spill" else ""
         return [f"replay: {names}; target {target}; {pace}; "

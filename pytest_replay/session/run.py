@@ -182,10 +182,15 @@ class ReplayRun:
         if s.abort_on:
             from ..schedule.monitor import StopMonitor
             monitor = StopMonitor(s.abort_on, s.abort_window)
+        if s.event_loop == "uvloop" and not in_process:
+            from ..schedule.engine import uvloop_version
+            if uvloop_version() is None:
+                pytest.exit("--replay-event-loop uvloop: uvloop is not installed (pip install "
+                            "pytest-traffic-replay[fast])", returncode=pytest.ExitCode.USAGE_ERROR)
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items),
                              barriers=barriers, monitor=monitor, connections=s.connection_mode,
-                             loop="asyncio" if in_process else "auto")  # uvloop bypasses the app's socket blocker
+                             loop="asyncio" if in_process else s.event_loop)  # uvloop bypasses the app's socket blocker
         _running.add(self)
         self.engine.start()
         if self.stage_plan is not None:
