@@ -350,7 +350,8 @@ OPTIONS: tuple[Option, ...] = (
            "(e.g. 10m). Default: the capture's length.", None, duration("--replay-duration"), metavar="DURATION"),
     Option("replay_abort_on", "--replay-abort-on", "stop the replay when this holds over the last "
            "--replay-abort-window seconds (repeatable): 'p99>2s', '5xx>5%%', 'errors>1%%', 'lateness>50ms' "
-           "(p99 lateness). The run then fails. Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
+           "(p99 of the engine's own lateness: waits for a busy connection, a barrier or a slot do not count). "
+           "The run then fails. Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
     Option("replay_abort_window", "--replay-abort-window", "seconds of the sliding window stop conditions are "
            "judged on. Default: 10.", 10.0, seconds("--replay-abort-window"), metavar="SECONDS"),
     Option("replay_target_pid", "--replay-target-pid", "capacity runs: sample the target process's CPU, RSS and "
