@@ -325,9 +325,9 @@ OPTIONS: tuple[Option, ...] = (
            "them in captured order on one replay connection, each after the previous response (faithful to what "
            "the server saw on it; a request due while its connection is busy is late, and the summary says "
            "'connection'); 'spill' sends such a request at its deadline on an extra connection (the schedule kept, "
-           "the captured order and connection reuse given up: the server sees more connections, and at --speed 0, "
-           "where everything is due at once, up to --replay-concurrency of them). Extra connections are reused "
-           "while idle and closed when their captured connection has no more requests. Default: strict.", "strict",
+           "the captured order and connection reuse given up: the server sees more connections, at most "
+           "--replay-concurrency extra ones in all, beyond which a request waits on its own). Extra connections "
+           "are reused while idle and closed when their captured connection has no more requests. Default: strict.", "strict",
            choice("--replay-connections", ("strict", "spill")), metavar="MODE",
            field="connection_mode"),
     Option("replay_event_loop", "--replay-event-loop", "the replay engine's event loop: 'auto' (uvloop when it is "

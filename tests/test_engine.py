@@ -439,3 +439,27 @@ def test_lateness_causes_merge_exactly_across_aggregates():
     causes = merged.overall.causes_row()
     assert causes["connection"]["requests"] == 2 and causes["connection"]["share_pct"] == 100.0
     assert causes["connection"]["max_ms"] == 90.0
+
+
+def test_spill_lanes_time_out_and_stop_like_captured_ones():
+    # key 1 spills onto an extra lane and hangs: the watchdog times it out there; the run ends
+    plan = plan_of([(0, "A"), (10 * MS, "A"), (20 * MS, "A")])
+    target = Recorder(latency=lambda p: 100 * MS, hang={1})
+    engine = Engine(plan, target, clock=RealClock(), connections="spill", timeout_s=0.3, lead_ns=0)
+    observations = {o.key: o for o in asyncio.run(engine.run())}
+    assert observations[1].error_kind == TIMEOUT and observations[1].spilled
+    assert observations[0].ok and observations[2].ok and observations[2].spilled
+    assert sorted(set(target.closed_lanes)) == ["A", "A [extra 1]", "A [extra 2]"]
+    with pytest.raises(ValueError, match="connections must be one of strict, spill"):
+        Engine(plan, target, connections="loose")
+
+
+def test_spill_opens_at_most_concurrency_extra_connections():
+    # --speed 0: 10 lanes of 50 requests all due at once; without the cap every request would spill
+    plan = plan_of([(0, f"L{i % 10}") for i in range(500)])
+    target = Recorder(latency=MS)
+    engine, obs = run(plan, target, connections="spill", concurrency=8)
+    assert len(obs) == 500 and all(o.ok for o in obs.values())
+    assert engine.extra_connections == 8 and 8 <= engine.spilled < 490
+    assert len({lane for _, lane, _ in target.sends}) == 18
+    assert target.max_in_flight <= 8

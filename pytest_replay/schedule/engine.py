@@ -17,8 +17,9 @@ Each request's lateness is split by cause in its Observation: the time its lane 
 the previous request after its deadline (the captured connection's order), a barrier's wait, a
 concurrency slot's wait, and the rest, the engine's own. With `connections="spill"` a request whose
 lane is busy when it is due goes out at once on an extra connection of that lane (a spill lane, one
-more replay connection, reused while idle, closed when its lane has no more requests): the captured
-order on the connection is given up for the schedule. Spilled requests are counted (`spilled`,
+more replay connection, reused while idle, closed when its lane has no more requests; at most
+`concurrency` of them in all, beyond which it waits on its own lane): the captured order on the
+connection is given up for the schedule. Spilled requests are counted (`spilled`,
 `extra_connections`, Observation.spilled).
 
 pytest's thread talks to the engine through `start`, `wait(key)`, `progress()`, `observations()` and
@@ -475,12 +476,12 @@ class Engine:
                     await asyncio.sleep(0)
             lane = lanes[p.lane]
             lane.remaining -= 1
-            if spill and not lane.idle:
-                to = self._spill_lane(lane)
+            to = self._spill_lane(lane) if spill and not lane.idle else None
+            if to is None:
+                to = lane
+            else:
                 p = replace(p, lane=to.name)
                 self.spilled += 1
-            else:
-                to = lane
             to.queue.append(p)
             self._wake(to, loop)
             if not lane.remaining:  # idle lanes of the connection wake to see it is over
@@ -501,11 +502,14 @@ class Engine:
             if wake is not None and not wake.done():
                 wake.set_result(None)
 
-    def _spill_lane(self, lane: _Lane) -> _Lane:
-        """An idle extra connection of `lane`'s captured connection, opened if none is."""
+    def _spill_lane(self, lane: _Lane) -> _Lane | None:
+        """An idle extra connection of `lane`'s captured connection, opened if none is and fewer than
+        `concurrency` extra ones exist in all (None then: the request waits on its own lane)."""
         for spill in lane.spills:
             if spill.idle:
                 return spill
+        if self.extra_connections >= self.concurrency:
+            return None
         spill = _Lane(f"{lane.name} [extra {len(lane.spills) + 1}]", 0, owner=lane)
         lane.spills.append(spill)
         self.extra_connections += 1
