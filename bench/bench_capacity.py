@@ -86,7 +86,7 @@ def run_wrk(url: str, seconds: int, connections: int) -> float:
     return float(match.group(1))
 
 
-# -- (a) and (b): stages against nginx ----------------------------------------------------------------------------------
+# -- (a) and (b): stages against nginx ----------------------------------------------------------------------
 def synthetic_capture(seed: int = 16) -> tuple[list[int], list[str]]:
     """Request times (ns, ascending: exponential gaps at CAPTURE_RATE) and each one's connection."""
     rng = random.Random(seed)
@@ -149,7 +149,7 @@ def boundary_lateness(engine: Engine, sp) -> tuple[list[tuple[str, float, int]],
     return around, middle
 
 
-# -- (c): a ramp against a CPU-bound app ---------------------------------------------------------------------------------
+# -- (c): a ramp against a CPU-bound app --------------------------------------------------------------------
 APP = f'''
 import time
 
@@ -260,7 +260,8 @@ def main() -> int:
         print(f"\n(b) lateness p99 within {BOUNDARY_WINDOW_NS // 1_000_000} ms of each stage boundary (ms)")
         around, middle = boundary_lateness(engine, sp)
         for label, p99, n in around:
-            row(f"boundary {label}", f"{p99:.3f} ({n:,} requests)", judge(p99 < BOUNDARY_P99_MS, f"< {BOUNDARY_P99_MS}"))
+            row(f"boundary {label}", f"{p99:.3f} ({n:,} requests)",
+                judge(p99 < BOUNDARY_P99_MS, f"< {BOUNDARY_P99_MS}"))
         for label, p99, n in middle:
             row(f"  reference: middle of {label}", f"{p99:.3f} ({n:,} requests)")
         stop(nginx)

@@ -327,9 +327,8 @@ OPTIONS: tuple[Option, ...] = (
            "'connection'); 'spill' sends such a request at its deadline on an extra connection (the schedule kept, "
            "the captured order and connection reuse given up: the server sees more connections, at most "
            "--replay-concurrency extra ones in all, beyond which a request waits on its own). Extra connections "
-           "are reused while idle and closed when their captured connection has no more requests. Default: strict.", "strict",
-           choice("--replay-connections", ("strict", "spill")), metavar="MODE",
-           field="connection_mode"),
+           "are reused while idle and closed when their captured connection has no more requests. Default: strict.",
+           "strict", choice("--replay-connections", ("strict", "spill")), metavar="MODE", field="connection_mode"),
     Option("replay_event_loop", "--replay-event-loop", "the replay engine's event loop: 'auto' (uvloop when it is "
            "installed, e.g. with pip install pytest-traffic-replay[fast]: less CPU per request on the network "
            "path), 'asyncio' or 'uvloop'. In-process apps (asgi:, wsgi:) always run on asyncio's loop, where the "

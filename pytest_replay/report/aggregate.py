@@ -336,7 +336,8 @@ class Stats:
             setattr(stats, name, int(data.get(name, 0)))
         for name in METRICS:
             setattr(stats, name, Histogram.from_dict(data.get(name)))
-        stats.late_causes = {cause: Histogram.from_dict(hist) for cause, hist in (data.get("late_causes") or {}).items()}
+        causes = data.get("late_causes") or {}
+        stats.late_causes = {cause: Histogram.from_dict(hist) for cause, hist in causes.items()}
         stats.spilled = int(data.get("spilled", 0))  # absent from files written before it existed
         for name in _COUNTERS:
             setattr(stats, name, Counter({k: int(v) for k, v in (data.get(name) or {}).items()}))
