@@ -343,6 +343,19 @@ OPTIONS: tuple[Option, ...] = (
            metavar="URL"),
     Option("replay_concurrency", "--replay-concurrency", "most requests in flight at once. Default: 64.", 64,
            concurrency, metavar="N"),
+    Option("replay_connections", "--replay-connections", "requests of one captured connection: 'strict' sends "
+           "them in captured order on one replay connection, each after the previous response (faithful to what "
+           "the server saw on it; a request due while its connection is busy is late, and the summary says "
+           "'connection'); 'spill' sends such a request at its deadline on an extra connection (the schedule kept, "
+           "the captured order and connection reuse given up: the server sees more connections, at most "
+           "--replay-concurrency extra ones in all, beyond which a request waits on its own). Extra connections "
+           "are reused while idle and closed when their captured connection has no more requests. Default: strict.",
+           "strict", choice("--replay-connections", ("strict", "spill")), metavar="MODE", field="connection_mode"),
+    Option("replay_event_loop", "--replay-event-loop", "the replay engine's event loop: 'auto' (uvloop when it is "
+           "installed, e.g. with pip install pytest-traffic-replay[fast]: less CPU per request on the network "
+           "path), 'asyncio' or 'uvloop'. In-process apps (asgi:, wsgi:) always run on asyncio's loop, where the "
+           "outbound-call blocker sees their sockets. The header line names the loop. Default: auto.", "auto",
+           choice("--replay-event-loop", ("auto", "asyncio", "uvloop")), metavar="LOOP"),
     Option("replay_max_wait", "--replay-max-wait", "cap each idle gap between requests to this many seconds "
            "(after --speed). Default: no cap.", None, seconds("--replay-max-wait"), metavar="SECONDS"),
     Option("replay_timeout", "--replay-timeout", "time allowed for each request and its response. "
@@ -358,7 +371,8 @@ OPTIONS: tuple[Option, ...] = (
            "(e.g. 10m). Default: the capture's length.", None, duration("--replay-duration"), metavar="DURATION"),
     Option("replay_abort_on", "--replay-abort-on", "stop the replay when this holds over the last "
            "--replay-abort-window seconds (repeatable): 'p99>2s', '5xx>5%%', 'errors>1%%', 'lateness>50ms' "
-           "(p99 lateness). The run then fails. Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
+           "(p99 of the engine's own lateness: waits for a busy connection, a barrier or a slot do not count). "
+           "The run then fails. Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
     Option("replay_abort_window", "--replay-abort-window", "seconds of the sliding window stop conditions are "
            "judged on. Default: 10.", 10.0, seconds("--replay-abort-window"), metavar="SECONDS"),
     Option("replay_max_capture_loss", "--replay-max-capture-loss", "fail the run when the capture lost more "

@@ -383,3 +383,83 @@ def test_barriers_keep_the_recorded_order_and_never_deadlock(rows, concurrency, 
             # w was recorded as complete before r started, and one of them is a sent write
             if w.response_ts_ns < r.request_ts_ns and (w.index in writes or r.index in writes):
                 assert obs[w.index].done_ns <= obs[r.index].sent_ns, (w.index, r.index)
+
+
+# -- lateness by cause, --replay-connections spill ---------------------------------------------------------
+from pytest_replay.report.aggregate import Aggregate  # noqa: E402
+
+
+def test_lateness_is_split_by_cause_exactly():
+    # lane A: key 0 takes 30 ms, key 1 is due at 10 ms (connection busy 20 ms); concurrency 1: key 2 on
+    # lane B, due at 5 ms, waits for key 0's slot (25 ms), then key 1 waits for key 2's (1 ms more)
+    plan = plan_of([(0, "A"), (5 * MS, "B"), (10 * MS, "A")])
+    plan[1], plan[2] = PlannedRequest(2, 5 * MS, "B", REQ, b""), PlannedRequest(1, 10 * MS, "A", REQ, b"")
+    target = Recorder(latency=lambda p: {0: 30 * MS, 1: MS, 2: MS}[p.key])
+    _, obs = run(plan, target, concurrency=1)
+    assert obs[2].lateness_causes == {"connection": 0, "barrier": 0, "concurrency": 25 * MS, "engine": 0}
+    assert obs[1].lateness_ns == 21 * MS
+    assert obs[1].lateness_causes == {"connection": 20 * MS, "barrier": 0, "concurrency": MS, "engine": 0}
+    assert obs[0].lateness_causes == {"connection": 0, "barrier": 0, "concurrency": 0, "engine": 0}
+
+
+def test_barrier_wait_is_its_own_cause():
+    exchanges = [recorded(0, 0, 1, "c1"), recorded(1, 2, 1, "c2"), recorded(2, 4, 1, "c3")]
+    barriers = write_barriers(exchanges, lambda e: e.index == 1)
+    plan = build_plan(exchanges, Timing(speed=0))
+    _, obs = run(plan, Recorder(latency=lambda p: {0: 30 * MS, 1: 20 * MS, 2: MS}[p.key]), barriers=barriers)
+    assert obs[2].lateness_causes["barrier"] == 50 * MS and obs[2].lateness_causes["engine"] == 0
+
+
+def test_spill_sends_a_request_due_on_a_busy_lane_on_time_on_an_extra_lane():
+    # lane A: 0 takes 100 ms; 1 due at 10 ms and 2 at 20 ms (1 ms each): both spill, 2 reuses 1's extra lane
+    plan = plan_of([(0, "A"), (10 * MS, "A"), (20 * MS, "A"), (200 * MS, "A")])
+    target = Recorder(latency=lambda p: 100 * MS if p.key == 0 else MS)
+    engine, obs = run(plan, target, connections="spill")
+    assert [o.lateness_ns for o in (obs[1], obs[2], obs[3])] == [0, 0, 0]
+    assert [obs[k].spilled for k in range(4)] == [False, True, True, False]
+    lanes = {key: lane for key, lane, _ in target.sends}
+    assert lanes[1] == lanes[2] == "A [extra 1]" and lanes[0] == lanes[3] == "A"
+    assert engine.spilled == 2 and engine.extra_connections == 1
+    assert sorted(target.closed_lanes) == ["A", "A [extra 1]"]  # the extra connection closed at the end
+    _, strict = run(plan, Recorder(latency=lambda p: 100 * MS if p.key == 0 else MS))
+    assert strict[1].lateness_causes["connection"] == 90 * MS and strict[2].lateness_causes["connection"] == 81 * MS
+
+
+def test_lateness_causes_merge_exactly_across_aggregates():
+    plan = plan_of([(0, "A"), (10 * MS, "A"), (20 * MS, "A")])
+    _, obs = run(plan, Recorder(latency=lambda p: 100 * MS if p.key == 0 else MS))
+    parts = [Aggregate(), Aggregate()]
+    whole = Aggregate()
+    for key, o in obs.items():
+        e = exchange(key, key * 10 * MS, "A")
+        parts[key % 2].add(e, o)
+        whole.add(e, o)
+    merged = Aggregate.from_dict(parts[0].to_dict()).merge(Aggregate.from_dict(parts[1].to_dict()))
+    assert merged == whole
+    causes = merged.overall.causes_row()
+    assert causes["connection"]["requests"] == 2 and causes["connection"]["share_pct"] == 100.0
+    assert causes["connection"]["max_ms"] == 90.0
+
+
+def test_spill_lanes_time_out_and_stop_like_captured_ones():
+    # key 1 spills onto an extra lane and hangs: the watchdog times it out there; the run ends
+    plan = plan_of([(0, "A"), (10 * MS, "A"), (20 * MS, "A")])
+    target = Recorder(latency=lambda p: 100 * MS, hang={1})
+    engine = Engine(plan, target, clock=RealClock(), connections="spill", timeout_s=0.3, lead_ns=0)
+    observations = {o.key: o for o in asyncio.run(engine.run())}
+    assert observations[1].error_kind == TIMEOUT and observations[1].spilled
+    assert observations[0].ok and observations[2].ok and observations[2].spilled
+    assert sorted(set(target.closed_lanes)) == ["A", "A [extra 1]", "A [extra 2]"]
+    with pytest.raises(ValueError, match="connections must be one of strict, spill"):
+        Engine(plan, target, connections="loose")
+
+
+def test_spill_opens_at_most_concurrency_extra_connections():
+    # --speed 0: 10 lanes of 50 requests all due at once; without the cap every request would spill
+    plan = plan_of([(0, f"L{i % 10}") for i in range(500)])
+    target = Recorder(latency=MS)
+    engine, obs = run(plan, target, connections="spill", concurrency=8)
+    assert len(obs) == 500 and all(o.ok for o in obs.values())
+    assert engine.extra_connections == 8 and 8 <= engine.spilled < 490
+    assert len({lane for _, lane, _ in target.sends}) == 18
+    assert target.max_in_flight <= 8

@@ -46,6 +46,31 @@ def test_lateness_condition_and_small_windows_are_not_judged():
     assert monitor.add(obs(99, 2.5), 0).condition == "lateness>50ms"
 
 
+def test_lateness_condition_judges_the_engines_lateness_not_waits_for_a_slow_target():
+    # every request 200 ms late, all of it waiting for its connection's previous response: the target
+    # is slow, the replayer keeps up; the same lateness with no wait is the replayer's
+    waited = StopMonitor([parse_stop_condition("lateness>50ms")], window_s=2)
+    for i in range(10):
+        o = obs(i, 0.1 + 0.01 * i, late_ms=200)
+        waited.add(Observation(o.key, o.deadline_ns, o.sent_ns, o.first_byte_ns, o.done_ns, o.response,
+                               lane_wait_ns=150 * MS, slot_wait_ns=50 * MS), 0)
+    assert waited.add(obs(99, 1.5), 0) is None
+    behind = StopMonitor([parse_stop_condition("lateness>50ms")], window_s=2)
+    for i in range(10):
+        behind.add(obs(i, 0.1 + 0.01 * i, late_ms=200), 0)
+    assert behind.add(obs(99, 1.5), 0).condition == "lateness>50ms"
+
+
+def test_strict_connection_waits_do_not_trip_lateness_through_the_engine():
+    # lane A: each request takes 300 ms and the next is due 100 ms after it: 200+ ms late, all connection
+    plan = [PlannedRequest(i, i * 100 * MS, "A", REQ, b"") for i in range(30)]
+    engine = Engine(plan, Recorder(latency=300 * MS), clock=FakeClock(), freeze_gc=False, switch_interval=None,
+                    monitor=StopMonitor([parse_stop_condition("lateness>50ms")], 2))
+    observations = asyncio.run(engine.run())
+    assert engine.halted is None and len(observations) == 30
+    assert max(o.lateness_ns for o in observations) > 5_000 * MS
+
+
 def test_engine_halts_sends_nothing_more_and_lets_in_flight_complete():
     plan = [PlannedRequest(i, i * 100 * MS, f"lane{i % 3}", REQ, b"") for i in range(60)]
     # every request from key 20 on answers 503

@@ -173,15 +173,20 @@ def test_raw_request_with_connection_close_reconnects(uvicorn_url):
     assert body_of(results[0]).split("port=")[1] != body_of(results[1]).split("port=")[1]
 
 
-def test_raw_through_the_engine_many_lanes(uvicorn_url):
-    target = RawTarget(uvicorn_url)
+@pytest.mark.parametrize("loop, batch", [("asyncio", True), ("asyncio", False), ("uvloop", True), ("uvloop", False)])
+def test_raw_through_the_engine_many_lanes(uvicorn_url, loop, batch):
+    if loop == "uvloop":
+        pytest.importorskip("uvloop", reason="the [fast] extra is not installed")
+    target = RawTarget(uvicorn_url, batch=batch)
     plan = [PlannedRequest(i, i * 200_000, f"L{i % 4}", r, target.wire(r))
             for i, r in enumerate(req(target=f"/n{i}") for i in range(40))]
-    engine = Engine(plan, target, lead_ns=0)
+    engine = Engine(plan, target, lead_ns=0, loop=loop)
+    assert engine.loop_name.split()[0] == loop
     engine.start()
     observations = [engine.wait(i, timeout=10) for i in range(40)]
     engine.stop()
     assert all(o.ok for o in observations), [o.error for o in observations if not o.ok]
+    assert all(o.deadline_ns <= o.sent_ns <= o.first_byte_ns <= o.done_ns for o in observations)
     assert [o.response.body.split(b" port=")[0] for o in observations] == [f"GET /n{i}".encode() for i in range(40)]
     assert len({o.response.body.split(b"port=")[1] for o in observations}) == 4  # one connection per lane
 

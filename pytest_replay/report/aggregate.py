@@ -16,6 +16,10 @@ Definitions (the budgets and the evidence use these):
   latency        Observation.latency_ns (time to the first response byte), requests with a response
   recorded       Exchange.recorded_latency_ns of those same requests, when the capture has it
   lateness       send time minus deadline, clamped at 0 in the histogram; `early` counts negatives
+  late_causes    lateness by cause (Observation.lateness_causes): per cause, a histogram of the
+                 requests that were late for it (µs, values > 0 only: its count is the requests
+                 it delayed, its sum the time it cost); causes in LATENESS_CAUSES
+  spilled        requests sent on an extra connection because their own was busy (--replay-connections spill)
   status         replayed status class (2xx..5xx); `recorded_status`: the capture's, same requests
   errors         transport failures by kind (refused, reset, timeout, ...); "cancelled" is kept
                  apart in `cancelled` (the run was stopped), not counted as a request
@@ -55,6 +59,13 @@ ALL = "(all)"
 METRICS = ("latency", "recorded", "lateness")
 WRITE_OUTCOMES = {"mock": "mocked", "send": "passed", "pass": "passed", "skip": "skipped"}  # policy.writes
 CANCELLED = "cancelled"  # schedule.target.CANCELLED (kept literal: report/ does not import schedule/)
+# schedule.target.LATENESS_CAUSES, with what each means to a reader of the report
+LATENESS_CAUSES = {
+    "engine": "the replayer behind schedule",
+    "connection": "waiting for the connection's previous response",
+    "barrier": "waiting for a sent write recorded before it",
+    "concurrency": "waiting for a free slot (--replay-concurrency)",
+}
 
 _TEMPLATE = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
 _UNIT = _TEMPLATE.unit_magnitude
@@ -223,11 +234,14 @@ _COUNTERS = ("status", "recorded_status", "errors", "failures", "writes", "write
 class Stats:
     """The numbers of one endpoint (or of the whole run): histograms plus counters."""
 
-    __slots__ = ("requests", "early", "judged", "failed", "latency", "recorded", "lateness", *_COUNTERS)
+    __slots__ = ("requests", "early", "judged", "failed", "latency", "recorded", "lateness", "late_causes",
+                 "spilled", *_COUNTERS)
 
     def __init__(self) -> None:
         self.requests = 0
         self.early = 0  # sent before their deadline (lateness < 0)
+        self.spilled = 0  # sent on an extra connection (--replay-connections spill)
+        self.late_causes: dict[str, Histogram] = {}  # cause -> lateness it caused (µs > 0), LATENESS_CAUSES
         self.judged = 0
         self.failed = 0
         self.latency = Histogram()
@@ -278,13 +292,40 @@ class Stats:
         self.latency.merge(other.latency)
         self.recorded.merge(other.recorded)
         self.lateness.merge(other.lateness)
+        self.spilled += other.spilled
+        for cause, hist in other.late_causes.items():
+            self.late_cause(cause).merge(hist)
         for name in _COUNTERS:
             getattr(self, name).update(getattr(other, name))
         return self
 
+    def late_cause(self, cause: str) -> Histogram:
+        hist = self.late_causes.get(cause)
+        if hist is None:
+            hist = self.late_causes[cause] = Histogram()
+        return hist
+
+    def causes_row(self) -> dict:
+        """Lateness by cause, causes in LATENESS_CAUSES order: {cause: {requests, share_pct, p50, p99,
+        max, total (ms)}}; share_pct is the cause's part of all the lateness measured."""
+        total = sum(h.sum for h in self.late_causes.values())
+        out = {}
+        for cause in [c for c in LATENESS_CAUSES if c in self.late_causes] + sorted(
+                set(self.late_causes) - set(LATENESS_CAUSES)):
+            hist = self.late_causes[cause]
+            if not hist.total:
+                continue
+            qs = hist.percentiles((50, 99, 100))
+            out[cause] = {"requests": hist.total, "share_pct": round(100.0 * hist.sum / total, 1) if total else None,
+                          "p50_ms": ms_number(qs[50], US_PER_MS), "p99_ms": ms_number(qs[99], US_PER_MS),
+                          "max_ms": ms_number(qs[100], US_PER_MS), "total_ms": ms_number(hist.sum, US_PER_MS)}
+        return out
+
     def to_dict(self) -> dict:
         out = {"requests": self.requests, "early": self.early, "judged": self.judged, "failed": self.failed}
         out.update({name: self.histogram(name).to_dict() for name in METRICS})
+        out["late_causes"] = {cause: hist.to_dict() for cause, hist in sorted(self.late_causes.items()) if hist.total}
+        out["spilled"] = self.spilled
         out.update({name: dict(getattr(self, name)) for name in _COUNTERS})
         return out
 
@@ -295,6 +336,9 @@ class Stats:
             setattr(stats, name, int(data.get(name, 0)))
         for name in METRICS:
             setattr(stats, name, Histogram.from_dict(data.get(name)))
+        causes = data.get("late_causes") or {}
+        stats.late_causes = {cause: Histogram.from_dict(hist) for cause, hist in causes.items()}
+        stats.spilled = int(data.get("spilled", 0))  # absent from files written before it existed
         for name in _COUNTERS:
             setattr(stats, name, Counter({k: int(v) for k, v in (data.get(name) or {}).items()}))
         return stats
@@ -304,7 +348,16 @@ class Stats:
 
     def to_comparable(self) -> tuple:
         return (self.requests, self.early, self.judged, self.failed, self.latency, self.recorded, self.lateness,
+                self.spilled, {c: h for c, h in self.late_causes.items() if h.total},
                 *(dict(+getattr(self, name)) for name in _COUNTERS))
+
+
+def _causes_of(observation) -> dict[str, int]:
+    """Lateness by cause (ns) of an observation; one without the split (a baseline's) is the engine's."""
+    causes = getattr(observation, "lateness_causes", None)
+    if causes is not None:
+        return causes
+    return {"engine": max(observation.sent_ns - observation.deadline_ns, 0)}
 
 
 def _count(counter: Counter, key: str | None) -> None:
@@ -365,12 +418,19 @@ class Aggregate:
             endpoint.errors[kind] += 1
             self.overall.errors[kind] += 1
             return
+        causes = [(cause, to_us(ns)) for cause, ns in _causes_of(observation).items() if ns > 0]
+        spilled = getattr(observation, "spilled", False)
         for stats in (endpoint, self.overall):
             stats.requests += 1
             lateness = observation.sent_ns - observation.deadline_ns
             if lateness < 0:
                 stats.early += 1
             stats.lateness.record(to_us(lateness))
+            for cause, us in causes:
+                if us:
+                    stats.late_cause(cause).record(us)
+            if spilled:
+                stats.spilled += 1
             if kind is not None:
                 stats.errors[kind] += 1
             response = observation.response
@@ -520,6 +580,8 @@ def row(endpoint: str, stats: Stats) -> dict:
         "status": dict(stats.status),
         "recorded_status": dict(stats.recorded_status),
         "lateness_ms": in_ms(late, (("p50", 50), ("p99", 99), ("max", 100))),
+        "lateness_causes": stats.causes_row(),
+        "spilled": stats.spilled,
         "early": stats.early,
         "judged": stats.judged,
         "failed": stats.failed,

@@ -35,13 +35,17 @@ Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
                       body, sent)
     endpoints         per-endpoint rows (report.aggregate.row): count, recorded_ms and replayed_ms
                       {p50, p95, p99, max, mean}, error_pct, 5xx_pct, 4xx_pct, transport_errors,
-                      lateness_ms {p50, p99, max} (null at --speed 0), early, judged, failed, failures, writes, write_reasons,
-                      skipped
+                      lateness_ms {p50, p99, max} (null at --speed 0), lateness_causes {cause: {requests,
+                      share_pct, p50_ms, p99_ms, max_ms, total_ms}} (causes: engine, connection, barrier,
+                      concurrency; only requests late for that cause), spilled, early, judged, failed,
+                      failures, writes, write_reasons, skipped
     totals            the same row for the whole run
     errors            {requests, transport: {kind: n}, status, recorded_status,
                        rates_pct: {5xx, 4xx, errors, recorded_5xx, recorded_4xx}}
-    lateness          {p50_ms, p99_ms, max_ms, early}; null at --speed 0 (no schedule: every request is
-                      due at once, so lateness means nothing; see throughput)
+    lateness          {p50_ms, p99_ms, max_ms, early, causes, spilled}; null at --speed 0 (no schedule:
+                      every request is due at once, so lateness means nothing; see throughput). causes:
+                      the totals' lateness_causes; spilled: requests sent on an extra connection
+                      (--replay-connections spill)
     throughput        {requests, wall_s, requests_per_s}: requests that reached the target per second of
                       the replay's wall time (a merge: requests and rates of the shards added up, the
                       longest shard's wall time)
@@ -350,6 +354,8 @@ class Lateness(_Data):
     p99_ms: float | None = None
     max_ms: float | None = None
     early: int = 0
+    causes: dict | None = None  # the totals' lateness_causes
+    spilled: int = 0  # requests sent on an extra connection (--replay-connections spill)
     more: dict = field(default_factory=dict)
 
 
@@ -453,6 +459,7 @@ class Evidence(_Data):
         if unscheduled:  # every request is due at t0: "late" by design
             for row in rows:
                 row["lateness_ms"] = None
+                row["lateness_causes"] = None
         totals = rows.pop() if rows and rows[-1]["endpoint"] == ALL else None
         if isinstance(shard, tuple):
             shard = {"index": shard[0], "count": shard[1]}
@@ -483,7 +490,8 @@ class Evidence(_Data):
             errors=Errors(overall.requests, dict(overall.errors), dict(overall.status),
                           dict(overall.recorded_status), rates),
             lateness=None if unscheduled else Lateness(
-                **{f"{name}_ms": ms_number(lateness[q], US_PER_MS) for name, q in quantiles}, early=overall.early),
+                **{f"{name}_ms": ms_number(lateness[q], US_PER_MS) for name, q in quantiles}, early=overall.early,
+                causes=overall.causes_row(), spilled=overall.spilled),
             throughput=Throughput.from_dict(throughput),
             diff=Diff(overall.judged, overall.judged - overall.failed, overall.failed, dict(overall.failures),
                       dict(overall.ignored if ignored is None else ignored), _noise(noise, aggregate),

@@ -22,7 +22,7 @@ import tempfile
 from html import escape
 from pathlib import Path
 
-from .aggregate import ALL, Histogram, _highest
+from .aggregate import ALL, LATENESS_CAUSES, Histogram, _highest
 from .timeline import coarsen
 
 MAX_ENDPOINT_CHARTS = 100  # latency-distribution charts drawn (endpoints with most requests first)
@@ -385,7 +385,8 @@ def _endpoints(data: dict) -> str:
     headers = ["endpoint", "requests", "failed"]
     for q in ("p50", "p95", "p99", "max"):
         headers += [f"rec {q} ms", f"rep {q} ms"]
-    headers += ["errors %", "5xx %", "rec 5xx %", "4xx %"] + (["late p99 ms", "late max ms"] if lateness else [])
+    headers += ["errors %", "5xx %", "rec 5xx %", "4xx %"] + (
+        ["late p99 ms", "late max ms", "lateness mostly"] if lateness else [])
 
     def cells(r: dict) -> str:
         rec, rep = r.get("recorded_ms") or {}, r.get("replayed_ms") or {}
@@ -398,7 +399,7 @@ def _endpoints(data: dict) -> str:
                 _cell(r.get("recorded_5xx_pct")), _cell(r.get("4xx_pct"))]
         if lateness:
             late = r.get("lateness_ms") or {}
-            out += [_cell(late.get("p99")), _cell(late.get("max"))]
+            out += [_cell(late.get("p99")), _cell(late.get("max")), f"<td>{_e(_main_cause(r))}</td>"]
         return "".join(out)
 
     body = [f"<tr>{cells(r)}</tr>" for r in rows_data]
@@ -409,7 +410,33 @@ def _endpoints(data: dict) -> str:
     note = "" if lateness else "<p>Lateness is not shown: at --speed 0 nothing is scheduled.</p>"
     return (f'<section id="endpoint-table"><h2>Endpoints</h2><p>Click a column header to sort. rec = recorded '
             f"in the capture, rep = replayed; latency is time to the first response byte.</p>{note}"
-            f'<div class="scroll">{table}</div></section>')
+            f'<div class="scroll">{table}</div>{_lateness_causes(data)}</section>')
+
+
+def _main_cause(row: dict) -> str:
+    """The cause with the largest share of a row's lateness ('' when nothing was late)."""
+    causes = row.get("lateness_causes") or {}
+    if not causes:
+        return ""
+    cause, figures = max(causes.items(), key=lambda kv: kv[1].get("share_pct") or 0)
+    return f"{cause} ({figures.get('share_pct')}%)"
+
+
+def _lateness_causes(data: dict) -> str:
+    """Why requests were late, for the whole run (the evidence's lateness.causes)."""
+    lateness = data.get("lateness") or {}
+    causes = lateness.get("causes") or {}
+    if not causes:
+        return ""
+    rows = [f"<tr><td>{_e(cause)}</td><td>{_e(LATENESS_CAUSES.get(cause, ''))}</td>{_cell(c.get('requests'))}"
+            f"{_cell(c.get('share_pct'))}{_cell(c.get('p50_ms'))}{_cell(c.get('p99_ms'))}{_cell(c.get('max_ms'))}</tr>"
+            for cause, c in causes.items()]
+    table = _table(["cause", "meaning", "requests late for it", "share of lateness %", "p50 ms", "p99 ms", "max ms"],
+                   rows, "", "lateness-causes")
+    spilled = lateness.get("spilled")
+    note = (f"<p>{_e(spilled)} requests were sent on an extra connection (--replay-connections spill).</p>"
+            if spilled else "")
+    return f'<h3 id="lateness-by-cause">Lateness by cause</h3>{table}{note}'
 
 
 def _charts(data: dict) -> str:

@@ -13,6 +13,15 @@ waits for the barrier writes recorded as completed before it started (and a barr
 request recorded so), before it takes a slot; the wait shows as its lateness. Without barriers the
 engine pays one test per request for them.
 
+Each request's lateness is split by cause in its Observation: the time its lane was still busy with
+the previous request after its deadline (the captured connection's order), a barrier's wait, a
+concurrency slot's wait, and the rest, the engine's own. With `connections="spill"` a request whose
+lane is busy when it is due goes out at once on an extra connection of that lane (a spill lane, one
+more replay connection, reused while idle, closed when its lane has no more requests; at most
+`concurrency` of them in all, beyond which it waits on its own lane): the captured order on the
+connection is given up for the schedule. Spilled requests are counted (`spilled`,
+`extra_connections`, Observation.spilled).
+
 pytest's thread talks to the engine through `start`, `wait(key)`, `progress()`, `observations()` and
 `stop(cancel)`. Everything that crosses threads is an Observation (frozen) or a Progress (frozen).
 """
@@ -26,7 +35,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .clock import Clock, RealClock
 from .plan import Barriers, PlannedRequest
@@ -56,16 +65,66 @@ class Progress:
         return self.sent - self.completed
 
 
-class _Lane:
-    __slots__ = ("name", "queue", "remaining", "task", "wake", "timed_out")
+CONNECTION_MODES = ("strict", "spill")  # --replay-connections
+LOOPS = ("auto", "asyncio", "uvloop")  # Engine(loop=...): auto is uvloop when it is installed
 
-    def __init__(self, name: str, count: int) -> None:
+
+def uvloop_version() -> str | None:
+    """uvloop's version when it is installed (the [fast] extra), without importing it; else None."""
+    from importlib.metadata import PackageNotFoundError, version
+    from importlib.util import find_spec
+
+    if find_spec("uvloop") is None:
+        return None
+    try:
+        return version("uvloop")
+    except PackageNotFoundError:  # importable but not installed as a distribution
+        return "?"
+
+
+def loop_name(loop: str = "auto") -> str:
+    """The event loop an engine made with `loop` runs on: 'uvloop 0.23.0' or 'asyncio'."""
+    if loop == "asyncio":
+        return "asyncio"
+    found = uvloop_version()
+    if found is None:
+        if loop == "uvloop":
+            raise ValueError("uvloop is not installed: pip install pytest-traffic-replay[fast]")
+        return "asyncio"
+    return f"uvloop {found}"
+
+
+def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:
+    """The engine thread's loop. uvloop (libuv's transports in C) costs less CPU per request on the
+    network path: ~18% less than asyncio's loop in bench/bench_replay.py (a), which measures both."""
+    if loop_name(loop) == "asyncio":
+        return asyncio.new_event_loop()
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+class _Lane:
+    __slots__ = ("name", "queue", "remaining", "task", "wake", "timed_out", "active", "free_ns", "owner", "spills")
+
+    def __init__(self, name: str, count: int, owner: _Lane | None = None) -> None:
         self.name = name
         self.queue: deque[PlannedRequest] = deque()
-        self.remaining = count  # requests of this lane not yet dispatched
+        self.remaining = count  # requests of this lane not yet dispatched (a spill lane: its owner's count)
         self.task: asyncio.Task | None = None
         self.wake: asyncio.Future | None = None  # set while the lane waits for its next due request
         self.timed_out = False  # the watchdog cancelled the send in flight
+        self.active = False  # a request was taken from the queue and has no observation yet
+        self.free_ns = 0  # when its last request completed (engine clock)
+        self.owner = owner  # a spill lane: the captured connection's lane it helps
+        self.spills: list[_Lane] = []  # a captured connection's spill lanes (extra connections)
+
+    @property
+    def idle(self) -> bool:
+        return not self.active and not self.queue
+
+    def all(self) -> list[_Lane]:
+        return [self, *self.spills]
 
 
 class _Gate:
@@ -133,16 +192,25 @@ class Engine:
     whole exchange (on real time, also under a FakeClock; checked every timeout_s/20, at most 0.25 s);
     a timed-out request gets error_kind "timeout" and the target drops the lane's connection
     (cancellation contract of Target). `start()` also lowers sys.setswitchinterval to
-    `switch_interval` and freezes the GC (`freeze_gc`) for the duration of the replay.
+    `switch_interval` and freezes the GC (`freeze_gc`) for the duration of the replay. `loop`: the
+    engine thread's event loop, "auto" (uvloop when installed), "asyncio" or "uvloop"; an in-process
+    app must run on asyncio's (targets/blocker.py sees its sockets through Python's socket module,
+    which uvloop's transports bypass).
     """
 
     def __init__(self, plan: list[PlannedRequest], target: Target, *, clock: Clock | None = None,
                  concurrency: int = 64, timeout_s: float = 10.0, lead_ns: int = 50_000_000,
                  switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True,
                  pipeline: RequestPipeline | None = None, barriers: Barriers | None = None,
-                 monitor=None) -> None:
+                 monitor=None, connections: str = "strict", loop: str = "auto") -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if loop not in LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+        self.loop = loop
+        self.loop_name = loop_name(loop)  # what the engine thread runs on
+        if connections not in CONNECTION_MODES:
+            raise ValueError(f"connections must be one of {', '.join(CONNECTION_MODES)}, got {connections!r}")
         plan = list(plan)
         if any(a.offset_ns > b.offset_ns for a, b in zip(plan, plan[1:])):
             plan.sort(key=lambda p: p.offset_ns)
@@ -157,6 +225,9 @@ class Engine:
         self._gate: _Gate | None = None
         self.clock = clock if clock is not None else RealClock()
         self.concurrency = concurrency
+        self.connections = connections
+        self.spilled = 0  # requests sent on an extra connection (connections="spill")
+        self.extra_connections = 0  # spill lanes opened
         self.timeout_s = timeout_s
         self.lead_ns = lead_ns
         self.switch_interval = switch_interval
@@ -286,7 +357,7 @@ class Engine:
 
     # -- the engine thread -----------------------------------------------------------------------
     def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop(self.loop)
         try:
             asyncio.set_event_loop(loop)
             loop.run_until_complete(self.run())
@@ -391,7 +462,7 @@ class Engine:
     async def _dispatch(self, t0: int) -> None:
         loop = asyncio.get_running_loop()
         now, sleep_until = self.clock.now_ns, self.clock.sleep_until
-        lanes, live, run_lane = self._lanes, self._live, self._run_lane
+        lanes, spill = self._lanes, self.connections == "spill"
         burst = 0
         for p in self.plan:
             deadline = t0 + p.offset_ns
@@ -405,15 +476,44 @@ class Engine:
                     await asyncio.sleep(0)
             lane = lanes[p.lane]
             lane.remaining -= 1
-            lane.queue.append(p)
-            if lane.task is None:
-                task = lane.task = loop.create_task(run_lane(lane))
-                live.add(task)
-                task.add_done_callback(live.discard)
+            to = self._spill_lane(lane) if spill and not lane.idle else None
+            if to is None:
+                to = lane
             else:
-                wake = lane.wake
-                if wake is not None and not wake.done():
-                    wake.set_result(None)
+                p = replace(p, lane=to.name)
+                self.spilled += 1
+            to.queue.append(p)
+            self._wake(to, loop)
+            if not lane.remaining:  # idle lanes of the connection wake to see it is over
+                for other in lane.all():
+                    if other is not to:
+                        self._wake(other, None)
+
+    def _wake(self, lane: _Lane, loop) -> None:
+        """A lane with a request queued runs (its task made with `loop` when it has none)."""
+        if lane.task is None:
+            if loop is None:
+                return
+            task = lane.task = loop.create_task(self._run_lane(lane))
+            self._live.add(task)
+            task.add_done_callback(self._live.discard)
+        else:
+            wake = lane.wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+    def _spill_lane(self, lane: _Lane) -> _Lane | None:
+        """An idle extra connection of `lane`'s captured connection, opened if none is and fewer than
+        `concurrency` extra ones exist in all (None then: the request waits on its own lane)."""
+        for spill in lane.spills:
+            if spill.idle:
+                return spill
+        if self.extra_connections >= self.concurrency:
+            return None
+        spill = _Lane(f"{lane.name} [extra {len(lane.spills) + 1}]", 0, owner=lane)
+        lane.spills.append(spill)
+        self.extra_connections += 1
+        return spill
 
     async def _run_lane(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
@@ -422,30 +522,40 @@ class Engine:
         now, send, monotonic = clock.now_ns, target.send, time.monotonic
         queue, slots, busy = lane.queue, self._slot_queue, self._busy
         gate = self._gate
+        owner = lane.owner or lane
+        spilled = lane.owner is not None
         try:
             while True:
                 if self.halted is not None:
                     break
                 if not queue:
-                    if lane.remaining == 0:
+                    if owner.remaining == 0:
                         break
                     lane.wake = loop.create_future()
                     await lane.wake
                     lane.wake = None
                     continue
                 p = queue.popleft()
+                lane.active = True
+                deadline = t0 + p.offset_ns
+                # Its connection was busy with the previous request past its deadline: that long.
+                lane_wait = lane.free_ns - deadline if lane.free_ns > deadline else 0
+                barrier_wait = slot_wait = 0
                 if gate is not None:  # before taking a slot: what it waits for may need one
                     barrier = gate.wait(p.key, loop)
                     if barrier is not None:
+                        since = max(now(), deadline)
                         await barrier
+                        barrier_wait = max(now() - since, 0)
                 if self._free > 0 and not slots:
                     self._free -= 1
                 else:
+                    since = max(now(), deadline)
                     await self._wait_slot(loop)
+                    slot_wait = max(now() - since, 0)
                 try:
                     if self.halted is not None:  # stopped while it waited: not sent
                         break
-                    deadline = t0 + p.offset_ns
                     if self.pipeline is not None:
                         try:
                             p = await self.pipeline.prepare(p)
@@ -456,35 +566,41 @@ class Engine:
                     start = now()
                     self.sent += 1
                     busy[lane] = monotonic() + timeout_s
+                    waits = (lane_wait, barrier_wait, slot_wait, spilled)
                     try:
                         response, sent_ns, first_ns, done_ns = await send(p, clock)
-                        obs = Observation(p.key, deadline, sent_ns, first_ns, done_ns, response)
+                        obs = Observation(p.key, deadline, sent_ns, first_ns, done_ns, response, None, None, *waits)
                     except TargetError as exc:
                         obs = Observation(p.key, deadline, exc.sent_ns if exc.sent_ns is not None else start,
-                                          exc.first_byte_ns, now(), None, exc.kind, exc.message)
+                                          exc.first_byte_ns, now(), None, exc.kind, exc.message, *waits)
                     except asyncio.CancelledError:
                         if not lane.timed_out or lane.task.uncancel() > 0:
                             busy.pop(lane, None)
                             record(Observation(p.key, deadline, start, None, now(), None, CANCELLED,
-                                               "cancelled: the replay was stopped while this request was in flight"))
+                                               "cancelled: the replay was stopped while this request was in flight",
+                                               *waits))
                             raise
                         lane.timed_out = False  # the watchdog's cancellation: a timeout, the lane goes on
                         obs = Observation(p.key, deadline, start, None, now(), None, TIMEOUT,
-                                          f"no complete response within {timeout_s:g} s")
+                                          f"no complete response within {timeout_s:g} s", *waits)
                     except Exception as exc:  # noqa: BLE001 - a target bug must not kill the engine
-                        obs = Observation(p.key, deadline, start, None, now(), None, APP_ERROR, describe(exc))
+                        obs = Observation(p.key, deadline, start, None, now(), None, APP_ERROR, describe(exc),
+                                          *waits)
                     if lane.timed_out:  # the target swallowed the watchdog's cancellation
                         lane.timed_out = False
                         lane.task.uncancel()
                     else:
                         busy.pop(lane, None)
+                    lane.free_ns = obs.done_ns
                     record(obs)
                     if self.pipeline is not None:
                         await self.pipeline.observed(p, obs)
                 finally:
+                    lane.active = False
                     self._release_slot()
         finally:
             lane.task = None
+            lane.active = False
             close_lane = getattr(target, "close_lane", None)
             if close_lane is not None:
                 try:
@@ -558,7 +674,7 @@ class Engine:
         dispatcher = self._dispatcher
         if dispatcher is not None and not dispatcher.done():
             dispatcher.cancel()
-        for lane in self._lanes.values():
+        for lane in [one for captured in self._lanes.values() for one in captured.all()]:
             lane.queue.clear()
             wake = lane.wake
             if wake is not None and not wake.done():

@@ -2,7 +2,10 @@
 
 Each completed request lands in the bucket of the second it completed in (from t0): counts of
 requests, 5xx, 4xx and errors, and log-scale histograms of latency (time to first byte) and
-lateness (16 bins per doubling: a percentile within ~4.4%). When a second is over, the conditions
+lateness (16 bins per doubling: a percentile within ~4.4%). The lateness judged is the engine's own
+(Observation.lateness_causes["engine"]): 'lateness>50ms' means the replayer cannot keep up, so a request
+late because its connection, a write barrier or the concurrency limit waited for a slow target does
+not count (that is the target's latency, which p99 judges). When a second is over, the conditions
 are judged over the buckets of the last `window_s` seconds: a few dict updates per request and one
 small merge per second. The conditions are taken by duck type (verdicts.budgets.StopCondition:
 .metric, .quantile, .holds(value), .measured_text(value)), so schedule/ does not import verdicts/.
@@ -113,7 +116,8 @@ class StopMonitor:
             bucket.latency[_bin(latency)] += 1
             bucket.latency_sum += latency
             bucket.latency_n += 1
-        bucket.lateness[_bin(max(obs.lateness_ns, 0))] += 1
+        late = obs.sent_ns - obs.deadline_ns - obs.lane_wait_ns - obs.barrier_wait_ns - obs.slot_wait_ns
+        bucket.lateness[_bin(max(late, 0))] += 1  # the engine's part (lateness_causes, without the dict)
         return trip
 
     def tick(self, second: int) -> Trip | None:

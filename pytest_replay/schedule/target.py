@@ -27,6 +27,13 @@ CANCELLED = ErrorKind.CANCELLED
 DROPPED = ErrorKind.DROPPED
 ERROR_KINDS = (REFUSED, RESET, TIMEOUT, UNPARSABLE, TRUNCATED, APP_ERROR, CANCELLED, DROPPED)
 
+# Why a request was sent after its deadline (Observation.lateness_causes): one name per cause.
+ENGINE = "engine"  # the engine itself was behind schedule (the dispatcher, the pipeline, the GIL, a busy CPU)
+CONNECTION = "connection"  # its captured connection's previous response had not come back yet
+BARRIER = "barrier"  # it waited for a sent write recorded before it (schedule/plan.py barriers)
+CONCURRENCY = "concurrency"  # --replay-concurrency requests were already in flight
+LATENESS_CAUSES = (ENGINE, CONNECTION, BARRIER, CONCURRENCY)
+
 _set = object.__setattr__
 
 
@@ -48,7 +55,12 @@ class Observation:
     """What happened to one planned request. Times are monotonic ns (engine clock).
 
     For a request that was never sent (error_kind "cancelled" before sending), sent_ns is its
-    deadline, so lateness is 0 and it does not distort lateness statistics."""
+    deadline, so lateness is 0 and it does not distort lateness statistics.
+
+    The waits say why a request was late (`lateness_causes`): `lane_wait_ns` for its connection's
+    previous response, `barrier_wait_ns` for a write barrier, `slot_wait_ns` for a concurrency slot;
+    the rest of its lateness is the engine's own. `spilled`: sent on an extra connection because its
+    own was busy (--replay-connections spill)."""
 
     key: int
     deadline_ns: int  # absolute, on the engine clock
@@ -58,9 +70,15 @@ class Observation:
     response: Response | None
     error_kind: str | None = None
     error: str | None = None
+    lane_wait_ns: int = 0
+    barrier_wait_ns: int = 0
+    slot_wait_ns: int = 0
+    spilled: bool = False
 
     def __init__(self, key: int, deadline_ns: int, sent_ns: int, first_byte_ns: int | None, done_ns: int,
-                 response: Response | None, error_kind: str | None = None, error: str | None = None) -> None:
+                 response: Response | None, error_kind: str | None = None, error: str | None = None,
+                 lane_wait_ns: int = 0, barrier_wait_ns: int = 0, slot_wait_ns: int = 0,
+                 spilled: bool = False) -> None:
         # Written out (not generated): one is built per replayed request, on the engine's hot path.
         _set(self, "key", key)
         _set(self, "deadline_ns", deadline_ns)
@@ -70,10 +88,29 @@ class Observation:
         _set(self, "response", response)
         _set(self, "error_kind", error_kind)
         _set(self, "error", error)
+        _set(self, "lane_wait_ns", lane_wait_ns)
+        _set(self, "barrier_wait_ns", barrier_wait_ns)
+        _set(self, "slot_wait_ns", slot_wait_ns)
+        _set(self, "spilled", spilled)
 
     @property
     def lateness_ns(self) -> int:
         return self.sent_ns - self.deadline_ns
+
+    @property
+    def lateness_causes(self) -> dict[str, int]:
+        """Its lateness split by cause (ns, each >= 0, summing to the lateness when it is positive):
+        the waits it was measured to make, capped at the lateness in the order connection, barrier,
+        concurrency; what remains is the engine's."""
+        left = max(self.sent_ns - self.deadline_ns, 0)
+        out = {}
+        for cause, wait in ((CONNECTION, self.lane_wait_ns), (BARRIER, self.barrier_wait_ns),
+                            (CONCURRENCY, self.slot_wait_ns)):
+            part = min(wait, left)
+            out[cause] = part
+            left -= part
+        out[ENGINE] = left
+        return out
 
     @property
     def latency_ns(self) -> int | None:

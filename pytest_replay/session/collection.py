@@ -217,8 +217,13 @@ class Collection:
         names = ", ".join(display_path(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")
         shard = f"; shard {s.shard[0]}/{s.shard[1]}" if s.shard else ""
         target = url_without_password(str(s.target)) if s.target else "(replay_target fixture)"
+        from ..schedule.engine import uvloop_version  # (no uvloop import: a metadata look-up)
+
+        found = uvloop_version() if s.event_loop != "asyncio" else None
+        loop = f"; event loop uvloop {found} (network targets)" if found else "; event loop asyncio"
+        spill = "; connections spill" if s.connection_mode == "spill" else ""
         return [f"replay: {names}; target {target}; {pace}; "
-                f"concurrency {s.concurrency}{shard}"]
+                f"concurrency {s.concurrency}{spill}{shard}{loop}"]
 
     def capture_summary(self) -> dict:
         return summary_data(self.stats) if self.stats else {}

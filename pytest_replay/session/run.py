@@ -186,9 +186,15 @@ class ReplayRun:
             self.outbound.start()
         barriers = self._barriers(planned, exchanges, policy)
         monitor = self.stop_monitor(s.abort_on, s.abort_window) if s.abort_on else None
+        if s.event_loop == "uvloop" and not in_process:
+            from ..schedule.engine import uvloop_version
+            if uvloop_version() is None:
+                pytest.exit("--replay-event-loop uvloop: uvloop is not installed (pip install "
+                            "pytest-traffic-replay[fast])", returncode=pytest.ExitCode.USAGE_ERROR)
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items),
-                             barriers=barriers, monitor=monitor)
+                             barriers=barriers, monitor=monitor, connections=s.connection_mode,
+                             loop="asyncio" if in_process else s.event_loop)  # uvloop bypasses the app's socket blocker
         _running.add(self)
         self.engine.start()
         if self.stage_plan is not None:
@@ -491,4 +497,8 @@ class ReplayRun:
             baseline=self.differential.counts.to_dict() if self.differential is not None else {},
             baseline_aggregate=self.differential.aggregate.to_dict() if self.differential is not None else {},
             capacity=self.capacity())
+        if engine is not None and engine.extra_connections:
+            own.notes.append(f"--replay-connections spill: {engine.spilled} requests went out on "
+                             f"{engine.extra_connections} extra connections, closed when their captured connection "
+                             "had no more requests")
         return RunResults(notes=[]).merge(own).merge(self.remote)
