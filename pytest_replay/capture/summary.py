@@ -128,7 +128,8 @@ def tls_line(conn: dict) -> str:
         state += ": no key" + reason.split(", no key", 1)[1]
     elif reason:
         state += f": {reason}"
-    return f"{conn['connection']} (frame {conn['frame']}): {what}: {state}"
+    protocol = f"{conn['protocol']}, " if conn.get("protocol") else ""
+    return f"{conn['connection']} (frame {conn['frame']}): {protocol}{what}: {state}"
 
 
 def render_summary(data: dict) -> str:

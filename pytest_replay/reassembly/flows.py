@@ -182,11 +182,12 @@ class Connection:
         self.requests.stop(code, detail)
         self.responses.stop(code, detail)
 
-    def _tls_h2(self, tls) -> None:
-        """ALPN h2 over TLS: not HTTP/1.x. HTTP/2 parsing (http/h2.py, in progress) plugs in here by
-        returning sinks for the decrypted client and server streams."""
-        self._stop(Stop("http2", f"{tls.describe()}: ALPN h2, HTTP/2 over TLS (decrypted; HTTP/2 is not parsed)", 0))
-        return None
+    def _tls_h2(self, tls) -> tuple[H2Sink, H2Sink]:
+        """ALPN h2 over TLS: the decrypted streams carry HTTP/2 from their first byte (the client
+        preface). Both sides go to the connection's H2Session (protocol "h2"); the returned sinks
+        take the plaintext the TLS directions decrypt."""
+        self.speak_h2(True, True, protocol="h2")
+        return self.requests, self.responses
 
     def _tls_warn(self, code: str, detail: str, frame: int | None, where: int | None) -> None:
         from .stats import CaptureWarning
@@ -474,10 +475,14 @@ class Connection:
                 continue
             framer.stop("http2", "HTTP/2")
             sink = H2Sink(self.h2, from_client)
+            # over TLS the TCP streams feed the TLS directions, which feed the sink plaintext
+            feeds = (self.tls.client if from_client else self.tls.server) if self.tls is not None else None
             if from_client:
-                self.requests = self.client.sink = sink
+                self.requests = sink
+                (feeds or self.client).sink = sink
             else:
-                self.responses = self.server.sink = sink
+                self.responses = sink
+                (feeds or self.server).sink = sink
             for data, ts_ns, frame, where in framer.leftover:
                 self.h2.feed(from_client, data, ts_ns, frame, where)
             framer.leftover = []
@@ -500,6 +505,8 @@ class Connection:
     def _h2_open(self, stream: H2Stream) -> None:
         draft = Draft(stream.request(self.h2.protocol), stream.req_ts, self.name, self.position, self.file,
                       stream.req_where, frames=(stream.req_frame,))
+        if self.tls is not None:
+            draft.tls = self.tls.server_name or ""
         self.position += 1
         stream.opaque = draft
         self.table.reorder.push(draft)

@@ -13,9 +13,9 @@ frame), streams that are not TLS after all. A single corrupted record mid-stream
 plaintext (the framer resynchronises after it) and a warning; a direction whose first records do
 not authenticate, or several in a row, fails the connection (wrong key).
 
-ALPN h2: the plaintext goes to the HTTP/1.x framer, which stops on the HTTP/2 preface and counts
-the connection as skipped "http2". The seam for the HTTP/2 parser (http/h2.py, being written) is
-:attr:`TlsConnection.alpn` plus the two plaintext streams: route them there when it exists.
+ALPN h2 (in the TLS 1.2 ServerHello or the TLS 1.3 EncryptedExtensions): `on_h2` returns the sinks
+of the connection's HTTP/2 session (reassembly/flows.py, http/h2.py), which take the plaintext from
+the client preface on.
 """
 
 from __future__ import annotations
@@ -78,6 +78,13 @@ class TlsConnection:
     def alpn(self) -> str | None:
         return self.server_hello.alpn if self.server_hello else None
 
+    @property
+    def protocol(self) -> str:
+        """What inspect calls the connection: TLS+h2, TLS+HTTP/1.1 (decrypted) or TLS undecrypted."""
+        if self.status != DECRYPTED:
+            return "TLS undecrypted"
+        return "TLS+h2" if self.alpn == "h2" else "TLS+HTTP/1.1"
+
     def describe(self) -> str:
         parts = [self.version or "TLS"]
         if self.suite:
@@ -88,7 +95,7 @@ class TlsConnection:
 
     def info(self) -> dict:
         """For inspect and the capture stats (no key material)."""
-        return {"version": self.version, "cipher_suite": self.suite, "server_name": self.server_name,
+        return {"protocol": self.protocol, "version": self.version, "cipher_suite": self.suite, "server_name": self.server_name,
                 "alpn_offered": list(self.hello.alpn) if self.hello else [], "alpn": self.alpn,
                 "decrypted": self.status == DECRYPTED, "status": self.status, "reason": self.reason,
                 "records": self.records, "failed_records": self.failed_records}
@@ -121,10 +128,9 @@ class TlsConnection:
                 self._h2()
 
     def _h2(self) -> None:
-        """ALPN h2: the plaintext is HTTP/2, not for the HTTP/1.x framers. The seam for the HTTP/2
-        parser (http/h2.py): `on_h2` returns the sinks for the two decrypted streams (feed(data,
-        ts_ns, frame, ack, where), gap(), close()); until it is wired the records are still
-        decrypted (and counted) and the plaintext is dropped."""
+        """ALPN h2: the plaintext is HTTP/2, not for the HTTP/1.x framers: `on_h2` returns the sinks
+        for the two decrypted streams (feed(data, ts_ns, frame, ack, where), gap(), close()); without
+        it (a caller that wants the records alone) the plaintext is dropped."""
         sinks = self.on_h2(self) if self.on_h2 is not None else None
         client, server = sinks if sinks is not None else (_Discard(), _Discard())
         self.client.sink, self.server.sink = client, server
