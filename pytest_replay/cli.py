@@ -166,7 +166,8 @@ def exchange_json(exchange: Exchange) -> dict:
         "complete": exchange.complete,
         "reasons": list(exchange.reasons),
         # as captured: "http/1", or "h2c"/"h2" (HTTP/2; an Upgrade: h2c request answered on stream 1 too)
-        "protocol": (response or exchange.request).protocol,
+        # "malformed": not valid HTTP/1.x (flagged malformed-request), the method is the first token as sent
+        "protocol": "malformed" if exchange.request.protocol == "malformed" else (response or exchange.request).protocol,
         "scheme": exchange.scheme,  # "https": decrypted from TLS
         "server_name": exchange.server_name,
         "source": {"file": exchange.source.file, "offset": exchange.source.offset,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from ..http.fields import form_values, query_values
 from ..http.message import Request
-from ..http.normalize import endpoint_of
+from ..http.normalize import endpoint_of, printable_method
 from .rewrite import with_header
 from .rules import HasBody, Labeled, Method, Rule, parse_allow_write, parse_methods, parse_write_pattern
 
@@ -103,7 +103,7 @@ class OwnMethod:
         return () if method in READ_METHODS else (method,)
 
     def reason(self, method: str) -> str:
-        return f"method {method}"
+        return f"method {printable_method(method)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,10 @@ class ReplayItem(pytest.Function):
             if decision is not None and decision.action == SKIP:  # counted when the plan was made
                 not_sent.append(decision.not_sent())
                 continue
+            unsendable = self.replay.unsendable.get(exchange.index)
+            if unsendable is not None:  # counted when the plan was made
+                not_sent.append(unsendable)
+                continue
             if not engine.planned_key(exchange.index):  # a capacity run whose stages end before its turn
                 why = "not sent: the stages (--replay-stages) end before its turn in the capture"
                 self.replay.skip(exchange, why)

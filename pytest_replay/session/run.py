@@ -29,6 +29,8 @@ from .collection import Collection
 from .items import ReplayItem
 from .progress import Progress
 
+MALFORMED_IN_PROCESS = ("not sent: a malformed request (not valid HTTP/1.x) is sent as captured only to a network "
+                        "target (an http:// or https:// --replay-target)")
 DEFAULT_LEAD_NS = 50_000_000  # from the engine's start to the replay's t0, in a single process
 _running: weakref.WeakSet[ReplayRun] = weakref.WeakSet()
 
@@ -73,6 +75,7 @@ class ReplayRun:
         self.origin_counts: Counter[str] = Counter()  # "origin A treated as B" -> responses
         self.aggregate = Aggregate()  # what this process replayed and how it went
         self.skipped: list[tuple[Exchange, str]] = []  # selected, not replayed
+        self.unsendable: dict[int, str] = {}  # exchange index -> why this target cannot send it (not planned)
         self.counted: set[int] = set()  # exchanges counted in the aggregate
         self.notes: list[str] = [WRITE_METHODS_DEPRECATED] if settings.write_methods else []
         self.remote = RunResults()  # what other processes did (the xdist controller merges workers' here)
@@ -95,7 +98,7 @@ class ReplayRun:
         """Make the target, apply the write policy, rewrites and the production guard, and start
         the engine with every selected exchange on its schedule."""
         from ..policy.guard import check_target, recorded_hosts
-        from ..policy.writes import SKIP, WriteCounts, WritePolicy
+        from ..policy.writes import SEND, SKIP, WriteCounts, WritePolicy
         from ..schedule.engine import Engine
         from ..targets import make_target
         from ..targets.inprocess import ASGITarget, WSGITarget
@@ -144,6 +147,7 @@ class ReplayRun:
                                       redactor=self.redactor,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
         planned = []
+        sends_bytes = getattr(inner, "sends_bytes", False)  # a network target: captured bytes go out as such
         replayed = replayed_exchanges(items)
         mine = self.lanes(replayed)
         for exchange in mine:
@@ -152,6 +156,9 @@ class ReplayRun:
             if decision.action == SKIP:
                 self.write_counts.add(exchange, SKIP)
                 self.skip(exchange, "write skipped (--replay-writes skip)", write=True)
+            elif decision.action == SEND and exchange.request.protocol == "malformed" and not sends_bytes:
+                why = self.unsendable[exchange.index] = MALFORMED_IN_PROCESS
+                self.skip(exchange, why)
             else:
                 planned.append(exchange)
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
