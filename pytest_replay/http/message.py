@@ -51,6 +51,11 @@ CLOSED = "closed"  # the connection was closed or reset before the message was c
 HPACK_UNKNOWN = "hpack-unknown"  # HTTP/2 headers referenced HPACK table entries sent before the capture began
 H2_ERROR = "h2-error"  # HTTP/2 frames or a header block were invalid where the message was
 MALFORMED = "malformed-request"  # not valid HTTP/1.x, but the server answered it: replayed as the bytes sent
+# Traffic that is read but not replayed (flag part NOT_REPLAYED; the request is whole, the exchange is
+# written by convert and redact): a WebSocket handshake (the connection carried frames after it), a
+# server-sent events stream, a response streamed over a long time (long-poll, chunked streaming).
+WEBSOCKET, EVENT_STREAM, STREAMED = "websocket", "event-stream", "streamed"
+NOT_REPLAYED = "replay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +304,15 @@ class Exchange:
     def replayable(self) -> bool:
         """The request is whole, so it can be sent again (its response may be absent)."""
         return not any(flag.part == "request" for flag in self.flags)
+
+    @property
+    def not_replayed(self) -> str | None:
+        """Why the exchange is read but not replayed (WebSocket, event stream, streamed response),
+        or None."""
+        for flag in self.flags:
+            if flag.part == NOT_REPLAYED:
+                return f"not replayed: {flag.detail}"
+        return None
 
     @property
     def reasons(self) -> tuple[str, ...]:

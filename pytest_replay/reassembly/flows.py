@@ -14,8 +14,8 @@ from collections import OrderedDict, deque
 
 from .draft import Draft, Reorder, flags_of
 from .stats import CaptureStats
-from ..http.message import (CAPTURE_ENDED, CLOSED, GAP, MALFORMED, NO_RESPONSE, TRUNCATED, UNPARSABLE, Flag, Request,
-                            Response, build_head, header_value)
+from ..http.message import (CAPTURE_ENDED, CLOSED, EVENT_STREAM, GAP, MALFORMED, NO_RESPONSE, NOT_REPLAYED, STREAMED,
+                            TRUNCATED, UNPARSABLE, WEBSOCKET, Flag, Request, Response, build_head, header_value)
 from ..http.parser import MAX_KEPT
 from ..http.h2 import H2Session, H2Stream, looks_like_frames
 from ..http.parser import HEAD, Framer, Lost, Parsed, Stop
@@ -26,6 +26,7 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 DEFAULT_SERVER_PORTS = frozenset({80, 81, 591, 3000, 4000, 5000, 5984, 8000, 8008, 8080, 8081, 8088, 8443, 8888,
                                   9000, 9080, 9200, 443})
 MAX_TLS_LISTED = 1000  # TLS connections described one by one in the stats (all are counted)
+STREAMED_NS = 10 * 10**9  # a response whose body (no Content-Length) took longer than this is a stream
 TOMBSTONES = 4096  # recently closed connections whose stray packets are ignored
 
 
@@ -413,6 +414,8 @@ class Connection:
         request = draft.request
         # done when the request is complete too (it may still be arriving: a server can answer early)
         draft.done = request is not None
+        if b"event-stream" in response.head:
+            _not_replayed(draft, response.head, 0, response.status)
         if request is not None and request.method == "CONNECT" and response.status < 300:
             self._stop(Stop("tunnel", "CONNECT established a tunnel", end))
 
@@ -443,6 +446,8 @@ class Connection:
                 self.table.stats.lf_only += 1
             # done when the request is complete too (it may still be arriving: a server can answer early)
             draft.done = draft.request is not None
+            if status == 101 or b"event-stream" in event.head or event.end_ts_ns - event.ts_ns > STREAMED_NS:
+                _not_replayed(draft, event.head, event.end_ts_ns - event.ts_ns, status)
             if status == 101:
                 self._stop(Stop("upgraded", f"101 Switching Protocols to "
                                 f"{(event_header(event, b'upgrade') or b'?').decode('latin-1')}", event.end))
@@ -620,6 +625,8 @@ class Connection:
         if request is None or (request.protocol != "http/1" and (stream.req_data or stream.req_trailers)):
             draft.request = stream.request(protocol)  # built at _h2_open() from the headers alone
         response = stream.response(protocol)
+        if response is not None and b"event-stream" in response.head:
+            _not_replayed(draft, response.head, 0, response.status)
         if response is not None:
             draft.interim += response.interim  # Capture puts the draft's interim statuses on the response
             draft.response = response
@@ -630,6 +637,29 @@ class Connection:
         if response is None and not any(flag.part == "response" for flag in draft.flags):
             draft.flags += (Flag(NO_RESPONSE, "response", f"HTTP/2 stream {stream.id} had no response"),)
         draft.done = True
+
+
+def _not_replayed(draft: Draft, head: bytes, span_ns: int, status: int) -> None:
+    """Traffic read but not replayed, flagged with why (part NOT_REPLAYED; the items say it when
+    they skip): a WebSocket handshake, a server-sent events stream, a response streamed over more
+    than STREAMED_NS (long-poll or chunked streaming: the time is the stream's, not a latency)."""
+    headers = Response(status, "", "1.1", head, b"", head).headers
+    ctype = (header_value(headers, b"content-type") or b"").split(b";")[0].strip().lower()
+    if status == 101:
+        protocol = (header_value(headers, b"upgrade") or b"").strip().lower()
+        if protocol != b"websocket":
+            return
+        flag = Flag(WEBSOCKET, NOT_REPLAYED, "a WebSocket handshake: the frames after it are not parsed "
+                    "(the connection is skipped 'upgraded')")
+    elif ctype == b"text/event-stream":
+        flag = Flag(EVENT_STREAM, NOT_REPLAYED, "a server-sent events stream (text/event-stream), not a response "
+                    "to compare")
+    elif span_ns > STREAMED_NS and header_value(headers, b"content-length") is None:
+        flag = Flag(STREAMED, NOT_REPLAYED, f"a response streamed over {span_ns / 1e9:.1f} s (long-poll or "
+                    "chunked streaming), not a response to compare")
+    else:
+        return
+    draft.flags += (flag,)
 
 
 def _without_upgrade(request: Request) -> Request:

@@ -42,7 +42,7 @@ def now_iso() -> str:
 def replayed_exchanges(items: Iterable) -> list[Exchange]:
     """The exchanges of the replay items that run (not skipped by a marker) and can be replayed."""
     return [e for item in items if isinstance(item, ReplayItem) and not item.get_closest_marker("skip")
-            for e in item.exchanges if e.replayable]
+            for e in item.exchanges if e.replayable and e.not_replayed is None]
 
 
 class ReplayRun:
