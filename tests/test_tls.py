@@ -25,6 +25,7 @@ RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "captures" / "r
 TLS13, TLS12, INJECTED, H2 = (RECORDED / n for n in ("tls13.pcap", "tls12.pcap", "tls13_injected.pcapng",
                                                      "tls_h2.pcap"))
 KEYS13, KEYS12, KEYS_H2 = RECORDED / "tls13.keys.log", RECORDED / "tls12.keys.log", RECORDED / "tls_h2.keys.log"
+EARLY, KEYS_EARLY = RECORDED / "tls13_early.pcap", RECORDED / "tls13_early.keys.log"
 
 
 def h(text: str) -> bytes:
@@ -187,6 +188,42 @@ def test_inspect_says_tls_h2_with_version_and_cipher(capsys) -> None:
     assert "TLS+HTTP/1.1, TLS 1.3, TLS_AES_256_GCM_SHA384" in capsys.readouterr().out
 
 
+# -- TLS 1.3 early data (0-RTT) ------------------------------------------------------------------
+def test_early_data_is_decrypted_with_the_client_early_traffic_secret() -> None:
+    truth = _truth(EARLY)
+    exchanges, stats = load(str(EARLY), keylog=[str(KEYS_EARLY)])
+    got = [(e.request.method, e.request.target, e.response.status, len(e.response.body)) for e in exchanges]
+    assert got == [(x["method"], x["target"], x["status"], x["response_body"]) for x in truth["exchanges"]]
+    assert truth["tshark"]["requests"] == 2 and all(e.complete and e.scheme == "https" for e in exchanges)
+    assert [c["early_data"] for c in stats.tls_connections] == [
+        None, {"offered": True, "accepted": True, "records": 1, "decrypted": 1, "reason": ""}]
+    early = exchanges[1]
+    # the request left in the 0-RTT record, the packet right after the ClientHello's
+    assert early.source.frames[0] == stats.tls_connections[1]["frame"] + 3
+    assert stats.warnings == [] and stats.tls == {"decrypted": 2}
+
+
+def test_missing_early_secret_is_reported_per_connection_and_the_rest_decrypts() -> None:
+    keylog = KeyLog()
+    keylog.add_text("\n".join(line for line in KEYS_EARLY.read_text().splitlines()
+                              if not line.startswith("CLIENT_EARLY_TRAFFIC_SECRET")), "no early secret")
+    exchanges, stats = load(str(EARLY), keylog=keylog)
+    assert len(exchanges) == 1 and stats.tls == {"decrypted": 2}  # the handshake and the response decrypt
+    (warning,) = [w for w in stats.warnings if w.kind == "tls-early"]
+    random = KEYS_EARLY.read_text().split("CLIENT_EARLY_TRAFFIC_SECRET ")[1].split()[0]
+    assert f"no CLIENT_EARLY_TRAFFIC_SECRET for client random {random} in the key log" in str(warning)
+    assert warning.frame == stats.tls_connections[1]["frame"] + 3  # the 0-RTT record's packet
+    assert stats.tls_connections[1]["early_data"]["reason"] == "no CLIENT_EARLY_TRAFFIC_SECRET line in the key log"
+    assert sum(stats.orphan_responses.values()) == 1  # its response, whose request could not be read
+
+
+def test_inspect_reports_early_data(capsys) -> None:
+    from pytest_replay.cli import main
+
+    assert main(["inspect", str(EARLY), "--keylog", str(KEYS_EARLY)]) == 0
+    assert "0-RTT early data: 1 records decrypted" in capsys.readouterr().out
+
+
 # -- missing, wrong keys, corrupted records: reports, never exceptions ------------------------
 def _keylog_without(keys: Path, random: bytes) -> KeyLog:
     lines = [line for line in keys.read_text().splitlines() if random.hex() not in line]
@@ -326,8 +363,10 @@ def _decrypt(segments, keylog, cuts=None) -> tuple[bytes, bytes, list]:
     return bytes(client.data), bytes(server.data), reports
 
 
-CONNECTIONS = {name: _segments(capture) for name, capture in (("tls13", TLS13), ("tls12", TLS12))}
-KEYLOGS = {"tls13": KeyLog.from_files([KEYS13]), "tls12": KeyLog.from_files([KEYS12])}
+CONNECTIONS = {name: _segments(capture) for name, capture in (("tls13", TLS13), ("tls12", TLS12),
+                                                               ("tls13_early", EARLY))}
+KEYLOGS = {"tls13": KeyLog.from_files([KEYS13]), "tls12": KeyLog.from_files([KEYS12]),
+           "tls13_early": KeyLog.from_files([KEYS_EARLY])}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
