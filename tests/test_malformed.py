@@ -87,9 +87,9 @@ def _connection(client_turns: list[bytes], server_turns: list[bytes]):
 
 def test_garbage_the_server_does_not_answer_in_http_stays_not_http() -> None:
     drafts, stats = _connection([b"\x00\x01\x02binary protocol hello\r\n"], [b"\x05\x06 binary answer"])
-    assert drafts == [] and stats.skipped_streams == {"not-http": 1}
+    assert drafts == [] and stats.skipped_streams == {"not-http": 1} and stats.protocols == {}
     drafts, stats = _connection([b"*1\r\n$4\r\nPING\r\n"], [])  # nothing answered
-    assert drafts == [] and stats.skipped_streams == {"not-http": 1}
+    assert drafts == [] and stats.skipped_streams == {"not-http": 1} and stats.protocols == {}
 
 
 def test_garbage_answered_in_http_is_one_exchange_even_in_pieces() -> None:

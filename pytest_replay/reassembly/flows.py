@@ -479,6 +479,14 @@ class Connection:
             self.not_http = self.unpushed = None
             self.table.reorder.insert(draft.seq, draft)
 
+    def _not_http_after_all(self) -> None:
+        """Nothing answered the client's first bytes in HTTP/1.x: they were not a malformed request
+        (the connection is skipped as not HTTP, as if it had never been collected)."""
+        self.queue.clear()
+        if self.unpushed is not None:
+            self.position -= 1
+        self.malformed = self.unpushed = None
+
     def _stop(self, event: Stop) -> None:
         """The connection stops being HTTP/1.x (not HTTP at all, or upgraded)."""
         if event.code == "http2" and self.requests.stopped is event:
@@ -497,8 +505,9 @@ class Connection:
                 self._not_http_client(event, framer)
                 return
             if self.not_http is not None:  # the server does not speak HTTP/1.x either
-                self.queue.clear()
-                self.malformed, self.unpushed, self.not_http, event = None, None, None, self.not_http
+                self._not_http_after_all()
+                event = self.not_http
+                self.not_http = None
         if not self.stopped:
             self.stopped = True
             if self.position == 0 and self.h2 is None:  # nothing was read as HTTP/1.x on it
@@ -524,8 +533,8 @@ class Connection:
         self._drain(True)
         self._drain(False)
         if self.not_http is not None:  # the client's first bytes were not HTTP/1.x, and nothing answered them
-            self.queue.clear()
-            self.malformed, self.unpushed, self.not_http, stop = None, None, None, self.not_http
+            self._not_http_after_all()
+            stop, self.not_http = self.not_http, None
             self._stop(stop)
         self.finished = True
         if self.h2 is not None:
