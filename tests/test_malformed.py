@@ -186,3 +186,16 @@ def test_in_process_targets_skip_malformed_requests_with_the_reason(pytester: py
     result.assert_outcomes(failed=1, skipped=4)  # the valid GET reaches the demo app (which has no /index.html)
     assert result.stdout.str().count("is sent as captured only to a network target") == 1  # -rs groups the 4
     assert "SKIPPED [4]" in result.stdout.str()
+
+
+def test_malformed_requests_survive_a_gor_round_trip(tmp_path: Path) -> None:
+    """convert writes them as .gor request records (their bytes); the .gor reader, which cannot parse
+    them either, keeps them as malformed requests paired with their responses (not orphans)."""
+    from pytest_replay.cli import main
+
+    out = tmp_path / "malformed.gor"
+    assert main(["convert", str(CAPTURE), str(out)]) == 0
+    back, stats = load(str(out))
+    assert [(e.request.method, e.request.raw, e.response.status, [f.code for f in e.flags]) for e in back] == [
+        (x["method"], x["raw"].encode("latin-1"), x["status"], x["reasons"]) for x in TRUTH["exchanges"]]
+    assert sum(stats.orphan_responses.values()) == 0
