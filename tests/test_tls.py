@@ -217,6 +217,18 @@ def test_missing_early_secret_is_reported_per_connection_and_the_rest_decrypts()
     assert sum(stats.orphan_responses.values()) == 1  # its response, whose request could not be read
 
 
+def test_early_data_without_handshake_secrets_is_opened_all_the_same() -> None:
+    """Only the traffic and early secrets: the server's EncryptedExtensions cannot be read, so whether
+    it accepted the early data is not known; the 0-RTT request opens with its secret and is kept."""
+    keylog = KeyLog()
+    keylog.add_text("\n".join(line for line in KEYS_EARLY.read_text().splitlines() if "HANDSHAKE" not in line), "x")
+    exchanges, stats = load(str(EARLY), keylog=keylog)
+    assert [(e.request.target, e.response.status) for e in exchanges] == [("/data.json", 200)] * 2
+    assert stats.tls_connections[1]["early_data"] == {"offered": True, "accepted": None, "records": 1,
+                                                      "decrypted": 1, "reason": ""}
+    assert stats.warnings == []
+
+
 def test_inspect_reports_early_data(capsys) -> None:
     from pytest_replay.cli import main
 

@@ -130,7 +130,7 @@ def tls_line(conn: dict) -> str:
         state += f": {reason}"
     early = conn.get("early_data")
     if early:  # TLS 1.3 0-RTT: what became of the early data
-        if not early["accepted"]:
+        if early["accepted"] is False:
             state += f"; 0-RTT early data {early['reason']}"
         elif early["reason"]:
             state += f"; 0-RTT early data ({early['records']} records) not decrypted: {early['reason']}"

@@ -168,6 +168,9 @@ class TlsConnection:
                 direction.tls13_handshake = app_protection is None  # handshake keys only
                 return Tls13Protection(suite, hs), app_protection
             direction.trial = MAX_EARLY_FAILURES  # handshake records are skipped, by trial
+            if not direction.from_client and self.client.held is not None:
+                # its EncryptedExtensions cannot be read: the 0-RTT records are opened if they can be
+                self.client.early_data(True, mark, known=False)
             return app_protection, None
         master = secrets and secrets.get("CLIENT_RANDOM")
         if not master:
@@ -231,6 +234,7 @@ class TlsDirection:
         self.held: list | None = None  # client 0-RTT records (header, body, mark) waiting for the server's answer
         self.held_bytes = 0
         self.after_early = None  # 0-RTT: the (handshake, application) protections after EndOfEarlyData
+        self.early_trial = 0  # and the records to skip by trial then (no handshake keys)
 
     # -- the sink interface of tcp.Stream ---------------------------------------------------
     def feed(self, data: bytes, ts_ns: int, frame: int = 0, ack: int | None = None, where: int = 0) -> None:
@@ -321,13 +325,14 @@ class TlsDirection:
             self.conn.give_up(FAILED, f"{self.conn.describe()}: more than {MAX_EARLY_BYTES} bytes of client records "
                               "before the server's EncryptedExtensions", mark)
 
-    def early_data(self, accepted: bool, mark: tuple) -> None:
+    def early_data(self, accepted: bool, mark: tuple, known: bool = True) -> None:
         """The server answered the client's 0-RTT offer: accepted records are opened with
         CLIENT_EARLY_TRAFFIC_SECRET (the application data is the first request(s)); rejected ones
         never reached the application and are dropped; without the secret they are reported."""
         conn = self.conn
         records, self.held = self.held or [], None
-        conn.early = {"offered": True, "accepted": accepted, "records": 0, "decrypted": 0, "reason": ""}
+        conn.early = {"offered": True, "accepted": accepted if known else None, "records": 0, "decrypted": 0,
+                      "reason": ""}
         if not accepted:  # the client's records up to its Finished (handshake keys) are early data: skipped
             conn.early["reason"] = "rejected by the server: the early data never reached the application"
             conn.early["records"] = len(records)
@@ -353,6 +358,7 @@ class TlsDirection:
                 self.sink.gap(max(size - 17 * len(records), 1), GAP, "TLS 1.3 early data without its secret")
             return
         self.protection, self.after_early = Tls13Protection(suite, early), found
+        self.early_trial = self.trial  # without handshake keys: the client's Finished is skipped after EndOfEarlyData
         for header, body, record_mark in records:
             if self.dead:
                 return
@@ -390,6 +396,7 @@ class TlsDirection:
                 elif kind == END_OF_EARLY_DATA and self.after_early is not None:
                     self.protection, self.after_handshake = self.after_early
                     self.after_early = None
+                    self.trial = self.early_trial
                 elif kind == FINISHED and self.after_handshake is not None:
                     self.protection, self.after_handshake = self.after_handshake, None
                 elif kind == FINISHED and self.tls13_handshake:  # the key log lacks the traffic secret
