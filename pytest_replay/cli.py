@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _protocol(exchange: Exchange) -> str:
+    """As captured: "http/1", "h2c"/"h2" (the response's: an Upgrade: h2c request is answered on stream
+    1), or "malformed" (not valid HTTP/1.x, flagged malformed-request)."""
+    if exchange.request.protocol == "malformed":
+        return "malformed"
+    return (exchange.response or exchange.request).protocol
+
+
 def exchange_json(exchange: Exchange) -> dict:
     response = exchange.response
     return {
@@ -168,8 +176,7 @@ def exchange_json(exchange: Exchange) -> dict:
         "recorded_latency_ns": exchange.recorded_latency_ns,
         "complete": exchange.complete,
         "reasons": list(exchange.reasons),
-        # as captured: "http/1", or "h2c"/"h2" (HTTP/2; an Upgrade: h2c request answered on stream 1 too)
-        "protocol": (response or exchange.request).protocol,
+        "protocol": _protocol(exchange),
         "scheme": exchange.scheme,  # "https": decrypted from TLS
         "server_name": exchange.server_name,
         "source": {"file": exchange.source.file, "offset": exchange.source.offset,

@@ -406,12 +406,14 @@ def test_malformed_headers_are_bad_records(tmp_path: Path, header: bytes) -> Non
     assert len(exchanges) == 1 and stats.warning_counts["bad-record"] == 1
 
 
-def test_unparsable_request_payload_is_skipped_with_warning(tmp_path: Path) -> None:
+def test_unparsable_request_payload_is_a_malformed_request_with_warning(tmp_path: Path) -> None:
     records = [rec(1, "1" * 24, T0, b"\x00\x01 not http at all\r\n\r\n"), rec(1, "2" * 24, T0 + 1, GET)]
     exchanges, stats = load(write(tmp_path, "unp.gor", gor_bytes(*records)))
-    assert [e.request.target for e in exchanges] == ["/a"]
+    assert [e.request.target for e in exchanges] == ["", "/a"]
+    assert exchanges[0].request.method == "\x00\x01" and exchanges[0].request.raw.startswith(b"\x00\x01 not http")
+    assert {flag.code for flag in exchanges[0].flags} == {"malformed-request", "no-response"}
     (warning,) = warnings_of(stats, "unparsable")
-    assert warning.record == 0 and warning.offset == 0
+    assert warning.record == 0 and warning.offset == 0 and "kept as a malformed request" in str(warning)
 
 
 def test_unparsable_response_payload_flags_the_exchange(tmp_path: Path) -> None:

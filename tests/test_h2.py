@@ -349,3 +349,34 @@ def test_upgrade_h2c_cut_anywhere(cuts, preface_early) -> None:
     assert whole[0][1].endswith(b"\r\n\r\nupgraded!") and whole[1][0].startswith(b"GET /next HTTP/1.1\r\n")
     assert whole[1][1].startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert _flows(client_turns, server_turns, cuts) == whole
+
+
+# -- Huffman strings: the byte-step decoder against hpack's nibble decoder (the reference) ---------
+@settings(max_examples=300, deadline=None)
+@given(text=st.binary(max_size=200))
+def test_huffman_decoder_agrees_with_hpack_on_encoded_strings(text: bytes) -> None:
+    from hpack.huffman import HuffmanEncoder
+    from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+    from hpack.huffman_table import decode_huffman
+
+    from pytest_replay.http.h2 import huffman_decode
+
+    encoded = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(text)
+    assert huffman_decode(encoded) == decode_huffman(encoded) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=64))
+def test_huffman_decoder_agrees_with_hpack_on_any_bytes(data: bytes) -> None:
+    from hpack.exceptions import HPACKDecodingError
+    from hpack.huffman_table import decode_huffman
+
+    from pytest_replay.http.h2 import H2Error, huffman_decode
+
+    try:
+        expected = decode_huffman(data)
+    except HPACKDecodingError:
+        with pytest.raises(H2Error):
+            huffman_decode(data)
+    else:
+        assert huffman_decode(data) == expected

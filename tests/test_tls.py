@@ -23,8 +23,9 @@ from pytest_replay.tls.records import parse_client_hello
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "captures" / "recorded"
 TLS13, TLS12, INJECTED, H2 = (RECORDED / n for n in ("tls13.pcap", "tls12.pcap", "tls13_injected.pcapng",
-                                                     "tls_alpn_h2.pcap"))
-KEYS13, KEYS12 = RECORDED / "tls13.keys.log", RECORDED / "tls12.keys.log"
+                                                     "tls_h2.pcap"))
+KEYS13, KEYS12, KEYS_H2 = RECORDED / "tls13.keys.log", RECORDED / "tls12.keys.log", RECORDED / "tls_h2.keys.log"
+EARLY, KEYS_EARLY = RECORDED / "tls13_early.pcap", RECORDED / "tls13_early.keys.log"
 
 
 def h(text: str) -> bytes:
@@ -152,11 +153,87 @@ def test_pcapng_secrets_are_noted_and_used_without_a_keylog() -> None:
     assert any("Decryption Secrets Block" in note for note in stats.notes)
 
 
-def test_alpn_h2_is_decrypted_and_left_to_the_http2_parser() -> None:
-    exchanges, stats = load(str(H2), keylog=[str(H2.with_name("tls_alpn_h2.keys.log"))])
-    assert exchanges == [] and stats.skipped_streams == {"http2": 1}
-    (conn,) = stats.tls_connections
-    assert conn["alpn"] == "h2" and conn["decrypted"] and "h2" in conn["alpn_offered"]
+def test_alpn_h2_streams_are_exchanges_over_https() -> None:
+    truth = _truth(H2)
+    exchanges, stats = load(str(H2), keylog=[str(KEYS_H2)])
+    got = [(e.request.method, e.request.target, e.response.status, len(e.request.body), len(e.response.body))
+           for e in exchanges]
+    want = [(x["method"], x["target"], x["status"], x["request_body"], x["response_body"]) for x in truth["exchanges"]]
+    assert got == want
+    assert truth["tshark"]["requests"] == truth["tshark"]["responses"] == len(want)  # tshark with the key log agrees
+    assert all(e.complete and e.scheme == "https" and e.server_name == "tls.test" for e in exchanges)
+    assert {e.request.protocol for e in exchanges} == {"h2"}
+    assert [e.request.host for e in exchanges[3:]] == ["tls.test:" + exchanges[3].request.host.split(":")[1]] * 3
+    assert stats.skipped_streams == {} and stats.protocols == {"h2": 3} and stats.tls == {"decrypted": 3}
+    described = [(c["protocol"], c["version"], c["cipher_suite"], c["alpn"]) for c in stats.tls_connections]
+    assert described == [("TLS+h2", "TLS 1.3", "TLS_AES_256_GCM_SHA384", "h2"),
+                         ("TLS+h2", "TLS 1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "h2"),
+                         ("TLS+h2", "TLS 1.3", "TLS_AES_256_GCM_SHA384", "h2")]
+
+
+def test_alpn_h2_without_keys_is_reported_per_connection() -> None:
+    exchanges, stats = load(str(H2))
+    assert exchanges == [] and stats.tls == {"no-key": 3} and stats.skipped_streams == {"tls": 3}
+    assert {c["protocol"] for c in stats.tls_connections} == {"TLS undecrypted"}
+
+
+def test_inspect_says_tls_h2_with_version_and_cipher(capsys) -> None:
+    from pytest_replay.cli import main
+
+    assert main(["inspect", str(H2), "--keylog", str(KEYS_H2)]) == 0
+    text = capsys.readouterr().out
+    assert "connections: 3 (h2: 3)" in text and "exchanges: 6 (6 complete" in text
+    assert "TLS+h2, TLS 1.2, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, SNI tls.test, ALPN h2: decrypted" in text
+    assert main(["inspect", str(TLS13), "--keylog", str(KEYS13)]) == 0
+    assert "TLS+HTTP/1.1, TLS 1.3, TLS_AES_256_GCM_SHA384" in capsys.readouterr().out
+
+
+# -- TLS 1.3 early data (0-RTT) ------------------------------------------------------------------
+def test_early_data_is_decrypted_with_the_client_early_traffic_secret() -> None:
+    truth = _truth(EARLY)
+    exchanges, stats = load(str(EARLY), keylog=[str(KEYS_EARLY)])
+    got = [(e.request.method, e.request.target, e.response.status, len(e.response.body)) for e in exchanges]
+    assert got == [(x["method"], x["target"], x["status"], x["response_body"]) for x in truth["exchanges"]]
+    assert truth["tshark"]["requests"] == 2 and all(e.complete and e.scheme == "https" for e in exchanges)
+    assert [c["early_data"] for c in stats.tls_connections] == [
+        None, {"offered": True, "accepted": True, "records": 1, "decrypted": 1, "reason": ""}]
+    early = exchanges[1]
+    # the request left in the 0-RTT record, the packet right after the ClientHello's
+    assert early.source.frames[0] == stats.tls_connections[1]["frame"] + 3
+    assert stats.warnings == [] and stats.tls == {"decrypted": 2}
+
+
+def test_missing_early_secret_is_reported_per_connection_and_the_rest_decrypts() -> None:
+    keylog = KeyLog()
+    keylog.add_text("\n".join(line for line in KEYS_EARLY.read_text().splitlines()
+                              if not line.startswith("CLIENT_EARLY_TRAFFIC_SECRET")), "no early secret")
+    exchanges, stats = load(str(EARLY), keylog=keylog)
+    assert len(exchanges) == 1 and stats.tls == {"decrypted": 2}  # the handshake and the response decrypt
+    (warning,) = [w for w in stats.warnings if w.kind == "tls-early"]
+    random = KEYS_EARLY.read_text().split("CLIENT_EARLY_TRAFFIC_SECRET ")[1].split()[0]
+    assert f"no CLIENT_EARLY_TRAFFIC_SECRET for client random {random} in the key log" in str(warning)
+    assert warning.frame == stats.tls_connections[1]["frame"] + 3  # the 0-RTT record's packet
+    assert stats.tls_connections[1]["early_data"]["reason"] == "no CLIENT_EARLY_TRAFFIC_SECRET line in the key log"
+    assert sum(stats.orphan_responses.values()) == 1  # its response, whose request could not be read
+
+
+def test_early_data_without_handshake_secrets_is_opened_all_the_same() -> None:
+    """Only the traffic and early secrets: the server's EncryptedExtensions cannot be read, so whether
+    it accepted the early data is not known; the 0-RTT request opens with its secret and is kept."""
+    keylog = KeyLog()
+    keylog.add_text("\n".join(line for line in KEYS_EARLY.read_text().splitlines() if "HANDSHAKE" not in line), "x")
+    exchanges, stats = load(str(EARLY), keylog=keylog)
+    assert [(e.request.target, e.response.status) for e in exchanges] == [("/data.json", 200)] * 2
+    assert stats.tls_connections[1]["early_data"] == {"offered": True, "accepted": None, "records": 1,
+                                                      "decrypted": 1, "reason": ""}
+    assert stats.warnings == []
+
+
+def test_inspect_reports_early_data(capsys) -> None:
+    from pytest_replay.cli import main
+
+    assert main(["inspect", str(EARLY), "--keylog", str(KEYS_EARLY)]) == 0
+    assert "0-RTT early data: 1 records decrypted" in capsys.readouterr().out
 
 
 # -- missing, wrong keys, corrupted records: reports, never exceptions ------------------------
@@ -267,14 +344,17 @@ class _Sink:
 
 
 def _segments(capture: Path) -> list[list[tuple[bool, bytes]]]:
-    """Each TCP connection's payloads in capture order (loopback: no loss, no reordering)."""
+    """Each TCP connection's payloads in capture order (loopback: no loss, no reordering; a
+    retransmission, seen by its sequence number, is dropped)."""
     conns: dict[tuple, list] = {}
+    sent: dict[tuple, int] = {}  # (source port, destination port) -> next sequence number
     for _, packet in _packets(capture):
         ihl = (packet[14] & 0x0F) * 4
-        sport, dport = struct.unpack_from("!HH", packet, 14 + ihl)
+        sport, dport, seq = struct.unpack_from("!HHI", packet, 14 + ihl)
         payload = packet[14 + ihl + ((packet[14 + ihl + 12] >> 4) * 4):14 + struct.unpack_from("!H", packet, 16)[0]]
-        if not payload:
+        if not payload or sent.get((sport, dport), seq) > seq:
             continue
+        sent[sport, dport] = seq + len(payload)
         key = tuple(sorted((sport, dport)))
         conns.setdefault(key, [])
         from_client = not conns[key] or conns[key][0][2] == sport
@@ -295,8 +375,10 @@ def _decrypt(segments, keylog, cuts=None) -> tuple[bytes, bytes, list]:
     return bytes(client.data), bytes(server.data), reports
 
 
-CONNECTIONS = {name: _segments(capture) for name, capture in (("tls13", TLS13), ("tls12", TLS12))}
-KEYLOGS = {"tls13": KeyLog.from_files([KEYS13]), "tls12": KeyLog.from_files([KEYS12])}
+CONNECTIONS = {name: _segments(capture) for name, capture in (("tls13", TLS13), ("tls12", TLS12),
+                                                               ("tls13_early", EARLY))}
+KEYLOGS = {"tls13": KeyLog.from_files([KEYS13]), "tls12": KeyLog.from_files([KEYS12]),
+           "tls13_early": KeyLog.from_files([KEYS_EARLY])}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -327,6 +409,45 @@ def test_damaged_streams_and_missing_keys_give_reports_not_exceptions(name, whic
         assert reports and not client and not server
     if not flips and not drop_keys:
         assert not reports
+
+
+def _h2_over_tls(segments, keylog, cuts=None) -> list[tuple]:
+    """The HTTP/2 streams of one TLS connection fed with its TCP payloads cut at `cuts`."""
+    from pytest_replay.http.h2 import H2Session
+    from pytest_replay.reassembly.flows import H2Sink
+
+    closed = []
+    session = H2Session(None, closed.append, protocol="h2")
+    reports: list = []
+    conn = TlsConnection(keylog, _Sink(), _Sink(), lambda *a: reports.append(a), lambda *a: reports.append(a),
+                         lambda tls: (H2Sink(session, True), H2Sink(session, False)))
+    for index, (from_client, payload) in enumerate(segments):
+        side = conn.client if from_client else conn.server
+        points = sorted({c % (len(payload) + 1) for c in (cuts[index % len(cuts)] if cuts else [])})
+        start = 0
+        for point in [*points, len(payload)]:
+            side.feed(payload[start:point], 0, index + 1)
+            start = point
+    session.finish()
+    out = []
+    for stream in closed:
+        request, response = stream.request("h2"), stream.response("h2")
+        out.append((stream.id, request.method, request.target, request.body, response.status, response.body,
+                    tuple(stream.flags)))
+    return out + reports
+
+
+H2_CONNECTIONS = _segments(H2)
+H2_KEYS = KeyLog.from_files([KEYS_H2])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(which=st.integers(0, 2), cuts=st.lists(st.lists(st.integers(0, 3000), max_size=6), min_size=1, max_size=8))
+def test_h2_over_tls_cut_at_random_points_gives_the_same_streams(which, cuts) -> None:
+    segments = H2_CONNECTIONS[which]
+    whole = _h2_over_tls(segments, H2_KEYS)
+    assert whole and all(len(item) == 7 and item[6] == () for item in whole)  # streams, no flags, no reports
+    assert _h2_over_tls(segments, H2_KEYS, cuts) == whole
 
 
 def test_client_hello_fields() -> None:
@@ -417,3 +538,16 @@ def test_replay_without_keys_says_why(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(TLS13), "--replay-target",
                                            "http://127.0.0.1:9", "--speed", "0")
     assert "tls 4" in result.stdout.str() or "no key" in result.stdout.str()
+
+
+def test_replay_of_decrypted_tls_h2_passes(pytester: pytest.Pytester) -> None:
+    exchanges, _ = load(str(H2), keylog=[str(KEYS_H2)])
+    service = _Recorded(exchanges)
+    try:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(H2), "--replay-keylog",
+                                               str(KEYS_H2), "--replay-target", service.url, "--speed", "0", "-rs")
+    finally:
+        service.close()
+    result.assert_outcomes(passed=5, skipped=1)  # the POST: a write, answered from the recording
+    assert sorted(service.seen) == ["GET /data.json", "GET /data.json", "GET /index.html", "GET /index.html",
+                                    "GET /missing"]

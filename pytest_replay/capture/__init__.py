@@ -119,11 +119,15 @@ class Capture:
                         response = dataclasses.replace(response, interim=draft.interim)
                     request = draft.request
                     flags = draft.flags
-                    exchange = Exchange(index, request, response, draft.ts, draft.resp_ts, draft.connection,
-                                        draft.position, Source(draft.file, draft.offset, draft.record, draft.frames),
-                                        flags, draft.replayed)
-                    if draft.tls is not None:
-                        exchange = _over_tls(exchange, draft.tls)
+                    if draft.tls is None:
+                        exchange = Exchange(index, request, response, draft.ts, draft.resp_ts, draft.connection,
+                                            draft.position, Source(draft.file, draft.offset, draft.record,
+                                                                   draft.frames), flags, draft.replayed)
+                    else:  # decrypted from TLS: https, and the SNI (the Host header without one)
+                        exchange = Exchange(index, request, response, draft.ts, draft.resp_ts, draft.connection,
+                                            draft.position, Source(draft.file, draft.offset, draft.record,
+                                                                   draft.frames), flags, draft.replayed, "https",
+                                            draft.tls or request.host)
                     stats.exchanges += 1
                     if flags:
                         for code in {flag.code for flag in flags}:
@@ -161,13 +165,6 @@ class Capture:
             for draft in batch:
                 draft.seq = order  # ties between files: the order they were given in
                 yield draft
-
-
-def _over_tls(exchange: Exchange, server_name: str) -> Exchange:
-    """An exchange decrypted from TLS: scheme https, and the SNI (or, without one, the Host)."""
-    if not server_name:
-        server_name = exchange.request.host
-    return dataclasses.replace(exchange, scheme="https", server_name=server_name)
 
 
 def _merge_key(draft: Draft) -> tuple[int, int]:

@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from ..http.message import NO_RESPONSE, TRUNCATED, Flag, Request
-from ..http.parser import Completion, Parsed, fast_message, parse_single
+from ..http.message import MALFORMED, NO_RESPONSE, TRUNCATED, Flag, Request
+from ..http.parser import MAX_KEPT, Completion, Parsed, fast_message, parse_single
 from ..reassembly.draft import Draft, Reorder, flags_of, to_request, to_response
 from .limits import DEFAULT_MAX_RECORD, format_size
 from ..reassembly.stats import CaptureError, CaptureStats, CaptureWarning
@@ -278,13 +278,18 @@ class GorReader:
         flags = ()
         if request is None:
             msg, error, extra = parse_single(payload, True, ts_ns=ts)
-            if msg is None:
+            if msg is None:  # kept as sent: a malformed request (replayed byte for byte when allowed)
                 self.stats.records["unparsable"] += 1
-                self._warn("unparsable", f"request record is not an HTTP/1.x request: {error}", offset, index)
-                return
-            self._note_message(msg, extra, offset, index)
-            request = to_request(msg)
-            flags = flags_of(msg, "request")
+                self._warn("unparsable", f"request record is not an HTTP/1.x request ({error}): kept as a "
+                           "malformed request", offset, index)
+                request = Request.malformed(payload[:MAX_KEPT])
+                flags = (Flag(MALFORMED, "bytes", error),)
+                if len(payload) > MAX_KEPT:
+                    flags += (Flag(TRUNCATED, "request", f"longer than {MAX_KEPT} bytes: the rest is not kept"),)
+            else:
+                self._note_message(msg, extra, offset, index)
+                request = to_request(msg)
+                flags = flags_of(msg, "request")
         if len(rid) == 24:  # current GoReplay: the first 16 hex digits name the TCP connection
             conn = self._connection(rid[:16], 0)
             connection, position = conn

@@ -128,7 +128,16 @@ def tls_line(conn: dict) -> str:
         state += ": no key" + reason.split(", no key", 1)[1]
     elif reason:
         state += f": {reason}"
-    return f"{conn['connection']} (frame {conn['frame']}): {what}: {state}"
+    early = conn.get("early_data")
+    if early:  # TLS 1.3 0-RTT: what became of the early data
+        if early["accepted"] is False:
+            state += f"; 0-RTT early data {early['reason']}"
+        elif early["reason"]:
+            state += f"; 0-RTT early data ({early['records']} records) not decrypted: {early['reason']}"
+        else:
+            state += f"; 0-RTT early data: {early['decrypted']} records decrypted"
+    protocol = f"{conn['protocol']}, " if conn.get("protocol") else ""
+    return f"{conn['connection']} (frame {conn['frame']}): {protocol}{what}: {state}"
 
 
 def render_summary(data: dict) -> str:

@@ -50,6 +50,13 @@ CAPTURE_ENDED = "capture-ended"  # the capture stops in the middle of the messag
 CLOSED = "closed"  # the connection was closed or reset before the message was complete
 HPACK_UNKNOWN = "hpack-unknown"  # HTTP/2 headers referenced HPACK table entries sent before the capture began
 H2_ERROR = "h2-error"  # HTTP/2 frames or a header block were invalid where the message was
+HTTP2 = frozenset({"h2c", "h2"})  # Request.protocol values of HTTP/2
+MALFORMED = "malformed-request"  # not valid HTTP/1.x, but the server answered it: replayed as the bytes sent
+# Traffic that is read but not replayed (flag part NOT_REPLAYED; the request is whole, the exchange is
+# written by convert and redact): a WebSocket handshake (the connection carried frames after it), a
+# server-sent events stream, a response streamed over a long time (long-poll, chunked streaming).
+WEBSOCKET, EVENT_STREAM, STREAMED = "websocket", "event-stream", "streamed"
+NOT_REPLAYED = "replay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +195,8 @@ class Request(_Message):
     lf_only: bool = False  # the head used bare LF line endings (hand-edited .gor files)
     _headers: Headers | None = field(default=None, compare=False, repr=False)
     # how it was captured: "http/1" (version says which), "h2c" or "h2" (HTTP/2: head and raw are
-    # synthesized in HTTP/1.1 form, and it is replayed over HTTP/1.1 for now)
+    # synthesized in HTTP/1.1 form; targets/h2.py replays it over HTTP/2 when the target speaks it), or
+    # "malformed" (not valid HTTP/1.x, see malformed(): raw is what the client sent, sent as it is)
     protocol: str = "http/1"
 
     @classmethod
@@ -197,6 +205,28 @@ class Request(_Message):
         """A request made from parts (tests, rewrites): head and raw bytes are generated."""
         head = build_head(f"{method} {target} HTTP/{version}".encode("latin-1"), headers)
         return cls(method, target, version, head, body, head + body, (), False, tuple(headers))
+
+    @classmethod
+    def malformed(cls, raw: bytes) -> Request:
+        """Bytes a client sent where a request was expected, which are not valid HTTP/1.x: the method
+        is the first token as sent (up to the first space, at most 64 bytes), the target what stands
+        between it and a final " HTTP/x.y" on the first line ("" without one), the head the first
+        line and whatever follows up to an empty line; no body is known. Nothing else is guessed."""
+        line = raw.split(b"\n", 1)[0].rstrip(b"\r")
+        first, _, rest = line.partition(b" ")
+        target, version = b"", ""
+        if b" HTTP/" in rest:
+            target, _, tail = rest.rpartition(b" HTTP/")
+            version = tail.decode("latin-1")[:8]
+        end = raw.find(b"\r\n\r\n")
+        head = raw[:end + 4] if end >= 0 else raw
+        return cls(first[:64].decode("latin-1"), target.decode("latin-1"), version, head, b"", raw, (), False, (),
+                   "malformed")
+
+    @property
+    def http2(self) -> bool:
+        """Captured over HTTP/2 (h2c or h2 inside TLS)."""
+        return self.protocol in HTTP2
 
     @property
     def host(self) -> str | None:
@@ -280,6 +310,15 @@ class Exchange:
     def replayable(self) -> bool:
         """The request is whole, so it can be sent again (its response may be absent)."""
         return not any(flag.part == "request" for flag in self.flags)
+
+    @property
+    def not_replayed(self) -> str | None:
+        """Why the exchange is read but not replayed (WebSocket, event stream, streamed response),
+        or None."""
+        for flag in self.flags:
+            if flag.part == NOT_REPLAYED:
+                return f"not replayed: {flag.detail}"
+        return None
 
     @property
     def reasons(self) -> tuple[str, ...]:

@@ -118,6 +118,14 @@ _template = lru_cache(maxsize=16384)(_build_template)  # keyed by path only: que
 _ENDPOINTS: dict[tuple[str, str], str] = {}  # (method, path) -> endpoint (bounded: cleared when full)
 
 
+def printable_method(method: str) -> str:
+    """A method fit for a terminal: a malformed request's first token (as sent, any bytes) with its
+    control and non-ASCII characters escaped as \\xNN; "(empty)" when there is none."""
+    if method.isprintable() and method.isascii() and method:
+        return method
+    return "".join(c if c.isprintable() and c.isascii() else f"\\x{ord(c):02x}" for c in method) or "(empty)"
+
+
 def endpoint_of(method: str, target: str) -> str:
     """"METHOD /path/{id}": the method and the path template of the target.
 
@@ -127,7 +135,7 @@ def endpoint_of(method: str, target: str) -> str:
     key = (method, target if cut < 0 else target[:cut])
     endpoint = _ENDPOINTS.get(key)
     if endpoint is None:
-        endpoint = f"{method} {_build_template(key[1])}"
+        endpoint = f"{printable_method(method)} {_build_template(key[1])}"
         if len(_ENDPOINTS) >= _MAX_CACHED:
             _ENDPOINTS.clear()
         _ENDPOINTS[key] = endpoint

@@ -23,6 +23,7 @@ from .message import (CAPTURE_ENDED, CLOSED, GAP, TRUNCATED, UNPARSABLE, Request
                       is_http_token, split_head)
 
 MAX_HEAD = 64 * 1024  # a head longer than this is not HTTP we can use
+MAX_KEPT = 64 * 1024  # bytes of an unparsable request kept (Lost.data) to be replayed as they were sent
 _CRLF2 = b"\r\n\r\n"
 _REQUEST_START = re.compile(rb"[A-Za-z][!#$%&'*+.^_`|~0-9A-Za-z-]{0,31} [!-~]{1,65536} HTTP/1\.[01]\r?\n")
 _RESPONSE_START = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9][ \r\n]")
@@ -93,11 +94,15 @@ class Lost:
     `message`: they are where a message was expected to start, and its head is invalid (so the
     message the peer sent there is lost, not just bytes)."""
 
-    __slots__ = ("nbytes", "start", "code", "detail", "frame", "message")
+    __slots__ = ("nbytes", "start", "code", "detail", "frame", "message", "data", "ts_ns", "where")
 
     def __init__(self, nbytes: int, start: int, code: str, detail: str, frame: int, message: bool = False) -> None:
         self.nbytes, self.start, self.code, self.detail, self.frame = nbytes, start, code, detail, frame
         self.message = message
+        # UNPARSABLE only: the bytes themselves (a malformed request is kept as sent, see
+        # reassembly/flows.py), and for `message` the timestamp and file offset where they start
+        self.data = b""
+        self.ts_ns = self.where = 0
 
     def __repr__(self) -> str:
         return f"<Lost {self.nbytes} bytes at {self.start}: {self.code} {self.detail}>"
@@ -751,6 +756,8 @@ class Framer:
         lost = Lost(found - pos, start, self._resync_code, "bytes skipped while looking for the next message "
                     "start" + (" after an unparsable message" if self._resync_code == UNPARSABLE else ""),
                     self._frame_at(start))
+        if self._resync_code == UNPARSABLE:
+            lost.data = bytes(buf[pos:min(found, pos + MAX_KEPT)])
         if self._first:
             self._skipped += found - pos
             if self._skipped > 4 * MAX_HEAD:
@@ -786,8 +793,11 @@ class Framer:
         self._state = STOPPED
         if rest and state == RESYNC:  # no message start found in them
             start = self._offset_of(self._pos)
-            return Lost(rest, start, self._resync_code, f"{rest} bytes at the end of the stream skipped while "
+            lost = Lost(rest, start, self._resync_code, f"{rest} bytes at the end of the stream skipped while "
                         "looking for the next message start", self._frame_at(start))
+            if self._resync_code == UNPARSABLE:
+                lost.data = bytes(self._buf[self._pos:self._pos + MAX_KEPT])
+            return lost
         if rest and state == HEAD:
             start = self._offset_of(self._pos)
             return Lost(rest, start, code or self.cut_code,
@@ -881,7 +891,10 @@ class Framer:
         nl = self._buf.find(b"\n", pos)
         self._pos = nl if nl >= 0 else len(self._buf)
         start = self._offset_of(pos)
-        return Lost(self._pos - pos, start, UNPARSABLE, why, self._frame_at(start), message=True)
+        lost = Lost(self._pos - pos, start, UNPARSABLE, why, self._frame_at(start), message=True)
+        lost.data = bytes(self._buf[pos:min(self._pos, pos + MAX_KEPT)])
+        _, lost.ts_ns, _, _, lost.where = self._find_mark(start)
+        return lost
 
     def _broken_chunk(self, why: str) -> Parsed:
         """The chunked framing is broken at _pos: the message ends there, incomplete; what follows

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from ..http.fields import form_values, query_values
 from ..http.h2 import is_grpc
 from ..http.message import Request
-from ..http.normalize import endpoint_of
+from ..http.normalize import endpoint_of, printable_method
 from ..vocab import WriteDecision, WriteMode, WriteOutcome
 from .rewrite import with_header
 from .rules import HasBody, Labeled, Method, Rule, parse_allow_write, parse_methods, parse_write_pattern
@@ -112,7 +112,7 @@ class OwnMethod:
         return (method,)
 
     def reason(self, method: str) -> str:
-        return f"method {method}"
+        return f"method {printable_method(method)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,18 @@ class Reorder:
         else:
             heapq.heappush(self.late, (ts, order, draft))
 
+    def reserve(self) -> int:
+        """An arrival order for a draft queued later with insert() (a malformed request, known to
+        be an exchange only when its answer comes): it keeps its place among the drafts after it."""
+        n = self._n
+        self._n = n + 1
+        return n
+
+    def insert(self, order: int, draft: Draft) -> None:
+        """Queue a draft with an order reserved earlier (out of arrival order: into the heap)."""
+        draft.seq = order
+        heapq.heappush(self.late, (draft.ts, order, draft))
+
     def first(self) -> tuple[int, int, Draft] | None:
         run, late = self.run, self.late
         if late and (not run or late[0] < run[0]):

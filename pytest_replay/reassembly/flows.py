@@ -14,8 +14,9 @@ from collections import OrderedDict, deque
 
 from .draft import Draft, Reorder, flags_of
 from .stats import CaptureStats
-from ..http.message import (CAPTURE_ENDED, CLOSED, GAP, NO_RESPONSE, UNPARSABLE, Flag, Request, Response, build_head,
-                            header_value)
+from ..http.message import (CAPTURE_ENDED, CLOSED, EVENT_STREAM, GAP, MALFORMED, NO_RESPONSE, NOT_REPLAYED, STREAMED,
+                            TRUNCATED, UNPARSABLE, WEBSOCKET, Flag, Request, Response, build_head, header_value)
+from ..http.parser import MAX_KEPT
 from ..http.h2 import H2Session, H2Stream, looks_like_frames
 from ..http.parser import HEAD, Framer, Lost, Parsed, Stop
 from ..tls.records import looks_like_client_hello
@@ -25,6 +26,7 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 DEFAULT_SERVER_PORTS = frozenset({80, 81, 591, 3000, 4000, 5000, 5984, 8000, 8008, 8080, 8081, 8088, 8443, 8888,
                                   9000, 9080, 9200, 443})
 MAX_TLS_LISTED = 1000  # TLS connections described one by one in the stats (all are counted)
+STREAMED_NS = 10 * 10**9  # a response whose body (no Content-Length) took longer than this is a stream
 TOMBSTONES = 4096  # recently closed connections whose stray packets are ignored
 
 
@@ -78,7 +80,7 @@ class Connection:
     __slots__ = ("name", "table", "client", "server", "requests", "responses", "queue", "answering",
                  "heads", "position", "client_isn", "stopped", "finished", "_server_gaps", "_client_gaps",
                  "file", "key", "first_frame", "first_where", "h2", "h2_upgrade", "mid_stream", "undecided",
-                 "tls")
+                 "tls", "malformed", "not_http", "unpushed")
 
     def __init__(self, table: FlowTable, name: str, key: tuple, mid_stream: bool, frame: int = 0,
                  where: int = 0) -> None:
@@ -88,8 +90,7 @@ class Connection:
         self.file = table.file
         self.first_frame = frame  # where the connection starts: its first packet's frame number
         self.first_where = where  # and that packet's byte offset in the file
-        self.requests = Framer(True, on_head=self._request_head, on_message=self._request_event,
-                               on_request=self._whole_request, resync=mid_stream)
+        self.requests = self._request_framer(mid_stream)
         self.responses = Framer(False, on_head=self._response_head, on_message=self._response_event,
                                 on_answer=self._answer, on_response=self._whole_response, resync=mid_stream)
         self.client = Stream(self.requests)
@@ -110,6 +111,13 @@ class Connection:
         self.mid_stream = mid_stream
         self.undecided = True  # no payload seen yet: the first one tells whether this is TLS
         self.tls = None  # a TlsConnection between the TCP streams and the framers, for TLS
+        self.malformed: Draft | None = None  # a malformed request still collecting the client's bytes
+        self.not_http: Stop | None = None  # the client's first bytes were not HTTP/1.x: why, until answered
+        self.unpushed: Draft | None = None  # their malformed request, an exchange once a response answers it
+
+    def _request_framer(self, resync: bool, check_signature: bool = True) -> Framer:
+        return Framer(True, on_head=self._request_head, on_message=self._request_event,
+                      on_request=self._whole_request, resync=resync, check_signature=check_signature)
 
     # -- packets -----------------------------------------------------------------------------
     def packet(self, from_client: bool, seq: int, ack: int, flags: int, payload: bytes, missing: int,
@@ -182,11 +190,12 @@ class Connection:
         self.requests.stop(code, detail)
         self.responses.stop(code, detail)
 
-    def _tls_h2(self, tls) -> None:
-        """ALPN h2 over TLS: not HTTP/1.x. HTTP/2 parsing (http/h2.py, in progress) plugs in here by
-        returning sinks for the decrypted client and server streams."""
-        self._stop(Stop("http2", f"{tls.describe()}: ALPN h2, HTTP/2 over TLS (decrypted; HTTP/2 is not parsed)", 0))
-        return None
+    def _tls_h2(self, tls) -> tuple[H2Sink, H2Sink]:
+        """ALPN h2 over TLS: the decrypted streams carry HTTP/2 from their first byte (the client
+        preface). Both sides go to the connection's H2Session (protocol "h2"); the returned sinks
+        take the plaintext the TLS directions decrypt."""
+        self.speak_h2(True, True, protocol="h2")
+        return self.requests, self.responses
 
     def _tls_warn(self, code: str, detail: str, frame: int | None, where: int | None) -> None:
         from .stats import CaptureWarning
@@ -219,6 +228,7 @@ class Connection:
         draft.head = msg
         if self.tls is not None:
             draft.tls = self.tls.server_name or ""
+        self.malformed = None  # a request starts: a malformed one before it has all its bytes
         self.position += 1
         self.heads.append(draft)
         self.table.reorder.push(draft)
@@ -230,6 +240,7 @@ class Connection:
         draft.end = end
         if self.tls is not None:
             draft.tls = self.tls.server_name or ""
+        self.malformed = None
         self.position += 1
         self.table.reorder.push(draft)
         self.queue.append(draft)
@@ -252,9 +263,79 @@ class Connection:
             if draft.response is not None:
                 draft.done = True
         elif isinstance(event, Lost):
-            self.table.stats.lost[event.code] += event.nbytes
+            if event.code != UNPARSABLE:
+                self.table.stats.lost[event.code] += event.nbytes
+            elif event.message:
+                self._malformed_begin(event.data, event.nbytes, event.ts_ns, event.frame, event.where, event.start,
+                                      event.detail)
+            else:
+                self._malformed_more(event.data, event.nbytes)
         elif isinstance(event, Stop):
             self._stop(event)
+
+    # -- malformed requests ------------------------------------------------------------------
+    def _malformed_begin(self, data: bytes, nbytes: int, ts_ns: int, frame: int, where: int, start: int,
+                         why: str) -> Draft:
+        """Where a request should start the client sent bytes that are not valid HTTP/1.x: they are
+        a request flagged malformed-request (kept as sent, replayed as sent), paired with the
+        response that follows like any request. Its bytes run until the next request starts or a
+        response answers it."""
+        draft = Draft(Request.malformed(data), ts_ns, self.name, self.position, self.file, where, frames=(frame,))
+        draft.end = start + nbytes
+        draft.flags = (Flag(MALFORMED, "bytes", why),)
+        if self.tls is not None:
+            draft.tls = self.tls.server_name or ""
+        if nbytes > len(data):
+            self._malformed_cut(draft, nbytes - len(data))
+        self.position += 1
+        self.malformed = draft
+        self.queue.append(draft)
+        if self.not_http is None:  # on a connection already speaking HTTP/1.x: an exchange, answered or not
+            self.table.reorder.push(draft)
+        else:
+            self.unpushed = draft
+            draft.seq = self.table.reorder.reserve()  # its place among the drafts that follow
+        return draft
+
+    def _malformed_more(self, data: bytes, nbytes: int, code: str | None = None) -> None:
+        """More bytes of the malformed request being collected (or lost bytes, counted)."""
+        draft = self.malformed
+        if draft is None:
+            self.table.stats.lost[code or UNPARSABLE] += nbytes
+            return
+        raw = draft.request.raw
+        room = max(MAX_KEPT - len(raw), 0)
+        if data and room:
+            draft.request = Request.malformed(raw + data[:room])
+        draft.end += nbytes
+        if nbytes > min(len(data), room):
+            self._malformed_cut(draft, nbytes - min(len(data), room), code)
+
+    def _malformed_cut(self, draft: Draft, nbytes: int, code: str | None = None) -> None:
+        self.table.stats.lost[code or UNPARSABLE] += nbytes
+        if not any(flag.part == "request" for flag in draft.flags):
+            why = (f"{nbytes} bytes missing" if code else f"longer than {MAX_KEPT} bytes: the rest is not kept")
+            draft.flags += (Flag(code or TRUNCATED, "request", why),)
+
+    def _not_http_client(self, event: Stop, framer: Framer) -> None:
+        """The client's first bytes are not HTTP/1.x: a malformed request if the server answers it
+        with an HTTP/1.x response, not HTTP at all otherwise (decided when the connection ends). A
+        new request framer looks for the next request start in what follows (a valid request after
+        the garbage is an exchange of its own); what it skips is the malformed request's bytes."""
+        self.not_http = event
+        leftover, framer.leftover = framer.leftover, []
+        ts_ns, frame, where = leftover[0][1:] if leftover else (0, self.first_frame, self.first_where)
+        self._malformed_begin(b"", 0, ts_ns, frame, where, 0, event.detail)
+        requests = self._request_framer(True, False)
+        requests._resync_code = UNPARSABLE  # the bytes it skips are the malformed request's
+        self.requests = requests
+        if self.tls is not None:
+            self.tls.client.sink = requests
+        else:
+            self.client.sink = requests
+        for data, ts, fr, wh in leftover:
+            requests.feed(data, ts, fr, None, wh)
+        self._drain(True)
 
     def _note_client_gaps(self) -> None:
         """Request bytes were lost: remember where, since they may have held whole requests."""
@@ -286,6 +367,8 @@ class Connection:
             draft = queue.popleft()  # the common case: first in, first out
             if not draft.done:
                 self.answering.append(draft)
+                if draft is self.malformed or draft is self.unpushed:
+                    self._malformed_answered(draft)
                 request = draft.request
                 return request.method if request is not None else draft.method
             queue.appendleft(draft)
@@ -331,6 +414,8 @@ class Connection:
         request = draft.request
         # done when the request is complete too (it may still be arriving: a server can answer early)
         draft.done = request is not None
+        if b"event-stream" in response.head:
+            _not_replayed(draft, response.head, 0, response.status)
         if request is not None and request.method == "CONNECT" and response.status < 300:
             self._stop(Stop("tunnel", "CONNECT established a tunnel", end))
 
@@ -361,6 +446,8 @@ class Connection:
                 self.table.stats.lf_only += 1
             # done when the request is complete too (it may still be arriving: a server can answer early)
             draft.done = draft.request is not None
+            if status == 101 or b"event-stream" in event.head or event.end_ts_ns - event.ts_ns > STREAMED_NS:
+                _not_replayed(draft, event.head, event.end_ts_ns - event.ts_ns, status)
             if status == 101:
                 self._stop(Stop("upgraded", f"101 Switching Protocols to "
                                 f"{(event_header(event, b'upgrade') or b'?').decode('latin-1')}", event.end))
@@ -384,6 +471,22 @@ class Connection:
             self.table.settled(draft)
 
     # -- ends --------------------------------------------------------------------------------
+    def _malformed_answered(self, draft: Draft) -> None:
+        """A response answers the malformed request: its bytes are complete, and if the client's
+        first bytes were not HTTP/1.x, the server's answer makes it an exchange after all."""
+        self.malformed = None
+        if draft is self.unpushed:
+            self.not_http = self.unpushed = None
+            self.table.reorder.insert(draft.seq, draft)
+
+    def _not_http_after_all(self) -> None:
+        """Nothing answered the client's first bytes in HTTP/1.x: they were not a malformed request
+        (the connection is skipped as not HTTP, as if it had never been collected)."""
+        self.queue.clear()
+        if self.unpushed is not None:
+            self.position -= 1
+        self.malformed = self.unpushed = None
+
     def _stop(self, event: Stop) -> None:
         """The connection stops being HTTP/1.x (not HTTP at all, or upgraded)."""
         if event.code == "http2" and self.requests.stopped is event:
@@ -398,6 +501,13 @@ class Connection:
                 self.speak_h2(True, True, preface=framer is self.responses and not self.mid_stream,
                               known=not self.mid_stream)
                 return
+            if framer is self.requests and not self.mid_stream and self.position == 0 and not self.stopped:
+                self._not_http_client(event, framer)
+                return
+            if self.not_http is not None:  # the server does not speak HTTP/1.x either
+                self._not_http_after_all()
+                event = self.not_http
+                self.not_http = None
         if not self.stopped:
             self.stopped = True
             if self.position == 0 and self.h2 is None:  # nothing was read as HTTP/1.x on it
@@ -422,6 +532,10 @@ class Connection:
             self.server.end(code, "")
         self._drain(True)
         self._drain(False)
+        if self.not_http is not None:  # the client's first bytes were not HTTP/1.x, and nothing answered them
+            self._not_http_after_all()
+            stop, self.not_http = self.not_http, None
+            self._stop(stop)
         self.finished = True
         if self.h2 is not None:
             self.h2.finish(why, code or CLOSED)
@@ -474,10 +588,14 @@ class Connection:
                 continue
             framer.stop("http2", "HTTP/2")
             sink = H2Sink(self.h2, from_client)
+            # over TLS the TCP streams feed the TLS directions, which feed the sink plaintext
+            feeds = (self.tls.client if from_client else self.tls.server) if self.tls is not None else None
             if from_client:
-                self.requests = self.client.sink = sink
+                self.requests = sink
+                (feeds or self.client).sink = sink
             else:
-                self.responses = self.server.sink = sink
+                self.responses = sink
+                (feeds or self.server).sink = sink
             for data, ts_ns, frame, where in framer.leftover:
                 self.h2.feed(from_client, data, ts_ns, frame, where)
             framer.leftover = []
@@ -500,6 +618,8 @@ class Connection:
     def _h2_open(self, stream: H2Stream) -> None:
         draft = Draft(stream.request(self.h2.protocol), stream.req_ts, self.name, self.position, self.file,
                       stream.req_where, frames=(stream.req_frame,))
+        if self.tls is not None:
+            draft.tls = self.tls.server_name or ""
         self.position += 1
         stream.opaque = draft
         self.table.reorder.push(draft)
@@ -514,6 +634,8 @@ class Connection:
         if request is None or (request.protocol != "http/1" and (stream.req_data or stream.req_trailers)):
             draft.request = stream.request(protocol)  # built at _h2_open() from the headers alone
         response = stream.response(protocol)
+        if response is not None and b"event-stream" in response.head:
+            _not_replayed(draft, response.head, 0, response.status)
         if response is not None:
             draft.interim += response.interim  # Capture puts the draft's interim statuses on the response
             draft.response = response
@@ -524,6 +646,29 @@ class Connection:
         if response is None and not any(flag.part == "response" for flag in draft.flags):
             draft.flags += (Flag(NO_RESPONSE, "response", f"HTTP/2 stream {stream.id} had no response"),)
         draft.done = True
+
+
+def _not_replayed(draft: Draft, head: bytes, span_ns: int, status: int) -> None:
+    """Traffic read but not replayed, flagged with why (part NOT_REPLAYED; the items say it when
+    they skip): a WebSocket handshake, a server-sent events stream, a response streamed over more
+    than STREAMED_NS (long-poll or chunked streaming: the time is the stream's, not a latency)."""
+    headers = Response(status, "", "1.1", head, b"", head).headers
+    ctype = (header_value(headers, b"content-type") or b"").split(b";")[0].strip().lower()
+    if status == 101:
+        protocol = (header_value(headers, b"upgrade") or b"").strip().lower()
+        if protocol != b"websocket":
+            return
+        flag = Flag(WEBSOCKET, NOT_REPLAYED, "a WebSocket handshake: the frames after it are not parsed "
+                    "(the connection is skipped 'upgraded')")
+    elif ctype == b"text/event-stream":
+        flag = Flag(EVENT_STREAM, NOT_REPLAYED, "a server-sent events stream (text/event-stream), not a response "
+                    "to compare")
+    elif span_ns > STREAMED_NS and header_value(headers, b"content-length") is None:
+        flag = Flag(STREAMED, NOT_REPLAYED, f"a response streamed over {span_ns / 1e9:.1f} s (long-poll or "
+                    "chunked streaming), not a response to compare")
+    else:
+        return
+    draft.flags += (flag,)
 
 
 def _without_upgrade(request: Request) -> Request:

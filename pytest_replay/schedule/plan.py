@@ -89,7 +89,7 @@ def stream_lanes(exchanges: Iterable[Exchange]) -> dict[int, str]:
     other share a slot, streams in flight together go side by side."""
     by_connection: dict[str, list[Exchange]] = {}
     for e in exchanges:
-        if e.request.protocol != "http/1":
+        if e.request.http2:
             by_connection.setdefault(e.connection, []).append(e)
     lanes: dict[int, str] = {}
     for connection, members in by_connection.items():

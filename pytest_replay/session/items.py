@@ -75,10 +75,12 @@ class ReplayItem(pytest.Function):
                 item.add_marker(marker(name, description))
         for template in {path_template(e.request.target) for e in exchanges}:
             item.add_marker(marker(f"endpoint_{marker_name(template)}", f"replayed requests to {template}"))
-        replayable = [e for e in exchanges if e.replayable]
+        replayable = [e for e in exchanges if e.replayable and e.not_replayed is None]
         if not replayable:
             reasons = "; ".join(sorted({r for e in exchanges for r in e.reasons if "(request)" in r}))
-            item.add_marker(pytest.mark.skip(reason=f"incomplete in the capture: {reasons}"))
+            streams = "; ".join(sorted({e.not_replayed for e in exchanges if e.not_replayed}))
+            why = f"incomplete in the capture: {reasons}" if reasons else streams
+            item.add_marker(pytest.mark.skip(reason=why))
         item.user_properties.append(("replay_exchange", ",".join(str(e.index) for e in exchanges[:20])))
         item.user_properties.append(("replay_source", str(first.source)))
         endpoints = dict.fromkeys(endpoint_of(e.request.method, e.request.target) for e in exchanges)
@@ -90,11 +92,15 @@ class ReplayItem(pytest.Function):
         failures = []
         not_sent = []
         for exchange in self.exchanges:
-            if not exchange.replayable:
+            if not exchange.replayable or exchange.not_replayed is not None:
                 continue
             decision = self.replay.decisions.get(exchange.index)
             if decision is not None and decision.action == SKIP:  # counted when the plan was made
                 not_sent.append(decision.not_sent())
+                continue
+            unsendable = self.replay.unsendable.get(exchange.index)
+            if unsendable is not None:  # counted when the plan was made
+                not_sent.append(unsendable)
                 continue
             if not engine.planned_key(exchange.index):  # a capacity run whose stages end before its turn
                 why = "not sent: the stages (--replay-stages) end before its turn in the capture"
@@ -123,7 +129,7 @@ class ReplayItem(pytest.Function):
                 self._properties(exchange, observation)
             if not verdict.passed:
                 failures.append((text, exchange, observation, verdict))
-        if not_sent and len(not_sent) == sum(e.replayable for e in self.exchanges):
+        if not_sent and len(not_sent) == sum(e.replayable and e.not_replayed is None for e in self.exchanges):
             reason = not_sent[0] if len(not_sent) == 1 else f"{len(not_sent)} requests not sent: {not_sent[0]}"
             # reported at the item (the capture), as skip markers are, not at this line of the plugin
             raise pytest.skip.Exception(reason, _use_item_location=True)

@@ -29,6 +29,8 @@ from .collection import Collection
 from .items import ReplayItem
 from .progress import Progress
 
+MALFORMED_IN_PROCESS = ("not sent: a malformed request (not valid HTTP/1.x) is sent as captured only to a network "
+                        "target (an http:// or https:// --replay-target)")
 DEFAULT_LEAD_NS = 50_000_000  # from the engine's start to the replay's t0, in a single process
 _running: weakref.WeakSet[ReplayRun] = weakref.WeakSet()
 
@@ -40,7 +42,7 @@ def now_iso() -> str:
 def replayed_exchanges(items: Iterable) -> list[Exchange]:
     """The exchanges of the replay items that run (not skipped by a marker) and can be replayed."""
     return [e for item in items if isinstance(item, ReplayItem) and not item.get_closest_marker("skip")
-            for e in item.exchanges if e.replayable]
+            for e in item.exchanges if e.replayable and e.not_replayed is None]
 
 
 class ReplayRun:
@@ -76,6 +78,7 @@ class ReplayRun:
         self.origin_counts: Counter[str] = Counter()  # "origin A treated as B" -> responses
         self.aggregate = Aggregate()  # what this process replayed and how it went
         self.skipped: list[tuple[Exchange, str]] = []  # selected, not replayed
+        self.unsendable: dict[int, str] = {}  # exchange index -> why this target cannot send it (not planned)
         self.counted: set[int] = set()  # exchanges counted in the aggregate
         self.notes: list[str] = [WRITE_METHODS_DEPRECATED] if settings.write_methods else []
         self.remote = RunResults()  # what other processes did (the xdist controller merges workers' here)
@@ -100,7 +103,7 @@ class ReplayRun:
         """Make the target, apply the write policy, rewrites and the production guard, and start
         the engine with every selected exchange on its schedule."""
         from ..policy.guard import check_target, recorded_hosts
-        from ..policy.writes import SKIP, WriteCounts, WritePolicy
+        from ..policy.writes import SEND, SKIP, WriteCounts, WritePolicy
         from ..schedule.engine import Engine
         from ..targets import make_target
         from ..targets.inprocess import ASGITarget, WSGITarget
@@ -149,6 +152,7 @@ class ReplayRun:
                                       redactor=self.redactor, grpc=self.grpc_schema,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
         planned = []
+        sends_bytes = getattr(inner, "sends_bytes", False)  # a network target: captured bytes go out as such
         replayed = replayed_exchanges(items)
         mine = self.lanes(replayed)
         for exchange in mine:
@@ -157,6 +161,9 @@ class ReplayRun:
             if decision.action == SKIP:
                 self.write_counts.add(exchange, SKIP)
                 self.skip(exchange, "write skipped (--replay-writes skip)", write=True)
+            elif decision.action == SEND and exchange.request.protocol == "malformed" and not sends_bytes:
+                why = self.unsendable[exchange.index] = MALFORMED_IN_PROCESS
+                self.skip(exchange, why)
             else:
                 planned.append(exchange)
         self._choose_http_version(inner, planned)
@@ -217,7 +224,7 @@ class ReplayRun:
         if not isinstance(target, str) or not target.strip().lower().startswith(("http://", "https://")) \
                 or self.config.option.collectonly:  # (--collect-only reaches no target)
             return None
-        if not any(e.request.protocol != "http/1" for e in replayed_exchanges(items)):
+        if not any(e.request.http2 for e in replayed_exchanges(items)):
             return None
         from ..targets.h2 import H2Target
         try:
@@ -233,7 +240,7 @@ class ReplayRun:
         probe costs no lateness) and say what they go over; --replay-http-version 2 against a target
         that does not speak HTTP/2 is a usage error."""
         choice = getattr(inner, "choice", None)
-        if choice is None or not any(e.request.protocol != "http/1" for e in planned):
+        if choice is None or not any(e.request.http2 for e in planned):
             return
         if self.probed is not None and self.probed[0] == inner.url and inner.probed is None:
             inner.probed = self.probed[1]  # probed after collection: not again

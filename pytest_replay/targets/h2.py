@@ -716,6 +716,8 @@ class H2Target:
     HTTP/1.x exchanges, and HTTP/2 ones the target or `version` sends over HTTP/1.1, go through
     `http1` (the RawTarget fast path)."""
 
+    sends_bytes = True  # HTTP/1.x and malformed requests go out through http1 as captured
+
     def __init__(self, url: str, *, version: str = "auto", verify: bool = True, keep_host: bool = False,
                  engine: str = "frames") -> None:
         if version not in HTTP_VERSIONS:
@@ -760,7 +762,7 @@ class H2Target:
         return f"HTTP/2 captures over HTTP/1.1 (the target does not speak HTTP/2: {answer.how})"
 
     def over_h2(self, request: Request) -> bool:
-        if request.protocol == "http/1":
+        if not request.http2:
             return False
         if is_grpc(request.headers):
             return True
@@ -774,7 +776,7 @@ class H2Target:
 
     async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
         request = planned.request
-        if request.protocol == "http/1":
+        if not request.http2:
             return await self.http1.send(planned, clock)
         if self.probed is None and self.version == "auto":  # not probed before the replay (a baseline target)
             await self._probe_once()

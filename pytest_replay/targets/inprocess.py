@@ -114,7 +114,7 @@ class ASGITarget(_AppTarget):
 
     async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
         request = planned.request
-        if request.protocol != "http/1":
+        if request.http2:
             _refuse_grpc(request)
         req = _build(request.method, self._url(request), _headers(request), request.body)
         now = clock.now_ns
@@ -164,7 +164,7 @@ class WSGITarget(_AppTarget):
 
     async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
         request = planned.request
-        if request.protocol != "http/1":
+        if request.http2:
             _refuse_grpc(request)
         req = _build(request.method, self._url(request), _headers(request), request.body)
         if self._pool is None:

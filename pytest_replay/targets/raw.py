@@ -37,7 +37,10 @@ def wire_bytes(request: Request, host: str | None) -> bytes:
     endings normalized to CRLF, Content-Length set to the body length when the body is not chunked
     (a wrong one is fixed, duplicates dropped; none is added to a body-less request), a chunked body
     re-chunked from `request.body` as one chunk plus the captured trailers. Everything else (header
-    order and case, Connection) is kept as captured."""
+    order and case, Connection) is kept as captured. A malformed request (not valid HTTP/1.x,
+    flagged malformed-request) is sent exactly as captured: its bytes are the point."""
+    if request.protocol == "malformed":
+        return request.raw
     lines = head_lines(request.head)
     fields = header_fields(lines[1:])  # each with its obs-fold lines: kept or dropped whole
     body = request.body
@@ -291,6 +294,8 @@ class RawTarget:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batch = batch  # batched writes (_Writer); False: each request written as its lane sends it
         self._writer: _Writer | None = None
+
+    sends_bytes = True  # the captured bytes go out as such (a malformed request too)
 
     def __repr__(self) -> str:
         return f"RawTarget({self.url!r})"

@@ -13,9 +13,9 @@ frame), streams that are not TLS after all. A single corrupted record mid-stream
 plaintext (the framer resynchronises after it) and a warning; a direction whose first records do
 not authenticate, or several in a row, fails the connection (wrong key).
 
-ALPN h2: the plaintext goes to the HTTP/1.x framer, which stops on the HTTP/2 preface and counts
-the connection as skipped "http2". The seam for the HTTP/2 parser (http/h2.py, being written) is
-:attr:`TlsConnection.alpn` plus the two plaintext streams: route them there when it exists.
+ALPN h2 (in the TLS 1.2 ServerHello or the TLS 1.3 EncryptedExtensions): `on_h2` returns the sinks
+of the connection's HTTP/2 session (reassembly/flows.py, http/h2.py), which take the plaintext from
+the client preface on.
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ from ..http.message import GAP
 from .keylog import KeyLog
 from .keys import (SUITES, VERSIONS, DecryptError, Tls12Protection, Tls13Protection, suite_name,
                    tls12_key_block)
-from .records import (ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, CLIENT_HELLO, ENCRYPTED_EXTENSIONS, FINISHED,
-                      HANDSHAKE, HEADER, KEY_UPDATE, SERVER_HELLO, ClientHello, NotTls, ServerHello,
+from .records import (ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, CLIENT_HELLO, ENCRYPTED_EXTENSIONS, END_OF_EARLY_DATA,
+                      FINISHED, HANDSHAKE, HEADER, KEY_UPDATE, SERVER_HELLO, ClientHello, NotTls, ServerHello,
                       handshake_messages, parse_client_hello, parse_encrypted_extensions, parse_server_hello,
                       record_header)
 
 TLS13 = 0x0304
 MAX_FAILURES = 3  # records in a row that do not authenticate before the connection is given up
 MAX_EARLY_FAILURES = 8  # TLS 1.3 without handshake secrets: handshake records skipped by trial
+MAX_EARLY_BYTES = 1 << 20  # 0-RTT records held until the server's EncryptedExtensions say what became of them
 
 # Connection outcomes (CaptureStats.tls counts them)
 HANDSHAKE_ONLY, DECRYPTED, NO_KEY, FAILED, UNSUPPORTED, NOT_TLS = (
@@ -60,6 +61,7 @@ class TlsConnection:
         self.reason = ""
         self.records = 0  # records decrypted
         self.failed_records = 0
+        self.early: dict | None = None  # TLS 1.3 0-RTT: what became of the client's early data (for inspect)
 
     # -- what is known ------------------------------------------------------------------------
     @property
@@ -78,6 +80,13 @@ class TlsConnection:
     def alpn(self) -> str | None:
         return self.server_hello.alpn if self.server_hello else None
 
+    @property
+    def protocol(self) -> str:
+        """What inspect calls the connection: TLS+h2, TLS+HTTP/1.1 (decrypted) or TLS undecrypted."""
+        if self.status != DECRYPTED:
+            return "TLS undecrypted"
+        return "TLS+h2" if self.alpn == "h2" else "TLS+HTTP/1.1"
+
     def describe(self) -> str:
         parts = [self.version or "TLS"]
         if self.suite:
@@ -88,10 +97,10 @@ class TlsConnection:
 
     def info(self) -> dict:
         """For inspect and the capture stats (no key material)."""
-        return {"version": self.version, "cipher_suite": self.suite, "server_name": self.server_name,
+        return {"protocol": self.protocol, "version": self.version, "cipher_suite": self.suite, "server_name": self.server_name,
                 "alpn_offered": list(self.hello.alpn) if self.hello else [], "alpn": self.alpn,
                 "decrypted": self.status == DECRYPTED, "status": self.status, "reason": self.reason,
-                "records": self.records, "failed_records": self.failed_records}
+                "records": self.records, "failed_records": self.failed_records, "early_data": self.early}
 
     # -- events from the directions ------------------------------------------------------------
     def handshake(self, direction: TlsDirection, kind: int, body: bytes, mark: tuple) -> None:
@@ -110,21 +119,22 @@ class TlsConnection:
         except ValueError as exc:
             self.give_up(FAILED, f"malformed {'Client' if kind == 1 else 'Server'}Hello ({exc})", mark)
 
-    def encrypted_extensions(self, body: bytes) -> None:
+    def encrypted_extensions(self, body: bytes, mark: tuple) -> None:
         try:
-            alpn = parse_encrypted_extensions(body)
+            alpn, early_accepted = parse_encrypted_extensions(body)
         except ValueError:
             return
         if alpn is not None and self.server_hello is not None:
             self.server_hello.alpn = alpn
             if alpn == "h2":
                 self._h2()
+        if self.client.held is not None:  # the 0-RTT records wait for this answer (and for the ALPN sinks)
+            self.client.early_data(early_accepted, mark)
 
     def _h2(self) -> None:
-        """ALPN h2: the plaintext is HTTP/2, not for the HTTP/1.x framers. The seam for the HTTP/2
-        parser (http/h2.py): `on_h2` returns the sinks for the two decrypted streams (feed(data,
-        ts_ns, frame, ack, where), gap(), close()); until it is wired the records are still
-        decrypted (and counted) and the plaintext is dropped."""
+        """ALPN h2: the plaintext is HTTP/2, not for the HTTP/1.x framers: `on_h2` returns the sinks
+        for the two decrypted streams (feed(data, ts_ns, frame, ack, where), gap(), close()); without
+        it (a caller that wants the records alone) the plaintext is dropped."""
         sinks = self.on_h2(self) if self.on_h2 is not None else None
         client, server = sinks if sinks is not None else (_Discard(), _Discard())
         self.client.sink, self.server.sink = client, server
@@ -158,6 +168,9 @@ class TlsConnection:
                 direction.tls13_handshake = app_protection is None  # handshake keys only
                 return Tls13Protection(suite, hs), app_protection
             direction.trial = MAX_EARLY_FAILURES  # handshake records are skipped, by trial
+            if not direction.from_client and self.client.held is not None:
+                # its EncryptedExtensions cannot be read: the 0-RTT records are opened if they can be
+                self.client.early_data(True, mark, known=False)
             return app_protection, None
         master = secrets and secrets.get("CLIENT_RANDOM")
         if not master:
@@ -218,6 +231,10 @@ class TlsDirection:
         self.failures = 0  # records in a row that did not authenticate
         self.dead = False
         self.plain = 0  # plaintext bytes fed to the framer
+        self.held: list | None = None  # client 0-RTT records (header, body, mark) waiting for the server's answer
+        self.held_bytes = 0
+        self.after_early = None  # 0-RTT: the (handshake, application) protections after EndOfEarlyData
+        self.early_trial = 0  # and the records to skip by trial then (no handshake keys)
 
     # -- the sink interface of tcp.Stream ---------------------------------------------------
     def feed(self, data: bytes, ts_ns: int, frame: int = 0, ack: int | None = None, where: int = 0) -> None:
@@ -282,6 +299,12 @@ class TlsDirection:
             tls13 = conn.server_hello is not None and conn.server_hello.version == TLS13
             if ctype == ALERT or (ctype == CHANGE_CIPHER_SPEC and tls13):
                 return  # cleartext alert; TLS 1.3's compatibility change_cipher_spec
+            if self.from_client and conn.hello is not None and conn.hello.early_data and (
+                    conn.server_hello is None or self.held is not None):
+                if ctype == CHANGE_CIPHER_SPEC:
+                    return  # the compatibility change_cipher_spec before 0-RTT data
+                self._hold(header, body, mark)  # 0-RTT: opened once the server's answer to it is known
+                return
             if not self._start(mark):
                 return
             if ctype == CHANGE_CIPHER_SPEC:
@@ -289,6 +312,60 @@ class TlsDirection:
         elif ctype == CHANGE_CIPHER_SPEC:
             return
         self._open(header, body, mark)
+
+    # -- TLS 1.3 early data (0-RTT) ---------------------------------------------------------
+    def _hold(self, header: bytes, body: bytes, mark: tuple) -> None:
+        """A client record after a ClientHello offering early data, before the server said whether
+        it accepts it (its EncryptedExtensions): held, in order, up to MAX_EARLY_BYTES."""
+        if self.held is None:
+            self.held = []
+        self.held.append((header, body, mark))
+        self.held_bytes += len(body)
+        if self.held_bytes > MAX_EARLY_BYTES:
+            self.conn.give_up(FAILED, f"{self.conn.describe()}: more than {MAX_EARLY_BYTES} bytes of client records "
+                              "before the server's EncryptedExtensions", mark)
+
+    def early_data(self, accepted: bool, mark: tuple, known: bool = True) -> None:
+        """The server answered the client's 0-RTT offer: accepted records are opened with
+        CLIENT_EARLY_TRAFFIC_SECRET (the application data is the first request(s)); rejected ones
+        never reached the application and are dropped; without the secret they are reported."""
+        conn = self.conn
+        records, self.held = self.held or [], None
+        conn.early = {"offered": True, "accepted": accepted if known else None, "records": 0, "decrypted": 0,
+                      "reason": ""}
+        if not accepted:  # the client's records up to its Finished (handshake keys) are early data: skipped
+            conn.early["reason"] = "rejected by the server: the early data never reached the application"
+            conn.early["records"] = len(records)
+            self.trial = MAX_EARLY_FAILURES
+            return
+        found = conn.protections(self, records[0][2] if records else mark)
+        if found is None:
+            return
+        secrets = conn.keylog.get(conn.hello.random) if conn.keylog is not None else None
+        early = secrets and secrets.get("CLIENT_EARLY_TRAFFIC_SECRET")
+        suite = SUITES[conn.server_hello.suite]
+        if not early:
+            conn.early["reason"] = "no CLIENT_EARLY_TRAFFIC_SECRET line in the key log"
+            self.protection, self.after_handshake = found
+            self.trial = MAX_EARLY_FAILURES  # the early records and EndOfEarlyData do not open with these keys
+            where = records[0][2] if records else mark
+            size = sum(len(body) for _, body, _ in records)
+            conn.early["records"] = len(records)
+            conn.warn("tls-early", f"{conn.describe()}: TLS 1.3 early data (0-RTT) accepted by the server, "
+                      f"{len(records)} records ({size} bytes) not decrypted: no CLIENT_EARLY_TRAFFIC_SECRET "
+                      f"for client random {conn.hello.random.hex()} in the key log", where[2], where[3])
+            if size:
+                self.sink.gap(max(size - 17 * len(records), 1), GAP, "TLS 1.3 early data without its secret")
+            return
+        self.protection, self.after_early = Tls13Protection(suite, early), found
+        self.early_trial = self.trial  # without handshake keys: the client's Finished is skipped after EndOfEarlyData
+        for header, body, record_mark in records:
+            if self.dead:
+                return
+            conn.early["records"] += 1
+            before = self.opened
+            self._open(header, body, record_mark)
+            conn.early["decrypted"] += self.opened - before
 
     def _start(self, mark: tuple) -> bool:
         found = self.conn.protections(self, mark)
@@ -315,7 +392,11 @@ class TlsDirection:
             self.hs += content
             for kind, message in handshake_messages(self.hs):
                 if kind == ENCRYPTED_EXTENSIONS and not self.from_client:
-                    conn.encrypted_extensions(message)
+                    conn.encrypted_extensions(message, mark)
+                elif kind == END_OF_EARLY_DATA and self.after_early is not None:
+                    self.protection, self.after_handshake = self.after_early
+                    self.after_early = None
+                    self.trial = self.early_trial
                 elif kind == FINISHED and self.after_handshake is not None:
                     self.protection, self.after_handshake = self.after_handshake, None
                 elif kind == FINISHED and self.tls13_handshake:  # the key log lacks the traffic secret

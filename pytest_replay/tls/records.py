@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
 CONTENT_TYPES = (CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA)
-CLIENT_HELLO, SERVER_HELLO, NEW_SESSION_TICKET, ENCRYPTED_EXTENSIONS, FINISHED, KEY_UPDATE = 1, 2, 4, 8, 20, 24
+CLIENT_HELLO, SERVER_HELLO, NEW_SESSION_TICKET, END_OF_EARLY_DATA, ENCRYPTED_EXTENSIONS, FINISHED, KEY_UPDATE = (
+    1, 2, 4, 5, 8, 20, 24)
 HEADER = 5
 MAX_RECORD = (1 << 14) + 2048  # the largest ciphertext a record may carry (RFC 5246 6.2.3)
-EXT_SERVER_NAME, EXT_ALPN, EXT_ETM, EXT_SUPPORTED_VERSIONS = 0, 16, 22, 43
+EXT_SERVER_NAME, EXT_ALPN, EXT_ETM, EXT_EARLY_DATA, EXT_SUPPORTED_VERSIONS = 0, 16, 22, 42, 43
 HELLO_RETRY_RANDOM = hashlib.sha256(b"HelloRetryRequest").digest()
 
 
@@ -56,6 +57,7 @@ class ClientHello:
     server_name: str | None
     alpn: tuple[str, ...]
     versions: tuple[int, ...]
+    early_data: bool = False  # TLS 1.3 0-RTT: application data may follow the ClientHello at once
 
 
 @dataclass
@@ -135,7 +137,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
         data = _Reader(ext[EXT_SUPPORTED_VERSIONS]).vector(1)
         versions = tuple(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data) - 1, 2))
     alpn = _alpn_list(ext[EXT_ALPN]) if EXT_ALPN in ext else ()
-    return ClientHello(random, name, alpn, versions)
+    return ClientHello(random, name, alpn, versions, EXT_EARLY_DATA in ext)
 
 
 def parse_server_hello(body: bytes) -> ServerHello:
@@ -152,7 +154,9 @@ def parse_server_hello(body: bytes) -> ServerHello:
     return ServerHello(random, version, suite, alpn, EXT_ETM in ext)
 
 
-def parse_encrypted_extensions(body: bytes) -> str | None:
-    """TLS 1.3: the ALPN protocol the server chose (it is in EncryptedExtensions, not ServerHello)."""
+def parse_encrypted_extensions(body: bytes) -> tuple[str | None, bool]:
+    """TLS 1.3: the ALPN protocol the server chose (it is in EncryptedExtensions, not ServerHello),
+    and whether it accepted the client's early data (0-RTT)."""
     ext = _extensions(_Reader(body))
-    return _alpn_list(ext[EXT_ALPN])[0] if EXT_ALPN in ext and ext[EXT_ALPN][2:] else None
+    alpn = _alpn_list(ext[EXT_ALPN])[0] if EXT_ALPN in ext and ext[EXT_ALPN][2:] else None
+    return alpn, EXT_EARLY_DATA in ext
