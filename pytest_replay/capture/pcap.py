@@ -23,6 +23,7 @@ from .link import LINKTYPE_NAMES, Decoder
 from .limits import DEFAULT_MAX_RECORD, MAX_PACKET, format_size
 from ..reassembly.stats import CaptureError, CaptureStats, CaptureWarning
 from .blocks import read_block
+from . import pcapng
 
 RELEASE_LAG_NS = 100_000_000  # a finished exchange waits this long (capture time) for earlier ones to appear
 RESPONSE_WINDOW_NS = 120 * 10**9  # a request without a response start this long after it has none
@@ -125,12 +126,15 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     lookups, and Ethernet/IPv4/TCP (most captures) decoded inline; everything else goes through
     the decoder tables in link.py.
     """
-    reader = open_reader(name, stream, size, max_record_size)
     decoder = Decoder(stats.not_decoded, stats.fragments)
     reorder = Reorder()
     table = FlowTable(name, stats, reorder, server_ports, keylog)
-    if not hasattr(reader, "nano"):
-        _read_secrets(name, reader, table, stats)
+    if info.get("format") == "pcapng":  # recognised by its magic number (capture.open_capture)
+        frames = pcapng.read_frames(name, stream, size, stats, info, max_record_size, _secrets_block(name, table, stats))
+    else:
+        reader = open_reader(name, stream, size, max_record_size)
+        frames = _classic_frames(name, reader, size, stats, info, min(MAX_PACKET, max_record_size)) \
+            if hasattr(reader, "nano") else _pcapng_frames(name, reader, size, stats, info)
     flows = table.flows
     new_packet = table.packet
     decode = decoder.decode
@@ -138,8 +142,6 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     link_counts: dict[int, int] = {}
     ethernet = 0  # link type 1 is counted apart (a local is cheaper) and added to link_counts at the end
     now = frame = 0
-    frames = _classic_frames(name, reader, size, stats, info, min(MAX_PACKET, max_record_size)) \
-        if hasattr(reader, "nano") else _pcapng_frames(name, reader, size, stats, info)
     first = None
     nbytes = 0
     for ts, linktype, data, cut, where in frames:
@@ -340,17 +342,17 @@ def _pcapng_frames(name: str, reader, size: int | None, stats: CaptureStats, inf
     _report_end(name, stats, reader, size, where, frame, log)
 
 
-def _read_secrets(name: str, reader, table: FlowTable, stats: CaptureStats) -> None:
-    """pcapng Decryption Secrets Blocks (`editcap --inject-secrets tls,keys.log`): their TLS key
-    logs are used to decrypt this file's connections, and never copied anywhere."""
+def _secrets_block(name: str, table: FlowTable, stats: CaptureStats):
+    """The handler of pcapng Decryption Secrets Blocks (`editcap --inject-secrets tls,keys.log`):
+    their TLS key logs are used to decrypt this file's connections, and never copied anywhere."""
 
-    def secrets_block(block: bytes, size: int) -> None:
+    def secrets_block(block: bytes, endian: str) -> None:
         if len(block) < 8:
-            return None
-        kind, length = struct.unpack(reader.endian + "II", block[:8])
+            return
+        kind, length = struct.unpack(endian + "II", block[:8])
         if kind != 0x544C534B:  # "TLSK"; other secrets (WireGuard, ZigBee...) are not ours
             stats.note(f"{name}: a Decryption Secrets Block of type 0x{kind:08x} is not used")
-            return None
+            return
         if table.keylog is None:
             from ..tls.keylog import KeyLog
 
@@ -358,9 +360,14 @@ def _read_secrets(name: str, reader, table: FlowTable, stats: CaptureStats) -> N
         kept = table.keylog.add_text(block[8:8 + length], f"{name} (pcapng Decryption Secrets Block)")
         stats.note(f"{name}: TLS key log embedded in the capture (Decryption Secrets Block, {kept} secrets) "
                    "used for decryption")
-        return None
 
-    reader.blocktypes = {**reader.blocktypes, 10: secrets_block}
+    return secrets_block
+
+
+def _read_secrets(name: str, reader, table: FlowTable, stats: CaptureStats) -> None:
+    """scapy's RawPcapNgReader (the reference reader of tests/test_pcapng.py) with the same handler."""
+    handler = _secrets_block(name, table, stats)
+    reader.blocktypes = {**reader.blocktypes, 10: lambda block, size: handler(block, reader.endian)}
 
 
 def _report_end(name: str, stats: CaptureStats, reader, size: int | None, where: int, frames: int,
