@@ -960,12 +960,22 @@ def _strict_head(data: bytes, is_request: bool, completion: Completion | None
     strictly, with no Transfer-Encoding and at most one numeric Content-Length. Returns (end of the
     head, the head, its start line, the Content-Length digits or None), or None for anything else
     (the general path then parses it, leniently, or says what is wrong). `completion` (requests
-    only) is reused across calls. The fast paths of Framer and fast_message() share it."""
+    only) is reused across calls. The fast paths of Framer and fast_message() share it.
+
+    The answer depends on the head's bytes alone, so heads accepted once are remembered (_HEADS,
+    bounded): a dense capture repeats its heads (a load generator's requests, a server's responses
+    within the second of their Date), and a head seen before costs a dict lookup instead of a parse;
+    the exchanges then share one head object.
+    """
     end = data.find(_CRLF2)
     if end < 0 or data[0] in (13, 10):
         return None
     head_end = end + 4
     head = data if head_end == len(data) else data[:head_end]
+    known = _HEADS[is_request]
+    seen = known.get(head)
+    if seen is not None:
+        return head_end, seen[0], seen[1], seen[2]
     if is_request:
         completion.done = False
     try:
@@ -977,25 +987,57 @@ def _strict_head(data: bytes, is_request: bool, completion: Completion | None
         return None
     cl = None
     if not is_request or not completion.done:  # (done: no framing headers, see Completion)
-        framing = _FRAMING.findall(head)
-        if framing:
-            if len(framing) > 1 or len(framing[0][0]) != 14:
-                return None  # Transfer-Encoding or repeated Content-Length: the general path
-            cl = framing[0][1].rstrip(b" \t")
-            if not cl.isdigit():
-                return None
-    return head_end, head, head[:head.find(b"\r\n")], cl
+        cl = _content_length(head)
+        if cl is _AGAIN:
+            return None
+    line = head[:head.find(b"\r\n")]
+    if len(known) >= _MAX_HEADS:
+        known.clear()
+    known[head] = (head, line, cl)
+    return head_end, head, line, cl
+
+
+_HEADS: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})  # [is_request]: head -> (head, line, cl)
+_MAX_HEADS = 4096  # heads remembered per direction (cleared when full): ~1-2 MB at most
+
+
+def _content_length(head: bytes):
+    """The Content-Length digits of a strictly parsed head, None without one, or _AGAIN when the
+    general path must frame it: a Transfer-Encoding, a repeated or non-numeric Content-Length, or
+    anything unusual about the field (the general path's _framing() is the reference). Two
+    searches in the lower-cased head instead of a case-insensitive regex: ~4x cheaper."""
+    low = head.lower()
+    if b"\ntransfer-encoding" in low:
+        return _AGAIN
+    at = low.find(b"\ncontent-length")
+    if at < 0:
+        return None
+    at += 15
+    if head[at:at + 1] != b":" or low.find(b"\ncontent-length", at) >= 0:
+        return _AGAIN
+    value = head[at + 1:head.find(b"\r", at)].strip(b" \t")
+    return value if value.isdigit() else _AGAIN
 
 
 def _request_line(line: bytes) -> tuple[str, str, str] | None:
     """(method, target, version) of a request line httptools accepted, or None if it does not
-    have exactly three parts."""
+    have exactly three parts (remembered, like status lines: dense captures repeat them)."""
+    known = _REQUEST_LINES.get(line)
+    if known is not None:
+        return known
     parts = line.split()
     if len(parts) != 3:
         return None
     method, target, version = parts
-    return (_METHODS.get(method) or method.decode("latin-1"), target.decode("latin-1"),
-            _VERSIONS.get(version) or version[5:].decode("latin-1"))
+    parsed = (_METHODS.get(method) or method.decode("latin-1"), target.decode("latin-1"),
+              _VERSIONS.get(version) or version[5:].decode("latin-1"))
+    if len(_REQUEST_LINES) >= _MAX_STATUS_LINES:
+        _REQUEST_LINES.clear()
+    _REQUEST_LINES[line] = parsed
+    return parsed
+
+
+_REQUEST_LINES: dict[bytes, tuple[str, str, str]] = {}
 
 
 _AGAIN = object()
