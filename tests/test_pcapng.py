@@ -158,3 +158,21 @@ def test_damaged_trailing_length_is_reported_with_frame_and_offset(tmp_path) -> 
     assert (warning.kind, warning.frame, warning.offset) == ("damaged-record", 2, len(shb + idb + epb))
     assert "trailing length (999)" in warning.message
     assert stats.packets == 1
+
+
+@pytest.mark.parametrize("name", ["recorded/many_2000_nginx.pcap", "crafted/pcapng_two_interfaces.pcapng"])
+def test_reading_ethernet_captures_does_not_import_scapy(name: str) -> None:
+    """scapy (~0.5 s to import) is needed only for rare link types now: pcap and pcapng containers
+    are read without it."""
+    import subprocess
+    import sys
+
+    from support import pythonpath_env
+
+    code = ("import sys; from pytest_replay.capture import load; exchanges, stats = load(sys.argv[1]); "
+            "assert exchanges and not stats.warnings, stats.warnings; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scapy'))")
+    out = subprocess.run([sys.executable, "-c", code, str(FIXTURES / name)], capture_output=True, text=True,
+                         env=pythonpath_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,9 +1,10 @@
-"""pcap and pcapng files: frames from scapy's raw readers, then decode, reassembly and framing.
+"""pcap and pcapng files: frames, then decode, reassembly and framing.
 
-scapy's RawPcapReader/RawPcapNgReader parse the containers (both byte orders, micro- and
-nanosecond pcap, pcapng with several interfaces, link types and timestamp resolutions). They stop
-quietly at the first damaged record, so this module watches the file position and scapy's log to
-report where a file breaks off and why, and guards against absurd record lengths.
+Classic pcap records are read here (_classic_frames: both byte orders, micro- and nanosecond) and
+pcapng blocks by pcapng.py; neither needs scapy. scapy's RawPcapReader/RawPcapNgReader remain as
+the reference the tests compare with (open_reader, _pcapng_frames): they stop quietly at the first
+damaged record, so with them this module watches the file position and scapy's log to report where
+a file breaks off and why, and guards against absurd record lengths.
 """
 
 from __future__ import annotations
@@ -113,6 +114,32 @@ def open_reader(name: str, stream: BinaryIO, size: int | None, limit: int = DEFA
     return reader
 
 
+class _ClassicHeader:
+    """What the 24-byte file header of a classic pcap says (the attributes _classic_frames reads of
+    scapy's RawPcapReader, which is not needed, nor imported, to read one)."""
+
+    __slots__ = ("f", "endian", "nano", "linktype", "snaplen")
+
+    _MAGICS = {b"\xa1\xb2\xc3\xd4": (">", False), b"\xd4\xc3\xb2\xa1": ("<", False),
+               b"\xa1\xb2\x3c\x4d": (">", True), b"\x4d\x3c\xb2\xa1": ("<", True)}
+
+
+def _classic_header(name: str, stream: BinaryIO) -> _ClassicHeader:
+    data, error = read_block(stream, 24)
+    header = _ClassicHeader()
+    magic = _ClassicHeader._MAGICS.get(data[:4])
+    if magic is None:
+        raise CaptureError(name, f"not a pcap file: bad magic number {data[:4].hex()}", offset=0)
+    if len(data) < 24:
+        why = f"the compressed stream breaks off ({error})" if error is not None else "the file ends"
+        raise CaptureError(name, f"not a readable pcap file: {why} inside the 24-byte file header "
+                           f"({len(data)} bytes)", offset=0)
+    header.f = stream
+    header.endian, header.nano = magic
+    header.snaplen, header.linktype = struct.unpack_from(header.endian + "II", data, 16)
+    return header
+
+
 _RAISE_LIMIT = ("if the block is genuine, raise the limit with --replay-max-record-size (pytest) or "
                 "--max-record-size (inspect, convert, redact)")
 
@@ -131,7 +158,10 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     table = FlowTable(name, stats, reorder, server_ports, keylog)
     if info.get("format") == "pcapng":  # recognised by its magic number (capture.open_capture)
         frames = pcapng.read_frames(name, stream, size, stats, info, max_record_size, _secrets_block(name, table, stats))
-    else:
+    elif info.get("format") == "pcap":
+        frames = _classic_frames(name, _classic_header(name, stream), size, stats, info,
+                                 min(MAX_PACKET, max_record_size))
+    else:  # not recognised by the caller: scapy's readers (the reference of tests/test_pcapng.py)
         reader = open_reader(name, stream, size, max_record_size)
         frames = _classic_frames(name, reader, size, stats, info, min(MAX_PACKET, max_record_size)) \
             if hasattr(reader, "nano") else _pcapng_frames(name, reader, size, stats, info)
