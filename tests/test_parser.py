@@ -926,3 +926,12 @@ def test_a_remembered_head_gives_the_same_messages() -> None:
     assert again == first and again.head is first.head
     assert fast_message(head + b"okk", False, "GET") is None  # the framing is still checked per message
     assert fast_message(head, False, "HEAD").body == b""  # and the method it answers
+
+
+def test_long_heads_are_not_remembered() -> None:
+    """The memory of heads stays small whatever the heads: only heads up to 1 KiB are kept."""
+    from pytest_replay.http import parser
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Long: " + b"a" * 2000 + b"\r\n\r\n"
+    assert fast_message(head, False, "GET").status == 200
+    assert head not in parser._HEADS[False]

@@ -991,14 +991,16 @@ def _strict_head(data: bytes, is_request: bool, completion: Completion | None
         if cl is _AGAIN:
             return None
     line = head[:head.find(b"\r\n")]
-    if len(known) >= _MAX_HEADS:
-        known.clear()
-    known[head] = (head, line, cl)
+    if head_end <= _MAX_REMEMBERED:
+        if len(known) >= _MAX_HEADS:
+            known.clear()
+        known[head] = (head, line, cl)
     return head_end, head, line, cl
 
 
 _HEADS: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})  # [is_request]: head -> (head, line, cl)
-_MAX_HEADS = 4096  # heads remembered per direction (cleared when full): ~1-2 MB at most
+_MAX_HEADS = 4096  # heads remembered per direction (cleared when full)
+_MAX_REMEMBERED = 1024  # longer heads are not remembered: at most 8 MiB held, ~2 MiB for usual heads
 
 
 def _content_length(head: bytes):
