@@ -176,3 +176,46 @@ def test_reading_ethernet_captures_does_not_import_scapy(name: str) -> None:
                          env=pythonpath_env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+BIG_BODY_APP = """
+import pytest
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        body = b"x" * 65417 + b"CHANGED!!!"  # the capture's body ends in ten x's
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+@pytest.fixture(scope="session")
+def replay_target():
+    return app
+"""
+
+
+def test_a_response_in_one_64k_loopback_packet_is_judged_whole(pytester: pytest.Pytester, monkeypatch) -> None:
+    """On loopback (MTU 65536) a response fits one 65,549-byte frame. scapy cut such packets to 65,535
+    bytes: the exchange was flagged truncated and only its status was compared, so a change in the
+    body's last bytes passed. Read whole, the body is compared and the change fails the item."""
+    from pytest_replay.capture import writer
+    from pytest_replay.http.message import Exchange, Request, Response, Source
+
+    body = b"x" * 65427  # with its 68-byte head: a 65,495-byte segment, the most an IPv4 packet holds
+    request = Request.build("GET", "/big", ((b"Host", b"127.0.0.1"),))
+    response = Response.build(200, "OK", ((b"Content-Type", b"text/plain"),
+                                          (b"Content-Length", b"%d" % len(body))), body)
+    ts = 1_700_000_000 * 10**9
+    exchange = Exchange(0, request, response, ts, ts + 10**6, "10.0.0.1:40000 -> 10.0.0.2:80", 0, Source("made", 0))
+    monkeypatch.setitem(writer.MSS, 4, 65495)  # one segment per message, as on loopback
+    capture = pytester.path / "big.pcapng"
+    writer.write_pcap([exchange], capture, ng=True)
+    (read,), stats = load(str(capture))
+    assert read.complete and read.response.body == body, read.flags
+    assert max(len(frame[2]) for frame in ours(capture.read_bytes())[0]) == 14 + 65535  # one frame, whole
+
+    pytester.makeconftest(BIG_BODY_APP)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(capture), "--speed", "0",
+                                           "-q", "-rf", timeout=300)
+    result.assert_outcomes(failed=1)
+    assert "CHANGED!!!" in result.stdout.str()
