@@ -889,43 +889,24 @@ def test_fast_message_agrees_with_parse_single(data) -> None:
         assert (fast.status, fast.reason) == (msg.status, msg.reason)
 
 
-_FRAMING_NAMES = st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Content-Length ",
-                                  b"Content-Lengthy", b"X-Content-Length", b"Transfer-Encoding",
-                                  b"transfer-encoding-x", b"Host"])
-
-
-@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(fields=st.lists(st.tuples(_FRAMING_NAMES, st.sampled_from([b"5", b" 5 ", b"05", b"-1", b"x", b"", b"5\t"])),
-                       max_size=4))
-def test_content_length_search_agrees_with_the_framing_regex(fields) -> None:
-    """The fast path's Content-Length search (two finds in the lower-cased head) gives what the
-    general path's case-insensitive regex gives, or declines (the general path then frames it)."""
-    from pytest_replay.http.parser import _AGAIN, _FRAMING, _content_length
-
-    head = b"GET / HTTP/1.1\r\n" + b"".join(n + b":" + v + b"\r\n" for n, v in fields) + b"\r\n"
-    found = _content_length(head)
-    if found is _AGAIN:
-        return
-    framing = _FRAMING.findall(head)
-    if found is None:
-        assert framing == []
-    else:
-        assert len(framing) == 1 and framing[0][0].lower() == b"content-length"
-        assert framing[0][1].rstrip(b" \t") == found
-
-
 def test_a_remembered_head_gives_the_same_messages() -> None:
-    """Heads the strict parse accepted are remembered (parser._HEADS); the second message with
-    the same head is framed from memory and is the same message, sharing the head's bytes."""
+    """Heads the framer's fast path accepted are remembered (parser._HEADS); the next message with
+    the same head is framed from memory and is the same message, sharing the head's bytes, and its
+    framing is still read from its own method and length."""
     from pytest_replay.http import parser
 
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Remember: %d\r\n\r\n" % id(object())
-    first = fast_message(head + b"ok", False, "GET")
+    methods = iter(["GET", "GET", "HEAD"])
+    framer = Framer(False, on_head=lambda msg: next(methods), fast=True, check_signature=False)
+    framer.feed(head + b"ok", 1)
+    first = framer.next_event()
     assert head in parser._HEADS[False]
-    again = fast_message(head + b"ok", False, "GET")
-    assert again == first and again.head is first.head
-    assert fast_message(head + b"okk", False, "GET") is None  # the framing is still checked per message
-    assert fast_message(head, False, "HEAD").body == b""  # and the method it answers
+    framer.feed(head + b"ok", 2)
+    again = framer.next_event()
+    assert (again.status, again.head, again.body, again.raw) == (first.status, first.head, first.body, first.raw)
+    assert again.head is first.head
+    framer.feed(head, 3)
+    assert framer.next_event().body == b""  # answers HEAD: no body, whatever the remembered head says
 
 
 def test_long_heads_are_not_remembered() -> None:
@@ -933,5 +914,7 @@ def test_long_heads_are_not_remembered() -> None:
     from pytest_replay.http import parser
 
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Long: " + b"a" * 2000 + b"\r\n\r\n"
-    assert fast_message(head, False, "GET").status == 200
+    framer = Framer(False, on_head=lambda msg: "GET", fast=True, check_signature=False)
+    framer.feed(head, 1)
+    assert framer.next_event().status == 200
     assert head not in parser._HEADS[False]
