@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             row("  pcap vs tshark (same file, same run)", f"x{ratio:.1f}", "",
                 check(ratio >= TARGET_TSHARK_RATIO, f">= x{TARGET_TSHARK_RATIO:.0f} tshark"))
         compared = [pcap]
-        ng = pcap + "ng" if pcap.endswith(".pcap") else None
+        ng = os.path.join(workdir, os.path.basename(pcap) + "ng") if pcap.endswith(".pcap") else None
         if ng and shutil.which("editcap"):
             if not (args.keep and os.path.exists(ng)):
                 subprocess.run(["editcap", "-F", "pcapng", pcap, ng], check=True, capture_output=True)
