@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Capture-layer benchmark: pcap and .gor reading speed and memory, against references measured in the same run.
 
-    python bench/bench_capture.py [--quick] [--pcap FILE] [--keep DIR] [--repeat N]
+    python bench/bench_capture.py [--quick] [--pcap FILE] [--keep DIR] [--repeat N] [--against DIR]
 
 1. pcap end to end. Unless --pcap is given, records a keep-alive capture on loopback (nginx on 127.0.0.1
    with a temp config, tcpdump -c N, wrk -c 8 -t 1 mixing a small and (1 in 10) a ~20 KB JSON file; fails if
@@ -13,8 +13,13 @@
    .gor.gz of the 300k one; times `Capture(file)` and a reference loop "split on the separator +
    httptools parse of each record" (design.md section 3: ~187k records/s); the peak RSS (VmHWM, see
    child_memory) of a fresh child process per size shows whether memory stays flat as the file grows.
-3. Prints one table with targets: pcap >= 150,000 packets/s, .gor >= 200,000 records/s, peak RSS at the
-   largest .gor size <= 1.25 x peak RSS at the smallest.
+   The .gor reader's reference path (GorReader(fast=False)) is timed beside its fast path on the smallest file.
+3. pcapng: the recorded capture converted with `editcap -F pcapng` (when editcap is on PATH), timed like the pcap.
+4. --against DIR (a checkout of another commit, e.g. `git worktree add /tmp/before main`): that tree's reader
+   reads the same pcap, pcapng and .gor files in the same run, each file alternately by a fresh process of
+   each tree (best of --repeat, CPU time and wall time): before/after figures measured under the same load.
+5. Prints one table with targets: pcap >= 350,000 packets/s and >= 7x tshark, .gor >= 200,000 records/s,
+   peak RSS at the largest .gor size <= 1.25 x peak RSS at the smallest.
 
 Needs root, tcpdump, nginx and wrk to record (tshark optional). Stdlib plus the project only.
 """
@@ -46,7 +51,8 @@ if ROOT not in sys.path:
 from pytest_replay.capture import Capture  # noqa: E402
 from _common import SEPARATOR, GorFile, cpu_model, log, start_nginx, stop, tool_version  # noqa: E402
 
-TARGET_PCAP_PPS = 150_000
+TARGET_PCAP_PPS = 350_000
+TARGET_TSHARK_RATIO = 7.0
 TARGET_GOR_RPS = 200_000
 TARGET_MEM_RATIO = 1.25
 DESIGN_GOR_BASELINE = "~187k rec/s"
@@ -386,13 +392,54 @@ def gor_baseline(path: str) -> int:
     return n
 
 
-def read_gor(path: str) -> tuple[int, int]:
-    capture = Capture(path)
-    n = 0
-    for _ in capture:
-        n += 1
+def read_gor(path: str, fast: bool = True) -> tuple[int, int]:
+    from pytest_replay.capture.gor import GorReader
+
+    saved, GorReader.fast_path = GorReader.fast_path, fast
+    try:
+        capture = Capture(path)
+        n = 0
+        for _ in capture:
+            n += 1
+    finally:
+        GorReader.fast_path = saved
     records = sum(info.get("records", 0) for info in capture.stats.files)
     return n, records
+
+
+_TIME_CHILD = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from pytest_replay.capture import Capture
+import pytest_replay.capture.pcap  # imported before the clock starts
+capture = Capture(sys.argv[2])
+cpu, wall = time.process_time(), time.perf_counter()
+exchanges = complete = 0
+for exchange in capture:
+    exchanges += 1
+    complete += exchange.complete
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+stats = capture.stats
+print(json.dumps({"cpu": cpu, "wall": wall, "exchanges": exchanges, "complete": complete, "packets": stats.packets,
+                  "records": sum(info.get("records", 0) for info in stats.files), "tree": pytest_replay.__file__}))
+"""
+
+
+def against(tree: str, path: str, repeat: int) -> tuple[dict, dict]:
+    """Best of `repeat` (CPU and wall time separately) for `tree`'s reader and this tree's on `path`,
+    each run a fresh process, the two trees alternating so that both see the same load."""
+    best: dict[str, dict] = {}
+    for _ in range(max(2, repeat)):
+        for name, root in (("theirs", os.path.abspath(tree)), ("ours", ROOT)):
+            out = subprocess.run([sys.executable, "-c", _TIME_CHILD, root, path], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"timing {path} with {root} failed: {out.stderr[-500:]}")
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            if not got["tree"].startswith(root):
+                raise RuntimeError(f"{root}: imported {got['tree']} instead")
+            kept = best.setdefault(name, got)
+            kept["cpu"], kept["wall"] = min(kept["cpu"], got["cpu"]), min(kept["wall"], got["wall"])
+    return best["theirs"], best["ours"]
 
 
 def child_memory(path: str) -> dict:
@@ -432,6 +479,11 @@ def _child(path: str) -> None:
                       "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 
 
+def _git_head(tree: str) -> str:
+    out = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "not a git checkout"
+
+
 # ---------------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------------
@@ -442,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", metavar="DIR", help="keep the recorded pcap and the generated .gor files here "
                     "(existing .gor files of the same size are reused)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per measurement, best kept (default 3)")
+    ap.add_argument("--against", metavar="DIR", help="also time the reader of this checkout (another commit) on the "
+                    "same files, alternately with this tree's, for before/after figures under the same load")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
@@ -504,6 +558,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{main_res['bytes'] / 1e6 / main_res['seconds']:.0f} MB/s", tshark_ref,
             check(pps >= TARGET_PCAP_PPS, f">= {fmt_int(TARGET_PCAP_PPS)} pkt/s"))
         if ts and "error" not in ts:
+            ratio = ts["seconds"] / main_res["seconds"]
+            row("  pcap vs tshark (same file, same run)", f"x{ratio:.1f}", "",
+                check(ratio >= TARGET_TSHARK_RATIO, f">= x{TARGET_TSHARK_RATIO:.0f} tshark"))
+        compared = [pcap]
+        ng = os.path.join(workdir, os.path.basename(pcap) + "ng") if pcap.endswith(".pcap") else None
+        if ng and shutil.which("editcap"):
+            if not (args.keep and os.path.exists(ng)):
+                subprocess.run(["editcap", "-F", "pcapng", pcap, ng], check=True, capture_output=True)
+            ng_res = bench_pcap(ng, args.repeat, with_tshark=False)
+            row(f"pcapng {os.path.basename(ng)} (editcap of the same packets)",
+                f"{ng_res['seconds']:.2f} s = {fmt_int(ng_res['packets'] / ng_res['seconds'])} pkt/s",
+                f"{main_res['seconds'] / ng_res['seconds']:.2f}x the pcap's rate; requests "
+                f"{fmt_int(ng_res['exchanges'])}" + (" agree" if ng_res["exchanges"] == main_res["exchanges"] else " DIFFER"),
+                check(ng_res["exchanges"] == main_res["exchanges"], "same requests"))
+            compared.append(ng)
+        if ts and "error" not in ts:
             same = ts["uris"] == main_res["exchanges"]
             row("  requests: ours / tshark", f"{fmt_int(main_res['exchanges'])} / {fmt_int(ts['uris'])}"
                 + (f" ({fmt_int(ts['lines'])} frames)" if ts["lines"] != ts["uris"] else ""),
@@ -552,12 +622,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"{dt:.2f} s = {fmt_int(rps)} rec/s, {size / 1e6 / dt:.0f} MB/s",
                 f"split+httptools {fmt_int(brps)} rec/s, {size / 1e6 / bdt:.0f} MB/s; ours x{rps / brps:.2f}",
                 check(rps >= TARGET_GOR_RPS, f">= {fmt_int(TARGET_GOR_RPS)} rec/s"))
+            if n == cfg["gor_sizes"][0]:
+                rdt, (rex, _) = best_of(lambda: read_gor(path, fast=False), args.repeat)
+                row("  .gor reference path (GorReader(fast=False))", f"{rdt:.2f} s = {fmt_int(records / rdt)} rec/s",
+                    f"fast path x{rdt / dt:.2f} faster", check(rex == exchanges, "same exchanges"))
             if exchanges * 2 != records:
                 notes.append(f"{os.path.basename(path)}: {exchanges:,} exchanges from {records:,} records "
                              "(expected records / 2)")
         dt, (exchanges, records) = best_of(lambda: read_gor(gz), args.repeat)
         row(f".gor.gz {cfg['gz_size']:,} rec ({os.path.getsize(gz) / 1e6:.0f} MB gz)",
             f"{dt:.2f} s = {fmt_int(records / dt)} rec/s", f"uncompressed {os.path.getsize(gor_files[cfg['gz_size']]) / 1e6 / dt:.0f} MB/s", "(info)")
+        if args.against:
+            for path in compared + [gor_files[cfg["gor_sizes"][0]], gor_files[cfg["gor_sizes"][-1]]]:
+                log(f"timing {os.path.basename(path)}: {args.against} vs this tree, alternately")
+                theirs, ours = against(args.against, path, args.repeat)
+                unit = "pkt" if "packets" in ours and ours["packets"] else "rec"
+                count = ours["packets"] or ours["records"]
+                same = (theirs["exchanges"], theirs["complete"]) == (ours["exchanges"], ours["complete"])
+                row(f"  before/after: {os.path.basename(path)}",
+                    f"{fmt_int(count / ours['cpu'])} {unit}/s CPU, {fmt_int(count / ours['wall'])} wall",
+                    f"{os.path.basename(args.against.rstrip('/'))}: {fmt_int(count / theirs['cpu'])} {unit}/s CPU, "
+                    f"{fmt_int(count / theirs['wall'])} wall; x{theirs['cpu'] / ours['cpu']:.2f} (CPU)",
+                    check(same and ours["cpu"] <= theirs["cpu"] * 1.05, "not slower, same exchanges"))
         sizes = sorted(mem)
         lo, hi = mem[sizes[0]], mem[sizes[-1]]
         ratio = hi["peak_kb"] / lo["peak_kb"]
@@ -580,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     if rec:
         print(f"recorded: nginx 127.0.0.1:{rec['port']} files {rec['small_bytes']} B + {rec['big_bytes']} B (1 in 10), "
               f"wrk -c 8 -t 1 -d {cfg['wrk_seconds']}s: {fmt_int(rec['wrk_requests'] or 0)} requests; tcpdump: {rec['tcpdump']}")
+    if args.against:
+        print(f"against : {os.path.abspath(args.against)} ({_git_head(args.against)}) vs this tree ({_git_head(ROOT)})")
     print(f"mode    : {'quick' if args.quick else 'full'}, best of {args.repeat}; design.md refs: tshark {DESIGN_TSHARK}, "
           f"split+httptools {DESIGN_GOR_BASELINE}")
     widths = [max(len(r[i]) for r in rows + [("what", "figure", "reference (same run)", "target")]) for i in range(4)]

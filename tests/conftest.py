@@ -16,3 +16,16 @@ def both_framer_paths(request):
     Framer.fast_path = request.param == "fast"
     yield request.param
     Framer.fast_path = saved
+
+
+@pytest.fixture(scope="module", params=["fast", "reference"])
+def both_reader_paths(request):
+    """Run a module's tests twice: with the .gor reader's fast path (GorReader._read_fast, the
+    common cases inlined) and with its reference path alone (GorReader._read_reference, every
+    record through the general methods and parser). Module-scoped, like both_framer_paths."""
+    from pytest_replay.capture.gor import GorReader
+
+    saved = GorReader.fast_path
+    GorReader.fast_path = request.param == "fast"
+    yield request.param
+    GorReader.fast_path = saved

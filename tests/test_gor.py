@@ -15,6 +15,8 @@ import pytest
 from pytest_replay.capture import CaptureError, load
 from pytest_replay.capture.gor import SEPARATOR, split_records
 
+pytestmark = pytest.mark.usefixtures("both_reader_paths")  # the reader's fast path and its reference path
+
 SEP = "\n🐵🙈🙉\n".encode()
 T0 = 1_700_000_000_000_000_000
 GET = b"GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n"

@@ -887,3 +887,34 @@ def test_fast_message_agrees_with_parse_single(data) -> None:
         assert (fast.method, fast.target) == (msg.method, msg.target)
     else:
         assert (fast.status, fast.reason) == (msg.status, msg.reason)
+
+
+def test_a_remembered_head_gives_the_same_messages() -> None:
+    """Heads the framer's fast path accepted are remembered (parser._HEADS); the next message with
+    the same head is framed from memory and is the same message, sharing the head's bytes, and its
+    framing is still read from its own method and length."""
+    from pytest_replay.http import parser
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Remember: %d\r\n\r\n" % id(object())
+    methods = iter(["GET", "GET", "HEAD"])
+    framer = Framer(False, on_head=lambda msg: next(methods), fast=True, check_signature=False)
+    framer.feed(head + b"ok", 1)
+    first = framer.next_event()
+    assert head in parser._HEADS[False]
+    framer.feed(head + b"ok", 2)
+    again = framer.next_event()
+    assert (again.status, again.head, again.body, again.raw) == (first.status, first.head, first.body, first.raw)
+    assert again.head is first.head
+    framer.feed(head, 3)
+    assert framer.next_event().body == b""  # answers HEAD: no body, whatever the remembered head says
+
+
+def test_long_heads_are_not_remembered() -> None:
+    """The memory of heads stays small whatever the heads: only heads up to 1 KiB are kept."""
+    from pytest_replay.http import parser
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Long: " + b"a" * 2000 + b"\r\n\r\n"
+    framer = Framer(False, on_head=lambda msg: "GET", fast=True, check_signature=False)
+    framer.feed(head, 1)
+    assert framer.next_event().status == 200
+    assert head not in parser._HEADS[False]

@@ -14,6 +14,9 @@ from support import REAL
 
 from pytest_replay.capture import load
 
+# the .gor reader's fast and reference paths, the framer's too: both must give the counts below
+pytestmark = pytest.mark.usefixtures("both_reader_paths", "both_framer_paths")
+
 
 # file -> (exchanges, complete, orphan responses, skipped streams)
 COUNTS = {

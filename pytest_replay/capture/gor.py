@@ -125,7 +125,11 @@ class GorReader:
     (nothing earlier can still come) and their response came or will not come.
     """
 
-    def __init__(self, name: str, stats: CaptureStats, max_record_size: int = DEFAULT_MAX_RECORD) -> None:
+    fast_path = True  # the default for `fast`: tests flip it to run a suite on the reference path
+
+    def __init__(self, name: str, stats: CaptureStats, max_record_size: int = DEFAULT_MAX_RECORD,
+                 fast: bool | None = None) -> None:
+        self.fast = self.fast_path if fast is None else fast
         self.name = name
         self.stats = stats
         self.max_record_size = max_record_size
@@ -148,10 +152,92 @@ class GorReader:
     def read(self, stream: BinaryIO) -> Iterator[list[Draft]]:
         """Lists of drafts, in request-timestamp order (a list for each block of records read).
 
-        The loop runs once per record, so it is written for speed: locals instead of attribute
-        lookups, and the common cases of _request() and _response() inlined (a current GoReplay
-        id, a message fast_message() frames, a response whose request is waiting alone); anything
-        else goes through those methods, which handle every case.
+        Two paths behind this one name, like http/parser.py's Framer: the fast path (the default,
+        the class attribute `fast_path`) and the readable reference it must agree with."""
+        return self._read_fast(stream) if self.fast else self._read_reference(stream)
+
+    def _read_reference(self, stream: BinaryIO) -> Iterator[list[Draft]]:
+        """The reference path: one method call per record, every message through the general
+        parser (parse_single), drafts released through Reorder's own methods."""
+        index = -1
+        nbytes = 0
+        for offset, records, separated in record_batches(stream, self._truncated, self.max_record_size,
+                                                          self._too_long):
+            nbytes += sum(map(len, records))
+            for record in records:
+                index += 1
+                self._record(record, offset, index, separated)
+                offset += len(record) + len(SEPARATOR)
+            self.records = index + 1
+            if self.early_order:
+                self._expire_early()
+            out = self._release(index - REORDER_RECORDS)
+            if out:
+                yield out
+        self.records = index + 1
+        self.stats.bytes += nbytes
+        yield from self._finish()
+
+    def _record(self, record: bytes, offset: int, index: int, separated: bool) -> None:
+        """One record: its header line read, its message parsed and paired."""
+        match = _RECORD.match(record)
+        if match is None:
+            self._bad_record(record, offset, index, separated)
+            return
+        if not separated:
+            self._warn("no-separator", "the last record is not followed by the separator line; "
+                       "GoReplay would drop it, it is kept here", offset, index)
+        kind = record[0]
+        self.counts[kind] += 1
+        rid, ts, latency = match.group(2), int(match.group(3)), match.group(4)
+        self.max_ts = max(self.max_ts, ts)
+        self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+        payload = record[match.end():]
+        if kind == 49:
+            self._request(rid, ts, payload, offset, index, None)
+        else:
+            self._response(kind, rid, ts, int(latency) if latency else None, payload, offset, index)
+
+    def _release(self, horizon: int) -> list[Draft]:
+        """The drafts that may leave, in order: read more than REORDER_RECORDS records ago (record
+        index <= `horizon`) and answered, or unanswerable (a requests-only file), or given up on
+        (no response RESPONSE_WINDOW_NS after them)."""
+        reorder = self.reorder
+        window_start = self.max_ts - RESPONSE_WINDOW_NS
+        out = []
+        while (first := reorder.first()) is not None:
+            _, at, draft = first
+            settled = draft.done or not self.has_responses or draft.ts < window_start
+            if at > horizon or not settled:
+                break
+            reorder.pop()
+            self._settle(draft)
+            out.append(draft)
+        return out
+
+    def _finish(self) -> Iterator[list[Draft]]:
+        """The stream ended: counts into the stats, early responses are orphans, everything left leaves."""
+        for kind, count in self.counts.items():
+            if count:
+                self.stats.records[chr(kind)] += count
+        for queue in self.early.values():
+            for _, _, offset, _, index in queue:
+                self._orphan(offset, index)
+        self.early.clear()
+        out = self.reorder.drain()
+        for draft in out:
+            self._settle(draft)
+        if out:
+            yield out
+
+    def _read_fast(self, stream: BinaryIO) -> Iterator[list[Draft]]:
+        """The fast path of read(): what _read_reference() does, written for speed.
+
+        The loop runs once per record: locals instead of attribute lookups, and the common cases of
+        _record(), _request(), _response() and _release() inlined (a current GoReplay id, a message
+        fast_message() frames, a response whose request is waiting alone); anything else goes
+        through those methods, which handle every case. tests/test_gor_paths.py checks on random
+        files that both paths give the same drafts, warnings and counts.
         """
         stats = self.stats
         header = _RECORD.match
@@ -258,23 +344,13 @@ class GorReader:
         self.records = index + 1
         self.max_ts, self.first_ts = max_ts, first_ts
         stats.bytes += nbytes
-        for kind, count in counts.items():
-            if count:
-                stats.records[chr(kind)] += count
-        for queue in self.early.values():
-            for _, _, offset, _, index in queue:
-                self._orphan(offset, index)
-        self.early.clear()
-        out = reorder.drain()
-        for draft in out:
-            self._settle(draft)
-        if out:
-            yield out
+        yield from self._finish()
 
     # -- records -----------------------------------------------------------------------------
     def _request(self, rid: bytes, ts: int, payload: bytes, offset: int, index: int,
                  request: Request | None) -> None:
-        """A request record; `request` is what fast_message() made of it (None: the general parse)."""
+        """A request record; `request` is what fast_message() made of it (None: the general parse,
+        which the reference path always takes)."""
         flags = ()
         if request is None:
             msg, error, extra = parse_single(payload, True, ts_ns=ts)
@@ -351,7 +427,7 @@ class GorReader:
             else:
                 draft = waiting
                 del self.waiting[rid]
-        response = fast_message(payload, False, draft.request.method)
+        response = fast_message(payload, False, draft.request.method) if self.fast else None
         if response is None:
             msg, error, extra = parse_single(payload, False, method=draft.request.method, ts_ns=ts)
             if msg is None:

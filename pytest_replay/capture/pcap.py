@@ -1,9 +1,10 @@
-"""pcap and pcapng files: frames from scapy's raw readers, then decode, reassembly and framing.
+"""pcap and pcapng files: frames, then decode, reassembly and framing.
 
-scapy's RawPcapReader/RawPcapNgReader parse the containers (both byte orders, micro- and
-nanosecond pcap, pcapng with several interfaces, link types and timestamp resolutions). They stop
-quietly at the first damaged record, so this module watches the file position and scapy's log to
-report where a file breaks off and why, and guards against absurd record lengths.
+Classic pcap records are read here (_classic_frames: both byte orders, micro- and nanosecond) and
+pcapng blocks by pcapng.py; neither needs scapy. scapy's RawPcapReader/RawPcapNgReader remain as
+the reference the tests compare with (open_reader, _pcapng_frames): they stop quietly at the first
+damaged record, so with them this module watches the file position and scapy's log to report where
+a file breaks off and why, and guards against absurd record lengths.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .link import LINKTYPE_NAMES, Decoder
 from .limits import DEFAULT_MAX_RECORD, MAX_PACKET, format_size
 from ..reassembly.stats import CaptureError, CaptureStats, CaptureWarning
 from .blocks import read_block
+from . import pcapng
 
 RELEASE_LAG_NS = 100_000_000  # a finished exchange waits this long (capture time) for earlier ones to appear
 RESPONSE_WINDOW_NS = 120 * 10**9  # a request without a response start this long after it has none
@@ -112,6 +114,32 @@ def open_reader(name: str, stream: BinaryIO, size: int | None, limit: int = DEFA
     return reader
 
 
+class _ClassicHeader:
+    """What the 24-byte file header of a classic pcap says (the attributes _classic_frames reads of
+    scapy's RawPcapReader, which is not needed, nor imported, to read one)."""
+
+    __slots__ = ("f", "endian", "nano", "linktype", "snaplen")
+
+    _MAGICS = {b"\xa1\xb2\xc3\xd4": (">", False), b"\xd4\xc3\xb2\xa1": ("<", False),
+               b"\xa1\xb2\x3c\x4d": (">", True), b"\x4d\x3c\xb2\xa1": ("<", True)}
+
+
+def _classic_header(name: str, stream: BinaryIO) -> _ClassicHeader:
+    data, error = read_block(stream, 24)
+    header = _ClassicHeader()
+    magic = _ClassicHeader._MAGICS.get(data[:4])
+    if magic is None:
+        raise CaptureError(name, f"not a pcap file: bad magic number {data[:4].hex()}", offset=0)
+    if len(data) < 24:
+        why = f"the compressed stream breaks off ({error})" if error is not None else "the file ends"
+        raise CaptureError(name, f"not a readable pcap file: {why} inside the 24-byte file header "
+                           f"({len(data)} bytes)", offset=0)
+    header.f = stream
+    header.endian, header.nano = magic
+    header.snaplen, header.linktype = struct.unpack_from(header.endian + "II", data, 16)
+    return header
+
+
 _RAISE_LIMIT = ("if the block is genuine, raise the limit with --replay-max-record-size (pytest) or "
                 "--max-record-size (inspect, convert, redact)")
 
@@ -125,12 +153,18 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     lookups, and Ethernet/IPv4/TCP (most captures) decoded inline; everything else goes through
     the decoder tables in link.py.
     """
-    reader = open_reader(name, stream, size, max_record_size)
     decoder = Decoder(stats.not_decoded, stats.fragments)
     reorder = Reorder()
     table = FlowTable(name, stats, reorder, server_ports, keylog)
-    if not hasattr(reader, "nano"):
-        _read_secrets(name, reader, table, stats)
+    if info.get("format") == "pcapng":  # recognised by its magic number (capture.open_capture)
+        frames = pcapng.read_frames(name, stream, size, stats, info, max_record_size, _secrets_block(name, table, stats))
+    elif info.get("format") == "pcap":
+        frames = _classic_frames(name, _classic_header(name, stream), size, stats, info,
+                                 min(MAX_PACKET, max_record_size))
+    else:  # not recognised by the caller: scapy's readers (the reference of tests/test_pcapng.py)
+        reader = open_reader(name, stream, size, max_record_size)
+        frames = _classic_frames(name, reader, size, stats, info, min(MAX_PACKET, max_record_size)) \
+            if hasattr(reader, "nano") else _pcapng_frames(name, reader, size, stats, info)
     flows = table.flows
     new_packet = table.packet
     decode = decoder.decode
@@ -138,8 +172,6 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     link_counts: dict[int, int] = {}
     ethernet = 0  # link type 1 is counted apart (a local is cheaper) and added to link_counts at the end
     now = frame = 0
-    frames = _classic_frames(name, reader, size, stats, info, min(MAX_PACKET, max_record_size)) \
-        if hasattr(reader, "nano") else _pcapng_frames(name, reader, size, stats, info)
     first = None
     nbytes = 0
     for ts, linktype, data, cut, where in frames:
@@ -340,17 +372,17 @@ def _pcapng_frames(name: str, reader, size: int | None, stats: CaptureStats, inf
     _report_end(name, stats, reader, size, where, frame, log)
 
 
-def _read_secrets(name: str, reader, table: FlowTable, stats: CaptureStats) -> None:
-    """pcapng Decryption Secrets Blocks (`editcap --inject-secrets tls,keys.log`): their TLS key
-    logs are used to decrypt this file's connections, and never copied anywhere."""
+def _secrets_block(name: str, table: FlowTable, stats: CaptureStats):
+    """The handler of pcapng Decryption Secrets Blocks (`editcap --inject-secrets tls,keys.log`):
+    their TLS key logs are used to decrypt this file's connections, and never copied anywhere."""
 
-    def secrets_block(block: bytes, size: int) -> None:
+    def secrets_block(block: bytes, endian: str) -> None:
         if len(block) < 8:
-            return None
-        kind, length = struct.unpack(reader.endian + "II", block[:8])
+            return
+        kind, length = struct.unpack(endian + "II", block[:8])
         if kind != 0x544C534B:  # "TLSK"; other secrets (WireGuard, ZigBee...) are not ours
             stats.note(f"{name}: a Decryption Secrets Block of type 0x{kind:08x} is not used")
-            return None
+            return
         if table.keylog is None:
             from ..tls.keylog import KeyLog
 
@@ -358,9 +390,14 @@ def _read_secrets(name: str, reader, table: FlowTable, stats: CaptureStats) -> N
         kept = table.keylog.add_text(block[8:8 + length], f"{name} (pcapng Decryption Secrets Block)")
         stats.note(f"{name}: TLS key log embedded in the capture (Decryption Secrets Block, {kept} secrets) "
                    "used for decryption")
-        return None
 
-    reader.blocktypes = {**reader.blocktypes, 10: secrets_block}
+    return secrets_block
+
+
+def _read_secrets(name: str, reader, table: FlowTable, stats: CaptureStats) -> None:
+    """scapy's RawPcapNgReader (the reference reader of tests/test_pcapng.py) with the same handler."""
+    handler = _secrets_block(name, table, stats)
+    reader.blocktypes = {**reader.blocktypes, 10: lambda block, size: handler(block, reader.endian)}
 
 
 def _report_end(name: str, stats: CaptureStats, reader, size: int | None, where: int, frames: int,

@@ -353,7 +353,7 @@ class Framer:
         base = self._base
         length = int(cl) if cl is not None else 0
         if is_request:
-            start = _request_line(line)
+            start = _remembered_request_line(line)
             if start is None:
                 return False
             method, target, version = start
@@ -967,18 +967,29 @@ def _response_head(head: bytes, version: str, start: int, status: int, reason: s
     return msg
 
 
-def _strict_head(data: bytes, is_request: bool, completion: Completion | None
+def _strict_head(data: bytes, is_request: bool, completion: Completion | None, remember: bool = True
                  ) -> tuple[int, bytes, bytes, bytes | None] | None:
     """The common case of a message starting `data`: a whole CRLF head that httptools accepts
     strictly, with no Transfer-Encoding and at most one numeric Content-Length. Returns (end of the
     head, the head, its start line, the Content-Length digits or None), or None for anything else
     (the general path then parses it, leniently, or says what is wrong). `completion` (requests
-    only) is reused across calls. The fast paths of Framer and fast_message() share it."""
+    only) is reused across calls. The fast paths of Framer and fast_message() share it.
+
+    The answer depends on the head's bytes alone, so heads accepted once are remembered (_HEADS,
+    bounded): a dense capture repeats its heads (a load generator's requests, a server's responses
+    within the second of their Date), and a head seen before costs a dict lookup instead of a parse;
+    the exchanges then share one head object.
+    """
     end = data.find(_CRLF2)
     if end < 0 or data[0] in (13, 10):
         return None
     head_end = end + 4
     head = data if head_end == len(data) else data[:head_end]
+    if remember:
+        known = _HEADS[is_request]
+        seen = known.get(head)
+        if seen is not None:
+            return head_end, seen[0], seen[1], seen[2]
     if is_request:
         completion.done = False
     try:
@@ -990,14 +1001,32 @@ def _strict_head(data: bytes, is_request: bool, completion: Completion | None
         return None
     cl = None
     if not is_request or not completion.done:  # (done: no framing headers, see Completion)
-        framing = _FRAMING.findall(head)
-        if framing:
-            if len(framing) > 1 or len(framing[0][0]) != 14:
-                return None  # Transfer-Encoding or repeated Content-Length: the general path
-            cl = framing[0][1].rstrip(b" \t")
-            if not cl.isdigit():
-                return None
-    return head_end, head, head[:head.find(b"\r\n")], cl
+        cl = _content_length(head)
+        if cl is _AGAIN:
+            return None
+    line = head[:head.find(b"\r\n")]
+    if remember and head_end <= _MAX_REMEMBERED:
+        if len(known) >= _MAX_HEADS:
+            known.clear()
+        known[head] = (head, line, cl)
+    return head_end, head, line, cl
+
+
+_HEADS: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})  # [is_request]: head -> (head, line, cl)
+_MAX_HEADS = 4096  # heads remembered per direction (cleared when full)
+_MAX_REMEMBERED = 1024  # longer heads are not remembered: at most 8 MiB held, ~2 MiB for usual heads
+
+
+def _content_length(head: bytes):
+    """The Content-Length digits of a strictly parsed head, None without one, or _AGAIN when the
+    general path must frame it: a Transfer-Encoding, or a repeated or non-numeric Content-Length."""
+    framing = _FRAMING.findall(head)
+    if not framing:
+        return None
+    if len(framing) > 1 or len(framing[0][0]) != 14:
+        return _AGAIN  # Transfer-Encoding or repeated Content-Length: the general path
+    cl = framing[0][1].rstrip(b" \t")
+    return cl if cl.isdigit() else _AGAIN
 
 
 def _request_line(line: bytes) -> tuple[str, str, str] | None:
@@ -1009,6 +1038,22 @@ def _request_line(line: bytes) -> tuple[str, str, str] | None:
     method, target, version = parts
     return (_METHODS.get(method) or method.decode("latin-1"), target.decode("latin-1"),
             _VERSIONS.get(version) or version[5:].decode("latin-1"))
+
+
+def _remembered_request_line(line: bytes) -> tuple[str, str, str] | None:
+    """_request_line(), remembered like status lines (Framer's fast path: dense captures repeat their
+    request lines; .gor records, whose lines are mostly unique, do without)."""
+    known = _REQUEST_LINES.get(line)
+    if known is None:
+        known = _request_line(line)
+        if known is not None:
+            if len(_REQUEST_LINES) >= _MAX_STATUS_LINES:
+                _REQUEST_LINES.clear()
+            _REQUEST_LINES[line] = known
+    return known
+
+
+_REQUEST_LINES: dict[bytes, tuple[str, str, str]] = {}
 
 
 _AGAIN = object()
@@ -1024,7 +1069,7 @@ def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
     """
     if is_request and completion is None:
         completion = Completion()
-    strict = _strict_head(data, is_request, completion)
+    strict = _strict_head(data, is_request, completion, False)
     if strict is None:
         return None
     head_end, head, line, cl = strict
