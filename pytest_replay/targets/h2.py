@@ -724,7 +724,8 @@ class H2Target:
             raise ValueError(f"HTTP version {version!r}: expected one of {', '.join(HTTP_VERSIONS)}")
         self.http1 = RawTarget(url, verify=verify, keep_host=keep_host)
         self.name = self.url = self.http1.url
-        self.scheme = self.http1.scheme
+        self.scheme, self.hostname, self.port, self.host = (self.http1.scheme, self.http1.hostname,
+                                                           self.http1.port, self.http1.host)
         self.version = version
         self.connection_class = ENGINES[engine]  # "frames" (ours) or "h2" (python-hyper's, the reference)
         self.verify = verify
