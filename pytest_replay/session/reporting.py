@@ -279,7 +279,7 @@ class Reporting:
             + (["original-host (the captured Host sent unchanged)"] if s.original_host else []),
             redaction=self._redaction_notes(),
             sample=report.planned or None, write_policy=report.write_mode or None, budgets=self.budget_results,
-            skipped=run.skipped, incomplete=[e for e in (self.collection.exchanges or ()) if not e.replayable],
+            skipped=run.skipped, incomplete=self.collection.incomplete(),
             notes=results.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
             interrupted=report.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED, planned=report.planned,
             shard=s.shard, outcomes=outcomes, started=run.started, finished=now_iso(), noise=report.noise,

@@ -89,6 +89,7 @@ class ReplayRun:
         self.stage_plan = None  # schedule.stages.StagePlan of a capacity run
         self.key_stride = 0  # a looped request's key: exchange index + loop * key_stride
         self.sampler = None  # session.saturation.Sampler of a capacity run
+        self.stream = None  # session.stream.Stream of a streamed run
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
@@ -107,6 +108,9 @@ class ReplayRun:
         from ..verdicts.origin import SAME, OriginResolver
 
         s = self.settings
+        if self.collection.streaming and (baseline is not None or self._hooked()):
+            self.collection.materialize()  # hooks and a baseline see every exchange: not streamed
+        index = self.collection.index if self.collection.streaming else None
         exchanges = self.collection.exchanges or ()
         set_host = any(name.lower() == b"host" for name, _ in self.rewrites.set_headers)
         try:
@@ -127,22 +131,29 @@ class ReplayRun:
             self.origins = origins_of(inner)
         self.locality = shares_cores(str(url) if url else None, in_process) or ""
         if url and not s.force_production:
-            refusal = check_target(str(url), recorded_hosts(exchanges))
+            refusal = check_target(str(url), recorded_hosts(exchanges if index is None else index.hosts.values()))
             if refusal:
                 pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
         self.write_policy = policy = WritePolicy(
             mode=s.writes or ("pass" if in_process else "mock"), rules=self.write_rules,
             allow=s.allow_write, dry_run_header=s.dry_run_header)
         self.write_counts = WriteCounts()
-        self.unused_allow = policy.unused_allow_patterns(exchanges)
+        if index is not None and index.has_writes and (policy.mode == "pass" or policy.allow):
+            self.collection.materialize()  # sent writes are barriers over the whole capture: not streamed
+            index, exchanges = None, self.collection.exchanges or ()
+        self.unused_allow = policy.unused_allow_patterns(exchanges if index is None else index.writes)
         # with a baseline, noise is measured live instead; --replay-noise-from: reviewed rules, not learned
         learned = s.noise == "auto" and baseline is None and s.noise_from is None
-        noise = learn_noise(exchanges) if learned else None
-        clock = ClockNoise.of(exchanges, time.time_ns(), time.time_ns) if learned else None
+        noise = learn_noise(exchanges if index is None else index.noise_sample) if learned else None
+        span = exchanges if index is None else index.time_span()
+        clock = ClockNoise.of(span, time.time_ns(), time.time_ns) if learned else None
         rules = s.ignore + (s.noise_from or ())
         self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=rules, noise=noise, clock=clock,
                                       redactor=self.redactor,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
+        timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
+        if index is not None:
+            return self._start_streamed(index, items, inner, policy, timing, in_process, outbound)
         planned = []
         replayed = replayed_exchanges(items)
         mine = self.lanes(replayed)
@@ -154,7 +165,6 @@ class ReplayRun:
                 self.skip(exchange, "write skipped (--replay-writes skip)", write=True)
             else:
                 planned.append(exchange)
-        timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
         prepare = lambda e: self.rewrites.apply(policy.mark(e.request, decision=self.decisions[e.index]))  # noqa: E731
         if s.stages or s.loop or s.duration:
@@ -193,6 +203,71 @@ class ReplayRun:
                                    metrics=s.metrics)
             self.sampler.start()
         return self.engine
+
+    def _hooked(self) -> bool:
+        hook = self.config.hook
+        return any(getattr(hook, name).get_hookimpls() for name in ("pytest_replay_request", "pytest_replay_response"))
+
+    def _start_streamed(self, index, items: Iterable, inner, policy, timing, in_process, outbound):
+        """A streamed run (session/stream.py): the engine pulls planned requests from a reader thread
+        and hands each observation to a judge thread."""
+        from ..policy.writes import MOCK, SKIP
+        from ..schedule.engine import Engine
+        from ..schedule.plan import PlannedRequest, StreamedOffsets
+        from ..targets.mock import PolicyTarget, RecordedWrites
+        from ..targets.outbound import Outbound
+        from .stream import ItemState, Stream
+
+        s = self.settings
+        selected = {}
+        for item in items:
+            if isinstance(item, ReplayItem) and not item.get_closest_marker("skip") and item.key is not None:
+                replayable = sum(g.replayable for g in self._groups_of(index, item))
+                if replayable:
+                    selected[item.key] = ItemState(replayable)
+        wire = getattr(inner, "wire", None) or (lambda request: request.raw)
+        recorded = RecordedWrites({})
+        decisions, rewrites, counts = self.decisions, self.rewrites, self.write_counts
+
+        def plan_one(exchange, offset: int):
+            decision = decisions[exchange.index] = policy.decision(rewrites.apply(exchange.request))
+            if decision.action == SKIP:
+                counts.add(exchange, SKIP)
+                self.skip(exchange, "write skipped (--replay-writes skip)", write=True)
+                decisions.pop(exchange.index, None)
+                stream.skipped_write(exchange, decision.not_sent())
+                return None
+            if decision.action == MOCK:
+                recorded.responses[exchange.index] = exchange.response
+            request = rewrites.apply(policy.mark(exchange.request, decision=decision))
+            return PlannedRequest(exchange.index, offset, exchange.connection, request, wire(request))
+
+        stream = self.stream = Stream(self, index, selected, plan_one, self.collection.open_capture)
+        self._offsets = lambda: StreamedOffsets(timing)
+        self.target = PolicyTarget(inner, policy, recorded, counts=self.write_counts, decisions=self.decisions)
+        if outbound is not None and in_process:
+            self.outbound = Outbound(outbound(), allow=s.allow_host)
+            self.outbound.start()
+        monitor = None
+        if s.abort_on:
+            from ..schedule.monitor import StopMonitor
+            monitor = StopMonitor(s.abort_on, s.abort_window)
+        self.engine = Engine(stream.feed, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
+                             lead_ns=self.lead_ns(items), monitor=monitor, observer=stream.observe)
+        stream.recorded = recorded
+        _running.add(self)
+        stream.start()
+        self.engine.start()
+        return self.engine
+
+    @staticmethod
+    def _groups_of(index, item) -> list:
+        group = index.by_file.get(str(item.path.resolve()), {}).get(item.key)
+        return [group] if group is not None else []
+
+    def offsets(self):
+        """A streamed run's deadline offsets, one request timestamp at a time."""
+        return self._offsets()
 
     def _stage_plan(self, replayed: list[Exchange], planned: list[Exchange], prepare, wire) -> list:
         """The plan of a capacity run (--replay-stages, --replay-loop, --replay-duration): computed
@@ -331,6 +406,8 @@ class ReplayRun:
         if self.engine is not None:
             self.engine.stop(cancel=cancel)
             _running.discard(self)
+        if self.stream is not None:
+            self.stream.stop()
         if self.outbound is not None:
             self.outbound.stop()
         if self.sampler is not None:
@@ -388,7 +465,8 @@ class ReplayRun:
         column = decision.column if decision is not None else None
         self.aggregate.add(exchange, observation, verdict, write=column, why=decision.why.reason if column else None,
                            shown=text)
-        self.counted.add(exchange.index)
+        if self.stream is None:  # (a streamed run judges each observation once: nothing to look up)
+            self.counted.add(exchange.index)
         if verdict is not None and self.updates is not None:  # judged: sent, answered (mocked writes are not)
             self.updates.add(exchange, observation, verdict, self.engine)
         if verdict is not None and self.origins is not None:
@@ -403,7 +481,7 @@ class ReplayRun:
     def count_unjudged(self) -> None:
         """Requests the replay sent but no item judged (an interrupted run): counted all the same,
         so the summary, the budgets and the evidence say what was done."""
-        if self.engine is None:
+        if self.engine is None or self.stream is not None:  # (a streamed run judged every observation)
             return
         by_index = {e.index: e for e in self.collection.exchanges or ()}
         stride = self.key_stride
@@ -427,9 +505,10 @@ class ReplayRun:
         """What this process did, merged with what other processes reported to it."""
         engine = self.engine
         own = RunResults(
-            aggregate=self.aggregate, planned=len(engine.plan) if engine else 0,
-            sent=len(engine.observations()) if engine else 0,
-            failures=[str(engine.failure)] if engine is not None and engine.failure is not None else [],
+            aggregate=self.aggregate, planned=engine.progress().planned if engine else 0,
+            sent=(engine.completed if self.stream is not None else len(engine.observations())) if engine else 0,
+            failures=([str(engine.failure)] if engine is not None and engine.failure is not None else [])
+            + ([self.stream.error] if self.stream is not None and self.stream.error else []),
             noise=self.noise_summary(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
             notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
