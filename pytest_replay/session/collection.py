@@ -154,6 +154,7 @@ class Collection:
         groups = self.index.by_file.get(path)
         if not groups:
             raise collector.CollectError(self._nothing_to_replay(path))
+        self.index.by_file[path] = {}  # the items hold what the run needs of their descriptors
         for group in groups.values():
             name = group.name if self.settings.group == "exchange" else f"{group.name} ({group.count} exchanges)"
             yield ReplayItem.describe(collector, name, group)

@@ -61,6 +61,7 @@ class ReplayItem(pytest.Function):
     key: object = None  # a described item's exchange index or connection
     count: int = 0  # its exchanges
     lane: str = ""  # its (first) exchange's connection: what shards and workers split on
+    replayable: int = 0  # a described item's exchanges that can be replayed
 
     @property
     def exchanges(self) -> tuple[Exchange, ...]:
@@ -72,7 +73,7 @@ class ReplayItem(pytest.Function):
     def describe(cls, parent: CaptureFile, name: str, group) -> ReplayItem:
         """An item of a streamed run, from its descriptor (session.stream.Group)."""
         item = cls.from_parent(parent, name=name, callobj=_engine_placeholder)
-        item.key, item.count, item.lane = group.key, group.count, group.lane
+        item.key, item.count, item.lane, item.replayable = group.key, group.count, group.lane, group.replayable
         item.replay = parent.run
         marker = parent.collection.marker
         item.add_marker(marker("replay", "a test item made from a captured HTTP exchange"))
@@ -182,6 +183,7 @@ class ReplayItem(pytest.Function):
             else:
                 self.replay.progress.write(engine, None)
         self.own_ns = state.own_ns
+        self.user_properties.extend(state.properties)
         if state.not_sent_count and state.not_sent_count == state.expected:
             why = state.not_sent
             reason = why if state.expected == 1 else f"{state.not_sent_count} requests not sent: {why}"

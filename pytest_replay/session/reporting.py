@@ -86,6 +86,8 @@ class Reporting:
             session.exitstatus = pytest.ExitCode.OK  # one job of a CI matrix with nothing to do is not a failure
         if not self.collection.loaded:
             return
+        if self.run.stream is not None and results.failures and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a streamed run that could not read it all
         if self.settings.noise_export:
             results.notes.append(self._export_noise(results))
         if results.escaped:  # blocked outbound calls of the app that no exchange can answer for

@@ -221,10 +221,8 @@ class ReplayRun:
         s = self.settings
         selected = {}
         for item in items:
-            if isinstance(item, ReplayItem) and not item.get_closest_marker("skip") and item.key is not None:
-                replayable = sum(g.replayable for g in self._groups_of(index, item))
-                if replayable:
-                    selected[item.key] = ItemState(replayable)
+            if isinstance(item, ReplayItem) and item.replayable and not item.get_closest_marker("skip"):
+                selected[item.key] = ItemState(item.replayable)
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
         recorded = RecordedWrites({})
         decisions, rewrites, counts = self.decisions, self.rewrites, self.write_counts
@@ -259,11 +257,6 @@ class ReplayRun:
         stream.start()
         self.engine.start()
         return self.engine
-
-    @staticmethod
-    def _groups_of(index, item) -> list:
-        group = index.by_file.get(str(item.path.resolve()), {}).get(item.key)
-        return [group] if group is not None else []
 
     def offsets(self):
         """A streamed run's deadline offsets, one request timestamp at a time."""
@@ -508,7 +501,9 @@ class ReplayRun:
             aggregate=self.aggregate, planned=engine.progress().planned if engine else 0,
             sent=(engine.completed if self.stream is not None else len(engine.observations())) if engine else 0,
             failures=([str(engine.failure)] if engine is not None and engine.failure is not None else [])
-            + ([self.stream.error] if self.stream is not None and self.stream.error else []),
+            + ([self.stream.error] if self.stream is not None and self.stream.error else [])
+            + ([f"the capture could not be read to its end: {self.collection.error}; what was read before it "
+                "was replayed"] if self.stream is not None and self.collection.error is not None else []),
             noise=self.noise_summary(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
             notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,

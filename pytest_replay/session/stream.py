@@ -44,7 +44,7 @@ BURST_SHARE = 0.5
 MAX_LISTED = 20  # exchanges, endpoints and templates an item lists
 
 
-@dataclass
+@dataclass(slots=True)
 class Group:
     """What an item needs to know about its exchanges (one, or a connection's), without them."""
 
@@ -81,7 +81,6 @@ class Index:
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self.incomplete: list[Exchange] = []
-        self.connections: set[str] = set()
         self._lanes: dict[str, list] = {}  # connection -> [last response ts, run length]
         self._runs: list[int] = []
         self.max_index = -1
@@ -92,8 +91,11 @@ class Index:
         groups = self.by_file.setdefault(file, {})
         group = groups.get(key)
         if group is None:
-            name = self.item_name(exchange) if self.group == "exchange" else f"connection {exchange.connection}"
-            group = groups[key] = Group(key, name, file, source=str(exchange.source), lane=exchange.connection)
+            if self.group == "exchange":
+                self._one(exchange, groups, file)
+                return
+            group = groups[key] = Group(key, f"connection {exchange.connection}", file, source=str(exchange.source),
+                                        lane=exchange.connection)
         group.count += 1
         group.methods.add(request.method)
         if len(group.templates) < MAX_LISTED:
@@ -101,23 +103,42 @@ class Index:
         kind = self.classify(request)
         if kind not in group.kinds:
             group.kinds.append(kind)
+        if exchange.replayable:
+            group.replayable += 1
+        else:
+            group.reasons.update(r for r in exchange.reasons if "(request)" in r)
+        if len(group.endpoints) < MAX_LISTED:
+            group.endpoints.setdefault(endpoint_of(request.method, request.target), None)
+        if len(group.indexes) < MAX_LISTED:
+            group.indexes.append(exchange.index)
+        self._note(exchange, kind)
+
+    def _one(self, exchange: Exchange, groups: dict, file: str) -> None:
+        """A per-exchange item's descriptor: tuples, not sets (there are as many as exchanges)."""
+        request = exchange.request
+        kind = self.classify(request)
+        replayable = exchange.replayable
+        reasons = () if replayable else tuple(r for r in exchange.reasons if "(request)" in r)
+        groups[exchange.index] = Group(
+            exchange.index, self.item_name(exchange), file, 1, int(replayable), (request.method,),
+            (path_template(request.target),), (kind,), reasons,
+            {endpoint_of(request.method, request.target): None}, (exchange.index,), str(exchange.source),
+            exchange.connection)
+        self._note(exchange, kind)
+
+    def _note(self, exchange: Exchange, kind) -> None:
+        """What every exchange adds to the whole capture's tallies."""
         if kind.write:
             self.has_writes = True
+            request = exchange.request
             spot = (request.method, path_template(request.target))
             if spot not in self._write_kinds and len(self.writes) < 1000:
                 self._write_kinds.add(spot)
                 self.writes.append(exchange)
         if exchange.replayable:
-            group.replayable += 1
             self.planned += 1
-        else:
-            group.reasons.update(r for r in exchange.reasons if "(request)" in r)
-            if len(self.incomplete) < INCOMPLETE_EXAMPLES:
-                self.incomplete.append(exchange)
-        if len(group.endpoints) < MAX_LISTED:
-            group.endpoints.setdefault(endpoint_of(request.method, request.target), None)
-        if len(group.indexes) < MAX_LISTED:
-            group.indexes.append(exchange.index)
+        elif len(self.incomplete) < INCOMPLETE_EXAMPLES:
+            self.incomplete.append(exchange)
         self.max_index = exchange.index
         self._tally(exchange)
 
@@ -126,7 +147,6 @@ class Index:
         host = (exchange.request.host, server_address(exchange.connection))
         if host not in self.hosts and len(self.hosts) < 10_000:
             self.hosts[host] = exchange
-        self.connections.add(exchange.connection)
         for ts in (exchange.request_ts_ns, exchange.response_ts_ns):
             if ts is not None:
                 self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
@@ -180,7 +200,7 @@ class ItemState:
     the spill file), why those not sent were not, and its own replayed time."""
 
     __slots__ = ("expected", "done", "failures", "failed", "not_sent", "not_sent_count", "own_ns", "event",
-                 "first_failure")
+                 "first_failure", "properties")
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
@@ -192,11 +212,26 @@ class ItemState:
         self.own_ns = 0
         self.event = threading.Event()
         self.first_failure = None  # (exchange, observation, verdict) for --pdb only
+        self.properties: list = []  # a one-exchange item's JUnit properties (statuses, latencies)
 
     def finished_one(self) -> None:
         self.done += 1
         if self.done >= self.expected:
             self.event.set()
+
+
+def properties(exchange: Exchange, observation) -> list:
+    """A one-exchange item's JUnit properties: a number or "" each."""
+    from ..http.units import ms
+    recorded = exchange.response
+    return [
+        ("recorded_status", recorded.status if recorded else ""),
+        ("replayed_status", observation.response.status if observation.response else ""),
+        *((name, ms(ns, missing="", unit="")) for name, ns in (
+            ("recorded_latency_ms", exchange.recorded_latency_ns),
+            ("replayed_latency_ms", observation.latency_ns),
+            ("lateness_ms", observation.lateness_ns))),
+    ]
 
 
 class Feed:
@@ -313,9 +348,13 @@ class Stream:
                 state = selected.get(self.key_of(exchange))
                 if state is None or not exchange.replayable:
                     continue
-                while not slots.acquire(timeout=0.2):
-                    if self.stopping.is_set():
-                        return
+                if not slots.acquire(blocking=False):
+                    if chunk:  # the window is full: what is read goes to the engine before waiting
+                        feed.put(chunk)
+                        chunk = []
+                    while not slots.acquire(timeout=0.2):
+                        if self.stopping.is_set():
+                            return
                 if self.stopping.is_set():
                     return
                 planned = self.plan_one(exchange, offsets(exchange.request_ts_ns))
@@ -327,8 +366,9 @@ class Stream:
                 if len(chunk) >= CHUNK:
                     feed.put(chunk)
                     chunk = []
-        except CaptureError as exc:  # the capture changed, or is damaged past what pass 1 read
-            self.error = f"while streaming the replay: {exc}"
+        except CaptureError as exc:  # damaged where pass 1 stopped (reported), or changed since
+            if self.run.collection.error is None:
+                self.error = f"while streaming the replay: {exc}"
         except BaseException as exc:  # noqa: BLE001 - the run must end, and say why
             self.error = f"while streaming the replay: {type(exc).__name__}: {exc}"
         finally:
@@ -379,6 +419,8 @@ class Stream:
             return
         verdict, text = run.judge(exchange, observation)
         run.record(exchange, observation, verdict, text)
+        if state.expected == 1:
+            state.properties = properties(exchange, observation)
         if not verdict.passed:
             state.failed += 1
             if len(state.failures) < 5:
