@@ -39,7 +39,8 @@ def display_path(path: str) -> str:
 class Collection:
     """The captures of the run and the items made of them."""
 
-    def __init__(self, config: pytest.Config, settings: Settings, redactor: Redactor, *, distributed: bool) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings, redactor: Redactor, *, distributed: bool,
+                 worker: bool = False) -> None:
         self.config = config
         self.settings = settings
         self.redactor = redactor
@@ -59,7 +60,7 @@ class Collection:
             raise pytest.UsageError(f"--replay-group endpoint cannot be {how} (an endpoint's exchanges come from "
                                     "many connections); use --replay-group connection or exchange")
         self.index = None  # session.stream.Index of a streamed run (pass 1), once read
-        self.streaming = self._streamable(distributed)
+        self.streaming = self._streamable(distributed or worker)
         self._point_collection_at_captures(config)
 
     def _streamable(self, distributed: bool) -> bool:

@@ -153,6 +153,8 @@ class ReplayRun:
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         if index is not None:
+            from .baseline import check_budgets
+            check_budgets(s.budgets, baseline)
             return self._start_streamed(index, items, inner, policy, timing, in_process, outbound)
         planned = []
         replayed = replayed_exchanges(items)
