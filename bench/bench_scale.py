@@ -17,6 +17,9 @@
     10% of (a)'s (flat), and the same wall/span ratio.
 (c) 100,000 per-exchange items (10k with --quick): `--collect-only` and the run of a .gor of that many
     exchanges, beside bare pytest with as many trivial parametrized items. Target: within 1.3x of bare.
+(d) Whether a process pool pays for judging: one response's judging (verdicts.diff.compare) beside
+    pickling its exchange and response to another process and back, 300 B / 20 KB / 200 KB JSON bodies,
+    identical and with one value changed. Printed, not judged (`--only-judge`: this part alone).
 
 Figures are ratios to references measured in the same run: the machine may be loaded (say so when you quote
 them). Needs root, nginx, tcpdump and wrk to record (or --pcap FILE). Stdlib plus the project only.
@@ -49,6 +52,10 @@ TARGET_ITEMS = 1.3
 WRK_LUA = 'request = function() return wrk.format("GET", "/item.json") end\n'
 ITEM = bench_capture.json_blob(300, 1)  # what record_pcap serves as /item.json
 MTIME = 1_700_000_000.0
+
+
+class _Done(Exception):
+    """--only-judge: nothing else to measure."""
 
 
 def env() -> dict:
@@ -142,6 +149,45 @@ def bare(workdir: str, n: int, collect_only: bool) -> dict:
     return measure(cmd + (["--collect-only"] if collect_only else []), directory)
 
 
+def judge_costs() -> list[tuple[str, str, str]]:
+    """(d) Does a process pool pay for judging? The cost of judging one response (verdicts.diff.compare)
+    beside the cost of shipping its exchange and response to another process (pickle + unpickle), for
+    small and large JSON bodies, identical and with one value changed (the JSON diff then runs)."""
+    import pickle
+
+    from pytest_replay.http.message import Exchange, Request, Response, Source
+    from pytest_replay.verdicts.diff import DiffConfig, compare
+
+    def pair(body: bytes, other: bytes):
+        headers = ((b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode()))
+        request = Request.build("GET", "/item.json", ((b"Host", b"shop.example"),))
+        exchange = Exchange(0, request, Response.build(200, "OK", headers, body), 1, 2, "c", 0, Source("f", 0, 0, ()))
+        return exchange, Response.build(200, "OK", headers, other)
+
+    def per_call(fn, make, budget_s: float = 1.0) -> float:
+        calls, spent = 0, 0.0
+        while spent < budget_s and calls < 2000:
+            args = make()
+            start = time.perf_counter()
+            fn(*args)
+            spent += time.perf_counter() - start
+            calls += 1
+        return spent / calls
+
+    config = DiffConfig()
+    rows = []
+    for size in (300, 20_000, 200_000):
+        body = bench_capture.json_blob(size, 1)
+        for kind, other in (("identical", body), ("one value changed", body.replace(b'"count": ', b'"count": 1'))):
+            judge = per_call(lambda e, r: compare(e.response, r, config, exchange=e, latency_ns=1, recorded_latency_ns=1),
+                             lambda: pair(body, other))
+            ship = per_call(lambda e, r: pickle.loads(pickle.dumps((e, r), protocol=5)), lambda: pair(body, other))
+            rows.append((f"(d) judge {len(body):,} B JSON, {kind}", f"{judge * 1e6:,.0f} us",
+                         f"pickle + unpickle to a process {ship * 1e6:,.0f} us: a pool "
+                         + ("pays" if judge > 2 * ship else "does not pay")))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (60k packets, 300k .gor, 10k items)")
@@ -149,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", metavar="DIR", help="keep the captures here (reused when present)")
     ap.add_argument("--skip-gor", action="store_true", help="leave out (b)")
     ap.add_argument("--skip-items", action="store_true", help="leave out (c)")
+    ap.add_argument("--only-judge", action="store_true", help="only (d), the judging cost (no servers)")
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     workdir = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="bench-scale-")
@@ -167,7 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         f.write(ITEM)
     os.utime(os.path.join(site, "www", "item.json"), (MTIME, MTIME))
     nginx = None
+    if args.only_judge:
+        rows.extend(judge_costs())
+        args.skip_gor = args.skip_items = True
     try:
+        if args.only_judge:
+            raise _Done
         pcap = args.pcap or os.path.join(workdir, f"scale-{cfg['packets']}.pcap")
         if not os.path.exists(pcap):
             facts = record(pcap, cfg["packets"], workdir)
@@ -227,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((f"(c) {n:,} items, {what}", f"{mine['wall']:.2f} s, {mine['rss_mb']:.0f} MB",
                              f"bare pytest {ref['wall']:.2f} s, {ref['rss_mb']:.0f} MB; "
                              + judge(ratio <= TARGET_ITEMS, f"{ratio:.2f}x <= {TARGET_ITEMS}x")))
+        rows.extend(judge_costs())
+    except _Done:
+        pass
     finally:
         stop(nginx)
         if not args.keep:
