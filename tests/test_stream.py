@@ -193,3 +193,14 @@ def test_streamed_offsets_are_the_plans(timing: Timing) -> None:
 def test_the_option_is_documented_with_its_default() -> None:
     out = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True).stdout
     assert "--replay-stream" in out and "Default: auto." in " ".join(out.split())
+
+
+def test_pdb_in_a_streamed_run_stops_with_the_exchange_values_as_locals(tmp_path: Path, server: str) -> None:
+    gor = capture(tmp_path / "some-bad.gor", 20, 2, bad_every=7)
+    commands = "p request.target\np recorded.body\np replayed.body\np type(diff).__name__\nc\n"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--replay", str(gor),
+                             "--replay-target", server, "--speed", "0", "-q", "--pdb", "-k", "item/6 "],
+                            input=commands, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = result.stdout
+    assert "(Pdb) '/item/6'\n(Pdb) b'{\"ok\": false}'\n(Pdb) b'{\"ok\": true}'\n(Pdb) 'tuple'" in out, out[-3000:]
+    assert result.returncode == 1
