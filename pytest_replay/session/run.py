@@ -218,7 +218,7 @@ class ReplayRun:
         from ..schedule.plan import PlannedRequest, StreamedOffsets
         from ..targets.mock import PolicyTarget, RecordedWrites
         from ..targets.outbound import Outbound
-        from .stream import ItemState, Stream
+        from .stream import ItemState, LockedWriteCounts, Stream
 
         s = self.settings
         selected = {}
@@ -227,16 +227,15 @@ class ReplayRun:
                 selected[item.key] = ItemState(item.replayable)
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
         recorded = RecordedWrites({})
-        decisions, rewrites, counts = self.decisions, self.rewrites, self.write_counts
+        self.write_counts = LockedWriteCounts()  # the engine's thread and the judge's both count
+        decisions, rewrites = self.decisions, self.rewrites
 
         def plan_one(exchange, offset: int):
-            decision = decisions[exchange.index] = policy.decision(rewrites.apply(exchange.request))
-            if decision.action == SKIP:
-                counts.add(exchange, SKIP)
-                self.skip(exchange, "write skipped (--replay-writes skip)", write=True)
-                decisions.pop(exchange.index, None)
-                stream.skipped_write(exchange, decision.not_sent())
+            decision = policy.decision(rewrites.apply(exchange.request))
+            if decision.action == SKIP:  # counted by the judge thread, which does all the counting
+                stream.judged.put(("skip", exchange, decision))
                 return None
+            decisions[exchange.index] = decision
             if decision.action == MOCK:
                 recorded.responses[exchange.index] = exchange.response
             request = rewrites.apply(policy.mark(exchange.request, decision=decision))

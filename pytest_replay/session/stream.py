@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from ..http.message import Exchange
 from ..http.normalize import endpoint_of, path_template
 from ..policy.guard import server_address
+from ..policy.writes import SKIP, WriteCounts
 
 WINDOW = 4096  # exchanges read and not yet judged, at most (read-ahead + in flight + waiting for a verdict)
 CHUNK = 256  # planned requests handed to the engine at once
@@ -234,6 +235,18 @@ def properties(exchange: Exchange, observation) -> list:
     ]
 
 
+class LockedWriteCounts(WriteCounts):
+    """policy.writes.WriteCounts counted from two threads (the engine's and the judge's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def add(self, item, decision: str, n: int = 1) -> None:
+        with self._lock:
+            super().add(item, decision, n)
+
+
 class Feed:
     """The engine's PlanFeed: planned requests read ahead by a reader thread, in chunks, through a
     queue of bounded size; `slots` bounds the exchanges alive between read and verdict."""
@@ -386,6 +399,9 @@ class Stream:
             observation = self.judged.get()
             if observation is None:
                 break
+            if type(observation) is tuple:  # ("skip", exchange, decision): a write the reader did not plan
+                self._skipped(*observation[1:])
+                continue
             exchange = self.pending.pop(observation.key, None)
             if exchange is None:
                 continue
@@ -433,12 +449,19 @@ class Stream:
         if state.not_sent is None:
             state.not_sent = why
 
-    def skipped_write(self, exchange: Exchange, why: str) -> None:
-        """The reader counted a request it does not send (the item's verdict: not sent)."""
-        state = self.selected.get(self.key_of(exchange))
-        if state is not None:
-            self.not_sent(state, why)
-            state.finished_one()
+    def _skipped(self, exchange: Exchange, decision) -> None:
+        """A write the policy skips (--replay-writes skip): counted, its item told it was not sent."""
+        run = self.run
+        try:
+            run.write_counts.add(exchange, SKIP)
+            run.decisions[exchange.index] = decision
+            run.skip(exchange, "write skipped (--replay-writes skip)", write=True)
+        finally:
+            run.decisions.pop(exchange.index, None)
+            state = self.selected.get(self.key_of(exchange))
+            if state is not None:
+                self.not_sent(state, decision.not_sent())
+                state.finished_one()
 
     def _spill(self, text: str) -> tuple[int, int]:
         data = text.encode("utf-8", "replace")
