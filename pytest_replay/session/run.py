@@ -155,6 +155,7 @@ class ReplayRun:
         if index is not None:
             from .baseline import check_budgets
             check_budgets(s.budgets, baseline)
+            index.noise_sample, index.hosts, index.writes = [], {}, []  # learned, checked: not needed any more
             return self._start_streamed(index, items, inner, policy, timing, in_process, outbound)
         planned = []
         replayed = replayed_exchanges(items)
