@@ -527,6 +527,13 @@ OPTIONS: tuple[Option, ...] = (
            "work, ~1 ms per item, then never competes with the replay for the CPU and the GIL: best timing and "
            "throughput) or 'during' it (results stream as requests complete). Default: after.", "after",
            choice("--replay-judge", tuple(Judge)), metavar="WHEN"),
+    Option("replay_stream", "--replay-stream", "read the capture twice instead of holding it (issue 13): "
+           "'auto' streams the run (a bounded window of exchanges between read and verdict, failures spilled to "
+           "a temporary file) when nothing needs the whole capture at once (not under xdist, not with endpoint "
+           "groups, filters, stages, --replay-update, a baseline, hooks, middleware, sent writes, HTTP/2 or "
+           "malformed requests); 'off' "
+           "holds every exchange for the run, as before. Default: auto.", "auto",
+           choice("--replay-stream", ("auto", "off")), metavar="WHEN"),
     Option("replay_progress_every", "--replay-progress-every", "seconds between progress lines during a long "
            "replay (shown on a terminal, not under -q). Default: 5.", 5.0, seconds("--replay-progress-every"),
            metavar="SECONDS"),

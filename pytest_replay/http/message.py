@@ -312,6 +312,18 @@ class Exchange:
         return not any(flag.part == "request" for flag in self.flags)
 
     @property
+    def sendable(self) -> bool:
+        """Replayable and not one of the streams that are read but not replayed."""
+        return self.replayable and self.not_replayed is None
+
+    @property
+    def why_not_sent(self) -> tuple[str, ...]:
+        """Why an exchange that is not sendable is not: its request's flags, or why it is not replayed."""
+        if not self.replayable:
+            return tuple(r for r in self.reasons if "(request)" in r)
+        return (self.not_replayed,) if self.not_replayed else ()
+
+    @property
     def not_replayed(self) -> str | None:
         """Why the exchange is read but not replayed (WebSocket, event stream, streamed response),
         or None."""

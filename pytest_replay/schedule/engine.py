@@ -24,6 +24,11 @@ connection is given up for the schedule. Spilled requests are counted (`spilled`
 
 pytest's thread talks to the engine through `start`, `wait(key)`, `progress()`, `observations()` and
 `stop(cancel)`. Everything that crosses threads is an Observation (frozen) or a Progress (frozen).
+
+The plan is a list, or a feed (`PlanFeed`, a streamed run: session/stream.py): the dispatcher pulls
+planned requests from the feed in deadline order as a reader thread produces them, a lane lives until
+the feed ends, and each observation goes to the `observer` callback instead of being kept (a feed's
+run holds no observation: `wait()` and `observations()` are for list plans).
 """
 
 from __future__ import annotations
@@ -67,6 +72,25 @@ class Progress:
 
 CONNECTION_MODES = ("strict", "spill")  # --replay-connections
 LOOPS = ("auto", "asyncio", "uvloop")  # Engine(loop=...): auto is uvloop when it is installed
+
+
+class PlanFeed:
+    """The input of a streamed run (the protocol the engine pulls from): `take()` returns the next
+    planned requests in deadline order (a list; empty when none is ready yet, None once the feed is
+    over), `ready(loop)` a future resolved when more may be ready, `planned` the number of requests it
+    will give (for progress), `planned_key(key)` whether a key is part of it."""
+
+    planned: int
+
+    def take(self) -> list[PlannedRequest] | None:  # pragma: no cover - a protocol
+        raise NotImplementedError
+
+    def ready(self, loop) -> asyncio.Future:  # pragma: no cover
+        raise NotImplementedError
+
+    def planned_key(self, key: int) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
 
 
 def uvloop_version() -> str | None:
@@ -202,7 +226,7 @@ class Engine:
                  concurrency: int = 64, timeout_s: float = 10.0, lead_ns: int = 50_000_000,
                  switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True,
                  pipeline: RequestPipeline | None = None, barriers: Barriers | None = None,
-                 monitor=None, connections: str = "strict", loop: str = "auto") -> None:
+                 monitor=None, connections: str = "strict", loop: str = "auto", observer=None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if loop not in LOOPS:
@@ -211,7 +235,10 @@ class Engine:
         self.loop_name = loop_name(loop)  # what the engine thread runs on
         if connections not in CONNECTION_MODES:
             raise ValueError(f"connections must be one of {', '.join(CONNECTION_MODES)}, got {connections!r}")
-        plan = list(plan)
+        self.feed: PlanFeed | None = plan if hasattr(plan, "take") else None
+        self.observer = observer  # called with each observation, in the engine's thread
+        self._last_done_ns: int | None = None
+        plan = [] if self.feed is not None else list(plan)
         if any(a.offset_ns > b.offset_ns for a, b in zip(plan, plan[1:])):
             plan.sort(key=lambda p: p.offset_ns)
         self.plan = plan
@@ -326,7 +353,8 @@ class Engine:
 
     def progress(self) -> Progress:
         failure = None if self.failure is None else f"{type(self.failure).__name__}: {self.failure}"
-        return Progress(len(self.plan), self.sent, self.completed, self.errors,
+        planned = self.feed.planned if self.feed is not None else len(self.plan)
+        return Progress(planned, self.sent, self.completed, self.errors,
                         self._started and not self._finished.is_set(), self.cancelled, failure)
 
     def observations(self) -> list[Observation]:
@@ -335,12 +363,17 @@ class Engine:
 
     def wall_s(self) -> float | None:
         """Seconds from the replay's start (t0) to its last completed request; None before any."""
+        if self.feed is not None:  # (no observation kept: the latest completion, tracked)
+            last = self._last_done_ns
+            return None if self.t0_ns is None or last is None else max(last - self.t0_ns, 0) / 1e9
         observations = self.observations()
         if self.t0_ns is None or not observations:
             return None
         return max(max(o.done_ns for o in observations) - self.t0_ns, 0) / 1e9
 
     def planned_key(self, key: int) -> bool:
+        if self.feed is not None:
+            return self.feed.planned_key(key)
         return key in self._planned
 
     def was_sent(self, key: int) -> bool:
@@ -423,7 +456,8 @@ class Engine:
                 watchdog = loop.create_task(self._watchdog())
                 try:
                     self.t0_ns = self.clock.now_ns() + self.lead_ns
-                    self._dispatcher = loop.create_task(self._dispatch(self.t0_ns))
+                    dispatch = self._dispatch if self.feed is None else self._dispatch_feed
+                    self._dispatcher = loop.create_task(dispatch(self.t0_ns))
                     try:
                         await self._dispatcher
                     except asyncio.CancelledError:
@@ -476,18 +510,23 @@ class Engine:
                     await asyncio.sleep(0)
             lane = lanes[p.lane]
             lane.remaining -= 1
-            to = self._spill_lane(lane) if spill and not lane.idle else None
-            if to is None:
-                to = lane
-            else:
-                p = replace(p, lane=to.name)
-                self.spilled += 1
-            to.queue.append(p)
-            self._wake(to, loop)
+            to = self._queue(p, lane, loop, spill)
             if not lane.remaining:  # idle lanes of the connection wake to see it is over
                 for other in lane.all():
                     if other is not to:
                         self._wake(other, None)
+
+    def _queue(self, p: PlannedRequest, lane: _Lane, loop, spill: bool) -> _Lane:
+        """Queue `p` on its lane, or (spill, its lane busy) on an extra connection; returns where."""
+        to = self._spill_lane(lane) if spill and not lane.idle else None
+        if to is None:
+            to = lane
+        else:
+            p = replace(p, lane=to.name)
+            self.spilled += 1
+        to.queue.append(p)
+        self._wake(to, loop)
+        return to
 
     def _wake(self, lane: _Lane, loop) -> None:
         """A lane with a request queued runs (its task made with `loop` when it has none)."""
@@ -514,6 +553,40 @@ class Engine:
         lane.spills.append(spill)
         self.extra_connections += 1
         return spill
+
+    async def _dispatch_feed(self, t0: int) -> None:
+        """`_dispatch` for a feed: lanes are made as their first request comes and end with the feed."""
+        loop = asyncio.get_running_loop()
+        now, sleep_until = self.clock.now_ns, self.clock.sleep_until
+        lanes, feed, spill = self._lanes, self.feed, self.connections == "spill"
+        burst = 0
+        try:
+            while True:
+                batch = feed.take()
+                if batch is None:
+                    break
+                if not batch:
+                    await feed.ready(loop)
+                    continue
+                for p in batch:
+                    deadline = t0 + p.offset_ns
+                    if deadline > now():
+                        await sleep_until(deadline)
+                        burst = 0
+                    else:
+                        burst += 1
+                        if burst >= _BURST:
+                            burst = 0
+                            await asyncio.sleep(0)
+                    lane = lanes.get(p.lane)
+                    if lane is None:
+                        lane = lanes[p.lane] = _Lane(p.lane, 1)  # (remaining: 1 until the feed ends)
+                    self._queue(p, lane, loop, spill)
+        finally:
+            for lane in list(lanes.values()):  # the feed is over (or the dispatch stopped): lanes end when drained
+                lane.remaining = 0
+                for each in lane.all():
+                    self._wake(each, None)
 
     async def _run_lane(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
@@ -689,7 +762,10 @@ class Engine:
             gate.by_all.clear()
 
     def _record(self, obs: Observation) -> None:
-        self._obs[obs.key] = obs
+        if self.feed is None:
+            self._obs[obs.key] = obs
+        elif self._last_done_ns is None or obs.done_ns > self._last_done_ns:
+            self._last_done_ns = obs.done_ns
         self.completed += 1
         monitor = self.monitor
         if monitor is not None and self.t0_ns is not None:
@@ -709,6 +785,8 @@ class Engine:
         event = self._waiters.pop(obs.key, None)
         if event is not None:
             event.set()
+        if self.observer is not None:
+            self.observer(obs)
 
     async def _cancel_lanes(self) -> None:
         tasks = [t for t in self._live if not t.done()]
@@ -723,8 +801,8 @@ class Engine:
             event.set()
 
     def _not_sent(self, key: int) -> Observation:
-        p = self._planned[key]
-        deadline = (self.t0_ns or 0) + p.offset_ns
+        p = self._planned.get(key)
+        deadline = (self.t0_ns or 0) + (p.offset_ns if p is not None else 0)
         if self.halted is not None:
             why = f"not sent: the replay was stopped by --replay-abort-on '{self.halted.condition}'"
         elif self.failure is not None:

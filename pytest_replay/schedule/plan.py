@@ -107,6 +107,34 @@ def stream_lanes(exchanges: Iterable[Exchange]) -> dict[int, str]:
     return lanes
 
 
+class StreamedOffsets:
+    """`offsets` one timestamp at a time, for a plan streamed in request-timestamp order: call it
+    with each request's timestamp, get its deadline offset (the same values `offsets` gives the whole
+    list; a timestamp earlier than the previous one gets the previous offset)."""
+
+    __slots__ = ("timing", "count", "previous", "offset")
+
+    def __init__(self, timing: Timing) -> None:
+        self.timing = timing
+        self.count = 0
+        self.previous: int | None = None
+        self.offset = 0.0
+
+    def __call__(self, ts: int) -> int:
+        timing = self.timing
+        count, self.count = self.count, self.count + 1
+        if timing.rate:
+            return round(count * (1e9 / timing.rate))
+        if timing.speed == 0:
+            return 0
+        previous, self.previous = self.previous, ts if self.previous is None else max(ts, self.previous)
+        if previous is not None:
+            gap = max(ts - previous, 0) / timing.speed
+            cap = timing.max_wait_ns
+            self.offset += cap if cap is not None and gap > cap else gap
+        return round(self.offset)
+
+
 def build_plan(exchanges: Iterable[Exchange], timing: Timing, prepare=None, wire=None) -> list[PlannedRequest]:
     """The plan for `exchanges` (already filtered), ordered by deadline. `prepare(exchange)` gives
     the request to send (after rewrites; default: the captured one), `wire(request)` the bytes a

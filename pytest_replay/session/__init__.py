@@ -37,7 +37,7 @@ def start(config: pytest.Config, settings: Settings) -> ReplayRun:
                         allow_headers=settings.show_headers or None, allow_fields=settings.show_fields or None,
                         key=key)
     controller = is_controller(config)
-    collection = Collection(config, settings, redactor, distributed=controller)
+    collection = Collection(config, settings, redactor, distributed=controller, worker=setup is not None)
     run = ReplayRun(config, settings, collection, redactor,
                     Progress(config, worker=setup is not None, every_s=settings.progress_every,
                              unscheduled=settings.speed == 0 and not settings.rate))

@@ -39,7 +39,8 @@ def display_path(path: str) -> str:
 class Collection:
     """The captures of the run and the items made of them."""
 
-    def __init__(self, config: pytest.Config, settings: Settings, redactor: Redactor, *, distributed: bool) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings, redactor: Redactor, *, distributed: bool,
+                 worker: bool = False) -> None:
         self.config = config
         self.settings = settings
         self.redactor = redactor
@@ -58,7 +59,40 @@ class Collection:
             how = "split across xdist workers" if distributed else "sharded"
             raise pytest.UsageError(f"--replay-group endpoint cannot be {how} (an endpoint's exchanges come from "
                                     "many connections); use --replay-group connection or exchange")
+        self.index = None  # session.stream.Index of a streamed run (pass 1), once read
+        self.streaming = self._streamable(distributed or worker)
         self._point_collection_at_captures(config)
+
+    def _streamable(self, distributed: bool) -> bool:
+        """Can the run stream the capture (session/stream.py)? Not when something needs it whole."""
+        s = self.settings
+        return (s.stream == "auto" and s.group in ("exchange", "connection") and not distributed
+                and not (s.include or s.exclude or self.request_filter or s.window or s.connections)
+                and not (s.stages or s.loop or s.duration) and not s.update and s.baseline is None
+                and not s.middleware)
+
+    def open_capture(self) -> Capture:
+        return Capture([display_path(p) for p in self.paths], server_ports=self.settings.server_ports,
+                       max_record_size=self.settings.max_record_size,
+                       keylog=list(self.settings.keylog) or None)  # TLS key logs
+
+    def scan(self, classify) -> None:
+        """Pass 1 of a streamed run: read the capture once into item descriptors and bounded tallies."""
+        if self.index is not None or self.error is not None:
+            return
+        from .items import item_name
+        from .stream import Index
+        index = Index(self.settings.group, classify, lambda e: item_name(e, self.redactor))
+        capture = None
+        try:
+            capture = self.open_capture()
+            for exchange in capture:
+                index.add(exchange, str(Path(exchange.source.file).resolve()))
+        except CaptureError as exc:
+            self.error = exc
+        index.finish()
+        self.index = index
+        self.stats = capture.stats if capture is not None else CaptureStats()
 
     def _point_collection_at_captures(self, config: pytest.Config) -> None:
         """`pytest --replay X` collects the captures only; with test paths given too, both."""
@@ -76,23 +110,57 @@ class Collection:
         return collector
 
     def load(self) -> list[Exchange]:
-        if self.exchanges is None and self.error is None:
+        if self.exchanges is None and (self.error is None or self.index is not None):
             capture = None
             try:
-                capture = Capture([display_path(p) for p in self.paths], server_ports=self.settings.server_ports,
-                                  max_record_size=self.settings.max_record_size,
-                                  keylog=list(self.settings.keylog) or None)  # TLS key logs
+                capture = self.open_capture()
                 self.exchanges = list(capture)
             except CaptureError as exc:
                 self.error = exc
-            self.stats = capture.stats if capture is not None else CaptureStats()
+            if self.index is None:  # (a streamed collection keeps its pass-1 stats)
+                self.stats = capture.stats if capture is not None else CaptureStats()
         return self.exchanges or []
+
+    def materialize(self) -> None:
+        """A streamed collection whose run turns out to need the whole capture (a hook, a baseline
+        fixture, sent writes): read it whole now; its items find their exchanges here."""
+        self.streaming = False
+        self.load()
+        self._members: dict = {}
+        for exchange in self.exchanges or ():
+            key = exchange.index if self.settings.group == "exchange" else exchange.connection
+            self._members.setdefault(key, []).append(exchange)
+
+    def members(self, key) -> tuple[Exchange, ...]:
+        return tuple(getattr(self, "_members", {}).get(key, ()))
 
     @property
     def loaded(self) -> bool:
         return self.stats is not None
 
     def items_for(self, collector: CaptureFile) -> Iterator[ReplayItem]:
+        if self.streaming:
+            return self._described_items(collector)
+        return self._items(collector)
+
+    def _described_items(self, collector: CaptureFile) -> Iterator[ReplayItem]:
+        """A streamed run's items: descriptors, not containers of exchanges."""
+        run = collector.run
+        self.scan(lambda request: run.write_rules.classify(run.rewrites.apply(request)))
+        path = str(collector.path.resolve())
+        if self.error is not None and self.index.planned == 0:
+            if str(Path(self.error.file).resolve()) == path or path == self.paths[0]:
+                raise collector.CollectError(f"cannot replay: {self.error}")
+            return
+        groups = self.index.by_file.get(path)
+        if not groups:
+            raise collector.CollectError(self._nothing_to_replay(path))
+        self.index.by_file[path] = {}  # the items hold what the run needs of their descriptors
+        for group in groups.values():
+            name = group.name if self.settings.group == "exchange" else f"{group.name} ({group.count} exchanges)"
+            yield ReplayItem.describe(collector, name, group)
+
+    def _items(self, collector: CaptureFile) -> Iterator[ReplayItem]:
         exchanges = self.load()
         path = str(collector.path.resolve())
         if self.error is not None:
@@ -152,8 +220,8 @@ class Collection:
         keep, drop = [], []
         for item in items:
             if isinstance(item, ReplayItem) and (
-                    not any(selects(e) for e in item.exchanges)
-                    or shard and partition(item.exchanges[0].connection, shard[1]) != shard[0] - 1):
+                    (not self.streaming and not any(selects(e) for e in item.exchanges))
+                    or shard and partition(item.lane, shard[1]) != shard[0] - 1):
                 drop.append(item)
             else:
                 keep.append(item)
@@ -162,7 +230,7 @@ class Collection:
             items[:] = keep
         self._note_empty_selection(keep)
         if shard and drop and not any(isinstance(item, ReplayItem) for item in keep):
-            lanes = len({e.connection for item in drop for e in item.exchanges})
+            lanes = len({item.lane for item in drop})
             self.empty_shard = True
             self.notes.append(f"shard {shard[0]}/{shard[1]} holds none of the capture's {lanes} connection(s): "
                               "nothing to replay here (the other shards replay them); this run passes")
@@ -231,4 +299,12 @@ class Collection:
     @functools.cached_property
     def closed_loop(self) -> dict | None:
         """The capture's closed-loop bursts (capture.summary.closed_loop), once it is loaded."""
+        if self.index is not None and self.exchanges is None:
+            return self.index.closed_loop(self.stats.exchanges if self.stats else 0)
         return closed_loop(self.load())
+
+    def incomplete(self) -> list[Exchange]:
+        """Exchanges incomplete in the capture (a streamed run keeps the first few, for examples)."""
+        if self.exchanges is None and self.index is not None:
+            return list(self.index.incomplete)
+        return [e for e in self.exchanges or () if not e.replayable]

@@ -46,21 +46,63 @@ def marker_name(text: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower() or "root"
 
 
+def skip_reason(reasons) -> str:
+    """An item none of whose exchanges can be sent: why (incomplete requests, or streams not replayed)."""
+    reasons = sorted(set(reasons))
+    incomplete = [r for r in reasons if not r.startswith("not replayed")]
+    return f"incomplete in the capture: {'; '.join(incomplete)}" if incomplete else "; ".join(reasons)
+
+
 def _engine_placeholder(replay_engine) -> None:
     """Declares the fixture every replay item needs; ReplayItem.runtest does the work."""
 
 
 class ReplayItem(pytest.Function):
-    """One captured exchange (or a group of them) as a test item."""
+    """One captured exchange (or a group of them) as a test item. A streamed run's item is a
+    descriptor (`key`: its exchange index or its connection; `count`), not a container: its exchanges
+    are read when the run streams them, and found in the collection only if the run needs them whole."""
 
-    exchanges: tuple[Exchange, ...]
     replay: ReplayRun
     own_ns: int = 0  # the replayed time of its exchanges (sent to response complete), reported as its duration
+    _exchanges: tuple[Exchange, ...] | None = None
+    key: object = None  # a described item's exchange index or connection
+    count: int = 0  # its exchanges
+    lane: str = ""  # its (first) exchange's connection: what shards and workers split on
+    replayable: int = 0  # a described item's exchanges that can be replayed
+
+    @property
+    def exchanges(self) -> tuple[Exchange, ...]:
+        if self._exchanges is None:
+            return self.parent.collection.members(self.key)
+        return self._exchanges
+
+    @classmethod
+    def describe(cls, parent: CaptureFile, name: str, group) -> ReplayItem:
+        """An item of a streamed run, from its descriptor (session.stream.Group)."""
+        item = cls.from_parent(parent, name=name, callobj=_engine_placeholder)
+        item.key, item.count, item.lane, item.replayable = group.key, group.count, group.lane, group.replayable
+        item.replay = parent.run
+        marker = parent.collection.marker
+        item.add_marker(marker("replay", "a test item made from a captured HTTP exchange"))
+        for method in group.methods:
+            item.add_marker(marker(f"http_{marker_name(method)}", f"replayed {method} requests"))
+        for name_, (applies, description) in MARKERS.items():  # http_write, http_read_with_body
+            if any(map(applies, group.kinds)):
+                item.add_marker(marker(name_, description))
+        for template in group.templates:
+            item.add_marker(marker(f"endpoint_{marker_name(template)}", f"replayed requests to {template}"))
+        if not group.replayable:
+            item.add_marker(pytest.mark.skip(reason=skip_reason(group.reasons)))
+        item.user_properties.append(("replay_exchange", ",".join(map(str, group.indexes))))
+        item.user_properties.append(("replay_source", group.source))
+        item.user_properties.append(("replay_endpoint", ", ".join(list(group.endpoints)[:20])))
+        return item
 
     @classmethod
     def create(cls, parent: CaptureFile, name: str, exchanges: tuple[Exchange, ...]) -> ReplayItem:
         item = cls.from_parent(parent, name=name, callobj=_engine_placeholder)
-        item.exchanges = exchanges
+        item._exchanges = exchanges
+        item.count, item.lane = len(exchanges), exchanges[0].connection
         item.replay = parent.run
         marker = parent.collection.marker
         first = exchanges[0]
@@ -75,12 +117,8 @@ class ReplayItem(pytest.Function):
                 item.add_marker(marker(name, description))
         for template in {path_template(e.request.target) for e in exchanges}:
             item.add_marker(marker(f"endpoint_{marker_name(template)}", f"replayed requests to {template}"))
-        replayable = [e for e in exchanges if e.replayable and e.not_replayed is None]
-        if not replayable:
-            reasons = "; ".join(sorted({r for e in exchanges for r in e.reasons if "(request)" in r}))
-            streams = "; ".join(sorted({e.not_replayed for e in exchanges if e.not_replayed}))
-            why = f"incomplete in the capture: {reasons}" if reasons else streams
-            item.add_marker(pytest.mark.skip(reason=why))
+        if not any(e.sendable for e in exchanges):
+            item.add_marker(pytest.mark.skip(reason=skip_reason(r for e in exchanges for r in e.why_not_sent)))
         item.user_properties.append(("replay_exchange", ",".join(str(e.index) for e in exchanges[:20])))
         item.user_properties.append(("replay_source", str(first.source)))
         endpoints = dict.fromkeys(endpoint_of(e.request.method, e.request.target) for e in exchanges)
@@ -89,10 +127,12 @@ class ReplayItem(pytest.Function):
 
     def runtest(self) -> None:
         engine = self.funcargs["replay_engine"]
+        if self.replay.stream is not None:
+            return self._streamed(engine)
         failures = []
         not_sent = []
         for exchange in self.exchanges:
-            if not exchange.replayable or exchange.not_replayed is not None:
+            if not exchange.sendable:
                 continue
             decision = self.replay.decisions.get(exchange.index)
             if decision is not None and decision.action == SKIP:  # counted when the plan was made
@@ -129,7 +169,7 @@ class ReplayItem(pytest.Function):
                 self._properties(exchange, observation)
             if not verdict.passed:
                 failures.append((text, exchange, observation, verdict))
-        if not_sent and len(not_sent) == sum(e.replayable and e.not_replayed is None for e in self.exchanges):
+        if not_sent and len(not_sent) == sum(e.sendable for e in self.exchanges):
             reason = not_sent[0] if len(not_sent) == 1 else f"{len(not_sent)} requests not sent: {not_sent[0]}"
             # reported at the item (the capture), as skip markers are, not at this line of the plugin
             raise pytest.skip.Exception(reason, _use_item_location=True)
@@ -138,6 +178,29 @@ class ReplayItem(pytest.Function):
             more = f"\n... and {len(failures) - 5} more failing exchanges" if len(failures) > 5 else ""
             header = f"{len(failures)} of {len(self.exchanges)} exchanges failed\n\n" if len(self.exchanges) > 1 else ""
             _, exchange, observation, verdict = failures[0]
+            fail(header + "\n\n".join(shown) + more, exchange, observation, verdict)
+
+    def _streamed(self, engine) -> None:
+        """A streamed run's verdict: the judge thread judged its exchanges as they completed; here
+        the item waits for the last of them and reads its failures back from the spill file."""
+        stream = self.replay.stream
+        state = stream.selected[self.key]
+        while not state.event.wait(self.replay.progress.interval):
+            if engine.finished:
+                stream.settle()
+            else:
+                self.replay.progress.write(engine, None)
+        self.own_ns = state.own_ns
+        self.user_properties.extend(state.properties)
+        if state.not_sent_count and state.not_sent_count == state.expected:
+            why = state.not_sent
+            reason = why if state.expected == 1 else f"{state.not_sent_count} requests not sent: {why}"
+            raise pytest.skip.Exception(reason, _use_item_location=True)
+        if state.failed:
+            shown = [stream.failure_text(where) for where in state.failures]
+            more = f"\n... and {state.failed - 5} more failing exchanges" if state.failed > 5 else ""
+            header = f"{state.failed} of {self.count} exchanges failed\n\n" if self.count > 1 else ""
+            exchange, observation, verdict = state.first_failure or (None, None, None)
             fail(header + "\n\n".join(shown) + more, exchange, observation, verdict)
 
     def _properties(self, exchange: Exchange, observation) -> None:
@@ -174,10 +237,10 @@ def fail(message: str, exchange: Exchange, observation, verdict) -> None:
     masked text shown in the report; the values here are as captured and as received (not masked):
     this frame exists only in a local debugging session. An item of several exchanges stops with its
     first failing one."""
-    request = exchange.request  # noqa: F841 - read at the debugger's prompt
-    recorded = exchange.response  # noqa: F841
-    replayed = observation.response  # noqa: F841
-    diff = verdict.differences  # noqa: F841
+    request = exchange.request if exchange else None  # noqa: F841 - read at the debugger's prompt
+    recorded = exchange.response if exchange else None  # noqa: F841
+    replayed = observation.response if observation else None  # noqa: F841
+    diff = verdict.differences if verdict else None  # noqa: F841
     raise ReplayFailure(message)
 
 

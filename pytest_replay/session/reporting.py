@@ -87,6 +87,8 @@ class Reporting:
             session.exitstatus = pytest.ExitCode.OK  # one job of a CI matrix with nothing to do is not a failure
         if not self.collection.loaded:
             return
+        if self.run.stream is not None and results.failures and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a streamed run that could not read it all
         if self.settings.noise_export:
             results.notes.append(self._export_noise(results))
         if results.escaped:  # blocked outbound calls of the app that no exchange can answer for
@@ -289,7 +291,7 @@ class Reporting:
             + baseline_rewrites(s, run.redactor),
             redaction=self._redaction_notes(),
             sample=report.planned or None, write_policy=report.write_mode or None, budgets=self.budget_results,
-            skipped=run.skipped, incomplete=[e for e in (self.collection.exchanges or ()) if not e.replayable],
+            skipped=run.skipped, incomplete=self.collection.incomplete(),
             notes=results.notes + ([f"replay stopped: {report.failure}"] if report.failure else []),
             interrupted=report.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED, planned=report.planned,
             shard=s.shard, outcomes=outcomes, started=run.started, finished=now_iso(), noise=report.noise,

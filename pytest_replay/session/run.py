@@ -42,7 +42,7 @@ def now_iso() -> str:
 def replayed_exchanges(items: Iterable) -> list[Exchange]:
     """The exchanges of the replay items that run (not skipped by a marker) and can be replayed."""
     return [e for item in items if isinstance(item, ReplayItem) and not item.get_closest_marker("skip")
-            for e in item.exchanges if e.replayable and e.not_replayed is None]
+            for e in item.exchanges if e.sendable]
 
 
 class ReplayRun:
@@ -97,6 +97,7 @@ class ReplayRun:
         self.sampler = None  # session.saturation.Sampler of a capacity run
         self.probed = None  # (target URL, targets.h2.Probe) when the target was probed after collection
         self.http_version_said = None  # what HTTP/2 captures go over, as said after collection
+        self.stream = None  # session.stream.Stream of a streamed run
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
@@ -115,6 +116,9 @@ class ReplayRun:
         from ..verdicts.origin import SAME, OriginResolver
 
         s = self.settings
+        if self.collection.streaming and (baseline is not None or self._hooked()):
+            self.collection.materialize()  # hooks and a baseline see every exchange: not streamed
+        index = self.collection.index if self.collection.streaming else None
         exchanges = self.collection.exchanges or ()
         set_host = any(name.lower() == b"host" for name, _ in self.rewrites.set_headers)
         try:
@@ -126,6 +130,11 @@ class ReplayRun:
         in_process = isinstance(inner, (ASGITarget, WSGITarget)) or isinstance(
             getattr(getattr(inner, "client", None), "_transport", None), (httpx.ASGITransport, httpx.WSGITransport))
         url = getattr(inner, "url", None) or getattr(inner, "base", None)
+        if s.event_loop == "uvloop" and not in_process:
+            from ..schedule.engine import uvloop_version
+            if uvloop_version() is None:
+                pytest.exit("--replay-event-loop uvloop: uvloop is not installed (pip install "
+                            "pytest-traffic-replay[fast])", returncode=pytest.ExitCode.USAGE_ERROR)
         def origins_of(side, set_headers=()) -> OriginResolver:  # set_headers: a side's own, set last
             side_url = getattr(side, "url", None) or getattr(side, "base", None)
             return OriginResolver(getattr(side, "sent_host", lambda request: None),
@@ -135,22 +144,33 @@ class ReplayRun:
             self.origins = origins_of(inner)
         self.locality = shares_cores(str(url) if url else None, in_process) or ""
         if url and not s.force_production:
-            refusal = check_target(str(url), recorded_hosts(exchanges))
+            refusal = check_target(str(url), recorded_hosts(exchanges if index is None else index.hosts.values()))
             if refusal:
                 pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
         self.write_policy = policy = WritePolicy(
             mode=s.writes or ("pass" if in_process else "mock"), rules=self.write_rules,
             allow=s.allow_write, dry_run_header=s.dry_run_header)
         self.write_counts = WriteCounts()
-        self.unused_allow = policy.unused_allow_patterns(exchanges)
+        if index is not None and (index.whole or index.has_writes and (policy.mode == "pass" or policy.allow)):
+            # sent writes are barriers over the whole capture; HTTP/2 and malformed requests: see Index.whole
+            self.collection.materialize()
+            index, exchanges = None, self.collection.exchanges or ()
+        self.unused_allow = policy.unused_allow_patterns(exchanges if index is None else index.writes)
         # with a baseline, noise is measured live instead; --replay-noise-from: reviewed rules, not learned
         learned = s.noise == "auto" and baseline is None and s.noise_from is None
-        noise = learn_noise(exchanges) if learned else None
-        clock = ClockNoise.of(exchanges, time.time_ns(), time.time_ns) if learned else None
+        noise = learn_noise(exchanges if index is None else index.noise_sample) if learned else None
+        span = exchanges if index is None else index.time_span()
+        clock = ClockNoise.of(span, time.time_ns(), time.time_ns) if learned else None
         rules = s.ignore + (s.noise_from or ())
         self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=rules, noise=noise, clock=clock,
                                       redactor=self.redactor, grpc=self.grpc_schema,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
+        timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
+        if index is not None:
+            from .baseline import check_usage
+            check_usage(s, baseline)
+            index.noise_sample, index.hosts, index.writes = [], {}, []  # learned, checked: not needed any more
+            return self._start_streamed(index, items, inner, policy, timing, in_process, outbound)
         planned = []
         sends_bytes = getattr(inner, "sends_bytes", False)  # a network target: captured bytes go out as such
         replayed = replayed_exchanges(items)
@@ -167,7 +187,6 @@ class ReplayRun:
             else:
                 planned.append(exchange)
         self._choose_http_version(inner, planned)
-        timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         wire = getattr(inner, "wire", None) or (lambda request: request.raw)
         prepare = lambda e: self.rewrites.apply(policy.mark(e.request, decision=self.decisions[e.index]))  # noqa: E731
         if s.stages or s.loop or s.duration:
@@ -193,11 +212,6 @@ class ReplayRun:
             self.outbound.start()
         barriers = self._barriers(planned, exchanges, policy)
         monitor = self.stop_monitor(s.abort_on, s.abort_window) if s.abort_on else None
-        if s.event_loop == "uvloop" and not in_process:
-            from ..schedule.engine import uvloop_version
-            if uvloop_version() is None:
-                pytest.exit("--replay-event-loop uvloop: uvloop is not installed (pip install "
-                            "pytest-traffic-replay[fast])", returncode=pytest.ExitCode.USAGE_ERROR)
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items),
                              barriers=barriers, monitor=monitor, connections=s.connection_mode,
@@ -254,6 +268,61 @@ class ReplayRun:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None and said != self.http_version_said:  # (not said after collection; no reporter in a worker)
             reporter.write_line(f"replay: {said}")
+
+    def _hooked(self) -> bool:
+        hook = self.config.hook
+        return any(getattr(hook, name).get_hookimpls() for name in ("pytest_replay_request", "pytest_replay_response"))
+
+    def _start_streamed(self, index, items: Iterable, inner, policy, timing, in_process, outbound):
+        """A streamed run (session/stream.py): the engine pulls planned requests from a reader thread
+        and hands each observation to a judge thread."""
+        from ..policy.writes import MOCK, SKIP
+        from ..schedule.engine import Engine
+        from ..schedule.plan import PlannedRequest, StreamedOffsets
+        from ..targets.mock import PolicyTarget, RecordedWrites
+        from ..targets.outbound import Outbound
+        from .stream import ItemState, LockedWriteCounts, Stream
+
+        s = self.settings
+        selected = {}
+        for item in items:
+            if isinstance(item, ReplayItem) and item.replayable and not item.get_closest_marker("skip"):
+                selected[item.key] = ItemState(item.replayable)
+        wire = getattr(inner, "wire", None) or (lambda request: request.raw)
+        recorded = RecordedWrites({})
+        self.write_counts = LockedWriteCounts()  # the engine's thread and the judge's both count
+        decisions, rewrites = self.decisions, self.rewrites
+
+        def plan_one(exchange, offset: int):
+            decision = policy.decision(rewrites.apply(exchange.request))
+            if decision.action == SKIP:  # counted by the judge thread, which does all the counting
+                stream.judged.put(("skip", exchange, decision))
+                return None
+            decisions[exchange.index] = decision
+            if decision.action == MOCK:
+                recorded.responses[exchange.index] = exchange.response
+            request = rewrites.apply(policy.mark(exchange.request, decision=decision))
+            return PlannedRequest(exchange.index, offset, exchange.connection, request, wire(request))
+
+        stream = self.stream = Stream(self, index, selected, plan_one, self.collection.open_capture)
+        self._offsets = lambda: StreamedOffsets(timing)
+        self.target = PolicyTarget(inner, policy, recorded, counts=self.write_counts, decisions=self.decisions)
+        if outbound is not None and in_process:
+            self.outbound = Outbound(outbound(), allow=s.allow_host)
+            self.outbound.start()
+        monitor = self.stop_monitor(s.abort_on, s.abort_window) if s.abort_on else None
+        self.engine = Engine(stream.feed, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
+                             lead_ns=self.lead_ns(items), monitor=monitor, observer=stream.observe,
+                             connections=s.connection_mode, loop="asyncio" if in_process else s.event_loop)
+        stream.recorded = recorded
+        _running.add(self)
+        stream.start()
+        self.engine.start()
+        return self.engine
+
+    def offsets(self):
+        """A streamed run's deadline offsets, one request timestamp at a time."""
+        return self._offsets()
 
     def _stage_plan(self, replayed: list[Exchange], planned: list[Exchange], prepare, wire) -> list:
         """The plan of a capacity run (--replay-stages, --replay-loop, --replay-duration): computed
@@ -396,6 +465,8 @@ class ReplayRun:
         if self.engine is not None:
             self.engine.stop(cancel=cancel)
             _running.discard(self)
+        if self.stream is not None:
+            self.stream.stop()
         if self.outbound is not None:
             self.outbound.stop()
         if self.sampler is not None:
@@ -453,7 +524,8 @@ class ReplayRun:
         column = decision.column if decision is not None else None
         self.aggregate.add(exchange, observation, verdict, write=column, why=decision.why.reason if column else None,
                            shown=text)
-        self.counted.add(exchange.index)
+        if self.stream is None:  # (a streamed run judges each observation once: nothing to look up)
+            self.counted.add(exchange.index)
         if verdict is not None and self.updates is not None:  # judged: sent, answered (mocked writes are not)
             self.updates.add(exchange, observation, verdict, self.engine)
         if verdict is not None and self.origins is not None:
@@ -468,7 +540,7 @@ class ReplayRun:
     def count_unjudged(self) -> None:
         """Requests the replay sent but no item judged (an interrupted run): counted all the same,
         so the summary, the budgets and the evidence say what was done."""
-        if self.engine is None:
+        if self.engine is None or self.stream is not None:  # (a streamed run judged every observation)
             return
         by_index = {e.index: e for e in self.collection.exchanges or ()}
         stride = self.key_stride
@@ -492,9 +564,12 @@ class ReplayRun:
         """What this process did, merged with what other processes reported to it."""
         engine = self.engine
         own = RunResults(
-            aggregate=self.aggregate, planned=len(engine.plan) if engine else 0,
-            sent=len(engine.observations()) if engine else 0,
-            failures=[str(engine.failure)] if engine is not None and engine.failure is not None else [],
+            aggregate=self.aggregate, planned=engine.progress().planned if engine else 0,
+            sent=(engine.completed if self.stream is not None else len(engine.observations())) if engine else 0,
+            failures=([str(engine.failure)] if engine is not None and engine.failure is not None else [])
+            + ([self.stream.error] if self.stream is not None and self.stream.error else [])
+            + ([f"the capture could not be read to its end: {self.collection.error}; what was read before it "
+                "was replayed"] if self.stream is not None and self.collection.error is not None else []),
             noise=self.noise_summary(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
             notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,

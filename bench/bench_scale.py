@@ -1,0 +1,300 @@
+#!/usr/bin/env python
+"""Scale benchmark (issue 13): peak memory and wall time of big replays, beside references measured in the same run.
+
+    python bench/bench_scale.py [--quick] [--pcap FILE] [--keep DIR] [--skip-gor] [--skip-items]
+
+(a) A recorded keep-alive capture: tcpdump on lo while wrk (-c 8 -t 1, GET /item.json only, a 300-byte JSON
+    file) drives nginx, like bench_capture.py records its pcap (614k packets, ~307k exchanges; 60k with
+    --quick). Replayed with `pytest --replay PCAP --replay-target NGINX --speed 0 --replay-group connection`
+    against an nginx serving the same file: the pytest process's wall time and peak RSS (ru_maxrss of the
+    child, from wait4), and the replay span (evidence run.wall_s). References, in the same run:
+    `python -m pytest_replay inspect PCAP` (wall, peak RSS) and an engine-only replay (a child reads the
+    capture untimed, builds the plan, runs schedule.engine.Engine against schedule's RawTarget: t0 to the
+    last response). Targets: peak RSS <= 250 MB; pytest wall <= 1.5x the replay span; the reference
+    "inspect + engine-only" printed beside it.
+(b) A generated .gor (3M exchanges; 300k with --quick) of the same GET on 200 connections whose recorded
+    responses are what nginx answers (bench_plugin.py's generator): the same replay. Target: peak RSS within
+    10% of (a)'s (flat), and the same wall/span ratio.
+(c) 100,000 per-exchange items (10k with --quick): `--collect-only` and the run of a .gor of that many
+    exchanges, beside bare pytest with as many trivial parametrized items. Target: within 1.3x of bare.
+(d) Whether a process pool pays for judging: one response's judging (verdicts.diff.compare) beside
+    pickling its exchange and response to another process and back, 300 B / 20 KB / 200 KB JSON bodies,
+    identical and with one value changed. Printed, not judged (`--only-judge`: this part alone).
+
+Figures are ratios to references measured in the same run: the machine may be loaded (say so when you quote
+them). Needs root, nginx, tcpdump and wrk to record (or --pcap FILE). Stdlib plus the project only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_capture  # noqa: E402 - the recorder
+import bench_plugin  # noqa: E402 - the .gor generator
+from _common import cpu_model, log, start_nginx, stop  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FULL = {"packets": 614_000, "gor": 3_000_000, "items": 100_000}
+QUICK = {"packets": 60_000, "gor": 300_000, "items": 10_000}
+TARGET_RSS_MB = 250
+TARGET_RATIO = 1.5
+TARGET_FLAT = 0.10
+TARGET_ITEMS = 1.3
+WRK_LUA = 'request = function() return wrk.format("GET", "/item.json") end\n'
+ITEM = bench_capture.json_blob(300, 1)  # what record_pcap serves as /item.json
+MTIME = 1_700_000_000.0
+
+
+class _Done(Exception):
+    """--only-judge: nothing else to measure."""
+
+
+def env() -> dict:
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    out["PYTHONDONTWRITEBYTECODE"] = "1"
+    out["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return out
+
+
+def measure(cmd: list[str], cwd: str) -> dict:
+    """Run a child: wall seconds, peak RSS (MB, its own ru_maxrss via wait4), exit code, output."""
+    out = tempfile.TemporaryFile()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=out, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0)
+    text = out.read().decode(errors="replace")
+    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "ret": proc.returncode, "out": text}
+
+
+def pytest_replay(capture: str, url: str, workdir: str, name: str, extra: list[str]) -> dict:
+    directory = os.path.join(workdir, name)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--replay", capture,
+           "--replay-target", url, "--speed", "0", "--replay-report", "report", *extra]
+    run = measure(cmd, directory)
+    if run["ret"] != 0:
+        raise RuntimeError(f"{name}: pytest exit {run['ret']}\n{run['out'][-3000:]}")
+    with open(os.path.join(directory, "report", "replay-evidence.json"), encoding="utf-8") as f:
+        evidence = json.load(f)
+    run["span"] = evidence["run"]["wall_s"]
+    run["requests"] = evidence["errors"]["requests"]
+    run["failed"] = evidence["diff"]["failed"]
+    return run
+
+
+ENGINE_CHILD = """
+import sys, time
+from pytest_replay.capture import Capture
+from pytest_replay.schedule.engine import Engine
+from pytest_replay.schedule.plan import Timing, build_plan
+from pytest_replay.targets.raw import RawTarget
+target = RawTarget(sys.argv[2])
+plan = build_plan(list(Capture([sys.argv[1]])), Timing(speed=0), wire=target.wire)
+engine = Engine(plan, target, concurrency=64)
+engine.start()
+engine.stop()
+print("SPAN", engine.wall_s(), len(plan), engine.errors)
+"""
+
+
+def engine_only(capture: str, url: str, workdir: str) -> float:
+    run = measure([sys.executable, "-c", ENGINE_CHILD, capture, url], workdir)
+    line = [ln for ln in run["out"].splitlines() if ln.startswith("SPAN")]
+    if run["ret"] != 0 or not line:
+        raise RuntimeError("engine-only replay failed: " + run["out"][-2000:])
+    return float(line[0].split()[1])
+
+
+def record(path: str, packets: int, workdir: str) -> dict:
+    bench_capture.WRK_LUA = WRK_LUA  # only the small file: like the issue's capture (~2 packets per exchange)
+    seconds = max(2, packets // 2 // 25_000 + 2)
+    for buffer_kib in (262_144, 524_288):
+        log(f"recording {packets:,} packets: nginx + tcpdump -B {buffer_kib} + wrk -c 8 -t 1 -d {seconds}s")
+        facts = bench_capture.record_pcap(path, packets, seconds, workdir, buffer_kib)
+        if not facts["dropped"]:
+            return facts
+    return facts
+
+
+def gor(path: str, n: int) -> dict:
+    """n exchanges of GET /item.json on 200 connections, recorded as nginx answers them."""
+    def exchange(rng: random.Random, ts: int) -> tuple[bytes, bytes, int]:
+        request = (b"GET /item.json HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: wrk\r\n"
+                   b"Accept: application/json\r\n\r\n")
+        latency = int(rng.lognormvariate(12.9, 0.5))
+        return request, bench_plugin.nginx_response(ITEM, "application/json", MTIME, (ts + latency) / 1e9), latency
+
+    return bench_plugin.write_gor(path, n, bench_plugin.LANES, 3, 20_000, exchange)
+
+
+def bare(workdir: str, n: int, collect_only: bool) -> dict:
+    directory = os.path.join(workdir, "bare")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "test_bare.py"), "w") as f:
+        f.write(f"import pytest\n\n\n@pytest.mark.parametrize('i', range({n}))\ndef test(i):\n    pass\n")
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_bare.py"]
+    return measure(cmd + (["--collect-only"] if collect_only else []), directory)
+
+
+def judge_costs() -> list[tuple[str, str, str]]:
+    """(d) Does a process pool pay for judging? The cost of judging one response (verdicts.diff.compare)
+    beside the cost of shipping its exchange and response to another process (pickle + unpickle), for
+    small and large JSON bodies, identical and with one value changed (the JSON diff then runs)."""
+    import pickle
+
+    from pytest_replay.http.message import Exchange, Request, Response, Source
+    from pytest_replay.verdicts.diff import DiffConfig, compare
+
+    def pair(body: bytes, other: bytes):
+        headers = ((b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode()))
+        request = Request.build("GET", "/item.json", ((b"Host", b"shop.example"),))
+        exchange = Exchange(0, request, Response.build(200, "OK", headers, body), 1, 2, "c", 0, Source("f", 0, 0, ()))
+        return exchange, Response.build(200, "OK", headers, other)
+
+    def per_call(fn, make, budget_s: float = 1.0) -> float:
+        calls, spent = 0, 0.0
+        while spent < budget_s and calls < 2000:
+            args = make()
+            start = time.perf_counter()
+            fn(*args)
+            spent += time.perf_counter() - start
+            calls += 1
+        return spent / calls
+
+    config = DiffConfig()
+    rows = []
+    for size in (300, 20_000, 200_000):
+        body = bench_capture.json_blob(size, 1)
+        for kind, other in (("identical", body), ("one value changed", body.replace(b'"count": ', b'"count": 1'))):
+            judge = per_call(lambda e, r: compare(e.response, r, config, exchange=e, latency_ns=1, recorded_latency_ns=1),
+                             lambda: pair(body, other))
+            ship = per_call(lambda e, r: pickle.loads(pickle.dumps((e, r), protocol=5)), lambda: pair(body, other))
+            rows.append((f"(d) judge {len(body):,} B JSON, {kind}", f"{judge * 1e6:,.0f} us",
+                         f"pickle + unpickle to a process {ship * 1e6:,.0f} us: a pool "
+                         + ("pays" if judge > 2 * ship else "does not pay")))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (60k packets, 300k .gor, 10k items)")
+    ap.add_argument("--pcap", metavar="FILE", help="replay this keep-alive pcap of GET /item.json instead of recording")
+    ap.add_argument("--keep", metavar="DIR", help="keep the captures here (reused when present)")
+    ap.add_argument("--skip-gor", action="store_true", help="leave out (b)")
+    ap.add_argument("--skip-items", action="store_true", help="leave out (c)")
+    ap.add_argument("--only-judge", action="store_true", help="only (d), the judging cost (no servers)")
+    args = ap.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    workdir = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="bench-scale-")
+    os.makedirs(workdir, exist_ok=True)
+    rows: list[tuple[str, str, str]] = []
+    verdicts: list[bool] = []
+
+    def judge(ok: bool, text: str) -> str:
+        verdicts.append(ok)
+        return f"{text}: {'PASS' if ok else 'FAIL'}"
+
+    site = tempfile.mkdtemp(prefix="nginx-", dir=workdir)
+    os.chmod(site, 0o755)
+    os.makedirs(os.path.join(site, "www"))
+    with open(os.path.join(site, "www", "item.json"), "wb") as f:
+        f.write(ITEM)
+    os.utime(os.path.join(site, "www", "item.json"), (MTIME, MTIME))
+    nginx = None
+    if args.only_judge:
+        rows.extend(judge_costs())
+        args.skip_gor = args.skip_items = True
+    try:
+        if args.only_judge:
+            raise _Done
+        pcap = args.pcap or os.path.join(workdir, f"scale-{cfg['packets']}.pcap")
+        if not os.path.exists(pcap):
+            facts = record(pcap, cfg["packets"], workdir)
+            rows.append(("record", f"{facts['captured']:,} packets, {facts['dropped']} dropped",
+                         f"wrk {facts['wrk_rps']:,.0f} req/s"))
+        nginx, port = start_nginx(site)
+        url = f"http://127.0.0.1:{port}"
+
+        # (a) the recorded capture, grouped by connection
+        inspect = measure([sys.executable, "-m", "pytest_replay", "inspect", pcap], workdir)
+        engine_s = engine_only(pcap, url, workdir)
+        a = pytest_replay(pcap, url, workdir, "pcap", ["--replay-group", "connection"])
+        reference = inspect["wall"] + engine_s
+        rows.append(("(a) inspect PCAP", f"{inspect['wall']:.2f} s, {inspect['rss_mb']:.0f} MB", "reference"))
+        rows.append(("(a) engine-only replay span", f"{engine_s:.2f} s", "reference"))
+        rows.append(("(a) pytest --replay-group connection",
+                     f"{a['wall']:.2f} s wall, span {a['span']:.2f} s, {a['requests']:,} requests, "
+                     f"{a['failed']} failed",
+                     f"inspect + engine-only = {reference:.2f} s; wall/reference {a['wall'] / reference:.2f}x"))
+        rows.append(("(a) peak RSS", f"{a['rss_mb']:.0f} MB", judge(a["rss_mb"] <= TARGET_RSS_MB,
+                                                                   f"<= {TARGET_RSS_MB} MB")))
+        ratio_a = a["wall"] / a["span"]
+        rows.append(("(a) wall / replay span", f"{ratio_a:.2f}x", judge(ratio_a <= TARGET_RATIO, f"<= {TARGET_RATIO}x")))
+
+        # (b) a generated .gor, 10x the exchanges
+        if not args.skip_gor:
+            big = os.path.join(workdir, f"scale-{cfg['gor']}.gor")
+            if not os.path.exists(big):
+                log(f"generating {cfg['gor']:,} exchanges")
+                gor(big, cfg["gor"])
+            b = pytest_replay(big, url, workdir, "gor", ["--replay-group", "connection"])
+            ratio_b = b["wall"] / b["span"]
+            rows.append(("(b) pytest, generated .gor",
+                         f"{b['wall']:.2f} s wall, span {b['span']:.2f} s, {b['requests']:,} requests, "
+                         f"{b['failed']} failed", f"wall/span {ratio_b:.2f}x (a: {ratio_a:.2f}x)"))
+            rows.append(("(b) peak RSS", f"{b['rss_mb']:.0f} MB",
+                         judge(b["rss_mb"] <= a["rss_mb"] * (1 + TARGET_FLAT), f"within 10% of (a)'s {a['rss_mb']:.0f} MB")))
+            rows.append(("(b) wall / span", f"{ratio_b:.2f}x", judge(ratio_b <= TARGET_RATIO, f"<= {TARGET_RATIO}x")))
+
+        # (c) per-exchange items
+        if not args.skip_items:
+            small = os.path.join(workdir, f"items-{cfg['items']}.gor")
+            if not os.path.exists(small):
+                gor(small, cfg["items"])
+            n = cfg["items"]
+            for collect_only in (True, False):
+                what = "collection" if collect_only else "run"
+                ref = bare(workdir, n, collect_only)
+                if collect_only:
+                    directory = os.path.join(workdir, "items")
+                    os.makedirs(directory, exist_ok=True)
+                    mine = measure([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--replay", small,
+                                    "--replay-target", url, "--collect-only"], directory)
+                else:
+                    mine = pytest_replay(small, url, workdir, "items", [])
+                ratio = mine["wall"] / ref["wall"]
+                rows.append((f"(c) {n:,} items, {what}", f"{mine['wall']:.2f} s, {mine['rss_mb']:.0f} MB",
+                             f"bare pytest {ref['wall']:.2f} s, {ref['rss_mb']:.0f} MB; "
+                             + judge(ratio <= TARGET_ITEMS, f"{ratio:.2f}x <= {TARGET_ITEMS}x")))
+        rows.extend(judge_costs())
+    except _Done:
+        pass
+    finally:
+        stop(nginx)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"bench_scale ({'quick' if args.quick else 'full'}); {cpu_model()}, {os.cpu_count()} cores; "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    width = max(len(r[0]) for r in rows)
+    for what, figure, note in rows:
+        print(f"  {what:<{width}}  {figure:<60}  {note}")
+    print(f"{sum(verdicts)} of {len(verdicts)} targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,499 @@
+"""A streamed replay: the capture is read twice and never held whole (issue 13).
+
+Pass 1, at collection (`Index`): the capture is read once to make the items: a grouped item is a
+descriptor (its connection, how many exchanges, its markers), a per-exchange item a capture reference
+(file, offset, index) and its name; what the run needs from the whole capture is tallied on the way
+in bounded state (the recorded hosts for the production guard, a bounded sample for noise learning,
+the capture's time span, closed-loop bursts, a few incomplete exchanges for the evidence).
+
+Pass 2, the run (`Stream`): a reader thread reads the capture again and feeds the engine planned
+requests in deadline order through a bounded window (`Feed`, the engine's `PlanFeed`); each
+observation goes to a judge thread, which judges it against its exchange, counts it in the
+aggregate, spills a failure's text to a temporary file and tells the item waiting for it. An
+exchange lives from its read to its verdict: at most `window` of them at a time. What the run keeps
+is what a report needs: the aggregate (histograms, counters), the noise model, and per item its
+counts and the offsets of its failures in the spill file.
+
+Runs that need the whole capture at once (xdist, endpoint groups, filters, capacity stages,
+--replay-update, a baseline, request hooks or middleware, sent writes) are not streamed: the
+Collection keeps today's path for them (`streamable`, `Stream.needs_whole_capture`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import tempfile
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..http.message import Exchange
+from ..http.normalize import endpoint_of, path_template
+from ..policy.guard import server_address
+from ..policy.writes import SKIP, WriteCounts
+
+WINDOW = 4096  # exchanges read and not yet judged, at most (read-ahead + in flight + waiting for a verdict)
+CHUNK = 256  # planned requests handed to the engine at once
+NOISE_SAMPLE = 4096  # exchanges kept for noise learning, at most
+NOISE_PER_REQUEST = 32  # of one (method, target): learn_noise's own max_samples
+INCOMPLETE_EXAMPLES = 200  # incomplete exchanges kept for the evidence's examples
+BURST_GAP_NS = 1_000_000  # capture/summary.py's closed-loop measure, tallied as the capture streams
+BURST_RUN = 3
+BURST_SHARE = 0.5
+MAX_LISTED = 20  # exchanges, endpoints and templates an item lists
+
+
+@dataclass(slots=True)
+class Group:
+    """What an item needs to know about its exchanges (one, or a connection's), without them."""
+
+    key: object  # the connection (grouped), or the exchange index (per exchange)
+    name: str
+    file: str
+    count: int = 0
+    replayable: int = 0
+    methods: set = field(default_factory=set)
+    templates: set = field(default_factory=set)
+    kinds: list = field(default_factory=list)  # write classifications (one per distinct one)
+    reasons: set = field(default_factory=set)
+    endpoints: dict = field(default_factory=dict)
+    indexes: list = field(default_factory=list)  # the first MAX_LISTED
+    source: str = ""
+    lane: str = ""
+
+
+class Index:
+    """Pass 1: the items' descriptors and the run's bounded tallies, from one read of the capture."""
+
+    def __init__(self, group: str, classify, item_name) -> None:
+        self.group = group  # "connection" or "exchange"
+        self.classify = classify  # request -> write Classification (after rewrites)
+        self.item_name = item_name  # exchange -> per-exchange item name
+        self.by_file: dict[str, dict] = {}  # file -> {key: Group}
+        self.planned = 0
+        self.hosts: dict[tuple, Exchange] = {}  # (Host, server address) -> one exchange: the guard's input
+        self.noise_sample: list[Exchange] = []
+        self._noise_seen: Counter = Counter()
+        self.writes: list[Exchange] = []  # one per (method, template) of the capture's writes (the allowlist check)
+        self._write_kinds: set = set()
+        self.has_writes = False
+        self.whole = False  # the run needs the whole capture (see _note)
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+        self.incomplete: list[Exchange] = []
+        self._lanes: dict[str, list] = {}  # connection -> [last response ts, run length]
+        self._runs: list[int] = []
+        self.max_index = -1
+
+    def add(self, exchange: Exchange, file: str) -> None:
+        request = exchange.request
+        key = exchange.index if self.group == "exchange" else exchange.connection
+        groups = self.by_file.setdefault(file, {})
+        group = groups.get(key)
+        if group is None:
+            if self.group == "exchange":
+                self._one(exchange, groups, file)
+                return
+            group = groups[key] = Group(key, f"connection {exchange.connection}", file, source=str(exchange.source),
+                                        lane=exchange.connection)
+        group.count += 1
+        group.methods.add(request.method)
+        if len(group.templates) < MAX_LISTED:
+            group.templates.add(path_template(request.target))
+        kind = self.classify(request)
+        if kind not in group.kinds:
+            group.kinds.append(kind)
+        if exchange.sendable:
+            group.replayable += 1
+        else:
+            group.reasons.update(exchange.why_not_sent)
+        if len(group.endpoints) < MAX_LISTED:
+            group.endpoints.setdefault(endpoint_of(request.method, request.target), None)
+        if len(group.indexes) < MAX_LISTED:
+            group.indexes.append(exchange.index)
+        self._note(exchange, kind)
+
+    def _one(self, exchange: Exchange, groups: dict, file: str) -> None:
+        """A per-exchange item's descriptor: tuples, not sets (there are as many as exchanges)."""
+        request = exchange.request
+        kind = self.classify(request)
+        replayable = exchange.sendable
+        reasons = exchange.why_not_sent
+        groups[exchange.index] = Group(
+            exchange.index, self.item_name(exchange), file, 1, int(replayable), (request.method,),
+            (path_template(request.target),), (kind,), reasons,
+            {endpoint_of(request.method, request.target): None}, (exchange.index,), str(exchange.source),
+            exchange.connection)
+        self._note(exchange, kind)
+
+    def _note(self, exchange: Exchange, kind) -> None:
+        """What every exchange adds to the whole capture's tallies."""
+        if kind.write:
+            self.has_writes = True
+            request = exchange.request
+            spot = (request.method, path_template(request.target))
+            if spot not in self._write_kinds and len(self.writes) < 1000:
+                self._write_kinds.add(spot)
+                self.writes.append(exchange)
+        if exchange.request.http2 or exchange.request.protocol == "malformed":
+            self.whole = True  # HTTP/2 streams share lanes and the target's HTTP version is chosen on them;
+            # a malformed request goes only to a network target: both decided over the whole capture
+        if exchange.sendable:
+            self.planned += 1
+        elif len(self.incomplete) < INCOMPLETE_EXAMPLES:
+            self.incomplete.append(exchange)
+        self.max_index = exchange.index
+        self._tally(exchange)
+
+    def _tally(self, exchange: Exchange) -> None:
+        """The bounded state of the whole capture: hosts, time span, noise sample, bursts."""
+        host = (exchange.request.host, server_address(exchange.connection))
+        if host not in self.hosts and len(self.hosts) < 10_000:
+            self.hosts[host] = exchange
+        for ts in (exchange.request_ts_ns, exchange.response_ts_ns):
+            if ts is not None:
+                self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+                self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+        if len(self.noise_sample) < NOISE_SAMPLE:
+            spot = (exchange.request.method, exchange.request.target)
+            if self._noise_seen[spot] < NOISE_PER_REQUEST:
+                self._noise_seen[spot] += 1
+                self.noise_sample.append(exchange)
+        lane = self._lanes.get(exchange.connection)
+        if lane is None:
+            self._lanes[exchange.connection] = [exchange.response_ts_ns, 1]
+            return
+        answered = lane[0]
+        if answered is not None and 0 <= exchange.request_ts_ns - answered <= BURST_GAP_NS:
+            lane[1] += 1
+        else:
+            self._runs.append(lane[1]) if lane[1] >= BURST_RUN else None
+            lane[1] = 1
+        lane[0] = exchange.response_ts_ns
+
+    def finish(self) -> None:
+        """The end of the read: close the bursts (the per-connection state goes)."""
+        self._runs.extend(run for _, run in self._lanes.values() if run >= BURST_RUN)
+        self._lanes.clear()
+        self._noise_seen.clear()
+
+    def closed_loop(self, total: int) -> dict | None:
+        in_bursts = sum(self._runs)
+        if not total or in_bursts < BURST_SHARE * total:
+            return None
+        from ..http.units import ms_number
+        return {"requests": in_bursts, "of": total, "connections": None, "gap_ms": ms_number(BURST_GAP_NS),
+                "run": BURST_RUN}
+
+    def time_span(self) -> list:
+        """Two stand-ins carrying the capture's first and last timestamps (verdicts.clock.ClockNoise.of)."""
+        if self.first_ts is None:
+            return []
+        return [_Span(self.first_ts), _Span(self.last_ts)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    request_ts_ns: int
+    response_ts_ns: int | None = None
+
+
+class ItemState:
+    """What the judge thread tells an item: how many of its exchanges are done, its failures (offsets in
+    the spill file), why those not sent were not, and its own replayed time."""
+
+    __slots__ = ("expected", "done", "failures", "failed", "not_sent", "not_sent_count", "own_ns", "event",
+                 "first_failure", "properties")
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.done = 0
+        self.failures: list[tuple[int, int]] = []  # (offset, length) of the first 5 in the spill file
+        self.failed = 0
+        self.not_sent: str | None = None
+        self.not_sent_count = 0
+        self.own_ns = 0
+        self.event = threading.Event()
+        self.first_failure = None  # (exchange, observation, verdict) for --pdb only
+        self.properties: list = []  # a one-exchange item's JUnit properties (statuses, latencies)
+
+    def finished_one(self) -> None:
+        self.done += 1
+        if self.done >= self.expected:
+            self.event.set()
+
+
+def properties(exchange: Exchange, observation) -> list:
+    """A one-exchange item's JUnit properties: a number or "" each."""
+    from ..http.units import ms
+    recorded = exchange.response
+    return [
+        ("recorded_status", recorded.status if recorded else ""),
+        ("replayed_status", observation.response.status if observation.response else ""),
+        *((name, ms(ns, missing="", unit="")) for name, ns in (
+            ("recorded_latency_ms", exchange.recorded_latency_ns),
+            ("replayed_latency_ms", observation.latency_ns),
+            ("lateness_ms", observation.lateness_ns))),
+    ]
+
+
+class LockedWriteCounts(WriteCounts):
+    """policy.writes.WriteCounts counted from two threads (the engine's and the judge's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def add(self, item, decision: str, n: int = 1) -> None:
+        with self._lock:
+            super().add(item, decision, n)
+
+
+class Feed:
+    """The engine's PlanFeed: planned requests read ahead by a reader thread, in chunks, through a
+    queue of bounded size; `slots` bounds the exchanges alive between read and verdict."""
+
+    def __init__(self, planned: int, keys) -> None:
+        self.planned = planned
+        self._keys = keys  # key -> planned? (a callable)
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.slots = threading.Semaphore(WINDOW)
+        self._loop = None
+        self._waiter: asyncio.Future | None = None
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def planned_key(self, key: int) -> bool:
+        return self._keys(key)
+
+    def take(self):
+        try:
+            return self.queue.get_nowait()
+        except queue.Empty:
+            return []
+
+    def ready(self, loop) -> asyncio.Future:
+        with self._lock:
+            self._loop = loop
+            fut = self._waiter = loop.create_future()
+            if not self.queue.empty():
+                fut.set_result(None)
+        return fut
+
+    def put(self, chunk) -> None:
+        """A chunk (or None: the end) from the reader thread; wakes the dispatcher if it waits."""
+        self.queue.put(chunk)
+        with self._lock:
+            loop, fut = self._loop, self._waiter
+            self._waiter = None
+        if fut is not None and loop is not None:
+            try:
+                loop.call_soon_threadsafe(_resolve, fut)
+            except RuntimeError:  # the loop is closed: the run is over
+                pass
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Stream:
+    """Pass 2: reader thread -> engine -> judge thread, each exchange alive only between read and verdict."""
+
+    def __init__(self, run, index: Index, selected, plan_one, open_capture) -> None:
+        self.run = run
+        self.index = index
+        self.selected = selected  # item key -> ItemState, for the items that run here
+        self.plan_one = plan_one  # (exchange, offset) -> PlannedRequest | None (None: not sent, already counted)
+        self.open_capture = open_capture  # () -> Capture (the same files, read again)
+        self.pending: dict[int, Exchange] = {}
+        self.judged: queue.SimpleQueue = queue.SimpleQueue()
+        self.spill = tempfile.TemporaryFile(prefix="pytest-replay-failures-")
+        self._spill_lock = threading.Lock()
+        self.error: str | None = None  # the capture could not be read again (named file and offset)
+        self.stopping = threading.Event()
+        self.feed = Feed(sum(s.expected for s in selected.values()), self._planned)
+        self.reader: threading.Thread | None = None
+        self.judge_thread: threading.Thread | None = None
+        self.finished = threading.Event()  # every exchange read was judged or counted
+        self.pdb = bool(run.config.option.usepdb)
+        self.recorded = None  # targets.mock.RecordedWrites: mocked writes' recorded responses, while in flight
+        self._stopped = False
+
+    def _planned(self, key: int) -> bool:
+        return True  # every selected exchange is planned; the feed decides which are sent
+
+    def key_of(self, exchange: Exchange):
+        return exchange.index if self.index.group == "exchange" else exchange.connection
+
+    # -- threads ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.judge_thread = threading.Thread(target=self._judge_main, name="pytest-replay-judge", daemon=True)
+        self.judge_thread.start()
+        self.reader = threading.Thread(target=self._read_main, name="pytest-replay-reader", daemon=True)
+        self.reader.start()
+
+    def settle(self) -> None:
+        """The engine is done: judge what it observed, then release the items still waiting."""
+        self.stop()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.stopping.set()
+        self.feed.slots.release()  # (a reader waiting for a slot sees the stop)
+        if self.reader is not None:
+            self.reader.join(5)
+        self.judged.put(None)
+        if self.judge_thread is not None:
+            self.judge_thread.join(10)
+        self._release_all()
+
+    def _read_main(self) -> None:
+        from ..capture import CaptureError
+        feed, selected, slots = self.feed, self.selected, self.feed.slots
+        chunk: list = []
+        offsets = self.run.offsets()
+        try:
+            for exchange in self.open_capture():
+                if self.stopping.is_set():
+                    break
+                state = selected.get(self.key_of(exchange))
+                if state is None or not exchange.sendable:
+                    continue
+                if not slots.acquire(blocking=False):
+                    if chunk:  # the window is full: what is read goes to the engine before waiting
+                        feed.put(chunk)
+                        chunk = []
+                    while not slots.acquire(timeout=0.2):
+                        if self.stopping.is_set():
+                            return
+                if self.stopping.is_set():
+                    return
+                planned = self.plan_one(exchange, offsets(exchange.request_ts_ns))
+                if planned is None:  # not sent (skipped write): counted, the item told
+                    slots.release()
+                    continue
+                self.pending[exchange.index] = exchange
+                chunk.append(planned)
+                if len(chunk) >= CHUNK:
+                    feed.put(chunk)
+                    chunk = []
+        except CaptureError as exc:  # damaged where pass 1 stopped (reported), or changed since
+            if self.run.collection.error is None:
+                self.error = f"while streaming the replay: {exc}"
+        except BaseException as exc:  # noqa: BLE001 - the run must end, and say why
+            self.error = f"while streaming the replay: {type(exc).__name__}: {exc}"
+        finally:
+            if chunk:
+                feed.put(chunk)
+            feed.put(None)
+
+    def observe(self, observation) -> None:
+        """The engine's observer (engine thread): hand the observation to the judge thread."""
+        self.judged.put(observation)
+
+    def _judge_main(self) -> None:
+        run = self.run
+        while True:
+            observation = self.judged.get()
+            if observation is None:
+                break
+            if type(observation) is tuple:  # ("skip", exchange, decision): a write the reader did not plan
+                self._skipped(*observation[1:])
+                continue
+            exchange = self.pending.pop(observation.key, None)
+            if exchange is None:
+                continue
+            try:
+                self._judge_one(run, exchange, observation)
+            except BaseException as exc:  # noqa: BLE001 - a judging bug fails the run, not the thread
+                self.error = self.error or f"judging exchange #{exchange.index}: {type(exc).__name__}: {exc}"
+            finally:
+                run.decisions.pop(exchange.index, None)
+                if self.recorded is not None:
+                    self.recorded.responses.pop(exchange.index, None)
+                self.feed.slots.release()
+                state = self.selected.get(self.key_of(exchange))
+                if state is not None:
+                    state.finished_one()
+
+    def _judge_one(self, run, exchange: Exchange, observation) -> None:
+        from ..policy.writes import SEND
+        state = self.selected[self.key_of(exchange)]
+        if observation.error_kind != "cancelled":
+            state.own_ns += observation.total_ns
+        if observation.error_kind == "cancelled" or observation.error_kind == "dropped":
+            why = observation.error or "not sent"
+            run.skip(exchange, "dropped" if observation.error_kind == "dropped" else why)
+            self.not_sent(state, why)
+            return
+        decision = run.decisions.get(exchange.index)
+        if decision is not None and decision.action != SEND:
+            run.record(exchange, observation, None)
+            self.not_sent(state, decision.not_sent())
+            return
+        verdict, text = run.judge(exchange, observation)
+        run.record(exchange, observation, verdict, text)
+        if state.expected == 1:
+            state.properties = properties(exchange, observation)
+        if not verdict.passed:
+            state.failed += 1
+            if len(state.failures) < 5:
+                state.failures.append(self._spill(text))
+            if self.pdb and state.first_failure is None:
+                state.first_failure = (exchange, observation, verdict)
+
+    def not_sent(self, state: ItemState, why: str) -> None:
+        state.not_sent_count += 1
+        if state.not_sent is None:
+            state.not_sent = why
+
+    def _skipped(self, exchange: Exchange, decision) -> None:
+        """A write the policy skips (--replay-writes skip): counted, its item told it was not sent."""
+        run = self.run
+        try:
+            run.write_counts.add(exchange, SKIP)
+            run.decisions[exchange.index] = decision
+            run.skip(exchange, "write skipped (--replay-writes skip)", write=True)
+        finally:
+            run.decisions.pop(exchange.index, None)
+            state = self.selected.get(self.key_of(exchange))
+            if state is not None:
+                self.not_sent(state, decision.not_sent())
+                state.finished_one()
+
+    def _spill(self, text: str) -> tuple[int, int]:
+        data = text.encode("utf-8", "replace")
+        with self._spill_lock:
+            self.spill.seek(0, os.SEEK_END)
+            offset = self.spill.tell()
+            self.spill.write(data)
+        return offset, len(data)
+
+    def failure_text(self, where: tuple[int, int]) -> str:
+        with self._spill_lock:
+            self.spill.seek(where[0])
+            return self.spill.read(where[1]).decode("utf-8", "replace")
+
+    def _release_all(self) -> None:
+        """The run is over: items still waiting learn that their exchanges were not sent."""
+        why = "not sent: the replay was stopped" if self.error is None else f"not sent: {self.error}"
+        for state in self.selected.values():
+            if state.done < state.expected:
+                missing = state.expected - state.done
+                state.not_sent_count += missing
+                state.not_sent = state.not_sent or why
+                state.done = state.expected
+            state.event.set()
+        self.finished.set()
+
+    def close(self) -> None:
+        try:
+            self.spill.close()
+        except OSError:
+            pass

@@ -1,0 +1,206 @@
+"""The streamed replay (issue 13), end to end: pytest --replay against a real keep-alive server on 127.0.0.1.
+
+A streamed run holds no capture: its items are descriptors, at most a window of exchanges is alive
+between read and verdict, the engine keeps no observation, failures are spilled and read back; its
+verdicts are the same as a run that holds the capture (--replay-stream off)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import free_port, serving
+
+from pytest_replay.schedule.plan import StreamedOffsets, Timing, offsets
+
+SEP = "\n🐵🙈🙉\n".encode()
+T0 = 1_700_000_000_000_000_000
+BODY = b'{"ok": true}'
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
+BAD_BODY = b'{"ok": false}'
+BAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BAD_BODY)
+       + BAD_BODY)
+
+SERVER = """
+import asyncio, sys
+OK = %r
+
+class Server(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.data = transport, b""
+
+    def data_received(self, data):
+        self.data += data
+        while b"\\r\\n\\r\\n" in self.data:
+            _, self.data = self.data.split(b"\\r\\n\\r\\n", 1)
+            self.transport.write(OK)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+
+asyncio.run(main())
+""" % OK
+
+# The window is made small, and the run's state is written down when the session ends.
+PROBE = """
+import json, pytest
+import pytest_replay.session.stream as stream
+from pytest_replay.plugin import RUN
+
+stream.WINDOW = 50
+
+
+class Tracking(dict):
+    peak = 0
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        Tracking.peak = max(Tracking.peak, len(self))
+
+
+init = stream.Stream.__init__
+
+
+def tracked(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self.pending = Tracking()
+
+
+stream.Stream.__init__ = tracked
+
+
+def pytest_sessionfinish(session):
+    run = session.config.stash[RUN]
+    items = [i for i in session.items if hasattr(i, "key")]
+    with open("probe.json", "w") as f:
+        json.dump({"streamed": run.stream is not None, "held": run.collection.exchanges is not None,
+                   "item_exchanges": sum(i._exchanges is not None for i in items),
+                   "observations_kept": len(run.engine.observations()), "peak_pending": Tracking.peak,
+                   "decisions_left": len(run.decisions)}, f)
+"""
+
+
+@pytest.fixture(scope="module")
+def server() -> str:
+    port = free_port()
+    with serving([sys.executable, "-c", SERVER, str(port)], port, "keep-alive server") as url:
+        yield url
+
+
+def capture(path: Path, n: int, connections: int, *, bad_every: int = 0, huge_at: int | None = None) -> Path:
+    """A .gor of n GETs on `connections` keep-alive connections; every `bad_every`-th recorded answer
+    differs from the server's; record `huge_at` (a request) is 2 MiB long."""
+    records = []
+    for i in range(n):
+        rid = f"{i % connections + 1:016x}{i:08x}"
+        body = b"x" * (2 << 20) if i == huge_at else b""
+        head = f"POST /big HTTP/1.1\r\nHost: shop\r\nContent-Length: {len(body)}\r\n\r\n" if body else \
+            f"GET /item/{i} HTTP/1.1\r\nHost: shop\r\n\r\n"
+        records.append(f"1 {rid} {T0 + i * 1000} -1\n".encode() + head.encode() + body)
+        answer = BAD if bad_every and i % bad_every == bad_every - 1 else OK
+        records.append(f"2 {rid} {T0 + i * 1000 + 500} -1\n".encode() + answer)
+    path.write_bytes(b"".join(r + SEP for r in records))
+    return path
+
+
+def replay(pytester: pytest.Pytester, *args: str):
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", "--speed", "0", *args, timeout=300)
+
+
+@pytest.mark.parametrize("group, items", [("connection", 20), ("exchange", 3000)])
+def test_a_streamed_run_holds_a_bounded_window_not_the_capture(pytester: pytest.Pytester, server: str, group: str,
+                                                              items: int) -> None:
+    pytester.makeconftest(PROBE)
+    gor = capture(pytester.path / "big.gor", 3000, 20)
+    result = replay(pytester, "--replay", str(gor), "--replay-target", server, "--replay-group", group)
+    result.assert_outcomes(passed=items)
+    assert "replayed: 3000 of 3000 requests" in result.stdout.str()
+    probe = json.loads((pytester.path / "probe.json").read_text())
+    assert probe["streamed"] and not probe["held"]  # the collection holds no exchange
+    assert probe["item_exchanges"] == 0  # items are descriptors
+    assert probe["observations_kept"] == 0  # the engine hands observations on
+    assert 0 < probe["peak_pending"] <= 50  # exchanges alive between read and verdict: the window
+    assert probe["decisions_left"] == 0
+
+
+@pytest.mark.parametrize("group", ["connection", "exchange"])
+def test_streamed_verdicts_and_failure_texts_are_those_of_a_held_run(pytester: pytest.Pytester, server: str,
+                                                                    group: str) -> None:
+    gor = capture(pytester.path / "some-bad.gor", 400, 4, bad_every=7)
+    args = ("--replay", str(gor), "--replay-target", server, "--replay-group", group, "-rf")
+    streamed, held = replay(pytester, *args), replay(pytester, *args, "--replay-stream", "off")
+    assert streamed.parseoutcomes() == held.parseoutcomes()
+    expected = {"connection": {"failed": 4}, "exchange": {"failed": 57, "passed": 343}}[group]
+    assert streamed.parseoutcomes() == expected
+    def failures(result) -> list[str]:  # the failure sections, without timings (which differ run to run)
+        text = re.sub(r"\d+\.\d+ ms", "", result.stdout.str().split("= traffic replay =")[0])
+        return [block.split("\n====")[0] for block in text.split("____") if "body $.ok" in block]
+
+    assert failures(streamed) == failures(held)
+    if group == "connection":  # 57 failures over 4 connections of 100: every one counted, five shown
+        counts = [int(n) for n in re.findall(r"(\d+) of 100 exchanges failed", streamed.stdout.str())]
+        assert sorted(counts) == [14, 14, 14, 15]
+        assert "... and 9 more failing exchanges" in streamed.stdout.str()
+    assert "false" in streamed.stdout.str()  # the recorded body's value, in the diff
+
+
+def test_a_capture_damaged_mid_stream_replays_what_was_read_and_names_the_offset(
+        pytester: pytest.Pytester, server: str) -> None:
+    # (the reader hands over records by the MiB: the damage is 2 MiB in)
+    gor = capture(pytester.path / "damaged.gor", 12_010, 3, huge_at=12_000)
+    result = replay(pytester, "--replay", str(gor), "--replay-target", server, "--replay-group", "connection",
+                    "--replay-max-record-size", "1M")
+    text = result.stdout.str()
+    replayed = re.search(r"replayed: (\d+) of (\d+) requests", text)
+    assert replayed and replayed[1] == replayed[2] and 5000 < int(replayed[1]) < 12_000, text[-3000:]
+    assert re.search(r"the capture could not be read to its end: damaged\.gor \(record \d+, byte \d+\): a record "
+                     r"runs past the 1 MiB limit", text), text[-3000:]
+    assert result.ret != 0  # the run says it did not replay the whole capture
+    assert "Traceback" not in text
+
+
+def test_a_run_that_needs_the_whole_capture_still_works(pytester: pytest.Pytester, server: str) -> None:
+    """A request hook sees every exchange: the collection reads the capture whole for it."""
+    pytester.makeconftest("""
+        seen = []
+
+        def pytest_replay_request(exchange, request):
+            seen.append(exchange.index)
+
+        def pytest_sessionfinish(session):
+            open("seen.txt", "w").write(str(len(seen)))
+    """)
+    gor = capture(pytester.path / "hooked.gor", 200, 4)
+    result = replay(pytester, "--replay", str(gor), "--replay-target", server, "--replay-group", "connection")
+    result.assert_outcomes(passed=4)
+    assert (pytester.path / "seen.txt").read_text() == "200"
+
+
+@pytest.mark.parametrize("timing", [Timing(1.0), Timing(2.5, max_wait_ns=700), Timing(0), Timing(rate=7.0)])
+def test_streamed_offsets_are_the_plans(timing: Timing) -> None:
+    import random
+    rng = random.Random(5)
+    stamps = sorted(rng.randrange(10**6) for _ in range(2000))
+    streamed = StreamedOffsets(timing)
+    assert [streamed(ts) for ts in stamps] == offsets(stamps, timing)
+
+
+def test_the_option_is_documented_with_its_default() -> None:
+    out = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True).stdout
+    assert "--replay-stream" in out and "Default: auto." in " ".join(out.split())
+
+
+def test_pdb_in_a_streamed_run_stops_with_the_exchange_values_as_locals(tmp_path: Path, server: str) -> None:
+    gor = capture(tmp_path / "some-bad.gor", 20, 2, bad_every=7)
+    commands = "p request.target\np recorded.body\np replayed.body\np type(diff).__name__\nc\n"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--replay", str(gor),
+                             "--replay-target", server, "--speed", "0", "-q", "--pdb", "-k", "item/6 "],
+                            input=commands, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = result.stdout
+    assert "(Pdb) '/item/6'\n(Pdb) b'{\"ok\": false}'\n(Pdb) b'{\"ok\": true}'\n(Pdb) 'tuple'" in out, out[-3000:]
+    assert result.returncode == 1
