@@ -238,7 +238,8 @@ class ReplayRun:
         if not isinstance(target, str) or not target.strip().lower().startswith(("http://", "https://")) \
                 or self.config.option.collectonly:  # (--collect-only reaches no target)
             return None
-        if not any(e.request.http2 for e in replayed_exchanges(items)):
+        index = self.collection.index if self.collection.streaming else None
+        if not (index.http2 if index is not None else any(e.request.http2 for e in replayed_exchanges(items))):
             return None
         from ..targets.h2 import H2Target
         try:

@@ -80,6 +80,7 @@ class Index:
         self._write_kinds: set = set()
         self.has_writes = False
         self.whole = False  # the run needs the whole capture (see _note)
+        self.http2 = False  # some exchange was captured over HTTP/2
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self.incomplete: list[Exchange] = []
@@ -137,6 +138,8 @@ class Index:
             if spot not in self._write_kinds and len(self.writes) < 1000:
                 self._write_kinds.add(spot)
                 self.writes.append(exchange)
+        if exchange.request.http2:
+            self.http2 = True
         if exchange.request.http2 or exchange.request.protocol == "malformed":
             self.whole = True  # HTTP/2 streams share lanes and the target's HTTP version is chosen on them;
             # a malformed request goes only to a network target: both decided over the whole capture
