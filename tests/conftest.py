@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from support import CI_FLAG
+
+# Under CI=true pytest changes its own output (the short summary repeats whole failure messages), so
+# the pytest runs these tests start would print differently in CI than on a developer's machine:
+# they do not see CI. Whether the suite runs in CI (a missing tool fails instead of skipping,
+# support.in_ci) is kept in CI_FLAG.
+os.environ.setdefault(CI_FLAG, os.environ.get("CI", ""))
+
+
+@pytest.fixture(autouse=True)
+def _runs_started_here_do_not_see_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
 
 from pytest_replay.http.parser import Framer
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import uvicorn
+from support import json_gets_gor, uvicorn
 
 SEP = "\n🐵🙈🙉\n".encode()
 
@@ -397,16 +397,7 @@ GUARDED_PATHS = ["/items/1", "/items/2", "/items/3", "/items/1", "/items/2", "/h
 
 
 def guarded_capture(path: Path) -> Path:
-    records = []
-    t0 = time.time_ns() - 3600 * 10**9
-    for i, target in enumerate(GUARDED_PATHS):
-        rid = f"{i + 1:016x}{0:08x}"
-        request = f"GET {target} HTTP/1.1\r\nHost: shop.example.com\r\nAuthorization: Bearer recorded\r\n\r\n"
-        response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-        records.append(f"1 {rid} {t0 + i * 10_000_000} 0\n".encode() + request.encode() + SEP)
-        records.append(f"2 {rid} {t0 + i * 10_000_000 + 1_000_000} 1000000\n".encode() + response + SEP)
-    path.write_bytes(b"".join(records))
-    return path
+    return json_gets_gor(path, GUARDED_PATHS, "Authorization: Bearer recorded")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support import interrupt_after_collection, pytest_to_interrupt, skip_or_fail
+from support import CI_FLAG, interrupt_after_collection, pytest_to_interrupt, skip_or_fail
 
 from pytest_replay.http.message import Exchange, Request, Response, Source
 from pytest_replay.report.aggregate import Aggregate, Stats
@@ -294,10 +294,10 @@ def chromium(tmp_path: Path):
 
 
 def test_missing_browser_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv(CI_FLAG, "")
     with pytest.raises(pytest.skip.Exception):
         skip_or_fail("no chromium")
-    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv(CI_FLAG, "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         skip_or_fail("no chromium")
 

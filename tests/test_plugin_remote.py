@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import DEMO, free_port, pythonpath_env, skip_or_fail, uvicorn, wait_listening
+from support import CI_FLAG, DEMO, free_port, pythonpath_env, skip_or_fail, uvicorn, wait_listening
 
 from pytest_replay.distribute import (
     ClockSample,
@@ -124,10 +124,10 @@ def test_without_sshd_the_remote_test_skips_but_fails_in_ci(monkeypatch: pytest.
     monkeypatch.setattr(os.path, "exists", lambda path: False)
     reason = _missing_sshd()
     assert reason is not None and "sshd, ssh, ssh-keygen missing" in reason
-    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv(CI_FLAG, "")
     with pytest.raises(pytest.skip.Exception):
         skip_or_fail(reason)
-    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv(CI_FLAG, "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         skip_or_fail(reason)
 

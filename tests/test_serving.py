@@ -16,10 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import json_gets_gor
 
 from pytest_replay.serving import ServeError, serve
 
-SEP = "\n🐵🙈🙉\n".encode()
 
 SETTINGS = '''
 SECRET_KEY = "not-a-secret: a test app"
@@ -118,16 +118,7 @@ def project(root: Path, version: int) -> None:
 
 
 def capture(path: Path) -> Path:
-    records = []
-    t0 = time.time_ns() - 3600 * 10**9
-    for i, target in enumerate(PATHS):
-        rid = f"{i + 1:016x}{0:08x}"
-        request = f"GET {target} HTTP/1.1\r\nHost: shop.example.com\r\nAccept: application/json\r\n\r\n"
-        response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-        records.append(f"1 {rid} {t0 + i * 10_000_000} 0\n".encode() + request.encode() + SEP)
-        records.append(f"2 {rid} {t0 + i * 10_000_000 + 1_000_000} 1000000\n".encode() + response + SEP)
-    path.write_bytes(b"".join(records))
-    return path
+    return json_gets_gor(path, PATHS, "Accept: application/json")
 
 
 @pytest.fixture
