@@ -782,3 +782,123 @@ def test_a_field_stable_somewhere_is_not_noise_everywhere() -> None:
                  _json_exchange(2, "/b", {"trace": "t3"}, 3), _json_exchange(3, "/b", {"trace": "t4"}, 4),
                  _json_exchange(4, "/c", {"trace": "same"}, 5), _json_exchange(5, "/c", {"trace": "same"}, 6)]
     assert "json:$.trace" not in [str(item) for item in learn_noise(exchanges).learned]
+
+
+# -- the JSON walk beside deepdiff, its reference (issue 13.1) -------------------------------------------
+from pytest_replay.verdicts import jsondiff  # noqa: E402
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.sampled_from([0, 1, 2, -3, 1.5, 10**20]),
+                     st.sampled_from(["a", "b", "", "x'y", 'q"r', "it's \"both\""]))
+_JSON = st.recursive(_SCALARS, lambda kids: st.one_of(
+    st.lists(kids, max_size=6), st.dictionaries(st.sampled_from(["a", "b", "c", "d'e", ""]), kids, max_size=5)),
+    max_leaves=25)
+
+
+@st.composite
+def _edited(draw, value):
+    """`value` with a few random edits (values replaced, keys and items added and removed), so the
+    pairs share structure as real responses do."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            action = draw(st.sampled_from(["keep", "keep", "edit", "drop", "replace"]))
+            if action != "drop":
+                out[key] = item if action == "keep" else draw(_edited(item)) if action == "edit" else draw(_JSON)
+        if draw(st.booleans()):
+            out[draw(st.sampled_from(["a", "b", "z"]))] = draw(_JSON)
+        return out
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            action = draw(st.sampled_from(["keep", "keep", "edit", "drop", "insert"]))
+            if action == "insert":
+                out.append(draw(_JSON))
+            if action != "drop":
+                out.append(draw(_edited(item)) if action == "edit" else item)
+        return out
+    return draw(st.one_of(st.just(value), _SCALARS))
+
+
+_PAIRS = st.one_of(st.tuples(_JSON, _JSON), _JSON.flatmap(lambda a: st.tuples(st.just(a), _edited(a))))
+
+
+def _canonical(found):
+    return sorted((c.kind, repr(c.keys), c.path, repr(c.old), repr(c.new)) for c in found)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_PAIRS)
+def test_the_json_walk_reports_what_deepdiff_reports(pair):
+    a, b = json.loads(json.dumps(pair[0])), json.loads(json.dumps(pair[1]))  # as parsed from bodies
+    assert _canonical(jsondiff.changes(a, b, fast=True)) == _canonical(jsondiff.changes(a, b, fast=False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_PAIRS)
+def test_verdicts_are_the_same_on_the_walk_and_on_deepdiff(pair):
+    recorded, replayed = resp(body=pair[0]), resp(body=pair[1])
+    config = DiffConfig(rules=("json:$.b",), max_diffs=3)
+    verdicts = []
+    for fast in (True, False):
+        jsondiff.FAST_PATH = fast
+        try:
+            verdicts.append(compare(recorded, replayed, config, exchange=exchange(response=recorded)))
+        finally:
+            jsondiff.FAST_PATH = True
+    assert verdicts[0] == verdicts[1]
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ({"n": 1}, {"n": True}, [("type_changes", ("n",))]),  # == in Python, a type change for us and deepdiff
+    ([1, True], [True, 1], []),  # lists of scalars go through difflib, which matches 1 and true (deepdiff)
+    ([{"n": 1}], [{"n": True}], [("type_changes", (0, "n"))]),
+    ({"a": 1, "b": 2, "c": 3}, {"x": 1, "y": 2, "c": 3}, [("values_changed", ())]),  # < 1/3 of keys shared
+    ([1, 2, 3], [2, 3], [("iterable_item_removed", (0,))]),
+    ([1, 2, 3], [1, 9, 3, 4], [("iterable_item_added", (3,)), ("values_changed", (1,))]),
+])
+def test_json_walk_cases(a, b, expected):
+    for fast in (True, False):
+        assert sorted((c.kind, c.keys) for c in jsondiff.changes(a, b, fast=fast)) == sorted(expected)
+
+
+def _big(items: int, changed: int | None = None) -> bytes:
+    doc = {"items": [{"id": i, "name": f"item {i}", "tags": ["a", "b"], "ok": i % 2 == 0, "stock": i * 3}
+                     for i in range(items)], "total": items}
+    if changed is not None:
+        doc["items"][changed]["name"] = "renamed"
+    return json.dumps(doc).encode()
+
+
+def _python_calls(fn) -> int:
+    """Python function calls made by fn(): a measure of work that no timer or machine load moves."""
+    import sys
+    calls = 0
+
+    def profile(frame, event, arg):
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_judging_a_one_value_change_does_not_grow_with_the_body():
+    """Issue 13.1: deepdiff made ~100 Python calls per node of the whole document (a one-value change
+    in 200 KB took seconds); judging now does C-level comparisons of what is equal and Python work
+    only along what differs. 10x the items may not cost more Python calls than a handful per item."""
+    def judge(items):
+        recorded, replayed = resp(body=_big(items)), resp(body=_big(items, changed=items // 2))
+        compare(recorded, replayed)  # warm: compiled patterns, imports
+        verdict = compare(recorded, replayed)
+        assert verdict.summary == f"1 difference: $.items[{items // 2}].name"
+        return _python_calls(lambda: compare(recorded, replayed))
+
+    small, large = judge(200), judge(2000)
+    assert large - small < 1800 * 3, (small, large)  # deepdiff: ~1,000,000 more calls
+    walk = jsondiff.Walk()
+    jsondiff.changes(json.loads(_big(2000)), json.loads(_big(2000, changed=1000)), walk=walk)
+    assert walk.descents == 3  # the root, the list, the changed item: nothing else looked into
