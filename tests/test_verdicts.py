@@ -902,3 +902,63 @@ def test_judging_a_one_value_change_does_not_grow_with_the_body():
     walk = jsondiff.Walk()
     jsondiff.changes(json.loads(_big(2000)), json.loads(_big(2000, changed=1000)), walk=walk)
     assert walk.descents == 3  # the root, the list, the changed item: nothing else looked into
+
+
+_COUNTING_CONFTEST = '''
+import json, os
+from pytest_replay.verdicts import jsondiff
+
+jsondiff.FAST_PATH = os.environ.get("REPLAY_JSON_REFERENCE") != "1"
+_reference, calls = jsondiff.reference, []
+
+def counted(a, b):
+    calls.append(1)
+    return _reference(a, b)
+
+jsondiff.reference = counted
+
+def pytest_unconfigure(config):
+    with open("deepdiff-calls.json", "w") as f:
+        json.dump(len(calls), f)
+'''
+
+
+def test_a_replay_of_a_200kb_json_body_judges_without_deepdiff_and_fails_as_deepdiff_would(pytester, tmp_path,
+                                                                                           monkeypatch):
+    """End to end against a real HTTP server: the recording holds a 200 KB JSON body, the server
+    answers it with one value changed. The failure is the one deepdiff's verdict gives (the same run
+    on the reference path), and the walk asks deepdiff nothing."""
+    import subprocess
+    import sys
+
+    from support import free_port, serving
+
+    served = tmp_path / "www"
+    served.mkdir()
+    body = _big(2500, changed=1250)
+    assert len(body) > 200_000
+    (served / "items.json").write_bytes(body)
+    recorded = _big(2500)
+    request = b"GET /items.json HTTP/1.1\r\nHost: shop.example.com\r\nAccept: application/json\r\n\r\n"
+    response = (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % len(recorded)) + recorded
+    sep = "\n🐵🙈🙉\n".encode()
+    pytester.path.joinpath("big.gor").write_bytes(
+        b"1 a1 1700000000000000000 -1\n" + request + sep + b"2 a1 1700000000000500000 -1\n" + response + sep)
+    pytester.makeconftest(_COUNTING_CONFTEST)
+    port = free_port()
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(served)]
+    outputs = []
+    with serving(argv, port, "http.server", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as url:
+        for reference in ("0", "1"):
+            monkeypatch.setenv("REPLAY_JSON_REFERENCE", reference)
+            result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", "big.gor",
+                                                   "--replay-target", url, "--speed", "0")
+            result.assert_outcomes(failed=1)
+            calls = json.loads(pytester.path.joinpath("deepdiff-calls.json").read_text())
+            failure = [line for line in result.stdout.lines if "$.items[1250].name" in line]
+            outputs.append((calls, failure))
+    (walk_calls, walk_failure), (reference_calls, reference_failure) = outputs
+    assert walk_calls == 0 and reference_calls == 1
+    assert walk_failure and walk_failure == reference_failure
+    assert any('"item 1250" -> "renamed"' in line for line in walk_failure), walk_failure
