@@ -962,3 +962,13 @@ def test_a_replay_of_a_200kb_json_body_judges_without_deepdiff_and_fails_as_deep
     assert walk_calls == 0 and reference_calls == 1
     assert walk_failure and walk_failure == reference_failure
     assert any('"item 1250" -> "renamed"' in line for line in walk_failure), walk_failure
+
+
+@pytest.mark.parametrize("depth", [300, 900, 100_000])
+def test_json_nested_too_deep_for_the_stack_is_compared_as_text_not_a_traceback(depth):
+    recorded = resp(body=("[" * depth + "1" + "]" * depth).encode())
+    replayed = resp(body=("[" * depth + "2" + "]" * depth).encode())
+    verdict = compare(recorded, replayed)
+    assert not verdict.passed and verdict.total == 1
+    assert verdict.differences[0].path in (f"$[0]{'[0]' * (depth - 2)}[0]", f"line 1, column {depth + 1}")
+    assert compare(recorded, recorded).passed

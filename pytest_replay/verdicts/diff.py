@@ -1,7 +1,7 @@
 """Per-exchange verdicts: does the replayed response match the recorded one?
 
 Sans-IO: responses in, a frozen Verdict out. The order of the checks: a transport error fails at once;
-then status, the headers a user named, the body after undoing Content-Encoding (JSON with deepdiff,
+then status, the headers a user named, the body after undoing Content-Encoding (JSON by jsondiff.py's walk,
 text line by line, binary by size and sha256), and the latency cap. Differences that user rules, the
 learned noise model or the default volatile headers account for are not failures: they are counted
 in `Verdict.ignored`, so a report can say what was left out and why.
@@ -114,7 +114,7 @@ def _number(text: str) -> int | float:
 def _load_json(text: str):
     try:
         return json.loads(text, parse_float=_number)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse, compared as text
         return _UNPARSED
 
 
@@ -354,7 +354,10 @@ def _noisy_json_paths(responses: list[Response]) -> set[str] | None:
         return None
     paths: set[str] = set()
     for doc in docs[1:]:
-        found = changes(docs[0], doc)
+        try:
+            found = changes(docs[0], doc)
+        except RecursionError:  # nested deeper than the stack allows: nothing learned
+            return None
         if any(change.kind in STRUCTURAL for change in found):
             return None
         paths.update(generalized_path(list(change.keys)) for change in found
@@ -603,8 +606,12 @@ class _Comparison:
             a = _load_json(old.decode(_charset(recorded), "replace"))
             b = _load_json(new.decode(_charset(replayed), "replace"))
             if a is not _UNPARSED and b is not _UNPARSED:
-                a, b = self.same_origin(a, document=True), self.same_origin(b, document=True)
-                return self.json(self.mask_json(a, masks), self.mask_json(b, masks, count=True))
+                counted, found = self.ignored.copy(), len(self.differences)
+                try:
+                    a, b = self.same_origin(a, document=True), self.same_origin(b, document=True)
+                    return self.json(self.mask_json(a, masks), self.mask_json(b, masks, count=True))
+                except RecursionError:  # nested deeper than Python's stack allows: compared as text
+                    self.ignored, self.differences[found:] = counted, []
         if kinds[0] != kinds[1] and "empty" not in kinds:
             self.add("body", "kind", kinds[0], kinds[1])
         if "binary" in kinds:
