@@ -782,3 +782,193 @@ def test_a_field_stable_somewhere_is_not_noise_everywhere() -> None:
                  _json_exchange(2, "/b", {"trace": "t3"}, 3), _json_exchange(3, "/b", {"trace": "t4"}, 4),
                  _json_exchange(4, "/c", {"trace": "same"}, 5), _json_exchange(5, "/c", {"trace": "same"}, 6)]
     assert "json:$.trace" not in [str(item) for item in learn_noise(exchanges).learned]
+
+
+# -- the JSON walk beside deepdiff, its reference (issue 13.1) -------------------------------------------
+from pytest_replay.verdicts import jsondiff  # noqa: E402
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.sampled_from([0, 1, 2, -3, 1.5, 10**20]),
+                     st.sampled_from(["a", "b", "", "x'y", 'q"r', "it's \"both\""]))
+_JSON = st.recursive(_SCALARS, lambda kids: st.one_of(
+    st.lists(kids, max_size=6), st.dictionaries(st.sampled_from(["a", "b", "c", "d'e", ""]), kids, max_size=5)),
+    max_leaves=25)
+
+
+@st.composite
+def _edited(draw, value):
+    """`value` with a few random edits (values replaced, keys and items added and removed), so the
+    pairs share structure as real responses do."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            action = draw(st.sampled_from(["keep", "keep", "edit", "drop", "replace"]))
+            if action != "drop":
+                out[key] = item if action == "keep" else draw(_edited(item)) if action == "edit" else draw(_JSON)
+        if draw(st.booleans()):
+            out[draw(st.sampled_from(["a", "b", "z"]))] = draw(_JSON)
+        return out
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            action = draw(st.sampled_from(["keep", "keep", "edit", "drop", "insert"]))
+            if action == "insert":
+                out.append(draw(_JSON))
+            if action != "drop":
+                out.append(draw(_edited(item)) if action == "edit" else item)
+        return out
+    return draw(st.one_of(st.just(value), _SCALARS))
+
+
+_PAIRS = st.one_of(st.tuples(_JSON, _JSON), _JSON.flatmap(lambda a: st.tuples(st.just(a), _edited(a))))
+
+
+def _canonical(found):
+    return sorted((c.kind, repr(c.keys), c.path, repr(c.old), repr(c.new)) for c in found)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_PAIRS)
+def test_the_json_walk_reports_what_deepdiff_reports(pair):
+    a, b = json.loads(json.dumps(pair[0])), json.loads(json.dumps(pair[1]))  # as parsed from bodies
+    assert _canonical(jsondiff.changes(a, b, fast=True)) == _canonical(jsondiff.changes(a, b, fast=False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_PAIRS)
+def test_verdicts_are_the_same_on_the_walk_and_on_deepdiff(pair):
+    recorded, replayed = resp(body=pair[0]), resp(body=pair[1])
+    config = DiffConfig(rules=("json:$.b",), max_diffs=3)
+    verdicts = []
+    for fast in (True, False):
+        jsondiff.FAST_PATH = fast
+        try:
+            verdicts.append(compare(recorded, replayed, config, exchange=exchange(response=recorded)))
+        finally:
+            jsondiff.FAST_PATH = True
+    assert verdicts[0] == verdicts[1]
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ({"n": 1}, {"n": True}, [("type_changes", ("n",))]),  # == in Python, a type change for us and deepdiff
+    ([1, True], [True, 1], []),  # lists of scalars go through difflib, which matches 1 and true (deepdiff)
+    ([{"n": 1}], [{"n": True}], [("type_changes", (0, "n"))]),
+    ({"a": 1, "b": 2, "c": 3}, {"x": 1, "y": 2, "c": 3}, [("values_changed", ())]),  # < 1/3 of keys shared
+    ([1, 2, 3], [2, 3], [("iterable_item_removed", (0,))]),
+    ([1, 2, 3], [1, 9, 3, 4], [("iterable_item_added", (3,)), ("values_changed", (1,))]),
+])
+def test_json_walk_cases(a, b, expected):
+    for fast in (True, False):
+        assert sorted((c.kind, c.keys) for c in jsondiff.changes(a, b, fast=fast)) == sorted(expected)
+
+
+def _big(items: int, changed: int | None = None) -> bytes:
+    doc = {"items": [{"id": i, "name": f"item {i}", "tags": ["a", "b"], "ok": i % 2 == 0, "stock": i * 3}
+                     for i in range(items)], "total": items}
+    if changed is not None:
+        doc["items"][changed]["name"] = "renamed"
+    return json.dumps(doc).encode()
+
+
+def _python_calls(fn) -> int:
+    """Python function calls made by fn(): a measure of work that no timer or machine load moves."""
+    import sys
+    calls = 0
+
+    def profile(frame, event, arg):
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_judging_a_one_value_change_does_not_grow_with_the_body():
+    """Issue 13.1: deepdiff made ~100 Python calls per node of the whole document (a one-value change
+    in 200 KB took seconds); judging now does C-level comparisons of what is equal and Python work
+    only along what differs. 10x the items may not cost more Python calls than a handful per item."""
+    def judge(items):
+        recorded, replayed = resp(body=_big(items)), resp(body=_big(items, changed=items // 2))
+        compare(recorded, replayed)  # warm: compiled patterns, imports
+        verdict = compare(recorded, replayed)
+        assert verdict.summary == f"1 difference: $.items[{items // 2}].name"
+        return _python_calls(lambda: compare(recorded, replayed))
+
+    small, large = judge(200), judge(2000)
+    assert large - small < 1800 * 3, (small, large)  # deepdiff: ~1,000,000 more calls
+    walk = jsondiff.Walk()
+    jsondiff.changes(json.loads(_big(2000)), json.loads(_big(2000, changed=1000)), walk=walk)
+    assert walk.descents == 3  # the root, the list, the changed item: nothing else looked into
+
+
+_COUNTING_CONFTEST = '''
+import json, os
+from pytest_replay.verdicts import jsondiff
+
+jsondiff.FAST_PATH = os.environ.get("REPLAY_JSON_REFERENCE") != "1"
+_reference, calls = jsondiff.reference, []
+
+def counted(a, b):
+    calls.append(1)
+    return _reference(a, b)
+
+jsondiff.reference = counted
+
+def pytest_unconfigure(config):
+    with open("deepdiff-calls.json", "w") as f:
+        json.dump(len(calls), f)
+'''
+
+
+def test_a_replay_of_a_200kb_json_body_judges_without_deepdiff_and_fails_as_deepdiff_would(pytester, tmp_path,
+                                                                                           monkeypatch):
+    """End to end against a real HTTP server: the recording holds a 200 KB JSON body, the server
+    answers it with one value changed. The failure is the one deepdiff's verdict gives (the same run
+    on the reference path), and the walk asks deepdiff nothing."""
+    import subprocess
+    import sys
+
+    from support import free_port, serving
+
+    served = tmp_path / "www"
+    served.mkdir()
+    body = _big(2500, changed=1250)
+    assert len(body) > 200_000
+    (served / "items.json").write_bytes(body)
+    recorded = _big(2500)
+    request = b"GET /items.json HTTP/1.1\r\nHost: shop.example.com\r\nAccept: application/json\r\n\r\n"
+    response = (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % len(recorded)) + recorded
+    sep = "\n🐵🙈🙉\n".encode()
+    pytester.path.joinpath("big.gor").write_bytes(
+        b"1 a1 1700000000000000000 -1\n" + request + sep + b"2 a1 1700000000000500000 -1\n" + response + sep)
+    pytester.makeconftest(_COUNTING_CONFTEST)
+    port = free_port()
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(served)]
+    outputs = []
+    with serving(argv, port, "http.server", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as url:
+        for reference in ("0", "1"):
+            monkeypatch.setenv("REPLAY_JSON_REFERENCE", reference)
+            result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", "big.gor",
+                                                   "--replay-target", url, "--speed", "0")
+            result.assert_outcomes(failed=1)
+            calls = json.loads(pytester.path.joinpath("deepdiff-calls.json").read_text())
+            failure = [line for line in result.stdout.lines if "$.items[1250].name" in line]
+            outputs.append((calls, failure))
+    (walk_calls, walk_failure), (reference_calls, reference_failure) = outputs
+    assert walk_calls == 0 and reference_calls == 1
+    assert walk_failure and walk_failure == reference_failure
+    assert any('"item 1250" -> "renamed"' in line for line in walk_failure), walk_failure
+
+
+@pytest.mark.parametrize("depth", [300, 900, 100_000])
+def test_json_nested_too_deep_for_the_stack_is_compared_as_text_not_a_traceback(depth):
+    recorded = resp(body=("[" * depth + "1" + "]" * depth).encode())
+    replayed = resp(body=("[" * depth + "2" + "]" * depth).encode())
+    verdict = compare(recorded, replayed)
+    assert not verdict.passed and verdict.total == 1
+    assert verdict.differences[0].path in (f"$[0]{'[0]' * (depth - 2)}[0]", f"line 1, column {depth + 1}")
+    assert compare(recorded, recorded).passed

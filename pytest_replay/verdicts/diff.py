@@ -1,7 +1,7 @@
 """Per-exchange verdicts: does the replayed response match the recorded one?
 
 Sans-IO: responses in, a frozen Verdict out. The order of the checks: a transport error fails at once;
-then status, the headers a user named, the body after undoing Content-Encoding (JSON with deepdiff,
+then status, the headers a user named, the body after undoing Content-Encoding (JSON by jsondiff.py's walk,
 text line by line, binary by size and sha256), and the latency cap. Differences that user rules, the
 learned noise model or the default volatile headers account for are not failures: they are counted
 in `Verdict.ignored`, so a report can say what was left out and why.
@@ -26,9 +26,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from deepdiff import DeepDiff
-from deepdiff.helper import notpresent
-
 from ..http.content import decode as decode_content
 from ..http.message import Exchange, Request, Response
 from ..http.normalize import endpoint_of
@@ -37,6 +34,7 @@ from ..policy.redact import DEFAULT as DEFAULT_REDACTOR
 from ..policy.redact import Redactor, is_masked, mask_text
 from .origin import Origins
 from .clock import ClockNoise
+from .jsondiff import MISSING, Change, changes
 from .learning import NOISE_REASON, SAFE_METHODS, WriteTimeline, describe_noise, text_noise
 from .rules import (FRAMING_HEADERS, TRANSPORT_HEADERS, VOLATILE_HEADERS, Endpoint, Header, Json, Keep, Point,
                     Regex, Rule, generalized_path, grouped_path, parse_rule, parse_rules, readable_path)
@@ -116,7 +114,7 @@ def _number(text: str) -> int | float:
 def _load_json(text: str):
     try:
         return json.loads(text, parse_float=_number)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse, compared as text
         return _UNPARSED
 
 
@@ -153,7 +151,7 @@ def _short(text: str, limit: int = MAX_VALUE) -> str:
 
 def _json_value(value, redactor: Redactor, secret: bool) -> str:
     """A JSON value for display, masked (not shortened: _Comparison.add does that, after masking PII)."""
-    if value is notpresent:
+    if value is MISSING:
         return ABSENT
     return json.dumps(_redact_json(value, redactor, secret), ensure_ascii=False)
 
@@ -301,7 +299,8 @@ class NoiseModel:
 
 
 # -- learning noise -----------------------------------------------------------------------------------
-STRUCTURAL = ("dictionary_item_added", "dictionary_item_removed", "iterable_item_added", "iterable_item_removed")
+STRUCTURAL = frozenset({"dictionary_item_added", "dictionary_item_removed", "iterable_item_added",
+                        "iterable_item_removed"})
 LEAF = ("values_changed", "type_changes")
 
 
@@ -327,9 +326,9 @@ def _json_type(value) -> str:
     return {str: "string", dict: "object", list: "array", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _value_change(level) -> bool:
-    """A deepdiff leaf change that keeps the JSON type (int and float are both numbers)."""
-    return _json_type(level.t1) == _json_type(level.t2)
+def _value_change(change: Change) -> bool:
+    """A leaf change that keeps the JSON type (int and float are both numbers)."""
+    return _json_type(change.old) == _json_type(change.new)
 
 
 def _leaf_paths(doc, keys: tuple = ()) -> set[str]:
@@ -355,11 +354,14 @@ def _noisy_json_paths(responses: list[Response]) -> set[str] | None:
         return None
     paths: set[str] = set()
     for doc in docs[1:]:
-        tree = DeepDiff(docs[0], doc, view="tree")
-        if any(tree.get(kind) for kind in STRUCTURAL):
+        try:
+            found = changes(docs[0], doc)
+        except RecursionError:  # nested deeper than the stack allows: nothing learned
             return None
-        paths.update(generalized_path(level.path(output_format="list")) for kind in LEAF
-                     for level in tree.get(kind, ()) if _value_change(level))
+        if any(change.kind in STRUCTURAL for change in found):
+            return None
+        paths.update(generalized_path(list(change.keys)) for change in found
+                     if change.kind in LEAF and _value_change(change))
     return paths
 
 
@@ -604,8 +606,12 @@ class _Comparison:
             a = _load_json(old.decode(_charset(recorded), "replace"))
             b = _load_json(new.decode(_charset(replayed), "replace"))
             if a is not _UNPARSED and b is not _UNPARSED:
-                a, b = self.same_origin(a, document=True), self.same_origin(b, document=True)
-                return self.json(self.mask_json(a, masks), self.mask_json(b, masks, count=True))
+                counted, found = self.ignored.copy(), len(self.differences)
+                try:
+                    a, b = self.same_origin(a, document=True), self.same_origin(b, document=True)
+                    return self.json(self.mask_json(a, masks), self.mask_json(b, masks, count=True))
+                except RecursionError:  # nested deeper than Python's stack allows: compared as text
+                    self.ignored, self.differences[found:] = counted, []
         if kinds[0] != kinds[1] and "empty" not in kinds:
             self.add("body", "kind", kinds[0], kinds[1])
         if "binary" in kinds:
@@ -663,18 +669,16 @@ class _Comparison:
         # results, pages, timelines) and a reorder is a real change. Numbers: JSON has one number
         # type, so 1 and 1.0 are equal; that is done at parse time (integral floats become ints),
         # not with ignore_numeric_type_changes, which would also make true equal to 1.
-        tree = DeepDiff(a, b, ignore_order=False, view="tree")
-        levels = sorted(((kind, level) for kind in tree for level in tree[kind]),
-                        key=lambda pair: _document_order(pair[1]))
+        # The walk is verdicts/jsondiff.py's (deepdiff's rules; deepdiff is its reference).
         redactor = self.config.redactor
-        for kind, level in levels:
-            keys = level.path(output_format="list")
+        for found in sorted(changes(a, b), key=_document_order):
+            keys = list(found.keys)
             path = readable_path(keys)
             secret = _secret_path(path, redactor)
-            shown = (_json_value(level.t1, redactor, secret), _json_value(level.t2, redactor, secret))
-            change, value = _json_change(kind, level)
-            self.unless_ignored("json", level.path(), ("body", path, *shown), noise=value, change=change,
-                                where=grouped_path(keys), values=(level.t1, level.t2))
+            shown = (_json_value(found.old, redactor, secret), _json_value(found.new, redactor, secret))
+            change, value = _json_change(found)
+            self.unless_ignored("json", found.path, ("body", path, *shown), noise=value, change=change,
+                                where=grouped_path(keys), values=(found.old, found.new))
 
     def text(self, a: str, b: str) -> None:
         old, new = a.splitlines(), b.splitlines()
@@ -711,12 +715,12 @@ class _Comparison:
         return Verdict(not self.differences, shown, ignored, f"{note}{summary}", more)
 
 
-def _json_change(kind: str, level) -> tuple[str, bool]:
-    """(what kind of change a deepdiff level is, whether it is a changed value that keeps its type)."""
-    if kind in LEAF:
-        old, new = _json_type(level.t1), _json_type(level.t2)
+def _json_change(found: Change) -> tuple[str, bool]:
+    """(what kind of change it is, whether it is a changed value that keeps its type)."""
+    if found.kind in LEAF:
+        old, new = _json_type(found.old), _json_type(found.new)
         return (f"{old} changed", True) if old == new else (f"type {old} -> {new}", False)
-    return JSON_CHANGES.get(kind, kind.replace("_", " ")), False
+    return JSON_CHANGES.get(found.kind, found.kind.replace("_", " ")), False
 
 
 JSON_CHANGES = {"dictionary_item_added": "added", "dictionary_item_removed": "removed",
@@ -742,8 +746,9 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def _document_order(level) -> list[tuple[int, str, int]]:
-    return [(0, "", key) if isinstance(key, int) else (1, str(key), 0) for key in level.path(output_format="list")]
+def _document_order(found: Change) -> tuple[list[tuple[int, str, int]], str]:
+    # the kind breaks ties (deepdiff's order of kinds came from a set: it varied with the hash seed)
+    return [(0, "", key) if isinstance(key, int) else (1, str(key), 0) for key in found.keys], found.kind
 
 
 def _fingerprint(body: bytes) -> str:
