@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import free_port, serving
+from support import free_port, interrupt_after_collection, pytest_to_interrupt, serving
 
 from pytest_replay.schedule.plan import StreamedOffsets, Timing, offsets
 
@@ -204,3 +204,24 @@ def test_pdb_in_a_streamed_run_stops_with_the_exchange_values_as_locals(tmp_path
     out = result.stdout
     assert "(Pdb) '/item/6'\n(Pdb) b'{\"ok\": false}'\n(Pdb) b'{\"ok\": true}'\n(Pdb) 'tuple'" in out, out[-3000:]
     assert result.returncode == 1
+
+
+def test_ctrl_c_in_a_streamed_run_exits_promptly_with_partial_evidence(tmp_path: Path, server: str) -> None:
+    # Issue 13: "Ctrl-C at any point of the pipeline: prompt exit, partial evidence" - here while the
+    # reader, the engine and the judge threads all run (3,000 requests at 200/s: ~15 s).
+    gor = capture(tmp_path / "c.gor", 3000, 20)
+    (tmp_path / "conftest.py").write_text(
+        "from pytest_replay.plugin import RUN\n\n"
+        "def pytest_sessionfinish(session):\n"
+        "    open('streamed', 'w').write(str(session.config.stash[RUN].stream is not None))\n")
+    report = tmp_path / "evidence"
+    proc = pytest_to_interrupt(["--replay", str(gor), "--replay-target", server, "--rate", "200",
+                                "--replay-report", str(report)], tmp_path)
+    out, stop_s = interrupt_after_collection(proc, 2)
+    assert stop_s < 10, "Ctrl-C did not stop the streamed run promptly"
+    assert proc.returncode == 2, out
+    assert (tmp_path / "streamed").read_text() == "True"
+    assert "(INTERRUPTED)" in out and "Traceback" not in out.split("KeyboardInterrupt")[0]
+    evidence = json.loads((report / "replay-evidence.json").read_text())
+    assert evidence["run"]["interrupted"] is True
+    assert 0 < evidence["totals"]["requests"] < 3000
