@@ -38,6 +38,45 @@ def json_gets_gor(path: Path, targets: Sequence[str], header: str, *, gap_ms: in
     return path
 
 
+def feed_turns(client_turns: Sequence[bytes], server_turns: Sequence[bytes], *, cuts: Sequence[int] = (),
+               close: bool = False):
+    """One TCP connection built packet by packet and fed to a FlowTable: a handshake, then the turns
+    (client then server, each turn's bytes cut at `cuts`, offsets modulo its length), then FIN both
+    ways when `close`. Returns (drafts, stats)."""
+    from pytest_replay.reassembly.draft import Reorder
+    from pytest_replay.reassembly.flows import ACK, FIN, SYN, FlowTable
+    from pytest_replay.reassembly.stats import CaptureStats
+
+    reorder, stats = Reorder(), CaptureStats()
+    table = FlowTable("mem", stats, reorder)
+    cli, srv = (b"\x0a\x00\x00\x01", 40000), (b"\x0a\x00\x00\x02", 80)
+    seq = {True: 1000, False: 5000}
+    frame = 0
+
+    def packet(from_client: bool, flags: int, payload: bytes = b"") -> None:
+        nonlocal frame
+        frame += 1
+        src, dst = (cli, srv) if from_client else (srv, cli)
+        table.packet(src[0], src[1], dst[0], dst[1], seq[from_client], seq[not from_client], flags, payload, 0,
+                     frame * 1000, frame, frame * 100)
+        seq[from_client] += len(payload) + bool(flags & (SYN | FIN))
+
+    packet(True, SYN)
+    packet(False, SYN | ACK)
+    for turn in range(max(len(client_turns), len(server_turns))):
+        for from_client, turns in ((True, client_turns), (False, server_turns)):
+            if turn < len(turns):
+                data = turns[turn]
+                points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+                for a, b in zip(points, points[1:]):
+                    packet(from_client, ACK, data[a:b])
+    if close:
+        packet(True, FIN | ACK)
+        packet(False, FIN | ACK)
+    table.finish()
+    return list(reorder.drain()), stats
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ import h2.connection
 import h2.events
 import hpack
 import pytest
-from support import require
+from support import feed_turns, require
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -276,36 +276,9 @@ def test_h2c_capture_replays_over_http1(pytester: pytest.Pytester, tmp_path: Pat
 def _flows(client_turns: list[bytes], server_turns: list[bytes], cuts: list[int]) -> list[tuple]:
     """Exchanges of one connection fed to the FlowTable turn by turn (client then server), each
     turn's bytes cut at `cuts` (offsets modulo the turn length)."""
-    from pytest_replay.reassembly.draft import Reorder
-    from pytest_replay.reassembly.stats import CaptureStats
-    from pytest_replay.reassembly.flows import ACK, SYN, FlowTable
-
-    reorder = Reorder()
-    table = FlowTable("mem", CaptureStats(), reorder)
-    cli, srv = (b"\x0a\x00\x00\x01", 40000), (b"\x0a\x00\x00\x02", 80)
-    seq = {True: 1000, False: 5000}
-    frame = 0
-
-    def packet(from_client: bool, flags: int, payload: bytes = b"") -> None:
-        nonlocal frame
-        frame += 1
-        src, dst = (cli, srv) if from_client else (srv, cli)
-        table.packet(src[0], src[1], dst[0], dst[1], seq[from_client], seq[not from_client], flags, payload, 0,
-                     frame * 1000, frame, frame * 100)
-        seq[from_client] += len(payload) + bool(flags & SYN)
-
-    packet(True, SYN)
-    packet(False, SYN | ACK)
-    for turn in range(max(len(client_turns), len(server_turns))):
-        for from_client, turns in ((True, client_turns), (False, server_turns)):
-            if turn < len(turns):
-                data = turns[turn]
-                points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-                for a, b in zip(points, points[1:]):
-                    packet(from_client, ACK, data[a:b])
-    table.finish()
+    drafts, _ = feed_turns(client_turns, server_turns, cuts=cuts)
     return [(d.request.raw, d.response.raw if d.response else None, d.interim,
-             tuple(str(f) for f in d.flags)) for d in reorder.drain()]
+             tuple(str(f) for f in d.flags)) for d in drafts]
 
 
 def _upgrade_turns(preface_early: bool) -> tuple[list[bytes], list[bytes]]:

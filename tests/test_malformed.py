@@ -16,12 +16,9 @@ import pytest
 
 from pytest_replay.capture import load
 from pytest_replay.http.message import MALFORMED
-from pytest_replay.reassembly.draft import Reorder
-from pytest_replay.reassembly.flows import ACK, FIN, SYN, FlowTable
-from pytest_replay.reassembly.stats import CaptureStats
 from pytest_replay.targets.raw import wire_bytes
 
-from support import free_port, require
+from support import feed_turns, free_port, require
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "captures" / "recorded"
 CAPTURE = RECORDED / "malformed_nginx.pcap"
@@ -59,30 +56,7 @@ def test_inspect_json_shows_the_first_token_as_sent(capsys) -> None:
 # -- built packet by packet: what stays "not HTTP" ----------------------------------------------
 def _connection(client_turns: list[bytes], server_turns: list[bytes]):
     """One connection's turns fed to a FlowTable, then closed: (exchanges, stats)."""
-    reorder, stats = Reorder(), CaptureStats()
-    table = FlowTable("mem", stats, reorder)
-    cli, srv = (b"\x0a\x00\x00\x01", 40000), (b"\x0a\x00\x00\x02", 80)
-    seq = {True: 1000, False: 5000}
-    frame = 0
-
-    def packet(from_client: bool, flags: int, payload: bytes = b"") -> None:
-        nonlocal frame
-        frame += 1
-        src, dst = (cli, srv) if from_client else (srv, cli)
-        table.packet(src[0], src[1], dst[0], dst[1], seq[from_client], seq[not from_client], flags, payload, 0,
-                     frame * 1000, frame, frame * 100)
-        seq[from_client] += len(payload) + bool(flags & (SYN | FIN))
-
-    packet(True, SYN)
-    packet(False, SYN | ACK)
-    for turn in range(max(len(client_turns), len(server_turns))):
-        for from_client, turns in ((True, client_turns), (False, server_turns)):
-            if turn < len(turns) and turns[turn]:
-                packet(from_client, ACK, turns[turn])
-    packet(True, FIN | ACK)
-    packet(False, FIN | ACK)
-    table.finish()
-    return [draft for draft in reorder.drain()], stats
+    return feed_turns(client_turns, server_turns, close=True)
 
 
 def test_garbage_the_server_does_not_answer_in_http_stays_not_http() -> None:
