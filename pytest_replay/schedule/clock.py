@@ -117,8 +117,11 @@ class RealClock:
     def __init__(self, precise: bool = True) -> None:
         self.precise = precise and _TIMERFD is not None
         self._timers: dict[asyncio.AbstractEventLoop, _TimerFD] = {}
+        # The engine reads the clock a few times per request: the builtin itself, not a method
+        # around it (one Python frame less per read).
+        self.now_ns = time.perf_counter_ns
 
-    def now_ns(self) -> int:
+    def now_ns(self) -> int:  # (replaced per instance by time.perf_counter_ns itself)
         return time.perf_counter_ns()
 
     async def sleep_until(self, deadline_ns: int) -> None:

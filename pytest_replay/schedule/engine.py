@@ -41,6 +41,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
+from functools import partial
 
 from .clock import Clock, RealClock
 from .plan import Barriers, PlannedRequest
@@ -49,10 +50,11 @@ from .target import (APP_ERROR, CANCELLED, DROPPED, TIMEOUT, UNPARSABLE, Dropped
 
 SWITCH_INTERVAL_S = 0.0002  # see Engine.start: how fast the engine thread gets the GIL back
 _BURST = 256  # requests dispatched back to back (all due) before the dispatcher yields to the lanes
-_CLOSE_TIMEOUT_S = 2.0
+_CLOSE_TIMEOUT_S = 2.0  # a target's close() may not hold up a stop longer than this
 # Objects frozen before anyone asked (Python 3.12 starts with a few hundred): not someone else's freeze.
 _STARTUP_FREEZE = gc.get_freeze_count()
-_REFREEZE_EVERY = 8192  # observations between two gc.freeze() calls (with freeze_gc)  # a target's close() may not hold up a stop longer than this
+_NO_WAITS = (0, 0, 0, False)  # a request that waited for nothing (shared: no tuple per request)
+_REFREEZE_EVERY = 8192  # observations between two gc.freeze() calls (with freeze_gc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +131,8 @@ def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:
 
 
 class _Lane:
-    __slots__ = ("name", "queue", "remaining", "task", "wake", "timed_out", "active", "free_ns", "owner", "spills")
+    __slots__ = ("name", "queue", "remaining", "task", "wake", "timed_out", "active", "free_ns", "owner", "spills",
+                 "live", "sending", "planned", "deadline", "start", "waits", "fallback", "on_done", "on_task")
 
     def __init__(self, name: str, count: int, owner: _Lane | None = None) -> None:
         self.name = name
@@ -142,6 +145,14 @@ class _Lane:
         self.free_ns = 0  # when its last request completed (engine clock)
         self.owner = owner  # a spill lane: the captured connection's lane it helps
         self.spills: list[_Lane] = []  # a captured connection's spill lanes (extra connections)
+        # Callback lanes (Engine fast path) only: the request in flight and how it is waited for.
+        self.live = False  # started and not ended (counted in Engine._fast_live)
+        self.sending = False  # inside target.begin(): a completion now is deferred (no recursion)
+        self.planned: PlannedRequest | None = None
+        self.deadline = self.start = 0
+        self.waits = _NO_WAITS  # (lane, barrier, slot waits, spilled) of the request in flight
+        self.fallback: asyncio.Task | None = None  # its `await target.send()`, when begin() declined it
+        self.on_done = self.on_task = None  # bound callbacks, made once per lane
 
     @property
     def idle(self) -> bool:
@@ -220,13 +231,22 @@ class Engine:
     engine thread's event loop, "auto" (uvloop when installed), "asyncio" or "uvloop"; an in-process
     app must run on asyncio's (targets/blocker.py sees its sockets through Python's socket module,
     which uvloop's transports bypass).
+
+    `fast` (default: the class attribute `fast_path`, True): lanes driven by callbacks, with no
+    coroutine, future or task per request, when the target offers `begin` (targets/raw.py: a request
+    on the lane's open connection, its completion called back from the protocol) and the run has no
+    request pipeline. The coroutine lanes (`_run_lane`, every target through `await send()`) are the
+    reference: the tests run both and compare their observations.
     """
+
+    fast_path = True
 
     def __init__(self, plan: list[PlannedRequest], target: Target, *, clock: Clock | None = None,
                  concurrency: int = 64, timeout_s: float = 10.0, lead_ns: int = 50_000_000,
                  switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True,
                  pipeline: RequestPipeline | None = None, barriers: Barriers | None = None,
-                 monitor=None, connections: str = "strict", loop: str = "auto", observer=None) -> None:
+                 monitor=None, connections: str = "strict", loop: str = "auto", observer=None,
+                 fast: bool | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if loop not in LOOPS:
@@ -275,7 +295,7 @@ class Engine:
         self._lanes: dict[str, _Lane] = {}
         self._live: set[asyncio.Task] = set()
         self._free = concurrency
-        self._busy: dict[_Lane, float] = {}  # lanes with a request in flight -> when it times out (monotonic s)
+        self._busy: dict[_Lane, int] = {}  # lanes with a request in flight -> when it times out (_watch_ns)
         self._slot_queue: deque[asyncio.Future] = deque()
         self._saved_switch: float | None = None
         # Stop conditions (schedule.monitor.StopMonitor): when one trips, no more requests are sent,
@@ -283,6 +303,14 @@ class Engine:
         self.monitor = monitor
         self.halted = None  # the monitor's Trip once the replay was stopped by a condition
         self._dispatcher: asyncio.Task | None = None
+        self.fast = self.fast_path if fast is None else fast
+        self._fast = False  # callback lanes in this run (run() decides: `fast`, a target with begin(), no pipeline)
+        self._fast_live = 0  # callback lanes started and not ended
+        self._fast_idle: asyncio.Future | None = None  # run() waits on it for the last lane to end
+        self._fast_stopped = False  # cancelled: callbacks still to come change nothing
+        self._watch_ns = time.monotonic_ns  # the watchdog's clock (the engine's own when it is a RealClock)
+        self._timeout_ns = round(timeout_s * 1e9)
+        self._watch_is_clock = False  # the watchdog's clock is the engine's (a send's start time serves both)
 
     # -- pytest's side (any thread) ------------------------------------------------------------
     def start(self) -> None:
@@ -442,6 +470,12 @@ class Engine:
         lanes = self._lanes
         if self.barriers is not None:
             self._gate = _Gate(self.barriers)
+        # begin() declared by the target's class: a wrapper delegating other attributes to the target it
+        # wraps (policy, differential) must not be bypassed through its __getattr__.
+        self._fast = self.fast and self.pipeline is None and callable(getattr(type(self.target), "begin", None))
+        if isinstance(self.clock, RealClock):  # (monotonic, like time.monotonic_ns: one clock read per request less)
+            self._watch_ns = self.clock.now_ns
+            self._watch_is_clock = True
         for p in self.plan:
             lane = lanes.get(p.lane)
             if lane is None:
@@ -465,6 +499,9 @@ class Engine:
                             raise
                     while self._live:
                         await asyncio.wait(list(self._live))
+                    while self._fast_live:
+                        self._fast_idle = loop.create_future()
+                        await self._fast_idle
                 finally:
                     watchdog.cancel()
             except asyncio.CancelledError:
@@ -498,9 +535,10 @@ class Engine:
         now, sleep_until = self.clock.now_ns, self.clock.sleep_until
         lanes, spill = self._lanes, self.connections == "spill"
         burst = 0
+        known = now()  # a time already passed: a deadline before it is due without reading the clock
         for p in self.plan:
             deadline = t0 + p.offset_ns
-            if deadline > now():
+            if deadline > known and deadline > (known := now()):
                 await sleep_until(deadline)
                 burst = 0
             else:
@@ -530,6 +568,9 @@ class Engine:
 
     def _wake(self, lane: _Lane, loop) -> None:
         """A lane with a request queued runs (its task made with `loop` when it has none)."""
+        if self._fast:
+            self._fast_wake(lane, loop)
+            return
         if lane.task is None:
             if loop is None:
                 return
@@ -592,7 +633,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         target, clock, record = self.target, self.clock, self._record
         t0, timeout_s = self.t0_ns, self.timeout_s
-        now, send, monotonic = clock.now_ns, target.send, time.monotonic
+        now, send, watch_ns = clock.now_ns, target.send, self._watch_ns
+        timeout_ns = round(timeout_s * 1e9)
         queue, slots, busy = lane.queue, self._slot_queue, self._busy
         gate = self._gate
         owner = lane.owner or lane
@@ -638,7 +680,7 @@ class Engine:
                             return  # the run is being stopped
                     start = now()
                     self.sent += 1
-                    busy[lane] = monotonic() + timeout_s
+                    busy[lane] = watch_ns() + timeout_ns
                     waits = (lane_wait, barrier_wait, slot_wait, spilled)
                     try:
                         response, sent_ns, first_ns, done_ns = await send(p, clock)
@@ -681,6 +723,204 @@ class Engine:
                 except Exception:  # noqa: BLE001
                     pass
 
+    # -- callback lanes (the fast path) ---------------------------------------------------------------
+    # The steps of _run_lane as callbacks: a lane takes its next request when one is queued or when
+    # its previous one completes (target.begin() calls `lane.on_done` from the protocol), waits for a
+    # barrier or a slot with a callback, and ends when its connection has nothing more to send. The
+    # common case (no barrier, a free slot) is straight-line code: this runs once per request.
+    def _fast_wake(self, lane: _Lane, loop) -> None:
+        if not lane.live:
+            if loop is None or self._fast_stopped:
+                return
+            lane.live = True
+            self._fast_live += 1
+            if lane.on_done is None:
+                lane.on_done = partial(self._fast_done, lane)
+                lane.on_task = partial(self._fast_task_done, lane)
+        if not lane.active:
+            self._fast_take(lane)
+
+    def _fast_end(self, lane: _Lane) -> None:
+        if not lane.live:
+            return
+        lane.live = False
+        self._fast_live -= 1
+        close_lane = getattr(self.target, "close_lane", None)
+        if close_lane is not None:
+            try:
+                close_lane(lane.name)
+            except Exception:  # noqa: BLE001
+                pass
+        idle = self._fast_idle
+        if not self._fast_live and idle is not None and not idle.done():
+            idle.set_result(None)
+
+    def _fast_take(self, lane: _Lane) -> None:
+        """The lane is free: send its next request (after its barrier and slot), or end."""
+        queue = lane.queue
+        if not queue or self.halted is not None or self._fast_stopped:
+            if self.halted is not None or self._fast_stopped or (lane.owner or lane).remaining == 0:
+                self._fast_end(lane)
+            return  # (else until the dispatcher queues its next request)
+        p = queue.popleft()
+        lane.active = True
+        deadline = self.t0_ns + p.offset_ns
+        # Its connection was busy with the previous request past its deadline: that long.
+        lane_wait = lane.free_ns - deadline if lane.free_ns > deadline else 0
+        if self._gate is not None:
+            self._fast_barrier(lane, p, deadline, lane_wait)
+        elif self._free > 0 and not self._slot_queue:
+            self._free -= 1
+            self._fast_send(lane, p, deadline, lane_wait, 0, 0)
+        else:
+            self._fast_slot(lane, p, deadline, lane_wait, 0)
+
+    def _fast_barrier(self, lane: _Lane, p: PlannedRequest, deadline: int, lane_wait: int) -> None:
+        barrier = self._gate.wait(p.key, self._loop)
+        if barrier is None:
+            self._fast_slot(lane, p, deadline, lane_wait, 0)
+            return
+        now = self.clock.now_ns
+        since = max(now(), deadline)
+        barrier.add_done_callback(lambda _: self._fast_slot(lane, p, deadline, lane_wait, max(now() - since, 0)))
+
+    def _fast_slot(self, lane: _Lane, p: PlannedRequest, deadline: int, lane_wait: int, barrier_wait: int) -> None:
+        if self._fast_stopped:
+            return
+        if self._free > 0 and not self._slot_queue:
+            self._free -= 1
+            self._fast_send(lane, p, deadline, lane_wait, barrier_wait, 0)
+            return
+        now = self.clock.now_ns
+        since = max(now(), deadline)
+        self._slot_queue.append(lambda: self._fast_send(lane, p, deadline, lane_wait, barrier_wait,
+                                                        max(now() - since, 0)))
+
+    def _fast_send(self, lane: _Lane, p: PlannedRequest, deadline: int, lane_wait: int, barrier_wait: int,
+                   slot_wait: int) -> None:
+        """Send `p` (its slot taken): through target.begin(), or a task awaiting target.send()."""
+        if self.halted is not None or self._fast_stopped:  # stopped while it waited: not sent
+            lane.active = False
+            self._release_slot()
+            self._fast_end(lane)
+            return
+        start = self.clock.now_ns()
+        self.sent += 1
+        lane.planned = p
+        lane.deadline = deadline
+        lane.start = start
+        if lane_wait or barrier_wait or slot_wait or lane.owner is not None:
+            lane.waits = (lane_wait, barrier_wait, slot_wait, lane.owner is not None)
+        else:
+            lane.waits = _NO_WAITS
+        self._busy[lane] = (start if self._watch_is_clock else self._watch_ns()) + self._timeout_ns
+        lane.sending = True
+        try:
+            if not self.target.begin(p, self.clock, lane.on_done):
+                task = lane.fallback = self._loop.create_task(self.target.send(p, self.clock))
+                task.add_done_callback(lane.on_task)
+        except BaseException as exc:  # noqa: BLE001 - a target bug: this request's observation
+            lane.sending = False
+            self._fast_done(lane, None, None, None, None, exc)
+            return
+        lane.sending = False
+
+    def _fast_task_done(self, lane: _Lane, task: asyncio.Task) -> None:
+        if task is not lane.fallback:  # timed out or cancelled meanwhile: already recorded
+            return
+        lane.fallback = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._fast_done(lane, None, None, None, None, exc)
+        else:
+            self._fast_done(lane, *task.result(), None)
+
+    def _fast_done(self, lane: _Lane, response, sent_ns, first_ns, done_ns, error) -> None:
+        """The request in flight on `lane` completed (error None) or failed: its observation, then the
+        lane's next request."""
+        if lane.sending:  # called back from inside begin(): go on once it returned (no recursion)
+            self._loop.call_soon(self._fast_done, lane, response, sent_ns, first_ns, done_ns, error)
+            return
+        p = lane.planned
+        if p is None or self._fast_stopped:
+            return
+        try:
+            lane.planned = None
+            self._busy.pop(lane, None)
+            if error is None:
+                obs = Observation(p.key, lane.deadline, sent_ns, first_ns, done_ns, response, None, None, *lane.waits)
+            else:
+                obs = self._fast_error(lane, p, error)
+            lane.free_ns = obs.done_ns
+            self._record(obs)
+            lane.active = False
+            if self._slot_queue:
+                self._release_slot()
+            else:
+                self._free += 1
+            self._fast_take(lane)
+        except BaseException as exc:  # noqa: BLE001 - a bug here (or in an observer): the run fails
+            self._fast_failed(exc)
+
+    def _fast_error(self, lane: _Lane, p: PlannedRequest, error: BaseException) -> Observation:
+        if isinstance(error, TargetError):
+            sent = error.sent_ns if error.sent_ns is not None else lane.start
+            return Observation(p.key, lane.deadline, sent, error.first_byte_ns, self.clock.now_ns(), None, error.kind,
+                               error.message, *lane.waits)
+        # a target bug must not kill the engine
+        return Observation(p.key, lane.deadline, lane.start, None, self.clock.now_ns(), None, APP_ERROR,
+                           describe(error), *lane.waits)
+
+    def _fast_timeout(self, lane: _Lane) -> None:
+        """The watchdog: the request in flight on `lane` timed out. The target drops the connection
+        (its completion never comes), the lane goes on."""
+        p = lane.planned
+        if p is None:
+            return
+        task, lane.fallback = lane.fallback, None
+        error = TargetError(TIMEOUT, f"no complete response within {self.timeout_s:g} s", sent_ns=lane.start)
+        try:
+            if task is None:
+                self.target.abort_lane(lane.name)
+                self._fast_done(lane, None, None, None, None, error)
+            else:  # observed once the target has dropped the connection (its send's cleanup), as in _run_lane
+                task.cancel()
+                task.add_done_callback(lambda _: self._fast_done(lane, None, None, None, None, error))
+        except BaseException as exc:  # noqa: BLE001
+            self._fast_failed(exc)
+
+    def _fast_failed(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self._request_cancel()
+
+    async def _fast_cancel(self) -> None:
+        """The run is cancelled: requests in flight get a "cancelled" observation, their connections
+        are dropped, every lane ends; callbacks still to come change nothing."""
+        self._fast_stopped = True
+        tasks = []
+        abort_lane = getattr(self.target, "abort_lane", None)
+        for lane in [one for captured in self._lanes.values() for one in captured.all()]:
+            p = lane.planned
+            if p is not None:
+                lane.planned = None
+                self._busy.pop(lane, None)
+                task, lane.fallback = lane.fallback, None
+                if task is not None:
+                    task.cancel()
+                    tasks.append(task)
+                elif abort_lane is not None:
+                    abort_lane(lane.name)
+                self._record(Observation(p.key, lane.deadline, lane.start, None, self.clock.now_ns(), None, CANCELLED,
+                                         "cancelled: the replay was stopped while this request was in flight",
+                                         *lane.waits))
+            lane.active = False
+            self._fast_end(lane)
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
     def _pipeline_failed(self, p: PlannedRequest, deadline: int, exc: Exception) -> bool:
         """A request the pipeline would not let through: recorded as dropped (False: go on), as
         unparsable (a middleware's answer that is not a request), or the whole replay stops (True:
@@ -705,9 +945,10 @@ class Engine:
         tick = min(max(self.timeout_s / 20, 0.002), 0.25)
         busy = self._busy
         monitor = self.monitor
+        watch_ns = self._watch_ns
         while True:
             await asyncio.sleep(tick)
-            now = time.monotonic()
+            now = watch_ns()
             if monitor is not None and self.t0_ns is not None:  # a window with no completion is judged too
                 second = max(self.clock.now_ns() - self.t0_ns, 0) // 1_000_000_000
                 if second > monitor.judged:
@@ -716,7 +957,9 @@ class Engine:
                         self._halt(trip)
             for lane in [lane for lane, limit in busy.items() if limit <= now]:
                 del busy[lane]
-                if lane.task is not None:
+                if self._fast:
+                    self._fast_timeout(lane)
+                elif lane.task is not None:
                     lane.timed_out = True
                     lane.task.cancel()
 
@@ -734,6 +977,9 @@ class Engine:
         slots = self._slot_queue
         while slots:
             fut = slots.popleft()
+            if callable(fut):  # a callback lane's (fast path): it goes on at the loop's next turn
+                self._loop.call_soon(fut)
+                return
             if not fut.done():
                 fut.set_result(None)  # hand the slot over: first come, first served
                 return
@@ -752,6 +998,8 @@ class Engine:
             wake = lane.wake
             if wake is not None and not wake.done():
                 wake.set_result(None)
+            if lane.live and not lane.active:  # a callback lane waiting for its next request: it ends
+                self._fast_end(lane)
         gate = self._gate
         if gate is not None:  # whatever they waited for will not come: let them see the halt
             for entry in gate.by_writes + gate.by_all:
@@ -789,6 +1037,8 @@ class Engine:
             self.observer(obs)
 
     async def _cancel_lanes(self) -> None:
+        if self._fast:
+            await self._fast_cancel()
         tasks = [t for t in self._live if not t.done()]
         for task in tasks:
             task.cancel()

@@ -81,19 +81,49 @@ def wire_bytes(request: Request, host: str | None) -> bytes:
 
 
 # -- one replay connection ----------------------------------------------------------------------------
-class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection of one lane. `exchange` sends one request and waits for its final
-    response; data_received feeds the Framer and settles the waiting future."""
+def response_closes(head: bytes) -> bool:
+    """Does the connection end after the response with this head? `Connection: close`, a 101, or an
+    HTTP/1.0 response without `Connection: keep-alive`."""
+    return (_CLOSE.search(head) is not None or head[9:12] == b"101"
+            or (head.startswith(b"HTTP/1.0") and _KEEP_ALIVE.search(head) is None))
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, now, writer: _Writer | None = None) -> None:
+
+# Response heads the Framer's fast path framed whole (strict CRLF head, no Transfer-Encoding, one
+# numeric Content-Length), answering a request whose method does not change the framing (not HEAD or
+# CONNECT): head -> (the head, status, reason, version, body length, whether the connection ends).
+# A server repeats its heads (within the second of their Date): a response whose head is known and
+# whose bytes are exactly head + body needs no parsing (_Connection.data_received), and gets what the
+# Framer would give it. Bounded: cleared when full; long heads are not kept.
+_KNOWN: dict[bytes, tuple[bytes, int, str, str, int, bool]] = {}
+_MAX_KNOWN = 1024
+_MAX_KNOWN_HEAD = 1024
+_REFRAMING = frozenset({"HEAD", "CONNECT"})  # methods whose response's framing is not the head's alone
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection of one lane. `start(planned, done)` sends one request and calls
+    `done(response, sent_ns, first_ns, done_ns, error)` once, when its final response is complete
+    (error None) or it failed (response None, error a TargetError). data_received feeds the Framer,
+    whose fast path hands a whole response straight to `_response`; with `known` (the fast path), a
+    response in one segment whose head is in _KNOWN is taken as it is, after the connection's first
+    response (which the Framer checks is HTTP at all). `exchange` (a coroutine) is `start` on a
+    future: what `RawTarget.send` uses."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, now, writer: _Writer | None = None,
+                 known: bool = True) -> None:
         self.loop = loop
         self.now = now
         self.writer = writer
+        self.known = known  # may use _KNOWN
+        self.lean = False  # this request's response may be taken from _KNOWN
+        self.retry = None  # the request in flight's resend (planned, done) on a new connection, if any
         self.transport: asyncio.Transport | None = None
-        self.framer = Framer(False, on_head=self._method_of)
+        self.framer = Framer(False, on_head=self._method_of, on_message=self._message, on_answer=self._answer,
+                             on_response=self._response)
         self.method = "GET"
-        self.waiter: asyncio.Future | None = None
-        self.sent_ns = 0
+        self.planned: PlannedRequest | None = None
+        self.done = None  # the callback of the request in flight (None: nothing asked for)
+        self.sent_ns: int | None = 0
         self.first_ns: int | None = None
         self.interim: tuple[int, ...] = ()
         self.received = 0
@@ -104,24 +134,37 @@ class _Connection(asyncio.Protocol):
     def _method_of(self, msg) -> str:
         return self.method
 
+    def _answer(self, ack) -> str:
+        return self.method
+
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if self.done is None:
             # Bytes nobody asked for (an idle-timeout 408, garbage): the next request can not trust
             # this connection.
             self.reusable = False
             self.transport.close()
             return
         now = self.now()
-        if self.first_ns is None:
+        if self.received == 0:  # the response's first bytes
             self.first_ns = now
+            if self.lean:
+                end = data.find(b"\r\n\r\n")
+                known = _KNOWN.get(data[:end + 4]) if end > 0 else None
+                if known is not None and len(data) - end - 4 == known[4]:
+                    self.received = len(data)
+                    head, status, reason, version, length, closes = known
+                    self._finish(Response(status, reason, version, head, data[end + 4:] if length else b"", data),
+                                 now, closes)
+                    return
         self.received += len(data)
-        self.framer.feed(data, now)
-        self._drain(now)
+        served = self.served
+        self.framer.feed(data, now)  # a whole response in `data`: _response is called from here
+        if self.done is not None and self.served == served:  # (not the next request's)
+            self._drain(now)
 
     def eof_received(self):
         return False  # close our side too; connection_lost settles a close-delimited body
@@ -129,14 +172,13 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.reusable = False
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if self.done is None:
             return
         how = "connection closed" if exc is None else f"connection reset ({exc})" \
             if isinstance(exc, ConnectionResetError) else f"connection lost ({type(exc).__name__}: {exc})"
         self.framer.close(None if exc is None else CLOSED, how if exc is not None else "")
         self._drain(self.now())
-        if not waiter.done():
+        if self.done is not None:
             where = "before any response byte" if self.received == 0 else \
                 f"inside the response head ({self.received} bytes received)"
             self._fail(RESET, f"{how} {where}")
@@ -144,58 +186,91 @@ class _Connection(asyncio.Protocol):
     # framing
     def _drain(self, now: int) -> None:
         framer = self.framer
-        while (event := framer.next_event()) is not None:
+        while self.done is not None and (event := framer.next_event()) is not None:
             kind = type(event)
             if kind is Parsed:
-                status = event.status
-                if status < 200 and status != 101:
-                    self.interim += (status,)  # 1xx interim responses: keep waiting for the final one
-                    continue
-                if event.flags:
-                    code, detail = event.flags[0]
-                    if code == FLAG_UNPARSABLE:
-                        self._fail(UNPARSABLE, f"unparsable response body: {detail}")
-                    else:
-                        self._fail(TRUNCATED, f"response truncated: {detail}")
-                    return
-                self._complete(event, now)
-                return
-            if kind is Lost:
+                self._message(event, now)
+            elif kind is Lost:
                 if event.code == CLOSED:
                     return  # an incomplete head at the close: connection_lost reports it
                 self._fail(UNPARSABLE, f"not an HTTP/1.x response: {event.detail}")
-                return
-            if kind is Stop:
+            elif kind is Stop:
                 self._fail(UNPARSABLE, f"not an HTTP/1.x response: {event.detail}")
-                return
 
-    def _complete(self, msg: Parsed, now: int) -> None:
-        head = msg.head
-        response = Response(msg.status, msg.reason, msg.version, head, msg.body, msg.raw, msg.trailers,
-                            self.interim, msg.lf_only)
-        if _CLOSE.search(head) or msg.status == 101 or (msg.version == "1.0" and not _KEEP_ALIVE.search(head)) \
-                or not self.framer.idle:
+    def _message(self, msg: Parsed, now: int | None = None) -> None:
+        """A framed response (the Framer's general path, or a 1xx from its fast path)."""
+        if self.done is None:
+            return
+        status = msg.status
+        if status < 200 and status != 101:
+            self.interim += (status,)  # 1xx interim responses: keep waiting for the final one
+            return
+        if msg.flags:
+            code, detail = msg.flags[0]
+            if code == FLAG_UNPARSABLE:
+                self._fail(UNPARSABLE, f"unparsable response body: {detail}")
+            else:
+                self._fail(TRUNCATED, f"response truncated: {detail}")
+            return
+        self._complete(Response(msg.status, msg.reason, msg.version, msg.head, msg.body, msg.raw, msg.trailers,
+                                self.interim, msg.lf_only), msg.end_ts_ns if now is None else now)
+
+    def _response(self, response: Response, end: int, ts_ns: int, frame: int) -> None:
+        """A whole final response from one segment (the Framer's fast path: no trailers, CRLF head)."""
+        if self.interim:
+            response = Response(response.status, response.reason, response.version, response.head, response.body,
+                                response.raw, (), self.interim, False)
+        elif self.known and self.method not in _REFRAMING and len(response.head) <= _MAX_KNOWN_HEAD:
+            head = response.head
+            if len(_KNOWN) >= _MAX_KNOWN:
+                _KNOWN.clear()
+            _KNOWN[head] = (head, response.status, response.reason, response.version, len(response.body),
+                            response_closes(head))
+        self._complete(response, ts_ns)
+
+    def _complete(self, response: Response, now: int) -> None:
+        self._finish(response, now, response_closes(response.head) or not self.framer.idle)
+
+    def _finish(self, response: Response, now: int, closes: bool) -> None:
+        if closes:
             self.reusable = False
             if not self.closed:
                 self.transport.close()
-        self.waiter.set_result((response, self.first_ns, now))
+        done, self.done = self.done, None
+        self.served += 1
+        done(response, self.sent_ns, self.first_ns, now, None)
 
     def _fail(self, kind: str, message: str) -> None:
         self.reusable = False
         if not self.closed:
             self.transport.abort()
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(TargetError(kind, message, sent_ns=self.sent_ns, first_byte_ns=self.first_ns))
+        done, self.done = self.done, None
+        if done is None:
+            return
+        planned, self.planned = self.planned, None
+        retry, self.retry = self.retry, None
+        if kind == RESET and retry is not None and self.served and self.received == 0 \
+                and planned.request.method in IDEMPOTENT:
+            # A kept-alive connection the server closed just as we reused it: nothing was answered,
+            # so an idempotent request is sent again on a fresh connection (what HTTP clients do).
+            retry(planned, done)
+            return
+        done(None, self.sent_ns, self.first_ns, self.now(),
+             TargetError(kind, message, sent_ns=self.sent_ns, first_byte_ns=self.first_ns))
 
     # the lane's side
-    async def exchange(self, planned: PlannedRequest) -> tuple[Response, int, int, int]:
-        method = planned.request.method
-        self.method = method
-        waiter = self.waiter = self.loop.create_future()
+    def start(self, planned: PlannedRequest, done, retry=None) -> None:
+        """Send `planned`; `done` is called once with its outcome (never from inside this call).
+        `retry(planned, done)`: how to resend it when the server closed this kept-alive connection
+        before answering (None: `done` gets the RESET)."""
+        method = self.method = planned.request.method
+        self.planned = planned
+        self.done = done
+        self.retry = retry
         self.first_ns = None
         self.interim = ()
         self.received = 0
+        self.lean = self.known and self.framer.messages > 0 and method not in _REFRAMING
         if _CLOSE.search(planned.request.head):
             self.reusable = False  # the server will close after answering
         writer = self.writer
@@ -205,12 +280,28 @@ class _Connection(asyncio.Protocol):
         else:
             self.sent_ns = None  # set when the batch goes out (a failure before: the engine's send time)
             writer.write(self, planned.wire)
+
+    async def exchange(self, planned: PlannedRequest) -> tuple[Response, int, int, int]:
+        """`start` on a future (no retry: RawTarget.send retries itself)."""
+        waiter = self.loop.create_future()
+
+        def done(response, sent_ns, first_ns, done_ns, error) -> None:
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result((response, sent_ns, first_ns, done_ns))
+                else:
+                    waiter.set_exception(error)
+
+        self.start(planned, done)
         try:
-            response, first, done = await waiter
+            return await waiter
         finally:
-            self.waiter = None
-        self.served += 1
-        return response, self.sent_ns, first, done
+            self.done = self.planned = None
+
+    def drop(self) -> None:
+        """Forget the request in flight (its `done` is never called) and abort the connection."""
+        self.done = self.planned = self.retry = None
+        self.abort()
 
     def abort(self) -> None:
         self.reusable = False
@@ -248,7 +339,7 @@ class _Writer:
         self.scheduled = False
         now = self.now()
         for conn, data in pending:
-            if conn.closed or conn.waiter is None:  # dropped (timeout, stop) before its turn
+            if conn.closed or conn.done is None:  # dropped (timeout, stop) before its turn
                 continue
             conn.sent_ns = now
             try:
@@ -264,7 +355,10 @@ class RawTarget:
     unless `keep_host`: then the request's own Host is sent (the captured one, GoReplay's
     --http-original-host, or one set with --replay-set-header)."""
 
-    def __init__(self, url: str, *, verify: bool = True, keep_host: bool = False, batch: bool = True) -> None:
+    fast_path = True
+
+    def __init__(self, url: str, *, verify: bool = True, keep_host: bool = False, batch: bool = True,
+                 fast: bool | None = None) -> None:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in DEFAULT_PORTS:
@@ -293,7 +387,12 @@ class RawTarget:
         self._conns: dict[str, _Connection] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batch = batch  # batched writes (_Writer); False: each request written as its lane sends it
+        # A response whose head was framed before is taken without parsing (_KNOWN); False: the Framer
+        # frames every response (the reference the tests compare with). Default: the class attribute.
+        self.fast = self.fast_path if fast is None else fast
         self._writer: _Writer | None = None
+        self._clock = None  # the engine's clock, for a resend begun from a callback
+        self._resends: dict[str, asyncio.Task] = {}  # lane -> a request sent again on a new connection
 
     sends_bytes = True  # the captured bytes go out as such (a malformed request too)
 
@@ -327,7 +426,8 @@ class RawTarget:
             writer = self._writer = _Writer(loop, now)
         try:
             _, conn = await loop.create_connection(
-                lambda: _Connection(loop, now, writer if self.batch else None), self.hostname, self.port, ssl=self._ssl,
+                lambda: _Connection(loop, now, writer if self.batch else None, self.fast), self.hostname, self.port,
+                ssl=self._ssl,
                 server_hostname=self.hostname if self._ssl is not None else None)
         except ConnectionRefusedError as exc:
             raise TargetError(REFUSED, f"connection refused by {self.hostname}:{self.port} ({exc.strerror or exc})") \
@@ -338,6 +438,61 @@ class RawTarget:
             raise TargetError(REFUSED, f"could not connect to {self.hostname}:{self.port}: {exc}") from None
         self._conns[lane] = conn
         return conn
+
+    def begin(self, planned: PlannedRequest, clock, done) -> bool:
+        """The engine's fast path: send `planned` on its lane's open connection, and call
+        `done(response, sent_ns, first_byte_ns, done_ns, error)` once, from the event loop (never from
+        inside this call), when its final response is complete (error None) or it failed (response
+        None, error a TargetError). Returns False, doing nothing, when the lane has no reusable
+        connection: the engine then awaits `send`, which connects. After `abort_lane`, `done` is not
+        called. The outcome is the one `send` would give (the idempotent resend included)."""
+        conn = self._conns.get(planned.lane)
+        if conn is None or not conn.reusable:
+            return False
+        self._clock = clock
+        conn.start(planned, done, self._resend if self.idempotent_retry else None)
+        return True
+
+    def _resend(self, planned: PlannedRequest, done) -> None:
+        """A request begun on a kept-alive connection the server closed before answering: send it
+        again on a new connection (what `send` does inline), then call its `done`."""
+        lane = planned.lane
+        self._conns.pop(lane, None)
+        loop = self._loop or asyncio.get_running_loop()
+        task = self._resends[lane] = loop.create_task(self._exchange_anew(planned, self._clock))
+
+        def resent(task: asyncio.Task) -> None:
+            if self._resends.get(lane) is task:
+                del self._resends[lane]
+            if task.cancelled():  # abort_lane: the engine gave up on it
+                return
+            exc = task.exception()
+            if exc is None:
+                done(*task.result(), None)
+            else:
+                done(None, None, None, self._clock.now_ns(), exc)
+
+        task.add_done_callback(resent)
+
+    async def _exchange_anew(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
+        lane = planned.lane
+        conn = await self._connect(lane, clock)
+        try:
+            return await conn.exchange(planned)
+        except BaseException:
+            self._conns.pop(lane, None)
+            conn.abort()
+            raise
+
+    def abort_lane(self, lane: str) -> None:
+        """The engine gives up on the lane's request in flight (timeout, stop): its `done` will not be
+        called, and the connection, which may be stuck, is dropped."""
+        conn = self._conns.pop(lane, None)
+        if conn is not None:
+            conn.drop()
+        task = self._resends.pop(lane, None)
+        if task is not None:
+            task.cancel()
 
     async def send(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
         lane = planned.lane
@@ -354,13 +509,7 @@ class RawTarget:
             # so an idempotent request is sent again on a fresh connection (what HTTP clients do).
             if exc.kind == RESET and conn.served and conn.received == 0 and self.idempotent_retry \
                     and planned.request.method in IDEMPOTENT:
-                conn = await self._connect(lane, clock)
-                try:
-                    return await conn.exchange(planned)
-                except BaseException:
-                    self._conns.pop(lane, None)
-                    conn.abort()
-                    raise
+                return await self._exchange_anew(planned, clock)
             raise
         except BaseException:  # cancelled (timeout, stop): the connection may be stuck, drop it
             self._conns.pop(lane, None)
@@ -373,6 +522,9 @@ class RawTarget:
             conn.close()
 
     async def close(self) -> None:
+        resends, self._resends = self._resends, {}
+        for task in resends.values():
+            task.cancel()
         conns, self._conns = self._conns, {}
         for conn in conns.values():
             conn.close()
