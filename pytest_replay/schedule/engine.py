@@ -473,6 +473,8 @@ class Engine:
         # begin() declared by the target's class: a wrapper delegating other attributes to the target it
         # wraps (policy, differential) must not be bypassed through its __getattr__.
         self._fast = self.fast and self.pipeline is None and callable(getattr(type(self.target), "begin", None))
+        if self._fast:
+            self._wake = self._fast_wake  # (the dispatcher's call, once per request: straight to the callback lane)
         if isinstance(self.clock, RealClock):  # (monotonic, like time.monotonic_ns: one clock read per request less)
             self._watch_ns = self.clock.now_ns
             self._watch_is_clock = True
@@ -567,10 +569,8 @@ class Engine:
         return to
 
     def _wake(self, lane: _Lane, loop) -> None:
-        """A lane with a request queued runs (its task made with `loop` when it has none)."""
-        if self._fast:
-            self._fast_wake(lane, loop)
-            return
+        """A lane with a request queued runs (its task made with `loop` when it has none). Callback lanes:
+        `_fast_wake` (run() puts it in this method's place)."""
         if lane.task is None:
             if loop is None:
                 return
