@@ -2,6 +2,9 @@
 
 Under FakeClock time moves only when every coroutine waits, and jumps to the next deadline: the
 deadlines, lateness and overlaps asserted here are exact nanoseconds, not tolerances.
+
+Every test runs twice: on the engine's callback lanes (its fast path: the Recorder offers begin()) and
+on its coroutine lanes (the reference, `Engine(fast=False)`); a Hypothesis test compares the two.
 """
 
 from __future__ import annotations
@@ -25,9 +28,17 @@ LEAD = 50 * MS
 REQ = Request.build("GET", "/x", ((b"Host", b"example"),))
 
 
+@pytest.fixture(autouse=True, params=["callback lanes", "coroutine lanes"])
+def lanes(request, monkeypatch):
+    """The engine's two paths: every test here runs on both."""
+    monkeypatch.setattr(Engine, "fast_path", request.param == "callback lanes")
+    return request.param
+
+
 class Recorder:
     """A target that records each send (key, lane, time) and answers after `latency(planned)` ns of
-    clock time. `hang` keys never answer; `fail` maps keys to exceptions to raise."""
+    clock time. `hang` keys never answer; `fail` maps keys to exceptions to raise. It offers both the
+    coroutine `send` and the engine's callback protocol (`begin`, `abort_lane`, as targets/raw.py)."""
 
     name = "recorder"
 
@@ -41,6 +52,7 @@ class Recorder:
         self.cancelled: list[int] = []
         self.closed_lanes: list[str] = []
         self.closed = False
+        self.begun: dict[str, asyncio.Task] = {}
 
     async def start(self):
         pass
@@ -65,6 +77,29 @@ class Recorder:
             raise
         finally:
             self.in_flight -= 1
+
+    def begin(self, planned, clock, done):
+        """send(), its outcome called back (from the loop, never from inside this call)."""
+        task = asyncio.get_running_loop().create_task(self.send(planned, clock))
+        self.begun[planned.lane] = task
+
+        def finished(task):
+            if self.begun.get(planned.lane) is task:
+                del self.begun[planned.lane]
+            if task.cancelled():  # abort_lane
+                return
+            if task.exception() is not None:
+                done(None, None, None, clock.now_ns(), task.exception())
+            else:
+                done(*task.result(), None)
+
+        task.add_done_callback(finished)
+        return True
+
+    def abort_lane(self, lane):
+        task = self.begun.pop(lane, None)
+        if task is not None:
+            task.cancel()
 
     def close_lane(self, lane):
         self.closed_lanes.append(lane)
@@ -463,3 +498,4 @@ def test_spill_opens_at_most_concurrency_extra_connections():
     assert engine.extra_connections == 8 and 8 <= engine.spilled < 490
     assert len({lane for _, lane, _ in target.sends}) == 18
     assert target.max_in_flight <= 8
+

@@ -164,6 +164,23 @@ class PolicyTarget:
             self.counts.add(planned.request, column)
         return await handler(planned, clock)
 
+    def begin(self, planned: PlannedRequest, clock, done) -> bool:
+        """The engine's fast path (targets/raw.py's `begin`): a request the policy sends, begun on the
+        inner target when it can; False otherwise (mocked, skipped, an inner target without it, or no
+        open connection), and the engine awaits `send`, which decides again from the same Decision."""
+        begin = getattr(type(self.inner), "begin", None)
+        if begin is None:
+            return False
+        decision = self._decision(planned)
+        if decision.action != SEND or not begin(self.inner, planned, clock, done):
+            return False
+        if decision.column is not None:  # counted once begun: what may have reached the target is counted
+            self.counts.add(planned.request, decision.column)
+        return True
+
+    def abort_lane(self, lane: str) -> None:
+        self.inner.abort_lane(lane)
+
     async def _skip(self, planned: PlannedRequest, clock) -> tuple[Response, int, int, int]:
         raise TargetError(CANCELLED, "not sent: the write policy skips this write", sent_ns=clock.now_ns())
 
