@@ -7,15 +7,17 @@ Starts nginx on 127.0.0.1 (a free port, temp config: keepalive_requests 1000000,
 JSON file) and stops it in `finally`.
 
 (a) Throughput at speed 0, 32 lanes (captured connections), concurrency 64, a synthetic plan of GET requests
-    (100k; 50k with --quick), RawTarget, the engine in its own thread. References in the same run:
-    `wrk -c 32 -t 1 -d 5s` on the same URL, and a bare asyncio Protocol + httptools client on 32 connections
-    (design.md section 3: ~17,500 req/s) - what the engine costs on top of the socket work. Also the engine
-    while pytest's thread consumes every observation with wait(key) in key order (how the plugin uses it).
-    Targets: >= 10,000 req/s; >= 0.5 of wrk (issue 13.6). The engine runs as the plugin runs it (uvloop when
-    installed, batched writes); the same plan on asyncio's loop and with unbatched writes is run beside it.
-    On a shared machine everything's rate drifts during a run, so this goes in rounds (3; 2 with --quick):
-    wrk, then each variant (the order rotated each round), each judged against its round's wrk; the
-    medians over the rounds are printed and judged.
+    (100k; 30k with --quick), RawTarget, the engine in its own thread. References in the same run:
+    `wrk -c 32 -t 1 -d 3s` on the same URL with the same request headers (32 keep-alive connections, one
+    request in flight on each, one thread: what the engine's 32 lanes do), and a bare asyncio Protocol +
+    httptools client on 32 connections (design.md section 3: ~17,500 req/s) - what the engine costs on top of
+    the socket work. Also the engine while pytest's thread consumes every observation with wait(key) in key
+    order (how the plugin uses it). Targets: >= 10,000 req/s; >= 0.5 of wrk (issue 13.6). The engine runs as
+    the plugin runs it (uvloop when installed, callback lanes, known responses, batched writes); beside it the
+    same plan on the reference paths (coroutine lanes, the Framer for every response), on asyncio's loop, and
+    with unbatched writes. On a shared machine everything's rate drifts during a run, so this goes in rounds
+    (3; 2 with --quick): wrk, then each variant (the order rotated each round), each judged against its
+    round's wrk; the medians over the rounds are printed and judged.
 (b) Timing fidelity: a plan at a fixed 2,000 requests/s for 60 s (10 s with --quick), 16 lanes. Lateness is
     sent - (t0 + offset). Prints p50/p99/max and drift (median lateness of the last 10% minus the first 10%).
     Targets: p99 <= 1 ms, |drift| <= 0.1 ms. For contrast, GoReplay-style relative sleeping (each sleep
@@ -24,6 +26,10 @@ JSON file) and stops it in `finally`.
 (c) The GIL: the same 2,000 req/s plan while pytest's thread behaves like pytest (wait(key), then ~1.15 ms of
     Python per item, design.md section 3), with the interpreter's default switch interval (5 ms) and with the
     engine's (0.2 ms).
+(d) The engine thread's Python per request without the network: the throughput plan against a RawTarget whose
+    connections answer each write at the loop's next turn (no socket, no server), CPU time per request, fast
+    paths against reference paths. Less sensitive to a shared machine than (a): no other process's share of
+    the CPU decides how fast the answers come.
 
 Needs nginx and wrk on PATH. Loopback only. Stdlib plus the project only.
 """
@@ -51,6 +57,7 @@ import httptools  # noqa: E402
 from pytest_replay.http.message import Request  # noqa: E402
 from pytest_replay.schedule.engine import SWITCH_INTERVAL_S, Engine, loop_name  # noqa: E402
 from pytest_replay.schedule.plan import PlannedRequest  # noqa: E402
+from pytest_replay.targets import raw  # noqa: E402
 from pytest_replay.targets.raw import RawTarget  # noqa: E402
 from _common import start_nginx, stop  # noqa: E402
 
@@ -79,8 +86,12 @@ def start_site(workdir: str) -> tuple[subprocess.Popen, str]:
 
 
 # -- references ----------------------------------------------------------------------------------------------------
+WRK_HEADERS = ("User-Agent: bench", "Accept: application/json")  # the engine's request headers (make_plan)
+
+
 def run_wrk(url: str, seconds: int) -> float:
-    out = subprocess.run(["wrk", "-c", "32", "-t", "1", "-d", f"{seconds}s", url + "/small.json"],
+    headers = [arg for header in WRK_HEADERS for arg in ("-H", header)]
+    out = subprocess.run(["wrk", "-c", "32", "-t", "1", "-d", f"{seconds}s", *headers, url + "/small.json"],
                          capture_output=True, text=True, check=True).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not match or "Non-2xx" in out:
@@ -139,20 +150,22 @@ def bare_client(url: str, wire: bytes, n: int, conns: int) -> float:
 
 # -- the engine ------------------------------------------------------------------------------------------------------
 def make_plan(target: RawTarget, n: int, lanes: int, step_ns: int) -> list[PlannedRequest]:
-    request = Request.build("GET", "/small.json", ((b"Host", b"shop.example"), (b"User-Agent", b"bench"),
-                                                   (b"Accept", b"application/json")))
+    request = Request.build("GET", "/small.json", ((b"Host", b"shop.example"),
+                                                   *((name.encode(), value.encode()) for name, value in
+                                                     (header.split(": ") for header in WRK_HEADERS))))
     wire = target.wire(request)
     return [PlannedRequest(i, i * step_ns, f"conn{i % lanes}", request, wire) for i in range(n)]
 
 
 def run_engine(url: str, n: int, lanes: int, step_ns: int, *, consume: str = "none",
                switch_interval: float | None = SWITCH_INTERVAL_S, loop: str = "auto",
-               batch: bool = True) -> tuple[Engine, float]:
+               batch: bool = True, fast: bool = True) -> tuple[Engine, float]:
     """consume: 'none' (pytest's thread just joins), 'wait' (wait(key) for each key in order),
-    'pytest' (wait, then ~1.15 ms of Python per item)."""
-    target = RawTarget(url, batch=batch)
+    'pytest' (wait, then ~1.15 ms of Python per item). fast: the engine's callback lanes and RawTarget's
+    known responses (as the plugin runs), or both reference paths."""
+    target = RawTarget(url, batch=batch, fast=fast)
     plan = make_plan(target, n, lanes, step_ns)
-    engine = Engine(plan, target, concurrency=64, switch_interval=switch_interval, loop=loop)
+    engine = Engine(plan, target, concurrency=64, switch_interval=switch_interval, loop=loop, fast=fast)
     saved = sys.getswitchinterval()
     start = time.perf_counter()
     engine.start()
@@ -167,6 +180,53 @@ def run_engine(url: str, n: int, lanes: int, step_ns: int, *, consume: str = "no
     elapsed = time.perf_counter() - start
     assert sys.getswitchinterval() == saved
     return engine, elapsed
+
+
+# -- (d) the engine without the network -------------------------------------------------------------------------
+NGINX_LIKE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 12:00:00 GMT\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\nLast-Modified: Sun, 06 Dec 2026 11:00:00 GMT\r\n"
+              b"Connection: keep-alive\r\nETag: \"6750d2f0-5d\"\r\nAccept-Ranges: bytes\r\n\r\n" % len(SMALL_JSON)
+              + SMALL_JSON)
+
+
+class _Answering:
+    """A transport answering each write with NGINX_LIKE at the loop's next turn: no socket, no server."""
+
+    def __init__(self, loop, protocol) -> None:
+        self.loop, self.protocol = loop, protocol
+
+    def write(self, data: bytes) -> None:
+        self.loop.call_soon(self.protocol.data_received, NGINX_LIKE)
+
+    def close(self) -> None:
+        pass
+
+    abort = close
+
+
+class NoNetworkTarget(RawTarget):
+    """RawTarget whose connections are _Answering transports (everything else is RawTarget's)."""
+
+    async def _connect(self, lane: str, clock) -> raw._Connection:
+        loop = self._loop = asyncio.get_running_loop()
+        if self.batch and (self._writer is None or self._writer.loop is not loop):
+            self._writer = raw._Writer(loop, clock.now_ns)
+        conn = raw._Connection(loop, clock.now_ns, self._writer if self.batch else None, self.fast)
+        conn.connection_made(_Answering(loop, conn))
+        self._conns[lane] = conn
+        return conn
+
+
+def python_per_request(n: int, fast: bool) -> float:
+    """CPU us per request of the throughput plan against NoNetworkTarget (the engine in its thread)."""
+    target = NoNetworkTarget("http://127.0.0.1:9", fast=fast)
+    engine = Engine(make_plan(target, n, LANES_THROUGHPUT, 0), target, concurrency=64, fast=fast)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    engine.start()
+    engine.stop()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    check(engine)
+    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / n * 1e6
 
 
 def check(engine: Engine) -> list:
@@ -242,22 +302,21 @@ def main() -> int:
               f"load average {os.getloadavg()[0]:.2f}; engine event loop: {loop_name()}")
         n = cfg["requests"]
         print("\n(a) throughput, speed 0, 32 lanes")
-        variants = [(f"{loop_name()}, batched writes (as the plugin runs)", "auto", True),
-                    ("asyncio loop, batched writes", "asyncio", True),
-                    ("asyncio loop, one write per request (before)", "asyncio", False)]
-        if loop_name().startswith("uvloop"):
-            variants.append(("uvloop, one write per request", "uvloop", False))
-        ratios: dict[str, list[float]] = {label: [] for label, _, _ in variants}
-        rates: dict[str, list[float]] = {label: [] for label, _, _ in variants}
-        costs: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in variants}
+        variants = [(f"{loop_name()}, fast paths, batched writes (as the plugin runs)", "auto", True, True),
+                    (f"{loop_name()}, reference paths (coroutine lanes, Framer), batched", "auto", True, False),
+                    ("asyncio loop, fast paths, batched writes", "asyncio", True, True),
+                    (f"{loop_name()}, fast paths, one write per request", "auto", False, True)]
+        ratios: dict[str, list[float]] = {label: [] for label, *_ in variants}
+        rates: dict[str, list[float]] = {label: [] for label, *_ in variants}
+        costs: dict[str, list[tuple[float, float]]] = {label: [] for label, *_ in variants}
         wall = 0.0
         for round_ in range(cfg["rounds"]):
             wrk = run_wrk(url, 3)
             row(f"round {round_ + 1}: wrk -c 32 -t 1 -d 3s", f"{wrk:,.0f} req/s")
             turn = variants[round_ % len(variants):] + variants[:round_ % len(variants)]  # rotate the order
-            for label, loop, batch in turn:
+            for label, loop, batch, fast in turn:
                 before = resource.getrusage(resource.RUSAGE_SELF)
-                engine, took = run_engine(url, n, LANES_THROUGHPUT, 0, loop=loop, batch=batch)
+                engine, took = run_engine(url, n, LANES_THROUGHPUT, 0, loop=loop, batch=batch, fast=fast)
                 after = resource.getrusage(resource.RUSAGE_SELF)
                 cpu_us = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / n * 1e6
                 switches = (after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw) / n
@@ -265,7 +324,7 @@ def main() -> int:
                 rate = rate_of(check(engine))
                 rates[label].append(rate)
                 ratios[label].append(rate / wrk)
-                if loop == "auto":
+                if label == variants[0][0]:
                     wall = took
         wire = make_plan(RawTarget(url), 1, 1, 0)[0].wire
         bare = bare_client(url, wire, n, LANES_THROUGHPUT)
@@ -279,17 +338,16 @@ def main() -> int:
         row("  engine / wrk of its round (median)", f"{ratio:.2f}",
             judge(ratio >= TARGET_WRK_RATIO) + f" (>= {TARGET_WRK_RATIO})")
         row("  engine / bare Protocol client", f"{rps / bare:.2f}")
-        for label, _, _ in variants[1:]:
+        for label, *_ in variants[1:]:
             row(f"  same plan, {label}", f"{statistics.median(rates[label]):,.0f} req/s = "
                                          f"{statistics.median(ratios[label]):.2f} of wrk")
-        for label, _, _ in variants:  # less sensitive to the machine's load than rates
+        for label, *_ in variants:  # less sensitive to the machine's load than rates
             cpu = statistics.median(c for c, _ in costs[label])
             switches = statistics.median(w for _, w in costs[label])
-            row(f"  CPU per request (user+sys, this process): {label.split(' (')[0]}",
+            row(f"  CPU per request (user+sys, this process): {label.split(' (as')[0]}",
                 f"{cpu:.1f} us, {switches:.2f} context switches")
         row("  per round, engine / wrk: " + "; ".join(
-            f"{label.split(',')[0]}{'' if 'one write' not in label else ' unbatched'} "
-            + " ".join(f"{r:.2f}" for r in ratios[label]) for label, _, _ in variants), "")
+            f"[{label.split(' (as')[0]}] " + " ".join(f"{r:.2f}" for r in ratios[label]) for label, *_ in variants), "")
         engine, wall = run_engine(url, n, LANES_THROUGHPUT, 0, consume="wait")
         rps_wait = rate_of(check(engine))
         row("engine while pytest's thread wait()s for every key", f"{rps_wait:,.0f} req/s")
@@ -318,6 +376,16 @@ def main() -> int:
                                    switch_interval=interval)
             stats = lateness_stats([o.lateness_ns for o in check(engine)])
             row(f"{label}: p50 / p99 / max (ms)", f"{stats['p50']:.3f} / {stats['p99']:.3f} / {stats['max']:.1f}")
+
+        print(f"\n(d) the engine thread's Python per request without the network ({loop_name()}, {n:,} requests)")
+        python = {True: [], False: []}
+        for _ in range(cfg["rounds"] + 1):
+            for fast in (True, False):
+                python[fast].append(python_per_request(n, fast))
+        fast_us, reference_us = statistics.median(python[True]), statistics.median(python[False])
+        row("fast paths (callback lanes, known responses), median", f"{fast_us:.1f} us")
+        row("reference paths (coroutine lanes, the Framer), median", f"{reference_us:.1f} us")
+        row("  fast / reference", f"{fast_us / reference_us:.2f}")
     finally:
         stop(nginx)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -302,3 +302,59 @@ def test_a_timeout_on_a_known_connection_drops_it_and_the_lane_goes_on():
         observations, connections, _ = replay(script, fast, timeout_s=0.3)
         assert [o.error_kind for o in observations] == [None, None, "timeout", None]
         assert connections == 2  # the stuck connection was dropped, the lane got a fresh one
+
+
+# -- the write policy around the callback lanes -------------------------------------------------------------
+def test_policy_target_sends_reads_on_callback_lanes_and_never_begins_a_mocked_or_skipped_write():
+    from pytest_replay.http.message import Response
+    from pytest_replay.policy.writes import MOCK, SEND, SKIP, WriteCounts
+    from pytest_replay.targets.mock import PolicyTarget, RecordedWrites
+
+    def requests():
+        out = []
+        for i in range(12):
+            kind = ("read", "sent write", "mocked write", "skipped write")[i % 4]
+            method = "GET" if kind == "read" else "POST"
+            out.append((kind, get(f"/{kind.replace(' ', '-')}/{i}", method, body=b"" if method == "GET" else b"x")))
+        return out
+
+    def run_policy(fast: bool):
+        seen = []
+        raw._KNOWN.clear()
+
+        async def handler(reader, writer, n):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen.append(head.split(b" ")[1].decode())
+                writer.write(OK + b"hello")
+                await writer.drain()
+
+        async def main():
+            async with Scripted(handler) as server:
+                inner = RawTarget(server.url, fast=fast)
+                actions = {"read": SEND, "sent write": SEND, "mocked write": MOCK, "skipped write": SKIP}
+                planned = requests()
+                counts = WriteCounts()
+                target = PolicyTarget(inner, lambda p: actions[planned[p.key][0]],
+                                      RecordedWrites({i: Response.build(201, "Created", (), b"rec")
+                                                      for i, (kind, _) in enumerate(planned) if kind == "mocked write"}),
+                                      counts=counts)
+                plan = [PlannedRequest(i, 0, f"lane{i % 2}", r, inner.wire(r)) for i, (_, r) in enumerate(planned)]
+                engine = Engine(plan, target, clock=RealClock(), lead_ns=0, fast=fast, loop="asyncio")
+                observations = sorted(await engine.run(), key=lambda o: o.key)
+                return engine._fast, observations, counts.to_dict()
+
+        fast_used, observations, counts = asyncio.run(main())
+        return fast_used, [(o.key, o.error_kind, o.response.status if o.response else None,
+                            o.response.body if o.response else None) for o in observations], sorted(seen), counts
+
+    fast_used, fast, fast_seen, fast_counts = run_policy(True)
+    reference_used, reference, reference_seen, reference_counts = run_policy(False)
+    assert fast_used and not reference_used
+    assert fast == reference and fast_seen == reference_seen and fast_counts == reference_counts
+    assert sorted({path.split("/")[1] for path in fast_seen}) == ["read", "sent-write"] and len(fast_seen) == 6
+    assert [status for _, _, status, _ in fast if status is not None] == [200, 200, 201] * 3
+    assert [kind for _, kind, _, _ in fast][3::4] == ["cancelled"] * 3  # the skipped writes
+    totals = {column: sum(row.get(column, 0) for row in fast_counts.values()) for column in ("passed", "mocked",
+                                                                                           "skipped")}
+    assert totals == {"passed": 3, "mocked": 3, "skipped": 3}  # each counted once, begun or awaited
