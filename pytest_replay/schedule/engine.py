@@ -2,11 +2,13 @@
 
 Each request is due at t0 + offset (absolute deadlines: lateness never accumulates, unlike a replayer
 that sleeps relative to the previous send). One dispatcher coroutine walks the plan in deadline order,
-sleeps until each deadline and hands the request to its lane. A lane (one captured connection) is one
-coroutine that sends its requests in plan order, one at a time, and lives from its first due request to
-its last; so there is no task per request, and lanes run concurrently. At most `concurrency` requests
-are in flight; a request waiting for its lane or a free slot goes as soon as possible, and the wait
-shows as its lateness (sent_ns - deadline_ns) in its Observation.
+sleeps until each deadline and hands the request to its lane. A lane (one captured connection) sends its
+requests in plan order, one at a time, and lives from its first due request to its last; lanes run
+concurrently. With a target that offers `begin()` (targets/raw.py) a lane is a chain of callbacks (the
+fast path: the protocol's completion sends the lane's next request, no future or task per request);
+otherwise, and as the reference the tests compare with (`fast=False`), a coroutine awaiting `send()`.
+At most `concurrency` requests are in flight; a request waiting for its lane or a free slot goes as
+soon as possible, and the wait shows as its lateness (sent_ns - deadline_ns) in its Observation.
 
 Sent writes are ordering barriers when the plan has any (`barriers`, schedule/plan.py): a request
 waits for the barrier writes recorded as completed before it started (and a barrier write for every

@@ -118,7 +118,12 @@ class Target(Protocol):
     The target must then drop whatever state the lane had (its connection may be stuck), so the
     next `send` on that lane starts fresh. `close_lane` is called after a lane's last request
     (optional for a target: the engine calls it only if it exists) so connections do not pile up.
-    Network targets may also offer `wire(request) -> bytes`, the bytes to plan for a request.
+    Network targets may also offer `wire(request) -> bytes`, the bytes to plan for a request, and
+    the engine's callback protocol (its fast path, declared on the class): `begin(planned, clock,
+    done) -> bool` starts the request and later calls `done(response, sent_ns, first_byte_ns,
+    done_ns, error)` once (never from inside begin; error None, or the TargetError or exception
+    `send` would have raised), or returns False having done nothing (the engine then awaits `send`);
+    `abort_lane(lane)` gives up on the lane's request in flight (`done` is then not called).
     """
 
     name: str
