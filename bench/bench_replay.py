@@ -184,7 +184,8 @@ def run_engine(url: str, n: int, lanes: int, step_ns: int, *, consume: str = "no
 
 # -- (d) the engine without the network -------------------------------------------------------------------------
 NGINX_LIKE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 12:00:00 GMT\r\n"
-              b"Content-Type: application/json\r\nContent-Length: %d\r\nLast-Modified: Sun, 06 Dec 2026 11:00:00 GMT\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+              b"Last-Modified: Sun, 06 Dec 2026 11:00:00 GMT\r\n"
               b"Connection: keep-alive\r\nETag: \"6750d2f0-5d\"\r\nAccept-Ranges: bytes\r\n\r\n" % len(SMALL_JSON)
               + SMALL_JSON)
 

@@ -335,10 +335,9 @@ def test_policy_target_sends_reads_on_callback_lanes_and_never_begins_a_mocked_o
                 actions = {"read": SEND, "sent write": SEND, "mocked write": MOCK, "skipped write": SKIP}
                 planned = requests()
                 counts = WriteCounts()
-                target = PolicyTarget(inner, lambda p: actions[planned[p.key][0]],
-                                      RecordedWrites({i: Response.build(201, "Created", (), b"rec")
-                                                      for i, (kind, _) in enumerate(planned) if kind == "mocked write"}),
-                                      counts=counts)
+                recorded = RecordedWrites({i: Response.build(201, "Created", (), b"rec")
+                                           for i, (kind, _) in enumerate(planned) if kind == "mocked write"})
+                target = PolicyTarget(inner, lambda p: actions[planned[p.key][0]], recorded, counts=counts)
                 plan = [PlannedRequest(i, 0, f"lane{i % 2}", r, inner.wire(r)) for i, (_, r) in enumerate(planned)]
                 engine = Engine(plan, target, clock=RealClock(), lead_ns=0, fast=fast, loop="asyncio")
                 observations = sorted(await engine.run(), key=lambda o: o.key)
@@ -358,3 +357,30 @@ def test_policy_target_sends_reads_on_callback_lanes_and_never_begins_a_mocked_o
     totals = {column: sum(row.get(column, 0) for row in fast_counts.values()) for column in ("passed", "mocked",
                                                                                            "skipped")}
     assert totals == {"passed": 3, "mocked": 3, "skipped": 3}  # each counted once, begun or awaited
+
+
+def test_a_stop_condition_halts_both_kinds_of_lanes_at_the_same_request():
+    # (tests/test_monitor.py runs the Recorder, so the callback lanes; this runs the same stop on both)
+    from pytest_replay.http.message import Response
+    from pytest_replay.schedule.monitor import StopMonitor
+    from pytest_replay.verdicts.budgets import parse_stop_condition
+
+    class FailingLater(Recorder):
+        async def send(self, planned, clock):
+            response, *times = await Recorder.send(self, planned, clock)
+            return (Response.build(503) if planned.key >= 20 else response, *times)
+
+    plan = [PlannedRequest(i, i * 100 * MS + i, f"lane{i % 3}", Request.build("GET", f"/{i}"), b"")
+            for i in range(60)]
+    results = []
+    for fast in (True, False):
+        target = FailingLater(latency=lambda p: 50 * MS + p.key)
+        engine = Engine(plan, target, clock=FakeClock(), fast=fast, freeze_gc=False, switch_interval=None,
+                        monitor=StopMonitor([parse_stop_condition("5xx>50%")], 2))
+        observations = asyncio.run(engine.run())
+        assert engine._fast == fast and engine.halted is not None
+        not_sent = engine.wait(59)
+        results.append((observed(observations), engine.halted.condition, engine.sent, not_sent.error_kind,
+                        sorted(key for key, _, _ in target.sends)))
+    assert results[0] == results[1]
+    assert 20 < len(results[0][-1]) < 60 and results[0][3] == "cancelled"
