@@ -384,3 +384,20 @@ def test_a_stop_condition_halts_both_kinds_of_lanes_at_the_same_request():
                         sorted(key for key, _, _ in target.sends)))
     assert results[0] == results[1]
     assert 20 < len(results[0][-1]) < 60 and results[0][3] == "cancelled"
+
+
+def test_the_policy_around_an_in_process_app_keeps_coroutine_lanes():
+    # its begin() would decline every request: a task per request through send() would cost more
+    from pytest_replay.policy.writes import SEND
+    from pytest_replay.targets.inprocess import ASGITarget
+    from pytest_replay.targets.mock import PolicyTarget, RecordedWrites
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    plan = [PlannedRequest(i, 0, "A", get(f"/{i}"), b"") for i in range(3)]
+    engine = Engine(plan, PolicyTarget(ASGITarget(app), lambda p: SEND, RecordedWrites({})), clock=FakeClock())
+    observations = asyncio.run(engine.run())
+    assert [o.response.body for o in sorted(observations, key=lambda o: o.key)] == [b"ok"] * 3
+    assert not engine._fast  # (around a RawTarget it is: test_policy_target_sends_reads_on_callback_lanes...)

@@ -473,8 +473,10 @@ class Engine:
         if self.barriers is not None:
             self._gate = _Gate(self.barriers)
         # begin() declared by the target's class: a wrapper delegating other attributes to the target it
-        # wraps (policy, differential) must not be bypassed through its __getattr__.
-        self._fast = self.fast and self.pipeline is None and callable(getattr(type(self.target), "begin", None))
+        # wraps (policy, differential) must not be bypassed through its __getattr__; `begins` False: a
+        # wrapper whose begin() would decline every request (its inner target has none).
+        self._fast = (self.fast and self.pipeline is None and callable(getattr(type(self.target), "begin", None))
+                      and getattr(self.target, "begins", True))
         if self._fast:
             self._wake = self._fast_wake  # (the dispatcher's call, once per request: straight to the callback lane)
         if isinstance(self.clock, RealClock):  # (monotonic, like time.monotonic_ns: one clock read per request less)

@@ -123,7 +123,9 @@ class Target(Protocol):
     done) -> bool` starts the request and later calls `done(response, sent_ns, first_byte_ns,
     done_ns, error)` once (never from inside begin; error None, or the TargetError or exception
     `send` would have raised), or returns False having done nothing (the engine then awaits `send`);
-    `abort_lane(lane)` gives up on the lane's request in flight (`done` is then not called).
+    `abort_lane(lane)` gives up on the lane's request in flight (`done` is then not called);
+    optionally `begins` False when begin() would decline every request (a wrapper around a target
+    without it: the engine then keeps its coroutine lanes).
     """
 
     name: str

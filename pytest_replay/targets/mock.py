@@ -164,6 +164,12 @@ class PolicyTarget:
             self.counts.add(planned.request, column)
         return await handler(planned, clock)
 
+    @property
+    def begins(self) -> bool:
+        """Whether `begin` can take requests at all (the engine keeps coroutine lanes otherwise: an
+        in-process app, whose every request would go through `send` anyway)."""
+        return callable(getattr(type(self.inner), "begin", None))
+
     def begin(self, planned: PlannedRequest, clock, done) -> bool:
         """The engine's fast path (targets/raw.py's `begin`): a request the policy sends, begun on the
         inner target when it can; False otherwise (mocked, skipped, an inner target without it, or no
