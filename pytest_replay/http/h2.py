@@ -46,7 +46,16 @@ class H2Error(ValueError):
 # -- HPACK ---------------------------------------------------------------------------------------
 class HpackDecoder:
     """One direction's HPACK state. `known` False: the connection started before the capture, so
-    the dynamic table has entries we never saw (beyond the ones we did)."""
+    the dynamic table has entries we never saw (beyond the ones we did).
+
+    A block that references no dynamic-table entry and updates no table size decodes to the same
+    header list whatever the table holds, and adds the same entries to it: such blocks are decoded
+    once and remembered (`_BLOCKS`, shared by every decoder, bounded); a hit returns the remembered
+    list and replays the block's additions to the table. nginx sends each response's date, content
+    type and length as literals with incremental indexing and never refers back to them, so its
+    responses are all of this kind, and repeat for as long as the date does. `decode(..., fast=False)`
+    is the reference: it never uses the cache (tests/test_h2.py compares the two with hpack's
+    Decoder on random blocks)."""
 
     __slots__ = ("table", "size", "max_size", "known")
 
@@ -62,16 +71,48 @@ class HpackDecoder:
         if self.size > self.max_size:
             self._evict()
 
+    def _add_all(self, added: tuple, size: int) -> None:
+        """A remembered block's additions: `added` newest first, `size` their HPACK size together.
+        Eviction waits until the table is read (`_entry`, `entries`) or holds 4 times its size:
+        the entries that stay are the newest that fit whenever eviction runs, so deferring it changes
+        nothing, and a server that never refers back to its entries (nginx) costs one trim per
+        few dozen blocks instead of a few evictions per block."""
+        self.table[0:0] = added
+        self.size += size
+        if self.size > 4 * self.max_size + 4096:
+            self._trim()
+
     def _evict(self) -> None:
-        while self.size > self.max_size and self.table:
-            name, value = self.table.pop()
+        table = self.table
+        while self.size > self.max_size and table:
+            name, value = table.pop()
             self.size -= len(name) + len(value) + 32
+
+    def _trim(self) -> None:
+        """_evict() in one step: keep the newest entries that fit (the same ones)."""
+        limit, total, keep = self.max_size, 0, 0
+        for name, value in self.table:
+            size = len(name) + len(value) + 32
+            if total + size > limit:
+                break
+            total += size
+            keep += 1
+        del self.table[keep:]
+        self.size = total
+
+    def entries(self) -> list[tuple[bytes, bytes]]:
+        """The dynamic table, newest first (what the encoder's table holds)."""
+        if self.size > self.max_size:
+            self._trim()
+        return list(self.table)
 
     def _entry(self, index: int) -> tuple[bytes, bytes] | None:
         if index == 0:
             raise H2Error("HPACK index 0")
         if index <= len(STATIC):
             return STATIC[index - 1]
+        if self.size > self.max_size:
+            self._trim()
         dynamic = index - len(STATIC) - 1
         if dynamic < len(self.table):
             return self.table[dynamic]
@@ -79,12 +120,21 @@ class HpackDecoder:
             raise H2Error(f"HPACK index {index} beyond the dynamic table ({len(self.table)} entries)")
         return None
 
-    def decode(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+    def decode(self, block: bytes, fast: bool = True) -> tuple[list[tuple[bytes, bytes]], int]:
         """(header pairs, how many referenced unknown entries). Unknown names or values are b"?".
         The common cases (a one-byte index, a static entry) are inlined: this runs per header."""
+        if fast:
+            seen = _BLOCKS.get(block)
+            if seen is not None:
+                headers, added, size = seen
+                if added:
+                    self._add_all(added, size)
+                return list(headers), 0
         headers: list[tuple[bytes, bytes]] = []
         append = headers.append
         unknown = 0
+        dynamic = False  # an entry of the dynamic table referenced, or its size updated: not remembered
+        added: list[tuple[bytes, bytes]] = []
         pos, n = 0, len(block)
         static, nstatic = STATIC, len(STATIC)
         while pos < n:
@@ -98,6 +148,7 @@ class HpackDecoder:
                 if 0 < index <= nstatic:
                     append(static[index - 1])
                     continue
+                dynamic = True
                 entry = self._entry(index)
                 if entry is None or entry[0] is _UNKNOWN:
                     unknown += 1
@@ -114,6 +165,7 @@ class HpackDecoder:
                 size, pos = _integer(block, pos, 5)
                 self.max_size = size
                 self._evict()
+                dynamic = True
                 continue
             else:
                 index, indexing = byte & 0x0F, False
@@ -122,7 +174,11 @@ class HpackDecoder:
                 else:
                     pos += 1
             if index:
-                entry = static[index - 1] if index <= nstatic else self._entry(index)
+                if index <= nstatic:
+                    entry = static[index - 1]
+                else:
+                    dynamic = True
+                    entry = self._entry(index)
                 if entry is None or entry[0] is _UNKNOWN:
                     unknown += 1
                     name = _UNKNOWN
@@ -133,8 +189,21 @@ class HpackDecoder:
             value, pos = _string(block, pos)
             if indexing:
                 self._add(name, value)
+                added.append((name, value))
             append((name, value))
+        if fast and not dynamic and len(block) <= MAX_BLOCK_SEEN:
+            if len(_BLOCKS) >= MAX_BLOCKS_SEEN:
+                _BLOCKS.clear()
+            added.reverse()
+            _BLOCKS[bytes(block)] = (tuple(headers), tuple(added),
+                                     sum(len(name) + len(value) + 32 for name, value in added))
         return headers, unknown
+
+
+# Header blocks decoded once (HpackDecoder.decode): state-free ones only, keyed by their bytes.
+MAX_BLOCKS_SEEN = 4096  # blocks kept (the dict is emptied when full)
+MAX_BLOCK_SEEN = 4096  # longer blocks are not kept: at most 16 MiB held
+_BLOCKS: dict[bytes, tuple[tuple, tuple, int]] = {}
 
 
 def _integer(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
@@ -312,6 +381,28 @@ def to_response(headers, body: bytes, trailers, interim: tuple[int, ...], protoc
     head = build_head(f"HTTP/1.1 {status} {reason}".rstrip().encode("latin-1"), fields)
     return Response(status, reason, "1.1", head, body, head + body, tuple(trailers), interim, False, fields,
                     protocol)
+
+
+def response_for_block(block: bytes, headers, body: bytes, trailers, interim: tuple[int, ...],
+                       protocol: str) -> Response:
+    """to_response() for the headers decoded from `block`: the status, head and fields are made once
+    per block (and body length) when the block decodes the same whatever the dynamic table holds
+    (HpackDecoder keeps it in _BLOCKS); the Response is the same as to_response's either way."""
+    key = (block, len(body), protocol)
+    parts = _RESPONSE_PARTS.get(key)
+    if parts is None:
+        response = to_response(headers, body, trailers, interim, protocol)
+        if block in _BLOCKS:
+            if len(_RESPONSE_PARTS) >= MAX_BLOCKS_SEEN:
+                _RESPONSE_PARTS.clear()
+            _RESPONSE_PARTS[key] = (response.status, response.reason, response.head, response.headers)
+        return response
+    status, reason, head, fields = parts
+    return Response(status, reason, "1.1", head, body, head + body, tuple(trailers), interim, False, fields,
+                    protocol)
+
+
+_RESPONSE_PARTS: dict[tuple, tuple] = {}  # (block, body length, protocol) -> status, reason, head, fields
 
 
 # -- gRPC ----------------------------------------------------------------------------------------
