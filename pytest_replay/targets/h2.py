@@ -372,6 +372,7 @@ DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, 
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME = 3, 4, 5
 REFUSED_STREAM = 7
+_PLAIN_BLOCK = END_HEADERS | PADDED | PRIORITY  # a whole header block, no padding, no priority: END_HEADERS alone
 OUR_MAX_FRAME = 1 << 14  # we do not raise SETTINGS_MAX_FRAME_SIZE: a longer frame is a server error
 _OUR_SETTINGS = (b"\x00\x02" + (0).to_bytes(4, "big")  # ENABLE_PUSH 0
                  + b"\x00\x04" + _WINDOW.to_bytes(4, "big"))  # INITIAL_WINDOW_SIZE
@@ -551,7 +552,7 @@ class _Connection(asyncio.Protocol):
                 data = bytes(buf)
                 buf.clear()
             pos, n = 0, len(data)
-            unpack, frame = _FRAME_HEAD.unpack_from, self._frame
+            unpack, frame, on_data, on_headers = _FRAME_HEAD.unpack_from, self._frame, self._data, self._headers
             while n - pos >= 9:  # frames walked where they lie; a cut one waits in buf
                 high, low, ftype, flags, stream_id = unpack(data, pos)
                 length = high << 8 | low
@@ -560,7 +561,14 @@ class _Connection(asyncio.Protocol):
                 end = pos + 9 + length
                 if end > n:
                     break
-                frame(ftype, flags, stream_id & 0x7FFFFFFF, data[pos + 9:end], now)
+                if self.block is None and (ftype == DATA or (ftype == HEADERS and flags & _PLAIN_BLOCK == END_HEADERS)):
+                    # the frames of every response, straight to their handlers (_frame has the rest)
+                    if ftype == DATA:
+                        on_data(flags, stream_id & 0x7FFFFFFF, data[pos + 9:end], now)
+                    else:
+                        on_headers(stream_id & 0x7FFFFFFF, flags, data[pos + 9:end], now)
+                else:
+                    frame(ftype, flags, stream_id & 0x7FFFFFFF, data[pos + 9:end], now)
                 pos = end
         except H2Error as exc:
             self._lost(f"HTTP/2 protocol error from the server: {exc}")
