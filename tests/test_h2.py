@@ -281,6 +281,26 @@ def test_remembered_blocks_are_the_state_free_ones() -> None:
     assert decoder.decode(named)[0] == [(b"x-other", b"v")]
 
 
+def test_blocks_remembered_for_a_table_state_are_forgotten_when_it_changes() -> None:
+    """A block of indices only (b"\\xbe": the newest dynamic entry) is remembered by its decoder for
+    the table as it is, and decoded anew after any change: an addition (decoded, or replayed from a
+    remembered block) or a size update."""
+    decoder = HpackDecoder()
+    newest = b"\xbe"
+    first = b"\x40" + _str(b"x-a", False) + _str(b"1", False)  # literal with incremental indexing, new name
+    second = b"\x40" + _str(b"x-b", False) + _str(b"2", True)
+    decoder.decode(first)
+    assert decoder.decode(newest) == decoder.decode(newest) == ([(b"x-a", b"1")], 0)
+    assert newest in decoder.seen
+    decoder.decode(second)
+    assert decoder.decode(newest) == ([(b"x-b", b"2")], 0)
+    decoder.decode(first)  # from _BLOCKS this time: its addition replayed
+    assert decoder.decode(newest) == ([(b"x-a", b"1")], 0)
+    decoder.decode(b"\x20")  # size update to 0: the table is emptied
+    with pytest.raises(H2Error, match="beyond the dynamic table"):
+        decoder.decode(newest)
+
+
 @settings(max_examples=120, deadline=None)
 @given(fields=st.lists(st.tuples(st.sampled_from([b"content-type", b"content-length", b"x-a", b"server", b"host"]),
                                  st.binary(max_size=12)), max_size=5),

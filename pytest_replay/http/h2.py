@@ -53,19 +53,26 @@ class HpackDecoder:
     once and remembered (`_BLOCKS`, shared by every decoder, bounded); a hit returns the remembered
     list and replays the block's additions to the table. nginx sends each response's date, content
     type and length as literals with incremental indexing and never refers back to them, so its
-    responses are all of this kind, and repeat for as long as the date does. `decode(..., fast=False)`
-    is the reference: it never uses the cache (tests/test_h2.py compares the two with hpack's
-    Decoder on random blocks)."""
+    responses are all of this kind, and repeat for as long as the date does. A block that refers to
+    dynamic entries but changes nothing in the table decodes the same for as long as the table stays
+    as it is: such blocks are remembered by each decoder (`seen`) for its table's `version`, which
+    every change bumps (servers on python-hyper's or Go's encoder answer repeated requests with such
+    blocks: every field an index). `decode(..., fast=False)` is the reference: it never uses either
+    memory (tests/test_h2.py compares the two with hpack's Decoder on random blocks)."""
 
-    __slots__ = ("table", "size", "max_size", "known")
+    __slots__ = ("table", "size", "max_size", "known", "version", "seen", "seen_version")
 
     def __init__(self, known: bool = True) -> None:
         self.table: list[tuple[bytes, bytes]] = []  # newest first
         self.size = 0
         self.max_size = 4096
         self.known = known
+        self.version = 0  # bumped by every change of the table (additions, size updates)
+        self.seen: dict[bytes, tuple] = {}  # block -> (headers, unknown) while the table is at seen_version
+        self.seen_version = 0
 
     def _add(self, name: bytes, value: bytes) -> None:
+        self.version += 1
         self.table.insert(0, (name, value))
         self.size += len(name) + len(value) + 32
         if self.size > self.max_size:
@@ -77,6 +84,7 @@ class HpackDecoder:
         the entries that stay are the newest that fit whenever eviction runs, so deferring it changes
         nothing, and a server that never refers back to its entries (nginx) costs one trim per
         few dozen blocks instead of a few evictions per block."""
+        self.version += 1
         self.table[0:0] = added
         self.size += size
         if self.size > 4 * self.max_size + 4096:
@@ -130,10 +138,15 @@ class HpackDecoder:
                 if added:
                     self._add_all(added, size)
                 return list(headers), 0
+            if self.seen_version == self.version:
+                seen = self.seen.get(block)
+                if seen is not None:
+                    return list(seen[0]), seen[1]
         headers: list[tuple[bytes, bytes]] = []
         append = headers.append
         unknown = 0
-        dynamic = False  # an entry of the dynamic table referenced, or its size updated: not remembered
+        dynamic = False  # an entry of the dynamic table referenced, or its size updated: not in _BLOCKS
+        version = self.version
         added: list[tuple[bytes, bytes]] = []
         pos, n = 0, len(block)
         static, nstatic = STATIC, len(STATIC)
@@ -165,6 +178,7 @@ class HpackDecoder:
                 size, pos = _integer(block, pos, 5)
                 self.max_size = size
                 self._evict()
+                self.version += 1
                 dynamic = True
                 continue
             else:
@@ -191,18 +205,25 @@ class HpackDecoder:
                 self._add(name, value)
                 added.append((name, value))
             append((name, value))
-        if fast and not dynamic and len(block) <= MAX_BLOCK_SEEN:
-            if len(_BLOCKS) >= MAX_BLOCKS_SEEN:
-                _BLOCKS.clear()
-            added.reverse()
-            _BLOCKS[bytes(block)] = (tuple(headers), tuple(added),
-                                     sum(len(name) + len(value) + 32 for name, value in added))
+        if fast and len(block) <= MAX_BLOCK_SEEN:
+            if not dynamic:
+                if len(_BLOCKS) >= MAX_BLOCKS_SEEN:
+                    _BLOCKS.clear()
+                added.reverse()
+                _BLOCKS[bytes(block)] = (tuple(headers), tuple(added),
+                                         sum(len(name) + len(value) + 32 for name, value in added))
+            elif self.version == version:  # the table as it was: the block decodes the same until it changes
+                if self.seen_version != version or len(self.seen) >= MAX_SEEN_PER_TABLE:
+                    self.seen = {}
+                    self.seen_version = version
+                self.seen[bytes(block)] = (tuple(headers), unknown)
         return headers, unknown
 
 
 # Header blocks decoded once (HpackDecoder.decode): state-free ones only, keyed by their bytes.
 MAX_BLOCKS_SEEN = 4096  # blocks kept (the dict is emptied when full)
 MAX_BLOCK_SEEN = 4096  # longer blocks are not kept: at most 16 MiB held
+MAX_SEEN_PER_TABLE = 64  # blocks a decoder keeps for one state of its table
 _BLOCKS: dict[bytes, tuple[tuple, tuple, int]] = {}
 
 
