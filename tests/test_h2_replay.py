@@ -265,8 +265,9 @@ def test_frame_walker_agrees_with_the_h2_package_against_nginx(tmp_path) -> None
             await target.close()
 
     def shape(response):
-        no_date = lambda text: b"\r\n".join(line for line in text.split(b"\r\n")  # noqa: E731
-                                             if not line.lower().startswith(b"date:"))
+        def no_date(text: bytes) -> bytes:
+            return b"\r\n".join(line for line in text.split(b"\r\n") if not line.lower().startswith(b"date:"))
+
         headers = tuple((k, v) for k, v in response.headers if k != b"date")
         return (response.status, response.reason, response.version, headers, no_date(response.head),
                 no_date(response.raw), response.body, response.trailers, response.interim, response.protocol)
@@ -297,8 +298,7 @@ def test_frames_of_one_loop_iteration_go_out_in_one_write() -> None:
 
     async def main():
         loop = asyncio.get_running_loop()
-        now = lambda: next(ticks)  # noqa: E731
-        conn = _Connection(loop, now, "h2c", _Batch(loop, now))
+        conn = _Connection(loop, ticks.__next__, "h2c", _Batch(loop, ticks.__next__))
         conn.connection_made(transport := Transport())
         preface = transport.writes.pop()
         request = to_request([(b":method", b"GET"), (b":path", b"/"), (b":authority", b"x")], b"", (), "h2c")

@@ -254,11 +254,9 @@ def test_rejected_early_data_is_skipped_and_reported_and_the_rest_decrypts() -> 
     for info, connection in zip(early[1:], stats.tls_connections[1:]):
         assert (info["records"], info["decrypted"]) == (1, 0)
         # the 0-RTT record rides in the ClientHello's packet, the third of the connection (after the SYNs)
-        assert info["reason"].startswith(f"rejected by the server: 1 record (") and \
+        assert info["reason"].startswith("rejected by the server: 1 record (") and \
             f"bytes, from frame {connection['frame'] + 3}) skipped" in info["reason"]
     resent = exchanges[1]
-    assert resent.connection.split(" -> ")[0].endswith(str(stats.tls_connections[2]["client"].split(":")[-1])) \
-        if "client" in stats.tls_connections[2] else True
     # the resent GET is the one after the handshake (its own packet), not the rejected 0-RTT one
     assert resent.source.frames[0] > stats.tls_connections[2]["frame"] + 3
     assert resent.complete and resent.scheme == "https" and resent.server_name == "tls.test"
@@ -275,8 +273,8 @@ def test_rejected_early_data_that_comes_after_the_servers_answer_is_skipped_and_
     late = [(True, hello_and_early[:cut]), segments[1], (True, hello_and_early[cut:]), *segments[2:]]
     for order in (segments, late):
         client, server, reports = _Sink(), _Sink(), []
-        conn = TlsConnection(KeyLog.from_files([KEYS_REJECTED]), client, server, lambda *a: reports.append(a),
-                             lambda *a: reports.append(a))
+        report = lambda *args, out=reports: out.append(args)  # noqa: E731
+        conn = TlsConnection(KeyLog.from_files([KEYS_REJECTED]), client, server, report, report)
         for index, (from_client, payload) in enumerate(order):
             (conn.client if from_client else conn.server).feed(payload, 0, index + 1)
         assert bytes(client.data) == b"GET /data.json HTTP/1.1\r\nHost: tls.test\r\nConnection: close\r\n\r\n"

@@ -14,8 +14,9 @@ at their true indices. hpack's Decoder stops at the first such reference. Nothin
 on bad input except :class:`H2Error`, caught by the session and turned into flags.
 
 An HTTP/2 exchange is given an HTTP/1.1-style head (pseudo-headers mapped to the request line,
-``:authority`` to Host) and raw bytes, so it is replayed over HTTP/1.1 (replay over HTTP/2 is
-not done yet); ``protocol`` says how it was captured.
+``:authority`` to Host) and raw bytes, so that everything downstream sees HTTP/1.1-shaped messages;
+``protocol`` says how it was captured, and targets/h2.py replays it over HTTP/2 when the target speaks
+it (its frame walker decodes responses with this module's HPACK decoder).
 """
 
 from __future__ import annotations

@@ -10,9 +10,13 @@ requires HTTP/2 (the probe failing is a usage error), "1.1" sends HTTP/2 capture
 One TCP (or TLS) connection per captured connection: the plan gives the streams of a connection that
 overlapped in the capture lanes of their own (schedule.plan.stream_lanes), which this target maps
 back to their connection (`connection_of`) and multiplexes there, so concurrent streams stay
-concurrent. The HTTP/2 state machine is python-hyper's `h2` (flow control both ways, SETTINGS,
-MAX_CONCURRENT_STREAMS, trailers); bench/bench_h2_replay.py measures what it costs next to the
-HTTP/1.1 engine.
+concurrent. Frames are walked here (`_Connection`: flow control both ways, SETTINGS,
+MAX_CONCURRENT_STREAMS, trailers), python-hyper's `h2` state machine is the reference engine
+(`_H2PackageConnection`, ENGINES["h2"]); bench/bench_h2_replay.py measures both next to the HTTP/1.1
+engine. Per request: the header block is encoded once per request object (`H2Target._prepare`), the
+frames of one loop iteration leave in one write per connection (`_Batch`), and response header blocks
+are decoded and turned into Responses once per distinct block where HPACK allows
+(http/h2.py `HpackDecoder`, `response_for_block`).
 """
 
 from __future__ import annotations
