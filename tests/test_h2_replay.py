@@ -219,6 +219,31 @@ def test_flow_control_both_ways(tmp_path, engine) -> None:
     assert sent <= first <= done
 
 
+@pytest.mark.parametrize("engine", ["frames", "h2"])
+def test_requests_of_one_head_share_their_http2_form_not_their_bodies(tmp_path, engine) -> None:
+    """H2Target works out a request's HTTP/2 header block once per method, target and fields: two
+    POSTs with the same head and different bodies (same length) share it, each body goes as its own."""
+    bodies = [b"a" * 10, b"b" * 10]
+    requests = [to_request([(b":method", b"POST"), (b":path", b"/upload"), (b":authority", b"x")], body, (), "h2c")
+                for body in bodies]
+
+    async def send(url: str):
+        target = H2Target(url, version="2", engine=engine)
+        await target.start()
+        try:
+            out = []
+            for i, request in enumerate(requests * 2):
+                out.append(await target.send(PlannedRequest(i, 0, "c", request, b""), RealClock()))
+            return out, len(target._prepared)
+        finally:
+            await target.close()
+
+    with hypercorn(tmp_path) as (url, _):
+        results, prepared = asyncio.run(send(url))
+    assert [r[0].body for r in results] == [f"10 {hashlib.sha256(b).hexdigest()}\n".encode() for b in bodies * 2]
+    assert prepared == 1
+
+
 def test_frame_walker_agrees_with_the_h2_package(tmp_path) -> None:
     """Every exchange of the h2c capture sent by both connection engines to the same server: the same
     responses (status, headers less the date, body, trailers)."""

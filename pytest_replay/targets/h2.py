@@ -49,7 +49,7 @@ _DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"trans
                       b"host", b"http2-settings"})
 _WINDOW = 1 << 24  # our receive window (stream and connection): responses are not throttled by us
 PROBE_TIMEOUT_S = 3.0
-MAX_PREPARED = 1 << 16  # requests whose HTTP/2 form H2Target keeps (emptied when full)
+MAX_PREPARED = 4096  # request heads whose HTTP/2 form H2Target keeps (emptied when full)
 
 
 class Unprocessed(TargetError):
@@ -840,7 +840,7 @@ class H2Target:
         self._opening: dict[str, asyncio.Future] = {}
         self._closed_lanes: dict[str, set[str]] = {}  # captured connection -> its lanes closed so far
         self._probing: asyncio.Future | None = None
-        self._prepared: dict[int, tuple] = {}  # id(request) -> _prepare()'s answer
+        self._prepared: dict[tuple, tuple] = {}  # (method, target, header fields) -> _prepare()'s answer
         self._batch: _Batch | None = None  # the frame walker's writes of one loop iteration
         self.opened = 0  # HTTP/2 connections opened (one per captured connection, unless one was lost)
         self.wire = self.http1.wire
@@ -885,14 +885,17 @@ class H2Target:
         request = planned.request
         if not request.http2:
             return await self.http1.send(planned, clock)
-        prepared = self._prepared.get(id(request))
-        if prepared is None or prepared[0] is not request:
+        try:
+            prepared = self._prepared.get((request.method, request.target, request.headers))
+        except TypeError:  # fields that are not hashable (lists made by a hook): worked out each time
+            prepared = None
+        if prepared is None:
             if self.probed is None and self.version == "auto":  # not probed before the replay (a baseline target)
                 await self._probe_once()
             prepared = self._prepare(request)
-        if not prepared[1]:
+        if not prepared[0]:
             return await self.http1.send(planned, clock)
-        headers = prepared[2]
+        headers = prepared[1]
         key = connection_of(planned.lane)
         conn = self._conns.get(key)
         if conn is None or conn.closed is not None:
@@ -904,21 +907,26 @@ class H2Target:
             return await conn.exchange(headers, request.body, request.trailers)
 
     def _prepare(self, request: Request) -> tuple:
-        """(request, over HTTP/2?, what the connection engine sends: the encoded header block for the
-        frame walker, the header list for the h2 package), worked out once per request object (the
-        plan's requests are sent once each, a loop or a capacity run sends them again)."""
+        """(over HTTP/2?, what the connection engine sends: the encoded header block for the frame
+        walker, the header list for the h2 package) for an HTTP/2 request, worked out once per method,
+        target and header fields (all it depends on once the target is probed: requests of the same
+        head share it, and a loop or a capacity run sends the same requests again). The bodies are
+        not kept."""
         if not self.over_h2(request):
-            prepared = (request, False, None)
+            prepared = (False, None)
         else:
             answer = self.probed
             if answer is not None and not answer.h2 and self.version != "2":
                 raise TargetError(REFUSED, f"gRPC needs HTTP/2 and {self.url} does not speak it ({answer.how})")
             authority = request.host if self.keep_host and request.host else self.http1.host
             headers = h2_headers(request, self.scheme, authority)
-            prepared = (request, True, encode_headers(headers) if self.connection_class.takes_block else headers)
+            prepared = (True, encode_headers(headers) if self.connection_class.takes_block else headers)
         if len(self._prepared) >= MAX_PREPARED:
             self._prepared.clear()
-        self._prepared[id(request)] = prepared  # (the entry holds the request: its id is not reused)
+        try:
+            self._prepared[(request.method, request.target, request.headers)] = prepared
+        except TypeError:
+            pass
         return prepared
 
     async def _probe_once(self) -> None:
