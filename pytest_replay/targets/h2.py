@@ -13,7 +13,7 @@ back to their connection (`connection_of`) and multiplexes there, so concurrent 
 concurrent. Frames are walked here (`_Connection`: flow control both ways, SETTINGS,
 MAX_CONCURRENT_STREAMS, trailers), python-hyper's `h2` state machine is the reference engine
 (`_H2PackageConnection`, ENGINES["h2"]); bench/bench_h2_replay.py measures both next to the HTTP/1.1
-engine. Per request: the header block is encoded once per request object (`H2Target._prepare`), the
+engine. Per request: the header block is encoded once per request head (`H2Target._prepare`), the
 frames of one loop iteration leave in one write per connection (`_Batch`), and response header blocks
 are decoded and turned into Responses once per distinct block where HPACK allows
 (http/h2.py `HpackDecoder`, `response_for_block`).
