@@ -151,6 +151,183 @@ def test_hpack_matches_reference_decoder() -> None:
         assert ours.decode(block) == ([(bytes(n), bytes(v)) for n, v in theirs.decode(block, raw=True)], 0)
 
 
+# Blocks for the remembered-block fast path: made by hand so that they use every HPACK representation,
+# and drawn from a few templates so that the same bytes come again (a template that refers to no
+# dynamic entry is the same bytes each time: the fast path answers it from _BLOCKS).
+_NAMES = [b"content-type", b"date", b"x-a", b"etag", b"cache-control"]
+_VALUES = [b"", b"application/json", b"Sun, 06 Dec 2026 12:00:00 GMT", b"v" * 40, b"\x00\xff binary", b"text/html"]
+_HUFFMAN = hpack.huffman.HuffmanEncoder(hpack.huffman_constants.REQUEST_CODES,
+                                       hpack.huffman_constants.REQUEST_CODES_LENGTH)
+
+
+def _int(value: int, prefix: int, first: int) -> bytes:
+    mask = (1 << prefix) - 1
+    if value < mask:
+        return bytes((first | value,))
+    out, value = bytearray((first | mask,)), value - mask
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    return bytes(out + bytes((value,)))
+
+
+def _str(data: bytes, huffman: bool) -> bytes:
+    if huffman:
+        data = _HUFFMAN.encode(data)
+    return _int(len(data), 7, 0x80 if huffman else 0) + data
+
+
+_OP = st.one_of(
+    st.tuples(st.just("static"), st.integers(1, 61)),
+    st.tuples(st.just("dynamic"), st.integers(0, 40)),
+    st.tuples(st.just("literal"), st.sampled_from([(0x40, 6), (0x00, 4), (0x10, 4)]),  # incremental, without, never
+              st.one_of(st.tuples(st.just("static"), st.integers(1, 61)), st.tuples(st.just("dynamic"), st.integers(0, 40)),
+                        st.tuples(st.just("name"), st.sampled_from(_NAMES))),
+              st.sampled_from(_VALUES), st.booleans()))
+_TEMPLATE = st.tuples(st.one_of(st.none(), st.integers(0, 4096)), st.lists(_OP, min_size=1, max_size=6))
+
+
+def _block(template, decoder: hpack.Decoder) -> bytes:
+    """The template's bytes against the decoder's table as it will be at each field (dynamic indices
+    are taken modulo the entries there are then; none: a static one instead)."""
+    size, ops = template
+    sizes = [len(n) + len(v) + 32 for n, v in decoder.header_table.dynamic_entries]  # newest first
+    limit = decoder.header_table.maxsize
+
+    def fit() -> None:
+        while sum(sizes) > limit:
+            sizes.pop()
+
+    def name_size(kind, which) -> int:
+        if kind == "name":
+            return len(which)
+        if kind == "static":
+            return len(hpack.table.HeaderTable.STATIC_TABLE[which - 1][0])
+        return -1  # a dynamic entry's name: looked up below
+
+    out = []
+    if size is not None:
+        out.append(_int(size, 5, 0x20))
+        limit = size
+        fit()
+    entries = list(decoder.header_table.dynamic_entries)
+    names = [len(n) for n, _ in entries]
+    for op in ops:
+        if op[0] == "static":
+            out.append(_int(op[1], 7, 0x80))
+        elif op[0] == "dynamic":
+            if sizes:
+                out.append(_int(62 + op[1] % len(sizes), 7, 0x80))
+        else:
+            (first, prefix), (kind, which), value, huffman = op[1:]
+            if kind == "dynamic" and not sizes:
+                kind, which = "static", 31
+            if kind == "name":
+                out.append(bytes((first,)) + _str(which, huffman))
+                nlen = len(which)
+            elif kind == "static":
+                out.append(_int(which, prefix, first))
+                nlen = name_size(kind, which)
+            else:
+                at = which % len(sizes)
+                out.append(_int(62 + at, prefix, first))
+                nlen = names[at]
+            out.append(_str(value, huffman))
+            if first == 0x40:
+                sizes.insert(0, nlen + len(value) + 32)
+                names.insert(0, nlen)
+                fit()
+                del names[len(sizes):]
+    return b"".join(out)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(templates=st.lists(_TEMPLATE, min_size=1, max_size=4), order=st.lists(st.integers(0, 3), min_size=1,
+                                                                             max_size=16))
+def test_remembered_blocks_decode_like_the_reference_and_hpack(templates, order) -> None:
+    """The fast path (blocks that refer to no dynamic entry decoded once, their table additions
+    replayed, eviction deferred) against our reference path (fast=False) and hpack's Decoder: the same
+    header lists and the same dynamic table after every block, blocks coming again and again."""
+    fast, slow, theirs = HpackDecoder(), HpackDecoder(), hpack.Decoder()
+    for i in order:
+        template = templates[i % len(templates)]
+        if template[0] is not None and template[0] > theirs.max_allowed_table_size:
+            continue
+        block = _block(template, theirs)
+        expected = [(bytes(n), bytes(v)) for n, v in theirs.decode(block, raw=True)]
+        assert fast.decode(block) == slow.decode(block, fast=False) == (expected, 0)
+        table = [(bytes(n), bytes(v)) for n, v in theirs.header_table.dynamic_entries]
+        assert fast.entries() == slow.entries() == table
+
+
+def test_remembered_blocks_are_the_state_free_ones() -> None:
+    """nginx's response blocks (static name, literal with incremental indexing) are remembered and
+    answered from memory the second time; a block that refers to a dynamic entry never is."""
+    from pytest_replay.http import h2 as http_h2
+
+    nginx_like = b"\x88" + b"\x61" + _str(b"Sun, 06 Dec 2026 12:00:00 GMT", True) + b"\x5f" + _str(b"application/json", False)
+    decoder = HpackDecoder()
+    first = decoder.decode(nginx_like)
+    assert http_h2._BLOCKS[nginx_like][0] == tuple(first[0]) and len(decoder.entries()) == 2
+    assert decoder.decode(nginx_like) == first and len(decoder.entries()) == 4  # the additions replayed
+    referring = b"\x88\xbe"  # :status 200, then the newest dynamic entry
+    assert decoder.decode(referring) == ([(b":status", b"200"), (b"content-type", b"application/json")], 0)
+    assert referring not in http_h2._BLOCKS
+    # a literal whose name is the newest dynamic entry's: the same bytes, another name once the
+    # table has changed
+    named = b"\x7e" + _str(b"v", False)
+    assert decoder.decode(named)[0] == [(b"content-type", b"v")] and named not in http_h2._BLOCKS
+    decoder.decode(b"\x40" + _str(b"x-other", False) + _str(b"w", False))
+    assert decoder.decode(named)[0] == [(b"x-other", b"v")]
+
+
+def test_blocks_remembered_for_a_table_state_are_forgotten_when_it_changes() -> None:
+    """A block of indices only (b"\\xbe": the newest dynamic entry) is remembered by its decoder for
+    the table as it is, and decoded anew after any change: an addition (decoded, or replayed from a
+    remembered block) or a size update."""
+    decoder = HpackDecoder()
+    newest = b"\xbe"
+    first = b"\x40" + _str(b"x-a", False) + _str(b"1", False)  # literal with incremental indexing, new name
+    second = b"\x40" + _str(b"x-b", False) + _str(b"2", True)
+    decoder.decode(first)
+    assert decoder.decode(newest) == decoder.decode(newest) == ([(b"x-a", b"1")], 0)
+    assert newest in decoder.seen
+    decoder.decode(second)
+    assert decoder.decode(newest) == ([(b"x-b", b"2")], 0)
+    decoder.decode(first)  # from _BLOCKS this time: its addition replayed
+    assert decoder.decode(newest) == ([(b"x-a", b"1")], 0)
+    decoder.decode(b"\x20")  # size update to 0: the table is emptied
+    with pytest.raises(H2Error, match="beyond the dynamic table"):
+        decoder.decode(newest)
+
+
+@settings(max_examples=120, deadline=None)
+@given(fields=st.lists(st.tuples(st.sampled_from([b"content-type", b"content-length", b"x-a", b"server", b"host"]),
+                                 st.binary(max_size=12)), max_size=5),
+       status=st.sampled_from([b"200", b"204", b"404", b"999", b"20", b"abc"]),
+       bodies=st.lists(st.binary(max_size=20), min_size=1, max_size=4), trailers=st.booleans(),
+       protocol=st.sampled_from(["h2", "h2c"]))
+def test_responses_made_from_remembered_blocks_are_to_responses(fields, status, bodies, trailers, protocol) -> None:
+    """response_for_block (head and fields made once per remembered block and body length) gives the
+    Response to_response gives, field for field, the first time and from memory."""
+    from pytest_replay.http.h2 import response_for_block, to_response
+    from pytest_replay.targets.h2 import encode_headers
+
+    headers = [(b":status", status), *fields]
+    block = encode_headers(headers)  # literals without indexing: a state-free block
+    decoded, _ = HpackDecoder().decode(block)
+    assert decoded == headers
+    extra = ((b"grpc-status", b"0"),) if trailers else ()
+    for body in [*bodies, *bodies]:
+        ours = response_for_block(block, decoded, body, extra, (100,), protocol)
+        reference = to_response(decoded, body, extra, (100,), protocol)
+        assert [getattr(ours, f) for f in _RESPONSE_FIELDS] == [getattr(reference, f) for f in _RESPONSE_FIELDS]
+
+
+_RESPONSE_FIELDS = ("status", "reason", "version", "head", "body", "raw", "trailers", "interim", "lf_only", "headers",
+                    "protocol")
+
+
 def test_grpc_helpers() -> None:
     exchanges, _ = load(str(CRAFTED / "h2c_grpc_cut.pcap"))
     call = exchanges[0]

@@ -26,6 +26,7 @@ TLS13, TLS12, INJECTED, H2 = (RECORDED / n for n in ("tls13.pcap", "tls12.pcap",
                                                      "tls_h2.pcap"))
 KEYS13, KEYS12, KEYS_H2 = RECORDED / "tls13.keys.log", RECORDED / "tls12.keys.log", RECORDED / "tls_h2.keys.log"
 EARLY, KEYS_EARLY = RECORDED / "tls13_early.pcap", RECORDED / "tls13_early.keys.log"
+REJECTED, KEYS_REJECTED = RECORDED / "tls13_early_rejected.pcap", RECORDED / "tls13_early_rejected.keys.log"
 
 
 def h(text: str) -> bytes:
@@ -236,6 +237,73 @@ def test_inspect_reports_early_data(capsys) -> None:
     assert "0-RTT early data: 1 records decrypted" in capsys.readouterr().out
 
 
+def test_rejected_early_data_is_skipped_and_reported_and_the_rest_decrypts() -> None:
+    """tls13_early_rejected.pcap: two resumed sessions whose GET travelled as 0-RTT data that nginx
+    rejected (the key log has the early secret, so the records would decrypt). Neither early GET is an
+    exchange: the first client sent nothing more (its connection has none), the second sent the GET
+    again after the handshake, and that request, from its own packet, is the exchange."""
+    truth = _truth(REJECTED)
+    exchanges, stats = load(str(REJECTED), keylog=[str(KEYS_REJECTED)])
+    got = [(e.request.method, e.request.target, e.response.status, len(e.response.body)) for e in exchanges]
+    assert got == [(x["method"], x["target"], x["status"], x["response_body"]) for x in truth["exchanges"]]
+    assert truth["tshark"]["requests"] == len(got) == 2  # tshark, leaving out the 0-RTT records, agrees
+    assert truth["tshark"]["requests_with_rejected_early_data"] == 4  # ... which it decrypts all the same
+    assert stats.tls == {"decrypted": 3} and stats.warnings == [] and not stats.orphan_responses
+    early = [c["early_data"] for c in stats.tls_connections]
+    assert early[0] is None and [e and e["accepted"] for e in early] == [None, False, False]
+    for info, connection in zip(early[1:], stats.tls_connections[1:]):
+        assert (info["records"], info["decrypted"]) == (1, 0)
+        # the 0-RTT record rides in the ClientHello's packet, the third of the connection (after the SYNs)
+        assert info["reason"].startswith("rejected by the server: 1 record (") and \
+            f"bytes, from frame {connection['frame'] + 3}) skipped" in info["reason"]
+    resent = exchanges[1]
+    # the resent GET is the one after the handshake (its own packet), not the rejected 0-RTT one
+    assert resent.source.frames[0] > stats.tls_connections[2]["frame"] + 3
+    assert resent.complete and resent.scheme == "https" and resent.server_name == "tls.test"
+
+
+def test_rejected_early_data_that_comes_after_the_servers_answer_is_skipped_and_counted() -> None:
+    """The client's 0-RTT record arriving after the server's EncryptedExtensions (a client still
+    sending early data when the rejection comes): skipped with the handshake keys, counted, and the
+    request sent again after the handshake decrypts."""
+    segments = _segments(REJECTED)[2]
+    hello_and_early = segments[0][1]
+    assert segments[0][0] and not segments[1][0]
+    cut = 5 + int.from_bytes(hello_and_early[3:5], "big")  # the ClientHello record, then the 0-RTT one
+    late = [(True, hello_and_early[:cut]), segments[1], (True, hello_and_early[cut:]), *segments[2:]]
+    for order in (segments, late):
+        client, server, reports = _Sink(), _Sink(), []
+        report = lambda *args, out=reports: out.append(args)  # noqa: E731
+        conn = TlsConnection(KeyLog.from_files([KEYS_REJECTED]), client, server, report, report)
+        for index, (from_client, payload) in enumerate(order):
+            (conn.client if from_client else conn.server).feed(payload, 0, index + 1)
+        assert bytes(client.data) == b"GET /data.json HTTP/1.1\r\nHost: tls.test\r\nConnection: close\r\n\r\n"
+        assert bytes(server.data).startswith(b"HTTP/1.1 200 OK") and reports == []
+        assert conn.early["accepted"] is False and (conn.early["records"], conn.early["decrypted"]) == (1, 0)
+        assert conn.early["reason"].startswith("rejected by the server: 1 record (") and conn.status == "decrypted"
+
+
+def test_inspect_reports_rejected_early_data(capsys) -> None:
+    from pytest_replay.cli import main
+
+    assert main(["inspect", str(REJECTED), "--keylog", str(KEYS_REJECTED)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("0-RTT early data rejected by the server: 1 record (") == 2 and "exchanges: 2 (2 complete" in out
+
+
+def test_replay_of_rejected_early_data_sends_only_the_resent_request(pytester: pytest.Pytester) -> None:
+    """End to end: the replay sends the two GETs the server answered, not the two it rejected as 0-RTT data."""
+    exchanges, _ = load(str(REJECTED), keylog=[str(KEYS_REJECTED)])
+    service = _Recorded(exchanges)
+    try:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(REJECTED), "--replay-keylog",
+                                               str(KEYS_REJECTED), "--replay-target", service.url, "--speed", "0")
+    finally:
+        service.close()
+    result.assert_outcomes(passed=2)
+    assert service.seen == ["GET /data.json", "GET /data.json"]
+
+
 # -- missing, wrong keys, corrupted records: reports, never exceptions ------------------------
 def _keylog_without(keys: Path, random: bytes) -> KeyLog:
     lines = [line for line in keys.read_text().splitlines() if random.hex() not in line]
@@ -377,8 +445,9 @@ def _decrypt(segments, keylog, cuts=None) -> tuple[bytes, bytes, list]:
 
 CONNECTIONS = {name: _segments(capture) for name, capture in (("tls13", TLS13), ("tls12", TLS12),
                                                                ("tls13_early", EARLY))}
+CONNECTIONS["tls13_early_rejected"] = [c for i, c in enumerate(_segments(REJECTED)) if i != 1]  # (1: no request)
 KEYLOGS = {"tls13": KeyLog.from_files([KEYS13]), "tls12": KeyLog.from_files([KEYS12]),
-           "tls13_early": KeyLog.from_files([KEYS_EARLY])}
+           "tls13_early": KeyLog.from_files([KEYS_EARLY]), "tls13_early_rejected": KeyLog.from_files([KEYS_REJECTED])}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

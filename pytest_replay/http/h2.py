@@ -14,8 +14,9 @@ at their true indices. hpack's Decoder stops at the first such reference. Nothin
 on bad input except :class:`H2Error`, caught by the session and turned into flags.
 
 An HTTP/2 exchange is given an HTTP/1.1-style head (pseudo-headers mapped to the request line,
-``:authority`` to Host) and raw bytes, so it is replayed over HTTP/1.1 (replay over HTTP/2 is
-not done yet); ``protocol`` says how it was captured.
+``:authority`` to Host) and raw bytes, so that everything downstream sees HTTP/1.1-shaped messages;
+``protocol`` says how it was captured, and targets/h2.py replays it over HTTP/2 when the target speaks
+it (its frame walker decodes responses with this module's HPACK decoder).
 """
 
 from __future__ import annotations
@@ -46,32 +47,81 @@ class H2Error(ValueError):
 # -- HPACK ---------------------------------------------------------------------------------------
 class HpackDecoder:
     """One direction's HPACK state. `known` False: the connection started before the capture, so
-    the dynamic table has entries we never saw (beyond the ones we did)."""
+    the dynamic table has entries we never saw (beyond the ones we did).
 
-    __slots__ = ("table", "size", "max_size", "known")
+    A block that references no dynamic-table entry and updates no table size decodes to the same
+    header list whatever the table holds, and adds the same entries to it: such blocks are decoded
+    once and remembered (`_BLOCKS`, shared by every decoder, bounded); a hit returns the remembered
+    list and replays the block's additions to the table. nginx sends each response's date, content
+    type and length as literals with incremental indexing and never refers back to them, so its
+    responses are all of this kind, and repeat for as long as the date does. A block that refers to
+    dynamic entries but changes nothing in the table decodes the same for as long as the table stays
+    as it is: such blocks are remembered by each decoder (`seen`) for its table's `version`, which
+    every change bumps (servers on python-hyper's or Go's encoder answer repeated requests with such
+    blocks: every field an index). `decode(..., fast=False)` is the reference: it never uses either
+    memory (tests/test_h2.py compares the two with hpack's Decoder on random blocks)."""
+
+    __slots__ = ("table", "size", "max_size", "known", "version", "seen", "seen_version")
 
     def __init__(self, known: bool = True) -> None:
         self.table: list[tuple[bytes, bytes]] = []  # newest first
         self.size = 0
         self.max_size = 4096
         self.known = known
+        self.version = 0  # bumped by every change of the table (additions, size updates)
+        self.seen: dict[bytes, tuple] = {}  # block -> (headers, unknown) while the table is at seen_version
+        self.seen_version = 0
 
     def _add(self, name: bytes, value: bytes) -> None:
+        self.version += 1
         self.table.insert(0, (name, value))
         self.size += len(name) + len(value) + 32
         if self.size > self.max_size:
             self._evict()
 
+    def _add_all(self, added: tuple, size: int) -> None:
+        """A remembered block's additions: `added` newest first, `size` their HPACK size together.
+        Eviction waits until the table is read (`_entry`, `entries`) or holds 4 times its size:
+        the entries that stay are the newest that fit whenever eviction runs, so deferring it changes
+        nothing, and a server that never refers back to its entries (nginx) costs one trim per
+        few dozen blocks instead of a few evictions per block."""
+        self.version += 1
+        self.table[0:0] = added
+        self.size += size
+        if self.size > 4 * self.max_size + 4096:
+            self._trim()
+
     def _evict(self) -> None:
-        while self.size > self.max_size and self.table:
-            name, value = self.table.pop()
+        table = self.table
+        while self.size > self.max_size and table:
+            name, value = table.pop()
             self.size -= len(name) + len(value) + 32
+
+    def _trim(self) -> None:
+        """_evict() in one step: keep the newest entries that fit (the same ones)."""
+        limit, total, keep = self.max_size, 0, 0
+        for name, value in self.table:
+            size = len(name) + len(value) + 32
+            if total + size > limit:
+                break
+            total += size
+            keep += 1
+        del self.table[keep:]
+        self.size = total
+
+    def entries(self) -> list[tuple[bytes, bytes]]:
+        """The dynamic table, newest first (what the encoder's table holds)."""
+        if self.size > self.max_size:
+            self._trim()
+        return list(self.table)
 
     def _entry(self, index: int) -> tuple[bytes, bytes] | None:
         if index == 0:
             raise H2Error("HPACK index 0")
         if index <= len(STATIC):
             return STATIC[index - 1]
+        if self.size > self.max_size:
+            self._trim()
         dynamic = index - len(STATIC) - 1
         if dynamic < len(self.table):
             return self.table[dynamic]
@@ -79,12 +129,26 @@ class HpackDecoder:
             raise H2Error(f"HPACK index {index} beyond the dynamic table ({len(self.table)} entries)")
         return None
 
-    def decode(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+    def decode(self, block: bytes, fast: bool = True) -> tuple[list[tuple[bytes, bytes]], int]:
         """(header pairs, how many referenced unknown entries). Unknown names or values are b"?".
         The common cases (a one-byte index, a static entry) are inlined: this runs per header."""
+        if fast:
+            seen = _BLOCKS.get(block)
+            if seen is not None:
+                headers, added, size = seen
+                if added:
+                    self._add_all(added, size)
+                return list(headers), 0
+            if self.seen_version == self.version:
+                seen = self.seen.get(block)
+                if seen is not None:
+                    return list(seen[0]), seen[1]
         headers: list[tuple[bytes, bytes]] = []
         append = headers.append
         unknown = 0
+        dynamic = False  # an entry of the dynamic table referenced, or its size updated: not in _BLOCKS
+        version = self.version
+        added: list[tuple[bytes, bytes]] = []
         pos, n = 0, len(block)
         static, nstatic = STATIC, len(STATIC)
         while pos < n:
@@ -98,6 +162,7 @@ class HpackDecoder:
                 if 0 < index <= nstatic:
                     append(static[index - 1])
                     continue
+                dynamic = True
                 entry = self._entry(index)
                 if entry is None or entry[0] is _UNKNOWN:
                     unknown += 1
@@ -114,6 +179,8 @@ class HpackDecoder:
                 size, pos = _integer(block, pos, 5)
                 self.max_size = size
                 self._evict()
+                self.version += 1
+                dynamic = True
                 continue
             else:
                 index, indexing = byte & 0x0F, False
@@ -122,7 +189,11 @@ class HpackDecoder:
                 else:
                     pos += 1
             if index:
-                entry = static[index - 1] if index <= nstatic else self._entry(index)
+                if index <= nstatic:
+                    entry = static[index - 1]
+                else:
+                    dynamic = True
+                    entry = self._entry(index)
                 if entry is None or entry[0] is _UNKNOWN:
                     unknown += 1
                     name = _UNKNOWN
@@ -133,8 +204,28 @@ class HpackDecoder:
             value, pos = _string(block, pos)
             if indexing:
                 self._add(name, value)
+                added.append((name, value))
             append((name, value))
+        if fast and len(block) <= MAX_BLOCK_SEEN:
+            if not dynamic:
+                if len(_BLOCKS) >= MAX_BLOCKS_SEEN:
+                    _BLOCKS.clear()
+                added.reverse()
+                _BLOCKS[bytes(block)] = (tuple(headers), tuple(added),
+                                         sum(len(name) + len(value) + 32 for name, value in added))
+            elif self.version == version:  # the table as it was: the block decodes the same until it changes
+                if self.seen_version != version or len(self.seen) >= MAX_SEEN_PER_TABLE:
+                    self.seen = {}
+                    self.seen_version = version
+                self.seen[bytes(block)] = (tuple(headers), unknown)
         return headers, unknown
+
+
+# Header blocks decoded once (HpackDecoder.decode): state-free ones only, keyed by their bytes.
+MAX_BLOCKS_SEEN = 4096  # blocks kept (the dict is emptied when full)
+MAX_BLOCK_SEEN = 4096  # longer blocks are not kept: at most 16 MiB held
+MAX_SEEN_PER_TABLE = 64  # blocks a decoder keeps for one state of its table
+_BLOCKS: dict[bytes, tuple[tuple, tuple, int]] = {}
 
 
 def _integer(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
@@ -312,6 +403,28 @@ def to_response(headers, body: bytes, trailers, interim: tuple[int, ...], protoc
     head = build_head(f"HTTP/1.1 {status} {reason}".rstrip().encode("latin-1"), fields)
     return Response(status, reason, "1.1", head, body, head + body, tuple(trailers), interim, False, fields,
                     protocol)
+
+
+def response_for_block(block: bytes, headers, body: bytes, trailers, interim: tuple[int, ...],
+                       protocol: str) -> Response:
+    """to_response() for the headers decoded from `block`: the status, head and fields are made once
+    per block (and body length) when the block decodes the same whatever the dynamic table holds
+    (HpackDecoder keeps it in _BLOCKS); the Response is the same as to_response's either way."""
+    key = (block, len(body), protocol)
+    parts = _RESPONSE_PARTS.get(key)
+    if parts is None:
+        response = to_response(headers, body, trailers, interim, protocol)
+        if block in _BLOCKS:
+            if len(_RESPONSE_PARTS) >= MAX_BLOCKS_SEEN:
+                _RESPONSE_PARTS.clear()
+            _RESPONSE_PARTS[key] = (response.status, response.reason, response.head, response.headers)
+        return response
+    status, reason, head, fields = parts
+    return Response(status, reason, "1.1", head, body, head + body, tuple(trailers), interim, False, fields,
+                    protocol)
+
+
+_RESPONSE_PARTS: dict[tuple, tuple] = {}  # (block, body length, protocol) -> status, reason, head, fields
 
 
 # -- gRPC ----------------------------------------------------------------------------------------

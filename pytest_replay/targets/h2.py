@@ -10,9 +10,13 @@ requires HTTP/2 (the probe failing is a usage error), "1.1" sends HTTP/2 capture
 One TCP (or TLS) connection per captured connection: the plan gives the streams of a connection that
 overlapped in the capture lanes of their own (schedule.plan.stream_lanes), which this target maps
 back to their connection (`connection_of`) and multiplexes there, so concurrent streams stay
-concurrent. The HTTP/2 state machine is python-hyper's `h2` (flow control both ways, SETTINGS,
-MAX_CONCURRENT_STREAMS, trailers); bench/bench_h2_replay.py measures what it costs next to the
-HTTP/1.1 engine.
+concurrent. Frames are walked here (`_Connection`: flow control both ways, SETTINGS,
+MAX_CONCURRENT_STREAMS, trailers), python-hyper's `h2` state machine is the reference engine
+(`_H2PackageConnection`, ENGINES["h2"]); bench/bench_h2_replay.py measures both next to the HTTP/1.1
+engine. Per request: the header block is encoded once per request head (`H2Target._prepare`), the
+frames of one loop iteration leave in one write per connection (`_Batch`), and response header blocks
+are decoded and turned into Responses once per distinct block where HPACK allows
+(http/h2.py `HpackDecoder`, `response_for_block`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 from dataclasses import dataclass
 
 import h2.config
@@ -29,7 +34,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from ..http.h2 import H2Error, HpackDecoder, is_grpc, to_response
+from ..http.h2 import H2Error, HpackDecoder, is_grpc, response_for_block, to_response
 from ..http.message import Request, Response
 from ..schedule.plan import PlannedRequest, connection_of, slot_count
 from ..schedule.target import REFUSED, RESET, TargetError
@@ -44,6 +49,7 @@ _DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"trans
                       b"host", b"http2-settings"})
 _WINDOW = 1 << 24  # our receive window (stream and connection): responses are not throttled by us
 PROBE_TIMEOUT_S = 3.0
+MAX_PREPARED = 4096  # request heads whose HTTP/2 form H2Target keeps (emptied when full)
 
 
 class Unprocessed(TargetError):
@@ -143,7 +149,9 @@ class _H2PackageConnection(asyncio.Protocol):
     """One HTTP/2 connection on python-hyper's h2 state machine (the reference: ENGINES["h2"]). Many
     streams in flight, each `exchange` waiting for its own."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, now, protocol: str) -> None:
+    takes_block = False  # exchange() takes the request's header list
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, now, protocol: str, batch=None) -> None:
         self.loop = loop
         self.now = now
         self.protocol = protocol  # "h2c" or "h2": what the replayed responses say they came over
@@ -368,6 +376,7 @@ DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, 
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME = 3, 4, 5
 REFUSED_STREAM = 7
+_PLAIN_BLOCK = END_HEADERS | PADDED | PRIORITY  # a whole header block, no padding, no priority: END_HEADERS alone
 OUR_MAX_FRAME = 1 << 14  # we do not raise SETTINGS_MAX_FRAME_SIZE: a longer frame is a server error
 _OUR_SETTINGS = (b"\x00\x02" + (0).to_bytes(4, "big")  # ENABLE_PUSH 0
                  + b"\x00\x04" + _WINDOW.to_bytes(4, "big"))  # INITIAL_WINDOW_SIZE
@@ -383,8 +392,12 @@ def _unpad(payload: bytes) -> bytes:
     return payload[1:len(payload) - payload[0]]
 
 
+_FRAME_HEAD = struct.Struct("!HBBBI")  # a frame's 9-byte header: 24-bit length (16 + 8), type, flags, stream
+
+
 def _frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + stream_id.to_bytes(4, "big") + payload
+    n = len(payload)
+    return _FRAME_HEAD.pack(n >> 8, n & 0xFF, ftype, flags, stream_id) + payload
 
 
 def _hpack_int(value: int, prefix: int, first: int) -> bytes:
@@ -423,12 +436,48 @@ def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class _FrameStream(_Stream):
-    __slots__ = ("send_window", "received")
+    __slots__ = ("send_window", "received", "block", "sent")
 
-    def __init__(self, waiter: asyncio.Future, window: int) -> None:
-        _Stream.__init__(self, waiter)
+    def __init__(self, waiter: asyncio.Future, window: int, sent: int = 0) -> None:
+        self.waiter = waiter
+        self.headers = None
+        self.data = []
+        self.trailers = []
+        self.interim = ()
+        self.first_ns = None
+        self.window = None
         self.send_window = window  # what we may still send on this stream (the server's window)
         self.received = 0  # DATA bytes taken since our last WINDOW_UPDATE for the stream
+        self.block = b""  # the response's header block (HpackDecoder remembers state-free ones)
+        self.sent = sent  # when its HEADERS went out (set again when a batch is written)
+
+
+class _Batch:
+    """Writes of one event-loop iteration, written at its end (one callback): each connection's
+    frames of the iteration (HEADERS of its new streams, WINDOW_UPDATEs, acks) go out in one write,
+    and the connections are written back to back, as RawTarget's writer does for HTTP/1.1: a write
+    to a loopback peer wakes the server, once per batch instead of once per request."""
+
+    __slots__ = ("loop", "now", "pending", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, now) -> None:
+        self.loop = loop
+        self.now = now
+        self.pending: list[_Connection] = []
+        self.scheduled = False
+
+    def add(self, conn: _Connection) -> None:
+        self.pending.append(conn)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        self.scheduled = False
+        now = self.now()
+        for conn in pending:
+            conn.flush(now)
 
 
 class _Connection(asyncio.Protocol):
@@ -436,14 +485,26 @@ class _Connection(asyncio.Protocol):
     machine costs far more per exchange than the rest of the replay (bench/bench_h2_replay.py (c));
     it stays as the reference (_H2PackageConnection), and tests run both against the same servers.
     Flow control both ways, SETTINGS (concurrent streams, initial window, frame size), PING, GOAWAY,
-    RST_STREAM, trailers, 1xx; response headers decoded by the capture parser's HPACK decoder."""
+    RST_STREAM, trailers, 1xx; response headers decoded by the capture parser's HPACK decoder.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, now, protocol: str) -> None:
+    Per exchange it does as little Python as it can: the request's header block comes encoded
+    (H2Target encodes it once per request), frames are written through a `_Batch` (one write per
+    connection per loop iteration), received frames are walked where they lie in the data read,
+    and the Response's head and fields are made once per distinct response header block
+    (http.h2.response_for_block)."""
+
+    takes_block = True  # exchange() takes the request's encoded header block
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, now, protocol: str, batch: _Batch | None = None) -> None:
         self.loop = loop
         self.now = now
         self.protocol = protocol
+        self.batch = batch  # None: every frame written at once
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
+        self.out: list[bytes] = []  # frames waiting for the batch
+        self.unsent: list[_FrameStream] = []  # streams whose HEADERS wait in `out`
+        self.queued = False
         self.hpack = HpackDecoder(True)
         self.block: tuple | None = None  # (stream id, flags, [fragments]) of a header block in progress
         self.streams: dict[int, _FrameStream] = {}
@@ -456,6 +517,30 @@ class _Connection(asyncio.Protocol):
         self.slot: asyncio.Future | None = None
         self.closed: str | None = None
 
+    # writing
+    def _write(self, data: bytes) -> None:
+        if self.batch is None:
+            self.transport.write(data)
+            return
+        self.out.append(data)
+        if not self.queued:
+            self.queued = True
+            self.batch.add(self)
+
+    def flush(self, now: int) -> None:
+        """The batch's turn: this connection's frames in one write; its new streams are sent now."""
+        self.queued = False
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
+        for stream in self.unsent:
+            stream.sent = now
+        self.unsent.clear()
+
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -463,27 +548,38 @@ class _Connection(asyncio.Protocol):
                         + _frame(WINDOW_UPDATE, 0, 0, (_WINDOW - 65535).to_bytes(4, "big")))
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
         now = self.now()
-        pos, n = 0, len(buf)
+        buf = self.buf
         try:
-            while n - pos >= 9:
-                length = int.from_bytes(buf[pos:pos + 3], "big")
+            if buf:
+                buf += data
+                data = bytes(buf)
+                buf.clear()
+            pos, n = 0, len(data)
+            unpack, frame, on_data, on_headers = _FRAME_HEAD.unpack_from, self._frame, self._data, self._headers
+            while n - pos >= 9:  # frames walked where they lie; a cut one waits in buf
+                high, low, ftype, flags, stream_id = unpack(data, pos)
+                length = high << 8 | low
                 if length > OUR_MAX_FRAME:
                     raise H2Error(f"a {length}-byte frame (our SETTINGS_MAX_FRAME_SIZE is {OUR_MAX_FRAME})")
                 end = pos + 9 + length
                 if end > n:
                     break
-                ftype, flags = buf[pos + 3], buf[pos + 4]
-                stream_id = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-                self._frame(ftype, flags, stream_id, bytes(buf[pos + 9:end]), now)
+                if self.block is None and (ftype == DATA or (ftype == HEADERS and flags & _PLAIN_BLOCK == END_HEADERS)):
+                    # the frames of every response, straight to their handlers (_frame has the rest)
+                    if ftype == DATA:
+                        on_data(flags, stream_id & 0x7FFFFFFF, data[pos + 9:end], now)
+                    else:
+                        on_headers(stream_id & 0x7FFFFFFF, flags, data[pos + 9:end], now)
+                else:
+                    frame(ftype, flags, stream_id & 0x7FFFFFFF, data[pos + 9:end], now)
                 pos = end
         except H2Error as exc:
             self._lost(f"HTTP/2 protocol error from the server: {exc}")
             self.transport.abort()
             return
-        del buf[:pos]
+        if pos < n:
+            buf += data[pos:]
 
     def connection_lost(self, exc) -> None:
         self._lost("connection closed" if exc is None else f"connection lost ({type(exc).__name__}: {exc})")
@@ -499,15 +595,18 @@ class _Connection(asyncio.Protocol):
                 payload = _unpad(payload)
             if flags & PRIORITY:
                 payload = payload[5:]
-            self.block = (stream_id, flags, [payload])
             if flags & END_HEADERS:
-                self._headers(now)
+                self._headers(stream_id, flags, payload, now)
+            else:
+                self.block = (stream_id, flags, [payload])
         elif ftype == CONTINUATION:
             if self.block is None or self.block[0] != stream_id:
                 raise H2Error("CONTINUATION without its HEADERS")
             self.block[2].append(payload)
             if flags & END_HEADERS:
-                self._headers(now)
+                stream_id, flags, parts = self.block
+                self.block = None
+                self._headers(stream_id, flags, b"".join(parts), now)
         elif ftype == SETTINGS:
             if not flags & ACK:
                 self._settings(payload)
@@ -515,7 +614,7 @@ class _Connection(asyncio.Protocol):
             self._window_update(stream_id, payload)
         elif ftype == PING:
             if not flags & ACK:
-                self.transport.write(_frame(PING, ACK, 0, payload))
+                self._write(_frame(PING, ACK, 0, payload))
         elif ftype == RST_STREAM:
             code = int.from_bytes(payload[:4], "big")
             self._fail(stream_id, f"the server reset the stream (RST_STREAM {_code_name(code)})",
@@ -534,10 +633,9 @@ class _Connection(asyncio.Protocol):
         taken = len(payload)  # flow control counts the padding too
         if flags & PADDED:
             payload = _unpad(payload)
-        out = []
         self.received += taken
         if self.received >= _WINDOW // 2:
-            out.append(_frame(WINDOW_UPDATE, 0, 0, self.received.to_bytes(4, "big")))
+            self._write(_frame(WINDOW_UPDATE, 0, 0, self.received.to_bytes(4, "big")))
             self.received = 0
         stream = self.streams.get(stream_id)
         if stream is not None:
@@ -546,25 +644,24 @@ class _Connection(asyncio.Protocol):
             if flags & END_STREAM:
                 self._end(stream_id, now)
             elif stream.received >= _WINDOW // 2:
-                out.append(_frame(WINDOW_UPDATE, 0, stream_id, stream.received.to_bytes(4, "big")))
+                self._write(_frame(WINDOW_UPDATE, 0, stream_id, stream.received.to_bytes(4, "big")))
                 stream.received = 0
-        if out:
-            self.transport.write(b"".join(out))
 
-    def _headers(self, now: int) -> None:
-        stream_id, flags, parts = self.block
-        self.block = None
-        headers, _ = self.hpack.decode(b"".join(parts))  # decoded even for a stream we dropped: HPACK state
+    def _headers(self, stream_id: int, flags: int, block: bytes, now: int) -> None:
+        headers, _ = self.hpack.decode(block)  # decoded even for a stream we dropped: HPACK state
         stream = self.streams.get(stream_id)
         if stream is None:
             return
         if stream.first_ns is None:
             stream.first_ns = now
-        status = next((value for name, value in headers if name == b":status"), None)
+        first = headers[0] if headers else (b"", b"")
+        status = first[1] if first[0] == b":status" else next(
+            (value for name, value in headers if name == b":status"), None)
         if stream.headers is None and status is not None and status[:1] == b"1":
             stream.interim += (int(status) if status.isdigit() else 0,)
         elif stream.headers is None:
             stream.headers = headers
+            stream.block = block
         else:
             stream.trailers = headers
         if flags & END_STREAM:
@@ -581,7 +678,7 @@ class _Connection(asyncio.Protocol):
                     stream.send_window += delta
             elif key == S_MAX_FRAME:
                 self.max_frame = value
-        self.transport.write(_frame(SETTINGS, ACK, 0))
+        self._write(_frame(SETTINGS, ACK, 0))
         self._wake_senders()
         self._free_slot()
 
@@ -610,10 +707,13 @@ class _Connection(asyncio.Protocol):
             stream.waiter.set_exception(TargetError(RESET, "the stream ended without response headers",
                                                     first_byte_ns=stream.first_ns))
         else:
-            response = to_response(stream.headers, b"".join(stream.data), stream.trailers, stream.interim,
-                                   self.protocol)
+            data = stream.data
+            body = data[0] if len(data) == 1 else b"".join(data)
+            response = response_for_block(stream.block, stream.headers, body, stream.trailers, stream.interim,
+                                          self.protocol)
             stream.waiter.set_result((response, stream.first_ns, now))
-        self._free_slot()
+        if self.slot is not None:
+            self._free_slot()
 
     def _fail(self, stream_id: int, why: str, unprocessed: bool = False) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -626,7 +726,8 @@ class _Connection(asyncio.Protocol):
     _free_slot = _H2PackageConnection._free_slot
 
     # the lanes' side
-    async def exchange(self, headers: list, body: bytes, trailers) -> tuple[Response, int, int, int]:
+    async def exchange(self, block: bytes, body: bytes, trailers) -> tuple[Response, int, int, int]:
+        """One stream: `block` is the request's HPACK header block (encode_headers)."""
         while len(self.streams) >= self.max_streams and self.closed is None:
             if self.slot is None or self.slot.done():
                 self.slot = self.loop.create_future()
@@ -634,26 +735,27 @@ class _Connection(asyncio.Protocol):
         if self.closed is not None or self.next_id > 0x7FFFFFFF:
             raise TargetError(RESET, f"{self.closed or 'stream ids used up'}: no new stream could be opened")
         stream_id, self.next_id = self.next_id, self.next_id + 2
-        stream = self.streams[stream_id] = _FrameStream(self.loop.create_future(), self.initial_window)
-        sent = self.now()
+        stream = self.streams[stream_id] = _FrameStream(self.loop.create_future(), self.initial_window, self.now())
         try:
-            self.transport.write(self._header_frames(stream_id, headers, not body and not trailers))
+            if self.batch is not None:
+                self.unsent.append(stream)
+            self._write(self._header_frames(stream_id, block, not body and not trailers))
             if body or trailers:
                 await self._body(stream_id, stream, body, not trailers)
                 if trailers and stream_id in self.streams and self.closed is None:
-                    self.transport.write(self._header_frames(stream_id, list(trailers), True))
+                    self._write(self._header_frames(stream_id, encode_headers(list(trailers)), True))
             response, first, done = await stream.waiter
-            return response, sent, first, done
+            return response, stream.sent, first, done
         except asyncio.CancelledError:
             self.cancel(stream_id)
             raise
 
-    def _header_frames(self, stream_id: int, headers: list, end_stream: bool) -> bytes:
-        block = encode_headers(headers)
+    def _header_frames(self, stream_id: int, block: bytes, end_stream: bool) -> bytes:
         limit = self.max_frame
         flags = END_STREAM if end_stream else 0
         if len(block) <= limit:
-            return _frame(HEADERS, flags | END_HEADERS, stream_id, block)
+            return _FRAME_HEAD.pack(len(block) >> 8, len(block) & 0xFF, HEADERS, flags | END_HEADERS,
+                                    stream_id) + block
         chunks = [block[i:i + limit] for i in range(0, len(block), limit)]
         frames = [_frame(HEADERS, flags, stream_id, chunks[0])]
         frames += [_frame(CONTINUATION, 0, stream_id, c) for c in chunks[1:-1]]
@@ -672,28 +774,30 @@ class _Connection(asyncio.Protocol):
                 stream.window = None
                 continue
             last = allowed == len(view)
-            self.transport.write(_frame(DATA, END_STREAM if last and end else 0, stream_id, bytes(view[:allowed])))
+            self._write(_frame(DATA, END_STREAM if last and end else 0, stream_id, bytes(view[:allowed])))
             self.send_window -= allowed
             stream.send_window -= allowed
             view = view[allowed:]
         if not body and end:
-            self.transport.write(_frame(DATA, END_STREAM, stream_id))
+            self._write(_frame(DATA, END_STREAM, stream_id))
 
     def cancel(self, stream_id: int) -> None:
         if self.streams.pop(stream_id, None) is not None and self.closed is None:
-            self.transport.write(_frame(RST_STREAM, 0, stream_id, (8).to_bytes(4, "big")))  # CANCEL
+            self._write(_frame(RST_STREAM, 0, stream_id, (8).to_bytes(4, "big")))  # CANCEL
         self._free_slot()
 
     def close(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        self.flush(self.now())  # what the batch has not written yet goes first
         if self.closed is None:  # (after the server's GOAWAY: just close)
             self.closed = "closed by the replay"
             transport.write(_frame(GOAWAY, 0, 0, bytes(8)))  # we accept no streams: last id 0, NO_ERROR
         transport.close()
 
     def abort(self) -> None:
+        self.out.clear()
         if self.transport is not None:
             self.transport.abort()
 
@@ -736,6 +840,8 @@ class H2Target:
         self._opening: dict[str, asyncio.Future] = {}
         self._closed_lanes: dict[str, set[str]] = {}  # captured connection -> its lanes closed so far
         self._probing: asyncio.Future | None = None
+        self._prepared: dict[tuple, tuple] = {}  # (method, target, header fields) -> _prepare()'s answer
+        self._batch: _Batch | None = None  # the frame walker's writes of one loop iteration
         self.opened = 0  # HTTP/2 connections opened (one per captured connection, unless one was lost)
         self.wire = self.http1.wire
         self.sent_host = self.http1.sent_host
@@ -779,22 +885,49 @@ class H2Target:
         request = planned.request
         if not request.http2:
             return await self.http1.send(planned, clock)
-        if self.probed is None and self.version == "auto":  # not probed before the replay (a baseline target)
-            await self._probe_once()
-        if not self.over_h2(request):
+        try:
+            prepared = self._prepared.get((request.method, request.target, request.headers))
+        except TypeError:  # fields that are not hashable (lists made by a hook): worked out each time
+            prepared = None
+        if prepared is None:
+            if self.probed is None and self.version == "auto":  # not probed before the replay (a baseline target)
+                await self._probe_once()
+            prepared = self._prepare(request)
+        if not prepared[0]:
             return await self.http1.send(planned, clock)
-        answer = self.probed
-        if answer is not None and not answer.h2 and self.version != "2":
-            raise TargetError(REFUSED, f"gRPC needs HTTP/2 and {self.url} does not speak it ({answer.how})")
+        headers = prepared[1]
         key = connection_of(planned.lane)
-        authority = request.host if self.keep_host and request.host else self.http1.host
-        headers = h2_headers(request, self.scheme, authority)
-        conn = await self._connection(key, clock)
+        conn = self._conns.get(key)
+        if conn is None or conn.closed is not None:
+            conn = await self._connection(key, clock)
         try:
             return await conn.exchange(headers, request.body, request.trailers)
         except Unprocessed:  # not processed by the server: once more (after a GOAWAY, on a new connection)
             conn = await self._connection(key, clock)
             return await conn.exchange(headers, request.body, request.trailers)
+
+    def _prepare(self, request: Request) -> tuple:
+        """(over HTTP/2?, what the connection engine sends: the encoded header block for the frame
+        walker, the header list for the h2 package) for an HTTP/2 request, worked out once per method,
+        target and header fields (all it depends on once the target is probed: requests of the same
+        head share it, and a loop or a capacity run sends the same requests again). The bodies are
+        not kept."""
+        if not self.over_h2(request):
+            prepared = (False, None)
+        else:
+            answer = self.probed
+            if answer is not None and not answer.h2 and self.version != "2":
+                raise TargetError(REFUSED, f"gRPC needs HTTP/2 and {self.url} does not speak it ({answer.how})")
+            authority = request.host if self.keep_host and request.host else self.http1.host
+            headers = h2_headers(request, self.scheme, authority)
+            prepared = (True, encode_headers(headers) if self.connection_class.takes_block else headers)
+        if len(self._prepared) >= MAX_PREPARED:
+            self._prepared.clear()
+        try:
+            self._prepared[(request.method, request.target, request.headers)] = prepared
+        except TypeError:
+            pass
+        return prepared
 
     async def _probe_once(self) -> None:
         """check() off the event loop (it blocks), once for every stream that needs it."""
@@ -828,8 +961,10 @@ class H2Target:
         host, port = self.http1.hostname, self.http1.port
         protocol = "h2" if self.scheme == "https" else "h2c"
         try:
+            if self.connection_class.takes_block and (self._batch is None or self._batch.loop is not loop):
+                self._batch = _Batch(loop, clock.now_ns)
             transport, conn = await loop.create_connection(
-                lambda: self.connection_class(loop, clock.now_ns, protocol), host, port, ssl=self._ssl,
+                lambda: self.connection_class(loop, clock.now_ns, protocol, self._batch), host, port, ssl=self._ssl,
                 server_hostname=host if self._ssl is not None else None)
         except ConnectionRefusedError as exc:
             raise TargetError(REFUSED, f"connection refused by {host}:{port} ({exc.strerror or exc})") from None

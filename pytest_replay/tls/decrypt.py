@@ -128,7 +128,9 @@ class TlsConnection:
             self.server_hello.alpn = alpn
             if alpn == "h2":
                 self._h2()
-        if self.client.held is not None:  # the 0-RTT records wait for this answer (and for the ALPN sinks)
+        # the 0-RTT records wait for this answer (and for the ALPN sinks); a client that offered early
+        # data but whose records come after this answer still sends them: they follow the answer too
+        if self.client.held is not None or (self.hello is not None and self.hello.early_data and self.early is None):
             self.client.early_data(early_accepted, mark)
 
     def _h2(self) -> None:
@@ -235,6 +237,8 @@ class TlsDirection:
         self.held_bytes = 0
         self.after_early = None  # 0-RTT: the (handshake, application) protections after EndOfEarlyData
         self.early_trial = 0  # and the records to skip by trial then (no handshake keys)
+        self.rejected_bytes = 0  # 0-RTT records the server rejected: skipped, counted in conn.early
+        self.rejected_frame: int | None = None
 
     # -- the sink interface of tcp.Stream ---------------------------------------------------
     def feed(self, data: bytes, ts_ns: int, frame: int = 0, ack: int | None = None, where: int = 0) -> None:
@@ -334,8 +338,10 @@ class TlsDirection:
         conn.early = {"offered": True, "accepted": accepted if known else None, "records": 0, "decrypted": 0,
                       "reason": ""}
         if not accepted:  # the client's records up to its Finished (handshake keys) are early data: skipped
-            conn.early["reason"] = "rejected by the server: the early data never reached the application"
+            self.rejected_bytes = sum(len(body) for _, body, _ in records)
+            self.rejected_frame = records[0][2][2] if records else None
             conn.early["records"] = len(records)
+            self._rejected()
             self.trial = MAX_EARLY_FAILURES
             return
         found = conn.protections(self, records[0][2] if records else mark)
@@ -366,6 +372,15 @@ class TlsDirection:
             before = self.opened
             self._open(header, body, record_mark)
             conn.early["decrypted"] += self.opened - before
+
+    def _rejected(self) -> None:
+        """The report of early data the server rejected: how much was skipped, from which frame."""
+        early = self.conn.early
+        count = early["records"]
+        where = f", from frame {self.rejected_frame}" if self.rejected_frame is not None else ""
+        early["reason"] = (f"rejected by the server: {count} record{'s' if count != 1 else ''} "
+                           f"({self.rejected_bytes} bytes{where}) skipped, the early data never reached the "
+                           "application" if count else "rejected by the server (no early data record seen)")
 
     def _start(self, mark: tuple) -> bool:
         found = self.conn.protections(self, mark)
@@ -410,6 +425,14 @@ class TlsDirection:
         conn = self.conn
         if self.trial:  # TLS 1.3, no handshake secret: a handshake record, skipped
             self.trial -= 1
+            early = conn.early
+            if self.from_client and early is not None and early["accepted"] is False and not self.opened:
+                # rejected early data that came after the server's answer (a client still sending it)
+                early["records"] += 1
+                self.rejected_bytes += size
+                if self.rejected_frame is None:
+                    self.rejected_frame = mark[2]
+                self._rejected()
             return
         conn.failed_records += 1
         self.failures += 1
