@@ -343,56 +343,98 @@ class Framer:
         callback has run it always finishes the job, loading the buffer if the body goes on.
         The general path is the reference: Framer(fast=False) never takes this one, and the parser
         and reader tests run both ways.
+
+        A whole message of at most 1 KiB that was framed this way before (the same bytes: a dense
+        capture repeats a load generator's requests and a server's small responses) is the same
+        frozen message again: it is taken from memory (_WHOLE) instead of being parsed and built.
         """
+        size = len(data)
+        if size <= _MAX_REMEMBERED and not self._pending:
+            known = _WHOLE[self.is_request].get(data)
+            if known is not None:
+                if self.is_request:
+                    if self._on_request is not None:
+                        self._first = False
+                        self._base = end = self._base + size
+                        self.messages += 1
+                        self._on_request(known, end, ts_ns, frame, where)
+                        return True
+                elif self._on_response is not None:
+                    return self._fast_response(data, known[1], known[0], None, known[2], ts_ns, frame, ack, where,
+                                               known[0])
         strict = _strict_head(data, self.is_request, self._completion)
         if strict is None:
             return False
         head_end, head, line, cl = strict
-        size = len(data)
-        is_request = self.is_request
+        if not self.is_request:
+            status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
+            return self._fast_response(data, head_end, (status, reason, version), head, cl, ts_ns, frame, ack, where)
         base = self._base
         length = int(cl) if cl is not None else 0
-        if is_request:
-            start = _remembered_request_line(line)
-            if start is None:
-                return False
-            method, target, version = start
-            if head_end + length == size and self._on_request is not None and not self._pending:
-                # The whole request in this segment, nothing framed before it waiting: straight
-                # to a Request (no Parsed, one callback instead of on_head and on_message).
-                self._first = False
-                self._base = end = base + size
-                self.messages += 1
-                self._on_request(Request(method, target, version, head, data[head_end:] if length else b"", data),
-                                 end, ts_ns, frame, where)
-                return True
-            msg = Parsed(True, head, version, base)
-            msg.method = method
-            msg.target = target
-            msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
-            self._on_head(msg)
+        start = _remembered_request_line(line)
+        if start is None:
+            return False
+        method, target, version = start
+        if head_end + length == size and self._on_request is not None and not self._pending:
+            # The whole request in this segment, nothing framed before it waiting: straight
+            # to a Request (no Parsed, one callback instead of on_head and on_message).
+            self._first = False
+            self._base = end = base + size
+            self.messages += 1
+            request = Request(method, target, version, head, data[head_end:] if length else b"", data)
+            if size <= _MAX_REMEMBERED:
+                _remember(_WHOLE[True], data, request)
+            self._on_request(request, end, ts_ns, frame, where)
+            return True
+        msg = Parsed(True, head, version, base)
+        msg.method = method
+        msg.target = target
+        msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
+        self._on_head(msg)
+        return self._fast_rest(msg, data, head_end, length, ts_ns, frame, ack, where)
+
+    def _fast_response(self, data: bytes, head_end: int, start, head: bytes | None, cl, ts_ns: int, frame: int,
+                       ack: int | None, where: int, known: Response | None = None) -> bool:
+        """_fast() for a response whose head is accepted: `start` is (status, reason, version) or,
+        for a whole response taken from memory, the Response itself (`known`; `cl` is then its
+        Content-Length as a number, or None); its callback runs here, so this always finishes."""
+        if known is not None:
+            status, reason, version, head = known.status, known.reason, known.version, known.head
         else:
-            status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
-            fused = status >= 200 and self._on_response is not None
-            msg = None if fused else _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
-            if status >= 200:
-                answered = self._on_answer(ack) if fused else self._on_head(msg)
-                if answered == "HEAD" or status in (204, 304) or (answered == "CONNECT" and status < 300):
-                    length = 0
-                elif cl is None:
-                    length = -1  # the body runs until the connection closes
-            else:
-                length = 0  # an interim (1xx) response has no body, whatever its headers say
-            if fused and head_end + length == size and not self._pending:
-                # The whole final response in this segment: straight to a Response (no Parsed).
-                self._first = False
-                self._base = end = base + size
-                self.messages += 1
-                self._on_response(Response(status, reason, version, head, data[head_end:] if length else b"", data),
-                                  end, ts_ns, frame)
-                return True
-            if msg is None:
-                msg = _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
+            status, reason, version = start
+        base = self._base
+        size = len(data)
+        length = int(cl) if cl is not None else 0
+        fused = status >= 200 and self._on_response is not None
+        msg = None if fused else _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
+        if status >= 200:
+            answered = self._on_answer(ack) if fused else self._on_head(msg)
+            if answered == "HEAD" or status in (204, 304) or (answered == "CONNECT" and status < 300):
+                length = 0
+            elif cl is None:
+                length = -1  # the body runs until the connection closes
+        else:
+            length = 0  # an interim (1xx) response has no body, whatever its headers say
+        if fused and head_end + length == size and not self._pending:
+            # The whole final response in this segment: straight to a Response (no Parsed).
+            self._first = False
+            self._base = end = base + size
+            self.messages += 1
+            if known is None:
+                known = Response(status, reason, version, head, data[head_end:] if length else b"", data)
+                if size <= _MAX_REMEMBERED:
+                    _remember(_WHOLE[False], data, (known, head_end, int(cl) if cl is not None else None))
+            self._on_response(known, end, ts_ns, frame)
+            return True
+        if msg is None:
+            msg = _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
+        return self._fast_rest(msg, data, head_end, length, ts_ns, frame, ack, where)
+
+    def _fast_rest(self, msg: Parsed, data: bytes, head_end: int, length: int, ts_ns: int, frame: int,
+                   ack: int | None, where: int) -> bool:
+        """The end of _fast() once the head's callback has run: the message is whole in `data`, or
+        its body goes on (the buffer is loaded and the general path continues)."""
+        base = self._base
         self._first = False
         if head_end + length == len(data):
             msg.raw = data
@@ -1013,8 +1055,18 @@ def _strict_head(data: bytes, is_request: bool, completion: Completion | None, r
 
 
 _HEADS: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})  # [is_request]: head -> (head, line, cl)
+# [is_request]: the bytes of a whole message framed by Framer._fast -> the Request, or for a response
+# (Response, end of its head, Content-Length as a number or None); messages up to _MAX_REMEMBERED bytes
+_WHOLE: tuple[dict[bytes, Request], dict[bytes, tuple]] = ({}, {})
 _MAX_HEADS = 4096  # heads remembered per direction (cleared when full)
 _MAX_REMEMBERED = 1024  # longer heads are not remembered: at most 8 MiB held, ~2 MiB for usual heads
+
+
+def _remember(memory: dict, key: bytes, value) -> None:
+    """Remember `value` for `key` in a bounded memory (_HEADS, _WHOLE): cleared when full."""
+    if len(memory) >= _MAX_HEADS:
+        memory.clear()
+    memory[key] = value
 
 
 def _content_length(head: bytes):

@@ -143,7 +143,7 @@ class Connection:
             size = len(payload)
             stream.offset += size
             stream.next_seq = (seq + size) & 0xFFFFFFFF
-            if framer._state == HEAD and not framer._buf and not framer._first:
+            if framer._state == HEAD and not framer._buf and not framer._first and framer.fast:
                 if not framer._fast(payload, ts_ns, frame, ack, where):
                     framer._append(payload, ts_ns, frame, ack, where)
             else:
