@@ -20,7 +20,7 @@ from collections.abc import Callable
 import httptools
 
 from .message import (CAPTURE_ENDED, CLOSED, GAP, TRUNCATED, UNPARSABLE, Request, Response, is_chunked,
-                      is_http_token, split_head)
+                      is_http_token, lazy_body, split_head)
 
 MAX_HEAD = 64 * 1024  # a head longer than this is not HTTP we can use
 MAX_KEPT = 64 * 1024  # bytes of an unparsable request kept (Lost.data) to be replayed as they were sent
@@ -381,9 +381,12 @@ class Framer:
             self._first = False
             self._base = end = base + size
             self.messages += 1
-            request = Request(method, target, version, head, data[head_end:] if length else b"", data)
-            if size <= _MAX_REMEMBERED:
-                _remember(_WHOLE[True], data, request)
+            if length <= _MAX_REMEMBERED:
+                request = Request(method, target, version, head, data[head_end:] if length else b"", data)
+                if size <= _MAX_REMEMBERED:
+                    _remember(_WHOLE[True], data, request)
+            else:
+                request = lazy_body(Request(method, target, version, head, b"", data))
             self._on_request(request, end, ts_ns, frame, where)
             return True
         msg = Parsed(True, head, version, base)
@@ -420,7 +423,11 @@ class Framer:
             self._first = False
             self._base = end = base + size
             self.messages += 1
-            if known is None:
+            if known is not None:
+                pass
+            elif length > _MAX_REMEMBERED:
+                known = lazy_body(Response(status, reason, version, head, b"", data))
+            else:
                 known = Response(status, reason, version, head, data[head_end:] if length else b"", data)
                 if size <= _MAX_REMEMBERED:
                     _remember(_WHOLE[False], data, (known, head_end, int(cl) if cl is not None else None))
@@ -1133,6 +1140,8 @@ def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
         if start is None:
             return None
         method, target, version = start
+        if body_length > _MAX_REMEMBERED:
+            return lazy_body(Request(method, target, version, head, b"", data))
         return Request(method, target, version, head, data[head_end:] if body_length else b"", data)
     status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
     if status < 200 or status in (204, 304) or method == "HEAD" or (method == "CONNECT" and status < 300):
@@ -1141,6 +1150,8 @@ def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
         expected = int(cl) if cl is not None else body_length  # no length: the record's end ends it
     if body_length != expected:
         return None
+    if body_length > _MAX_REMEMBERED:
+        return lazy_body(Response(status, reason, version, head, b"", data))
     return Response(status, reason, version, head, data[head_end:] if body_length else b"", data)
 
 
