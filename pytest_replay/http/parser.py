@@ -55,6 +55,9 @@ def _status_line(line: bytes) -> tuple[int, str, str]:
     return parsed
 
 
+_ASK = object()  # Framer._fast_response(): the response's callback has not run yet
+BODY_FRAMING_METHODS = frozenset({"HEAD", "CONNECT"})  # a response to these may have no body whatever it says
+
 # Framer states
 HEAD, FIXED, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, UNTIL_CLOSE, RESYNC, STOPPED = range(9)
 
@@ -360,7 +363,7 @@ class Framer:
                         self._on_request(known, end, ts_ns, frame, where)
                         return True
                 elif self._on_response is not None:
-                    return self._fast_response(data, known[1], known[0], None, known[2], ts_ns, frame, ack, where,
+                    return self._fast_response(data, known[1], None, None, known[2], ts_ns, frame, ack, where,
                                                known[0])
         strict = _strict_head(data, self.is_request, self._completion)
         if strict is None:
@@ -397,10 +400,11 @@ class Framer:
         return self._fast_rest(msg, data, head_end, length, ts_ns, frame, ack, where)
 
     def _fast_response(self, data: bytes, head_end: int, start, head: bytes | None, cl, ts_ns: int, frame: int,
-                       ack: int | None, where: int, known: Response | None = None) -> bool:
+                       ack: int | None, where: int, known: Response | None = None, answered=_ASK) -> bool:
         """_fast() for a response whose head is accepted: `start` is (status, reason, version) or,
-        for a whole response taken from memory, the Response itself (`known`; `cl` is then its
-        Content-Length as a number, or None); its callback runs here, so this always finishes."""
+        for a whole response taken from memory, None and the Response itself is `known` (`cl` is
+        then its Content-Length as a number, or None). Its callback runs here (unless the caller ran
+        it: `answered` is then the method it returned), so this always finishes."""
         if known is not None:
             status, reason, version, head = known.status, known.reason, known.version, known.head
         else:
@@ -411,7 +415,8 @@ class Framer:
         fused = status >= 200 and self._on_response is not None
         msg = None if fused else _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
         if status >= 200:
-            answered = self._on_answer(ack) if fused else self._on_head(msg)
+            if answered is _ASK:
+                answered = self._on_answer(ack) if fused else self._on_head(msg)
             if answered == "HEAD" or status in (204, 304) or (answered == "CONNECT" and status < 300):
                 length = 0
             elif cl is None:
@@ -430,7 +435,9 @@ class Framer:
             else:
                 known = Response(status, reason, version, head, data[head_end:] if length else b"", data)
                 if size <= _MAX_REMEMBERED:
-                    _remember(_WHOLE[False], data, (known, head_end, int(cl) if cl is not None else None))
+                    length = int(cl) if cl is not None else None
+                    plain = 0 if status in (204, 304) else length if length is not None else -1
+                    _remember(_WHOLE[False], data, (known, head_end, length, plain))
             self._on_response(known, end, ts_ns, frame)
             return True
         if msg is None:
@@ -1062,8 +1069,9 @@ def _strict_head(data: bytes, is_request: bool, completion: Completion | None, r
 
 
 _HEADS: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})  # [is_request]: head -> (head, line, cl)
-# [is_request]: the bytes of a whole message framed by Framer._fast -> the Request, or for a response
-# (Response, end of its head, Content-Length as a number or None); messages up to _MAX_REMEMBERED bytes
+# [is_request]: the bytes of a whole message framed by Framer._fast -> the Request, or for a final response
+# (Response, end of its head, Content-Length as a number or None, body length unless it answers one of
+# BODY_FRAMING_METHODS); messages up to _MAX_REMEMBERED bytes
 _WHOLE: tuple[dict[bytes, Request], dict[bytes, tuple]] = ({}, {})
 _MAX_HEADS = 4096  # heads remembered per direction (cleared when full)
 _MAX_REMEMBERED = 1024  # longer heads are not remembered: at most 8 MiB held, ~2 MiB for usual heads
