@@ -368,10 +368,11 @@ class Framer:
         strict = _strict_head(data, self.is_request, self._completion)
         if strict is None:
             return False
-        head_end, head, line, cl = strict
+        head_end, head, line, cl, again = strict
         if not self.is_request:
             status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
-            return self._fast_response(data, head_end, (status, reason, version), head, cl, ts_ns, frame, ack, where)
+            return self._fast_response(data, head_end, (status, reason, version), head, cl, ts_ns, frame, ack, where,
+                                       remember=again)
         base = self._base
         length = int(cl) if cl is not None else 0
         start = _remembered_request_line(line)
@@ -386,7 +387,7 @@ class Framer:
             self.messages += 1
             if length <= _MAX_REMEMBERED:
                 request = Request(method, target, version, head, data[head_end:] if length else b"", data)
-                if size <= _MAX_REMEMBERED:
+                if again and size <= _MAX_REMEMBERED:  # its head came before: it may well come again
                     _remember(_WHOLE[True], data, request)
             else:
                 request = lazy_body(Request(method, target, version, head, b"", data))
@@ -400,11 +401,13 @@ class Framer:
         return self._fast_rest(msg, data, head_end, length, ts_ns, frame, ack, where)
 
     def _fast_response(self, data: bytes, head_end: int, start, head: bytes | None, cl, ts_ns: int, frame: int,
-                       ack: int | None, where: int, known: Response | None = None, answered=_ASK) -> bool:
+                       ack: int | None, where: int, known: Response | None = None, answered=_ASK,
+                       remember: bool = False) -> bool:
         """_fast() for a response whose head is accepted: `start` is (status, reason, version) or,
         for a whole response taken from memory, None and the Response itself is `known` (`cl` is
         then its Content-Length as a number, or None). Its callback runs here (unless the caller ran
-        it: `answered` is then the method it returned), so this always finishes."""
+        it: `answered` is then the method it returned), so this always finishes. `remember`: the
+        head was seen before, so a whole response of at most 1 KiB is remembered (_WHOLE)."""
         if known is not None:
             status, reason, version, head = known.status, known.reason, known.version, known.head
         else:
@@ -434,7 +437,7 @@ class Framer:
                 known = lazy_body(Response(status, reason, version, head, b"", data))
             else:
                 known = Response(status, reason, version, head, data[head_end:] if length else b"", data)
-                if size <= _MAX_REMEMBERED:
+                if remember and size <= _MAX_REMEMBERED:
                     length = int(cl) if cl is not None else None
                     plain = 0 if status in (204, 304) else length if length is not None else -1
                     _remember(_WHOLE[False], data, (known, head_end, length, plain))
@@ -1024,10 +1027,11 @@ def _response_head(head: bytes, version: str, start: int, status: int, reason: s
 
 
 def _strict_head(data: bytes, is_request: bool, completion: Completion | None, remember: bool = True
-                 ) -> tuple[int, bytes, bytes, bytes | None] | None:
+                 ) -> tuple[int, bytes, bytes, bytes | None, bool] | None:
     """The common case of a message starting `data`: a whole CRLF head that httptools accepts
     strictly, with no Transfer-Encoding and at most one numeric Content-Length. Returns (end of the
-    head, the head, its start line, the Content-Length digits or None), or None for anything else
+    head, the head, its start line, the Content-Length digits or None, whether the head was
+    remembered from before), or None for anything else
     (the general path then parses it, leniently, or says what is wrong). `completion` (requests
     only) is reused across calls. The fast paths of Framer and fast_message() share it.
 
@@ -1045,7 +1049,7 @@ def _strict_head(data: bytes, is_request: bool, completion: Completion | None, r
         known = _HEADS[is_request]
         seen = known.get(head)
         if seen is not None:
-            return head_end, seen[0], seen[1], seen[2]
+            return head_end, seen[0], seen[1], seen[2], True
     if is_request:
         completion.done = False
     try:
@@ -1065,7 +1069,7 @@ def _strict_head(data: bytes, is_request: bool, completion: Completion | None, r
         if len(known) >= _MAX_HEADS:
             known.clear()
         known[head] = (head, line, cl)
-    return head_end, head, line, cl
+    return head_end, head, line, cl, False
 
 
 _HEADS: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})  # [is_request]: head -> (head, line, cl)
@@ -1139,7 +1143,7 @@ def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
     strict = _strict_head(data, is_request, completion, False)
     if strict is None:
         return None
-    head_end, head, line, cl = strict
+    head_end, head, line, cl, _ = strict
     body_length = len(data) - head_end
     if is_request:
         if body_length != (int(cl) if cl is not None else 0):
