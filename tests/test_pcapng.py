@@ -25,9 +25,10 @@ from pytest_replay.reassembly.stats import CaptureStats
 PCAPNG_FIXTURES = sorted(p for p in FIXTURES.rglob("*") if p.is_file() and p.name.endswith((".pcapng", ".pcapng.gz")))
 
 
-def ours(data: bytes) -> tuple[list[tuple], CaptureStats]:
+def ours(data: bytes, fast: bool | None = None) -> tuple[list[tuple], CaptureStats]:
     stats = CaptureStats()
-    frames = list(pcapng.read_frames("f.pcapng", io.BytesIO(data), len(data), stats, {}, DEFAULT_MAX_RECORD))
+    frames = list(pcapng.read_frames("f.pcapng", io.BytesIO(data), len(data), stats, {}, DEFAULT_MAX_RECORD,
+                                     fast=fast))
     return frames, stats
 
 
@@ -73,7 +74,9 @@ def _options(endian: str, options: list[tuple[int, bytes]]) -> bytes:
 
 
 @st.composite
-def pcapng_files(draw) -> bytes:
+def pcapng_files(draw, tsoffset: bool = False) -> bytes:
+    """Random valid files; with `tsoffset`, interfaces may also carry an if_tsoffset (scapy ignores it,
+    so only the comparisons of our own paths use it)."""
     endian = draw(st.sampled_from(["<", ">"]))
     shb = struct.pack(endian + "IHHq", 0x1A2B3C4D, 1, 0, -1) + _options(endian, draw(st.sampled_from(
         [[], [(4, b"test writer")]])))
@@ -88,6 +91,8 @@ def pcapng_files(draw) -> bytes:
             options.append((9, bytes([resol])))
         if draw(st.booleans()):
             options.append((2, b"eth0"))
+        if tsoffset and draw(st.booleans()):
+            options.append((14, struct.pack(endian + "q", draw(st.integers(-2**31, 2**31)))))
         interfaces.append((linktype, snaplen))
         out += _block(endian, 1, struct.pack(endian + "HHI", linktype, 0, snaplen) + _options(endian, options))
     for _ in range(draw(st.integers(0, 12))):
@@ -130,6 +135,22 @@ def test_cut_files_keep_the_frames_before_the_cut_and_say_where(data: bytes, dra
     assert all(w.kind == "truncated-file" for w in stats.warnings) and len(stats.warnings) <= 1
     if stats.warnings:
         assert stats.warnings[0].offset < cut
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pcapng_files(tsoffset=True), st.data())
+def test_the_fast_block_path_reads_what_the_general_path_reads(data: bytes, draw) -> None:
+    """read_frames(fast=True) reads whole Enhanced Packet Blocks with one unpack; on random files, cut
+    anywhere or with a byte changed (damaged lengths, interfaces, timestamps), it gives the general
+    path's frames, offsets and warnings."""
+    if draw.draw(st.booleans(), label="damaged"):
+        at = draw.draw(st.integers(28, len(data) - 1), label="at")
+        data = data[:at] + bytes([draw.draw(st.integers(0, 255), label="byte")]) + data[at + 1:]
+    data = data[:draw.draw(st.integers(28, len(data)), label="cut")]
+    fast, fast_stats = ours(data, fast=True)
+    general, general_stats = ours(data, fast=False)
+    assert fast == general
+    assert [str(w) for w in fast_stats.warnings] == [str(w) for w in general_stats.warnings]
 
 
 def test_a_packet_longer_than_65535_bytes_is_kept_whole(tmp_path) -> None:

@@ -161,14 +161,37 @@ def is_http_token(text: bytes | str) -> bool:
     return _TCHARS.match(text) is not None
 
 
+_unset = object.__delattr__
+
+
+def lazy_body(message: Request | Response) -> Request | Response:
+    """`message` (just built, its body the bytes of `raw` after `head`, no chunked framing) with its
+    body left to be cut out of `raw` on first use: a replay grouped by connection, `inspect` or a
+    plan never reads most recorded bodies, and copying a large one costs more than building the
+    message. Every reader of `body` (and eq, hash, repr, replace, copy, pickle) sees the same bytes
+    as before."""
+    _unset(message, "body")
+    return message
+
+
 def build_head(start_line: bytes, headers: Headers) -> bytes:
     return start_line + b"\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
 
 
 class _Message:
-    """Shared behaviour of requests and responses: header pairs parsed from the head on first use."""
+    """Shared behaviour of requests and responses: header pairs parsed from the head on first use, and
+    the body of a message read from one segment cut out of `raw` on first use (see lazy_body())."""
 
     __slots__ = ()
+
+    def __getattr__(self, name: str):
+        # Reached only when normal lookup fails: for a field, when its slot was left unset. Only
+        # `body` is (lazy_body()); it is the bytes after the head, as the framer read them.
+        if name != "body":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
+        body = self.raw[len(self.head):]
+        object.__setattr__(self, "body", body)
+        return body
 
     @property
     def headers(self) -> Headers:

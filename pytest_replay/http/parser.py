@@ -20,7 +20,7 @@ from collections.abc import Callable
 import httptools
 
 from .message import (CAPTURE_ENDED, CLOSED, GAP, TRUNCATED, UNPARSABLE, Request, Response, is_chunked,
-                      is_http_token, split_head)
+                      is_http_token, lazy_body, split_head)
 
 MAX_HEAD = 64 * 1024  # a head longer than this is not HTTP we can use
 MAX_KEPT = 64 * 1024  # bytes of an unparsable request kept (Lost.data) to be replayed as they were sent
@@ -54,6 +54,9 @@ def _status_line(line: bytes) -> tuple[int, str, str]:
         _STATUS_LINES[line] = parsed
     return parsed
 
+
+_ASK = object()  # Framer._fast_response(): the response's callback has not run yet
+BODY_FRAMING_METHODS = frozenset({"HEAD", "CONNECT"})  # a response to these may have no body whatever it says
 
 # Framer states
 HEAD, FIXED, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, UNTIL_CLOSE, RESYNC, STOPPED = range(9)
@@ -343,56 +346,112 @@ class Framer:
         callback has run it always finishes the job, loading the buffer if the body goes on.
         The general path is the reference: Framer(fast=False) never takes this one, and the parser
         and reader tests run both ways.
+
+        A whole message of at most 1 KiB that was framed this way before (the same bytes: a dense
+        capture repeats a load generator's requests and a server's small responses) is the same
+        frozen message again: it is taken from memory (_WHOLE) instead of being parsed and built.
         """
+        size = len(data)
+        if size <= _MAX_REMEMBERED and not self._pending:
+            known = _WHOLE[self.is_request].get(data)
+            if known is not None:
+                if self.is_request:
+                    if self._on_request is not None:
+                        self._first = False
+                        self._base = end = self._base + size
+                        self.messages += 1
+                        self._on_request(known, end, ts_ns, frame, where)
+                        return True
+                elif self._on_response is not None:
+                    return self._fast_response(data, known[1], None, None, known[2], ts_ns, frame, ack, where,
+                                               known[0])
         strict = _strict_head(data, self.is_request, self._completion)
         if strict is None:
             return False
-        head_end, head, line, cl = strict
-        size = len(data)
-        is_request = self.is_request
+        head_end, head, line, cl, again = strict
+        if not self.is_request:
+            status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
+            return self._fast_response(data, head_end, (status, reason, version), head, cl, ts_ns, frame, ack, where,
+                                       remember=again)
         base = self._base
         length = int(cl) if cl is not None else 0
-        if is_request:
-            start = _remembered_request_line(line)
-            if start is None:
-                return False
-            method, target, version = start
-            if head_end + length == size and self._on_request is not None and not self._pending:
-                # The whole request in this segment, nothing framed before it waiting: straight
-                # to a Request (no Parsed, one callback instead of on_head and on_message).
-                self._first = False
-                self._base = end = base + size
-                self.messages += 1
-                self._on_request(Request(method, target, version, head, data[head_end:] if length else b"", data),
-                                 end, ts_ns, frame, where)
-                return True
-            msg = Parsed(True, head, version, base)
-            msg.method = method
-            msg.target = target
-            msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
-            self._on_head(msg)
-        else:
-            status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
-            fused = status >= 200 and self._on_response is not None
-            msg = None if fused else _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
-            if status >= 200:
-                answered = self._on_answer(ack) if fused else self._on_head(msg)
-                if answered == "HEAD" or status in (204, 304) or (answered == "CONNECT" and status < 300):
-                    length = 0
-                elif cl is None:
-                    length = -1  # the body runs until the connection closes
+        start = _remembered_request_line(line)
+        if start is None:
+            return False
+        method, target, version = start
+        if head_end + length == size and self._on_request is not None and not self._pending:
+            # The whole request in this segment, nothing framed before it waiting: straight
+            # to a Request (no Parsed, one callback instead of on_head and on_message).
+            self._first = False
+            self._base = end = base + size
+            self.messages += 1
+            if length <= _MAX_REMEMBERED:
+                request = Request(method, target, version, head, data[head_end:] if length else b"", data)
+                if again and size <= _MAX_REMEMBERED:  # its head came before: it may well come again
+                    _remember(_WHOLE[True], data, request)
             else:
-                length = 0  # an interim (1xx) response has no body, whatever its headers say
-            if fused and head_end + length == size and not self._pending:
-                # The whole final response in this segment: straight to a Response (no Parsed).
-                self._first = False
-                self._base = end = base + size
-                self.messages += 1
-                self._on_response(Response(status, reason, version, head, data[head_end:] if length else b"", data),
-                                  end, ts_ns, frame)
-                return True
-            if msg is None:
-                msg = _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
+                request = lazy_body(Request(method, target, version, head, b"", data))
+            self._on_request(request, end, ts_ns, frame, where)
+            return True
+        msg = Parsed(True, head, version, base)
+        msg.method = method
+        msg.target = target
+        msg.ts_ns, msg.frame, msg.ack, msg.where = ts_ns, frame, ack, where
+        self._on_head(msg)
+        return self._fast_rest(msg, data, head_end, length, ts_ns, frame, ack, where)
+
+    def _fast_response(self, data: bytes, head_end: int, start, head: bytes | None, cl, ts_ns: int, frame: int,
+                       ack: int | None, where: int, known: Response | None = None, answered=_ASK,
+                       remember: bool = False) -> bool:
+        """_fast() for a response whose head is accepted: `start` is (status, reason, version) or,
+        for a whole response taken from memory, None and the Response itself is `known` (`cl` is
+        then its Content-Length as a number, or None). Its callback runs here (unless the caller ran
+        it: `answered` is then the method it returned), so this always finishes. `remember`: the
+        head was seen before, so a whole response of at most 1 KiB is remembered (_WHOLE)."""
+        if known is not None:
+            status, reason, version, head = known.status, known.reason, known.version, known.head
+        else:
+            status, reason, version = start
+        base = self._base
+        size = len(data)
+        length = int(cl) if cl is not None else 0
+        fused = status >= 200 and self._on_response is not None
+        msg = None if fused else _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
+        if status >= 200:
+            if answered is _ASK:
+                answered = self._on_answer(ack) if fused else self._on_head(msg)
+            if answered == "HEAD" or status in (204, 304) or (answered == "CONNECT" and status < 300):
+                length = 0
+            elif cl is None:
+                length = -1  # the body runs until the connection closes
+        else:
+            length = 0  # an interim (1xx) response has no body, whatever its headers say
+        if fused and head_end + length == size and not self._pending:
+            # The whole final response in this segment: straight to a Response (no Parsed).
+            self._first = False
+            self._base = end = base + size
+            self.messages += 1
+            if known is not None:
+                pass
+            elif length > _MAX_REMEMBERED:
+                known = lazy_body(Response(status, reason, version, head, b"", data))
+            else:
+                known = Response(status, reason, version, head, data[head_end:] if length else b"", data)
+                if remember and size <= _MAX_REMEMBERED:
+                    length = int(cl) if cl is not None else None
+                    plain = 0 if status in (204, 304) else length if length is not None else -1
+                    _remember(_WHOLE[False], data, (known, head_end, length, plain))
+            self._on_response(known, end, ts_ns, frame)
+            return True
+        if msg is None:
+            msg = _response_head(head, version, base, status, reason, ts_ns, frame, ack, where)
+        return self._fast_rest(msg, data, head_end, length, ts_ns, frame, ack, where)
+
+    def _fast_rest(self, msg: Parsed, data: bytes, head_end: int, length: int, ts_ns: int, frame: int,
+                   ack: int | None, where: int) -> bool:
+        """The end of _fast() once the head's callback has run: the message is whole in `data`, or
+        its body goes on (the buffer is loaded and the general path continues)."""
+        base = self._base
         self._first = False
         if head_end + length == len(data):
             msg.raw = data
@@ -968,10 +1027,11 @@ def _response_head(head: bytes, version: str, start: int, status: int, reason: s
 
 
 def _strict_head(data: bytes, is_request: bool, completion: Completion | None, remember: bool = True
-                 ) -> tuple[int, bytes, bytes, bytes | None] | None:
+                 ) -> tuple[int, bytes, bytes, bytes | None, bool] | None:
     """The common case of a message starting `data`: a whole CRLF head that httptools accepts
     strictly, with no Transfer-Encoding and at most one numeric Content-Length. Returns (end of the
-    head, the head, its start line, the Content-Length digits or None), or None for anything else
+    head, the head, its start line, the Content-Length digits or None, whether the head was
+    remembered from before), or None for anything else
     (the general path then parses it, leniently, or says what is wrong). `completion` (requests
     only) is reused across calls. The fast paths of Framer and fast_message() share it.
 
@@ -989,7 +1049,7 @@ def _strict_head(data: bytes, is_request: bool, completion: Completion | None, r
         known = _HEADS[is_request]
         seen = known.get(head)
         if seen is not None:
-            return head_end, seen[0], seen[1], seen[2]
+            return head_end, seen[0], seen[1], seen[2], True
     if is_request:
         completion.done = False
     try:
@@ -1009,12 +1069,23 @@ def _strict_head(data: bytes, is_request: bool, completion: Completion | None, r
         if len(known) >= _MAX_HEADS:
             known.clear()
         known[head] = (head, line, cl)
-    return head_end, head, line, cl
+    return head_end, head, line, cl, False
 
 
 _HEADS: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})  # [is_request]: head -> (head, line, cl)
+# [is_request]: the bytes of a whole message framed by Framer._fast -> the Request, or for a final response
+# (Response, end of its head, Content-Length as a number or None, body length unless it answers one of
+# BODY_FRAMING_METHODS); messages up to _MAX_REMEMBERED bytes
+_WHOLE: tuple[dict[bytes, Request], dict[bytes, tuple]] = ({}, {})
 _MAX_HEADS = 4096  # heads remembered per direction (cleared when full)
 _MAX_REMEMBERED = 1024  # longer heads are not remembered: at most 8 MiB held, ~2 MiB for usual heads
+
+
+def _remember(memory: dict, key: bytes, value) -> None:
+    """Remember `value` for `key` in a bounded memory (_HEADS, _WHOLE): cleared when full."""
+    if len(memory) >= _MAX_HEADS:
+        memory.clear()
+    memory[key] = value
 
 
 def _content_length(head: bytes):
@@ -1072,7 +1143,7 @@ def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
     strict = _strict_head(data, is_request, completion, False)
     if strict is None:
         return None
-    head_end, head, line, cl = strict
+    head_end, head, line, cl, _ = strict
     body_length = len(data) - head_end
     if is_request:
         if body_length != (int(cl) if cl is not None else 0):
@@ -1081,6 +1152,8 @@ def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
         if start is None:
             return None
         method, target, version = start
+        if body_length > _MAX_REMEMBERED:
+            return lazy_body(Request(method, target, version, head, b"", data))
         return Request(method, target, version, head, data[head_end:] if body_length else b"", data)
     status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
     if status < 200 or status in (204, 304) or method == "HEAD" or (method == "CONNECT" and status < 300):
@@ -1089,6 +1162,8 @@ def fast_message(data: bytes, is_request: bool, method: str | None = None, *,
         expected = int(cl) if cl is not None else body_length  # no length: the record's end ends it
     if body_length != expected:
         return None
+    if body_length > _MAX_REMEMBERED:
+        return lazy_body(Response(status, reason, version, head, b"", data))
     return Response(status, reason, version, head, data[head_end:] if body_length else b"", data)
 
 

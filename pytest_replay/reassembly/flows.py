@@ -19,7 +19,7 @@ from ..http.message import (CAPTURE_ENDED, CLOSED, EVENT_STREAM, GAP, MALFORMED,
                             TRUNCATED, UNPARSABLE, WEBSOCKET, Flag, Request, Response, build_head, header_value)
 from ..http.parser import MAX_KEPT
 from ..http.h2 import H2Session, H2Stream, looks_like_frames
-from ..http.parser import HEAD, Framer, Lost, Parsed, Stop
+from ..http.parser import _MAX_REMEMBERED as MAX_REMEMBERED, _WHOLE, BODY_FRAMING_METHODS, HEAD, Framer, Lost, Parsed, Stop
 from ..tls.records import looks_like_client_hello
 from .tcp import Stream
 
@@ -143,9 +143,26 @@ class Connection:
             size = len(payload)
             stream.offset += size
             stream.next_seq = (seq + size) & 0xFFFFFFFF
-            if framer._state == HEAD and not framer._buf and not framer._first:
-                if not framer._fast(payload, ts_ns, frame, ack, where):
-                    framer._append(payload, ts_ns, frame, ack, where)
+            if framer._state == HEAD and not framer._buf and not framer._first and framer.fast:
+                # Framer._fast(), with its memory of whole messages looked up here first
+                known = _WHOLE[from_client].get(payload) if size <= MAX_REMEMBERED and not framer._pending else None
+                if known is None:
+                    if not framer._fast(payload, ts_ns, frame, ack, where):
+                        framer._append(payload, ts_ns, frame, ack, where)
+                elif from_client:
+                    framer._base = end = framer._base + size
+                    framer.messages += 1
+                    self._whole_request(known, end, ts_ns, frame, where)
+                else:  # Framer._fast_response() for a remembered response, whole when it answers a GET
+                    response, head_end, cl, length = known
+                    answered = self._answer(ack)
+                    if answered in BODY_FRAMING_METHODS or head_end + length != size or framer._pending:
+                        framer._fast_response(payload, head_end, None, None, cl, ts_ns, frame, ack, where, response,
+                                              answered)
+                    else:
+                        framer._base = end = framer._base + size
+                        framer.messages += 1
+                        self._whole_response(response, end, ts_ns, frame)
             else:
                 framer.feed(payload, ts_ns, frame, ack, where)
         else:
