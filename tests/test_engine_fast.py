@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pytest_replay.http import parser
 from pytest_replay.http.message import Request
 from pytest_replay.schedule.clock import FakeClock, RealClock
 from pytest_replay.schedule.engine import Engine
@@ -252,6 +253,8 @@ def replay(script, fast: bool, *, timeout_s: float = 5.0):
     """The script's requests on one lane at speed 0, with RawTarget(fast) on the engine's matching path;
     (observations, connections the server saw, keys whose response was taken from raw._KNOWN)."""
     raw._KNOWN.clear()
+    for memory in parser._WHOLE:  # a message the Framer remembered from an earlier test is not one it was fed
+        memory.clear()
     Framer.fed = []
 
     async def main():
