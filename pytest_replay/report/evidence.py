@@ -577,8 +577,9 @@ def merge_shard_capacity(mine: dict | None, other: dict | None) -> dict | None:
         for key in CAPACITY_SUMS:
             if key in row or key in theirs:
                 row[key] = round(row.get(key, 0) + theirs.get(key, 0), 3)
-        late = [v for v in (row.get("lateness_p99_ms"), theirs.get("lateness_p99_ms")) if v is not None]
-        row["lateness_p99_ms"] = max(late) if late else None  # the worst shard's
+        for key in ("lateness_p99_ms", "service_p99_ms", "scheduled_p99_ms"):  # the worst shard's
+            late = [v for v in (row.get(key), theirs.get(key)) if v is not None]
+            row[key] = max(late) if late else None
         rows.append(row)
     planned = mine.get("planned_stages") or []
     for row, text in zip(rows, planned):  # the stage as given, not one shard's share of it

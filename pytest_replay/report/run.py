@@ -329,8 +329,9 @@ def merge_capacity(mine: dict, other: dict) -> dict:
     for row, theirs in zip(mine["stages"], other["stages"]):
         for key in ("planned", "sent", "sent_in_stage", "errors", "not_sent"):
             row[key] += theirs[key]
-        late = [v for v in (row.get("lateness_p99_ms"), theirs.get("lateness_p99_ms")) if v is not None]
-        row["lateness_p99_ms"] = max(late) if late else None  # the worst worker's
+        for key in ("lateness_p99_ms", "service_p99_ms", "scheduled_p99_ms"):  # the worst worker's
+            late = [v for v in (row.get(key), theirs.get(key)) if v is not None]
+            row[key] = max(late) if late else None
     mine["sent_after_the_end"] = mine.get("sent_after_the_end", 0) + other.get("sent_after_the_end", 0)
     theirs = other.get("reached")
     if theirs and (not mine.get("reached") or theirs["at_s"] > mine["reached"]["at_s"]):

@@ -383,6 +383,8 @@ class ReplayRun:
         sent = [0] * len(sp.stages)
         errors = [0] * len(sp.stages)
         late = [_Counter() for _ in sp.stages]
+        service = [_Counter() for _ in sp.stages]  # latency from send
+        scheduled = [_Counter() for _ in sp.stages]  # response time from schedule (Observation.response_ns)
         in_window = [0] * len(sp.stages)  # sent during the stage's time (the achieved rate)
         after_end = 0
         for o in engine.observations():
@@ -398,6 +400,9 @@ class ReplayRun:
             if o.error_kind is not None or (o.response is not None and o.response.status >= 500):
                 errors[i] += 1
             late[i][_bin(max(o.lateness_ns, 0))] += 1
+            if o.response_ns is not None:
+                scheduled[i][_bin(o.response_ns)] += 1
+                service[i][_bin(o.response_ns - o.queued_ns)] += 1
         mine = [0] * len(sp.stages)
         for p in engine.plan:
             mine[sp.stage_of(p.offset_ns)] += 1
@@ -407,7 +412,9 @@ class ReplayRun:
                          "start_s": sp.bounds_ns[i] / 1e9, "target_rate": round(sp.target_rate(i), 3),
                          "planned_all": planned_counts[i], "planned": mine[i], "sent": sent[i], "sent_in_stage": in_window[i], "errors": errors[i],
                          "not_sent": mine[i] - sent[i] if stop is not None else 0,
-                         "lateness_p99_ms": round((percentile(late[i], 99) or 0) / 1e6, 3) if late[i] else None})
+                         "lateness_p99_ms": round((percentile(late[i], 99) or 0) / 1e6, 3) if late[i] else None,
+                         "service_p99_ms": round(percentile(service[i], 99) / 1e6, 3) if service[i] else None,
+                         "scheduled_p99_ms": round(percentile(scheduled[i], 99) / 1e6, 3) if scheduled[i] else None})
         data = {"stages": rows, "loops": sp.loops, "sent_after_the_end": after_end, "base_rate": round(sp.base_rate, 3), "stopped": None,
                 "conditions": [str(c) for c in self.settings.abort_on], "window_s": self.settings.abort_window}
         last = max((o.sent_ns for o in engine.observations() if o.error_kind not in ("cancelled", "dropped")),
@@ -430,6 +437,9 @@ class ReplayRun:
             data["stopped"] = {"condition": stop.condition, "measured": stop.measured, "at_s": stop.at_ns / 1e9,
                                "stage": i + 1, "into_stage_s": (stop.at_ns - sp.bounds_ns[i]) / 1e9,
                                "window_s": stop.window_s, "requests_in_window": stop.requests,
+                               "in_flight_counted": stop.in_flight, "offered_rate": round(sp.rate_at(stop.at_ns), 3),
+                               "measures": next((c.measures for c in self.settings.abort_on
+                                                 if str(c) == stop.condition), None),
                                "tripped_on": stop.worker or None, "relayed": stop.relayed}
         return data
 

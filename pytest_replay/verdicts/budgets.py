@@ -487,20 +487,27 @@ __all__ = ["ACCEPTED_FORMS", "Budget", "BudgetResult", "Scope", "caveat_texts", 
 
 
 # -- stop conditions (--replay-abort-on): the budget grammar, inverted --------------------------
-STOP_FORMS = ("accepted forms: 'METRIC OP VALUE' as in budgets, tripping when it holds: latency p50|p90|p95|"
-              "p99|pN|max|mean (200ms, 1.5s), 5xx|4xx|errors (a percent), or lateness (the replayer's own "
-              "p99 lateness: it cannot keep up), e.g. 'p99>2s', '5xx>5%', 'errors>1%', 'lateness>50ms'")
+STOP_FORMS = ("accepted forms: '[service ]METRIC OP VALUE' as in budgets, tripping when it holds: latency p50|p90|"
+              "p95|p99|pN|max|mean (200ms, 1.5s) -- the response time from schedule (queueing behind the target "
+              "included), or the service latency from send with 'service' before it --, 5xx|4xx|errors (a "
+              "percent), or lateness (the replayer's own p99 lateness: it cannot keep up), e.g. 'p99>2s', "
+              "'service p99>2s', '5xx>5%', 'errors>1%', 'lateness>50ms'")
+SCHEDULED, SERVICE = "scheduled", "service"  # what a latency stop condition measures from (StopCondition.basis)
 
 
 @dataclass(frozen=True, slots=True)
 class StopCondition:
     """A condition that stops a replay when it holds over the sliding window (k6's abortOnFail,
-    written as the failure: 'p99>2s' stops when p99 exceeds 2 s). `value`: ns or percent."""
+    written as the failure: 'p99>2s' stops when p99 exceeds 2 s). `value`: ns or percent. A latency
+    condition judges the response time from schedule (basis "scheduled": from the instant the request
+    would have been sent had the replayer been on time, so time queued behind a busy target counts),
+    or the service latency from send ("service", written 'service p99>2s'); see schedule/monitor.py."""
 
     text: str
     metric: str  # "p99", "max", "mean", "5xx", "4xx", "errors", "lateness" (p99 lateness)
     op: str
     value: float
+    basis: str = SCHEDULED
 
     @property
     def kind(self) -> str:
@@ -511,6 +518,15 @@ class StopCondition:
         if self.metric == "lateness":
             return 99.0
         return Budget(self.text, self.metric, self.op, self.value).quantile
+
+    @property
+    def measures(self) -> str:
+        """What it judges, in words (for the summary)."""
+        if self.kind == "errors":
+            return "error rate"
+        if self.metric == "lateness":
+            return "the replayer's own p99 lateness"
+        return "service latency (from send)" if self.basis == SERVICE else "response time from schedule"
 
     def holds(self, measured: float | None) -> bool:
         return measured is not None and OPS[self.op](measured, self.value)
@@ -527,14 +543,21 @@ class StopCondition:
 
 
 def parse_stop_condition(text: str) -> StopCondition:
-    """'p99>2s', '5xx>5%', 'lateness>50ms' -> StopCondition. ValueError names the accepted forms."""
+    """'p99>2s', 'service p99>2s', '5xx>5%', 'lateness>50ms' -> StopCondition. ValueError names the
+    accepted forms."""
     source = " ".join(str(text).split())
-    lateness = re.match(r"^lateness\s*(?=[<>])", source, re.IGNORECASE)
+    basis = re.match(r"^(scheduled|service)\s+(?=\S)", source, re.IGNORECASE)
+    rest = source[basis.end():] if basis else source
+    lateness = re.match(r"^lateness\s*(?=[<>])", rest, re.IGNORECASE)
     try:
-        budget = parse_budget("p99" + source[lateness.end():] if lateness else source)
+        budget = parse_budget("p99" + rest[lateness.end():] if lateness else rest)
     except ValueError as exc:
         raise ValueError(f"invalid stop condition {text!r}; {STOP_FORMS}") from exc
     if budget.scope is not None or budget.relative:
         raise ValueError(f"invalid stop condition {text!r}: scopes and relative values are not judged during the "
                          f"replay; {STOP_FORMS}")
-    return StopCondition(source, "lateness" if lateness else budget.metric, budget.op, budget.value)
+    if basis and (lateness or budget.kind == "errors"):
+        raise ValueError(f"invalid stop condition {text!r}: '{basis[1]}' goes with a latency metric (p99, mean, "
+                         f"max); {STOP_FORMS}")
+    return StopCondition(source, "lateness" if lateness else budget.metric, budget.op, budget.value,
+                         basis[1].lower() if basis else SCHEDULED)
