@@ -8,18 +8,27 @@ import pytest
 STOP_NODE = "replay-stop::"
 
 
-def shard_share(stages: tuple, shard: tuple[int, int] | None) -> tuple:
-    """A CI shard (--replay-shard K/N) runs each rate stage at 1/N of its rate, so the N shards together
-    keep it; a speed stage is already a share (each shard replays its own connections' timing)."""
+def traffic_share(shard: tuple[int, int] | None, traffic: tuple[int, int] | None) -> float:
+    """The part of a rate a CI shard (--replay-shard K/N) sends: its exchanges' share of the whole
+    capture's (the shards split the connections, so unevenly), 1/N when the capture says nothing, 1
+    without shards. The N shards' parts add up to the rate asked."""
+    if not shard or shard[1] <= 1:
+        return 1.0
+    mine, total = traffic or (0, 0)
+    return mine / total if total else 1.0 / shard[1]
+
+
+def shard_share(stages: tuple, share: float) -> tuple:
+    """Each rate stage at `share` of its rate (traffic_share); a speed stage is already a share (each
+    shard replays its own connections' timing)."""
     import dataclasses
 
     from ..schedule.stages import SPEED
 
-    if not shard or shard[1] <= 1:
+    if share >= 1.0:
         return stages
-    count = shard[1]
     return tuple(stage if stage.kind == SPEED else
-                 dataclasses.replace(stage, start=stage.start / count, end=stage.end / count) for stage in stages)
+                 dataclasses.replace(stage, start=stage.start * share, end=stage.end * share) for stage in stages)
 
 
 def _s(value: float) -> str:
@@ -71,8 +80,11 @@ def summary_lines(data: dict) -> list[str]:
                  "sent had the replayer been on time, queueing behind the target included)")
     shard = data.get("shard")
     if shard:
-        lines.append(f"  shard {shard['index']} of {shard['count']}: each rate stage at 1/{shard['count']} of its rate "
-                     f"(the {shard['count']} shards together keep it); this shard stops on its own")
+        share = data.get("traffic_share") or {}
+        part = (f"{share['share']:.3g} of its rate (its {share['exchanges']} of the capture's {share['of']} "
+                "exchanges)" if share.get("of") else f"1/{shard['count']} of its rate")
+        lines.append(f"  shard {shard['index']} of {shard['count']}: each rate stage at {part}, so the "
+                     f"{shard['count']} shards together keep it; this shard stops on its own")
     for row in data["stages"]:
         rate = achieved_rate(row, stop)
         late = row.get("lateness_p99_ms")
