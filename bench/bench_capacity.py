@@ -294,6 +294,7 @@ def main() -> int:
             into = stopped["into_stage_s"] if stopped["stage"] == 2 else 0.0
             end = args.ramp_to
             rate = base * (1 + (end - 1) * into / ramp["duration_s"]) if stopped["stage"] == 2 else base
+            rate = stopped.get("offered_rate", rate)  # the schedule's rate at the stop (the window's end)
             row("stopped at", f"stage {stopped['stage']} + {into:.1f} s, offered ~{rate:,.0f} req/s "
                               f"({stopped['condition']}: {stopped['measured']})",
                 judge(stopped["stage"] == 2, "in the ramp"))

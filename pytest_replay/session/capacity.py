@@ -41,7 +41,9 @@ def achieved_rate(row: dict, stopped: dict | None) -> float | None:
         if row["stage"] > stopped["stage"]:
             return None
         if row["stage"] == stopped["stage"]:
-            seconds = max(stopped["into_stage_s"], 1e-9)
+            seconds = stopped["into_stage_s"]
+            if seconds < 0.5:  # too short a part of the stage to say
+                return None
     return row.get("sent_in_stage", row["sent"]) / seconds if seconds else None
 
 

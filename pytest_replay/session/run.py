@@ -442,8 +442,8 @@ class ReplayRun:
                 for failure in data["saturation"]["failures"]:
                     failure["source"] = url_without_password(failure["source"])
                     failure["first"] = self.redactor.text(failure["first"])
-        if stop is not None:
-            i = sp.stage_of(stop.at_ns)
+        if stop is not None:  # (the window ends at at_ns: one ending at a boundary judged the stage before it)
+            i = sp.stage_of(max(stop.at_ns - 1, 0))
             data["stopped"] = {"condition": stop.condition, "measured": stop.measured, "at_s": stop.at_ns / 1e9,
                                "stage": i + 1, "into_stage_s": (stop.at_ns - sp.bounds_ns[i]) / 1e9,
                                "window_s": stop.window_s, "requests_in_window": stop.requests,
