@@ -22,16 +22,28 @@ CPU_MS = 4  # CPU per /work request: ~250 req/s on a free core, less on a loaded
 APP = f'''
 import time
 
+served = 0
+CPU_S = {CPU_MS / 1000}
+
 async def app(scope, receive, send):
+    global served
     if scope["type"] != "http":
         return
-    end = time.process_time() + {CPU_MS / 1000}
+    if scope["path"] == "/served":  # how many /work requests it answered (not in the captures)
+        body = str(served).encode()
+        await send({{"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]}})
+        await send({{"type": "http.response.body", "body": body}})
+        return
+    served += 1
+    end = time.process_time() + CPU_S
     while time.process_time() < end:
         pass
     await send({{"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]}})
     await send({{"type": "http.response.body", "body": b"ok"}})
 '''
+FAST_APP = APP.replace(f"CPU_S = {CPU_MS / 1000}", "CPU_S = 0")
 
 
 def keepalive_capture(path: Path, *, connections: int = 3, rate: int = 20, seconds: int = 3) -> Path:
@@ -53,6 +65,20 @@ def cpu_app(tmp_path: Path):
     (tmp_path / "cpu_app.py").write_text(APP)
     with uvicorn("cpu_app:app", app_dir=tmp_path) as url:
         yield url
+
+
+@pytest.fixture
+def fast_app(tmp_path: Path):
+    (tmp_path / "fast_app.py").write_text(FAST_APP)
+    with uvicorn("fast_app:app", app_dir=tmp_path) as url:
+        yield url
+
+
+def served(url: str) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/served", timeout=10) as response:
+        return int(response.read())
 
 
 def replay(pytester: pytest.Pytester, url: str, *args: str):
@@ -148,3 +174,20 @@ def test_a_target_that_never_answers_trips_p99_before_the_timeouts(pytester: pyt
     assert stop["at_s"] <= 4, stop
     assert stop["in_flight_counted"] >= 5 and stop["requests_in_window"] == stop["in_flight_counted"]
     assert wall < 60, wall  # the in-flight requests time out (8 s) after the stop; nothing else waits
+
+
+def test_the_live_baseline_gets_the_same_ramp_and_stops_with_the_target(pytester: pytest.Pytester, cpu_app: str,
+                                                                        fast_app: str) -> None:
+    """With --replay-baseline each request goes to the target and the baseline (and a noise probe) at the
+    same deadline: the saturated target trips p99>250ms and neither side is sent anything more."""
+    result = replay(pytester, cpu_app, "--replay-baseline", fast_app, "--replay-stages", "1x:2s, ramp 1x..30x:8s",
+                    "--replay-abort-on", "p99>250ms", "--replay-abort-window", "1", "--replay-group", "endpoint")
+    text = result.stdout.str()
+    assert result.ret == 1, text
+    assert "STOPPED: held 1x for 2 s; at ramp 1x..30x (stage 2" in text, text
+    capacity = evidence(pytester)["capacity"]
+    planned = sum(row["planned"] for row in capacity["stages"])
+    sent = sum(row["sent"] for row in capacity["stages"])
+    target, baseline = served(cpu_app), served(fast_app)
+    assert target == sent < planned  # stopped: the target got what was sent, no more
+    assert target <= baseline <= 2 * target  # the baseline (and its noise probe) got the same requests, no more
