@@ -67,7 +67,7 @@ RATE_TOLERANCE = 0.02
 BOUNDARY_P99_MS = 0.5
 BOUNDARY_WINDOW_NS = 100_000_000
 APP_CPU_S = 0.005
-APP_BASE_RATE = 40  # requests per second of the saturation capture at 1x
+APP_BASE_RATE = 40  # requests per second of the saturation capture at 1x (at most: see run_saturation)
 ABORT = "p99>250ms"
 
 
@@ -176,13 +176,13 @@ async def app(scope, receive, send):
 '''
 
 
-def saturation_capture(path: str, seconds: int = 4) -> None:
-    """APP_BASE_RATE GETs /work per second, evenly, one connection each per 8 requests."""
+def saturation_capture(path: str, seconds: int = 4, rate: int = APP_BASE_RATE) -> None:
+    """`rate` GETs /work per second, evenly, one connection each per 8 requests."""
     t0 = 1_700_000_000_000_000_000
-    n = APP_BASE_RATE * seconds
+    n = rate * seconds
     with GorFile(path) as out:
         for i in range(n):
-            ts = t0 + i * 1_000_000_000 // APP_BASE_RATE
+            ts = t0 + i * 1_000_000_000 // rate
             rid = f"{i // 8 + 1:016x}{i:08x}"
             out.emit(f"1 {rid} {ts} -1\n".encode() + b"GET /work HTTP/1.1\r\nHost: app.example\r\n\r\n")
             out.emit(f"2 {rid} {ts + 6_000_000} -1\n".encode()
@@ -201,7 +201,10 @@ def run_saturation(workdir: str, ramp_to: int) -> dict:
     try:
         capacity = run_wrk(url + "/work", 4, 4)
         gor = os.path.join(workdir, "work.gor")
-        saturation_capture(gor)
+        # 1x at a quarter of what the app serves now (at most 40 req/s): on a loaded machine the app gets a
+        # fraction of a core, and a 1x it cannot hold would stop the run before the ramp
+        base = max(4, min(APP_BASE_RATE, int(capacity / 4)))
+        saturation_capture(gor, rate=base)
         report = os.path.join(workdir, "evidence")
         stages = f"1x:3s, ramp 1x..{ramp_to}x:24s"
         began = time.monotonic()
@@ -218,8 +221,12 @@ def run_saturation(workdir: str, ramp_to: int) -> dict:
         raise RuntimeError(f"no evidence written; pytest said:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
     with open(os.path.join(report, files[-1])) as f:
         evidence = json.load(f)
-    return {"capacity": capacity, "evidence": evidence, "stdout": proc.stdout, "returncode": proc.returncode,
+    return {"capacity": capacity, "base": base, "evidence": evidence, "stdout": proc.stdout, "returncode": proc.returncode,
             "wall_s": wall, "stages": stages}
+
+
+class _SkipToSaturation(Exception):
+    """--only-saturation: straight to (c)."""
 
 
 # -- main -------------------------------------------------------------------------------------------------------------
@@ -229,6 +236,7 @@ def main() -> int:
     parser.add_argument("--max-rate", type=int, default=20_000, help="the top stage's rate (req/s)")
     parser.add_argument("--ramp-to", type=int, default=12, help="(c): the ramp's end, a speed factor over 40 req/s")
     parser.add_argument("--keep", help="keep the scratch directory here")
+    parser.add_argument("--only-saturation", action="store_true", help="run (c) alone (no nginx needed)")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -250,6 +258,8 @@ def main() -> int:
     began = time.monotonic()
     nginx = None
     try:
+        if args.only_saturation:
+            raise _SkipToSaturation
         os.makedirs(os.path.join(workdir, "www"), exist_ok=True)
         with open(os.path.join(workdir, "www", "small.json"), "wb") as f:
             f.write(b'{"id": 42, "name": "Espresso Beans 1kg", "price_cents": 2490}\n')
@@ -276,11 +286,19 @@ def main() -> int:
             row(f"  reference: middle of {label}", f"{p99:.3f} ({n:,} requests)")
         stop(nginx)
         nginx = None
-
+    except _SkipToSaturation:
+        print(f"python {sys.version.split()[0]}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
+    except BaseException:
+        stop(nginx)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    try:
         print(f"\n(c) ramp against uvicorn with a {APP_CPU_S * 1e3:g} ms CPU-bound endpoint, stop on '{ABORT}'")
         sat = run_saturation(workdir, args.ramp_to)
         capacity_rps = sat["capacity"]
         row("wrk -c 4 -t 1 -d 4s on /work (the app's capacity)", f"{capacity_rps:,.0f} req/s")
+        row("  1x of the capture (a quarter of it, at most 40)", f"{sat['base']:,.0f} req/s")
         row(f"  the CPU share it implies (x {APP_CPU_S * 1e3:g} ms)", f"{capacity_rps * APP_CPU_S:.2f} cores")
         data = sat["evidence"].get("capacity") or {}
         stopped = data.get("stopped")
