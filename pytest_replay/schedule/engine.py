@@ -605,6 +605,7 @@ class Engine:
         gate = self._gate
         owner = lane.owner or lane
         spilled = lane.owner is not None
+        watched = self.monitor is not None
         try:
             while True:
                 if self.halted is not None:
@@ -649,7 +650,8 @@ class Engine:
                     busy[lane] = monotonic() + timeout_s
                     waits = (lane_wait, barrier_wait, slot_wait, spilled)
                     queued = min(max(start - deadline, 0), lane_wait + barrier_wait + slot_wait)
-                    lane.flight = (deadline, queued, start)
+                    if watched:  # stop conditions see the requests in flight (_in_flight)
+                        lane.flight = (deadline, queued, start)
                     try:
                         response, sent_ns, first_ns, done_ns = await send(p, clock)
                         obs = Observation(p.key, deadline, sent_ns, first_ns, done_ns, response, None, None, *waits)
@@ -675,7 +677,7 @@ class Engine:
                     else:
                         busy.pop(lane, None)
                     lane.flight = None
-                    lane.free_ns = deadline + obs.queued_ns + obs.done_ns - obs.sent_ns  # (see _Lane)
+                    lane.free_ns = deadline + queued + obs.done_ns - obs.sent_ns  # (see _Lane)
                     record(obs)
                     if self.pipeline is not None:
                         await self.pipeline.observed(p, obs)
