@@ -370,9 +370,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_duration", "--replay-duration", "replay for this long, looping the capture as needed "
            "(e.g. 10m). Default: the capture's length.", None, duration("--replay-duration"), metavar="DURATION"),
     Option("replay_abort_on", "--replay-abort-on", "stop the replay when this holds over the last "
-           "--replay-abort-window seconds (repeatable): 'p99>2s', '5xx>5%%', 'errors>1%%', 'lateness>50ms' "
-           "(p99 of the engine's own lateness: waits for a busy connection, a barrier or a slot do not count). "
-           "The run then fails. Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
+           "--replay-abort-window seconds (repeatable): 'p99>2s', '5xx>5%%', 'errors>1%%', 'lateness>50ms'. "
+           "Latency conditions judge the response time from schedule: from the instant a request would have "
+           "been sent had the replayer been on time (time queued behind a busy connection, a barrier or a slot "
+           "counts; requests still waiting count at their age); 'service p99>2s' judges the latency from send. "
+           "'lateness' is p99 of the engine's own lateness (those waits do not count). The run then fails. "
+           "Default: none.", many=True, convert=_abort_on, metavar="CONDITION"),
     Option("replay_abort_window", "--replay-abort-window", "seconds of the sliding window stop conditions are "
            "judged on. Default: 10.", 10.0, seconds("--replay-abort-window"), metavar="SECONDS"),
     Option("replay_max_capture_loss", "--replay-max-capture-loss", "fail the run when the capture lost more "

@@ -377,3 +377,34 @@ def test_cautions_go_on_relative_latency_budgets_only():
     assert [len(r.caveats) for r in results] == [2, 0, 0]
     assert "CAUTION: the capture is closed-loop (30 of 30 requests" in results[0].line()
     assert results[0].to_dict()["caveats"] == list(results[0].caveats)
+
+
+# -- what latency budgets judge (issue 16): service latency by default, 'scheduled' from the schedule ----------
+def _queued_aggregate():
+    from pytest_replay.report.aggregate import Aggregate
+
+    aggregate = Aggregate()
+    exchange, _ = pair("/work")
+    for i in range(100):  # answered in 20 ms once sent, after up to 2 s queued behind its connection
+        deadline = i * 10_000_000
+        queued = i * 20_000_000
+        sent = deadline + queued
+        aggregate.add(exchange, Observation(i, deadline, sent, sent + 20_000_000, sent + 21_000_000,
+                                            Response.build(200), lane_wait_ns=queued))
+    return aggregate
+
+
+def test_latency_budgets_judge_the_service_latency_and_say_when_queueing_breaks_them():
+    from pytest_replay.verdicts.budgets import evaluate, parse_budget
+
+    aggregate = _queued_aggregate()
+    service, scheduled = evaluate(["p99<250ms", "scheduled p99<250ms"], aggregate)
+    assert service.passed and service.measured.startswith("p99 20")
+    assert "the response time from schedule breaks it (p99 1" in service.line()
+    assert not scheduled.passed and float(scheduled.measured.split()[1]) > 1900
+    assert parse_budget("scheduled p99<1s").basis == "scheduled" and parse_budget("p99<1s").basis == "service"
+    for bad in ("scheduled p99<1.2x", "scheduled 5xx<1%"):
+        with pytest.raises(ValueError, match="'scheduled' goes with an absolute latency"):
+            parse_budget(bad)
+    row = aggregate.table()[-1]
+    assert row["replayed_ms"]["p99"] < 25 and row["scheduled_ms"]["p99"] > 1900

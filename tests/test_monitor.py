@@ -116,3 +116,113 @@ def test_own_trip_is_passed_on_and_a_relayed_one_stops_at_the_next_judgement():
     assert relayed == Trip("p99>500ms", trip.measured, trip.at_ns, 1.0, trip.requests, "gw0", True)
     assert told == [trip]  # a relayed trip is not passed on again
     assert quiet.tick(2) is None  # once
+
+
+# -- what latency conditions judge: the response time from schedule (issue 16) -----------------------------
+def queued_obs(key, done_s, service_ms, queued_ms):
+    """Completed at done_s after `service_ms` from send, sent `queued_ms` late waiting for its connection."""
+    done = int(done_s * 1e9)
+    sent = done - service_ms * MS
+    return Observation(key, sent - queued_ms * MS, sent, done, done, Response.build(200), lane_wait_ns=queued_ms * MS)
+
+
+def test_latency_conditions_judge_from_the_schedule_and_service_from_send():
+    scheduled = StopMonitor([parse_stop_condition("p99>250ms")], window_s=1)
+    service = StopMonitor([parse_stop_condition("service p99>250ms")], window_s=1)
+    for monitor in (scheduled, service):
+        for i in range(20):  # each answered in 190 ms once sent, after 2 s behind its busy connection
+            monitor.add(queued_obs(i, 0.1 + 0.01 * i, service_ms=190, queued_ms=2000), 0)
+    trip = scheduled.tick(1)
+    assert trip is not None and trip.measured.endswith(" s") and 2.0 < float(trip.measured.split()[0]) < 2.4
+    assert service.tick(1) is None
+
+
+def test_the_engines_own_lateness_is_not_the_targets_response_time():
+    monitor = StopMonitor([parse_stop_condition("p99>250ms")], window_s=1)
+    for i in range(20):  # 2 s late with no wait: the replayer was behind, the target answered in 5 ms
+        monitor.add(obs(i, 0.1 + 0.01 * i, latency_ms=5, late_ms=2000), 0)
+    assert monitor.tick(1) is None
+
+
+def test_timeouts_count_with_the_time_they_waited():
+    monitor = StopMonitor([parse_stop_condition("p99>1s")], window_s=1)
+    for i in range(10):
+        sent = int(0.1e9) + i
+        monitor.add(Observation(i, sent, sent, None, sent + 2_000 * MS, None, "timeout", "no response"), 0)
+    trip = monitor.tick(3)
+    assert trip is not None and trip.condition == "p99>1s"
+
+
+def test_requests_still_waiting_count_at_their_age_once_past_the_threshold():
+    monitor = StopMonitor([parse_stop_condition("p99>1s"), parse_stop_condition("errors>50%")], window_s=2)
+    for i in range(50):  # a healthy second
+        monitor.add(obs(i, 0.02 * i, latency_ms=5), 0)
+    monitor.in_flight = lambda: [(300 * MS, 300 * MS)] * 3  # young: not counted
+    assert monitor.tick(1) is None
+    monitor.in_flight = lambda: [(1_600 * MS, 1_600 * MS)] * 3 + [(1_200 * MS, None)] * 10  # waiting 1.2-1.6 s
+    trip = monitor.tick(2)
+    assert trip is not None and trip.condition == "p99>1s" and trip.in_flight == 13 and trip.requests == 63
+    # service basis: only the requests on the wire count, at their time since sent
+    service = StopMonitor([parse_stop_condition("service p99>1s")], window_s=2)
+    service.in_flight = lambda: [(1_600 * MS, 1_600 * MS)] * 3 + [(1_200 * MS, None)] * 10
+    assert service.tick(2) is None  # 3 requests: too few to judge
+    service.in_flight = lambda: [(1_600 * MS, 1_600 * MS)] * 6
+    assert service.tick(3).in_flight == 6
+
+
+class _SlowPipeline:
+    """The engine itself busy for 500 ms before sending key 0 (a hook, the GIL, a busy CPU)."""
+
+    error = None
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    async def start(self):
+        pass
+
+    async def prepare(self, planned):
+        if planned.key == 0:
+            self.clock.advance(500 * MS)
+        return planned
+
+    async def observed(self, planned, observation):
+        pass
+
+    async def close(self):
+        pass
+
+
+def test_a_request_behind_one_the_engine_sent_late_is_late_for_the_engine_not_its_connection():
+    """Key 1 is due 10 ms after key 0 on the same connection; key 0 answers in 1 ms, but the engine sent
+    it 500 ms late: key 1's 491 ms are the engine's, which 'lateness>' judges and p99 does not."""
+    clock = FakeClock()
+    plan = [PlannedRequest(0, 0, "A", REQ, b""), PlannedRequest(1, 10 * MS, "A", REQ, b"")]
+    engine = Engine(plan, Recorder(latency=MS), clock=clock, freeze_gc=False, switch_interval=None,
+                    pipeline=_SlowPipeline(clock))
+    observations = {o.key: o for o in asyncio.run(engine.run())}
+    late = observations[1]
+    assert late.lateness_ns == 491 * MS
+    assert late.lateness_causes == {"connection": 0, "barrier": 0, "concurrency": 0, "engine": 491 * MS}
+    assert late.response_ns == MS and late.queued_ns == 0
+
+
+def test_a_request_behind_a_slow_response_queued_for_its_connection():
+    plan = [PlannedRequest(0, 0, "A", REQ, b""), PlannedRequest(1, 10 * MS, "A", REQ, b"")]
+    engine = Engine(plan, Recorder(latency=lambda p: 300 * MS if p.key == 0 else MS), clock=FakeClock(),
+                    freeze_gc=False, switch_interval=None)
+    observations = {o.key: o for o in asyncio.run(engine.run())}
+    assert observations[1].lateness_causes["connection"] == 290 * MS
+    assert observations[1].response_ns == 291 * MS and observations[1].latency_ns == MS
+
+
+def test_stop_condition_grammar_names_its_basis():
+    import pytest as _pytest
+
+    assert parse_stop_condition("p99>2s").basis == "scheduled"
+    assert parse_stop_condition("service  p99 > 2s").basis == "service"
+    assert parse_stop_condition("Service mean>200ms").measures == "service latency (from send)"
+    assert parse_stop_condition("lateness>50ms").measures == "the replayer's own p99 lateness"
+    for bad in ("service 5xx>1%", "service lateness>5ms", "service", "served p99>1s"):
+        with _pytest.raises(ValueError, match="accepted forms"):
+            parse_stop_condition(bad)

@@ -69,7 +69,8 @@ def test_shards_run_their_share_of_the_rate_and_stop_on_their_own(pytester: pyte
     second = replay(pytester, gor, slow_app, "--replay-shard", "2/2")
     text = first.stdout.str()
     assert first.ret == 1, text
-    assert "shard 1 of 2: each rate stage at 1/2 of its rate (the 2 shards together keep it)" in text
+    assert ("shard 1 of 2: each rate stage at 0.5 of its rate (its 20 of the capture's 40 exchanges), so the 2 "
+            "shards together keep it") in text
     assert "STOPPED: no stage held; at fixed 10/s (stage 1" in text and "'p99>200ms' tripped" in text
     assert second.ret == 0, second.stdout.str()
     one, two = shard_evidence(pytester, 1)["capacity"], shard_evidence(pytester, 2)["capacity"]
@@ -112,3 +113,66 @@ def test_a_stop_on_one_xdist_worker_stops_every_worker(pytester: pytest.Pytester
     row = capacity["stages"][0]
     assert row["planned"] == 120 and row["sent"] < 90  # both halves stopped (gw1's alone is 60)
     assert row["not_sent"] == row["planned"] - row["sent"]
+
+
+# -- shards share a rate by their traffic (issue 16.3) ----------------------------------------------------------
+def uneven_capture(path: Path, n: int = 80, gap_ms: int = 25) -> tuple[Path, int]:
+    """n exchanges `gap_ms` apart, round robin over four connections: three of shard 1 (partition 0) and
+    one of shard 2, so shard 1 holds 3/4 of the traffic. Returns the path and shard 1's exchanges."""
+    ids = {0: [], 1: []}
+    cid = 1
+    while len(ids[0]) < 3 or len(ids[1]) < 1:
+        ids[partition(f"gor:{cid:016x}", 2)].append(cid)
+        cid += 1
+    connections = ids[0][:3] + ids[1][:1]
+    records = []
+    for i in range(n):
+        ts = T0 + i * gap_ms * 1_000_000
+        rid = f"{connections[i % 4]:016x}{i:08x}"
+        records.append(f"1 {rid} {ts} -1\n".encode() + b"GET /fast HTTP/1.1\r\nHost: shop.example.test\r\n\r\n" + SEP)
+        records.append(f"2 {rid} {ts + 2_000_000} -1\n".encode()
+                       + b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok" + SEP)
+    path.write_bytes(b"".join(records))
+    return path, sum(1 for i in range(n) if i % 4 < 3)
+
+
+def shards(pytester: pytest.Pytester, gor: Path, url: str, *args: str) -> list[dict]:
+    out = []
+    for k in (1, 2):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(gor), "--replay-target", url,
+                                               "--replay-report", str(pytester.path / "evidence"), "--replay-shard",
+                                               f"{k}/2", *args, timeout=300)
+        assert result.ret == 0, result.stdout.str()
+        out.append(shard_evidence(pytester, k))
+    return out
+
+
+def test_shards_share_a_rate_stage_by_their_traffic(pytester: pytest.Pytester, serve) -> None:
+    gor, mine = uneven_capture(pytester.path / "uneven.gor")
+    assert mine == 60  # of 80: shard 1 holds 3/4 of the traffic, shard 2 1/4
+    one, two = (e["capacity"] for e in shards(pytester, gor, serve(), "--replay-stages", "fixed 40/s:3s"))
+    assert one["traffic_share"] == {"share": 0.75, "exchanges": 60, "of": 80}
+    assert two["traffic_share"] == {"share": 0.25, "exchanges": 20, "of": 80}
+    rates = []
+    for capacity, share in ((one, 0.75), (two, 0.25)):
+        row = capacity["stages"][0]
+        assert row["target_rate"] == 40 * share and row["planned"] == 120 * share
+        achieved = row["sent_in_stage"] / row["duration_s"]
+        assert abs(achieved / (40 * share) - 1) <= 0.15, (share, row)  # a loaded 2-core machine
+        rates.append(achieved)
+    assert abs(sum(rates) / 40 - 1) <= 0.1, rates
+
+
+def test_shards_share_rate_by_their_traffic(pytester: pytest.Pytester, serve) -> None:
+    """--rate outside stages: each shard at its traffic's share, not each at the full rate (which made
+    N shards send N times the rate)."""
+    gor, _ = uneven_capture(pytester.path / "uneven.gor")
+    one, two = shards(pytester, gor, serve(), "--rate", "40")
+    rates = []
+    for evidence_, sent, share in ((one, 60, 0.75), (two, 20, 0.25)):
+        assert evidence_["run"]["outcomes"].get("passed")
+        wall = evidence_["run"]["wall_s"]  # from the replay's start to its last response: (sent - 1) gaps
+        achieved = (sent - 1) / wall
+        assert abs(achieved / (40 * share) - 1) <= 0.15, (share, wall)
+        rates.append(achieved)
+    assert abs(sum(rates) / 40 - 1) <= 0.1, rates

@@ -14,6 +14,10 @@ min and max are kept beside the buckets, so `mean` and `max` are exact too.
 Definitions (the budgets and the evidence use these):
   requests       observations from the target: sent, not mocked, not cancelled by a stop
   latency        Observation.latency_ns (time to the first response byte), requests with a response
+  response       Observation.response_ns, the response time from schedule of those same requests: from
+                 the instant each would have been sent had the replayer been on time (its deadline plus
+                 the time it queued for the target: its connection busy, a barrier, a slot) to its first
+                 response byte; latency plus that queueing (coordinated omission corrected, as wrk2)
   recorded       Exchange.recorded_latency_ns of those same requests, when the capture has it
   lateness       send time minus deadline, clamped at 0 in the histogram; `early` counts negatives
   late_causes    lateness by cause (Observation.lateness_causes): per cause, a histogram of the
@@ -56,7 +60,7 @@ MAX_REASONS = 100  # distinct skip reasons kept; the rest are counted under OTHE
 MAX_IGNORED = 1000  # distinct reasons for ignored differences kept; the rest are counted under OTHER
 OTHER = "(other)"
 ALL = "(all)"
-METRICS = ("latency", "recorded", "lateness")
+METRICS = ("latency", "recorded", "lateness", "response")
 WRITE_OUTCOMES = {"mock": "mocked", "send": "passed", "pass": "passed", "skip": "skipped"}  # policy.writes
 CANCELLED = "cancelled"  # schedule.target.CANCELLED (kept literal: report/ does not import schedule/)
 # schedule.target.LATENESS_CAUSES, with what each means to a reader of the report
@@ -235,7 +239,7 @@ class Stats:
     """The numbers of one endpoint (or of the whole run): histograms plus counters."""
 
     __slots__ = ("requests", "early", "judged", "failed", "latency", "recorded", "lateness", "late_causes",
-                 "spilled", *_COUNTERS)
+                 "spilled", "response", *_COUNTERS)
 
     def __init__(self) -> None:
         self.requests = 0
@@ -247,6 +251,7 @@ class Stats:
         self.latency = Histogram()
         self.recorded = Histogram()
         self.lateness = Histogram()
+        self.response = Histogram()  # response time from schedule (µs)
         self.status: Counter = Counter()
         self.recorded_status: Counter = Counter()
         self.errors: Counter = Counter()  # transport error kind -> count (incl. "cancelled")
@@ -292,6 +297,7 @@ class Stats:
         self.latency.merge(other.latency)
         self.recorded.merge(other.recorded)
         self.lateness.merge(other.lateness)
+        self.response.merge(other.response)
         self.spilled += other.spilled
         for cause, hist in other.late_causes.items():
             self.late_cause(cause).merge(hist)
@@ -348,7 +354,7 @@ class Stats:
 
     def to_comparable(self) -> tuple:
         return (self.requests, self.early, self.judged, self.failed, self.latency, self.recorded, self.lateness,
-                self.spilled, {c: h for c, h in self.late_causes.items() if h.total},
+                self.spilled, {c: h for c, h in self.late_causes.items() if h.total}, self.response,
                 *(dict(+getattr(self, name)) for name in _COUNTERS))
 
 
@@ -420,6 +426,7 @@ class Aggregate:
             return
         causes = [(cause, to_us(ns)) for cause, ns in _causes_of(observation).items() if ns > 0]
         spilled = getattr(observation, "spilled", False)
+        response_ns = getattr(observation, "response_ns", None)  # (a baseline's observation has none)
         for stats in (endpoint, self.overall):
             stats.requests += 1
             lateness = observation.sent_ns - observation.deadline_ns
@@ -439,6 +446,8 @@ class Aggregate:
             latency = observation.latency_ns
             if latency is not None and kind is None:
                 stats.latency.record(to_us(latency))
+                if response_ns is not None:
+                    stats.response.record(to_us(response_ns))
             recorded = exchange.response
             if recorded is not None:
                 stats.recorded_status[_status_class(recorded.status)] += 1
@@ -572,6 +581,8 @@ def row(endpoint: str, stats: Stats) -> dict:
         "requests": stats.requests,
         "recorded_ms": in_ms(rec, zip(names, QS)) | {"mean": ms_number(stats.recorded.mean, US_PER_MS)},
         "replayed_ms": in_ms(rep, zip(names, QS)) | {"mean": ms_number(stats.latency.mean, US_PER_MS)},
+        "scheduled_ms": in_ms(stats.response.percentiles(QS), zip(names, QS))
+        | {"mean": ms_number(stats.response.mean, US_PER_MS)},
         "error_pct": pct(stats.rate("errors")),
         "5xx_pct": pct(stats.rate("5xx")),
         "4xx_pct": pct(stats.rate("4xx")),

@@ -33,8 +33,9 @@ Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
     target            what requests were sent to
     write_policy      {policy, mocked, passed, skipped, flagged} (passed: writes sent; flagged: reads with a
                       body, sent)
-    endpoints         per-endpoint rows (report.aggregate.row): count, recorded_ms and replayed_ms
-                      {p50, p95, p99, max, mean}, error_pct, 5xx_pct, 4xx_pct, transport_errors,
+    endpoints         per-endpoint rows (report.aggregate.row): count, recorded_ms, replayed_ms (latency
+                      from send) and scheduled_ms (response time from schedule: queueing behind the
+                      target included) {p50, p95, p99, max, mean}, error_pct, 5xx_pct, 4xx_pct, transport_errors,
                       lateness_ms {p50, p99, max} (null at --speed 0), lateness_causes {cause: {requests,
                       share_pct, p50_ms, p99_ms, max_ms, total_ms}} (causes: engine, connection, barrier,
                       concurrency; only requests late for that cause), spilled, early, judged, failed,
@@ -70,10 +71,15 @@ Structure (``schema`` = SCHEMA; times in ms unless the key says otherwise):
     notes             [sentences] given by the run (kept apart so a merge can recompute the derived gaps)
     method            how the numbers were measured (latency definition, histogram precision, rates)
     aggregate         report.aggregate.Aggregate.to_dict(): the mergeable raw data (HDR histograms)
-    capacity          (capacity runs) {stages: [{stage, pace, target_rate, planned, sent, ...}], stopped:
-                      {condition, measured, stage, into_stage_s, ..., tripped_on, worker, relayed} | null,
-                      other_stops (xdist workers), shard {index, count} (a shard ran 1/count of each rate),
-                      shard_stops (a merge: each shard's stop), reached, saturation, planned_stages}
+    capacity          (capacity runs) {stages: [{stage, pace, target_rate, planned, sent, ..., lateness_p99_ms,
+                      service_p99_ms (latency from send), scheduled_p99_ms (response time from schedule)}],
+                      stopped: {condition, measured, measures (what: "response time from schedule", ...),
+                      stage, into_stage_s, offered_rate (the schedule's rate then), requests_in_window,
+                      in_flight_counted (of them, requests still waiting that counted at their age), ...,
+                      tripped_on, worker, relayed} | null, other_stops (xdist workers), shard {index,
+                      count}, traffic_share {share, exchanges, of} (a shard ran `share` of each rate: its
+                      exchanges of the capture's), shard_stops (a merge: each shard's stop), reached,
+                      saturation, planned_stages}
     baseline, extra   optional sections
 
 In code the package is an `Evidence` dataclass (nested dataclasses where the shape is fixed, dicts
@@ -111,6 +117,9 @@ CHUNK = 1 << 20
 METHOD = {
     "latency": "time to the first response byte: replayed = first byte - send; recorded = response start - "
                "request start in the capture",
+    "response_time_from_schedule": "scheduled_ms: first byte - (deadline + the time the request queued for the "
+                                   "target: its connection busy, a write barrier, a concurrency slot); the "
+                                   "replayer's own lateness left out (coordinated omission corrected, as wrk2)",
     "histograms": f"HDR histograms, 1 us .. {HIGHEST_US // 1_000_000} s, {SIGNIFICANT_FIGURES} significant "
                   "figures; mean and max are exact",
     "requests": "requests that reached the target: mocked writes and requests cancelled by a stop excluded",
@@ -577,8 +586,9 @@ def merge_shard_capacity(mine: dict | None, other: dict | None) -> dict | None:
         for key in CAPACITY_SUMS:
             if key in row or key in theirs:
                 row[key] = round(row.get(key, 0) + theirs.get(key, 0), 3)
-        late = [v for v in (row.get("lateness_p99_ms"), theirs.get("lateness_p99_ms")) if v is not None]
-        row["lateness_p99_ms"] = max(late) if late else None  # the worst shard's
+        for key in ("lateness_p99_ms", "service_p99_ms", "scheduled_p99_ms"):  # the worst shard's
+            late = [v for v in (row.get(key), theirs.get(key)) if v is not None]
+            row[key] = max(late) if late else None
         rows.append(row)
     planned = mine.get("planned_stages") or []
     for row, text in zip(rows, planned):  # the stage as given, not one shard's share of it

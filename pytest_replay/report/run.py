@@ -95,6 +95,7 @@ class RunReport:
     lateness: dict = field(default_factory=dict)  # q -> ns
     latency: dict = field(default_factory=dict)
     recorded_latency: dict = field(default_factory=dict)
+    scheduled_latency: dict = field(default_factory=dict)  # response time from schedule (aggregate "response")
     table: list = field(default_factory=list)
     budgets: list = field(default_factory=list)  # BudgetResult
     noise: dict = field(default_factory=dict)  # NoiseModel.summary()
@@ -135,7 +136,8 @@ class RunReport:
         report.passed = overall.judged - overall.failed
         report.failed_by = Counter(overall.failures)
         report.errors = Counter({k: v for k, v in overall.errors.items() if v})
-        for name, metric in (("lateness", "lateness"), ("latency", "latency"), ("recorded_latency", "recorded")):
+        for name, metric in (("lateness", "lateness"), ("latency", "latency"), ("recorded_latency", "recorded"),
+                             ("scheduled_latency", "response")):
             setattr(report, name, {q: aggregate.percentile(None, metric, q) for q in (50, 95, 99, 100)})
         report.table = aggregate.table()
         report.noise = dict(results.noise)
@@ -194,6 +196,17 @@ def _why(reasons: list[str]) -> str:
         return ""
     more = f", +{len(reasons) - MAX_WHY} more" if len(reasons) > MAX_WHY else ""
     return f" ({', '.join(reasons[:MAX_WHY])}{more})"
+
+
+def scheduled_line(report: RunReport) -> str:
+    """The response time from schedule beside the latency from send, when queueing behind the target
+    made them differ (on a schedule: at --speed 0 everything is due at once)."""
+    rep, sched = report.latency, report.scheduled_latency
+    if report.unscheduled or sched.get(99) is None or rep.get(99) is None or sched.get(99) <= rep.get(99) * 1.01:
+        return ""
+    return ("response time from schedule (latency plus queueing behind the target: its connection busy, a barrier, "
+            "a slot): " + ", ".join(f"p{q} {ms(sched.get(q), None, missing='-')}" for q in (50, 95, 99))
+            + " (the latency from send above leaves that queueing out)")
 
 
 def _pace_line(report: RunReport) -> str:
@@ -276,6 +289,9 @@ def render_terminal(report: RunReport, verbose: int = 0) -> list[str]:
         lines.append("latency (to first byte), replayed vs recorded: "
                      + ", ".join(f"p{q} {ms(rep.get(q), None, missing='-')} vs {ms(rec.get(q), None, missing='-')}"
                                  for q in (50, 95, 99)))
+        line = scheduled_line(report)
+        if line:
+            lines.append(line)
         if report.table:
             lines.extend(render_table(report.table, limit=100 if verbose else 15, lateness=not report.unscheduled))
     if report.budgets:
@@ -329,8 +345,9 @@ def merge_capacity(mine: dict, other: dict) -> dict:
     for row, theirs in zip(mine["stages"], other["stages"]):
         for key in ("planned", "sent", "sent_in_stage", "errors", "not_sent"):
             row[key] += theirs[key]
-        late = [v for v in (row.get("lateness_p99_ms"), theirs.get("lateness_p99_ms")) if v is not None]
-        row["lateness_p99_ms"] = max(late) if late else None  # the worst worker's
+        for key in ("lateness_p99_ms", "service_p99_ms", "scheduled_p99_ms"):  # the worst worker's
+            late = [v for v in (row.get(key), theirs.get(key)) if v is not None]
+            row[key] = max(late) if late else None
     mine["sent_after_the_end"] = mine.get("sent_after_the_end", 0) + other.get("sent_after_the_end", 0)
     theirs = other.get("reached")
     if theirs and (not mine.get("reached") or theirs["at_s"] > mine["reached"]["at_s"]):

@@ -134,7 +134,7 @@ def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:
 
 class _Lane:
     __slots__ = ("name", "queue", "remaining", "task", "wake", "timed_out", "active", "free_ns", "owner", "spills",
-                 "live", "sending", "planned", "deadline", "start", "waits", "fallback", "on_done", "on_task")
+                 "flight", "live", "sending", "planned", "deadline", "start", "waits", "fallback", "on_done", "on_task")
 
     def __init__(self, name: str, count: int, owner: _Lane | None = None) -> None:
         self.name = name
@@ -144,7 +144,12 @@ class _Lane:
         self.wake: asyncio.Future | None = None  # set while the lane waits for its next due request
         self.timed_out = False  # the watchdog cancelled the send in flight
         self.active = False  # a request was taken from the queue and has no observation yet
-        self.free_ns = 0  # when its last request completed (engine clock)
+        # When its last request would have completed had the engine never been late (engine clock): its
+        # deadline plus the time it queued for the target, plus its service time. A request waits for its
+        # connection (lateness cause "connection") only up to this: a previous request the engine itself
+        # sent late delays it too, but that is the engine's lateness, not the target's.
+        self.free_ns = 0
+        self.flight: tuple[int, int, int] | None = None  # (deadline, queued_ns, start) of the request in flight
         self.owner = owner  # a spill lane: the captured connection's lane it helps
         self.spills: list[_Lane] = []  # a captured connection's spill lanes (extra connections)
         # Callback lanes (Engine fast path) only: the request in flight and how it is waited for.
@@ -303,6 +308,8 @@ class Engine:
         # Stop conditions (schedule.monitor.StopMonitor): when one trips, no more requests are sent,
         # those in flight complete, and the run ends (`halted` says why).
         self.monitor = monitor
+        if monitor is not None and hasattr(monitor, "in_flight"):  # it judges the requests still waiting too
+            monitor.in_flight = self._in_flight
         self.halted = None  # the monitor's Trip once the replay was stopped by a condition
         self._dispatcher: asyncio.Task | None = None
         self.fast = self.fast_path if fast is None else fast
@@ -643,6 +650,7 @@ class Engine:
         gate = self._gate
         owner = lane.owner or lane
         spilled = lane.owner is not None
+        watched = self.monitor is not None
         try:
             while True:
                 if self.halted is not None:
@@ -686,6 +694,9 @@ class Engine:
                     self.sent += 1
                     busy[lane] = watch_ns() + timeout_ns
                     waits = (lane_wait, barrier_wait, slot_wait, spilled)
+                    queued = min(max(start - deadline, 0), lane_wait + barrier_wait + slot_wait)
+                    if watched:  # stop conditions see the requests in flight (_in_flight)
+                        lane.flight = (deadline, queued, start)
                     try:
                         response, sent_ns, first_ns, done_ns = await send(p, clock)
                         obs = Observation(p.key, deadline, sent_ns, first_ns, done_ns, response, None, None, *waits)
@@ -710,7 +721,8 @@ class Engine:
                         lane.task.uncancel()
                     else:
                         busy.pop(lane, None)
-                    lane.free_ns = obs.done_ns
+                    lane.flight = None
+                    lane.free_ns = deadline + queued + obs.done_ns - obs.sent_ns  # (see _Lane)
                     record(obs)
                     if self.pipeline is not None:
                         await self.pipeline.observed(p, obs)
@@ -818,6 +830,8 @@ class Engine:
         else:
             lane.waits = _NO_WAITS
         self._busy[lane] = (start if self._watch_is_clock else self._watch_ns()) + self._timeout_ns
+        if self.monitor is not None:  # stop conditions see the requests in flight (_in_flight)
+            lane.flight = (deadline, min(max(start - deadline, 0), lane_wait + barrier_wait + slot_wait), start)
         lane.sending = True
         try:
             if not self.target.begin(p, self.clock, lane.on_done):
@@ -857,7 +871,10 @@ class Engine:
                 obs = Observation(p.key, lane.deadline, sent_ns, first_ns, done_ns, response, None, None, *lane.waits)
             else:
                 obs = self._fast_error(lane, p, error)
-            lane.free_ns = obs.done_ns
+            lane.flight = None
+            waits = lane.waits
+            queued = 0 if waits is _NO_WAITS else min(max(lane.start - lane.deadline, 0), waits[0] + waits[1] + waits[2])
+            lane.free_ns = lane.deadline + queued + obs.done_ns - obs.sent_ns  # (see _Lane)
             self._record(obs)
             lane.active = False
             if self._slot_queue:
@@ -966,6 +983,28 @@ class Engine:
                 elif lane.task is not None:
                     lane.timed_out = True
                     lane.task.cancel()
+
+    def _in_flight(self) -> list[tuple[int, int | None]]:
+        """(response time from schedule so far, service time so far or None) of each request waiting for
+        the target now: those in flight, and those queued behind them on their connection (which wait at
+        least until the one in flight would have completed had the engine been on time). For stop
+        conditions: a target that stops answering trips them before the timeouts come."""
+        now, t0 = self.clock.now_ns(), self.t0_ns or 0
+        out: list[tuple[int, int | None]] = []
+        for lane in list(self._busy):
+            flight = lane.flight
+            if flight is None:
+                continue
+            deadline, queued, start = flight
+            age = max(now - start, 0) + queued
+            out.append((age, max(now - start, 0)))
+            until = deadline + age
+            for p in lane.queue:  # in deadline order
+                due = t0 + p.offset_ns
+                if due >= until:
+                    break
+                out.append((until - due, None))
+        return out
 
     async def _wait_slot(self, loop) -> None:
         fut = loop.create_future()

@@ -139,6 +139,15 @@ class StagePlan:
         """The stage an offset falls in (the last one for offsets at or past the end)."""
         return min(max(bisect_right(self.bounds_ns, offset_ns) - 1, 0), len(self.stages) - 1)
 
+    def rate_at(self, offset_ns: int) -> float:
+        """The target rate (requests per second) the schedule offers at `offset_ns` from the start
+        (a ramp's pace at that instant)."""
+        index = self.stage_of(offset_ns)
+        stage = self.stages[index]
+        into = min(max(offset_ns - self.bounds_ns[index], 0), stage.duration_ns) / stage.duration_ns
+        pace = stage.start + (stage.end - stage.start) * into
+        return pace * self.base_rate if stage.kind == SPEED else pace
+
     def target_rate(self, index: int) -> float:
         """The stage's mean target rate (requests per second)."""
         stage = self.stages[index]

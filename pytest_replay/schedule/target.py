@@ -97,6 +97,29 @@ class Observation:
         return out
 
     @property
+    def queued_ns(self) -> int:
+        """The part of its lateness spent waiting for the target (its connection, a barrier, a
+        concurrency slot): its lateness less the engine's own part (lateness_causes)."""
+        late = self.sent_ns - self.deadline_ns
+        if late <= 0:
+            return 0
+        return min(late, self.lane_wait_ns + self.barrier_wait_ns + self.slot_wait_ns)
+
+    @property
+    def response_ns(self) -> int | None:
+        """Response time from schedule (coordinated omission corrected, as wrk2 and HdrHistogram's
+        corrected latency): from the instant it would have been sent had the replayer been on time
+        (its deadline plus the time it queued for the target, `queued_ns`) to its first response byte.
+        The engine's own lateness is left out (a replayer behind schedule is not a slow service:
+        `lateness>` judges it). A request that timed out counts until it did (it waited that long at
+        least); other failures have none."""
+        if self.first_byte_ns is not None:
+            return self.first_byte_ns - self.sent_ns + self.queued_ns
+        if self.error_kind == TIMEOUT:
+            return self.done_ns - self.sent_ns + self.queued_ns
+        return None
+
+    @property
     def latency_ns(self) -> int | None:
         """Time to the first response byte: comparable to the recorded latency (response start
         minus request start)."""

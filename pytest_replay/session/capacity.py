@@ -8,18 +8,27 @@ import pytest
 STOP_NODE = "replay-stop::"
 
 
-def shard_share(stages: tuple, shard: tuple[int, int] | None) -> tuple:
-    """A CI shard (--replay-shard K/N) runs each rate stage at 1/N of its rate, so the N shards together
-    keep it; a speed stage is already a share (each shard replays its own connections' timing)."""
+def traffic_share(shard: tuple[int, int] | None, traffic: tuple[int, int] | None) -> float:
+    """The part of a rate a CI shard (--replay-shard K/N) sends: its exchanges' share of the whole
+    capture's (the shards split the connections, so unevenly), 1/N when the capture says nothing, 1
+    without shards. The N shards' parts add up to the rate asked."""
+    if not shard or shard[1] <= 1:
+        return 1.0
+    mine, total = traffic or (0, 0)
+    return mine / total if total else 1.0 / shard[1]
+
+
+def shard_share(stages: tuple, share: float) -> tuple:
+    """Each rate stage at `share` of its rate (traffic_share); a speed stage is already a share (each
+    shard replays its own connections' timing)."""
     import dataclasses
 
     from ..schedule.stages import SPEED
 
-    if not shard or shard[1] <= 1:
+    if share >= 1.0:
         return stages
-    count = shard[1]
     return tuple(stage if stage.kind == SPEED else
-                 dataclasses.replace(stage, start=stage.start / count, end=stage.end / count) for stage in stages)
+                 dataclasses.replace(stage, start=stage.start * share, end=stage.end * share) for stage in stages)
 
 
 def _s(value: float) -> str:
@@ -32,12 +41,15 @@ def achieved_rate(row: dict, stopped: dict | None) -> float | None:
         if row["stage"] > stopped["stage"]:
             return None
         if row["stage"] == stopped["stage"]:
-            seconds = max(stopped["into_stage_s"], 1e-9)
+            seconds = stopped["into_stage_s"]
+            if seconds < 0.5:  # too short a part of the stage to say
+                return None
     return row.get("sent_in_stage", row["sent"]) / seconds if seconds else None
 
 
 def stop_sentence(data: dict) -> str:
-    """'held 4x for 60 s; at 5x after 23 s p99>2s tripped (p99 2.40 s over the last 10 s)'."""
+    """'held 4x for 60 s; at 5x (stage 2, offered 200 req/s, 169.0 req/s achieved) after 23 s: 'p99>2s'
+    tripped (response time from schedule p99 2.40 s over the last 10 s, 812 requests)'."""
     stop = data.get("stopped")
     if not stop:
         return ""
@@ -46,9 +58,16 @@ def stop_sentence(data: dict) -> str:
     held = rows[stop["stage"] - 2] if stop["stage"] > 1 else None
     first = f"held {held['pace']} for {_s(held['duration_s'])}; " if held else "no stage held; "
     rate = achieved_rate(row, stop)
-    at = f"at {row['pace']} (stage {stop['stage']}, {rate:.1f} req/s achieved)" if rate is not None else f"at {row['pace']}"
+    rates = [f"offered {stop['offered_rate']:.1f} req/s"] if stop.get("offered_rate") is not None else []
+    if rate is not None:
+        rates.append(f"{rate:.1f} req/s achieved")
+    at = f"at {row['pace']} (stage {stop['stage']}" + "".join(", " + r for r in rates) + ")"
+    what = f"{stop['measures']} " if stop.get("measures") else ""
+    waiting = (f", {stop['in_flight_counted']} of them still waiting for the target"
+               if stop.get("in_flight_counted") else "")
     return (f"{first}{at} after {_s(round(stop['into_stage_s'], 1))}: '{stop['condition']}' tripped "
-            f"(measured {stop['measured']} over the last {stop['window_s']:g} s, {stop['requests_in_window']} requests)")
+            f"(measured {what}{stop['measured']} over the last {stop['window_s']:g} s, "
+            f"{stop['requests_in_window']} requests{waiting})")
 
 
 def summary_lines(data: dict) -> list[str]:
@@ -59,17 +78,25 @@ def summary_lines(data: dict) -> list[str]:
              f"{data['loops']} pass(es) over it planned"
              + (f"; stop conditions {', '.join(data['conditions'])} over {data['window_s']:g} s windows"
                 if data.get("conditions") else "")]
+    lines.append("  (p99 service: latency from send; from schedule: from the instant each request would have been "
+                 "sent had the replayer been on time, queueing behind the target included)")
     shard = data.get("shard")
     if shard:
-        lines.append(f"  shard {shard['index']} of {shard['count']}: each rate stage at 1/{shard['count']} of its rate "
-                     f"(the {shard['count']} shards together keep it); this shard stops on its own")
+        share = data.get("traffic_share") or {}
+        part = (f"{share['share']:.3g} of its rate (its {share['exchanges']} of the capture's {share['of']} "
+                "exchanges)" if share.get("of") else f"1/{shard['count']} of its rate")
+        lines.append(f"  shard {shard['index']} of {shard['count']}: each rate stage at {part}, so the "
+                     f"{shard['count']} shards together keep it; this shard stops on its own")
     for row in data["stages"]:
         rate = achieved_rate(row, stop)
         late = row.get("lateness_p99_ms")
+        service, scheduled = row.get("service_p99_ms"), row.get("scheduled_p99_ms")
         lines.append(f"  stage {row['stage']}: {row['pace']:<18} {_s(row['duration_s']):>8}  target "
                      f"{row['target_rate']:.1f}/s  sent {row['sent']} of {row['planned']}  achieved "
                      + (f"{rate:.1f}/s" if rate is not None else "-")
                      + f"  errors {row['errors']}"
+                     + (f"  p99 service {service:g} ms / from schedule {scheduled:g} ms" if scheduled is not None
+                        else "")
                      + (f"  lateness p99 {late:g} ms" if late is not None else "")
                      + (f"  not sent {row['not_sent']}" if row.get("not_sent") else ""))
     saturation = data.get("saturation") or {}

@@ -54,6 +54,8 @@ class Collection:
         self.request_filter = RequestFilter(settings.allow_header, settings.disallow_header, settings.sample)
         self.notes: list[str] = []
         self.empty_shard = False  # --replay-shard K/N left no replay item in this run
+        # --replay-shard K/N: (this shard's sendable exchanges, all shards'), for its share of a rate
+        self.shard_traffic: tuple[int, int] | None = None
         self._markers: dict[str, pytest.MarkDecorator] = {}
         if settings.group == "endpoint" and (distributed or settings.shard):
             how = "split across xdist workers" if distributed else "sharded"
@@ -218,13 +220,20 @@ class Collection:
             return
         selects = self._selects()
         keep, drop = [], []
+        mine = total = 0
         for item in items:
-            if isinstance(item, ReplayItem) and (
-                    (not self.streaming and not any(selects(e) for e in item.exchanges))
-                    or shard and partition(item.lane, shard[1]) != shard[0] - 1):
+            selected = not isinstance(item, ReplayItem) or self.streaming or any(selects(e) for e in item.exchanges)
+            other = shard and isinstance(item, ReplayItem) and partition(item.lane, shard[1]) != shard[0] - 1
+            if shard and selected and isinstance(item, ReplayItem):
+                sendable = item.replayable if item._exchanges is None else sum(e.sendable for e in item.exchanges)
+                total += sendable
+                mine += 0 if other else sendable
+            if not selected or other:
                 drop.append(item)
             else:
                 keep.append(item)
+        if shard:
+            self.shard_traffic = (mine, total)
         if drop:
             self.config.hook.pytest_deselected(items=drop)
             items[:] = keep

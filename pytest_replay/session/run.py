@@ -93,6 +93,7 @@ class ReplayRun:
             from .update import Updates
             self.updates = Updates()
         self.stage_plan = None  # schedule.stages.StagePlan of a capacity run
+        self.share = 1.0  # the part of --rate and of rate stages this process sends (a CI shard's traffic share)
         self.key_stride = 0  # a looped request's key: exchange index + loop * key_stride
         self.sampler = None  # session.saturation.Sampler of a capacity run
         self.probed = None  # (target URL, targets.h2.Probe) when the target was probed after collection
@@ -165,7 +166,10 @@ class ReplayRun:
         self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=rules, noise=noise, clock=clock,
                                       redactor=self.redactor, grpc=self.grpc_schema,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
-        timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
+        from .capacity import traffic_share  # a CI shard sends its share of a rate (its part of the traffic)
+        self.share = traffic_share(s.shard, self.collection.shard_traffic)
+        rate = s.rate * self.share if s.rate else s.rate
+        timing = Timing(speed=s.speed, rate=rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         if index is not None:
             from .baseline import check_usage
             check_usage(s, baseline)
@@ -341,8 +345,9 @@ class ReplayRun:
         chosen = sorted(replayed, key=lambda e: (e.request_ts_ns, e.index))
         timestamps = [e.request_ts_ns for e in chosen]
         from .capacity import shard_share  # a shard's part of each stage's rate
-        stages = shard_share(s.stages, s.shard) or loop_stages(timestamps, speed=s.speed, rate=s.rate, loops=s.loop,
-                                                               duration_s=s.duration)
+        rate = s.rate * self.share if s.rate else s.rate
+        stages = shard_share(s.stages, self.share) or loop_stages(timestamps, speed=s.speed, rate=rate, loops=s.loop,
+                                                                  duration_s=s.duration)
         try:
             self.stage_plan = stage_plan(timestamps, stages)
         except ValueError as exc:
@@ -383,6 +388,8 @@ class ReplayRun:
         sent = [0] * len(sp.stages)
         errors = [0] * len(sp.stages)
         late = [_Counter() for _ in sp.stages]
+        service = [_Counter() for _ in sp.stages]  # latency from send
+        scheduled = [_Counter() for _ in sp.stages]  # response time from schedule (Observation.response_ns)
         in_window = [0] * len(sp.stages)  # sent during the stage's time (the achieved rate)
         after_end = 0
         for o in engine.observations():
@@ -398,6 +405,9 @@ class ReplayRun:
             if o.error_kind is not None or (o.response is not None and o.response.status >= 500):
                 errors[i] += 1
             late[i][_bin(max(o.lateness_ns, 0))] += 1
+            if o.response_ns is not None:
+                scheduled[i][_bin(o.response_ns)] += 1
+                service[i][_bin(o.response_ns - o.queued_ns)] += 1
         mine = [0] * len(sp.stages)
         for p in engine.plan:
             mine[sp.stage_of(p.offset_ns)] += 1
@@ -407,9 +417,16 @@ class ReplayRun:
                          "start_s": sp.bounds_ns[i] / 1e9, "target_rate": round(sp.target_rate(i), 3),
                          "planned_all": planned_counts[i], "planned": mine[i], "sent": sent[i], "sent_in_stage": in_window[i], "errors": errors[i],
                          "not_sent": mine[i] - sent[i] if stop is not None else 0,
-                         "lateness_p99_ms": round((percentile(late[i], 99) or 0) / 1e6, 3) if late[i] else None})
+                         "lateness_p99_ms": round((percentile(late[i], 99) or 0) / 1e6, 3) if late[i] else None,
+                         "service_p99_ms": round(percentile(service[i], 99) / 1e6, 3) if service[i] else None,
+                         "scheduled_p99_ms": round(percentile(scheduled[i], 99) / 1e6, 3) if scheduled[i] else None})
+        traffic = self.collection.shard_traffic
+        if traffic is not None:  # a CI shard: its share of each rate
+            data_share = {"share": round(self.share, 4), "exchanges": traffic[0], "of": traffic[1]}
         data = {"stages": rows, "loops": sp.loops, "sent_after_the_end": after_end, "base_rate": round(sp.base_rate, 3), "stopped": None,
                 "conditions": [str(c) for c in self.settings.abort_on], "window_s": self.settings.abort_window}
+        if traffic is not None:
+            data["traffic_share"] = data_share
         last = max((o.sent_ns for o in engine.observations() if o.error_kind not in ("cancelled", "dropped")),
                    default=None)
         if last is not None:  # how far the replay got (an interrupted run's evidence says so)
@@ -425,11 +442,14 @@ class ReplayRun:
                 for failure in data["saturation"]["failures"]:
                     failure["source"] = url_without_password(failure["source"])
                     failure["first"] = self.redactor.text(failure["first"])
-        if stop is not None:
-            i = sp.stage_of(stop.at_ns)
+        if stop is not None:  # (the window ends at at_ns: one ending at a boundary judged the stage before it)
+            i = sp.stage_of(max(stop.at_ns - 1, 0))
             data["stopped"] = {"condition": stop.condition, "measured": stop.measured, "at_s": stop.at_ns / 1e9,
                                "stage": i + 1, "into_stage_s": (stop.at_ns - sp.bounds_ns[i]) / 1e9,
                                "window_s": stop.window_s, "requests_in_window": stop.requests,
+                               "in_flight_counted": stop.in_flight, "offered_rate": round(sp.rate_at(stop.at_ns), 3),
+                               "measures": next((c.measures for c in self.settings.abort_on
+                                                 if str(c) == stop.condition), None),
                                "tripped_on": stop.worker or None, "relayed": stop.relayed}
         return data
 

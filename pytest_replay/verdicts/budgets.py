@@ -15,7 +15,12 @@
              both cover the template `/api/users/{id}`. Without a scope the budget covers every request.
 
 A scoped budget measures the union of the endpoints it matches. Latency is time to the first response
-byte, in HDR histograms (report.aggregate) at 3 significant figures; error rates are percent of the
+byte from the request's send (the service latency, comparable with the recorded latency and k6's
+http_req_duration); `scheduled p99<300ms` judges the response time from schedule instead (from the
+instant the request would have been sent had the replayer been on time: time queued behind the
+target, on its busy connection, a barrier or a concurrency slot, counts; report.aggregate "response";
+absolute values only). An absolute budget on the service latency that passes while the response
+time from schedule breaks it says so on its line. Latencies are kept in HDR histograms (report.aggregate) at 3 significant figures; error rates are percent of the
 requests that reached the target. A budget that cannot be measured (a scope matching no replayed
 request, no latency measured, a relative budget without recorded values) fails, saying why: it never
 passes silently. Sans-IO: an Aggregate in, frozen BudgetResults out.
@@ -47,7 +52,8 @@ ACCEPTED_FORMS = (
     "accepted forms: '[SCOPE: ]METRIC OP VALUE' with METRIC p50|p90|p95|p99|pN|p(N)|max|mean|avg|med "
     "(latency) or 5xx|4xx|errors (error rate), OP <|<=|>|>=, VALUE an absolute latency (200ms, 150us, 1.5s) "
     "or a factor of the recorded latency (1.2x), or a rate (1%, recorded, recorded+0.5%) for error metrics; "
-    "SCOPE '[METHOD|*] /path/glob/*' or a path template '/api/users/{id}'. Examples: 'p95<200ms', "
+    "SCOPE '[METHOD|*] /path/glob/*' or a path template '/api/users/{id}'; 'scheduled' before an absolute "
+    "latency metric judges the response time from schedule. Examples: 'p95<200ms', 'scheduled p99<300ms', "
     "'p95<1.2x', 'GET /api/users/*: p99<300ms', '5xx<1%', 'errors<0.5%', '5xx<=recorded+0.5%'")
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -59,7 +65,7 @@ WORST = 3
 _NUMBER = r"\d+(?:\.\d+)?|\.\d+"
 _BUDGET = re.compile(
     r"^(?:(?P<scope>.+?)\s*:\s*)?"
-    r"(?P<metric>p\(\s*(?:" + _NUMBER + r")\s*\)|p(?:" + _NUMBER + r")|max|mean|avg|med|median|5xx|4xx|errors)"
+    r"(?P<basis>scheduled\s+)?(?P<metric>p\(\s*(?:" + _NUMBER + r")\s*\)|p(?:" + _NUMBER + r")|max|mean|avg|med|median|5xx|4xx|errors)"
     r"\s*(?P<op><=|>=|<|>)\s*(?P<value>\S.*?)\s*$", re.IGNORECASE)
 _LATENCY_VALUE = re.compile(r"^(?P<n>" + _NUMBER + r")\s*(?P<unit>us|µs|ms|s|x)?"
                             r"(?:\s*(?P<reference>recorded|baseline))?$", re.IGNORECASE)
@@ -116,6 +122,7 @@ class Budget:
     relative: bool = False
     scope: Scope | None = None
     reference: str | None = None  # relative budgets: "recorded", "baseline", None = baseline if any, else recorded
+    basis: str = "service"  # latency: from send ("service") or from the schedule ("scheduled ..."), see below
 
     @property
     def kind(self) -> str:
@@ -188,7 +195,11 @@ def parse_budget(text: str) -> Budget:
             value, relative = float(found["n"]), True
         else:
             value, relative = float(found["n"]) * UNITS_NS[unit], False
-    return Budget(source, metric, match["op"], value, relative, scope, reference)
+    basis = "scheduled" if match["basis"] else "service"
+    if basis == "scheduled" and (relative or metric in ERROR_METRICS):
+        raise ValueError(f"invalid budget {text!r}: 'scheduled' goes with an absolute latency (scheduled p99<300ms): "
+                         f"recorded latencies were measured from send; {ACCEPTED_FORMS}")
+    return Budget(source, metric, match["op"], value, relative, scope, reference, basis)
 
 
 def parse_budgets(texts: Iterable[str | Budget]) -> tuple[Budget, ...]:
@@ -256,9 +267,14 @@ def _rate_text(percent: float | None) -> str:
     return "-" if percent is None else f"{percent:.2f}%"
 
 
+def _hist(stats, budget: Budget):
+    """The histogram a latency budget judges: latency from send, or from schedule ('scheduled p99<...')."""
+    return stats.response if budget.basis == "scheduled" else stats.latency
+
+
 def _latency(stats, budget: Budget, recorded: bool = False) -> float | None:
     """The budget's latency metric of these stats, in µs."""
-    hist = stats.recorded if recorded else stats.latency
+    hist = stats.recorded if recorded else _hist(stats, budget)
     if budget.metric == "mean":
         return hist.mean
     return hist.percentile(budget.quantile)
@@ -323,12 +339,27 @@ def _evaluate_latency(budget: Budget, stats, candidates, common: dict) -> Budget
         limit = budget.value / 1000  # ns -> µs
     passed = OPS[budget.op](measured, limit)
     worst = _worst_latency(budget, candidates, limit)
-    return BudgetResult(passed=passed, measured=_named(metric, _latency_text(measured)),
+    caveats = _queued_caveat(budget, stats, limit) if passed else ()
+    return BudgetResult(passed=passed, measured=_named(metric, _latency_text(measured)), caveats=caveats,
                         recorded=None if recorded is None else _named(metric, _latency_text(recorded)),
                         threshold=_threshold_text(budget, recorded, limit if budget.relative else None),
                         worst=worst, numbers=(("measured_ms", _round(measured / 1000)),
                                               ("recorded_ms", None if recorded is None else _round(recorded / 1000)),
                                               ("limit_ms", _round(limit / 1000))), **common)
+
+
+def _queued_caveat(budget: Budget, stats, limit_us: float) -> tuple[str, ...]:
+    """An absolute budget on the latency from send that passes while the response time from schedule
+    breaks it: the target made requests queue (coordinated omission). Said on the budget's line."""
+    response = getattr(stats, "response", None)
+    if budget.relative or budget.basis != "service" or response is None or not response.total:
+        return ()
+    scheduled = response.mean if budget.metric == "mean" else response.percentile(budget.quantile)
+    if scheduled is None or OPS[budget.op](scheduled, limit_us):
+        return ()
+    return (f"the response time from schedule breaks it ({budget.metric} {_latency_text(scheduled)}): requests "
+            f"queued behind the target (their connection busy, a barrier, a slot) before they were sent; "
+            f"'scheduled {budget.metric}{budget.op}...' judges that figure",)
 
 
 def _not_relative(budget: Budget, measured: str, what: str, common: dict) -> BudgetResult:
@@ -352,9 +383,9 @@ def _worst_latency(budget: Budget, candidates, limit_us: float) -> tuple[tuple[s
             continue
         if budget.metric == "mean":
             excess = (value - limit_us) if upper else (limit_us - value)
-            contribution = max(0.0, excess) * stats.latency.total
+            contribution = max(0.0, excess) * _hist(stats, budget).total
         else:
-            contribution = stats.latency.count_beyond(limit_us, above=upper)
+            contribution = _hist(stats, budget).count_beyond(limit_us, above=upper)
         ranked.append((contribution, value if upper else -value, key, value, stats))
     ranked = _contributors(ranked)
     return tuple((key, _latency_text(value)) for _, _, key, value, _ in ranked[:WORST])
@@ -487,20 +518,27 @@ __all__ = ["ACCEPTED_FORMS", "Budget", "BudgetResult", "Scope", "caveat_texts", 
 
 
 # -- stop conditions (--replay-abort-on): the budget grammar, inverted --------------------------
-STOP_FORMS = ("accepted forms: 'METRIC OP VALUE' as in budgets, tripping when it holds: latency p50|p90|p95|"
-              "p99|pN|max|mean (200ms, 1.5s), 5xx|4xx|errors (a percent), or lateness (the replayer's own "
-              "p99 lateness: it cannot keep up), e.g. 'p99>2s', '5xx>5%', 'errors>1%', 'lateness>50ms'")
+STOP_FORMS = ("accepted forms: '[service ]METRIC OP VALUE' as in budgets, tripping when it holds: latency p50|p90|"
+              "p95|p99|pN|max|mean (200ms, 1.5s) -- the response time from schedule (queueing behind the target "
+              "included), or the service latency from send with 'service' before it --, 5xx|4xx|errors (a "
+              "percent), or lateness (the replayer's own p99 lateness: it cannot keep up), e.g. 'p99>2s', "
+              "'service p99>2s', '5xx>5%', 'errors>1%', 'lateness>50ms'")
+SCHEDULED, SERVICE = "scheduled", "service"  # what a latency stop condition measures from (StopCondition.basis)
 
 
 @dataclass(frozen=True, slots=True)
 class StopCondition:
     """A condition that stops a replay when it holds over the sliding window (k6's abortOnFail,
-    written as the failure: 'p99>2s' stops when p99 exceeds 2 s). `value`: ns or percent."""
+    written as the failure: 'p99>2s' stops when p99 exceeds 2 s). `value`: ns or percent. A latency
+    condition judges the response time from schedule (basis "scheduled": from the instant the request
+    would have been sent had the replayer been on time, so time queued behind a busy target counts),
+    or the service latency from send ("service", written 'service p99>2s'); see schedule/monitor.py."""
 
     text: str
     metric: str  # "p99", "max", "mean", "5xx", "4xx", "errors", "lateness" (p99 lateness)
     op: str
     value: float
+    basis: str = SCHEDULED
 
     @property
     def kind(self) -> str:
@@ -511,6 +549,15 @@ class StopCondition:
         if self.metric == "lateness":
             return 99.0
         return Budget(self.text, self.metric, self.op, self.value).quantile
+
+    @property
+    def measures(self) -> str:
+        """What it judges, in words (for the summary)."""
+        if self.kind == "errors":
+            return "error rate"
+        if self.metric == "lateness":
+            return "the replayer's own p99 lateness"
+        return "service latency (from send)" if self.basis == SERVICE else "response time from schedule"
 
     def holds(self, measured: float | None) -> bool:
         return measured is not None and OPS[self.op](measured, self.value)
@@ -527,14 +574,21 @@ class StopCondition:
 
 
 def parse_stop_condition(text: str) -> StopCondition:
-    """'p99>2s', '5xx>5%', 'lateness>50ms' -> StopCondition. ValueError names the accepted forms."""
+    """'p99>2s', 'service p99>2s', '5xx>5%', 'lateness>50ms' -> StopCondition. ValueError names the
+    accepted forms."""
     source = " ".join(str(text).split())
-    lateness = re.match(r"^lateness\s*(?=[<>])", source, re.IGNORECASE)
+    basis = re.match(r"^(scheduled|service)\s+(?=\S)", source, re.IGNORECASE)
+    rest = source[basis.end():] if basis else source
+    lateness = re.match(r"^lateness\s*(?=[<>])", rest, re.IGNORECASE)
     try:
-        budget = parse_budget("p99" + source[lateness.end():] if lateness else source)
+        budget = parse_budget("p99" + rest[lateness.end():] if lateness else rest)
     except ValueError as exc:
         raise ValueError(f"invalid stop condition {text!r}; {STOP_FORMS}") from exc
     if budget.scope is not None or budget.relative:
         raise ValueError(f"invalid stop condition {text!r}: scopes and relative values are not judged during the "
                          f"replay; {STOP_FORMS}")
-    return StopCondition(source, "lateness" if lateness else budget.metric, budget.op, budget.value)
+    if basis and (lateness or budget.kind == "errors"):
+        raise ValueError(f"invalid stop condition {text!r}: '{basis[1]}' goes with a latency metric (p99, mean, "
+                         f"max); {STOP_FORMS}")
+    return StopCondition(source, "lateness" if lateness else budget.metric, budget.op, budget.value,
+                         basis[1].lower() if basis else SCHEDULED)
