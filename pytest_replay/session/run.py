@@ -98,6 +98,7 @@ class ReplayRun:
         self.probed = None  # (target URL, targets.h2.Probe) when the target was probed after collection
         self.http_version_said = None  # what HTTP/2 captures go over, as said after collection
         self.stream = None  # session.stream.Stream of a streamed run
+        self.judging = None  # session.judging.JudgePool: large differing bodies judged in other processes
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
@@ -165,6 +166,7 @@ class ReplayRun:
         self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=rules, noise=noise, clock=clock,
                                       redactor=self.redactor, grpc=self.grpc_schema,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
+        self.judging = self._judge_pool(baseline)
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         if index is not None:
             from .baseline import check_usage
@@ -225,6 +227,16 @@ class ReplayRun:
                                    metrics=s.metrics)
             self.sampler.start()
         return self.engine
+
+    def _judge_pool(self, baseline):
+        """Judging processes (--replay-judge-workers), or None: every exchange judged in this process."""
+        from .judging import JudgePool, workers_for
+
+        setting = self.settings.judge_workers
+        workers = workers_for(setting)
+        if baseline is not None or workers == 0:  # (a baseline's verdict keeps per-endpoint state: judged here)
+            return None
+        return JudgePool(workers, self.diff_config, self.redactor, eager=setting != "auto")
 
     def stop_monitor(self, conditions, window_s: float):
         """The stop conditions' monitor (an xdist Worker replaces this: a stop on one worker stops all)."""
@@ -473,6 +485,8 @@ class ReplayRun:
             _running.discard(self)
         if self.stream is not None:
             self.stream.stop()
+        if self.judging is not None:  # (after the judge thread: it judged what the engine observed)
+            self.judging.shutdown()
         if self.outbound is not None:
             self.outbound.stop()
         if self.sampler is not None:
@@ -500,7 +514,7 @@ class ReplayRun:
 
     # -- verdicts and counts -----------------------------------------------------------------
     def judge(self, exchange: Exchange, observation):
-        from ..verdicts.diff import compare, render_failure
+        from ..verdicts.judge import judge
 
         error = None if observation.ok else f"{observation.error_kind}: {observation.error}"
         blocked = self.outbound.failure(exchange.index, self.redactor.text) if self.outbound is not None else None
@@ -514,15 +528,13 @@ class ReplayRun:
                                              candidate_origins=self.origins)
             if judged is not None:
                 return judged
-        verdict = compare(exchange.response, observation.response, self.diff_config, exchange=exchange, error=error,
-                          latency_ns=observation.latency_ns, recorded_latency_ns=exchange.recorded_latency_ns,
-                          origins=origins)
-        text = "" if verdict.passed else render_failure(
-            exchange, verdict, recorded_latency_ns=exchange.recorded_latency_ns,
-            replayed_latency_ns=observation.latency_ns,
-            replayed_status=observation.response.status if observation.response else None, redactor=self.redactor)
-        text = self.redactor.mask_pii(text)  # e-mails, card and phone numbers in bodies shown in a diff
-        return verdict, text
+        if self.judging is not None:  # large differing bodies: in a judging process (session/judging.py)
+            judged = self.judging.judge(exchange, observation.response, error=error,
+                                        latency_ns=observation.latency_ns, origins=origins)
+            if judged is not None:
+                return judged
+        return judge(exchange, observation.response, self.diff_config, self.redactor, error=error,
+                     latency_ns=observation.latency_ns, origins=origins)
 
     def record(self, exchange: Exchange, observation, verdict, text: str = "") -> None:
         """Count an exchange; `text`: its rendered failure (an example of its failure group)."""
@@ -574,6 +586,7 @@ class ReplayRun:
             sent=(engine.completed if self.stream is not None else len(engine.observations())) if engine else 0,
             failures=([str(engine.failure)] if engine is not None and engine.failure is not None else [])
             + ([self.stream.error] if self.stream is not None and self.stream.error else [])
+            + (self.judging.errors if self.judging is not None else [])
             + ([f"the capture could not be read to its end: {self.collection.error}; what was read before it "
                 "was replayed"] if self.stream is not None and self.collection.error is not None else []),
             noise=self.noise_summary(), unused_allow=list(self.unused_allow),
