@@ -275,8 +275,10 @@ def test_a_judging_process_that_dies_fails_its_exchange_and_the_run(pytester: py
                     "--replay-stream", stream, pace=("--rate", "10"))
     text = result.stdout.str()
     index = int((pytester.path / "killed").read_text())
-    assert re.search(rf"the judging process died \(exit code -9\) while judging GET /item/{index} #{index} "
-                     rf"\[pages\.gor \(record {2 * index}, byte \d+\)\]: not judged", text), text[-3000:]
+    section = text.split(f" GET /item/{index} #{index} _")[1].split("\n___")[0]
+    assert "error (judge): the judging process died (exit code -9) while judging this exchange: not judged" in section
+    assert re.search(rf"note: the judging process died \(exit code -9\) while judging GET /item/{index} #{index} "
+                     rf"\[pages\.gor \(record {2 * index}, byte \d+\)\], which failed", text), text[-3000:]
     outcomes = result.parseoutcomes()
     changed = {i for i in range(0, 40, 2) if i % 8 == 2} | {i for i in range(1, 40, 2) if i % 3 == 0}
     assert outcomes["failed"] == len(changed | {index})  # the others judged in the run's process

@@ -16,8 +16,8 @@ live baseline judges in the thread (the differential verdict keeps per-endpoint 
 The processes come from the 'forkserver' start method where there is one (never a plain fork of a
 process whose engine thread is running), else 'spawn'; they ignore Ctrl-C, which the run's process
 handles by shutting the pool down (`shutdown`: pending work cancelled, processes ended and reaped).
-A process that dies while judging an exchange fails that exchange with an error naming it and the
-run with a line saying so; the exchanges after it are judged in the thread. Nothing is written to
+A process that dies while judging an exchange fails that exchange (the error says why) and the run
+notes which exchange it was; the exchanges after it are judged in the thread. Nothing is written to
 disk: tasks and verdicts travel through pipes.
 """
 
@@ -68,6 +68,12 @@ def workers_for(setting: int | str, *, cpus: int | None = None, processes: int |
     return max(0, min(AUTO_MAX, (cpus - processes) // processes))
 
 
+def large_bodies(exchanges) -> bool:
+    """Do the recorded answers hold bodies that, changed, are worth a judging process? (Then 'auto' starts
+    its processes before the replay, not when the first one comes back.)"""
+    return any(e.response is not None and 2 * len(e.response.body) >= POOL_BYTES for e in exchanges)
+
+
 def _context():
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
@@ -83,10 +89,11 @@ class JudgePool:
         self.config = config
         self.redactor = redactor
         self.min_bytes = min_bytes
-        self.errors: list[str] = []  # for the run's failures: a judging process died
+        self.errors: list[str] = []  # for the run's notes: a judging process died (its exchange failed)
         self.judged = 0  # exchanges judged in a judging process
         self._executor: ProcessPoolExecutor | None = None
         self._ready: Future | None = None
+        self._readies: list[Future] = []
         self._processes: dict = {}  # pid -> multiprocessing.Process, kept to reap them at the end
         self._lock = threading.Lock()
         self.closed = False
@@ -105,11 +112,24 @@ class JudgePool:
                                                  initargs=(self.config, self.redactor))
             readies = [self._executor.submit(remote.ready) for _ in range(self.workers)]  # one per process
             self._ready = readies[-1]
+            self._readies = readies
             self._note_processes()
 
     def _note_processes(self) -> None:
         executor = self._executor
         self._processes.update(getattr(executor, "_processes", None) or {})
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Until every process has started and answered (a number of workers given: before the engine's
+        t0, so that starting them costs the replay no lateness)."""
+        if self._ready is None:
+            return False
+        try:
+            for ready in self._readies:
+                ready.result(timeout_s)
+        except Exception:  # noqa: BLE001 - not started in time, or broken: judged in the thread meanwhile
+            return False
+        return True
 
     @property
     def ready(self) -> bool:
@@ -157,11 +177,12 @@ class JudgePool:
         how = f" (exit code {', '.join(map(str, codes))})" if codes else ""
         request = exchange.request
         what = f"{request.method} {self.redactor.target(request.target)} #{exchange.index} [{exchange.source}]"
-        message = (f"the judging process died{how} while judging {what}: not judged; the exchanges after it are "
-                   "judged in the run's process (--replay-judge-workers 0 judges every exchange there)")
         with self._lock:
             if not self.errors:
-                self.errors.append(message)
+                self.errors.append(f"the judging process died{how} while judging {what}, which failed: not judged; the "
+                                   "exchanges after it were judged in the run's process (--replay-judge-workers 0 "
+                                   "judges every exchange there)")
+        message = f"the judging process died{how} while judging this exchange: not judged"
         verdict = Verdict(False, (Difference("error", "judge", "", message, change="judging process died"),), (),
                           "1 difference: the judging process died")
         text = render_failure(exchange, verdict, recorded_latency_ns=exchange.recorded_latency_ns,

@@ -166,7 +166,7 @@ class ReplayRun:
         self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=rules, noise=noise, clock=clock,
                                       redactor=self.redactor, grpc=self.grpc_schema,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
-        self.judging = self._judge_pool(baseline)
+        self.judging = self._judge_pool(baseline, exchanges if index is None else index.noise_sample)
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         if index is not None:
             from .baseline import check_usage
@@ -228,15 +228,26 @@ class ReplayRun:
             self.sampler.start()
         return self.engine
 
-    def _judge_pool(self, baseline):
-        """Judging processes (--replay-judge-workers), or None: every exchange judged in this process."""
-        from .judging import JudgePool, workers_for
+    def _judge_pool(self, baseline, sample):
+        """Judging processes (--replay-judge-workers), or None: every exchange judged in this process.
+        Started now, before t0 (starting them takes a Python start-up and imports: lateness if the
+        replay ran meanwhile), when a number is given or when the capture (`sample`: every exchange, or a
+        streamed run's bounded sample) holds large bodies; 'auto' otherwise waits for the first one."""
+        from .judging import JudgePool, large_bodies, workers_for
 
         setting = self.settings.judge_workers
         workers = workers_for(setting)
         if baseline is not None or workers == 0:  # (a baseline's verdict keeps per-endpoint state: judged here)
             return None
-        return JudgePool(workers, self.diff_config, self.redactor, eager=setting != "auto")
+        eager = setting != "auto" or large_bodies(sample)
+        pool = JudgePool(workers, self.diff_config, self.redactor, eager=eager)
+        try:
+            if eager:
+                pool.wait_ready(30.0)
+        except BaseException:  # Ctrl-C while they start: none left behind
+            pool.shutdown()
+            raise
+        return pool
 
     def stop_monitor(self, conditions, window_s: float):
         """The stop conditions' monitor (an xdist Worker replaces this: a stop on one worker stops all)."""
@@ -586,12 +597,12 @@ class ReplayRun:
             sent=(engine.completed if self.stream is not None else len(engine.observations())) if engine else 0,
             failures=([str(engine.failure)] if engine is not None and engine.failure is not None else [])
             + ([self.stream.error] if self.stream is not None and self.stream.error else [])
-            + (self.judging.errors if self.judging is not None else [])
             + ([f"the capture could not be read to its end: {self.collection.error}; what was read before it "
                 "was replayed"] if self.stream is not None and self.collection.error is not None else []),
             noise=self.noise_summary(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
-            notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
+            notes=self.collection.notes + self.notes + (self.judging.errors if self.judging is not None else []),
+            empty_shard=self.collection.empty_shard,
             escaped=self.outbound.escaped() if self.outbound is not None else [],
             origins=dict(self.origin_counts), wall_s=engine.wall_s() if engine else None,
             locality=self.locality,
