@@ -39,7 +39,7 @@ def pytest_sessionfinish(session):
     if run is None or run.engine is None:
         return
     pool = run.judging
-    name = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = getattr(session.config, "workerinput", {}).get("workerid", "main")
     with open(f"probe-{name}.json", "w") as f:
         json.dump({"judged": pool.judged if pool is not None else None,
                    "streamed": run.stream is not None}, f)
@@ -82,7 +82,8 @@ def capture(path: Path, n: int, connections: int = 4) -> Path:
 
 
 def replay(pytester: pytest.Pytester, gor: Path, server: str, *args: str, report: str = "evidence",
-           pace: tuple[str, str] = ("--speed", "0")):
+           pace: tuple[str, str] = ("--rate", "20")):
+    """(At a pace: exchanges judged once the engine is done are judged in the run's process.)"""
     return pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-rf", *pace, "--replay", str(gor), "--replay-target", server,
         "--replay-report", str(pytester.path / report), *args, timeout=300)
@@ -109,13 +110,16 @@ def failure_texts(result) -> list[str]:
     return sorted(block.split("\n====")[0] for block in text.split("____") if "body $." in block)
 
 
+COUNTED = ("requests", "judged", "failed", "failures", "ignored", "status", "recorded_status", "skipped", "writes",
+           "error_pct", "transport_errors")
+
+
 def counts(pytester: pytest.Pytester, report: str) -> dict:
     """What the evidence counts, without times: totals, per endpoint outcomes and failure causes, what
     the origins and the noise rules hid."""
     evidence = json.loads((pytester.path / report / "replay-evidence.json").read_text())
-    totals = {k: v for k, v in evidence["totals"].items() if "ms" not in k and "_s" not in k and "rate" not in k}
-    endpoints = sorted((row["endpoint"], row["requests"], row.get("failed"), row.get("passed"))
-                       for row in evidence["endpoints"])
+    totals = {k: evidence["totals"].get(k) for k in COUNTED}
+    endpoints = [{k: row.get(k) for k in ("endpoint", *COUNTED)} for row in evidence["endpoints"]]
     return json.loads(normal(json.dumps({"totals": totals, "endpoints": endpoints,
                                                        "diff": evidence.get("diff"),
                                                        "failures": evidence.get("failures")})))
@@ -145,9 +149,9 @@ def test_judging_processes_give_the_verdicts_of_the_run_s_process(pytester: pyte
 
 
 @pytest.mark.parametrize("workers", ["auto", "2"])
-def test_grouped_items_judged_after_the_replay(pytester: pytest.Pytester, server: str, workers: str) -> None:
-    """Items of a connection, judged after the replay (the default): the same failures counted; 'auto'
-    (the default) starts a judging process when a core is left for it."""
+def test_grouped_items(pytester: pytest.Pytester, server: str, workers: str) -> None:
+    """Items of a connection (streamed): the same failures counted; 'auto' (the default) starts a judging
+    process when a core is left for it."""
     pytester.makeconftest(PROBE)
     gor = capture(pytester.path / "pages.gor", 40)
     args = ("--replay-group", "connection")
@@ -156,7 +160,7 @@ def test_grouped_items_judged_after_the_replay(pytester: pytest.Pytester, server
     pooled = replay(pytester, gor, server, *args, *(("--replay-judge-workers", workers) if workers != "auto" else ()),
                     report="pooled")
     judged = probes(pytester)["main"]["judged"]
-    if workers_for(workers) == 0:  # (auto, on a single core)
+    if workers_for(workers if workers == "auto" else int(workers)) == 0:  # (auto, on a single core)
         assert judged is None
     else:
         assert judged > 0
@@ -166,11 +170,21 @@ def test_grouped_items_judged_after_the_replay(pytester: pytest.Pytester, server
     assert counts(pytester, "pooled") == counts(pytester, "here")
 
 
+def test_items_judged_after_a_held_replay_start_no_judging_process(pytester: pytest.Pytester, server: str) -> None:
+    """--replay-judge after (the default) in a run that holds the capture: judging starts when the engine
+    is done, there is no lateness to save, and the pool's round trips would only cost time."""
+    pytester.makeconftest(PROBE)
+    gor = capture(pytester.path / "pages.gor", 12)
+    result = replay(pytester, gor, server, "--replay-stream", "off", "--replay-judge-workers", "1")
+    assert probes(pytester) == {"main": {"judged": None, "streamed": False}}
+    assert result.parseoutcomes() == {"failed": 4, "passed": 8}
+
+
 def test_each_xdist_worker_judges_with_its_own_pool(pytester: pytest.Pytester, server: str) -> None:
     pytest.importorskip("xdist")
     pytester.makeconftest(PROBE)
     gor = capture(pytester.path / "pages.gor", 40)
-    args = ("--replay-group", "exchange", "-n", "2")
+    args = ("--replay-group", "exchange", "-n", "2", "--replay-judge", "during")
     here = replay(pytester, gor, server, *args, "--replay-judge-workers", "0", report="here")
     probes(pytester)
     pooled = replay(pytester, gor, server, *args, "--replay-judge-workers", "1", report="pooled")
@@ -211,7 +225,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_ctrl_c_shuts_the_pool_down_and_leaves_no_process(tmp_path: Path, server: str) -> None:
     gor = capture(tmp_path / "pages.gor", 400)
-    proc = pytest_to_interrupt(["--replay", str(gor), "--replay-target", server, "--rate", "40",
+    # (hypothesis's plugin imports hypothesis in its terminal summary: seconds on a loaded machine, not ours)
+    proc = pytest_to_interrupt(["-p", "no:hypothesispytest", "--replay", str(gor), "--replay-target", server, "--rate", "40",
                                 "--replay-judge-workers", "1", "--replay-report", str(tmp_path / "evidence")],
                                tmp_path)
     seen = ""
@@ -272,7 +287,7 @@ def test_a_judging_process_that_dies_fails_its_exchange_and_the_run(pytester: py
     pytester.makeconftest(KILLER)
     gor = capture(pytester.path / "pages.gor", 40)
     result = replay(pytester, gor, server, "--replay-group", "exchange", "--replay-judge-workers", "1",
-                    "--replay-stream", stream, pace=("--rate", "10"))
+                    "--replay-stream", stream, "--replay-judge", "during", pace=("--rate", "10"))
     text = result.stdout.str()
     index = int((pytester.path / "killed").read_text())
     section = text.split(f" GET /item/{index} #{index} _")[1].split("\n___")[0]

@@ -49,22 +49,13 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def xdist_processes() -> int:
-    """The processes of this run that replay: the xdist workers, or this one."""
-    try:
-        return max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    except ValueError:
-        return 1
-
-
-def workers_for(setting: int | str, *, cpus: int | None = None, processes: int | None = None) -> int:
+def workers_for(setting: int | str, *, cpus: int | None = None, processes: int = 1) -> int:
     """--replay-judge-workers as a number of processes: N as given; 'auto': the cores left once each
     process of the run has one for its engine, shared among those processes (at most AUTO_MAX each):
     1 on 2 cores, none under xdist -n 2 on 2 cores."""
     if setting != "auto":
         return int(setting)
     cpus = cores() if cpus is None else cpus
-    processes = xdist_processes() if processes is None else processes
     return max(0, min(AUTO_MAX, (cpus - processes) // processes))
 
 

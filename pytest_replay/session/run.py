@@ -166,7 +166,8 @@ class ReplayRun:
         self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=rules, noise=noise, clock=clock,
                                       redactor=self.redactor, grpc=self.grpc_schema,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
-        self.judging = self._judge_pool(baseline, exchanges if index is None else index.noise_sample)
+        self.judging = self._judge_pool(baseline, exchanges if index is None else index.noise_sample,
+                                        streamed=index is not None)
         timing = Timing(speed=s.speed, rate=s.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         if index is not None:
             from .baseline import check_usage
@@ -228,16 +229,20 @@ class ReplayRun:
             self.sampler.start()
         return self.engine
 
-    def _judge_pool(self, baseline, sample):
-        """Judging processes (--replay-judge-workers), or None: every exchange judged in this process.
+    def _judge_pool(self, baseline, sample, *, streamed: bool):
+        """Judging processes (--replay-judge-workers), or None: every exchange judged in this process
+        (also when items judge after the replay, in a run that holds the capture: no engine to make late).
         Started now, before t0 (starting them takes a Python start-up and imports: lateness if the
         replay ran meanwhile), when a number is given or when the capture (`sample`: every exchange, or a
         streamed run's bounded sample) holds large bodies; 'auto' otherwise waits for the first one."""
         from .judging import JudgePool, large_bodies, workers_for
 
         setting = self.settings.judge_workers
-        workers = workers_for(setting)
+        workerinput = getattr(self.config, "workerinput", None)  # an xdist worker: its run has this many
+        workers = workers_for(setting, processes=workerinput.get("workercount", 1) if workerinput else 1)
         if baseline is not None or workers == 0:  # (a baseline's verdict keeps per-endpoint state: judged here)
+            return None
+        if not streamed and self.settings.judge == "after":
             return None
         eager = setting != "auto" or large_bodies(sample)
         pool = JudgePool(workers, self.diff_config, self.redactor, eager=eager)
@@ -539,7 +544,8 @@ class ReplayRun:
                                              candidate_origins=self.origins)
             if judged is not None:
                 return judged
-        if self.judging is not None:  # large differing bodies: in a judging process (session/judging.py)
+        if self.judging is not None and not self.engine.finished:  # large differing bodies, while the engine
+            # sends: in a judging process (session/judging.py); once it is done, here (no round trip)
             judged = self.judging.judge(exchange, observation.response, error=error,
                                         latency_ns=observation.latency_ns, origins=origins)
             if judged is not None:
