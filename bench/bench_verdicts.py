@@ -16,7 +16,9 @@
     against nginx at a fixed rate (400 requests/s for 20 s; 8 s with --quick) on 32 connections, every
     20th request a 200 KB JSON page whose recorded answer differs in one value (the others a small JSON
     answered as recorded), streamed (the default), judged in the run's process (--replay-judge-workers 0)
-    and in one judging process (1), alternately (2 rounds each; 1 with --quick). Printed: the engine's own
+    and in one judging process (1), alternately (2 rounds each; 1 with --quick); without --quick also a run
+    that holds the capture and judges during the replay (--replay-stream off --replay-judge during, an item
+    per exchange: pytest's own work per item, ~1 ms, is in both runs). Printed: the engine's own
     lateness (evidence: lateness by cause "engine") p50/p99/max, and what failed (the same in both).
     Target: the pool's p99 below the in-thread run's of the same round. Needs nginx (else skipped).
 
@@ -233,12 +235,16 @@ def site(workdir: str, n: int, every: int, connections: int) -> tuple[object, st
     return proc, f"http://127.0.0.1:{port}", gor
 
 
-def replay(workdir: str, url: str, gor: str, rate: int, workers: int) -> dict:
+PATHS = {"streamed": (), "held, judged during": ("--replay-stream", "off", "--replay-judge", "during", "--replay-group",
+                                                 "exchange")}
+
+
+def replay(workdir: str, url: str, gor: str, rate: int, workers: int, path: tuple = ()) -> dict:
     report = os.path.join(workdir, f"evidence-{workers}")
     shutil.rmtree(report, ignore_errors=True)
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--replay", gor, "--replay-target", url,
            "--rate", str(rate), "--replay-group", "connection", "--replay-judge-workers", str(workers),
-           "--replay-report", report]
+           "--replay-report", report, *path]
     out = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
     try:
         with open(os.path.join(report, "replay-evidence.json")) as f:
@@ -271,15 +277,16 @@ def engine_lateness(quick: bool) -> bool:
               f"{os.getloadavg()[0]:.1f}")
         print(f"{'round':>5} {'judged':>22} {'p50':>7} {'p99':>8} {'max':>8} {'all p99':>8} {'in pool':>8} "
               f"{'failed':>7}")
-        for r in range(rounds):
+        for r, (label, path) in [(r, p) for r in range(rounds) for p in list(PATHS.items())[:1 if quick else 2]]:
             results = {}
+            print(f"      {label}:")
             for workers in (0, 1):
-                got = results[workers] = replay(workdir, url, gor, rate, workers)
+                got = results[workers] = replay(workdir, url, gor, rate, workers, path)
                 how = "in the run's process" if workers == 0 else "in a judging process"
                 e = got["engine"]
                 print(f"{r + 1:>5} {how:>22} {e['p50_ms']:>7.2f} {e['p99_ms']:>8.2f} {e['max_ms']:>8.2f} "
                       f"{got['all_p99']:>8.2f} {got['pool']:>8} {got['judged_failed']:>7}")
-                assert got["streamed"] and got["requests"] == n, got
+                assert got["streamed"] is (not path) and got["requests"] == n, got
             here, pooled = results[0], results[1]
             assert here["judged_failed"] == pooled["judged_failed"] == n // every, (here, pooled)
             assert pooled["pool"] > 0, "nothing was judged in the judging process"

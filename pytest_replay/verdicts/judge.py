@@ -13,6 +13,7 @@ Sans-IO: values in, (Verdict, text) out; nothing is written anywhere.
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass
 
@@ -100,11 +101,18 @@ class Task:
 
 # -- a judging process -------------------------------------------------------------------------------
 _worker: dict = {}  # this judging process's DiffConfig and Redactor (set once, by init_worker)
+NICENESS = 10  # a judging process yields the CPU to the engine (and to a target on this machine)
 
 
 def init_worker(config: DiffConfig, redactor: Redactor) -> None:
-    """A judging process starts: Ctrl-C is for the run's process, which shuts the pool down."""
+    """A judging process starts: Ctrl-C is for the run's process, which shuts the pool down; it runs at a
+    lower priority (judging is throughput work, the engine's sends are not: on a busy machine the engine
+    gets the CPU first, and judging catches up)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(NICENESS)
+    except (AttributeError, OSError):  # (no nice on this platform)
+        pass
     _worker["config"], _worker["redactor"] = config, redactor
 
 
