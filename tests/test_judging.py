@@ -136,7 +136,8 @@ def test_judging_processes_give_the_verdicts_of_the_run_s_process(pytester: pyte
     pooled = replay(pytester, gor, server, *args, "--replay-judge-workers", "1", report="pooled")
     probe = probes(pytester)["main"]
     assert probe["streamed"] is (stream == "auto")
-    assert probe["judged"] >= 12, probe  # the pool judged large pages (the first ones while it started)
+    assert probe["judged"] > 0, probe  # large pages judged in the pool (a backlog left when the engine is
+    # done is judged in the run's process)
     outcomes = here.parseoutcomes()
     assert outcomes == {"failed": 6 + 8, "passed": 48 - 14}, here.stdout.str()[-3000:]
     assert pooled.parseoutcomes() == outcomes
