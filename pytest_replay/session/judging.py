@@ -38,7 +38,8 @@ from ..verdicts import judge as remote
 # ~0.1 ms per KB (2 ms at 18 KB, 21 ms at 185 KB, bodies that differ): from ~16 KB on, the pool takes
 # more GIL time off the engine than it costs.
 POOL_BYTES = 16 * 1024
-AUTO_MAX = 4  # judging processes 'auto' starts at most, per process of the run
+AUTO_MAX = 1  # judging processes 'auto' starts at most, per process of the run: its judging thread waits for
+# one verdict at a time (several verdicts in flight, in order, is not done yet), so a second would sit idle
 WAIT_S = 0.5  # how often a thread waiting for a verdict looks whether the pool was shut down
 
 
@@ -50,9 +51,8 @@ def cores() -> int:
 
 
 def workers_for(setting: int | str, *, cpus: int | None = None, processes: int = 1) -> int:
-    """--replay-judge-workers as a number of processes: N as given; 'auto': the cores left once each
-    process of the run has one for its engine, shared among those processes (at most AUTO_MAX each):
-    1 on 2 cores, none under xdist -n 2 on 2 cores."""
+    """--replay-judge-workers as a number of processes: N as given; 'auto': AUTO_MAX if a core is left once
+    each process of the run has one for its engine: 1 on 2 cores, none under xdist -n 2 on 2 cores."""
     if setting != "auto":
         return int(setting)
     cpus = cores() if cpus is None else cpus
