@@ -336,6 +336,23 @@ def test_small_or_equal_bodies_stay_in_the_thread() -> None:
     assert pool.judge(exchange(big), changed, error=None, latency_ns=1, origins=None) is None  # shut down
 
 
+def test_processes_that_cannot_start_leave_judging_to_the_run_s_process() -> None:
+    from pytest_replay.policy.redact import DEFAULT
+    from pytest_replay.verdicts.diff import DiffConfig
+
+    class Unpicklable(DiffConfig):  # (a config that cannot reach a process: a local class)
+        pass
+
+    pool = JudgePool(1, Unpicklable(), DEFAULT, eager=True)
+    try:
+        assert not pool.wait_ready(30)
+        assert pool.broken and not pool.ready
+        assert len(pool.errors) == 1 and pool.errors[0].startswith("the judging processes could not start (")
+        assert pool.errors[0].endswith("every exchange was judged in the run's process")
+    finally:
+        pool.shutdown()
+
+
 def test_the_option_is_documented_with_its_default_and_checked(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--help")
     assert "--replay-judge-workers" in result.stdout.str()

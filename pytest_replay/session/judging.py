@@ -99,12 +99,26 @@ class JudgePool:
             context = _context()
             if context.get_start_method() == "forkserver":
                 context.set_forkserver_preload(["pytest_replay.verdicts.judge"])
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=remote.init_worker,
-                                                 initargs=(self.config, self.redactor))
-            readies = [self._executor.submit(remote.ready) for _ in range(self.workers)]  # one per process
+            try:
+                self._executor = ProcessPoolExecutor(self.workers, mp_context=context,
+                                                     initializer=remote.init_worker,
+                                                     initargs=(self.config, self.redactor))
+                readies = [self._executor.submit(remote.ready) for _ in range(self.workers)]  # one per process
+            except Exception as exc:  # noqa: BLE001 - no processes here (limits, pickling): judged in the thread
+                self._not_started(exc)
+                return
             self._ready = readies[-1]
             self._readies = readies
             self._note_processes()
+
+    def _not_started(self, exc: BaseException) -> None:
+        """The processes could not start: every exchange is judged in the run's process, and the run says so."""
+        self.broken = True
+        self.errors.append(f"the judging processes could not start ({type(exc).__name__}: {exc}): every exchange "
+                           "was judged in the run's process")
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def _note_processes(self) -> None:
         executor = self._executor
@@ -117,15 +131,22 @@ class JudgePool:
             return False
         try:
             for ready in self._readies:
-                ready.result(timeout_s)
-        except Exception:  # noqa: BLE001 - not started in time, or broken: judged in the thread meanwhile
+                ready.exception(timeout_s)
+        except Exception:  # noqa: BLE001 - not started in time: judged in the thread meanwhile
             return False
-        return True
+        return self.ready
 
     @property
     def ready(self) -> bool:
         ready = self._ready
-        return ready is not None and ready.done() and not self.broken and not self.closed
+        if ready is None or not ready.done() or self.broken or self.closed:
+            return False
+        if ready.exception() is not None:  # a process died starting, or its initializer failed
+            with self._lock:
+                if not self.broken:
+                    self._not_started(ready.exception())
+            return False
+        return True
 
     def wants(self, exchange: Exchange, replayed: Response | None) -> bool:
         return not self.broken and not self.closed and remote.body_bytes(exchange, replayed) >= self.min_bytes
