@@ -81,6 +81,21 @@ def concurrency(text: str) -> int:
     return int(value)
 
 
+JUDGE_WORKERS_RANGE = (0, 64)
+
+
+def judge_workers(text: str) -> int | str:
+    """--replay-judge-workers: 'auto' or a whole number of judging processes (0: none)."""
+    if text.strip() == "auto":
+        return "auto"
+    low, high = JUDGE_WORKERS_RANGE
+    value = _number("--replay-judge-workers", text, (1, high), zero=True, meaning="judging processes")
+    if value != int(value):
+        raise pytest.UsageError(f"--replay-judge-workers: expected auto or a whole number from {low} to {high}, "
+                                f"got {text!r}")
+    return int(value)
+
+
 def record_size(text: str) -> int:
     from .capture.limits import parse_size
 
@@ -530,6 +545,16 @@ OPTIONS: tuple[Option, ...] = (
            "work, ~1 ms per item, then never competes with the replay for the CPU and the GIL: best timing and "
            "throughput) or 'during' it (results stream as requests complete). Default: after.", "after",
            choice("--replay-judge", tuple(Judge)), metavar="WHEN"),
+    Option("replay_judge_workers", "--replay-judge-workers", "processes that judge, while the engine sends, the "
+           "exchanges whose bodies differ and are large (16 KB or more together: a 200 KB JSON body takes ~20 ms of "
+           "Python, holding the GIL the engine's thread needs to send on time): N processes, 'auto' (1 if a core "
+           "is left once each process of the run has one for its engine, so none under xdist -n 2 on 2 cores) or "
+           "0 (every exchange judged in the run's process). They start before the replay when N is given or the "
+           "capture holds large bodies, else at the first large difference. A run's judging thread waits for one "
+           "verdict at a time: more than 1 process adds no throughput yet. Verdicts, failure texts and counts are "
+           "the same either way; judged in the run's process: with a live baseline, and items judged after a "
+           "replay that holds the capture (--replay-judge after, --replay-stream off). Default: auto.", "auto",
+           judge_workers, metavar="N|auto"),
     Option("replay_stream", "--replay-stream", "read the capture twice instead of holding it (issue 13): "
            "'auto' streams the run (a bounded window of exchanges between read and verdict, failures spilled to "
            "a temporary file) when nothing needs the whole capture at once (not under xdist, not with endpoint "

@@ -99,6 +99,7 @@ class ReplayRun:
         self.probed = None  # (target URL, targets.h2.Probe) when the target was probed after collection
         self.http_version_said = None  # what HTTP/2 captures go over, as said after collection
         self.stream = None  # session.stream.Stream of a streamed run
+        self.judging = None  # session.judging.JudgePool: large differing bodies judged in other processes
 
     # -- the engine --------------------------------------------------------------------------
     def start_engine(self, target_spec, items: Iterable, outbound=None, baseline=None):
@@ -166,6 +167,8 @@ class ReplayRun:
         self.diff_config = DiffConfig(parts=s.diff, headers=s.headers, rules=rules, noise=noise, clock=clock,
                                       redactor=self.redactor, grpc=self.grpc_schema,
                                       max_latency_ns=None if s.max_latency is None else int(s.max_latency * 1e9))
+        self.judging = self._judge_pool(baseline, exchanges if index is None else index.noise_sample,
+                                        streamed=index is not None)
         from .capacity import traffic_share  # a CI shard sends its share of a rate (its part of the traffic)
         self.share = traffic_share(s.shard, self.collection.shard_traffic)
         rate = s.rate * self.share if s.rate else s.rate
@@ -229,6 +232,31 @@ class ReplayRun:
                                    metrics=s.metrics)
             self.sampler.start()
         return self.engine
+
+    def _judge_pool(self, baseline, sample, *, streamed: bool):
+        """Judging processes (--replay-judge-workers), or None: every exchange judged in this process
+        (also when items judge after the replay, in a run that holds the capture: no engine to make late).
+        Started now, before t0 (starting them takes a Python start-up and imports: lateness if the
+        replay ran meanwhile), when a number is given or when the capture (`sample`: every exchange, or a
+        streamed run's bounded sample) holds large bodies; 'auto' otherwise waits for the first one."""
+        from .judging import JudgePool, large_bodies, workers_for
+
+        setting = self.settings.judge_workers
+        workerinput = getattr(self.config, "workerinput", None)  # an xdist worker: its run has this many
+        workers = workers_for(setting, processes=workerinput.get("workercount", 1) if workerinput else 1)
+        if baseline is not None or workers == 0:  # (a baseline's verdict keeps per-endpoint state: judged here)
+            return None
+        if not streamed and self.settings.judge == "after":
+            return None
+        eager = setting != "auto" or large_bodies(sample)
+        pool = JudgePool(workers, self.diff_config, self.redactor, eager=eager)
+        try:
+            if eager:
+                pool.wait_ready(30.0)
+        except BaseException:  # Ctrl-C while they start: none left behind
+            pool.shutdown()
+            raise
+        return pool
 
     def stop_monitor(self, conditions, window_s: float):
         """The stop conditions' monitor (an xdist Worker replaces this: a stop on one worker stops all)."""
@@ -493,6 +521,8 @@ class ReplayRun:
             _running.discard(self)
         if self.stream is not None:
             self.stream.stop()
+        if self.judging is not None:  # (after the judge thread: it judged what the engine observed)
+            self.judging.shutdown()
         if self.outbound is not None:
             self.outbound.stop()
         if self.sampler is not None:
@@ -520,7 +550,7 @@ class ReplayRun:
 
     # -- verdicts and counts -----------------------------------------------------------------
     def judge(self, exchange: Exchange, observation):
-        from ..verdicts.diff import compare, render_failure
+        from ..verdicts.judge import judge
 
         error = None if observation.ok else f"{observation.error_kind}: {observation.error}"
         blocked = self.outbound.failure(exchange.index, self.redactor.text) if self.outbound is not None else None
@@ -534,15 +564,14 @@ class ReplayRun:
                                              candidate_origins=self.origins)
             if judged is not None:
                 return judged
-        verdict = compare(exchange.response, observation.response, self.diff_config, exchange=exchange, error=error,
-                          latency_ns=observation.latency_ns, recorded_latency_ns=exchange.recorded_latency_ns,
-                          origins=origins)
-        text = "" if verdict.passed else render_failure(
-            exchange, verdict, recorded_latency_ns=exchange.recorded_latency_ns,
-            replayed_latency_ns=observation.latency_ns,
-            replayed_status=observation.response.status if observation.response else None, redactor=self.redactor)
-        text = self.redactor.mask_pii(text)  # e-mails, card and phone numbers in bodies shown in a diff
-        return verdict, text
+        if self.judging is not None and not self.engine.finished:  # large differing bodies, while the engine
+            # sends: in a judging process (session/judging.py); once it is done, here (no round trip)
+            judged = self.judging.judge(exchange, observation.response, error=error,
+                                        latency_ns=observation.latency_ns, origins=origins)
+            if judged is not None:
+                return judged
+        return judge(exchange, observation.response, self.diff_config, self.redactor, error=error,
+                     latency_ns=observation.latency_ns, origins=origins)
 
     def record(self, exchange: Exchange, observation, verdict, text: str = "") -> None:
         """Count an exchange; `text`: its rendered failure (an example of its failure group)."""
@@ -598,7 +627,8 @@ class ReplayRun:
                 "was replayed"] if self.stream is not None and self.collection.error is not None else []),
             noise=self.noise_summary(), unused_allow=list(self.unused_allow),
             write_mode=self.write_policy.mode if self.write_policy else "",
-            notes=self.collection.notes + self.notes, empty_shard=self.collection.empty_shard,
+            notes=self.collection.notes + self.notes + (self.judging.errors if self.judging is not None else []),
+            empty_shard=self.collection.empty_shard,
             escaped=self.outbound.escaped() if self.outbound is not None else [],
             origins=dict(self.origin_counts), wall_s=engine.wall_s() if engine else None,
             locality=self.locality,
