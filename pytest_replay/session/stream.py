@@ -152,7 +152,9 @@ class Index:
 
     def _tally(self, exchange: Exchange) -> None:
         """The bounded state of the whole capture: hosts, time span, noise sample, bursts."""
-        host = (exchange.request.host, server_address(exchange.connection))
+        lane = self._lanes.get(exchange.connection)
+        server = server_address(exchange.connection) if lane is None else lane[2]
+        host = (recorded_host(exchange.request), server)
         if host not in self.hosts and len(self.hosts) < 10_000:
             self.hosts[host] = exchange
         for ts in (exchange.request_ts_ns, exchange.response_ts_ns):
@@ -164,9 +166,8 @@ class Index:
             if self._noise_seen[spot] < NOISE_PER_REQUEST:
                 self._noise_seen[spot] += 1
                 self.noise_sample.append(exchange)
-        lane = self._lanes.get(exchange.connection)
         if lane is None:
-            self._lanes[exchange.connection] = [exchange.response_ts_ns, 1]
+            self._lanes[exchange.connection] = [exchange.response_ts_ns, 1, server]
             return
         answered = lane[0]
         if answered is not None and 0 <= exchange.request_ts_ns - answered <= BURST_GAP_NS:
@@ -178,7 +179,7 @@ class Index:
 
     def finish(self) -> None:
         """The end of the read: close the bursts (the per-connection state goes)."""
-        self._runs.extend(run for _, run in self._lanes.values() if run >= BURST_RUN)
+        self._runs.extend(run for _, run, _ in self._lanes.values() if run >= BURST_RUN)
         self._lanes.clear()
         self._noise_seen.clear()
 
@@ -195,6 +196,22 @@ class Index:
         if self.first_ts is None:
             return []
         return [_Span(self.first_ts), _Span(self.last_ts)]
+
+
+def recorded_host(request) -> str | None:
+    """`request.host` (the first Host header's value) without parsing the whole head, for pass 1's
+    production-guard tally of every exchange: the one Host line of a plain head is cut out; anything
+    else (no Host line or several lines starting "host", a folded value, a malformed or HTTP/2
+    request) takes the reference, `request.host`. Tested against it (tests/test_stream.py)."""
+    head = request.head
+    lower = head.lower()
+    at = lower.find(b"\nhost:")
+    if at < 0 or request.protocol != "http/1" or lower.count(b"\nhost") != 1:
+        return request.host
+    end = head.find(b"\n", at + 6)
+    if end < 0 or head[end + 1:end + 2] in (b" ", b"\t"):
+        return request.host
+    return head[at + 6:end].strip(b" \t\r").decode("latin-1")
 
 
 @dataclass(frozen=True, slots=True)
