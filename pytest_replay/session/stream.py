@@ -91,11 +91,14 @@ class Index:
     def add(self, exchange: Exchange, file: str) -> None:
         request = exchange.request
         key = exchange.index if self.group == "exchange" else exchange.connection
-        groups = self.by_file.setdefault(file, {})
+        groups = self.by_file.get(file)
+        if groups is None:
+            groups = self.by_file[file] = {}
+        sendable = not exchange.flags or exchange.sendable  # (a complete exchange: no property to ask)
         group = groups.get(key)
         if group is None:
             if self.group == "exchange":
-                self._one(exchange, groups, file)
+                self._one(exchange, groups, file, sendable)
                 return
             group = groups[key] = Group(key, f"connection {exchange.connection}", file, source=str(exchange.source),
                                         lane=exchange.connection)
@@ -106,7 +109,7 @@ class Index:
         kind = self.classify(request)
         if kind not in group.kinds:
             group.kinds.append(kind)
-        if exchange.sendable:
+        if sendable:
             group.replayable += 1
         else:
             group.reasons.update(exchange.why_not_sent)
@@ -114,22 +117,21 @@ class Index:
             group.endpoints.setdefault(endpoint_of(request.method, request.target), None)
         if len(group.indexes) < MAX_LISTED:
             group.indexes.append(exchange.index)
-        self._note(exchange, kind)
+        self._note(exchange, kind, sendable)
 
-    def _one(self, exchange: Exchange, groups: dict, file: str) -> None:
+    def _one(self, exchange: Exchange, groups: dict, file: str, sendable: bool) -> None:
         """A per-exchange item's descriptor: tuples, not sets (there are as many as exchanges)."""
         request = exchange.request
         kind = self.classify(request)
-        replayable = exchange.sendable
-        reasons = exchange.why_not_sent
+        reasons = () if sendable else exchange.why_not_sent
         groups[exchange.index] = Group(
-            exchange.index, self.item_name(exchange), file, 1, int(replayable), (request.method,),
+            exchange.index, self.item_name(exchange), file, 1, int(sendable), (request.method,),
             (path_template(request.target),), (kind,), reasons,
             {endpoint_of(request.method, request.target): None}, (exchange.index,), str(exchange.source),
             exchange.connection)
-        self._note(exchange, kind)
+        self._note(exchange, kind, sendable)
 
-    def _note(self, exchange: Exchange, kind) -> None:
+    def _note(self, exchange: Exchange, kind, sendable: bool) -> None:
         """What every exchange adds to the whole capture's tallies."""
         if kind.write:
             self.has_writes = True
@@ -138,12 +140,12 @@ class Index:
             if spot not in self._write_kinds and len(self.writes) < 1000:
                 self._write_kinds.add(spot)
                 self.writes.append(exchange)
-        if exchange.request.http2:
-            self.http2 = True
-        if exchange.request.http2 or exchange.request.protocol == "malformed":
+        protocol = exchange.request.protocol
+        if protocol != "http/1" and (exchange.request.http2 or protocol == "malformed"):
+            self.http2 = self.http2 or exchange.request.http2
             self.whole = True  # HTTP/2 streams share lanes and the target's HTTP version is chosen on them;
             # a malformed request goes only to a network target: both decided over the whole capture
-        if exchange.sendable:
+        if sendable:
             self.planned += 1
         elif len(self.incomplete) < INCOMPLETE_EXAMPLES:
             self.incomplete.append(exchange)
