@@ -22,6 +22,7 @@ Collection keeps today's path for them (`streamable`, `Stream.needs_whole_captur
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import queue
 import tempfile
@@ -273,6 +274,25 @@ class LockedWriteCounts(WriteCounts):
             super().add(item, decision, n)
 
 
+class Slots:
+    """A counting semaphore on a SimpleQueue of tokens: acquire and release are one C-level call each,
+    where threading.Semaphore takes a Python Condition (a lock, a with-block, a notify) on both: the
+    reader acquires and the judge thread releases once per exchange, contending for the interpreter."""
+
+    def __init__(self, value: int) -> None:
+        self._tokens: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(value):
+            self._tokens.put(None)
+        self.release = functools.partial(self._tokens.put, None)  # (a C call: no Python frame)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        try:
+            self._tokens.get(blocking, timeout)
+        except queue.Empty:
+            return False
+        return True
+
+
 class Feed:
     """The engine's PlanFeed: planned requests read ahead by a reader thread, in chunks, through a
     queue of bounded size; `slots` bounds the exchanges alive between read and verdict."""
@@ -281,7 +301,7 @@ class Feed:
         self.planned = planned
         self._keys = keys  # key -> planned? (a callable)
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.slots = threading.Semaphore(WINDOW)
+        self.slots = Slots(WINDOW)
         self._loop = None
         self._waiter: asyncio.Future | None = None
         self._lock = threading.Lock()
