@@ -280,10 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             if not os.path.exists(small):
                 gor(small, cfg["items"])
             n = cfg["items"]
-            for collect_only in (True, False):
-                what = "collection" if collect_only else "run"
-                ref = bare(workdir, n, collect_only)
-                if collect_only:
+            for collecting in (True, False):
+                what = "collection" if collecting else "run"
+                ref = bare(workdir, n, collecting)
+                if collecting:
                     mine = collect_only(small, url, workdir, "items", [])
                 else:
                     mine = pytest_replay(small, url, workdir, "items", [])
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((f"(c) {n:,} items, {what}", f"{mine['wall']:.2f} s, {mine['rss_mb']:.0f} MB",
                              f"bare pytest {ref['wall']:.2f} s, {ref['rss_mb']:.0f} MB; "
                              + judge(ratio <= TARGET_ITEMS, f"{ratio:.2f}x <= {TARGET_ITEMS}x")))
-                if not collect_only:  # what pytest's item loop costs here, the replay itself left out
+                if not collecting:  # what pytest's item loop costs here, the replay itself left out
                     rest = mine["wall"] - mine["span"]
                     rows.append((f"(c) run without the replay span", f"{rest:.2f} s (span {mine['span']:.2f} s)",
                                  f"{rest / ref['wall']:.2f}x bare pytest's run (info)"))
