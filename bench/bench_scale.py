@@ -11,7 +11,9 @@
     `python -m pytest_replay inspect PCAP` (wall, peak RSS) and an engine-only replay (a child reads the
     capture untimed, builds the plan, runs schedule.engine.Engine against schedule's RawTarget: t0 to the
     last response). Targets: peak RSS <= 250 MB; pytest wall <= 1.5x the replay span; the reference
-    "inspect + engine-only" printed beside it. Beside it, for where the rest of the wall goes: the same
+    "inspect + engine-only" printed beside it. The children keep compiled modules in a cache under the
+    work directory, warmed by one untimed replay, as an installed package has them (`--no-bytecode`: every
+    child compiles every module, and pytest assertion-rewrites the plugin's, at each start). Beside it, for where the rest of the wall goes: the same
     pytest with `--collect-only` (start-up, pass 1, the items; nothing replayed).
 (b) A generated .gor (3M exchanges; 300k with --quick) of the same GET on 200 connections whose recorded
     responses are what nginx answers (bench_plugin.py's generator): the same replay. Target: peak RSS within
@@ -61,9 +63,16 @@ class _Done(Exception):
     """--only-judge: nothing else to measure."""
 
 
+BYTECODE = {"cache": None}  # where the children keep compiled modules (None: they compile every start)
+
+
 def env() -> dict:
     out = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    out["PYTHONDONTWRITEBYTECODE"] = "1"
+    if BYTECODE["cache"]:  # as an installed package runs: pip compiles it, pytest caches its rewritten plugin
+        out.pop("PYTHONDONTWRITEBYTECODE", None)
+        out["PYTHONPYCACHEPREFIX"] = BYTECODE["cache"]  # (not beside the checkout's sources)
+    else:
+        out["PYTHONDONTWRITEBYTECODE"] = "1"
     out["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
     return out
 
@@ -207,10 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-gor", action="store_true", help="leave out (b)")
     ap.add_argument("--skip-items", action="store_true", help="leave out (c)")
     ap.add_argument("--only-judge", action="store_true", help="only (d), the judging cost (no servers)")
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="children compile every module at every start (PYTHONDONTWRITEBYTECODE=1, as before "
+                         "2026-12-06); default: a bytecode cache in the work directory, as an installed package has")
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     workdir = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="bench-scale-")
     os.makedirs(workdir, exist_ok=True)
+    if not args.no_bytecode:
+        BYTECODE["cache"] = os.path.join(workdir, "pycache")
     rows: list[tuple[str, str, str]] = []
     verdicts: list[bool] = []
 
@@ -238,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"wrk {facts['wrk_rps']:,.0f} req/s"))
         nginx, port = start_nginx(site)
         url = f"http://127.0.0.1:{port}"
+
+        if BYTECODE["cache"]:  # untimed: the children's modules compiled (and pytest's rewrite cached) once
+            log("warm-up: one untimed replay compiles what the children import")
+            pytest_replay(pcap, url, workdir, "warm-up", ["--replay-group", "connection"])
+            measure([sys.executable, "-c", "import pytest_replay.cli"], workdir)
 
         # (a) the recorded capture, grouped by connection
         inspect = measure([sys.executable, "-m", "pytest_replay", "inspect", pcap], workdir)
@@ -303,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"bench_scale ({'quick' if args.quick else 'full'}); {cpu_model()}, {os.cpu_count()} cores; "
+    print(f"bench_scale ({'quick' if args.quick else 'full'}; "
+          f"{'no bytecode cache' if args.no_bytecode else 'bytecode cached, first runs compile'}); "
+          f"{cpu_model()}, {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     width = max(len(r[0]) for r in rows)
     for what, figure, note in rows:
