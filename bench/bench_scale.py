@@ -11,12 +11,17 @@
     `python -m pytest_replay inspect PCAP` (wall, peak RSS) and an engine-only replay (a child reads the
     capture untimed, builds the plan, runs schedule.engine.Engine against schedule's RawTarget: t0 to the
     last response). Targets: peak RSS <= 250 MB; pytest wall <= 1.5x the replay span; the reference
-    "inspect + engine-only" printed beside it.
+    "inspect + engine-only" printed beside it. The children keep compiled modules in a cache under the
+    work directory, warmed by one untimed replay, as an installed package has them (`--no-bytecode`: every
+    child compiles every module, and pytest assertion-rewrites the plugin's, at each start). Beside it, for where the rest of the wall goes: the same
+    pytest with `--collect-only` (start-up, pass 1, the items; nothing replayed).
 (b) A generated .gor (3M exchanges; 300k with --quick) of the same GET on 200 connections whose recorded
     responses are what nginx answers (bench_plugin.py's generator): the same replay. Target: peak RSS within
     10% of (a)'s (flat), and the same wall/span ratio.
 (c) 100,000 per-exchange items (10k with --quick): `--collect-only` and the run of a .gor of that many
     exchanges, beside bare pytest with as many trivial parametrized items. Target: within 1.3x of bare.
+    Printed beside the run (info): its wall without the replay span (evidence run.wall_s), which is what
+    pytest's item loop and the plugin's per-item work cost beside bare pytest's.
 (d) Whether a process pool pays for judging: one response's judging (verdicts.diff.compare) beside
     pickling its exchange and response to another process and back, 300 B / 20 KB / 200 KB JSON bodies,
     identical and with one value changed. Printed, not judged (`--only-judge`: this part alone).
@@ -58,9 +63,16 @@ class _Done(Exception):
     """--only-judge: nothing else to measure."""
 
 
+BYTECODE = {"cache": None}  # where the children keep compiled modules (None: they compile every start)
+
+
 def env() -> dict:
     out = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    out["PYTHONDONTWRITEBYTECODE"] = "1"
+    if BYTECODE["cache"]:  # as an installed package runs: pip compiles it, pytest caches its rewritten plugin
+        out.pop("PYTHONDONTWRITEBYTECODE", None)
+        out["PYTHONPYCACHEPREFIX"] = BYTECODE["cache"]  # (not beside the checkout's sources)
+    else:
+        out["PYTHONDONTWRITEBYTECODE"] = "1"
     out["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
     return out
 
@@ -93,6 +105,14 @@ def pytest_replay(capture: str, url: str, workdir: str, name: str, extra: list[s
     run["requests"] = evidence["errors"]["requests"]
     run["failed"] = evidence["diff"]["failed"]
     return run
+
+
+def collect_only(capture: str, url: str, workdir: str, name: str, extra: list[str]) -> dict:
+    """`pytest --replay CAPTURE --collect-only`: start-up, pass 1 and the items, nothing replayed."""
+    directory = os.path.join(workdir, name)
+    os.makedirs(directory, exist_ok=True)
+    return measure([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--replay", capture,
+                    "--replay-target", url, "--collect-only", *extra], directory)
 
 
 ENGINE_CHILD = """
@@ -196,10 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-gor", action="store_true", help="leave out (b)")
     ap.add_argument("--skip-items", action="store_true", help="leave out (c)")
     ap.add_argument("--only-judge", action="store_true", help="only (d), the judging cost (no servers)")
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="children compile every module at every start (PYTHONDONTWRITEBYTECODE=1, as before "
+                         "2026-12-06); default: a bytecode cache in the work directory, as an installed package has")
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     workdir = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="bench-scale-")
     os.makedirs(workdir, exist_ok=True)
+    if not args.no_bytecode:
+        BYTECODE["cache"] = os.path.join(workdir, "pycache")
     rows: list[tuple[str, str, str]] = []
     verdicts: list[bool] = []
 
@@ -228,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         nginx, port = start_nginx(site)
         url = f"http://127.0.0.1:{port}"
 
+        if BYTECODE["cache"]:  # untimed: the children's modules compiled (and pytest's rewrite cached) once
+            log("warm-up: one untimed replay compiles what the children import")
+            pytest_replay(pcap, url, workdir, "warm-up", ["--replay-group", "connection"])
+            measure([sys.executable, "-c", "import pytest_replay.cli"], workdir)
+
         # (a) the recorded capture, grouped by connection
         inspect = measure([sys.executable, "-m", "pytest_replay", "inspect", pcap], workdir)
         engine_s = engine_only(pcap, url, workdir)
@@ -243,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                    f"<= {TARGET_RSS_MB} MB")))
         ratio_a = a["wall"] / a["span"]
         rows.append(("(a) wall / replay span", f"{ratio_a:.2f}x", judge(ratio_a <= TARGET_RATIO, f"<= {TARGET_RATIO}x")))
+        collect_a = collect_only(pcap, url, workdir, "pcap-collect", ["--replay-group", "connection"])
+        rows.append(("(a) where the rest goes", f"wall - span = {a['wall'] - a['span']:.2f} s",
+                     f"`--collect-only` alone {collect_a['wall']:.2f} s (start-up + pass 1 + items); "
+                     f"the rest: engine start, pass 2 before the first send, the report"))
 
         # (b) a generated .gor, 10x the exchanges
         if not args.skip_gor:
@@ -265,20 +299,21 @@ def main(argv: list[str] | None = None) -> int:
             if not os.path.exists(small):
                 gor(small, cfg["items"])
             n = cfg["items"]
-            for collect_only in (True, False):
-                what = "collection" if collect_only else "run"
-                ref = bare(workdir, n, collect_only)
-                if collect_only:
-                    directory = os.path.join(workdir, "items")
-                    os.makedirs(directory, exist_ok=True)
-                    mine = measure([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--replay", small,
-                                    "--replay-target", url, "--collect-only"], directory)
+            for collecting in (True, False):
+                what = "collection" if collecting else "run"
+                ref = bare(workdir, n, collecting)
+                if collecting:
+                    mine = collect_only(small, url, workdir, "items", [])
                 else:
                     mine = pytest_replay(small, url, workdir, "items", [])
                 ratio = mine["wall"] / ref["wall"]
                 rows.append((f"(c) {n:,} items, {what}", f"{mine['wall']:.2f} s, {mine['rss_mb']:.0f} MB",
                              f"bare pytest {ref['wall']:.2f} s, {ref['rss_mb']:.0f} MB; "
                              + judge(ratio <= TARGET_ITEMS, f"{ratio:.2f}x <= {TARGET_ITEMS}x")))
+                if not collecting:  # what pytest's item loop costs here, the replay itself left out
+                    rest = mine["wall"] - mine["span"]
+                    rows.append((f"(c) run without the replay span", f"{rest:.2f} s (span {mine['span']:.2f} s)",
+                                 f"{rest / ref['wall']:.2f}x bare pytest's run (info)"))
         rows.extend(judge_costs())
     except _Done:
         pass
@@ -287,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"bench_scale ({'quick' if args.quick else 'full'}); {cpu_model()}, {os.cpu_count()} cores; "
+    print(f"bench_scale ({'quick' if args.quick else 'full'}; "
+          f"{'no bytecode cache' if args.no_bytecode else 'bytecode cached, first runs compile'}); "
+          f"{cpu_model()}, {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     width = max(len(r[0]) for r in rows)
     for what, figure, note in rows:

@@ -19,7 +19,8 @@ from ..http.sensitive import url_without_password
 from ..options import Settings
 from ..policy.filters import RequestFilter
 from ..policy.redact import Redactor
-from .items import CaptureFile, ReplayItem, item_name
+from ..policy.writes import MARKERS
+from .items import CaptureFile, ReplayItem, item_name, marker_name, skip_reason
 
 
 def _when(ts_ns: int | None) -> str:
@@ -57,6 +58,7 @@ class Collection:
         # --replay-shard K/N: (this shard's sendable exchanges, all shards'), for its share of a rate
         self.shard_traffic: tuple[int, int] | None = None
         self._markers: dict[str, pytest.MarkDecorator] = {}
+        self._marks: dict[tuple, tuple] = {}  # Group's methods, templates, kinds, reasons -> its marks
         if settings.group == "endpoint" and (distributed or settings.shard):
             how = "split across xdist workers" if distributed else "sharded"
             raise pytest.UsageError(f"--replay-group endpoint cannot be {how} (an endpoint's exchanges come from "
@@ -86,10 +88,15 @@ class Collection:
         from .stream import Index
         index = Index(self.settings.group, classify, lambda e: item_name(e, self.redactor))
         capture = None
+        resolved: dict[str, str] = {}  # a source's file as given -> as collected (resolved once per file)
         try:
             capture = self.open_capture()
             for exchange in capture:
-                index.add(exchange, str(Path(exchange.source.file).resolve()))
+                file = exchange.source.file
+                path = resolved.get(file)
+                if path is None:
+                    path = resolved[file] = str(Path(file).resolve())
+                index.add(exchange, path)
         except CaptureError as exc:
             self.error = exc
         index.finish()
@@ -210,6 +217,30 @@ class Collection:
             self.config.addinivalue_line("markers", f"{name}: {description}")
             mark = self._markers[name] = getattr(pytest.mark, name)
         return mark
+
+    def marks(self, group) -> tuple:
+        """The marks of a described item (session.stream.Group): made once per distinct set of methods,
+        write kinds, templates and skip reasons, and shared by every item that has the same (with a
+        hundred thousand items, most have the same few)."""
+        key = (frozenset(group.methods), frozenset(group.templates), frozenset(group.kinds),
+               frozenset(group.reasons) if not group.replayable else None)
+        marks = self._marks.get(key)
+        if marks is None:
+            marks = self._marks[key] = tuple(decorator.mark for decorator in self._mark_decorators(group))
+        return marks
+
+    def _mark_decorators(self, group) -> Iterator[pytest.MarkDecorator]:
+        marker = self.marker
+        yield marker("replay", "a test item made from a captured HTTP exchange")
+        for method in sorted(group.methods):
+            yield marker(f"http_{marker_name(method)}", f"replayed {method} requests")
+        for name, (applies, description) in MARKERS.items():  # http_write, http_read_with_body
+            if any(map(applies, group.kinds)):
+                yield marker(name, description)
+        for template in sorted(group.templates):
+            yield marker(f"endpoint_{marker_name(template)}", f"replayed requests to {template}")
+        if not group.replayable:
+            yield pytest.mark.skip(reason=skip_reason(group.reasons))
 
     def filter_items(self, items: list) -> None:
         """Include/exclude patterns, header filters, sampling and the shard: what does not pass is

@@ -77,33 +77,39 @@ class ReplayItem(pytest.Function):
         return self._exchanges
 
     @classmethod
+    def _new(cls, parent: CaptureFile, name: str) -> ReplayItem:
+        """An item with the collector's fixture closure: every item of a capture file has the same one
+        (one fixture, one function, one parent), so pytest resolves it once per file, as it does
+        once per parametrized function, instead of once per item."""
+        info = parent.fixtureinfo
+        item = cls.from_parent(parent, name=name, callobj=_engine_placeholder, fixtureinfo=info)
+        if info is None:
+            parent.fixtureinfo = item._fixtureinfo
+        item.replay = parent.run
+        return item
+
+    def _mark(self, marks) -> None:
+        """Add prepared marks (Collection.marks): node.add_marker's work, without its checks per item."""
+        keywords, own = self.keywords, self.own_markers
+        for mark in marks:
+            keywords[mark.name] = mark
+            own.append(mark)
+
+    @classmethod
     def describe(cls, parent: CaptureFile, name: str, group) -> ReplayItem:
         """An item of a streamed run, from its descriptor (session.stream.Group)."""
-        item = cls.from_parent(parent, name=name, callobj=_engine_placeholder)
+        item = cls._new(parent, name)
         item.key, item.count, item.lane, item.replayable = group.key, group.count, group.lane, group.replayable
-        item.replay = parent.run
-        marker = parent.collection.marker
-        item.add_marker(marker("replay", "a test item made from a captured HTTP exchange"))
-        for method in group.methods:
-            item.add_marker(marker(f"http_{marker_name(method)}", f"replayed {method} requests"))
-        for name_, (applies, description) in MARKERS.items():  # http_write, http_read_with_body
-            if any(map(applies, group.kinds)):
-                item.add_marker(marker(name_, description))
-        for template in group.templates:
-            item.add_marker(marker(f"endpoint_{marker_name(template)}", f"replayed requests to {template}"))
-        if not group.replayable:
-            item.add_marker(pytest.mark.skip(reason=skip_reason(group.reasons)))
-        item.user_properties.append(("replay_exchange", ",".join(map(str, group.indexes))))
-        item.user_properties.append(("replay_source", group.source))
-        item.user_properties.append(("replay_endpoint", ", ".join(list(group.endpoints)[:20])))
+        item._mark(parent.collection.marks(group))
+        item.user_properties += [("replay_exchange", ",".join(map(str, group.indexes))), ("replay_source", group.source),
+                                 ("replay_endpoint", ", ".join(list(group.endpoints)[:20]))]
         return item
 
     @classmethod
     def create(cls, parent: CaptureFile, name: str, exchanges: tuple[Exchange, ...]) -> ReplayItem:
-        item = cls.from_parent(parent, name=name, callobj=_engine_placeholder)
+        item = cls._new(parent, name)
         item._exchanges = exchanges
         item.count, item.lane = len(exchanges), exchanges[0].connection
-        item.replay = parent.run
         marker = parent.collection.marker
         first = exchanges[0]
         item.add_marker(marker("replay", "a test item made from a captured HTTP exchange"))
@@ -124,6 +130,43 @@ class ReplayItem(pytest.Function):
         endpoints = dict.fromkeys(endpoint_of(e.request.method, e.request.target) for e in exchanges)
         item.user_properties.append(("replay_endpoint", ", ".join(list(endpoints)[:20])))
         return item
+
+    def setup(self) -> None:
+        """pytest's fixture set-up for the first item of a capture file; the next ones take the values
+        pytest cached for it when every fixture of the item is session-scoped and unparametrized (the
+        replay's own, or a conftest's replay_target override): what pytest's cache hit would return,
+        without a fixture request per fixture and item (pytest rebuilds and inspects a `request`
+        fixture for each of the three that take one). Any other fixture in the closure (a user's
+        autouse fixture of a narrower scope) keeps pytest's path for every item."""
+        shared = self.parent.session_fixtures
+        if shared is not None and all(d.cached_result is not None and d.cached_result[2] is None
+                                      and d.cached_result[0] is value for _, d, value in shared):
+            fixture_defs, funcargs = self._request._fixture_defs, self.funcargs
+            for name, fixturedef, value in shared:
+                fixture_defs[name] = fixturedef
+                funcargs[name] = value
+            if "request" in self.fixturenames:
+                funcargs["request"] = self._request
+            return
+        super().setup()
+        self.parent.session_fixtures = self._session_fixtures()
+
+    def _session_fixtures(self) -> tuple | None:
+        """(name, FixtureDef, value) of each of this item's fixtures, when all are session-scoped and
+        unparametrized (see setup), else None."""
+        from _pytest.scope import Scope
+
+        shared = []
+        fixture_defs = self._request._fixture_defs
+        for name in self.fixturenames:
+            if name == "request":
+                continue
+            fixturedef = fixture_defs.get(name)
+            if (fixturedef is None or fixturedef._scope is not Scope.Session or fixturedef.params
+                    or fixturedef.cached_result is None or fixturedef.cached_result[2] is not None):
+                return None
+            shared.append((name, fixturedef, fixturedef.cached_result[0]))
+        return tuple(shared)
 
     def runtest(self) -> None:
         engine = self.funcargs["replay_engine"]
@@ -249,6 +292,8 @@ class CaptureFile(pytest.File):
 
     collection: Collection
     run: ReplayRun
+    fixtureinfo = None  # its items' FuncFixtureInfo, resolved for the first one
+    session_fixtures: tuple | None = None  # its items' session-wide fixture values (ReplayItem.setup)
 
     def collect(self) -> Iterator[ReplayItem]:
         return self.collection.items_for(self)

@@ -22,6 +22,7 @@ Collection keeps today's path for them (`streamable`, `Stream.needs_whole_captur
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import queue
 import tempfile
@@ -91,11 +92,14 @@ class Index:
     def add(self, exchange: Exchange, file: str) -> None:
         request = exchange.request
         key = exchange.index if self.group == "exchange" else exchange.connection
-        groups = self.by_file.setdefault(file, {})
+        groups = self.by_file.get(file)
+        if groups is None:
+            groups = self.by_file[file] = {}
+        sendable = not exchange.flags or exchange.sendable  # (a complete exchange: no property to ask)
         group = groups.get(key)
         if group is None:
             if self.group == "exchange":
-                self._one(exchange, groups, file)
+                self._one(exchange, groups, file, sendable)
                 return
             group = groups[key] = Group(key, f"connection {exchange.connection}", file, source=str(exchange.source),
                                         lane=exchange.connection)
@@ -106,7 +110,7 @@ class Index:
         kind = self.classify(request)
         if kind not in group.kinds:
             group.kinds.append(kind)
-        if exchange.sendable:
+        if sendable:
             group.replayable += 1
         else:
             group.reasons.update(exchange.why_not_sent)
@@ -114,22 +118,21 @@ class Index:
             group.endpoints.setdefault(endpoint_of(request.method, request.target), None)
         if len(group.indexes) < MAX_LISTED:
             group.indexes.append(exchange.index)
-        self._note(exchange, kind)
+        self._note(exchange, kind, sendable)
 
-    def _one(self, exchange: Exchange, groups: dict, file: str) -> None:
+    def _one(self, exchange: Exchange, groups: dict, file: str, sendable: bool) -> None:
         """A per-exchange item's descriptor: tuples, not sets (there are as many as exchanges)."""
         request = exchange.request
         kind = self.classify(request)
-        replayable = exchange.sendable
-        reasons = exchange.why_not_sent
+        reasons = () if sendable else exchange.why_not_sent
         groups[exchange.index] = Group(
-            exchange.index, self.item_name(exchange), file, 1, int(replayable), (request.method,),
+            exchange.index, self.item_name(exchange), file, 1, int(sendable), (request.method,),
             (path_template(request.target),), (kind,), reasons,
             {endpoint_of(request.method, request.target): None}, (exchange.index,), str(exchange.source),
             exchange.connection)
-        self._note(exchange, kind)
+        self._note(exchange, kind, sendable)
 
-    def _note(self, exchange: Exchange, kind) -> None:
+    def _note(self, exchange: Exchange, kind, sendable: bool) -> None:
         """What every exchange adds to the whole capture's tallies."""
         if kind.write:
             self.has_writes = True
@@ -138,12 +141,12 @@ class Index:
             if spot not in self._write_kinds and len(self.writes) < 1000:
                 self._write_kinds.add(spot)
                 self.writes.append(exchange)
-        if exchange.request.http2:
-            self.http2 = True
-        if exchange.request.http2 or exchange.request.protocol == "malformed":
+        protocol = exchange.request.protocol
+        if protocol != "http/1" and (exchange.request.http2 or protocol == "malformed"):
+            self.http2 = self.http2 or exchange.request.http2
             self.whole = True  # HTTP/2 streams share lanes and the target's HTTP version is chosen on them;
             # a malformed request goes only to a network target: both decided over the whole capture
-        if exchange.sendable:
+        if sendable:
             self.planned += 1
         elif len(self.incomplete) < INCOMPLETE_EXAMPLES:
             self.incomplete.append(exchange)
@@ -152,7 +155,9 @@ class Index:
 
     def _tally(self, exchange: Exchange) -> None:
         """The bounded state of the whole capture: hosts, time span, noise sample, bursts."""
-        host = (exchange.request.host, server_address(exchange.connection))
+        lane = self._lanes.get(exchange.connection)
+        server = server_address(exchange.connection) if lane is None else lane[2]
+        host = (recorded_host(exchange.request), server)
         if host not in self.hosts and len(self.hosts) < 10_000:
             self.hosts[host] = exchange
         for ts in (exchange.request_ts_ns, exchange.response_ts_ns):
@@ -164,9 +169,8 @@ class Index:
             if self._noise_seen[spot] < NOISE_PER_REQUEST:
                 self._noise_seen[spot] += 1
                 self.noise_sample.append(exchange)
-        lane = self._lanes.get(exchange.connection)
         if lane is None:
-            self._lanes[exchange.connection] = [exchange.response_ts_ns, 1]
+            self._lanes[exchange.connection] = [exchange.response_ts_ns, 1, server]
             return
         answered = lane[0]
         if answered is not None and 0 <= exchange.request_ts_ns - answered <= BURST_GAP_NS:
@@ -178,7 +182,7 @@ class Index:
 
     def finish(self) -> None:
         """The end of the read: close the bursts (the per-connection state goes)."""
-        self._runs.extend(run for _, run in self._lanes.values() if run >= BURST_RUN)
+        self._runs.extend(run for _, run, _ in self._lanes.values() if run >= BURST_RUN)
         self._lanes.clear()
         self._noise_seen.clear()
 
@@ -195,6 +199,22 @@ class Index:
         if self.first_ts is None:
             return []
         return [_Span(self.first_ts), _Span(self.last_ts)]
+
+
+def recorded_host(request) -> str | None:
+    """`request.host` (the first Host header's value) without parsing the whole head, for pass 1's
+    production-guard tally of every exchange: the one Host line of a plain head is cut out; anything
+    else (no Host line or several lines starting "host", a folded value, a malformed or HTTP/2
+    request) takes the reference, `request.host`. Tested against it (tests/test_stream.py)."""
+    head = request.head
+    lower = head.lower()
+    at = lower.find(b"\nhost:")
+    if at < 0 or request.protocol != "http/1" or lower.count(b"\nhost") != 1:
+        return request.host
+    end = head.find(b"\n", at + 6)
+    if end < 0 or head[end + 1:end + 2] in (b" ", b"\t"):
+        return request.host
+    return head[at + 6:end].strip(b" \t\r").decode("latin-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +274,25 @@ class LockedWriteCounts(WriteCounts):
             super().add(item, decision, n)
 
 
+class Slots:
+    """A counting semaphore on a SimpleQueue of tokens: acquire and release are one C-level call each,
+    where threading.Semaphore takes a Python Condition (a lock, a with-block, a notify) on both: the
+    reader acquires and the judge thread releases once per exchange, contending for the interpreter."""
+
+    def __init__(self, value: int) -> None:
+        self._tokens: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(value):
+            self._tokens.put(None)
+        self.release = functools.partial(self._tokens.put, None)  # (a C call: no Python frame)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        try:
+            self._tokens.get(blocking, timeout)
+        except queue.Empty:
+            return False
+        return True
+
+
 class Feed:
     """The engine's PlanFeed: planned requests read ahead by a reader thread, in chunks, through a
     queue of bounded size; `slots` bounds the exchanges alive between read and verdict."""
@@ -262,7 +301,7 @@ class Feed:
         self.planned = planned
         self._keys = keys  # key -> planned? (a callable)
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.slots = threading.Semaphore(WINDOW)
+        self.slots = Slots(WINDOW)
         self._loop = None
         self._waiter: asyncio.Future | None = None
         self._lock = threading.Lock()
