@@ -15,38 +15,16 @@ from pathlib import Path
 
 import pytest
 from support import free_port, serving
+from test_stream import (  # the keep-alive server and its answers
+    BAD,
+    OK,
+    SEP,
+    SERVER,
+    T0,
+)
 
 from pytest_replay.http.message import Request
 from pytest_replay.session.stream import recorded_host
-
-SEP = "\n🐵🙈🙉\n".encode()
-T0 = 1_700_000_000_000_000_000
-BODY = b'{"ok": true}'
-OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
-BAD_BODY = b'{"ok": false}'
-BAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BAD_BODY)
-       + BAD_BODY)
-
-SERVER = """
-import asyncio, sys
-OK = %r
-
-class Server(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.data = transport, b""
-
-    def data_received(self, data):
-        self.data += data
-        while b"\\r\\n\\r\\n" in self.data:
-            _, self.data = self.data.split(b"\\r\\n\\r\\n", 1)
-            self.transport.write(OK)
-
-async def main():
-    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", int(sys.argv[1]))
-    await server.serve_forever()
-
-asyncio.run(main())
-""" % OK
 
 # Counts pytest's fixture work in the run it is the conftest of; written down when the session ends.
 COUNTING = """

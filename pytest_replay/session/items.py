@@ -154,15 +154,18 @@ class ReplayItem(pytest.Function):
     def _session_fixtures(self) -> tuple | None:
         """(name, FixtureDef, value) of each of this item's fixtures, when all are session-scoped and
         unparametrized (see setup), else None."""
-        from _pytest.scope import Scope
+        try:  # pytest's internals (checked on 8.3 and 9.x): where they differ, pytest's own path per item
+            from _pytest.scope import Scope
 
+            fixture_defs = self._request._fixture_defs
+        except (ImportError, AttributeError):
+            return None
         shared = []
-        fixture_defs = self._request._fixture_defs
         for name in self.fixturenames:
             if name == "request":
                 continue
             fixturedef = fixture_defs.get(name)
-            if (fixturedef is None or fixturedef._scope is not Scope.Session or fixturedef.params
+            if (fixturedef is None or getattr(fixturedef, "_scope", None) is not Scope.Session or fixturedef.params
                     or fixturedef.cached_result is None or fixturedef.cached_result[2] is not None):
                 return None
             shared.append((name, fixturedef, fixturedef.cached_result[0]))

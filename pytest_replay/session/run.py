@@ -449,12 +449,10 @@ class ReplayRun:
                          "service_p99_ms": round(percentile(service[i], 99) / 1e6, 3) if service[i] else None,
                          "scheduled_p99_ms": round(percentile(scheduled[i], 99) / 1e6, 3) if scheduled[i] else None})
         traffic = self.collection.shard_traffic
-        if traffic is not None:  # a CI shard: its share of each rate
-            data_share = {"share": round(self.share, 4), "exchanges": traffic[0], "of": traffic[1]}
         data = {"stages": rows, "loops": sp.loops, "sent_after_the_end": after_end, "base_rate": round(sp.base_rate, 3), "stopped": None,
                 "conditions": [str(c) for c in self.settings.abort_on], "window_s": self.settings.abort_window}
         if traffic is not None:
-            data["traffic_share"] = data_share
+            data["traffic_share"] = {"share": round(self.share, 4), "exchanges": traffic[0], "of": traffic[1]}
         last = max((o.sent_ns for o in engine.observations() if o.error_kind not in ("cancelled", "dropped")),
                    default=None)
         if last is not None:  # how far the replay got (an interrupted run's evidence says so)
