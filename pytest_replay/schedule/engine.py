@@ -59,6 +59,14 @@ _NO_WAITS = (0, 0, 0, False)  # a request that waited for nothing (shared: no tu
 _REFREEZE_EVERY = 8192  # observations between two gc.freeze() calls (with freeze_gc)
 
 
+def _queued(deadline: int, start: int, waits: tuple) -> int:
+    """The part of a request's lateness spent waiting for the target (its connection, a barrier, a slot):
+    its lateness less the engine's own part (as Observation.queued_ns)."""
+    if waits is _NO_WAITS:
+        return 0
+    return min(max(start - deadline, 0), waits[0] + waits[1] + waits[2])
+
+
 @dataclass(frozen=True, slots=True)
 class Progress:
     planned: int
@@ -134,7 +142,7 @@ def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:
 
 class _Lane:
     __slots__ = ("name", "queue", "remaining", "task", "wake", "timed_out", "active", "free_ns", "owner", "spills",
-                 "flight", "live", "sending", "planned", "deadline", "start", "waits", "fallback", "on_done", "on_task")
+                 "live", "sending", "planned", "deadline", "start", "waits", "fallback", "on_done", "on_task")
 
     def __init__(self, name: str, count: int, owner: _Lane | None = None) -> None:
         self.name = name
@@ -149,15 +157,16 @@ class _Lane:
         # connection (lateness cause "connection") only up to this: a previous request the engine itself
         # sent late delays it too, but that is the engine's lateness, not the target's.
         self.free_ns = 0
-        self.flight: tuple[int, int, int] | None = None  # (deadline, queued_ns, start) of the request in flight
         self.owner = owner  # a spill lane: the captured connection's lane it helps
         self.spills: list[_Lane] = []  # a captured connection's spill lanes (extra connections)
+        # The request in flight: its deadline, send time and waits (callback lanes; coroutine lanes when
+        # stop conditions watch: Engine._in_flight).
+        self.deadline = self.start = 0
+        self.waits = _NO_WAITS  # (lane, barrier, slot waits, spilled)
         # Callback lanes (Engine fast path) only: the request in flight and how it is waited for.
         self.live = False  # started and not ended (counted in Engine._fast_live)
         self.sending = False  # inside target.begin(): a completion now is deferred (no recursion)
         self.planned: PlannedRequest | None = None
-        self.deadline = self.start = 0
-        self.waits = _NO_WAITS  # (lane, barrier, slot waits, spilled) of the request in flight
         self.fallback: asyncio.Task | None = None  # its `await target.send()`, when begin() declined it
         self.on_done = self.on_task = None  # bound callbacks, made once per lane
 
@@ -645,7 +654,7 @@ class Engine:
         target, clock, record = self.target, self.clock, self._record
         t0, timeout_s = self.t0_ns, self.timeout_s
         now, send, watch_ns = clock.now_ns, target.send, self._watch_ns
-        timeout_ns = round(timeout_s * 1e9)
+        timeout_ns = self._timeout_ns
         queue, slots, busy = lane.queue, self._slot_queue, self._busy
         gate = self._gate
         owner = lane.owner or lane
@@ -694,9 +703,8 @@ class Engine:
                     self.sent += 1
                     busy[lane] = watch_ns() + timeout_ns
                     waits = (lane_wait, barrier_wait, slot_wait, spilled)
-                    queued = min(max(start - deadline, 0), lane_wait + barrier_wait + slot_wait)
                     if watched:  # stop conditions see the requests in flight (_in_flight)
-                        lane.flight = (deadline, queued, start)
+                        lane.deadline, lane.start, lane.waits = deadline, start, waits
                     try:
                         response, sent_ns, first_ns, done_ns = await send(p, clock)
                         obs = Observation(p.key, deadline, sent_ns, first_ns, done_ns, response, None, None, *waits)
@@ -721,8 +729,7 @@ class Engine:
                         lane.task.uncancel()
                     else:
                         busy.pop(lane, None)
-                    lane.flight = None
-                    lane.free_ns = deadline + queued + obs.done_ns - obs.sent_ns  # (see _Lane)
+                    lane.free_ns = deadline + _queued(deadline, start, waits) + obs.done_ns - obs.sent_ns  # (see _Lane)
                     record(obs)
                     if self.pipeline is not None:
                         await self.pipeline.observed(p, obs)
@@ -830,8 +837,6 @@ class Engine:
         else:
             lane.waits = _NO_WAITS
         self._busy[lane] = (start if self._watch_is_clock else self._watch_ns()) + self._timeout_ns
-        if self.monitor is not None:  # stop conditions see the requests in flight (_in_flight)
-            lane.flight = (deadline, min(max(start - deadline, 0), lane_wait + barrier_wait + slot_wait), start)
         lane.sending = True
         try:
             if not self.target.begin(p, self.clock, lane.on_done):
@@ -871,10 +876,8 @@ class Engine:
                 obs = Observation(p.key, lane.deadline, sent_ns, first_ns, done_ns, response, None, None, *lane.waits)
             else:
                 obs = self._fast_error(lane, p, error)
-            lane.flight = None
-            waits = lane.waits
-            queued = 0 if waits is _NO_WAITS else min(max(lane.start - lane.deadline, 0), waits[0] + waits[1] + waits[2])
-            lane.free_ns = lane.deadline + queued + obs.done_ns - obs.sent_ns  # (see _Lane)
+            deadline = lane.deadline
+            lane.free_ns = deadline + _queued(deadline, lane.start, lane.waits) + obs.done_ns - obs.sent_ns  # (see _Lane)
             self._record(obs)
             lane.active = False
             if self._slot_queue:
@@ -992,11 +995,8 @@ class Engine:
         now, t0 = self.clock.now_ns(), self.t0_ns or 0
         out: list[tuple[int, int | None]] = []
         for lane in list(self._busy):
-            flight = lane.flight
-            if flight is None:
-                continue
-            deadline, queued, start = flight
-            age = max(now - start, 0) + queued
+            deadline, start = lane.deadline, lane.start
+            age = max(now - start, 0) + _queued(deadline, start, lane.waits)
             out.append((age, max(now - start, 0)))
             until = deadline + age
             for p in lane.queue:  # in deadline order
