@@ -293,15 +293,9 @@ def test_inspect_reports_rejected_early_data(capsys) -> None:
 
 def test_replay_of_rejected_early_data_sends_only_the_resent_request(pytester: pytest.Pytester) -> None:
     """End to end: the replay sends the two GETs the server answered, not the two it rejected as 0-RTT data."""
-    exchanges, _ = load(str(REJECTED), keylog=[str(KEYS_REJECTED)])
-    service = _Recorded(exchanges)
-    try:
-        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(REJECTED), "--replay-keylog",
-                                               str(KEYS_REJECTED), "--replay-target", service.url, "--speed", "0")
-    finally:
-        service.close()
+    result, _, seen = replay_decrypted(pytester, REJECTED, KEYS_REJECTED)
     result.assert_outcomes(passed=2)
-    assert service.seen == ["GET /data.json", "GET /data.json"]
+    assert seen == ["GET /data.json", "GET /data.json"]
 
 
 # -- missing, wrong keys, corrupted records: reports, never exceptions ------------------------
@@ -591,16 +585,23 @@ class _Recorded:
         self.server.server_close()
 
 
-def test_replay_of_decrypted_tls13_passes(pytester: pytest.Pytester) -> None:
-    exchanges, _ = load(str(TLS13), keylog=[str(KEYS13)])
+def replay_decrypted(pytester: pytest.Pytester, capture, keys):
+    """`pytest --replay capture --replay-keylog keys` at speed 0 against a server answering as recorded:
+    (the run's result, the decrypted exchanges, the requests the server saw)."""
+    exchanges, _ = load(str(capture), keylog=[str(keys)])
     service = _Recorded(exchanges)
     try:
-        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(TLS13), "--replay-keylog",
-                                               str(KEYS13), "--replay-target", service.url, "--speed", "0")
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(capture), "--replay-keylog",
+                                               str(keys), "--replay-target", service.url, "--speed", "0")
     finally:
         service.close()
+    return result, exchanges, service.seen
+
+
+def test_replay_of_decrypted_tls13_passes(pytester: pytest.Pytester) -> None:
+    result, exchanges, seen = replay_decrypted(pytester, TLS13, KEYS13)
     result.assert_outcomes(passed=len(exchanges) - 1, skipped=1)  # the POST: a write, answered from the recording
-    assert "GET /data.json" in service.seen and "POST /echo" not in service.seen  # writes mocked by default
+    assert "GET /data.json" in seen and "POST /echo" not in seen  # writes mocked by default
 
 
 def test_replay_without_keys_says_why(pytester: pytest.Pytester) -> None:
