@@ -94,6 +94,7 @@ class ReplayRun:
             self.updates = Updates()
         self.stage_plan = None  # schedule.stages.StagePlan of a capacity run
         self.share = 1.0  # the part of --rate and of rate stages this process sends (a CI shard's traffic share)
+        self.rate = None  # --rate at that share (requests per second), or None
         self.key_stride = 0  # a looped request's key: exchange index + loop * key_stride
         self.sampler = None  # session.saturation.Sampler of a capacity run
         self.probed = None  # (target URL, targets.h2.Probe) when the target was probed after collection
@@ -171,8 +172,8 @@ class ReplayRun:
                                         streamed=index is not None)
         from .capacity import traffic_share  # a CI shard sends its share of a rate (its part of the traffic)
         self.share = traffic_share(s.shard, self.collection.shard_traffic)
-        rate = s.rate * self.share if s.rate else s.rate
-        timing = Timing(speed=s.speed, rate=rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
+        self.rate = s.rate * self.share if s.rate else s.rate
+        timing = Timing(speed=s.speed, rate=self.rate, max_wait_ns=None if s.max_wait is None else int(s.max_wait * 1e9))
         if index is not None:
             from .baseline import check_usage
             check_usage(s, baseline)
@@ -373,8 +374,7 @@ class ReplayRun:
         chosen = sorted(replayed, key=lambda e: (e.request_ts_ns, e.index))
         timestamps = [e.request_ts_ns for e in chosen]
         from .capacity import shard_share  # a shard's part of each stage's rate
-        rate = s.rate * self.share if s.rate else s.rate
-        stages = shard_share(s.stages, self.share) or loop_stages(timestamps, speed=s.speed, rate=rate, loops=s.loop,
+        stages = shard_share(s.stages, self.share) or loop_stages(timestamps, speed=s.speed, rate=self.rate, loops=s.loop,
                                                                   duration_s=s.duration)
         try:
             self.stage_plan = stage_plan(timestamps, stages)
