@@ -54,6 +54,7 @@ TARGET_RSS_MB = 250
 TARGET_RATIO = 1.5
 TARGET_FLAT = 0.10
 TARGET_ITEMS = 1.3
+TARGET_JUDGE_US = 40  # a passing small exchange judged and recorded by the judge thread
 WRK_LUA = 'request = function() return wrk.format("GET", "/item.json") end\n'
 ITEM = bench_capture.json_blob(300, 1)  # what record_pcap serves as /item.json
 MTIME = 1_700_000_000.0
@@ -208,6 +209,155 @@ def judge_costs() -> list[tuple[str, str, str]]:
     return rows
 
 
+JUDGE_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from bench_scale import judge_record_figures
+print("FIGURES", json.dumps(judge_record_figures()))
+"""
+
+
+def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int = 3000) -> dict:
+    """(d) What the judge thread of a streamed run spends on one exchange, in microseconds: compare()
+    alone, judge() (compare, the failure text masked), and the whole step of the judge thread
+    (session.stream.Stream._judge_one: the origins resolved, ReplayRun.judge and .record into the
+    aggregate), for a passing small exchange (an nginx answer like bench (a)'s: 300 B JSON, its Date a
+    second later) and for a failing one (another body, a token in the query and a Bearer header: the
+    failure text is rendered and masked). The configuration is the plugin's default: learned noise, clock
+    noise, origins `same`, a keyed Redactor. Only APIs that exist at the base commit are used, so that the
+    same function measures another checkout (`--judge-against DIR`)."""
+    import time as _time
+
+    from pytest_replay.http.parser import fast_message
+    from pytest_replay.http.message import Exchange, Source
+    from pytest_replay.policy.redact import Redactor
+    from pytest_replay.report.aggregate import Aggregate
+    from pytest_replay.schedule.target import Observation
+    from pytest_replay.session.run import ReplayRun
+    from pytest_replay.session.stream import Index, ItemState, Stream
+    from pytest_replay.verdicts.clock import ClockNoise
+    from pytest_replay.verdicts.diff import DiffConfig, compare, learn_noise
+    from pytest_replay.verdicts.judge import judge
+    from pytest_replay.verdicts.origin import OriginResolver
+
+    mtime, t0 = MTIME, 1_765_000_000.0
+    query = "?q=shoes&api_key=sk_live_51abcdefghijklmnop"
+
+    def request(target: str = "/item.json") -> bytes:
+        return (f"GET {target} HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: wrk\r\n"
+                "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl\r\n\r\n").encode()
+
+    def exchange(i: int, target: str = "/item.json", body: bytes = ITEM):
+        ts = int((t0 + i * 1e-4) * 1e9)
+        req = fast_message(request(target), True)
+        resp = fast_message(bench_plugin.nginx_response(body, "application/json", mtime, t0 + i * 1e-4), False,
+                            "GET")
+        return Exchange(i, req, resp, ts, ts + 200_000, f"10.0.0.1:{40000 + i % 8} -> 10.0.0.2:80", i // 8,
+                        Source("bench.pcap", i * 600, i, ()))
+
+    def replayed(i: int, body: bytes = ITEM):  # nginx's answer during the replay: another Date
+        return fast_message(bench_plugin.nginx_response(body, "application/json", mtime, t0 + 3600 + i * 1e-4),
+                            False, "GET")
+
+    sample = [exchange(i) for i in range(64)]
+    redactor = Redactor(key="bench")
+    config = DiffConfig(noise=learn_noise(sample), clock=ClockNoise.of(sample, _time.time_ns(), _time.time_ns),
+                        redactor=redactor)
+    origins = OriginResolver(lambda r: "127.0.0.1:8080", "http://127.0.0.1:8080")
+
+    def make_run():
+        run = ReplayRun.__new__(ReplayRun)
+        run.redactor, run.diff_config, run.origins = redactor, config, origins
+        run.outbound = run.differential = run.judging = run.updates = run.engine = None
+        run.decisions, run.aggregate, run.counted = {}, Aggregate(), set()
+        from collections import Counter
+        run.origin_counts = Counter()
+        stream = Stream.__new__(Stream)
+        stream.index = Index("connection", None, None)
+        stream.selected = {}
+        stream.pdb = False
+        import tempfile as _tempfile, threading as _threading
+        stream.spill, stream._spill_lock = _tempfile.TemporaryFile(), _threading.Lock()
+        run.stream = stream
+        return run, stream
+
+    def observation(i: int, response):
+        return Observation(i, 1_000_000 * i, 1_000_000 * i + 30_000, 1_000_000 * i + 250_000,
+                           1_000_000 * i + 260_000, response)
+
+    def timed(fresh, step, prepare=None) -> float:
+        """Microseconds per call of step(exchange, response, i) over fresh pairs (nothing parsed or cached
+        on them yet, as in a run), the best of 3 rounds."""
+        best = None
+        for _ in range(3):
+            pairs = fresh()
+            if prepare is not None:
+                prepare(pairs)
+            start = _time.perf_counter()
+            for i, (e, r) in enumerate(pairs):
+                step(e, r, i)
+            per = (_time.perf_counter() - start) / len(pairs) * 1e6
+            best = per if best is None else min(best, per)
+        return best
+
+    out = {}
+    for kind in kinds:
+        def fresh(kind=kind):
+            if kind == "passing":
+                return [(exchange(i), replayed(i)) for i in range(n)]
+            return [(exchange(i, "/item.json" + query), replayed(i, ITEM.replace(b'"count": ', b'"count": 1')))
+                    for i in range(n)]
+
+        out[f"{kind} compare()"] = timed(fresh, lambda e, r, i: compare(
+            e.response, r, config, exchange=e, latency_ns=220_000, recorded_latency_ns=e.recorded_latency_ns,
+            origins=origins(e)))
+        out[f"{kind} judge()"] = timed(fresh, lambda e, r, i: judge(
+            e, r, config, redactor, error=None, latency_ns=220_000, origins=origins(e)))
+        run, stream = make_run()
+        observations = []
+
+        def prepare(pairs, stream=stream, observations=observations):
+            for e, _ in pairs:  # the items' states exist before the run (one per connection, as grouped items)
+                stream.selected.setdefault(e.connection, ItemState(1_000_000))
+            observations[:] = [observation(i, r) for i, (_, r) in enumerate(pairs)]  # (the engine's thread's)
+
+        def step(e, r, i, run=run, stream=stream, observations=observations):
+            stream._judge_one(run, e, observations[i])
+
+        out[f"{kind} judge thread step"] = timed(fresh, step, prepare)
+        out[f"{kind} failed"] = run.aggregate.overall.failed
+    return out
+
+
+def judge_record_rows(against: str | None) -> list[tuple[str, str, str]]:
+    """(d) judge_record_figures() in a child (this checkout, and `against` when given: the same bench
+    function on another checkout's package, in the same run)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    runs = {"this checkout": ROOT}
+    if against:
+        runs[f"against {against}"] = os.path.abspath(against)
+    figures = {}
+    for name, root in runs.items():
+        child_env = env()
+        child_env["PYTHONPATH"] = os.pathsep.join([root, here])
+        proc = subprocess.run([sys.executable, "-c", JUDGE_CHILD, here], env=child_env, capture_output=True,
+                              text=True, cwd=root)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("FIGURES")]
+        if proc.returncode != 0 or not line:
+            raise RuntimeError(f"judge cost ({name}) failed: {proc.stderr[-2000:]}")
+        figures[name] = json.loads(line[0].split(" ", 1)[1])
+    rows = []
+    mine = figures["this checkout"]
+    for what in ("passing compare()", "passing judge()", "passing judge thread step", "failing compare()",
+                 "failing judge()", "failing judge thread step"):
+        others = "; ".join(f"{name} {f[what]:.1f} us" for name, f in figures.items() if name != "this checkout")
+        note = "per exchange" + (f"; {others}" if others else "")
+        if what == "passing judge thread step":
+            note += f"; {TARGET_JUDGE_US:.0f} us target: {'PASS' if mine[what] <= TARGET_JUDGE_US else 'MISSED'}"
+        rows.append((f"(d) {what}", f"{mine[what]:.1f} us", note))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (60k packets, 300k .gor, 10k items)")
@@ -216,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-gor", action="store_true", help="leave out (b)")
     ap.add_argument("--skip-items", action="store_true", help="leave out (c)")
     ap.add_argument("--only-judge", action="store_true", help="only (d), the judging cost (no servers)")
+    ap.add_argument("--judge-against", metavar="DIR",
+                    help="(d) also measured on the package of another checkout (a `git archive` of the base)")
     ap.add_argument("--no-bytecode", action="store_true",
                     help="children compile every module at every start (PYTHONDONTWRITEBYTECODE=1, as before "
                          "2026-12-06); default: a bytecode cache in the work directory, as an installed package has")
@@ -240,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     os.utime(os.path.join(site, "www", "item.json"), (MTIME, MTIME))
     nginx = None
     if args.only_judge:
+        rows.extend(judge_record_rows(args.judge_against))
         rows.extend(judge_costs())
         args.skip_gor = args.skip_items = True
     try:
@@ -314,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                     rest = mine["wall"] - mine["span"]
                     rows.append((f"(c) run without the replay span", f"{rest:.2f} s (span {mine['span']:.2f} s)",
                                  f"{rest / ref['wall']:.2f}x bare pytest's run (info)"))
+        rows.extend(judge_record_rows(args.judge_against))
         rows.extend(judge_costs())
     except _Done:
         pass

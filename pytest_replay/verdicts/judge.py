@@ -28,7 +28,9 @@ def judge(exchange: Exchange, replayed: Response | None, config: DiffConfig, red
     """The verdict on one replayed exchange and its failure text ("" when it passed), masked."""
     verdict = compare(exchange.response, replayed, config, exchange=exchange, error=error, latency_ns=latency_ns,
                       recorded_latency_ns=exchange.recorded_latency_ns, origins=origins)
-    text = "" if verdict.passed else render_failure(
+    if verdict.passed:
+        return verdict, ""
+    text = render_failure(
         exchange, verdict, recorded_latency_ns=exchange.recorded_latency_ns, replayed_latency_ns=latency_ns,
         replayed_status=replayed.status if replayed is not None else None, redactor=redactor)
     return verdict, redactor.mask_pii(text)  # e-mails, card and phone numbers in bodies shown in a diff

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from ..http.message import Exchange, Request
 from ..policy.guard import server_address
 from ..vocab import Origins
+from .lookup import header as _header
 
 SAME, STRICT = Origins.SAME, Origins.STRICT
 MODES = (SAME, STRICT)
@@ -78,7 +79,7 @@ def _scheme(x_forwarded_proto: bytes | None, forwarded: bytes | None) -> str | N
 
 def forwarded_scheme(request: Request) -> str | None:
     """The scheme a proxy in front of the service said the client used, if the request says it."""
-    return _scheme(request.header("x-forwarded-proto"), request.header("forwarded"))
+    return _scheme(_header(request, b"x-forwarded-proto"), _header(request, b"forwarded"))
 
 
 def recorded_origins(exchange: Exchange) -> tuple[str, ...]:
@@ -210,14 +211,25 @@ class OriginResolver:
         return tuple(dict.fromkeys(o for o in (make_origin(scheme, host), self.target_origin) if o))
 
     def __call__(self, exchange: Exchange) -> Origins | None:
+        """Memoised on what they are made of: the request's Host and forwarding headers (as bytes, looked
+        up without splitting its head) and its connection (the server address). `resolve` is the
+        reference, which computes them every time."""
         request = exchange.request
-        key = (request.host, forwarded_scheme(request), server_address(exchange.connection))
-        if key not in self._cache:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            origins = Origins(recorded_origins(exchange), self.sent_origins(request))
-            self._cache[key] = origins if origins.differ else None
-        return self._cache[key]
+        key = (_header(request, b"host"), _header(request, b"x-forwarded-proto"), _header(request, b"forwarded"),
+               exchange.connection)
+        cache = self._cache
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        if len(cache) > 4096:
+            cache.clear()
+        origins = cache[key] = self.resolve(exchange)
+        return origins
+
+    def resolve(self, exchange: Exchange) -> Origins | None:
+        origins = Origins(recorded_origins(exchange), self.sent_origins(exchange.request))
+        return origins if origins.differ else None
 
     def against(self, other: OriginResolver, exchange: Exchange) -> Origins | None:
         """Two live sides of one request (a baseline and the target): each side's own origins are one
