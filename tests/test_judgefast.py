@@ -266,3 +266,58 @@ def test_a_streamed_run_judges_the_same_with_the_fast_paths_as_with_the_referenc
     assert results["fast"] == results["reference"]
     outcomes, failures, counted, requests = results["fast"]
     assert requests == 300 and counted["failed"] > 30 and failures  # both kinds of exchange were judged
+
+
+# -- the report's histograms: deferred updates against recording at once --------------------------------------
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.integers(-5_000, 5_000_000_000), max_size=300), pending=st.sampled_from([1, 3, 64, 4096]),
+       reads=st.lists(st.integers(0, 300), max_size=4))
+def test_deferred_histogram_updates_are_the_immediate_ones(values, pending, reads) -> None:
+    from pytest_replay.report import aggregate
+    old, aggregate.PENDING = aggregate.PENDING, pending
+    try:
+        deferred, immediate = aggregate.Histogram(), aggregate.Histogram()
+        for i, us in enumerate(values):
+            deferred.record(us)
+            immediate.record_now(us)
+            if i in reads:  # a read in the middle folds what is pending
+                assert deferred.percentiles((50, 99, 100)) == immediate.percentiles((50, 99, 100))
+    finally:
+        aggregate.PENDING = old
+    assert deferred == immediate and deferred.to_dict() == immediate.to_dict()
+    assert (deferred.total, deferred.sum, deferred.min, deferred.max) == \
+        (immediate.total, immediate.sum, immediate.min, immediate.max)
+
+
+def test_a_streamed_runs_aggregate_is_the_one_recorded_value_by_value(monkeypatch) -> None:
+    """Aggregate.add with deferred histograms against the same exchanges recorded at once (the evidence's
+    percentiles and counts unchanged), failures, errors and ignored counts included."""
+    from pytest_replay.report import aggregate
+    from pytest_replay.schedule.target import Observation
+    from pytest_replay.verdicts.diff import Difference, Verdict
+
+    rng = random.Random(3)
+    rows = []
+    for i in range(3000):
+        request = Request.build("GET", f"/item/{i % 7}?q={i}", ((b"Host", b"h"),))
+        recorded = Response.build(rng.choice([200, 404, 500]), "", (), b"")
+        e = Exchange(i, request, recorded if i % 11 else None, 10**18 + i * 10**6, 10**18 + i * 10**6 + rng.randint(1, 10**7),
+                     "c", i, Source("f", 0, i, ()))
+        kind = rng.choice([None] * 8 + ["reset", "timeout"])
+        deadline = i * 10**6
+        o = Observation(i, deadline, deadline + rng.randint(-10**5, 10**8), deadline + 10**6, deadline + 2 * 10**6,
+                        None if kind else Response.build(rng.choice([200, 503]), "", (), b""), kind,
+                        "boom" if kind else None, lane_wait_ns=rng.choice([0, 10**6]), spilled=rng.random() < 0.1)
+        passed = rng.random() < 0.8
+        verdict = Verdict(passed, () if passed else (Difference("body", "$.a", "1", "2"),),
+                          (("volatile header date", 1),) if rng.random() < 0.5 else (), "s")
+        rows.append((e, o, verdict if rng.random() < 0.9 else None))
+    deferred = aggregate.Aggregate()
+    for row in rows:
+        deferred.add(*row)
+    monkeypatch.setattr(aggregate.Histogram, "record", aggregate.Histogram.record_now)
+    immediate = aggregate.Aggregate()
+    for row in rows:
+        immediate.add(*row)
+    assert deferred.to_dict() == immediate.to_dict()
+    assert deferred.table() == immediate.table()

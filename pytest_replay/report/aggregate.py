@@ -42,8 +42,16 @@ Sans-IO: values in, values out; no pytest, no clock, no files.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterable
+
+try:
+    from _collections import _count_elements  # Counter's own C helper: counts an iterable into a dict
+except ImportError:  # pragma: no cover - other Pythons
+    def _count_elements(mapping: dict, iterable) -> None:
+        for item in iterable:
+            mapping[item] = mapping.get(item, 0) + 1
 
 from hdrh.histogram import HdrHistogram
 
@@ -58,6 +66,8 @@ SIGNIFICANT_FIGURES = 3
 MAX_ENDPOINTS = 1000  # endpoints tracked one by one; the rest are folded into OTHER
 MAX_REASONS = 100  # distinct skip reasons kept; the rest are counted under OTHER
 MAX_IGNORED = 1000  # distinct reasons for ignored differences kept; the rest are counted under OTHER
+PENDING = 4096  # values a Histogram holds before folding them into its buckets (Histogram.record)
+_FLUSHING = threading.Lock()
 OTHER = "(other)"
 ALL = "(all)"
 METRICS = ("latency", "recorded", "lateness", "response")
@@ -103,42 +113,131 @@ def to_us(ns: int) -> int:
 
 
 class Histogram:
-    """A sparse HDR histogram of microsecond values (HDR's buckets, exact sum/min/max beside them)."""
+    """A sparse HDR histogram of microsecond values (HDR's buckets, exact sum/min/max beside them).
 
-    __slots__ = ("counts", "total", "sum", "min", "max")
+    `record()` of one value appends it to a pending list, folded into the buckets in bulk (`_flush`: one
+    C-level count of the bucket indexes, sum, min and max) before anything reads the histogram or when
+    PENDING values wait: the judge thread of a streamed run records ten values per exchange, and a
+    bucket update each cost more than the rest of recording it (issue 13.1). `record_now()` is the
+    reference, which updates the buckets at once; both give equal histograms (tests/test_judgefast.py)."""
+
+    __slots__ = ("_counts", "_total", "_sum", "_min", "_max", "_pending")
 
     def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-        self.total = 0
-        self.sum = 0
-        self.min: int | None = None
-        self.max: int | None = None
+        self._counts: dict[int, int] = {}
+        self._total = 0
+        self._sum = 0
+        self._min: int | None = None
+        self._max: int | None = None
+        self._pending: list[int] = []
 
     def record(self, us: int, count: int = 1) -> None:
+        if count != 1:
+            return self.record_now(us, count)
+        pending = self._pending
+        pending.append(us)
+        if len(pending) >= PENDING:
+            self._flush()
+
+    def record_now(self, us: int, count: int = 1) -> None:
+        self._flush()
         if us < 0:
             us = 0
         elif us > HIGHEST_US:
             us = HIGHEST_US
         index = _index(us)
-        counts = self.counts
+        counts = self._counts
         counts[index] = counts.get(index, 0) + count
-        self.total += count
-        self.sum += us * count
-        if self.min is None or us < self.min:
-            self.min = us
-        if self.max is None or us > self.max:
-            self.max = us
+        self._total += count
+        self._sum += us * count
+        if self._min is None or us < self._min:
+            self._min = us
+        if self._max is None or us > self._max:
+            self._max = us
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        with _FLUSHING:  # (a reader in another thread may flush while the judge thread records)
+            n = len(pending)
+            if not n:
+                return
+            values = pending[:n]
+            del pending[:n]  # what another thread appends meanwhile stays, for the next flush
+            low, high = min(values), max(values)
+            if low < 0 or high > HIGHEST_US:
+                values = [0 if us < 0 else HIGHEST_US if us > HIGHEST_US else us for us in values]
+                low, high = min(values), max(values)
+            _count_elements(self._counts, map(_index, values))
+            self._total += n
+            self._sum += sum(values)
+            if self._min is None or low < self._min:
+                self._min = low
+            if self._max is None or high > self._max:
+                self._max = high
+
+    # the buckets and exact figures, with what is pending folded in first
+    @property
+    def counts(self) -> dict[int, int]:
+        self._flush()
+        return self._counts
+
+    @counts.setter
+    def counts(self, value: dict[int, int]) -> None:
+        self._flush()
+        self._counts = value
+
+    @property
+    def total(self) -> int:
+        self._flush()
+        return self._total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self._flush()
+        self._total = value
+
+    @property
+    def sum(self) -> int:
+        self._flush()
+        return self._sum
+
+    @sum.setter
+    def sum(self, value: int) -> None:
+        self._flush()
+        self._sum = value
+
+    @property
+    def min(self) -> int | None:
+        self._flush()
+        return self._min
+
+    @min.setter
+    def min(self, value: int | None) -> None:
+        self._flush()
+        self._min = value
+
+    @property
+    def max(self) -> int | None:
+        self._flush()
+        return self._max
+
+    @max.setter
+    def max(self, value: int | None) -> None:
+        self._flush()
+        self._max = value
 
     def merge(self, other: Histogram) -> Histogram:
         counts = self.counts
         for index, count in other.counts.items():
             counts[index] = counts.get(index, 0) + count
-        self.total += other.total
-        self.sum += other.sum
-        if other.min is not None and (self.min is None or other.min < self.min):
-            self.min = other.min
-        if other.max is not None and (self.max is None or other.max > self.max):
-            self.max = other.max
+        self._total += other.total
+        self._sum += other.sum
+        if other.min is not None and (self._min is None or other.min < self._min):
+            self._min = other.min
+        if other.max is not None and (self._max is None or other.max > self._max):
+            self._max = other.max
         return self
 
     def percentiles(self, qs: Iterable[float]) -> dict[float, int | None]:
@@ -424,49 +523,57 @@ class Aggregate:
             endpoint.errors[kind] += 1
             self.overall.errors[kind] += 1
             return
-        causes = [(cause, to_us(ns)) for cause, ns in _causes_of(observation).items() if ns > 0]
+        # each figure computed once, then a few stores into the endpoint's and the overall numbers
+        lateness = observation.sent_ns - observation.deadline_ns
+        lateness_us = to_us(lateness)
+        causes = [(cause, us) for cause, ns in _causes_of(observation).items() if ns > 0 and (us := to_us(ns))]
         spilled = getattr(observation, "spilled", False)
-        response_ns = getattr(observation, "response_ns", None)  # (a baseline's observation has none)
+        response = observation.response
+        answered = kind is None
+        status = _status_class(response.status) if response is not None and answered else None
+        latency = observation.latency_ns if answered else None
+        latency_us = to_us(latency) if latency is not None else None
+        response_ns = getattr(observation, "response_ns", None) if latency is not None else None
+        response_us = to_us(response_ns) if response_ns is not None else None  # (a baseline's has none)
+        recorded = exchange.response
+        recorded_status = _status_class(recorded.status) if recorded is not None else None
+        recorded_ns = exchange.recorded_latency_ns if recorded is not None else None
+        recorded_us = to_us(recorded_ns) if recorded_ns is not None else None
+        ignored = verdict.ignored if verdict is not None else ()
+        failed_parts = ({d.part for d in verdict.differences} or {"?"}) if verdict is not None \
+            and not verdict.passed else None
         for stats in (endpoint, self.overall):
             stats.requests += 1
-            lateness = observation.sent_ns - observation.deadline_ns
             if lateness < 0:
                 stats.early += 1
-            stats.lateness.record(to_us(lateness))
+            stats.lateness.record(lateness_us)
             for cause, us in causes:
-                if us:
-                    stats.late_cause(cause).record(us)
+                stats.late_cause(cause).record(us)
             if spilled:
                 stats.spilled += 1
-            if kind is not None:
+            if not answered:
                 stats.errors[kind] += 1
-            response = observation.response
-            if response is not None and kind is None:
-                stats.status[_status_class(response.status)] += 1
-            latency = observation.latency_ns
-            if latency is not None and kind is None:
-                stats.latency.record(to_us(latency))
-                if response_ns is not None:
-                    stats.response.record(to_us(response_ns))
-            recorded = exchange.response
-            if recorded is not None:
-                stats.recorded_status[_status_class(recorded.status)] += 1
-                recorded_ns = exchange.recorded_latency_ns
-                if recorded_ns is not None:
-                    stats.recorded.record(to_us(recorded_ns))
+            if status is not None:
+                stats.status[status] += 1
+            if latency_us is not None:
+                stats.latency.record(latency_us)
+                if response_us is not None:
+                    stats.response.record(response_us)
+            if recorded_status is not None:
+                stats.recorded_status[recorded_status] += 1
+                if recorded_us is not None:
+                    stats.recorded.record(recorded_us)
             if verdict is not None:
                 stats.judged += 1
-                for why, n in verdict.ignored:
+                for why, n in ignored:
                     key = why if why in stats.ignored or len(stats.ignored) < MAX_IGNORED else OTHER
                     stats.ignored[key] += n
-                if not verdict.passed:
+                if failed_parts is not None:
                     stats.failed += 1
-                    for part in {d.part for d in verdict.differences} or {"?"}:
+                    for part in failed_parts:
                         stats.failures[part] += 1
-        response, latency = observation.response, observation.latency_ns
-        self.timeline.add(exchange.request_ts_ns, None if response is None else response.status, kind is not None,
-                          to_us(latency) if latency is not None and kind is None else None,
-                          to_us(observation.sent_ns - observation.deadline_ns))
+        self.timeline.add(exchange.request_ts_ns, None if response is None else response.status, not answered,
+                          latency_us, lateness_us)
         if verdict is not None and not verdict.passed:
             self.failure_groups.add(endpoint_of(request.method, request.target), verdict, exchange.index, shown)
 
