@@ -169,7 +169,10 @@ class Histogram:
             if low < 0 or high > HIGHEST_US:
                 values = [0 if us < 0 else HIGHEST_US if us > HIGHEST_US else us for us in values]
                 low, high = min(values), max(values)
-            _count_elements(self._counts, map(_index, values))
+            mask, shift, half_mag, unit, half = _MASK, _SHIFT, _HALF_MAG, _UNIT, _HALF
+            _count_elements(self._counts, [  # _index(us), inlined (a call per value cost as much again)
+                (((b := (us | mask).bit_length() - shift) + 1) << half_mag) + (us >> (b + unit)) - half
+                for us in values])
             self._total += n
             self._sum += sum(values)
             if self._min is None or low < self._min:

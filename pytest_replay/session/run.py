@@ -581,7 +581,7 @@ class ReplayRun:
             self.counted.add(exchange.index)
         if verdict is not None and self.updates is not None:  # judged: sent, answered (mocked writes are not)
             self.updates.add(exchange, observation, verdict, self.engine)
-        if verdict is not None and self.origins is not None:
+        if verdict is not None and self.origins is not None and verdict.ignored:  # (Counter.update([]) costs)
             self.origin_counts.update(self.origins.treated(verdict.ignored))
 
     def skip(self, exchange: Exchange, reason: str, *, write: bool = False) -> None:
