@@ -51,8 +51,11 @@ _RECORD = {"<": struct.Struct("<IIII").unpack_from, ">": struct.Struct(">IIII").
 _ETH_IPV4_TCP_KEY = struct.Struct("!12xHBxH2xHxB2x12sIIBB").unpack_from
 _PORTS = struct.Struct("!HH").pack
 
-# A steady connection's fields (one list per connection, both directions' dictionary entries share it)
-C_NEXT, C_OFFSET, C_ACK, S_NEXT, S_OFFSET, S_ACK, POSITION, WAITING, CONN, NAME, C_MESSAGES, S_MESSAGES, AT = range(13)
+# A steady connection's fields (one list per connection, both directions' dictionary entries share it):
+# next sequence number, stream offset and last ACK seen of each direction (client, server), the next
+# request's position, the requests awaiting their response (in-place Exchanges), the Connection, its
+# name, its position when it was taken up (the messages framed here are counted from it).
+C_NEXT, C_OFFSET, C_ACK, S_NEXT, S_OFFSET, S_ACK, POSITION, WAITING, CONN, NAME, PROMOTED = range(11)
 
 
 def read_fast(name: str, stream: BinaryIO, size: int, stats: CaptureStats, info: dict, server_ports: frozenset[int],
@@ -90,11 +93,11 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
     requests_known, responses_known = _WHOLE[True].get, _WHOLE[False].get
     builder = _Builder
     link_counts = reading.link_counts
-    frame = ethernet = nbytes = 0
-    now = 0
+    frame = now = 0
     first = None
     pos = 24
-    try:
+    rn, rlast = reorder._n, reorder.last  # the Reorder's counter and last timestamp (written back around
+    try:                                    # the reference's calls, which push Drafts)
         while pos + 16 <= size:
             sec, frac, caplen, wirelen = record(buf, pos)
             end = pos + 16 + caplen
@@ -104,8 +107,6 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
             start = pos + 16
             pos = end
             frame += 1
-            ethernet += 1
-            nbytes += caplen
             ts = sec * 1_000_000_000 + frac * scale
             if ts > now:
                 now = ts
@@ -137,7 +138,6 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
                                         state[S_ACK] = ack
                                         state[C_NEXT] = (seq + length) & 0xFFFFFFFF
                                         state[C_OFFSET] = offset = state[C_OFFSET] + length
-                                        state[C_MESSAGES] += 1
                                         x = _new(builder)
                                         x.request = request
                                         x.response = x.response_ts_ns = x.server_name = None
@@ -147,15 +147,14 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
                                         state[POSITION] = position + 1
                                         x.flags = x.replayed = ()
                                         x.scheme = "http"
-                                        x._at = (file, where, frame)
-                                        state[WAITING].append((x, offset))
-                                        n = reorder._n  # Reorder.push()
-                                        reorder._n = n + 1
-                                        if ts >= reorder.last:
-                                            run.append((ts, n, x))
-                                            reorder.last = ts
+                                        x._at = (file, where, offset, frame)  # offset: the Draft's `end`
+                                        state[WAITING].append(x)
+                                        if ts >= rlast:  # Reorder.push()
+                                            run.append((ts, rn, x))
+                                            rlast = ts
                                         else:
-                                            heappush(late, (ts, n, x))
+                                            heappush(late, (ts, rn, x))
+                                        rn += 1
                                         if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
                                             yield out
                                         continue
@@ -164,7 +163,7 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
                                     if waiting and (ack - state[C_NEXT] - 1) & 0xFFFFFFFF >= 0x7FFFFFFF:
                                         # it answers the oldest request (not given up), and acknowledges
                                         # no request byte the capture lacks
-                                        x = waiting[0][0]
+                                        x = waiting[0]
                                         method = x.request.method
                                         if not x.flags and method not in BODY_FRAMING_METHODS:
                                             response = None
@@ -178,7 +177,6 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
                                                 state[C_ACK] = ack
                                                 state[S_NEXT] = (seq + length) & 0xFFFFFFFF
                                                 state[S_OFFSET] += length
-                                                state[S_MESSAGES] += 1
                                                 waiting.popleft()
                                                 x.response = response
                                                 x.response_ts_ns = ts
@@ -188,6 +186,7 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
                                                 continue
                             _demote(state, fast, reorder)
                         # -- the reference: Connection.packet() ----------------------------------------
+                        reorder._n, reorder.last = rn, rlast
                         src, dst, sport, dport = key[:4], key[4:8], *_ports(key)
                         entry = flows.get((src, sport, dst, dport))
                         payload = buf[p_start:p_end] if p_start < p_end else b""
@@ -196,6 +195,7 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
                         else:
                             new_packet(src, sport, dst, dport, seq, ack, flags, payload, 0, ts, frame, where)
                             entry = flows.get((src, sport, dst, dport))
+                        rn, rlast = reorder._n, reorder.last
                         if entry is not None and (payload or flags & 0x10):
                             _promote(entry[0], fast)
                         if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
@@ -208,17 +208,20 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
                     entry = steady(seg[0] + seg[2] + _PORTS(seg[1], seg[3]))
                     if entry is not None:
                         _demote(entry[0], fast, reorder)
+                reorder._n, reorder.last = rn, rlast
                 new_packet(*seg, decoder.ts_ns, frame, where)
+                rn, rlast = reorder._n, reorder.last
             if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
                 yield out
         return pos
     finally:
+        reorder._n, reorder.last = rn, rlast
         for state in {id(s): s for s, _ in fast.values()}.values():
             _demote(state, fast, reorder)
-        if ethernet:
+        if frame:
             link_counts.setdefault(1, 0)  # (the reference's packets() adds it at its first Ethernet frame)
-        reading.ethernet += ethernet
-        reading.frame, reading.nbytes, reading.now, reading.first = frame, nbytes, now, first
+        reading.ethernet += frame  # every frame here is Ethernet, and the records are contiguous:
+        reading.frame, reading.nbytes, reading.now, reading.first = frame, pos - 24 - 16 * frame, now, first
 
 
 def _ports(key: bytes) -> tuple[int, int]:
@@ -241,7 +244,7 @@ def _promote(conn: Connection, fast: dict) -> None:
         return
     src, sport, dst, dport = conn.key
     state = [client.next_seq, client.offset, client.last_ack, server.next_seq, server.offset, server.last_ack,
-             conn.position, deque(), conn, conn.name, 0, 0]
+             conn.position, deque(), conn, conn.name, conn.position]
     fast[src + dst + _PORTS(sport, dport)] = (state, True)
     fast[dst + src + _PORTS(dport, sport)] = (state, False)
 
@@ -254,11 +257,12 @@ def _demote(state: list, fast: dict, reorder) -> None:
     client.next_seq, client.offset, client.last_ack = state[C_NEXT], state[C_OFFSET], state[C_ACK]
     server.next_seq, server.offset, server.last_ack = state[S_NEXT], state[S_OFFSET], state[S_ACK]
     conn.requests._base, conn.responses._base = state[C_OFFSET], state[S_OFFSET]
-    conn.requests.messages += state[C_MESSAGES]
-    conn.responses.messages += state[S_MESSAGES]
+    framed = state[POSITION] - state[PROMOTED]
+    conn.requests.messages += framed
+    conn.responses.messages += framed - len(state[WAITING])
     conn.position = state[POSITION]
-    for x, end in state[WAITING]:
-        file, where, frame = x._at
+    for x in state[WAITING]:
+        file, where, end, frame = x._at
         draft = Draft(x.request, x.request_ts_ns, x.connection, x.position, file, where, None, (frame,))
         draft.end = end
         draft.flags = x.flags

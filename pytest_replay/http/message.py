@@ -314,8 +314,8 @@ class _Located:
         # Reached only when normal lookup fails: for `source`, when its slot was left unset.
         if name != "source":
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
-        at = object.__getattribute__(self, "_at")
-        source = Source(at[0], at[1], None, at[2:])
+        at = object.__getattribute__(self, "_at")  # (file, offset, its request's stream end, frames...)
+        source = Source(at[0], at[1], None, at[3:])
         object.__setattr__(self, "source", source)
         return source
 
