@@ -105,6 +105,7 @@ class Capture:
         stats = self.stats
         endpoints = stats.endpoints
         known_endpoints: dict[tuple[str, str], str] = {}  # endpoint_of() without a call per exchange
+        last_request = endpoint = None
         index = -1
         # Reading makes many small objects that live until their exchange is released; the default
         # cyclic-GC threshold would rescan them every 700 allocations (~25% of the reading time).
@@ -143,12 +144,14 @@ class Capture:
                             stats.no_response += 1
                     else:
                         stats.complete += 1
-                    key = (request.method, request.target)
-                    endpoint = known_endpoints.get(key)
-                    if endpoint is None:
-                        if len(known_endpoints) >= 4096:
-                            known_endpoints.clear()
-                        endpoint = known_endpoints[key] = endpoint_of(request.method, request.target)
+                    if request is not last_request:  # (dense captures repeat one remembered request object)
+                        last_request = request
+                        key = (request.method, request.target)
+                        endpoint = known_endpoints.get(key)
+                        if endpoint is None:
+                            if len(known_endpoints) >= 4096:
+                                known_endpoints.clear()
+                            endpoint = known_endpoints[key] = endpoint_of(request.method, request.target)
                     endpoints[endpoint] += 1
                     yield exchange
         finally:

@@ -96,6 +96,7 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
     frame = now = 0
     first = None
     pos = 24
+    plain_request = plain_response = None  # the last messages that passed the checks below
     rn, rlast = reorder._n, reorder.last  # the Reorder's counter and last timestamp (written back around
     try:                                    # the reference's calls, which push Drafts)
         while pos + 16 <= size:
@@ -134,7 +135,12 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
                                     request = requests_known(payload) if length <= _MAX_REMEMBERED else None
                                     if request is None:
                                         request = whole_request(payload)
-                                    if request is not None and b"h2c" not in request.head:
+                                    if request is not None and (request is plain_request or (
+                                            b"h2c" not in request.head and request.method not in BODY_FRAMING_METHODS)):
+                                        # not HEAD or CONNECT (their responses' framing is the reference's
+                                        # to decide), no Upgrade: h2c; the last request that passed is kept:
+                                        # a dense capture repeats the same (remembered) request object
+                                        plain_request = request
                                         state[S_ACK] = ack
                                         state[C_NEXT] = (seq + length) & 0xFFFFFFFF
                                         state[C_OFFSET] = offset = state[C_OFFSET] + length
@@ -164,16 +170,17 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
                                         # it answers the oldest request (not given up), and acknowledges
                                         # no request byte the capture lacks
                                         x = waiting[0]
-                                        method = x.request.method
-                                        if not x.flags and method not in BODY_FRAMING_METHODS:
+                                        if not x.flags:
                                             response = None
                                             if length <= _MAX_REMEMBERED:
                                                 known = responses_known(payload)
                                                 if known is not None and known[1] + known[3] == length:
                                                     response = known[0]
                                             if response is None:
-                                                response = whole_response(payload, method)
-                                            if response is not None and b"event-stream" not in response.head:
+                                                response = whole_response(payload)
+                                            if response is not None and (response is plain_response
+                                                                         or b"event-stream" not in response.head):
+                                                plain_response = response
                                                 state[C_ACK] = ack
                                                 state[S_NEXT] = (seq + length) & 0xFFFFFFFF
                                                 state[S_OFFSET] += length

@@ -1151,9 +1151,9 @@ def whole_request(data: bytes) -> Request | None:
     return request
 
 
-def whole_response(data: bytes, method: str) -> Response | None:
-    """Framer._fast_response() for a final response alone in a segment that answers a request of
-    `method` (not HEAD or CONNECT: the caller sends those the general way), not found in _WHOLE: the
+def whole_response(data: bytes) -> Response | None:
+    """Framer._fast_response() for a final response alone in a segment that answers a request that
+    is not HEAD or CONNECT (the caller sends those the general way), not found in _WHOLE: the
     Response, or None where the framer would take another way (an interim or 101 status, a body that
     runs to the close, past the segment or stops short of its end). Remembers as the framer does."""
     strict = _strict_head(data, False, None)
