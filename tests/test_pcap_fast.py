@@ -1,4 +1,5 @@
-"""The pcap fast loop (capture/fast.py) against the reference path (pcap.read_pcap(fast=False)).
+"""The pcap fast loop (capture/fast.py) against the reference path (pcap.read_pcap(fast=False)),
+on classic pcap and pcapng files.
 
 The fast loop takes steady keep-alive connections off the reference path and hands them back at
 anything unusual; whatever happens on a connection, it must give exactly the reference's exchanges,
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_pcap_paths import CLIENT, REQUESTS, RESPONSES, SERVER, _pcap, conversation, summary
+from test_pcap_paths import CLIENT, REQUESTS, RESPONSES, SERVER, _pcap, _pcapng, conversation, summary
 
 from pytest_replay.capture import Capture, fast, load, pcap
 from pytest_replay.http.message import Exchange, Source
@@ -92,7 +93,7 @@ def captures(draw) -> bytes:
         frames[i] = (frames[i][0], with_ip_options(frames[i][1]))
     lost = draw(st.sets(st.integers(0, len(frames) - 1), max_size=2))
     frames = [f for i, f in enumerate(frames) if i not in lost]
-    data = _pcap(frames)
+    data = (_pcapng if draw(st.booleans()) else _pcap)(frames)
     if draw(st.integers(0, 3)) == 0:
         data = data[:draw(st.integers(24, len(data)))]
     return data
@@ -110,14 +111,15 @@ def test_the_fast_loop_reads_what_the_reference_reads(data: bytes, tmp_path: Pat
     assert read(path, fast_loop=False, framer=False) == reference
 
 
-def dense(tmp_path: Path, name: str = "dense.pcap", connections: int = 3, exchanges: int = 40) -> Path:
+def dense(tmp_path: Path, name: str = "dense.pcap", connections: int = 3, exchanges: int = 40, ng: bool = False
+          ) -> Path:
     frames = []
     for conn in range(connections):
         pairs = [(REQUESTS[0], RESPONSES[0]), (REQUESTS[1], RESPONSES[1]), (REQUESTS[3], RESPONSES[3])] * exchanges
         frames += conversation(pairs[:exchanges], port=41000 + conn, start_us=1_700_000_000_000_000 + conn * 3)
     frames.sort(key=lambda item: item[0])
     path = tmp_path / name
-    path.write_bytes(_pcap(frames))
+    path.write_bytes((_pcapng if ng else _pcap)(frames))
     return path
 
 
@@ -130,10 +132,11 @@ def _in_place(exchange: Exchange) -> bool:
     return True
 
 
-def test_steady_connections_take_the_fast_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ng", [False, True], ids=["pcap", "pcapng"])
+def test_steady_connections_take_the_fast_loop(tmp_path: Path, ng: bool) -> None:
     """On a dense keep-alive capture all but each connection's first exchanges are built in place by
     the fast loop (one object per exchange), and they are the reference's exchanges."""
-    path = dense(tmp_path)
+    path = dense(tmp_path, ng=ng)
     exchanges = list(Capture(str(path)))
     built = [e for e in exchanges if _in_place(e)]
     assert len(exchanges) == 120 and len(built) >= 110
@@ -230,6 +233,11 @@ def test_several_files_merge_as_before(tmp_path: Path) -> None:
 
 def test_a_cut_or_damaged_end_is_read_by_the_reference(tmp_path: Path) -> None:
     """The loop stops at a record it cannot read whole; the reference reads (and reports) the rest."""
+    ng = dense(tmp_path, "dense.pcapng", connections=2, exchanges=10, ng=True).read_bytes()
+    for cut in (len(ng) - 7, len(ng) - 40, 30):
+        path = tmp_path / f"cut{cut}.pcapng"
+        path.write_bytes(ng[:cut])
+        assert read(path, fast_loop=True) == read(path, fast_loop=False)
     data = dense(tmp_path, connections=2, exchanges=10).read_bytes()
     for cut in (len(data) - 7, len(data) - 30, 24 + 5):
         path = tmp_path / f"cut{cut}.pcap"

@@ -40,8 +40,9 @@ from ..reassembly.draft import Draft
 from ..reassembly.flows import ACK, Connection
 from ..reassembly.stats import CaptureStats
 from .limits import MAX_PACKET
+from . import pcapng
 from .pcap import (RELEASE_EVERY, RELEASE_LAG_NS, RESPONSE_WINDOW_NS, Reading, _classic_frames, _classic_header,
-                   finish, packets)
+                   _secrets_block, finish, packets)
 
 _new = object.__new__
 _Builder = Exchange._builder  # an Exchange's slots, plainly stored; becomes an Exchange in Capture
@@ -60,8 +61,11 @@ C_NEXT, C_OFFSET, C_ACK, S_NEXT, S_OFFSET, S_ACK, POSITION, WAITING, CONN, NAME,
 
 def read_fast(name: str, stream: BinaryIO, size: int, stats: CaptureStats, info: dict, server_ports: frozenset[int],
               max_record_size: int, keylog) -> Iterator[list]:
-    """read_pcap() for an uncompressed classic pcap: Drafts and in-place Exchanges, in lists."""
+    """read_pcap() for an uncompressed classic pcap or pcapng: Drafts and in-place Exchanges, in lists."""
     reading = Reading(name, stats, info, server_ports, keylog)
+    if info.get("format") == "pcapng":
+        yield from _read_pcapng(name, stream, size, stats, info, max_record_size, reading)
+        return
     header = _classic_header(name, stream)
     limit = min(MAX_PACKET, max_record_size)
     if header.linktype != 1 or size < 24 + 16:
@@ -77,8 +81,61 @@ def read_fast(name: str, stream: BinaryIO, size: int, stats: CaptureStats, info:
     yield from finish(reading)
 
 
-def _loop(buf, size: int, header, limit: int, reading: Reading):
-    """The packet loop over the mapped file; returns where it stopped (the reference reads from there)."""
+def _read_pcapng(name: str, stream: BinaryIO, size: int, stats: CaptureStats, info: dict, limit: int,
+                 reading: Reading) -> Iterator[list]:
+    """The loop over a pcapng's Enhanced Packet Blocks, once a plain first section header and the
+    interface descriptions after it are read; pcapng.read_frames() (the reference) reads everything
+    else: the whole file when it starts otherwise, the rest from the first block the loop does not take."""
+    secrets = _secrets_block(name, reading.table, stats)
+    info["format"] = "pcapng"
+    with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        size = min(size, len(buf))
+        start = _pcapng_start(buf, size, limit)
+        if start is None:
+            resume = None
+        else:
+            pos, structs, interfaces = start
+            header = (structs, [(i.linktype, i.scale, i.offset_ns) for i in interfaces])
+            pos = yield from _loop(buf, size, header, limit, reading, pos)
+            resume = (pos, reading.frame, structs, interfaces, reading.now_block)
+    if resume is not None:
+        stream.seek(resume[0])
+    yield from packets(pcapng.read_frames(name, stream, size, stats, info, limit, secrets, resume=resume), reading)
+    yield from finish(reading)
+
+
+def _pcapng_start(buf, size: int, limit: int):
+    """(offset of the first block after them, _Structs, interfaces) when the file starts with a
+    well-formed version 1 section header and interface descriptions; else None."""
+    if size < 28 or buf[:4] != pcapng.SHB_BYTES:
+        return None
+    endian = pcapng._BYTE_ORDER.get(buf[8:12])
+    if endian is None:
+        return None
+    structs = pcapng._Structs(endian)
+    pos = 0
+    interfaces = []
+    while pos + 12 <= size:
+        kind, length = structs.head(buf, pos)
+        if pos == 0:
+            if length < 28 or length % 4 or length > limit or length > size or structs.short(buf, 12)[0] != 1:
+                return None
+        elif kind != pcapng.IDB:
+            return pos, structs, interfaces
+        elif length < 20 or length % 4 or length > limit or pos + length > size:
+            return None
+        if structs.word(buf, pos + length - 4)[0] != length:
+            return None
+        if kind == pcapng.IDB:
+            interfaces.append(pcapng._interface(buf[pos + 8:pos + length - 4], structs))
+        pos += length
+    return None
+
+
+def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
+    """The packet loop over the mapped file from `pos`; returns where it stopped (the reference reads
+    from there). `header`: a classic pcap's, or for pcapng (_Structs, [(link type, ns per unit or None,
+    offset ns) per interface])."""
     file = reading.name
     reorder, table, decoder = reading.reorder, reading.table, reading.decoder
     run, late = reorder.run, reorder.late
@@ -87,28 +144,53 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
     decode = decoder.decode
     fast: dict[bytes, tuple[list, bool]] = {}  # 12 address and port bytes -> (connection's list, from client)
     steady = fast.get
-    record = _RECORD[header.endian]
+    ng = type(header) is tuple
+    if ng:
+        structs, interfaces = header
+        block, word = structs.epb_block, structs.word
+        record = scale = None
+        described = len(interfaces)
+    else:
+        record = _RECORD[header.endian]
+        scale = 1 if header.nano else 1000
     unpack = _ETH_IPV4_TCP_KEY
-    scale = 1 if header.nano else 1000
     requests_known, responses_known = _WHOLE[True].get, _WHOLE[False].get
     builder = _Builder
     link_counts = reading.link_counts
-    frame = now = 0
+    frame = now = nbytes = last_ts = 0
     first = None
-    pos = 24
     plain_request = plain_response = None  # the last messages that passed the checks below
     rn, rlast = reorder._n, reorder.last  # the Reorder's counter and last timestamp (written back around
     try:                                    # the reference's calls, which push Drafts)
-        while pos + 16 <= size:
-            sec, frac, caplen, wirelen = record(buf, pos)
-            end = pos + 16 + caplen
-            if caplen > limit or end > size:
-                break  # a damaged record, or the file ends inside this one: the reference says so
-            where = pos
-            start = pos + 16
-            pos = end
+        while True:
+            if ng:  # an Enhanced Packet Block, whole, of a described Ethernet interface; lengths agree
+                if pos + 32 > size:
+                    break
+                kind, length, intid, high, low, caplen, wirelen = block(buf, pos)
+                if (kind != 6 or caplen > length - 32 or length > size - pos or length > limit or length & 3
+                        or intid >= described or word(buf, pos + length - 4)[0] != length):
+                    break
+                linktype, units, offset_ns = interfaces[intid]
+                if linktype != 1 or units is None:
+                    break
+                ts = last_ts = ((high << 32) | low) * units + offset_ns
+                where = pos
+                start = pos + 28
+                end = start + caplen
+                pos += length
+                nbytes += caplen
+            else:
+                if pos + 16 > size:
+                    break
+                sec, frac, caplen, wirelen = record(buf, pos)
+                end = pos + 16 + caplen
+                if caplen > limit or end > size:
+                    break  # a damaged record, or the file ends inside this one: the reference says so
+                where = pos
+                start = pos + 16
+                pos = end
+                ts = sec * 1_000_000_000 + frac * scale
             frame += 1
-            ts = sec * 1_000_000_000 + frac * scale
             if ts > now:
                 now = ts
                 if first is None:
@@ -227,8 +309,10 @@ def _loop(buf, size: int, header, limit: int, reading: Reading):
             _demote(state, fast, reorder)
         if frame:
             link_counts.setdefault(1, 0)  # (the reference's packets() adds it at its first Ethernet frame)
-        reading.ethernet += frame  # every frame here is Ethernet, and the records are contiguous:
-        reading.frame, reading.nbytes, reading.now, reading.first = frame, pos - 24 - 16 * frame, now, first
+        reading.ethernet += frame  # every frame here is Ethernet (and a classic pcap's records are contiguous)
+        reading.frame, reading.now, reading.first = frame, now, first
+        reading.nbytes = nbytes if ng else pos - 24 - 16 * frame
+        reading.now_block = last_ts  # pcapng: the timestamp a Simple Packet Block after these would take
 
 
 def _ports(key: bytes) -> tuple[int, int]:

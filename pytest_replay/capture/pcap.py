@@ -155,12 +155,12 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
     """Drafts of one pcap/pcapng file, released in request-timestamp order, in lists.
 
     `fast` (default FAST_PATH, and only with the framer's fast path, Framer.fast_path): an
-    uncompressed classic pcap is read by capture/fast.py, whose packet loop keeps steady keep-alive
+    uncompressed classic pcap or pcapng is read by capture/fast.py, whose packet loop keeps steady keep-alive
     connections in plain lists and builds one object per exchange (an Exchange filled in place, not
     a Draft); everything else, and every connection or packet it does not take, goes through the
     reference below (`_read_reference`), which tests compare it with."""
     fast = FAST_PATH if fast is None else fast
-    if fast and Framer.fast_path and size is not None and info.get("format") == "pcap" and hasattr(stream, "fileno"):
+    if fast and Framer.fast_path and size and info.get("format") in ("pcap", "pcapng") and hasattr(stream, "fileno"):
         from .fast import read_fast
 
         return read_fast(name, stream, size, stats, info, server_ports, max_record_size, keylog)
@@ -172,7 +172,7 @@ class Reading:
     loop, `packets()`, and capture/fast.py's loop hand it to each other)."""
 
     __slots__ = ("name", "stats", "info", "decoder", "reorder", "table", "link_counts", "ethernet", "now", "frame",
-                 "first", "nbytes")
+                 "first", "nbytes", "now_block")
 
     def __init__(self, name: str, stats: CaptureStats, info: dict, server_ports: frozenset[int], keylog) -> None:
         self.name = name
@@ -186,6 +186,7 @@ class Reading:
         self.now = self.frame = 0
         self.first: int | None = None
         self.nbytes = 0
+        self.now_block = 0  # capture/fast.py: the last pcapng packet block's timestamp
 
 
 def _read_reference(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats, info: dict,
