@@ -37,7 +37,7 @@ from typing import BinaryIO, Iterator
 from ..http.message import NO_RESPONSE, Exchange, Flag
 from ..http.parser import _MAX_REMEMBERED, _WHOLE, BODY_FRAMING_METHODS, HEAD, Framer, whole_request, whole_response
 from ..reassembly.draft import Draft
-from ..reassembly.flows import ACK, Connection
+from ..reassembly.flows import Connection
 from ..reassembly.stats import CaptureStats
 from .limits import MAX_PACKET
 from . import pcapng
