@@ -290,3 +290,30 @@ def test_a_response_acknowledging_request_bytes_not_yet_captured(tmp_path: Path)
     got = read(path, fast_loop=True)
     assert got == read(path, fast_loop=False)
     assert got[1]["gaps"] == 1 and len(got[0]) == 4
+
+
+def test_pcapng_with_two_interfaces(tmp_path: Path) -> None:
+    """Packets on a second Ethernet interface (nanosecond timestamps, a time offset) and on a first one
+    that is not Ethernet: the loop takes what it can, the reference the rest, with the same result."""
+    def block(kind: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+    def idb(linktype: int, options: bytes = b"") -> bytes:
+        return block(1, struct.pack("<HHI", linktype, 0, 0) + options)
+
+    nano_offset = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HHq", 14, 8, 5) + struct.pack("<HH", 0, 0)
+    frames = conversation([(REQUESTS[0], RESPONSES[0]), (REQUESTS[3], RESPONSES[3])] * 6, port=45000)
+    for first in (1, 101):  # Ethernet, or raw IP (link type 101) on interface 0
+        out = [block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)), idb(first), idb(1, nano_offset)]
+        for n, (ts_us, data) in enumerate(frames):
+            on_first = n % 3 == 2 and first == 1
+            ts = ts_us if on_first else ts_us * 1000 - 5 * 10**9  # (the second interface's offset: +5 s)
+            out.append(block(6, struct.pack("<IIIII", 0 if on_first else 1, ts >> 32, ts & 0xFFFFFFFF, len(data),
+                                            len(data)) + data))
+        path = tmp_path / f"two{first}.pcapng"
+        path.write_bytes(b"".join(out))
+        got = read(path, fast_loop=True)
+        assert got == read(path, fast_loop=False)
+        assert len(got[0]) == 12 and len({row[3] for row in got[0]}) == 12
+        assert sum(_in_place(e) for e in Capture(str(path))) >= 8

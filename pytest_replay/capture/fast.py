@@ -150,6 +150,8 @@ def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
         block, word = structs.epb_block, structs.word
         record = scale = None
         described = len(interfaces)
+        # the first interface's values in locals (most captures have one); units None: not taken here
+        units0, offset0 = (interfaces[0][1], interfaces[0][2]) if interfaces and interfaces[0][0] == 1 else (None, 0)
     else:
         record = _RECORD[header.endian]
         scale = 1 if header.nano else 1000
@@ -170,8 +172,13 @@ def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
                 if (kind != 6 or caplen > length - 32 or length > size - pos or length > limit or length & 3
                         or intid >= described or word(buf, pos + length - 4)[0] != length):
                     break
-                linktype, units, offset_ns = interfaces[intid]
-                if linktype != 1 or units is None:
+                if intid:
+                    linktype, units, offset_ns = interfaces[intid]
+                    if linktype != 1:
+                        break
+                else:
+                    units, offset_ns = units0, offset0
+                if units is None:
                     break
                 ts = last_ts = ((high << 32) | low) * units + offset_ns
                 where = pos
