@@ -3,7 +3,7 @@
 
     python bench/bench_capture.py [--quick] [--pcap FILE] [--keep DIR] [--repeat N] [--against DIR]
 
-1. pcap end to end. Unless --pcap is given, records a keep-alive capture on loopback (nginx on 127.0.0.1
+1. pcap end to end (the fast loop, capture/fast.py, and beside it the reference path alone). Unless --pcap is given, records a keep-alive capture on loopback (nginx on 127.0.0.1
    with a temp config, tcpdump -c N, wrk -c 8 -t 1 mixing a small and (1 in 10) a ~20 KB JSON file; fails if
    tcpdump reports drops). Times `Capture(file)` iterated to the end (best of --repeat) and
    `tshark -Y http.request -T fields -e http.request.uri` on the same file; compares the request counts.
@@ -172,8 +172,19 @@ def record_pcap(out: str, packets: int, wrk_seconds: int, workdir: str, buffer_k
             "small_bytes": len(small), "big_bytes": len(big)}
 
 
-def read_capture(path: str):
-    """Iterate Capture(path) to the end: (exchanges, stats, server ports seen)."""
+def read_capture(path: str, fast: bool = True):
+    """Iterate Capture(path) to the end: (exchanges, stats, server ports seen). `fast`: the pcap fast
+    loop (capture/fast.py), else read_pcap's reference path alone."""
+    from pytest_replay.capture import pcap as pcap_module
+
+    saved, pcap_module.FAST_PATH = pcap_module.FAST_PATH, fast
+    try:
+        return _read_capture(path)
+    finally:
+        pcap_module.FAST_PATH = saved
+
+
+def _read_capture(path: str):
     capture = Capture(path)
     conns = set()
     add = conns.add
@@ -206,11 +217,14 @@ def run_tshark(path: str, ports: set[int]) -> dict | None:
     return {"seconds": dt, "lines": len(lines), "uris": uris}
 
 
-def bench_pcap(path: str, repeat: int, with_tshark: bool = True) -> dict:
+def bench_pcap(path: str, repeat: int, with_tshark: bool = True, reference: bool = False) -> dict:
     size = os.path.getsize(path)
     dt, (n, stats, ports) = best_of(lambda: read_capture(path), repeat)
     res = {"path": path, "bytes": size, "seconds": dt, "packets": stats.packets, "exchanges": n,
            "complete": stats.complete, "gaps": stats.gaps, "ports": ports}
+    if reference:  # read_pcap's reference path alone (no capture/fast.py), same file, same run
+        rdt, (rn, rstats, _) = best_of(lambda: read_capture(path, fast=False), repeat)
+        res["reference"] = {"seconds": rdt, "same": (rn, rstats.complete) == (n, stats.complete)}
     res["tshark"] = run_tshark(path, ports) if with_tshark else None
     return res
 
@@ -541,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             row("record: tcpdump packets / dropped", f"{fmt_int(rec['captured'] or 0)} / {rec['dropped']}",
                 f"wrk {fmt_int(rec['wrk_rps'] or 0)} req/s; " + ", ".join(attempts), check(ok, "0 drops"))
         log(f"reading {pcap}")
-        main_res = bench_pcap(pcap, args.repeat)
+        main_res = bench_pcap(pcap, args.repeat, reference=True)
         pps = main_res["packets"] / main_res["seconds"]
         xps = main_res["exchanges"] / main_res["seconds"]
         ts = main_res["tshark"]
@@ -557,6 +571,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{main_res['seconds']:.2f} s = {fmt_int(pps)} pkt/s, {fmt_int(xps)} exch/s, "
             f"{main_res['bytes'] / 1e6 / main_res['seconds']:.0f} MB/s", tshark_ref,
             check(pps >= TARGET_PCAP_PPS, f">= {fmt_int(TARGET_PCAP_PPS)} pkt/s"))
+        ref = main_res["reference"]
+        row("  pcap reference path (pcap.FAST_PATH off)", f"{ref['seconds']:.2f} s = "
+            f"{fmt_int(main_res['packets'] / ref['seconds'])} pkt/s", f"fast loop x{ref['seconds'] / main_res['seconds']:.2f}",
+            check(ref["same"], "same exchanges"))
         if ts and "error" not in ts:
             ratio = ts["seconds"] / main_res["seconds"]
             row("  pcap vs tshark (same file, same run)", f"x{ratio:.1f}", "",
@@ -566,12 +584,16 @@ def main(argv: list[str] | None = None) -> int:
         if ng and shutil.which("editcap"):
             if not (args.keep and os.path.exists(ng)):
                 subprocess.run(["editcap", "-F", "pcapng", pcap, ng], check=True, capture_output=True)
-            ng_res = bench_pcap(ng, args.repeat, with_tshark=False)
+            ng_res = bench_pcap(ng, args.repeat, with_tshark=False, reference=True)
             row(f"pcapng {os.path.basename(ng)} (editcap of the same packets)",
                 f"{ng_res['seconds']:.2f} s = {fmt_int(ng_res['packets'] / ng_res['seconds'])} pkt/s",
                 f"{main_res['seconds'] / ng_res['seconds']:.2f}x the pcap's rate; requests "
                 f"{fmt_int(ng_res['exchanges'])}" + (" agree" if ng_res["exchanges"] == main_res["exchanges"] else " DIFFER"),
                 check(ng_res["exchanges"] == main_res["exchanges"], "same requests"))
+            ref = ng_res["reference"]
+            row("  pcapng reference path (pcap.FAST_PATH off)", f"{ref['seconds']:.2f} s = "
+                f"{fmt_int(ng_res['packets'] / ref['seconds'])} pkt/s", f"fast loop x{ref['seconds'] / ng_res['seconds']:.2f}",
+                check(ref["same"], "same exchanges"))
             compared.append(ng)
         if ts and "error" not in ts:
             same = ts["uris"] == main_res["exchanges"]

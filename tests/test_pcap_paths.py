@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import uvicorn
 
-from pytest_replay.capture import Capture, load
+from pytest_replay.capture import Capture, fast, load, pcap
 from pytest_replay.http import parser
 from pytest_replay.http.message import Request, Response
 from pytest_replay.http.parser import Framer
@@ -160,8 +160,11 @@ def test_the_reference_path_never_takes_the_fast_path(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(Framer, "_fast", refuse)
     monkeypatch.setattr(Framer, "_fast_response", refuse, raising=False)
+    monkeypatch.setattr(fast, "whole_request", refuse)
+    monkeypatch.setattr(fast, "whole_response", refuse)
     exchanges, _ = read(path, fast=False)
     assert len(exchanges) == 6
+    monkeypatch.setattr(pcap, "FAST_PATH", False)  # the framer's fast path, under Connection.packet()
     with pytest.raises(AssertionError, match="reference path"):
         read(path, fast=True)
 

@@ -100,11 +100,12 @@ class Capture:
             batches = self._batches(self.paths[0])
         else:
             streams = [self._drafts(order, path) for order, path in enumerate(self.paths)]
-            merged = heapq.merge(*streams, key=_merge_key)
-            batches = iter(lambda: list(islice(merged, 256)), [])
+            merged = heapq.merge(*streams)  # (timestamp, file order, order in the file, draft)
+            batches = iter(lambda: [item[3] for item in islice(merged, 256)], [])
         stats = self.stats
         endpoints = stats.endpoints
         known_endpoints: dict[tuple[str, str], str] = {}  # endpoint_of() without a call per exchange
+        last_request = endpoint = None
         index = -1
         # Reading makes many small objects that live until their exchange is released; the default
         # cyclic-GC threshold would rescan them every 700 allocations (~25% of the reading time).
@@ -115,20 +116,26 @@ class Capture:
                 for draft in batch:
                     # Draft to Exchange, and the tally: this runs once per exchange.
                     index += 1
-                    response = draft.response
-                    if response is not None and draft.interim:
-                        response = dataclasses.replace(response, interim=draft.interim)
-                    request = draft.request
-                    flags = draft.flags
-                    if draft.tls is None:
-                        exchange = Exchange(index, request, response, draft.ts, draft.resp_ts, draft.connection,
-                                            draft.position, Source(draft.file, draft.offset, draft.record,
-                                                                   draft.frames), flags, draft.replayed)
-                    else:  # decrypted from TLS: https, and the SNI (the Host header without one)
-                        exchange = Exchange(index, request, response, draft.ts, draft.resp_ts, draft.connection,
-                                            draft.position, Source(draft.file, draft.offset, draft.record,
-                                                                   draft.frames), flags, draft.replayed, "https",
-                                            draft.tls or request.host)
+                    if type(draft) is not Draft:  # an Exchange filled in place (capture/fast.py)
+                        exchange = draft
+                        exchange.index = index
+                        exchange.__class__ = Exchange
+                        request, response, flags = exchange.request, exchange.response, exchange.flags
+                    else:
+                        response = draft.response
+                        if response is not None and draft.interim:
+                            response = dataclasses.replace(response, interim=draft.interim)
+                        request = draft.request
+                        flags = draft.flags
+                        if draft.tls is None:
+                            exchange = Exchange(index, request, response, draft.ts, draft.resp_ts, draft.connection,
+                                                draft.position, Source(draft.file, draft.offset, draft.record,
+                                                                       draft.frames), flags, draft.replayed)
+                        else:  # decrypted from TLS: https, and the SNI (the Host header without one)
+                            exchange = Exchange(index, request, response, draft.ts, draft.resp_ts,
+                                                draft.connection, draft.position,
+                                                Source(draft.file, draft.offset, draft.record, draft.frames), flags,
+                                                draft.replayed, "https", draft.tls or request.host)
                     stats.exchanges += 1
                     if flags:
                         for code in {flag.code for flag in flags}:
@@ -137,12 +144,14 @@ class Capture:
                             stats.no_response += 1
                     else:
                         stats.complete += 1
-                    key = (request.method, request.target)
-                    endpoint = known_endpoints.get(key)
-                    if endpoint is None:
-                        if len(known_endpoints) >= 4096:
-                            known_endpoints.clear()
-                        endpoint = known_endpoints[key] = endpoint_of(request.method, request.target)
+                    if request is not last_request:  # (dense captures repeat one remembered request object)
+                        last_request = request
+                        key = (request.method, request.target)
+                        endpoint = known_endpoints.get(key)
+                        if endpoint is None:
+                            if len(known_endpoints) >= 4096:
+                                known_endpoints.clear()
+                            endpoint = known_endpoints[key] = endpoint_of(request.method, request.target)
                     endpoints[endpoint] += 1
                     yield exchange
         finally:
@@ -166,16 +175,14 @@ class Capture:
                 yield from read_pcap(path, stream, size, stats, info, max_record_size=self.max_record_size,
                                      keylog=self.keylog, **kwargs)
 
-    def _drafts(self, order: int, path: str) -> Iterator[Draft]:
-        """The drafts of one of several files, one by one, for the merge."""
+    def _drafts(self, order: int, path: str) -> Iterator[tuple[int, int, int, Draft | Exchange]]:
+        """The drafts of one of several files, one by one, for the merge: ties between files go by
+        the order the files were given in."""
+        n = 0
         for batch in self._batches(path):
             for draft in batch:
-                draft.seq = order  # ties between files: the order they were given in
-                yield draft
-
-
-def _merge_key(draft: Draft) -> tuple[int, int]:
-    return (draft.ts, draft.seq)
+                n += 1
+                yield (draft.ts if type(draft) is Draft else draft.request_ts_ns), order, n, draft
 
 
 def open_capture(path: str) -> tuple[BinaryIO, int | None, str, bool]:

@@ -18,6 +18,7 @@ from heapq import heappop
 from typing import BinaryIO
 
 from ..http.message import NO_RESPONSE, Flag
+from ..http.parser import Framer
 from ..reassembly.flows import DEFAULT_SERVER_PORTS, FlowTable
 from ..reassembly.draft import Draft, Reorder
 from .link import LINKTYPE_NAMES, Decoder
@@ -144,18 +145,56 @@ _RAISE_LIMIT = ("if the block is genuine, raise the limit with --replay-max-reco
                 "--max-record-size (inspect, convert, redact)")
 
 
+FAST_PATH = True  # read_pcap()'s default: capture/fast.py for uncompressed classic pcaps (tests run both ways)
+
+
 def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats, info: dict,
               server_ports: frozenset[int] = DEFAULT_SERVER_PORTS,
-              max_record_size: int = DEFAULT_MAX_RECORD, keylog=None) -> Iterator[list[Draft]]:
+              max_record_size: int = DEFAULT_MAX_RECORD, keylog=None, fast: bool | None = None
+              ) -> Iterator[list]:
     """Drafts of one pcap/pcapng file, released in request-timestamp order, in lists.
 
-    This loop runs once per packet, so it is written for speed: locals instead of attribute
-    lookups, and Ethernet/IPv4/TCP (most captures) decoded inline; everything else goes through
-    the decoder tables in link.py.
-    """
-    decoder = Decoder(stats.not_decoded, stats.fragments)
-    reorder = Reorder()
-    table = FlowTable(name, stats, reorder, server_ports, keylog)
+    `fast` (default FAST_PATH, and only with the framer's fast path, Framer.fast_path): an
+    uncompressed classic pcap or pcapng is read by capture/fast.py, whose packet loop keeps steady keep-alive
+    connections in plain lists and builds one object per exchange (an Exchange filled in place, not
+    a Draft); everything else, and every connection or packet it does not take, goes through the
+    reference below (`_read_reference`), which tests compare it with."""
+    fast = FAST_PATH if fast is None else fast
+    if fast and Framer.fast_path and size and info.get("format") in ("pcap", "pcapng") and hasattr(stream, "fileno"):
+        from .fast import read_fast
+
+        return read_fast(name, stream, size, stats, info, server_ports, max_record_size, keylog)
+    return _read_reference(name, stream, size, stats, info, server_ports, max_record_size, keylog)
+
+
+class Reading:
+    """One pcap file being read: the reassembly state and the loop's counters (read_pcap's reference
+    loop, `packets()`, and capture/fast.py's loop hand it to each other)."""
+
+    __slots__ = ("name", "stats", "info", "decoder", "reorder", "table", "link_counts", "ethernet", "now", "frame",
+                 "first", "nbytes", "now_block")
+
+    def __init__(self, name: str, stats: CaptureStats, info: dict, server_ports: frozenset[int], keylog) -> None:
+        self.name = name
+        self.stats = stats
+        self.info = info
+        self.decoder = Decoder(stats.not_decoded, stats.fragments)
+        self.reorder = Reorder()
+        self.table = FlowTable(name, stats, self.reorder, server_ports, keylog)
+        self.link_counts: dict[int, int] = {}
+        self.ethernet = 0  # link type 1 is counted apart (a local is cheaper) and added to link_counts at the end
+        self.now = self.frame = 0
+        self.first: int | None = None
+        self.nbytes = 0
+        self.now_block = 0  # capture/fast.py: the last pcapng packet block's timestamp
+
+
+def _read_reference(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats, info: dict,
+                    server_ports: frozenset[int] = DEFAULT_SERVER_PORTS,
+                    max_record_size: int = DEFAULT_MAX_RECORD, keylog=None) -> Iterator[list[Draft]]:
+    """read_pcap()'s reference path: frames from the container readers, then packets()."""
+    reading = Reading(name, stats, info, server_ports, keylog)
+    table = reading.table
     if info.get("format") == "pcapng":  # recognised by its magic number (capture.open_capture)
         frames = pcapng.read_frames(name, stream, size, stats, info, max_record_size, _secrets_block(name, table, stats))
     elif info.get("format") == "pcap":
@@ -165,15 +204,25 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
         reader = open_reader(name, stream, size, max_record_size)
         frames = _classic_frames(name, reader, size, stats, info, min(MAX_PACKET, max_record_size)) \
             if hasattr(reader, "nano") else _pcapng_frames(name, reader, size, stats, info)
+    yield from packets(frames, reading)
+    yield from finish(reading)
+
+
+def packets(frames, reading: Reading) -> Iterator[list[Draft]]:
+    """Decode, reassemble and frame each frame; the drafts released on the way, in lists.
+
+    This loop runs once per packet, so it is written for speed: locals instead of attribute
+    lookups, and Ethernet/IPv4/TCP (most captures) decoded inline; everything else goes through
+    the decoder tables in link.py. Its counters start from `reading`'s and are stored back there.
+    """
+    decoder, reorder, table = reading.decoder, reading.reorder, reading.table
     flows = table.flows
     new_packet = table.packet
     decode = decoder.decode
     unpack_ipv4_tcp = _ETH_IPV4_TCP.unpack_from
-    link_counts: dict[int, int] = {}
-    ethernet = 0  # link type 1 is counted apart (a local is cheaper) and added to link_counts at the end
-    now = frame = 0
-    first = None
-    nbytes = 0
+    link_counts = reading.link_counts
+    ethernet = reading.ethernet
+    now, frame, first, nbytes = reading.now, reading.frame, reading.first, reading.nbytes
     for ts, linktype, data, cut, where in frames:
         frame += 1
         captured = len(data)
@@ -213,24 +262,33 @@ def read_pcap(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats
             new_packet(*seg, decoder.ts_ns, frame, where)
         if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
             yield out
-    if ethernet:
-        link_counts[1] += ethernet
-    stats.packets += frame
-    stats.bytes += nbytes
-    info["packets"] = frame
-    if first is not None:
-        stats.see_ts(first)
-        stats.see_ts(now)
-        info["first_ts_ns"], info["last_ts_ns"] = first, now
+    reading.ethernet = ethernet
+    reading.now, reading.frame, reading.first, reading.nbytes = now, frame, first, nbytes
+
+
+def finish(reading: Reading) -> Iterator[list[Draft]]:
+    """The file ended: the counts, every connection settled, the drafts still held released."""
+    stats, info, name = reading.stats, reading.info, reading.name
+    link_counts = reading.link_counts
+    if reading.ethernet:
+        link_counts[1] += reading.ethernet
+    stats.packets += reading.frame
+    stats.bytes += reading.nbytes
+    info["packets"] = reading.frame
+    if reading.first is not None:
+        stats.see_ts(reading.first)
+        stats.see_ts(reading.now)
+        info["first_ts_ns"], info["last_ts_ns"] = reading.first, reading.now
     for linktype, count in link_counts.items():
         stats.link_types[LINKTYPE_NAMES.get(linktype, f"link type {linktype}")] += count
-    table.finish()
-    decoder.finish()
+    reading.table.finish()
+    reading.decoder.finish()
     for key in [k for k in stats.not_decoded if k.startswith("unknown link type")]:
         stats.note(f"{name}: {stats.not_decoded[key]} packets with {key}: not decoded")
-    out = reorder.drain()
+    out = reading.reorder.drain()
     for draft in out:
-        draft.settle_request()
+        if type(draft) is Draft:
+            draft.settle_request()
     if out:
         yield out
 
@@ -264,10 +322,11 @@ def _release(reorder: Reorder, now: int) -> list[Draft]:
     return out
 
 
-def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, info: dict, limit: int = MAX_PACKET
-                    ) -> Iterator[tuple[int, int, bytes, int, int]]:
+def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, info: dict, limit: int = MAX_PACKET,
+                    base: int = 24, frame: int = 0) -> Iterator[tuple[int, int, bytes, int, int]]:
     """(ts_ns, link type, data, bytes cut off, file offset) of each record of a classic pcap; bytes
-    cut off is -1 for a last record the file ends inside.
+    cut off is -1 for a last record the file ends inside. The stream is at file offset `base`, past
+    `frame` records (capture/fast.py hands the rest of a file over from where it stops).
 
     scapy's RawPcapReader has read the file header (magic, byte order, precision, link type); the
     records are read here in 1 MiB blocks, which is three times faster per packet than scapy's
@@ -294,9 +353,7 @@ def _classic_frames(name: str, reader, size: int | None, stats: CaptureStats, in
 
     buf = b""
     avail = 0  # len(buf), kept in a local: this loop runs once per packet
-    pos = 0
-    base = 24  # file offset of buf[0]
-    frame = 0
+    pos = 0  # base: the file offset of buf[0]
     while broken is None or avail - pos >= 16:
         if avail - pos < 16:
             more = read(BLOCK)

@@ -96,8 +96,8 @@ FAST_PATH = True  # read_frames()' default: whole Enhanced Packet Blocks read at
 
 
 def read_frames(name: str, stream: BinaryIO, size: int | None, stats: CaptureStats, info: dict, limit: int,
-                on_secrets: Callable[[bytes, str], None] | None = None, fast: bool | None = None
-                ) -> Iterator[tuple[int, int, bytes, int, int]]:
+                on_secrets: Callable[[bytes, str], None] | None = None, fast: bool | None = None,
+                resume: tuple | None = None) -> Iterator[tuple[int, int, bytes, int, int]]:
     """(ts_ns, link type, data, bytes cut off, file offset of the block) of each packet block.
 
     `fast` (default FAST_PATH): a whole Enhanced Packet Block of a described interface, with lengths
@@ -108,6 +108,9 @@ def read_frames(name: str, stream: BinaryIO, size: int | None, stats: CaptureSta
     block's trailing copy, a packet longer than its block, and a file that ends inside a block are
     reported (stats warnings with the frame number and offset) and reading stops there; the packets
     before are kept. A damaged first section header is a CaptureError: nothing can be read.
+
+    `resume`: (file offset, frames read, _Structs, interfaces, last timestamp) where another reader
+    (capture/fast.py) stopped, the stream positioned at that offset.
     """
     info["format"] = "pcapng"
     broken: list[BaseException] = []
@@ -119,6 +122,8 @@ def read_frames(name: str, stream: BinaryIO, size: int | None, stats: CaptureSta
     interfaces: list[Interface] = []
     last_ts = 0  # a Simple Packet Block has no timestamp: the previous packet's is used
     fast = FAST_PATH if fast is None else fast
+    if resume is not None:
+        base, frame, s, interfaces, last_ts = resume
 
     def warn(kind: str, message: str) -> None:
         stats.warn(CaptureWarning(name, kind, message, offset=base + pos, frame=frame + 1))

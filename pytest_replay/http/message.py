@@ -37,6 +37,7 @@ def _fast_new(cls: type) -> type:
                  **{f"_default_{f.name}": f.default for f in fields if f.default is not dataclasses.MISSING}}
     exec(source, namespace)  # noqa: S102 - generated from the field names, as dataclasses does
     cls.__new__ = staticmethod(namespace["__new__"])
+    cls._builder = twin  # for a reader that fills an instance in over time (capture/fast.py)
     cls.__getnewargs__ = lambda self: tuple(getattr(self, name) for name in names)  # copy, pickle
     return cls
 
@@ -300,9 +301,28 @@ class Source:
         return f"{self.file} ({where}, byte {self.offset})" if where else f"{self.file} (byte {self.offset})"
 
 
+class _Located:
+    """Exchange's base: where an exchange was read from, kept as plain values (`_at`: file, byte
+    offset, frame numbers) by the pcap fast path (capture/fast.py), which builds one object per
+    exchange; its `source` is made from them on first use. An exchange built with a Source (every
+    other reader) never uses `_at`. `_at` is no dataclass field: equality, hash, repr, replace, copy
+    and pickle read `source` as before."""
+
+    __slots__ = ("_at",)
+
+    def __getattr__(self, name: str):
+        # Reached only when normal lookup fails: for `source`, when its slot was left unset.
+        if name != "source":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
+        at = object.__getattribute__(self, "_at")  # (file, offset, its request's stream end, frames...)
+        source = Source(at[0], at[1], None, at[3:])
+        object.__setattr__(self, "source", source)
+        return source
+
+
 @_fast_new
 @dataclass(frozen=True, slots=True, init=False)
-class Exchange:
+class Exchange(_Located):
     """A captured request with its recorded response (when there is one), timing and provenance."""
 
     index: int  # position in the merged stream, ordered by request timestamp

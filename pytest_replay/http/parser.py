@@ -1127,6 +1127,64 @@ def _remembered_request_line(line: bytes) -> tuple[str, str, str] | None:
 _REQUEST_LINES: dict[bytes, tuple[str, str, str]] = {}
 
 
+def whole_request(data: bytes) -> Request | None:
+    """Framer._fast() for a request alone in a segment, with nothing buffered before it, not found
+    in _WHOLE (the caller looked): the Request, or None where the framer would take another way (a
+    head it does not accept strictly, a body that runs past the segment or stops short of its end).
+    The same memories are read and written (heads, request lines, whole messages), in the same order,
+    so the pcap fast path (capture/fast.py) shares messages as the framer does."""
+    strict = _strict_head(data, True, _WHOLE_COMPLETION)
+    if strict is None:
+        return None
+    head_end, head, line, cl, again = strict
+    length = int(cl) if cl is not None else 0
+    start = _remembered_request_line(line)
+    size = len(data)
+    if start is None or head_end + length != size:
+        return None
+    method, target, version = start
+    if length > _MAX_REMEMBERED:
+        return lazy_body(Request(method, target, version, head, b"", data))
+    request = Request(method, target, version, head, data[head_end:] if length else b"", data)
+    if again and size <= _MAX_REMEMBERED:
+        _remember(_WHOLE[True], data, request)
+    return request
+
+
+def whole_response(data: bytes) -> Response | None:
+    """Framer._fast_response() for a final response alone in a segment that answers a request that
+    is not HEAD or CONNECT (the caller sends those the general way), not found in _WHOLE: the
+    Response, or None where the framer would take another way (an interim or 101 status, a body that
+    runs to the close, past the segment or stops short of its end). Remembers as the framer does."""
+    strict = _strict_head(data, False, None)
+    if strict is None:
+        return None
+    head_end, head, line, cl, again = strict
+    status, reason, version = _STATUS_LINES.get(line) or _status_line(line)
+    if status < 200:
+        return None
+    if status in (204, 304):
+        length = 0
+    elif cl is None:
+        return None  # the body runs until the connection closes
+    else:
+        length = int(cl)
+    size = len(data)
+    if head_end + length != size:
+        return None
+    if length > _MAX_REMEMBERED:
+        return lazy_body(Response(status, reason, version, head, b"", data))
+    response = Response(status, reason, version, head, data[head_end:] if length else b"", data)
+    if again and size <= _MAX_REMEMBERED:
+        length = int(cl) if cl is not None else None
+        plain = 0 if status in (204, 304) else length if length is not None else -1
+        _remember(_WHOLE[False], data, (response, head_end, length, plain))
+    return response
+
+
+_WHOLE_COMPLETION = Completion()  # whole_request()'s, reused (reset by _strict_head)
+
+
 _AGAIN = object()
 _CUT = {CLOSED: "connection closed", CAPTURE_ENDED: "capture ended", TRUNCATED: "data ends"}
 

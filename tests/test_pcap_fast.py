@@ -1,0 +1,319 @@
+"""The pcap fast loop (capture/fast.py) against the reference path (pcap.read_pcap(fast=False)),
+on classic pcap and pcapng files.
+
+The fast loop takes steady keep-alive connections off the reference path and hands them back at
+anything unusual; whatever happens on a connection, it must give exactly the reference's exchanges,
+counts and warnings. Random captures here reorder, duplicate (retransmit), drop and split packets,
+pipeline requests, close and reset connections, send packets the loop does not decode itself (IPv4
+with options) in the middle of steady connections, and cut the file anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_pcap_paths import CLIENT, REQUESTS, RESPONSES, SERVER, _pcap, _pcapng, conversation, summary
+
+from pytest_replay.capture import Capture, fast, load, pcap
+from pytest_replay.http.message import Exchange, Source
+from pytest_replay.http.parser import Framer
+
+PIPELINED = (REQUESTS[0] + REQUESTS[3], RESPONSES[0] + RESPONSES[3])  # two requests in one segment
+
+
+def read(path: Path, fast_loop: bool, framer: bool = True) -> tuple[list, dict]:
+    saved = pcap.FAST_PATH, Framer.fast_path
+    pcap.FAST_PATH, Framer.fast_path = fast_loop, framer
+    try:
+        exchanges, stats = load(str(path))
+    finally:
+        pcap.FAST_PATH, Framer.fast_path = saved
+    counts = {"packets": stats.packets, "bytes": stats.bytes, "complete": stats.complete, "gaps": stats.gaps,
+              "gap_bytes": stats.gap_bytes, "retransmitted": stats.retransmitted_bytes, "lost": dict(stats.lost),
+              "orphans": dict(stats.orphan_responses), "warnings": [str(w) for w in stats.warnings],
+              "endpoints": dict(stats.endpoints), "incomplete": dict(stats.incomplete),
+              "no_response": stats.no_response, "links": dict(stats.link_types), "notes": list(stats.notes),
+              "connections": stats.connections, "protocols": dict(stats.protocols), "files": stats.files}
+    return [summary(e) for e in exchanges], counts
+
+
+def with_ip_options(frame: bytes) -> bytes:
+    """The same packet with a 4-byte IPv4 option (NOPs): the loop's one unpack does not take it."""
+    ip = frame[14:34]
+    total = struct.unpack("!H", ip[2:4])[0] + 4
+    ip = bytes([0x46]) + ip[1:2] + struct.pack("!H", total) + ip[4:]
+    return frame[:14] + ip + b"\x01\x01\x01\x01" + frame[34:]
+
+
+def closing(port: int, ts_us: int, frames: list[tuple[int, bytes]], reset: bool) -> list[tuple[int, bytes]]:
+    """FIN (or RST) from the client after its conversation, at the sequence numbers it reached."""
+    cseq = sseq = None
+    for _, data in frames:
+        sport, dport, seq, ack = struct.unpack("!HHII", data[34:46])
+        length = len(data) - 54
+        if sport == port:
+            cseq = seq + length
+            sseq = ack
+    if cseq is None:
+        return []
+    flags = 0x14 if reset else 0x11
+    tcp = struct.pack("!HHIIBBHHH", port, 80, cseq & 0xFFFFFFFF, sseq & 0xFFFFFFFF, 0x50, flags, 65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, 6, 0, CLIENT, SERVER)
+    return [(ts_us, b"\x00" * 12 + b"\x08\x00" + ip + tcp)]
+
+
+@st.composite
+def captures(draw) -> bytes:
+    frames = []
+    pool = [*zip(REQUESTS, RESPONSES), (REQUESTS[0], RESPONSES[3]), PIPELINED]
+    for conn in range(draw(st.integers(1, 3))):
+        pairs = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=10))
+        cuts = draw(st.dictionaries(st.integers(0, 2 * len(pairs) - 1), st.lists(st.integers(1, 1600), max_size=2),
+                                    max_size=2))
+        port = 40000 + conn
+        mine = conversation(pairs, port=port, start_us=1_700_000_000_000_000 + conn * 7, cuts=cuts,
+                            handshake=draw(st.booleans()))
+        end = draw(st.sampled_from(["open", "open", "fin", "rst"]))
+        if end != "open":
+            mine += closing(port, mine[-1][0] + 5, mine, end == "rst")
+        frames += mine
+    frames.sort(key=lambda item: item[0])
+    for i in sorted(draw(st.sets(st.integers(0, len(frames) - 1), max_size=3)), reverse=True):
+        frames.insert(draw(st.integers(i, len(frames))), frames[i])  # a retransmission, now or later
+    for i in draw(st.sets(st.integers(0, len(frames) - 2), max_size=2)):
+        frames[i], frames[i + 1] = frames[i + 1], frames[i]  # out of order
+    for i in draw(st.sets(st.integers(0, len(frames) - 1), max_size=2)):
+        frames[i] = (frames[i][0], with_ip_options(frames[i][1]))
+    lost = draw(st.sets(st.integers(0, len(frames) - 1), max_size=2))
+    frames = [f for i, f in enumerate(frames) if i not in lost]
+    data = (_pcapng if draw(st.booleans()) else _pcap)(frames)
+    if draw(st.integers(0, 3)) == 0:
+        data = data[:draw(st.integers(24, len(data)))]
+    return data
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=captures())
+def test_the_fast_loop_reads_what_the_reference_reads(data: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "random.pcap"
+    path.write_bytes(data)
+    reference = read(path, fast_loop=False)
+    assert read(path, fast_loop=True) == reference
+    assert read(path, fast_loop=True) == reference  # again, with the messages now remembered
+    assert read(path, fast_loop=False, framer=False) == reference
+
+
+def dense(tmp_path: Path, name: str = "dense.pcap", connections: int = 3, exchanges: int = 40, ng: bool = False
+          ) -> Path:
+    frames = []
+    for conn in range(connections):
+        pairs = [(REQUESTS[0], RESPONSES[0]), (REQUESTS[1], RESPONSES[1]), (REQUESTS[3], RESPONSES[3])] * exchanges
+        frames += conversation(pairs[:exchanges], port=41000 + conn, start_us=1_700_000_000_000_000 + conn * 3)
+    frames.sort(key=lambda item: item[0])
+    path = tmp_path / name
+    path.write_bytes((_pcapng if ng else _pcap)(frames))
+    return path
+
+
+def _in_place(exchange: Exchange) -> bool:
+    """Built by the fast loop: its Source is made on first use from `_at`."""
+    try:
+        object.__getattribute__(exchange, "_at")
+    except AttributeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("ng", [False, True], ids=["pcap", "pcapng"])
+def test_steady_connections_take_the_fast_loop(tmp_path: Path, ng: bool) -> None:
+    """On a dense keep-alive capture all but each connection's first exchanges are built in place by
+    the fast loop (one object per exchange), and they are the reference's exchanges."""
+    path = dense(tmp_path, ng=ng)
+    exchanges = list(Capture(str(path)))
+    built = [e for e in exchanges if _in_place(e)]
+    assert len(exchanges) == 120 and len(built) >= 110
+    assert all(type(e) is Exchange for e in exchanges)
+    assert read(path, fast_loop=True) == read(path, fast_loop=False)
+    saved = pcap.FAST_PATH
+    pcap.FAST_PATH = False
+    try:
+        assert not any(_in_place(e) for e in Capture(str(path)))
+    finally:
+        pcap.FAST_PATH = saved
+
+
+def test_an_exchange_built_in_place_is_an_exchange(tmp_path: Path) -> None:
+    """Its lazily made Source, equality, hash, repr, replace, copy and pickle are those of an
+    Exchange built with all its fields."""
+    path = dense(tmp_path, connections=1, exchanges=6)
+    x = list(Capture(str(path)))[4]
+    assert _in_place(x)
+    eager = Exchange(x.index, x.request, x.response, x.request_ts_ns, x.response_ts_ns, x.connection, x.position,
+                     Source(str(path), x.source.offset, None, x.source.frames), x.flags, x.replayed, x.scheme,
+                     x.server_name)
+    x = list(Capture(str(path)))[4]  # its source not read yet
+    assert x == eager and hash(x) == hash(eager) and repr(x) == repr(eager)
+    assert len(x.source.frames) == 2 and x.source.frames[0] < x.source.frames[1] and x.source.record is None
+    for twin in (copy.copy(x), pickle.loads(pickle.dumps(x)), dataclasses.replace(x, position=x.position)):
+        assert twin == eager and twin.source == eager.source
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        x.index = 9
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        x.nope  # noqa: B018
+
+
+def test_requests_waiting_when_a_connection_is_handed_back(tmp_path: Path) -> None:
+    """Pipelined requests wait on a steady connection when a retransmission hands it back: they become
+    Drafts in their place, answered in order by the reference; the capture ends with one unanswered."""
+    frames = conversation([(REQUESTS[0], RESPONSES[0])] * 4, port=42000)
+    cseq = struct.unpack("!I", frames[-1][1][42:46])[0]  # the server's last segment acknowledges this
+    sseq = struct.unpack("!I", frames[-1][1][38:42])[0] + len(frames[-1][1]) - 54
+    ts = frames[-1][0]
+    for n, request in enumerate(REQUESTS[:2] + REQUESTS[:1]):
+        tcp = struct.pack("!HHIIBBHHH", 42000, 80, cseq, sseq, 0x50, 0x18, 65535, 0, 0)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(request), 0, 0x4000, 64, 6, 0, CLIENT, SERVER)
+        frames.append((ts + 10 + n, b"\x00" * 12 + b"\x08\x00" + ip + tcp + request))
+        cseq += len(request)
+    frames.append((ts + 20, frames[-2][1]))  # the second request again: a retransmission
+    for n, response in enumerate(RESPONSES[:2]):
+        tcp = struct.pack("!HHIIBBHHH", 80, 42000, sseq, cseq, 0x50, 0x18, 65535, 0, 0)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(response), 0, 0x4000, 64, 6, 0, SERVER, CLIENT)
+        frames.append((ts + 30 + n, b"\x00" * 12 + b"\x08\x00" + ip + tcp + response))
+        sseq += len(response)
+    path = tmp_path / "waiting.pcap"
+    path.write_bytes(_pcap(frames))
+    got = read(path, fast_loop=True)
+    assert got == read(path, fast_loop=False)
+    exchanges = list(Capture(str(path)))
+    assert [e.response.status if e.response else None for e in exchanges[4:]] == [200, 200, None]
+    assert got[1]["retransmitted"] > 0 and got[1]["no_response"] == 1
+
+
+def test_a_request_given_up_on_then_answered(tmp_path: Path) -> None:
+    """A request on a steady connection left without an answer for longer than the response window is
+    released flagged; the late answer is an orphan, as on the reference path."""
+    frames = conversation([(REQUESTS[0], RESPONSES[0])] * 3, port=43000)
+    late = conversation([(REQUESTS[0], RESPONSES[0])] * 4, port=43000)[-2:]  # the fourth exchange's packets
+    late = [(late[0][0], late[0][1]), (late[0][0] + 2 * (pcap.RESPONSE_WINDOW_NS // 1000) + 10**6, late[1][1])]
+    filler = conversation([(REQUESTS[0], RESPONSES[0])] * 300, port=43001,
+                          start_us=late[0][0] + 10)  # packets in between, so that releases happen
+    step = (late[1][0] - late[0][0]) // len(filler)
+    filler = [(late[0][0] + 1 + i * step, data) for i, (_, data) in enumerate(filler)]
+    path = tmp_path / "late.pcap"
+    path.write_bytes(_pcap(sorted(frames + late + filler, key=lambda item: item[0])))
+    got = read(path, fast_loop=True)
+    assert got == read(path, fast_loop=False)
+    assert got[1]["no_response"] == 1 and got[1]["orphans"]
+
+
+def test_several_files_merge_as_before(tmp_path: Path) -> None:
+    """Files read together are merged by timestamp, ties in the order given, on both paths."""
+    a, b = dense(tmp_path, "a.pcap", 2, 20), dense(tmp_path, "b.pcap", 1, 30)
+
+    def both(fast_loop: bool) -> list:
+        saved = pcap.FAST_PATH
+        pcap.FAST_PATH = fast_loop
+        try:
+            return [summary(e) for e in Capture([str(a), str(b)])]
+        finally:
+            pcap.FAST_PATH = saved
+
+    merged = both(True)
+    assert merged == both(False) and len(merged) == 70
+    assert [row[0] for row in merged] == list(range(70))
+
+
+def test_a_cut_or_damaged_end_is_read_by_the_reference(tmp_path: Path) -> None:
+    """The loop stops at a record it cannot read whole; the reference reads (and reports) the rest."""
+    ng = dense(tmp_path, "dense.pcapng", connections=2, exchanges=10, ng=True).read_bytes()
+    for cut in (len(ng) - 7, len(ng) - 40, 30):
+        path = tmp_path / f"cut{cut}.pcapng"
+        path.write_bytes(ng[:cut])
+        assert read(path, fast_loop=True) == read(path, fast_loop=False)
+    data = dense(tmp_path, connections=2, exchanges=10).read_bytes()
+    for cut in (len(data) - 7, len(data) - 30, 24 + 5):
+        path = tmp_path / f"cut{cut}.pcap"
+        path.write_bytes(data[:cut])
+        got = read(path, fast_loop=True)
+        assert got == read(path, fast_loop=False)
+        assert any("the file ends inside" in w for w in got[1]["warnings"])
+    damaged = bytearray(data)
+    struct.pack_into("<I", damaged, 24 + 8, 10**9)  # the first record claims a gigabyte
+    path = tmp_path / "damaged.pcap"
+    path.write_bytes(bytes(damaged))
+    assert read(path, fast_loop=True) == read(path, fast_loop=False)
+
+
+def test_the_reference_path_never_runs_the_fast_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = dense(tmp_path, connections=1, exchanges=5)
+
+    def refuse(*args):
+        raise AssertionError("the fast loop ran")
+
+    monkeypatch.setattr(fast, "read_fast", refuse)
+    assert len(read(path, fast_loop=False)[0]) == 5
+    with pytest.raises(AssertionError, match="fast loop ran"):
+        read(path, fast_loop=True)
+
+
+def _segment(from_client: bool, seq: int, ack: int, payload: bytes, port: int) -> bytes:
+    sport, dport, src, dst = (port, 80, CLIENT, SERVER) if from_client else (80, port, SERVER, CLIENT)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 0x50, 0x18, 65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 0, 0x4000, 64, 6, 0, src, dst)
+    return b"\x00" * 12 + b"\x08\x00" + ip + tcp + payload
+
+
+def test_a_response_acknowledging_request_bytes_not_yet_captured(tmp_path: Path) -> None:
+    """The server answers a request and acknowledges the next one, which the capture shows only after
+    that answer: the reference declares those bytes missing when the answer starts (the copy seen
+    later is a retransmission); the fast loop must hand the connection back rather than pair it."""
+    port = 44000
+    frames = conversation([(REQUESTS[0], RESPONSES[0])] * 3, port=port)
+    cseq = struct.unpack("!I", frames[-1][1][42:46])[0]
+    sseq = struct.unpack("!I", frames[-1][1][38:42])[0] + len(frames[-1][1]) - 54
+    ts = frames[-1][0]
+    a, b = REQUESTS[0], REQUESTS[3]
+    frames += [(ts + 10, _segment(True, cseq, sseq, a, port)),
+               (ts + 11, _segment(False, sseq, cseq + len(a) + len(b), RESPONSES[0], port)),
+               (ts + 12, _segment(True, cseq + len(a), sseq + len(RESPONSES[0]), b, port)),
+               (ts + 13, _segment(False, sseq + len(RESPONSES[0]), cseq + len(a) + len(b), RESPONSES[3], port))]
+    path = tmp_path / "ahead.pcap"
+    path.write_bytes(_pcap(frames))
+    got = read(path, fast_loop=True)
+    assert got == read(path, fast_loop=False)
+    assert got[1]["gaps"] == 1 and len(got[0]) == 4
+
+
+def test_pcapng_with_two_interfaces(tmp_path: Path) -> None:
+    """Packets on a second Ethernet interface (nanosecond timestamps, a time offset) and on a first one
+    that is not Ethernet: the loop takes what it can, the reference the rest, with the same result."""
+    def block(kind: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+    def idb(linktype: int, options: bytes = b"") -> bytes:
+        return block(1, struct.pack("<HHI", linktype, 0, 0) + options)
+
+    nano_offset = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HHq", 14, 8, 5) + struct.pack("<HH", 0, 0)
+    frames = conversation([(REQUESTS[0], RESPONSES[0]), (REQUESTS[3], RESPONSES[3])] * 6, port=45000)
+    for first in (1, 101):  # Ethernet, or raw IP (link type 101) on interface 0
+        out = [block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)), idb(first), idb(1, nano_offset)]
+        for n, (ts_us, data) in enumerate(frames):
+            on_first = n % 3 == 2 and first == 1
+            ts = ts_us if on_first else ts_us * 1000 - 5 * 10**9  # (the second interface's offset: +5 s)
+            out.append(block(6, struct.pack("<IIIII", 0 if on_first else 1, ts >> 32, ts & 0xFFFFFFFF, len(data),
+                                            len(data)) + data))
+        path = tmp_path / f"two{first}.pcapng"
+        path.write_bytes(b"".join(out))
+        got = read(path, fast_loop=True)
+        assert got == read(path, fast_loop=False)
+        assert len(got[0]) == 12 and len({row[3] for row in got[0]}) == 12
+        assert sum(_in_place(e) for e in Capture(str(path))) >= 8
