@@ -246,10 +246,86 @@ def test_report_opens_in_a_real_browser(replayed: SimpleNamespace, tmp_path: Pat
         header.click()
         assert first_column() == list(reversed(after))
         assert not [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        # Nothing queued behind the target (a connection per request, none busy): the response time from
+        # schedule is the latency, so it is in the table but not in the headline nor drawn again.
+        labels = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#run table.kv th')).map(function (h) { return h.textContent; })")
+        assert "latency" in labels and "response time from schedule" not in labels
+        assert not driver.execute_script("return document.querySelectorAll('svg.chart path.sch').length")
         driver.set_window_size(1400, 2200)
         shot = tmp_path / "report.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         shutil.copyfile(shot, SCREENSHOT)
+    finally:
+        driver.quit()
+
+
+SCHEDULE_SCREENSHOT = Path("/tmp/replay-html-schedule-screenshot.png")
+
+
+def queueing_capture(path: Path) -> Path:
+    """10 requests to the slow endpoint (40 ms) on one connection, 100 ms apart: at 1x each is answered
+    before the next is due; at 4x (25 ms apart) each waits for the one before it on the connection."""
+    records = []
+    for i in range(10):
+        rid = f"{1:016x}{i:08x}"  # (the first 16 digits name the connection)
+        ts = T0 + i * 100 * MS
+        records.append(f"1 {rid} {ts} -1\n".encode() + f"GET /api/slow/{i} HTTP/1.1\r\nHost: shop\r\n\r\n".encode())
+        records.append(f"2 {rid} {ts + 40 * MS} -1\n".encode() + _response(json.dumps({"id": i, "ok": True}).encode()))
+    path.write_bytes(b"".join(record + SEP for record in records))
+    return path
+
+
+def test_the_report_shows_the_response_time_from_schedule_where_the_latency_is(server: int, tmp_path: Path) -> None:
+    # A capacity run against the real server: stage 1 (1x) keeps up, stage 2 (4x) queues behind the slow
+    # endpoint on its one connection. The latency from send stays ~40 ms; the response time from schedule
+    # (what 'p99>' stop conditions and 'scheduled' budgets judge) grows with the queue. The report shows it
+    # per stage, per endpoint, in the headline and as a curve, with what it means.
+    capture = queueing_capture(tmp_path / "queue.gor")
+    html = tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--replay", str(capture), "--replay-target",
+         f"http://127.0.0.1:{server}", "--replay-stages", "1x:1s,4x:0.5s", "--replay-html", str(html)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and html.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    driver = chromium(tmp_path)
+    try:
+        driver.get(html.as_uri())
+        assert not [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        stages = driver.execute_script(
+            "var t = document.querySelector('#stages'); var heads = Array.from(t.tHead.rows[0].cells).map("
+            "function (c) { return c.textContent; }); return Array.from(t.tBodies[0].rows).map(function (r) {"
+            " var row = {}; heads.forEach(function (h, i) { row[h] = r.cells[i].getAttribute('data-v') ||"
+            " r.cells[i].textContent; }); row.visible = r.getBoundingClientRect().height > 0; return row; })")
+        assert [row["pace"] for row in stages] == ["1x", "4x"] and all(row["visible"] for row in stages)
+        service, sched = float(stages[1]["service p99 ms"]), float(stages[1]["sched p99 ms"])
+        assert 30 < service < sched / 2, stages  # stage 2 queued: its response time from schedule
+        endpoint = driver.execute_script(
+            "var t = document.querySelector('#endpoints'); var heads = Array.from(t.tHead.rows[0].cells).map("
+            "function (c) { return c.textContent; }); var r = t.tBodies[0].rows[0];"
+            " return [heads, Array.from(r.cells).map(function (c) { return c.getAttribute('data-v') ||"
+            " c.textContent; })]")
+        row = dict(zip(*endpoint))
+        assert row["endpoint"] == "GET /api/slow/{id}" and float(row["sched p99 ms"]) > 2 * float(row["rep p99 ms"])
+        headline = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#run table.kv tr')).map(function (r) {"
+            " return [r.cells[0].textContent, r.cells[1].innerText]; })")
+        headline = dict(headline)
+        assert headline["latency"].startswith("from send (service): p50 ")
+        sched_line = headline["response time from schedule"]
+        assert sched_line.startswith("p50 ") and "queueing behind the target included" in sched_line
+        assert "the replayer's own lateness left out" in sched_line
+        notes = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#capacity p.note, #endpoint-table p.note')).length")
+        assert notes == 2
+        curves = driver.execute_script(
+            "return Array.from(document.querySelectorAll('svg.chart path.sch')).map(function (p) {"
+            " var b = p.getBBox(); return b.width + b.height; })")
+        assert len(curves) == 2 and all(size > 0 for size in curves)  # the overall chart, the endpoint's
+        driver.set_window_size(1400, 1500)
+        shot = tmp_path / "schedule.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        shutil.copyfile(shot, SCHEDULE_SCREENSHOT)
     finally:
         driver.quit()
 
