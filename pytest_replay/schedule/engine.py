@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from array import array
 import heapq
 import sys
 import threading
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, replace
 from functools import partial
