@@ -25,7 +25,7 @@ import pytest
 from support import CI_FLAG, interrupt_after_collection, pytest_to_interrupt, skip_or_fail
 
 from pytest_replay.http.message import Exchange, Request, Response, Source
-from pytest_replay.report.aggregate import Aggregate, Stats
+from pytest_replay.report.aggregate import ALL, Aggregate, Stats
 from pytest_replay.report.evidence import build_evidence, read_evidence, write_evidence
 from pytest_replay.report.html import (MAX_DIFF_CHARS, check_writable, distribution, outcome, render_html,
                                        write_html)
@@ -597,3 +597,23 @@ def test_aggregate_carries_the_timeline_through_merges(tmp_path: Path) -> None:
     assert merged == whole and sum(r[0] for r in whole.timeline.buckets.values()) == 100
     assert len(whole.timeline.buckets) == 50
     assert Aggregate.from_dict({k: v for k, v in whole.to_dict().items() if k != "timeline"}).timeline.buckets == {}
+
+
+def test_the_schedule_figures_follow_the_evidence_a_stop_and_speed_0() -> None:
+    stage = {"stage": 1, "pace": "2x", "duration_s": 5, "target_rate": 10, "sent": 50, "planned": 50, "errors": 0,
+             "service_p99_ms": 5, "scheduled_p99_ms": 400, "lateness_p99_ms": 1}
+    stop = {"stage": 1, "into_stage_s": 2.5, "offered_rate": 20.0, "condition": "p99>250ms", "window_s": 10,
+            "measures": "response time from schedule", "measured": "400 ms", "requests_in_window": 33}
+    row = {"endpoint": ALL, "requests": 50, "replayed_ms": {"p50": 1, "p95": 2, "p99": 3},
+           "scheduled_ms": {"p50": 10, "p95": 20, "p99": 30}}
+    data = {"lateness": {"p50_ms": 1}, "totals": row, "endpoints": [dict(row, endpoint="GET /")],
+            "capacity": {"stages": [stage], "stopped": stop}}
+    page = render_html(data)
+    assert ('<p class="stopped">STOPPED at stage 1, 2.5 s into it, offered 20.0 req/s: <code>p99&gt;250ms</code> '
+            "tripped (measured response time from schedule 400 ms over the last 10 s, 33 requests).</p>") in page
+    assert "<th>sched p99 ms</th>" in page.split('id="endpoints"')[1]
+    assert "<th>response time from schedule</th>" in page
+    # --speed 0: nothing is scheduled, so neither the columns nor the headline (the stages keep theirs)
+    unscheduled = render_html(dict(data, lateness=None))
+    assert "sched p99" not in unscheduled.split('id="endpoints"')[1]
+    assert "<th>response time from schedule</th>" not in unscheduled and 'class="stopped"' in unscheduled
