@@ -445,6 +445,56 @@ def test_barrier_wait_is_its_own_cause():
     assert obs[2].lateness_causes["barrier"] == 50 * MS and obs[2].lateness_causes["engine"] == 0
 
 
+class LateClock(FakeClock):
+    """A FakeClock on which the engine wakes late: a sleep until one of `late`'s deadlines (the
+    dispatcher's: only it sleeps until a planned deadline) ends that many ns after it, once. The engine
+    was busy elsewhere (the GIL, a collection, a loaded machine): what it sends then goes late."""
+
+    def __init__(self, late: dict[int, int]) -> None:
+        super().__init__()
+        self.late = dict(late)
+
+    async def sleep_until(self, deadline_ns: int) -> None:
+        await super().sleep_until(deadline_ns + self.late.pop(deadline_ns, 0))
+
+
+@pytest.mark.parametrize("first_ms, concurrency_ms", [(5, 0), (30, 20)])
+def test_a_backlog_the_late_engine_made_is_not_queueing_for_a_slot(first_ms, concurrency_ms):
+    # concurrency 1: key 0 due at t0 (lane A), key 1 at t0 + 10 ms (lane B, 1 ms). The engine wakes
+    # 20 ms late and finds both due: key 1 waits for key 0's slot. Had the engine been on time, key 0
+    # would have freed it at t0 + first_ms: key 1 queued for the target only past its deadline (20 ms
+    # when key 0 takes 30 ms), the rest of its lateness is the engine's.
+    plan = plan_of([(0, "A"), (10 * MS, "B")])
+    engine = Engine(plan, Recorder(latency=lambda p: first_ms * MS if p.key == 0 else MS),
+                    clock=LateClock({LEAD: 20 * MS}), concurrency=1)
+    obs = {o.key: o for o in asyncio.run(engine.run())}
+    assert obs[0].sent_ns == LEAD + 20 * MS and obs[1].sent_ns == obs[0].done_ns  # (the backlog)
+    late = obs[1].lateness_ns
+    assert late == (first_ms + 10) * MS
+    assert obs[1].lateness_causes == {"connection": 0, "barrier": 0, "concurrency": concurrency_ms * MS,
+                                      "engine": late - concurrency_ms * MS}
+    assert obs[1].response_ns == (concurrency_ms + 1) * MS
+
+
+@pytest.mark.parametrize("write_ms, barrier_ms", [(5, 0), (30, 20)])
+def test_a_barrier_the_late_engine_held_up_is_not_queueing_for_the_target(write_ms, barrier_ms):
+    # a write at 0 (recorded done at 5 ms), a read at 10 ms recorded after it: the read waits for the
+    # write. The engine wakes 20 ms late, so the write goes late and the read waits for it; had the
+    # engine been on time the write would have been done at t0 + write_ms.
+    exchanges = [recorded(0, 0, 5, "c1"), recorded(1, 10, 1, "c2")]
+    barriers = write_barriers(exchanges, lambda e: e.index == 0)
+    assert barriers.needs == {1: (1, 0)}
+    plan = build_plan(exchanges, Timing(speed=1.0))
+    engine = Engine(plan, Recorder(latency=lambda p: write_ms * MS if p.key == 0 else MS),
+                    clock=LateClock({LEAD: 20 * MS}), barriers=barriers)
+    obs = {o.key: o for o in asyncio.run(engine.run())}
+    assert obs[1].sent_ns == obs[0].done_ns == LEAD + (20 + write_ms) * MS
+    late = obs[1].lateness_ns
+    assert obs[1].lateness_causes == {"connection": 0, "barrier": barrier_ms * MS, "concurrency": 0,
+                                      "engine": late - barrier_ms * MS}
+    assert obs[1].response_ns == (barrier_ms + 1) * MS
+
+
 def test_spill_sends_a_request_due_on_a_busy_lane_on_time_on_an_extra_lane():
     # lane A: 0 takes 100 ms; 1 due at 10 ms and 2 at 20 ms (1 ms each): both spill, 2 reuses 1's extra lane
     plan = plan_of([(0, "A"), (10 * MS, "A"), (20 * MS, "A"), (200 * MS, "A")])

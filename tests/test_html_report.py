@@ -25,7 +25,7 @@ import pytest
 from support import CI_FLAG, interrupt_after_collection, pytest_to_interrupt, skip_or_fail
 
 from pytest_replay.http.message import Exchange, Request, Response, Source
-from pytest_replay.report.aggregate import Aggregate, Stats
+from pytest_replay.report.aggregate import ALL, Aggregate, Stats
 from pytest_replay.report.evidence import build_evidence, read_evidence, write_evidence
 from pytest_replay.report.html import (MAX_DIFF_CHARS, check_writable, distribution, outcome, render_html,
                                        write_html)
@@ -230,26 +230,100 @@ def test_report_opens_in_a_real_browser(replayed: SimpleNamespace, tmp_path: Pat
             " var b = p.getBBox(); return b.width + b.height; })")
         assert curves and all(size > 0 for size in curves)
 
-        def first_column():
-            return driver.execute_script(
+        def rows():  # (endpoint, rep p95 ms) in the table's order
+            return [tuple(r) for r in driver.execute_script(
+                "var col = Array.from(document.querySelectorAll('#endpoints thead th')).findIndex("
+                "function (th) { return th.textContent === 'rep p95 ms'; });"
                 "return Array.from(document.querySelectorAll('#endpoints tbody tr')).map("
-                "function (r) { return r.cells[0].textContent; })")
+                "function (r) { return [r.cells[0].textContent, parseFloat(r.cells[col].getAttribute('data-v'))]; })")]
 
-        before = first_column()
+        before = rows()
         header = driver.execute_script(
             "return Array.from(document.querySelectorAll('#endpoints thead th')).find("
             "function (th) { return th.textContent === 'rep p95 ms'; })")
         header.click()
-        after = first_column()
-        assert sorted(after) == sorted(before) and after != before
-        assert after[0] == "GET /api/slow/{id}"  # descending on the first click: the slowest first
+        after = rows()
+        assert sorted(after) == sorted(before)
+        # descending on the first click: the slowest first (by the figures: on a loaded machine the 'fast'
+        # endpoint's p95 can pass the 40 ms of the 'slow' one)
+        assert [p95 for _, p95 in after] == sorted((p95 for _, p95 in before), reverse=True)
         header.click()
-        assert first_column() == list(reversed(after))
+        assert rows() == list(reversed(after))
         assert not [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-        driver.set_window_size(1400, 2200)
-        shot = tmp_path / "report.png"
-        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-        shutil.copyfile(shot, SCREENSHOT)
+        # Nothing queued behind the target (a connection per request, none busy): the response time from
+        # schedule is the latency, so it is in the table but not in the headline nor drawn again.
+        labels = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#run table.kv th')).map(function (h) { return h.textContent; })")
+        assert "latency" in labels and "response time from schedule" not in labels
+        assert not driver.execute_script("return document.querySelectorAll('svg.chart path.sch').length")
+        screenshot(driver, 2200, tmp_path / "report.png", SCREENSHOT)
+    finally:
+        driver.quit()
+
+
+SCHEDULE_SCREENSHOT = Path("/tmp/replay-html-schedule-screenshot.png")
+
+
+def queueing_capture(path: Path) -> Path:
+    """10 requests to the slow endpoint (40 ms) on one connection, 100 ms apart: at 1x each is answered
+    before the next is due; at 4x (25 ms apart) each waits for the one before it on the connection."""
+    records = []
+    for i in range(10):
+        rid = f"{1:016x}{i:08x}"  # (the first 16 digits name the connection)
+        ts = T0 + i * 100 * MS
+        records.append(f"1 {rid} {ts} -1\n".encode() + f"GET /api/slow/{i} HTTP/1.1\r\nHost: shop\r\n\r\n".encode())
+        records.append(f"2 {rid} {ts + 40 * MS} -1\n".encode() + _response(json.dumps({"id": i, "ok": True}).encode()))
+    path.write_bytes(b"".join(record + SEP for record in records))
+    return path
+
+
+def test_the_report_shows_the_response_time_from_schedule_where_the_latency_is(server: int, tmp_path: Path) -> None:
+    # A capacity run against the real server: stage 1 (1x) keeps up, stage 2 (4x) queues behind the slow
+    # endpoint on its one connection. The latency from send stays ~40 ms; the response time from schedule
+    # (what 'p99>' stop conditions and 'scheduled' budgets judge) grows with the queue. The report shows it
+    # per stage, per endpoint, in the headline and as a curve, with what it means.
+    capture = queueing_capture(tmp_path / "queue.gor")
+    html = tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--replay", str(capture), "--replay-target",
+         f"http://127.0.0.1:{server}", "--replay-stages", "1x:1s,4x:0.5s", "--replay-html", str(html)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and html.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    driver = chromium(tmp_path)
+    try:
+        driver.get(html.as_uri())
+        assert not [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        stages = driver.execute_script(
+            "var t = document.querySelector('#stages'); var heads = Array.from(t.tHead.rows[0].cells).map("
+            "function (c) { return c.textContent; }); return Array.from(t.tBodies[0].rows).map(function (r) {"
+            " var row = {}; heads.forEach(function (h, i) { row[h] = r.cells[i].getAttribute('data-v') ||"
+            " r.cells[i].textContent; }); row.visible = r.getBoundingClientRect().height > 0; return row; })")
+        assert [row["pace"] for row in stages] == ["1x", "4x"] and all(row["visible"] for row in stages)
+        service, sched = float(stages[1]["service p99 ms"]), float(stages[1]["sched p99 ms"])
+        assert 30 < service < sched / 2, stages  # stage 2 queued: its response time from schedule
+        endpoint = driver.execute_script(
+            "var t = document.querySelector('#endpoints'); var heads = Array.from(t.tHead.rows[0].cells).map("
+            "function (c) { return c.textContent; }); var r = t.tBodies[0].rows[0];"
+            " return [heads, Array.from(r.cells).map(function (c) { return c.getAttribute('data-v') ||"
+            " c.textContent; })]")
+        row = dict(zip(*endpoint))
+        assert row["endpoint"] == "GET /api/slow/{id}" and float(row["sched p99 ms"]) > 2 * float(row["rep p99 ms"])
+        headline = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#run table.kv tr')).map(function (r) {"
+            " return [r.cells[0].textContent, r.cells[1].innerText]; })")
+        headline = dict(headline)
+        assert headline["latency"].startswith("from send (service): p50 ")
+        sched_line = headline["response time from schedule"]
+        assert sched_line.startswith("p50 ") and "queueing behind the target included" in sched_line
+        assert "the replayer's own lateness left out" in sched_line
+        notes = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#capacity p.note, #endpoint-table p.note')).length")
+        assert notes == 2
+        curves = driver.execute_script(
+            "return Array.from(document.querySelectorAll('svg.chart path.sch')).map(function (p) {"
+            " var b = p.getBBox(); return b.width + b.height; })")
+        assert len(curves) == 2 and all(size > 0 for size in curves)  # the overall chart, the endpoint's
+        screenshot(driver, 1500, tmp_path / "schedule.png", SCHEDULE_SCREENSHOT)
     finally:
         driver.quit()
 
@@ -270,6 +344,13 @@ def test_a_big_report_opens_fast_in_a_real_browser(tmp_path: Path) -> None:
         assert time.perf_counter() - started < 5
     finally:
         driver.quit()
+
+
+def screenshot(driver, height: int, shot: Path, kept: Path) -> None:
+    """The page, 1400 px wide, saved (not blank) and kept at `kept` to be looked at."""
+    driver.set_window_size(1400, height)
+    assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    shutil.copyfile(shot, kept)
 
 
 def chromium(tmp_path: Path):
@@ -516,3 +597,23 @@ def test_aggregate_carries_the_timeline_through_merges(tmp_path: Path) -> None:
     assert merged == whole and sum(r[0] for r in whole.timeline.buckets.values()) == 100
     assert len(whole.timeline.buckets) == 50
     assert Aggregate.from_dict({k: v for k, v in whole.to_dict().items() if k != "timeline"}).timeline.buckets == {}
+
+
+def test_the_schedule_figures_follow_the_evidence_a_stop_and_speed_0() -> None:
+    stage = {"stage": 1, "pace": "2x", "duration_s": 5, "target_rate": 10, "sent": 50, "planned": 50, "errors": 0,
+             "service_p99_ms": 5, "scheduled_p99_ms": 400, "lateness_p99_ms": 1}
+    stop = {"stage": 1, "into_stage_s": 2.5, "offered_rate": 20.0, "condition": "p99>250ms", "window_s": 10,
+            "measures": "response time from schedule", "measured": "400 ms", "requests_in_window": 33}
+    row = {"endpoint": ALL, "requests": 50, "replayed_ms": {"p50": 1, "p95": 2, "p99": 3},
+           "scheduled_ms": {"p50": 10, "p95": 20, "p99": 30}}
+    data = {"lateness": {"p50_ms": 1}, "totals": row, "endpoints": [dict(row, endpoint="GET /")],
+            "capacity": {"stages": [stage], "stopped": stop}}
+    page = render_html(data)
+    assert ('<p class="stopped">STOPPED at stage 1, 2.5 s into it, offered 20.0 req/s: <code>p99&gt;250ms</code> '
+            "tripped (measured response time from schedule 400 ms over the last 10 s, 33 requests).</p>") in page
+    assert "<th>sched p99 ms</th>" in page.split('id="endpoints"')[1]
+    assert "<th>response time from schedule</th>" in page
+    # --speed 0: nothing is scheduled, so neither the columns nor the headline (the stages keep theirs)
+    unscheduled = render_html(dict(data, lateness=None))
+    assert "sched p99" not in unscheduled.split('id="endpoints"')[1]
+    assert "<th>response time from schedule</th>" not in unscheduled and 'class="stopped"' in unscheduled

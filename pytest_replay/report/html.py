@@ -33,6 +33,11 @@ MAX_EXAMPLE_CHARS = 8_000  # characters shown per failure example
 MAX_DIFF_CHARS = 600_000  # characters of failure examples in the whole report (keeps it well under 2 MB)
 MAX_TIME_POINTS = 300  # buckets drawn in the charts over time (the timeline is folded to fit)
 MAX_LISTED = 50  # skipped / incomplete examples listed
+SCHEDULED = ("queueing behind the target included (its connection busy, a write barrier, a concurrency slot), "
+             "the replayer's own lateness left out: what the stop conditions and 'scheduled' budgets judge")
+SCHEDULED_NOTE = ("sched = response time from schedule: from the instant a request would have been sent had the "
+                  f"replayer been on time to its first response byte, {SCHEDULED}; rep, the latency from send, "
+                  "leaves that queueing out.")
 CSS = Path(__file__).with_name("report.css")  # package data, inlined into every report
 
 SORT_JS = """
@@ -98,6 +103,23 @@ def _cut(line: str) -> str:
     if len(line) <= MAX_LINE_CHARS:
         return line
     return line[:MAX_LINE_CHARS] + f" … [{len(line) - MAX_LINE_CHARS:,} more characters not shown]"
+
+
+def _scheduled(data: dict) -> bool:
+    """A run on a schedule (at --speed 0 everything is due at once: no response time from schedule)."""
+    return data.get("lateness") is not None
+
+
+def _queued(rep: dict | None, sched: dict | None, q: str = "p99") -> bool:
+    """Queueing behind the target made the response time from schedule differ from the latency from send
+    (by more than 1% at `q`: the terminal's rule, report/run.py scheduled_line)."""
+    a, b = (rep or {}).get(q), (sched or {}).get(q)
+    return a is not None and b is not None and b > a * 1.01
+
+
+def _quantiles(figures: dict | None) -> str:
+    figures = figures or {}
+    return ", ".join(f"{q} {_num(figures.get(q), ' ms')}" for q in ("p50", "p95", "p99"))
 
 
 # -- the outcome -------------------------------------------------------------------------------------
@@ -280,6 +302,14 @@ def time_chart(title: str, xs: list[float], series: list[tuple[str, str, list[fl
     return "".join(parts)
 
 
+def _schedule_curve(data: dict, row: dict | None, hists: dict, points: int = MAX_CURVE_POINTS) -> list:
+    """The response time from schedule as a curve, where queueing made it differ from the latency."""
+    row = row or {}
+    if not _scheduled(data) or not _queued(row.get("replayed_ms"), row.get("scheduled_ms")):
+        return []
+    return [("sched", "sch", distribution(hists.get("response"), points))]
+
+
 def _time_charts(data: dict) -> str:
     timeline = (data.get("aggregate") or {}).get("timeline")
     if not timeline or not timeline.get("rows"):
@@ -337,6 +367,7 @@ def _header(data: dict) -> str:
              ("pace", _e(pace_text)), ("write policy", _e(policy_text)), ("test items", _e(outcomes)),
              ("replay", _e(f"{run.get('planned')} planned, wall time {_num(run.get('wall_s'), ' s')}, "
                            f"{_num((data.get('throughput') or {}).get('requests_per_s'))} requests/s")),
+             *_latency_headline(data),
              ("run", _e(f"id {run.get('id')}, {run.get('started')} .. {run.get('finished')}"
                         + (f", shard {shard['index']} of {shard['count']}" if shard else "")))]
     if run.get("merged_from"):
@@ -349,6 +380,51 @@ def _header(data: dict) -> str:
     return (f"<header><h1>{_e(title)}</h1><p class=\"sub\">{_e(tool.get('name'))} {_e(tool.get('version'))}, "
             f"evidence built {_e(data.get('created'))}</p></header><section id=\"run\"><h2>Run</h2>{_kv(pairs)}"
             "</section>")
+
+
+def _latency_headline(data: dict) -> list[tuple[str, str]]:
+    """The run's latency from send and, when queueing behind the target made it differ, its response time
+    from schedule beside it, with what that means."""
+    totals = data.get("totals") or {}
+    rep, sched = totals.get("replayed_ms"), totals.get("scheduled_ms")
+    if not rep or rep.get("p50") is None:
+        return []
+    pairs = [("latency", _e(f"from send (service): {_quantiles(rep)}"))]
+    if _scheduled(data) and _queued(rep, sched):
+        pairs.append(("response time from schedule",
+                      f'<b class="sched">{_e(_quantiles(sched))}</b> <span class="note">({_e(SCHEDULED)})'
+                      "</span>"))
+    return pairs
+
+
+def _capacity(data: dict) -> str:
+    """A capacity run's stages (--replay-stages): per stage the latency from send and the response time
+    from schedule at p99, and the stop, when a condition stopped it."""
+    capacity = data.get("capacity") or {}
+    stages = capacity.get("stages") or []
+    if not stages:
+        return ""
+    rows = []
+    for row in stages:
+        service, sched = row.get("service_p99_ms"), row.get("scheduled_p99_ms")
+        queued = service is not None and sched is not None and sched > 1.5 * service
+        rows.append(f"<tr>{_cell(row.get('stage'))}<td>{_e(row.get('pace'))}</td>{_cell(row.get('duration_s'))}"
+                    f"{_cell(row.get('target_rate'))}{_cell(row.get('sent'))}{_cell(row.get('planned'))}"
+                    f"{_cell(row.get('errors'))}{_cell(service)}{_cell(sched, cls='bad' if queued else '')}"
+                    f"{_cell(row.get('lateness_p99_ms'))}</tr>")
+    table = _table(["stage", "pace", "duration s", "target req/s", "sent", "planned", "errors", "service p99 ms",
+                    "sched p99 ms", "lateness p99 ms"], rows, "", "stages")
+    stop = capacity.get("stopped")
+    said = ""
+    if stop:
+        offered = stop.get("offered_rate")
+        said = (f'<p class="stopped">STOPPED at stage {_e(stop.get("stage"))}, {_num(stop.get("into_stage_s"), " s")} '
+                f"into it{_e(f', offered {offered:.1f} req/s' if offered is not None else '')}: "
+                f"<code>{_e(stop.get('condition'))}</code> tripped (measured {_e(stop.get('measures') or '')} "
+                f"{_e(stop.get('measured'))} over the last {_num(stop.get('window_s'), ' s')}, "
+                f"{_num(stop.get('requests_in_window'))} requests).</p>")
+    return (f'<section id="capacity"><h2>Capacity stages</h2><p class="note">service = latency from send; sched = '
+            f"response time from schedule, {_e(SCHEDULED)}.</p>{table}{said}</section>")
 
 
 def _baseline_text(baseline: dict) -> str:
@@ -385,6 +461,8 @@ def _endpoints(data: dict) -> str:
     headers = ["endpoint", "requests", "failed"]
     for q in ("p50", "p95", "p99", "max"):
         headers += [f"rec {q} ms", f"rep {q} ms"]
+    if lateness:  # (on a schedule: at --speed 0 every request is due at once)
+        headers += ["sched p95 ms", "sched p99 ms"]
     headers += ["errors %", "5xx %", "rec 5xx %", "4xx %"] + (
         ["late p99 ms", "late max ms", "lateness mostly"] if lateness else [])
 
@@ -395,6 +473,11 @@ def _endpoints(data: dict) -> str:
         for q in ("p50", "p95", "p99", "max"):
             worse = rec.get(q) is not None and rep.get(q) is not None and rep[q] > 1.5 * rec[q]
             out += [_cell(rec.get(q)), _cell(rep.get(q), cls="bad" if worse else "")]
+        if lateness:
+            sched = r.get("scheduled_ms") or {}
+            for q in ("p95", "p99"):
+                queued = rep.get(q) is not None and sched.get(q) is not None and sched[q] > 1.5 * rep[q]
+                out.append(_cell(sched.get(q), cls="bad" if queued else ""))
         out += [_cell(r.get("error_pct"), cls="bad" if r.get("error_pct") else ""), _cell(r.get("5xx_pct")),
                 _cell(r.get("recorded_5xx_pct")), _cell(r.get("4xx_pct"))]
         if lateness:
@@ -407,7 +490,8 @@ def _endpoints(data: dict) -> str:
     if totals:
         table = table.replace("</tbody></table>", f'</tbody><tfoot><tr class="total">{cells(totals)}</tr></tfoot>'
                               "</table>")
-    note = "" if lateness else "<p>Lateness is not shown: at --speed 0 nothing is scheduled.</p>"
+    note = (f'<p class="note">{_e(SCHEDULED_NOTE)}</p>' if lateness else
+            "<p>Lateness and the response time from schedule are not shown: at --speed 0 nothing is scheduled.</p>")
     return (f'<section id="endpoint-table"><h2>Endpoints</h2><p>Click a column header to sort. rec = recorded '
             f"in the capture, rep = replayed; latency is time to the first response byte.</p>{note}"
             f'<div class="scroll">{table}</div>{_lateness_causes(data)}</section>')
@@ -444,9 +528,11 @@ def _charts(data: dict) -> str:
     endpoints = aggregate.get("endpoints") or {}
     overall = aggregate.get("overall") or {}
     parts = ['<section id="charts"><h2>Charts</h2>']
+    totals = data.get("totals") or {}
     main = latency_chart("all requests: latency distribution", [
         ("recorded", "rec", distribution(overall.get("recorded"))),
-        ("replayed", "rep", distribution(overall.get("latency")))], width=520, height=240)
+        ("replayed", "rep", distribution(overall.get("latency"))),
+        *_schedule_curve(data, totals, overall)], width=520, height=240)
     errors = data.get("errors") or {}
     classes = ("1xx", "2xx", "3xx", "4xx", "5xx")
     transport = {k: v for k, v in (errors.get("transport") or {}).items() if k != "cancelled"}
@@ -458,12 +544,15 @@ def _charts(data: dict) -> str:
     parts.append(f'<div class="charts">{main}{status}</div>')
     ranked = sorted(endpoints, key=lambda k: (-(endpoints[k].get("requests") or 0), k))
     shown = ranked[:MAX_ENDPOINT_CHARTS]
+    rows = {r.get("endpoint"): r for r in data.get("endpoints") or []}
     small = [latency_chart(key, [("recorded", "rec", distribution(endpoints[key].get("recorded"), 60)),
-                                 ("replayed", "rep", distribution(endpoints[key].get("latency"), 60))])
+                                 ("replayed", "rep", distribution(endpoints[key].get("latency"), 60)),
+                                 *_schedule_curve(data, rows.get(key), endpoints[key], 60)])
              for key in shown]
     small = [chart for chart in small if chart]
     parts.append("<h3>Latency distribution per endpoint</h3><p>Cumulative percent of requests at or below a "
-                 "latency (log scale); a curve to the right of the recorded one is slower.</p>")
+                 "latency (log scale); a curve to the right of the recorded one is slower. Where queueing behind "
+                 "the target made them differ, a third curve (sched) is the response time from schedule.</p>")
     parts.append(f'<div class="charts">{"".join(small)}</div>' if small else "<p>No latency was measured.</p>")
     if len(ranked) > len(shown):
         parts.append(f"<p>{len(ranked) - len(shown)} endpoints with fewer requests are not drawn "
@@ -568,7 +657,7 @@ def _css() -> str:
 def render_html(data: dict) -> str:
     """The whole report as one HTML document (str)."""
     state, _ = outcome(data)
-    body = "".join([_header(data), _budgets(data), _endpoints(data), _charts(data), _failures(data),
+    body = "".join([_header(data), _budgets(data), _capacity(data), _endpoints(data), _charts(data), _failures(data),
                     _noise(data), _listing("Skipped exchanges", "skipped", data.get("skipped")),
                     _listing("Incomplete in the capture (not replayed)", "incomplete", data.get("incomplete")),
                     _gaps(data)])

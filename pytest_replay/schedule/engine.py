@@ -17,7 +17,12 @@ engine pays one test per request for them.
 
 Each request's lateness is split by cause in its Observation: the time its lane was still busy with
 the previous request after its deadline (the captured connection's order), a barrier's wait, a
-concurrency slot's wait, and the rest, the engine's own. With `connections="spill"` a request whose
+concurrency slot's wait, and the rest, the engine's own. Each wait counts only what it would have been had the
+engine been on time: a connection is free when its previous request would have completed on time
+(`_Lane.free_ns`), and a barrier or a slot from when the request would have been queued on time to when
+the request that freed it would have completed on time (`_on_time`; never more than measured). A backlog
+the engine bunched up by being late (a stall, then every due request at once) is the engine's lateness,
+not queueing for the target. With `connections="spill"` a request whose
 lane is busy when it is due goes out at once on an extra connection of that lane (a spill lane, one
 more replay connection, reused while idle, closed when its lane has no more requests; at most
 `concurrency` of them in all, beyond which it waits on its own lane): the captured order on the
@@ -41,6 +46,7 @@ import heapq
 import sys
 import threading
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, replace
 from functools import partial
@@ -57,6 +63,24 @@ _CLOSE_TIMEOUT_S = 2.0  # a target's close() may not hold up a stop longer than 
 _STARTUP_FREEZE = gc.get_freeze_count()
 _NO_WAITS = (0, 0, 0, False)  # a request that waited for nothing (shared: no tuple per request)
 _REFREEZE_EVERY = 8192  # observations between two gc.freeze() calls (with freeze_gc)
+
+
+def _on_time(measured: int, released: int | None, queued_at: int) -> int:
+    """A barrier's or a slot's wait as the target made it: from when the request would have been queued
+    had the engine been on time (`queued_at`: its deadline plus its connection's wait) to when what it
+    waited for would have been released had the engine been on time (`released`: the ideal completion of
+    the request that freed the slot, or of the last one the barrier needed), never more than `measured`.
+    A backlog the engine's own lateness bunched up is the engine's lateness, not queueing for the target
+    (as a connection's wait, `_Lane.free_ns`). `released` None (nothing completed: a stop): as measured."""
+    if released is None:
+        return measured
+    return min(measured, max(released - queued_at, 0))
+
+
+def _ideal_done(obs: Observation) -> int:
+    """When `obs`'s request would have completed had the engine been on time: its deadline, plus the time
+    it queued for the target, plus its service time (as _Lane.free_ns)."""
+    return obs.deadline_ns + obs.queued_ns + max(obs.done_ns - obs.sent_ns, 0)
 
 
 def _queued(deadline: int, start: int, waits: tuple) -> int:
@@ -184,7 +208,7 @@ class _Gate:
     prefix they need)."""
 
     __slots__ = ("needs", "rank", "write_rank", "done", "write_done", "prefix", "write_prefix", "by_writes",
-                 "by_all", "order")
+                 "by_all", "order", "ideal", "write_ideal")
 
     def __init__(self, barriers: Barriers) -> None:
         self.needs = barriers.needs
@@ -192,13 +216,19 @@ class _Gate:
         self.write_rank = barriers.write_rank
         self.done = bytearray(len(barriers.rank))
         self.write_done = bytearray(len(barriers.write_rank))
+        # When each request would have completed had the engine been on time (_ideal_done), by rank; once
+        # a prefix passes a rank, the latest of the prefix up to it: a waiter is released with the time
+        # its prefixes would have been complete (the wait corrected for the engine's lateness, _on_time).
+        self.ideal = array("q", bytes(8 * len(barriers.rank)))
+        self.write_ideal = array("q", bytes(8 * len(barriers.write_rank)))
         self.prefix = self.write_prefix = 0
         self.by_writes: list[tuple[int, int, int, asyncio.Future]] = []  # (writes needed, order, all needed, fut)
-        self.by_all: list[tuple[int, int, asyncio.Future]] = []  # (requests needed, order, fut)
+        self.by_all: list[tuple[int, int, int, asyncio.Future]] = []  # (requests needed, order, writes' ideal, fut)
         self.order = 0
 
     def wait(self, key: int, loop: asyncio.AbstractEventLoop) -> asyncio.Future | None:
-        """None if request `key` may go now, else a future resolved when it may."""
+        """None if request `key` may go now, else a future resolved when it may: with the time it would
+        have been released had the engine been on time (None when the run halted)."""
         need = self.needs.get(key)
         if need is None or (need[0] <= self.write_prefix and need[1] <= self.prefix):
             return None
@@ -208,31 +238,41 @@ class _Gate:
         self._release()
         return fut
 
-    def completed(self, key: int) -> None:
+    def completed(self, key: int, ideal: int) -> None:
+        """Request `key` completed; it would have at `ideal` had the engine been on time."""
         rank = self.rank.get(key)
         if rank is None:
             return
-        done = self.done
-        done[rank] = 1
-        while self.prefix < len(done) and done[self.prefix]:
-            self.prefix += 1
+        self.done[rank] = 1
+        self.ideal[rank] = ideal
+        self.prefix = _advance(self.done, self.ideal, self.prefix)
         rank = self.write_rank.get(key)
         if rank is not None:
-            done = self.write_done
-            done[rank] = 1
-            while self.write_prefix < len(done) and done[self.write_prefix]:
-                self.write_prefix += 1
+            self.write_done[rank] = 1
+            self.write_ideal[rank] = ideal
+            self.write_prefix = _advance(self.write_done, self.write_ideal, self.write_prefix)
         self._release()
 
     def _release(self) -> None:
         by_writes, by_all = self.by_writes, self.by_all
         while by_writes and by_writes[0][0] <= self.write_prefix:
-            _, order, need_all, fut = heapq.heappop(by_writes)
-            heapq.heappush(by_all, (need_all, order, fut))
+            need_writes, order, need_all, fut = heapq.heappop(by_writes)
+            writes_ideal = self.write_ideal[need_writes - 1] if need_writes else 0
+            heapq.heappush(by_all, (need_all, order, writes_ideal, fut))
         while by_all and by_all[0][0] <= self.prefix:
-            fut = heapq.heappop(by_all)[2]
+            need_all, _, writes_ideal, fut = heapq.heappop(by_all)
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(max(writes_ideal, self.ideal[need_all - 1] if need_all else 0))
+
+
+def _advance(done: bytearray, ideal: array, prefix: int) -> int:
+    """The done-prefix grown over the ranks completed since, each rank's ideal time made the latest of
+    the prefix up to it."""
+    while prefix < len(done) and done[prefix]:
+        if prefix:
+            ideal[prefix] = max(ideal[prefix], ideal[prefix - 1])
+        prefix += 1
+    return prefix
 
 
 class Engine:
@@ -677,18 +717,19 @@ class Engine:
                 # Its connection was busy with the previous request past its deadline: that long.
                 lane_wait = lane.free_ns - deadline if lane.free_ns > deadline else 0
                 barrier_wait = slot_wait = 0
+                ideal = None  # when this request would have completed had the engine been on time
                 if gate is not None:  # before taking a slot: what it waits for may need one
                     barrier = gate.wait(p.key, loop)
                     if barrier is not None:
                         since = max(now(), deadline)
-                        await barrier
-                        barrier_wait = max(now() - since, 0)
+                        released = await barrier
+                        barrier_wait = _on_time(max(now() - since, 0), released, deadline + lane_wait)
                 if self._free > 0 and not slots:
                     self._free -= 1
                 else:
                     since = max(now(), deadline)
-                    await self._wait_slot(loop)
-                    slot_wait = max(now() - since, 0)
+                    released = await self._wait_slot(loop)
+                    slot_wait = _on_time(max(now() - since, 0), released, deadline + lane_wait + barrier_wait)
                 try:
                     if self.halted is not None:  # stopped while it waited: not sent
                         break
@@ -729,13 +770,13 @@ class Engine:
                         lane.task.uncancel()
                     else:
                         busy.pop(lane, None)
-                    lane.free_ns = deadline + _queued(deadline, start, waits) + obs.done_ns - obs.sent_ns  # (see _Lane)
-                    record(obs)
+                    ideal = lane.free_ns = deadline + _queued(deadline, start, waits) + obs.done_ns - obs.sent_ns  # (_Lane)
+                    record(obs, ideal)
                     if self.pipeline is not None:
                         await self.pipeline.observed(p, obs)
                 finally:
                     lane.active = False
-                    self._release_slot()
+                    self._release_slot(ideal)
         finally:
             lane.task = None
             lane.active = False
@@ -805,7 +846,12 @@ class Engine:
             return
         now = self.clock.now_ns
         since = max(now(), deadline)
-        barrier.add_done_callback(lambda _: self._fast_slot(lane, p, deadline, lane_wait, max(now() - since, 0)))
+
+        def released(barrier: asyncio.Future) -> None:
+            waited = _on_time(max(now() - since, 0), barrier.result(), deadline + lane_wait)
+            self._fast_slot(lane, p, deadline, lane_wait, waited)
+
+        barrier.add_done_callback(released)
 
     def _fast_slot(self, lane: _Lane, p: PlannedRequest, deadline: int, lane_wait: int, barrier_wait: int) -> None:
         if self._fast_stopped:
@@ -816,8 +862,13 @@ class Engine:
             return
         now = self.clock.now_ns
         since = max(now(), deadline)
-        self._slot_queue.append(lambda: self._fast_send(lane, p, deadline, lane_wait, barrier_wait,
-                                                        max(now() - since, 0)))
+        queued_at = deadline + lane_wait + barrier_wait
+
+        def released(ideal: int | None) -> None:
+            waited = _on_time(max(now() - since, 0), ideal, queued_at)
+            self._fast_send(lane, p, deadline, lane_wait, barrier_wait, waited)
+
+        self._slot_queue.append(released)
 
     def _fast_send(self, lane: _Lane, p: PlannedRequest, deadline: int, lane_wait: int, barrier_wait: int,
                    slot_wait: int) -> None:
@@ -877,11 +928,11 @@ class Engine:
             else:
                 obs = self._fast_error(lane, p, error)
             deadline = lane.deadline
-            lane.free_ns = deadline + _queued(deadline, lane.start, lane.waits) + obs.done_ns - obs.sent_ns  # (see _Lane)
-            self._record(obs)
+            ideal = lane.free_ns = deadline + _queued(deadline, lane.start, lane.waits) + obs.done_ns - obs.sent_ns  # (_Lane)
+            self._record(obs, ideal)
             lane.active = False
             if self._slot_queue:
-                self._release_slot()
+                self._release_slot(ideal)
             else:
                 self._free += 1
             self._fast_take(lane)
@@ -1006,25 +1057,29 @@ class Engine:
                 out.append((until - due, None))
         return out
 
-    async def _wait_slot(self, loop) -> None:
+    async def _wait_slot(self, loop) -> int | None:
+        """A slot, once one is free: returns when its previous holder would have completed had the engine
+        been on time (None: not known)."""
         fut = loop.create_future()
         self._slot_queue.append(fut)
         try:
-            await fut
+            return await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self._release_slot()  # the slot was handed over just as we were cancelled
+                self._release_slot(fut.result())  # the slot was handed over just as we were cancelled
             raise
 
-    def _release_slot(self) -> None:
+    def _release_slot(self, ideal: int | None = None) -> None:
+        """Hand the slot to the first request waiting for one, with `ideal`: when the request that held it
+        would have completed had the engine been on time (None: it was not sent)."""
         slots = self._slot_queue
         while slots:
             fut = slots.popleft()
             if callable(fut):  # a callback lane's (fast path): it goes on at the loop's next turn
-                self._loop.call_soon(fut)
+                self._loop.call_soon(fut, ideal)
                 return
             if not fut.done():
-                fut.set_result(None)  # hand the slot over: first come, first served
+                fut.set_result(ideal)  # hand the slot over: first come, first served
                 return
         self._free += 1
 
@@ -1052,7 +1107,9 @@ class Engine:
             gate.by_writes.clear()
             gate.by_all.clear()
 
-    def _record(self, obs: Observation) -> None:
+    def _record(self, obs: Observation, ideal: int | None = None) -> None:
+        """Keep (or hand on) `obs`; `ideal`: when its request would have completed had the engine been on
+        time (_Lane.free_ns; worked out from `obs` when not given)."""
         if self.feed is None:
             self._obs[obs.key] = obs
         elif self._last_done_ns is None or obs.done_ns > self._last_done_ns:
@@ -1064,7 +1121,7 @@ class Engine:
             if trip is not None:
                 self._halt(trip)
         if self._gate is not None:
-            self._gate.completed(obs.key)
+            self._gate.completed(obs.key, _ideal_done(obs) if ideal is None else ideal)
         if obs.error_kind is not None:
             self.errors += 1
         if not self.completed % _REFREEZE_EVERY and self._frozen:

@@ -84,8 +84,8 @@ class Observation:
     @property
     def lateness_causes(self) -> dict[str, int]:
         """Its lateness split by cause (ns, each >= 0, summing to the lateness when it is positive):
-        the waits it was measured to make, capped at the lateness in the order connection, barrier,
-        concurrency; what remains is the engine's."""
+        the waits it made (as they would have been had the engine been on time: schedule/engine.py),
+        capped at the lateness in the order connection, barrier, concurrency; what remains is the engine's."""
         left = max(self.sent_ns - self.deadline_ns, 0)
         out = {}
         for cause, wait in ((CONNECTION, self.lane_wait_ns), (BARRIER, self.barrier_wait_ns),
