@@ -952,8 +952,11 @@ def test_a_replay_of_a_200kb_json_body_judges_without_deepdiff_and_fails_as_deep
     with serving(argv, port, "http.server", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as url:
         for reference in ("0", "1"):
             monkeypatch.setenv("REPLAY_JSON_REFERENCE", reference)
+            # Judged in the run's process (no judging process: where a large body is judged otherwise
+            # depends on whether the pool has answered yet, and the counter sees only this process).
             result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", "big.gor",
-                                                   "--replay-target", url, "--speed", "0")
+                                                   "--replay-target", url, "--speed", "0",
+                                                   "--replay-judge-workers", "0")
             result.assert_outcomes(failed=1)
             calls = json.loads(pytester.path.joinpath("deepdiff-calls.json").read_text())
             failure = [line for line in result.stdout.lines if "$.items[1250].name" in line]
