@@ -108,3 +108,70 @@ def test_a_per_exchange_items_state_is_small(pytester: pytest.Pytester, server: 
     assert data["events"] == 0  # an item's Event goes once it has its verdict
     # a state is its slots, not a threading.Event (~1.2 KB: Condition, lock, deque) and two lists each
     assert data["state_bytes"] / data["states"] <= 200, data
+
+
+# The window made small in exchanges and in bytes; the peak of the recorded bytes alive between read and
+# verdict is written down when the session ends.
+BYTES_PROBE = """
+import json
+import pytest_replay.session.stream as stream
+
+stream.WINDOW = 50
+stream.WINDOW_BYTES = 512 * 1024
+
+
+class Tracking(dict):
+    peak = held = 0
+
+    def __setitem__(self, key, exchange):
+        super().__setitem__(key, exchange)
+        Tracking.held += len(exchange.request.raw) + len(exchange.response.raw)
+        Tracking.peak = max(Tracking.peak, Tracking.held)
+
+    def pop(self, key, *default):
+        exchange = super().pop(key, *default)
+        if exchange is not None:
+            Tracking.held -= len(exchange.request.raw) + len(exchange.response.raw)
+        return exchange
+
+
+init = stream.Stream.__init__
+
+
+def tracked(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self.pending = Tracking()
+
+
+stream.Stream.__init__ = tracked
+
+
+def pytest_sessionfinish(session):
+    with open("window.json", "w") as f:
+        json.dump({"peak_bytes": Tracking.peak}, f)
+"""
+
+
+def large_bodies(path: Path, n: int, size: int) -> Path:
+    """A .gor of n GETs on 4 keep-alive connections whose recorded answers carry `size` bytes of body."""
+    body = b"x" * size
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % size + body
+    records = []
+    for i in range(n):
+        rid = f"{i % 4 + 1:016x}{i:08x}"
+        records.append(f"1 {rid} {T0 + i * 1000} -1\n".encode() + f"GET /big/{i} HTTP/1.1\r\nHost: shop\r\n\r\n".encode())
+        records.append(f"2 {rid} {T0 + i * 1000 + 500} -1\n".encode() + answer)
+    path.write_bytes(b"".join(r + SEP for r in records))
+    return path
+
+
+def test_the_window_is_bounded_in_bytes_not_only_in_exchanges(pytester: pytest.Pytester, server: str) -> None:
+    # 50 exchanges of 64 KB would be 3.2 MB alive at once; the byte budget (512 KB here) holds ~7
+    pytester.makeconftest(BYTES_PROBE)
+    gor = large_bodies(pytester.path / "big.gor", 80, 64 * 1024)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", "--speed", "0", "--replay", str(gor),
+                                           "--replay-target", server, "--replay-group", "connection", timeout=300)
+    assert "replayed: 80 of 80 requests" in result.stdout.str(), result.stdout.str()[-2000:]
+    result.assert_outcomes(failed=4)  # (the server answers a small JSON body: every exchange differs)
+    peak = json.loads((pytester.path / "window.json").read_text())["peak_bytes"]
+    assert 0 < peak <= 512 * 1024 + 70 * 1024, peak

@@ -36,6 +36,7 @@ from ..policy.guard import server_address
 from ..policy.writes import SKIP, WriteCounts
 
 WINDOW = 4096  # exchanges read and not yet judged, at most (read-ahead + in flight + waiting for a verdict)
+WINDOW_BYTES = 64 << 20  # and their recorded messages' bytes, at most (beyond one exchange larger than that)
 CHUNK = 256  # planned requests handed to the engine at once
 NOISE_SAMPLE = 4096  # exchanges kept for noise learning, at most
 NOISE_PER_REQUEST = 32  # of one (method, target): learn_noise's own max_samples
@@ -419,6 +420,7 @@ class Stream:
         self.error: str | None = None  # the capture could not be read again (named file and offset)
         self.stopping = threading.Event()
         self.feed = Feed(sum(s.expected for s in selected.values()), self._planned)
+        self._unit = max(WINDOW_BYTES // WINDOW, 1)  # bytes per slot beyond an exchange's first
         self.reader: threading.Thread | None = None
         self.judge_thread: threading.Thread | None = None
         self.finished = threading.Event()  # every exchange read was judged or counted
@@ -429,6 +431,16 @@ class Stream:
 
     def _planned(self, key: int) -> bool:
         return True  # every selected exchange is planned; the feed decides which are sent
+
+    def cost(self, exchange: Exchange) -> int:
+        """The window's slots an exchange takes between its read and its verdict: one, and one more per
+        WINDOW_BYTES / WINDOW bytes of its recorded request and response (16 KiB by default), at most
+        the whole window: WINDOW exchanges of any size would hold WINDOW times their bodies (4,096
+        exchanges of 1 MB: 4 GB recorded, as much again replayed), this way at most ~WINDOW_BYTES
+        (or one exchange larger than that, alone)."""
+        response = exchange.response
+        size = len(exchange.request.raw) + (len(response.raw) if response is not None else 0)
+        return min(1 + size // self._unit, WINDOW)
 
     def key_of(self, exchange: Exchange):
         return exchange.index if self.index.group == "exchange" else exchange.connection
@@ -469,7 +481,10 @@ class Stream:
                 state = selected.get(self.key_of(exchange))
                 if state is None or not exchange.sendable:
                     continue
-                if not slots.acquire(blocking=False):
+                need = self.cost(exchange)
+                for _ in range(need):
+                    if slots.acquire(blocking=False):
+                        continue
                     if chunk:  # the window is full: what is read goes to the engine before waiting
                         feed.put(chunk)
                         chunk = []
@@ -480,7 +495,8 @@ class Stream:
                     return
                 planned = self.plan_one(exchange, offsets(exchange.request_ts_ns))
                 if planned is None:  # not sent (skipped write): counted, the item told
-                    slots.release()
+                    for _ in range(need):
+                        slots.release()
                     continue
                 self.pending[exchange.index] = exchange
                 chunk.append(planned)
@@ -521,7 +537,8 @@ class Stream:
                 run.decisions.pop(exchange.index, None)
                 if self.recorded is not None:
                     self.recorded.responses.pop(exchange.index, None)
-                self.feed.slots.release()
+                for _ in range(self.cost(exchange)):
+                    self.feed.slots.release()
                 state = self.selected.get(self.key_of(exchange))
                 if state is not None:
                     state.finished_one()
