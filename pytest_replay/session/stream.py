@@ -36,6 +36,7 @@ from ..policy.guard import server_address
 from ..policy.writes import SKIP, WriteCounts
 
 WINDOW = 4096  # exchanges read and not yet judged, at most (read-ahead + in flight + waiting for a verdict)
+WINDOW_BYTES = 64 << 20  # and their recorded messages' bytes, at most (beyond one exchange larger than that)
 CHUNK = 256  # planned requests handed to the engine at once
 NOISE_SAMPLE = 4096  # exchanges kept for noise learning, at most
 NOISE_PER_REQUEST = 32  # of one (method, target): learn_noise's own max_samples
@@ -86,7 +87,7 @@ class Index:
         self.last_ts: int | None = None
         self.incomplete: list[Exchange] = []
         self._lanes: dict[str, list] = {}  # connection -> [last response ts, run length]
-        self._runs: list[int] = []
+        self._in_bursts = 0  # requests in closed-loop runs of BURST_RUN or more (a sum: one int, whatever the length)
         self.max_index = -1
 
     def add(self, exchange: Exchange, file: str) -> None:
@@ -176,18 +177,19 @@ class Index:
         if answered is not None and 0 <= exchange.request_ts_ns - answered <= BURST_GAP_NS:
             lane[1] += 1
         else:
-            self._runs.append(lane[1]) if lane[1] >= BURST_RUN else None
+            if lane[1] >= BURST_RUN:
+                self._in_bursts += lane[1]
             lane[1] = 1
         lane[0] = exchange.response_ts_ns
 
     def finish(self) -> None:
         """The end of the read: close the bursts (the per-connection state goes)."""
-        self._runs.extend(run for _, run, _ in self._lanes.values() if run >= BURST_RUN)
+        self._in_bursts += sum(run for _, run, _ in self._lanes.values() if run >= BURST_RUN)
         self._lanes.clear()
         self._noise_seen.clear()
 
     def closed_loop(self, total: int) -> dict | None:
-        in_bursts = sum(self._runs)
+        in_bursts = self._in_bursts
         if not total or in_bursts < BURST_SHARE * total:
             return None
         from ..http.units import ms_number
@@ -225,27 +227,87 @@ class _Span:
 
 class ItemState:
     """What the judge thread tells an item: how many of its exchanges are done, its failures (offsets in
-    the spill file), why those not sent were not, and its own replayed time."""
+    the spill file), why those not sent were not, and its own replayed time.
 
-    __slots__ = ("expected", "done", "failures", "failed", "not_sent", "not_sent_count", "own_ns", "event",
+    A per-exchange run has one per item (100,000 items: 100,000 states), so it is small: no Event of
+    its own until its item waits for it (`wait`; a threading.Event is ~1.2 KB: its Condition, lock and
+    deque), empty tuples until there is something to hold."""
+
+    __slots__ = ("expected", "done", "failures", "failed", "not_sent", "not_sent_count", "own_ns", "waiter",
                  "first_failure", "properties")
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.done = 0
-        self.failures: list[tuple[int, int]] = []  # (offset, length) of the first 5 in the spill file
+        self.failures: tuple[tuple[int, int], ...] = ()  # (offset, length) of the first 5 in the spill file
         self.failed = 0
         self.not_sent: str | None = None
         self.not_sent_count = 0
         self.own_ns = 0
-        self.event = threading.Event()
+        self.waiter: threading.Event | None = None  # made by wait(), set when the last exchange is done
         self.first_failure = None  # (exchange, observation, verdict) for --pdb only
-        self.properties: list = []  # a one-exchange item's JUnit properties (statuses, latencies)
+        self.properties: tuple | list = ()  # a one-exchange item's JUnit properties (statuses, latencies)
 
     def finished_one(self) -> None:
         self.done += 1
         if self.done >= self.expected:
-            self.event.set()
+            self.release()
+
+    def release(self) -> None:
+        """Wake its item if it waits (the judge thread, or the run's end)."""
+        waiter = self.waiter
+        if waiter is not None:
+            waiter.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Until every exchange of the item is done (True) or `timeout` seconds pass (False). The
+        judge thread counts `done` before it looks for the waiter, and the waiter is stored before
+        `done` is read again: whichever comes second sees the other."""
+        if self.done >= self.expected:
+            return True
+        waiter = self.waiter
+        if waiter is None:
+            waiter = self.waiter = threading.Event()
+            if self.done >= self.expected:
+                return True
+        if not waiter.wait(timeout):
+            return False
+        self.waiter = None  # (done: the Event is not needed any more)
+        return True
+
+
+class Skips:
+    """`ReplayRun.skipped` in a streamed run: the first EXAMPLES (exchange, reason) pairs as they came,
+    every later skip only counted by its reason, so that a run skipping millions of exchanges (writes
+    skipped, requests dropped) does not keep them. Iterated (report.evidence's listing), it gives the
+    kept pairs, then one shared {"reason": ...} per counted skip: the same counts, examples and order
+    as the list of every pair gave."""
+
+    EXAMPLES = 50  # report.evidence.MAX_EXAMPLES: the examples the evidence lists
+
+    def __init__(self, pairs=()) -> None:
+        self.kept: list = list(pairs)
+        self.counted: dict[str, int] = {}  # reason -> skips beyond the kept ones
+
+    def append(self, pair) -> None:
+        if len(self.kept) < self.EXAMPLES:
+            self.kept.append(pair)
+        else:
+            reason = str(pair[1])
+            self.counted[reason] = self.counted.get(reason, 0) + 1
+
+    def __len__(self) -> int:
+        return len(self.kept) + sum(self.counted.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.kept)
+
+    def __iter__(self):
+        yield from self.kept
+        for reason, count in self.counted.items():
+            stand_in = {"reason": reason}
+            for _ in range(count):
+                yield stand_in
 
 
 def properties(exchange: Exchange, observation) -> list:
@@ -358,15 +420,27 @@ class Stream:
         self.error: str | None = None  # the capture could not be read again (named file and offset)
         self.stopping = threading.Event()
         self.feed = Feed(sum(s.expected for s in selected.values()), self._planned)
+        self._unit = max(WINDOW_BYTES // WINDOW, 1)  # bytes per slot beyond an exchange's first
         self.reader: threading.Thread | None = None
         self.judge_thread: threading.Thread | None = None
         self.finished = threading.Event()  # every exchange read was judged or counted
         self.pdb = bool(run.config.option.usepdb)
         self.recorded = None  # targets.mock.RecordedWrites: mocked writes' recorded responses, while in flight
         self._stopped = False
+        run.skipped = Skips(run.skipped)  # (every skip counted, the first few kept: not every exchange)
 
     def _planned(self, key: int) -> bool:
         return True  # every selected exchange is planned; the feed decides which are sent
+
+    def cost(self, exchange: Exchange) -> int:
+        """The window's slots an exchange takes between its read and its verdict: one, and one more per
+        WINDOW_BYTES / WINDOW bytes of its recorded request and response (16 KiB by default), at most
+        the whole window: WINDOW exchanges of any size would hold WINDOW times their bodies (4,096
+        exchanges of 1 MB: 4 GB recorded, as much again replayed), this way at most ~WINDOW_BYTES
+        (or one exchange larger than that, alone)."""
+        response = exchange.response
+        size = len(exchange.request.raw) + (len(response.raw) if response is not None else 0)
+        return min(1 + size // self._unit, WINDOW)
 
     def key_of(self, exchange: Exchange):
         return exchange.index if self.index.group == "exchange" else exchange.connection
@@ -407,7 +481,10 @@ class Stream:
                 state = selected.get(self.key_of(exchange))
                 if state is None or not exchange.sendable:
                     continue
-                if not slots.acquire(blocking=False):
+                need = self.cost(exchange)
+                for _ in range(need):
+                    if slots.acquire(blocking=False):
+                        continue
                     if chunk:  # the window is full: what is read goes to the engine before waiting
                         feed.put(chunk)
                         chunk = []
@@ -418,7 +495,8 @@ class Stream:
                     return
                 planned = self.plan_one(exchange, offsets(exchange.request_ts_ns))
                 if planned is None:  # not sent (skipped write): counted, the item told
-                    slots.release()
+                    for _ in range(need):
+                        slots.release()
                     continue
                 self.pending[exchange.index] = exchange
                 chunk.append(planned)
@@ -459,7 +537,8 @@ class Stream:
                 run.decisions.pop(exchange.index, None)
                 if self.recorded is not None:
                     self.recorded.responses.pop(exchange.index, None)
-                self.feed.slots.release()
+                for _ in range(self.cost(exchange)):
+                    self.feed.slots.release()
                 state = self.selected.get(self.key_of(exchange))
                 if state is not None:
                     state.finished_one()
@@ -486,7 +565,7 @@ class Stream:
         if not verdict.passed:
             state.failed += 1
             if len(state.failures) < 5:
-                state.failures.append(self._spill(text))
+                state.failures += (self._spill(text),)
             if self.pdb and state.first_failure is None:
                 state.first_failure = (exchange, observation, verdict)
 
@@ -531,7 +610,7 @@ class Stream:
                 state.not_sent_count += missing
                 state.not_sent = state.not_sent or why
                 state.done = state.expected
-            state.event.set()
+            state.release()
         self.finished.set()
 
     def close(self) -> None:
