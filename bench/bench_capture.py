@@ -582,7 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         compared = [pcap]
         ng = os.path.join(workdir, os.path.basename(pcap) + "ng") if pcap.endswith(".pcap") else None
         if ng and shutil.which("editcap"):
-            if not (args.keep and os.path.exists(ng)):
+            # (a kept pcapng is reused only while it is the conversion of this pcap: the pcap is
+            # recorded anew each run unless --pcap names one)
+            if not (args.keep and os.path.exists(ng) and os.path.getmtime(ng) >= os.path.getmtime(pcap)):
                 subprocess.run(["editcap", "-F", "pcapng", pcap, ng], check=True, capture_output=True)
             ng_res = bench_pcap(ng, args.repeat, with_tshark=False, reference=True)
             row(f"pcapng {os.path.basename(ng)} (editcap of the same packets)",
