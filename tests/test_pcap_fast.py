@@ -317,3 +317,65 @@ def test_pcapng_with_two_interfaces(tmp_path: Path) -> None:
         assert got == read(path, fast_loop=False)
         assert len(got[0]) == 12 and len({row[3] for row in got[0]}) == 12
         assert sum(_in_place(e) for e in Capture(str(path))) >= 8
+
+
+
+_PEAK_RSS = """
+import sys
+from pytest_replay.capture import Capture, pcap
+from pytest_replay.capture.fast import FORGET_EVERY
+pcap.FAST_PATH = sys.argv[2] != "reference"
+if sys.argv[2] == "fast, pages kept":  # (the loop as it was: what the test must catch)
+    import pytest_replay.capture.fast as fast
+    fast._DONTNEED = None
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+before = peak()
+count = in_place = 0
+for exchange in Capture([sys.argv[1]]):  # each dropped once counted: what stays is what the reader holds
+    count += 1
+    try:
+        object.__getattribute__(exchange, "_at")
+        in_place += 1
+    except AttributeError:
+        pass
+print(count, in_place, peak() - before, FORGET_EVERY)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc (Linux)")
+@pytest.mark.parametrize("ng", [False, True], ids=["pcap", "pcapng"])
+def test_the_mapped_file_does_not_stay_in_memory(tmp_path: Path, ng: bool) -> None:
+    """The fast loop reads the file through mmap, and a mapped page counts in the process's RSS until it
+    is unmapped: a 232 MB capture read to its end peaked at 250 MB (the reference, reading in chunks:
+    30 MB). Pages read are handed back as the loop goes (FORGET_EVERY): the peak does not grow with the
+    file. A ~40 MB capture of 60 KB responses, each in one segment (the loop takes them)."""
+    import subprocess
+    import sys
+
+    response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 60000\r\n\r\n" + b"x" * 60_000
+    frames = []
+    for conn in range(2):
+        frames += conversation([(REQUESTS[0], response)] * 330, port=42000 + conn,
+                               start_us=1_700_000_000_000_000 + conn)
+    # 10 ms between packets (the conversation's 10 us, x1000): read exchanges are released as the
+    # capture's clock moves on, so what stays is what the reader holds, not the exchanges
+    start = 1_700_000_000_000_000
+    frames = sorted((start + (ts - start) * 1000, data) for ts, data in frames)
+    path = tmp_path / ("big.pcapng" if ng else "big.pcap")
+    path.write_bytes((_pcapng if ng else _pcap)(frames))
+    size = path.stat().st_size
+    assert size > 39_000_000
+    script = tmp_path / "peak.py"
+    script.write_text(_PEAK_RSS)
+    grown = {}
+    for mode in ("fast", "reference", "fast, pages kept"):
+        run = subprocess.run([sys.executable, str(script), str(path), mode], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        count, in_place, grown[mode], forget_every = map(int, run.stdout.split())
+        assert count == 660 and (in_place > 600) == (mode != "reference")  # the fast loop read them
+    # the reference's own growth (its buffers, the 60 KB messages, imports) plus at most the pages not
+    # yet handed back; with the pages kept, the whole file stays mapped
+    assert grown["fast"] < grown["reference"] + forget_every + 4_000_000, (grown, size)
+    assert grown["fast, pages kept"] > grown["reference"] + size * 0.8, (grown, size)
