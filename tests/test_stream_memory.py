@@ -175,3 +175,64 @@ def test_the_window_is_bounded_in_bytes_not_only_in_exchanges(pytester: pytest.P
     result.assert_outcomes(failed=4)  # (the server answers a small JSON body: every exchange differs)
     peak = json.loads((pytester.path / "window.json").read_text())["peak_bytes"]
     assert 0 < peak <= 512 * 1024 + 70 * 1024, peak
+
+
+LANES_PROBE = """
+import json, pytest
+from pytest_replay.schedule.engine import Engine
+
+seen = {"max": 0, "records": 0}
+record = Engine._record
+
+
+def counting(self, obs, ideal=None):
+    seen["records"] += 1
+    seen["max"] = max(seen["max"], len(self._lanes))
+    return record(self, obs, ideal)
+
+
+Engine._record = counting
+
+
+def pytest_sessionfinish(session):
+    with open("lanes.json", "w") as f:
+        json.dump(seen, f)
+"""
+
+
+def connections_gor(path: Path, n: int, per_connection: int) -> Path:
+    """n exchanges, `per_connection` on each captured connection in turn (one after the other: the
+    connection's last request comes before the next connection's first), 1 ms apart."""
+    records = []
+    for i in range(n):
+        rid = f"{i // per_connection + 1:016x}{i:08x}"
+        ts = T0 + i * 1_000_000
+        records.append(f"1 {rid} {ts} -1\n".encode() + f"GET /item/{i} HTTP/1.1\r\nHost: shop\r\n\r\n".encode())
+        records.append(f"2 {rid} {ts + 50_000} -1\n".encode() + OK)
+    path.write_bytes(b"".join(r + SEP for r in records))
+    return path
+
+
+@pytest.mark.parametrize("per_connection", [1, 20])
+@pytest.mark.parametrize("lanes", ["fast", "reference"])
+def test_a_streamed_run_drops_the_lane_of_a_connection_that_has_no_more(pytester, server: str, per_connection: int,
+                                                                        lanes: str) -> None:
+    """A capture of many short connections: the engine kept one lane per captured connection until the
+    feed ended (~1.5 KB each: a deque, two bound callbacks, the lane; 20,000 one-request connections held
+    ~30 MB of lanes). Pass 1 knows each connection's last exchange; its lane ends and is dropped once that
+    request is answered. Every exchange is still replayed and judged, on the callback lanes and on the
+    coroutine lanes (the reference)."""
+    n = 600
+    connections_gor(pytester.path / "short.gor", n, per_connection)
+    probe = LANES_PROBE
+    if lanes == "reference":
+        probe += "\nEngine.fast_path = False\n"
+    pytester.makeconftest(probe)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", "short.gor", "--replay-target",
+                                           server)
+    result.assert_outcomes(passed=n)
+    seen = json.loads((pytester.path / "lanes.json").read_text())
+    assert seen["records"] == n
+    # at the recorded pace (1 ms apart) the lanes alive are the connections with a request queued or in
+    # flight, not every connection read so far (was n / per_connection)
+    assert seen["max"] < (n // per_connection) / 3, seen

@@ -682,7 +682,12 @@ class Engine:
                     lane = lanes.get(p.lane)
                     if lane is None:
                         lane = lanes[p.lane] = _Lane(p.lane, 1)  # (remaining: 1 until the feed ends)
-                    self._queue(p, lane, loop, spill)
+                    to = self._queue(p, lane, loop, spill)
+                    if p.last:  # its captured connection has no more: the lane ends when drained (_drop)
+                        lane.remaining = 0
+                        for other in lane.all():
+                            if other is not to:
+                                self._wake(other, None)
         finally:
             for lane in list(lanes.values()):  # the feed is over (or the dispatch stopped): lanes end when drained
                 lane.remaining = 0
@@ -786,6 +791,17 @@ class Engine:
                     close_lane(lane.name)
                 except Exception:  # noqa: BLE001
                     pass
+            self._drop(lane)
+
+    def _drop(self, lane: _Lane) -> None:
+        """A feed's lane that ended with its captured connection's last request (PlannedRequest.last),
+        drained, with no extra connection: forgotten, so that a capture of many short connections does
+        not keep one lane per connection to the feed's end. A lane still to be cancelled or ended by the
+        run's end stays (halted, stopped, spill lanes, lanes without their last request)."""
+        if (self.feed is not None and lane.remaining == 0 and lane.owner is None and not lane.spills
+                and lane.idle and self.halted is None and not self._fast_stopped and self._dispatcher is not None
+                and not self._dispatcher.done() and self._lanes.get(lane.name) is lane):
+            del self._lanes[lane.name]
 
     # -- callback lanes (the fast path) ---------------------------------------------------------------
     # The steps of _run_lane as callbacks: a lane takes its next request when one is queued or when
@@ -815,6 +831,7 @@ class Engine:
                 close_lane(lane.name)
             except Exception:  # noqa: BLE001
                 pass
+        self._drop(lane)
         idle = self._fast_idle
         if not self._fast_live and idle is not None and not idle.done():
             idle.set_result(None)

@@ -33,6 +33,9 @@ class PlannedRequest:
     lane: str  # captured connection: requests of one lane are sent in order on one replay connection
     request: Request
     wire: bytes  # the bytes to send on a network target (after the replay's rewrites)
+    # The last request of its captured connection in a streamed run (a feed): its lane ends once it is
+    # sent and answered, not when the feed ends (a capture of many short connections: one lane each).
+    last: bool = False
 
 
 @dataclass(frozen=True, slots=True)

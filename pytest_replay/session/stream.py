@@ -28,7 +28,7 @@ import queue
 import tempfile
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..http.message import Exchange
 from ..http.normalize import endpoint_of, path_template
@@ -86,7 +86,8 @@ class Index:
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self.incomplete: list[Exchange] = []
-        self._lanes: dict[str, list] = {}  # connection -> [last response ts, run length]
+        self._lanes: dict[str, list] = {}  # connection -> [last response ts, run length, server, last index]
+        self.ends = bytearray()  # bit i: exchange i is the last of its connection (made by finish())
         self._in_bursts = 0  # requests in closed-loop runs of BURST_RUN or more (a sum: one int, whatever the length)
         self.max_index = -1
 
@@ -171,8 +172,9 @@ class Index:
                 self._noise_seen[spot] += 1
                 self.noise_sample.append(exchange)
         if lane is None:
-            self._lanes[exchange.connection] = [exchange.response_ts_ns, 1, server]
+            self._lanes[exchange.connection] = [exchange.response_ts_ns, 1, server, exchange.index]
             return
+        lane[3] = exchange.index
         answered = lane[0]
         if answered is not None and 0 <= exchange.request_ts_ns - answered <= BURST_GAP_NS:
             lane[1] += 1
@@ -184,9 +186,17 @@ class Index:
 
     def finish(self) -> None:
         """The end of the read: close the bursts (the per-connection state goes)."""
-        self._in_bursts += sum(run for _, run, _ in self._lanes.values() if run >= BURST_RUN)
+        self._in_bursts += sum(run for _, run, _, _ in self._lanes.values() if run >= BURST_RUN)
+        ends = self.ends = bytearray((self.max_index >> 3) + 1)
+        for *_, last in self._lanes.values():
+            ends[last >> 3] |= 1 << (last & 7)
         self._lanes.clear()
         self._noise_seen.clear()
+
+    def ends_connection(self, index: int) -> bool:
+        """Is exchange `index` the last its captured connection has (after finish())?"""
+        ends = self.ends
+        return (index >> 3) < len(ends) and bool(ends[index >> 3] & (1 << (index & 7)))
 
     def closed_loop(self, total: int) -> dict | None:
         in_bursts = self._in_bursts
@@ -474,6 +484,7 @@ class Stream:
         feed, selected, slots = self.feed, self.selected, self.feed.slots
         chunk: list = []
         offsets = self.run.offsets()
+        ends_connection = self.index.ends_connection
         try:
             for exchange in self.open_capture():
                 if self.stopping.is_set():
@@ -499,6 +510,8 @@ class Stream:
                         slots.release()
                     continue
                 self.pending[exchange.index] = exchange
+                if ends_connection(exchange.index):  # its lane ends once it is answered (one per connection)
+                    planned = replace(planned, last=True)
                 chunk.append(planned)
                 if len(chunk) >= CHUNK:
                     feed.put(chunk)
