@@ -47,7 +47,9 @@ def pytest_sessionfinish(session):
                             run.settings, stream.spill)}
     states = list(stream.selected.values())
     with open("kept.json", "w") as f:
-        json.dump({"streamed": stream is not None, "index": reach(run.collection.index, stop),
+        index = run.collection.index  # (its `ends`, one bit per exchange by design, measured apart)
+        json.dump({"streamed": stream is not None, "index": reach(index, stop | {id(index.ends)}),
+                   "ends": sys.getsizeof(index.ends),
                    "skipped": reach(run.skipped, stop), "skipped_count": len(run.skipped),
                    "states": len(states), "state_bytes": reach(states, stop) - sys.getsizeof(states),
                    "events": sum(getattr(s, "waiter", getattr(s, "event", None)) is not None for s in states)}, f)
@@ -97,6 +99,8 @@ def test_what_a_streamed_run_keeps_does_not_grow_with_the_capture(pytester: pyte
     # pass 1's tallies (closed-loop bursts: a sum, not a list of runs) and the skips (the first 50 kept,
     # the rest counted by reason): the same size for 4x the exchanges
     assert large["index"] - small["index"] <= 256, (small, large)
+    # which exchange ends its connection (Index.ends, for the engine to drop the lane): one bit each
+    assert large["ends"] - small["ends"] <= (6000 - 1500) // 8 + 64, (small, large)
     assert large["skipped"] - small["skipped"] <= 256, (small, large)
     assert large["state_bytes"] == small["state_bytes"], (small, large)  # one state per connection
 
