@@ -17,7 +17,9 @@
     pytest with `--collect-only` (start-up, pass 1, the items; nothing replayed).
 (b) A generated .gor (3M exchanges; 300k with --quick) of the same GET on 200 connections whose recorded
     responses are what nginx answers (bench_plugin.py's generator): the same replay. Target: peak RSS within
-    10% of (a)'s (flat), and the same wall/span ratio. `--gor-sizes 300000,1000000,3000000`: a row per size.
+    10% of (a)'s (flat), and the same wall/span ratio. `--gor-sizes 300000,1000000,3000000`: a row per size;
+    `--gor-connections 8,200`: a row per number of connections (8 is (a)'s: the same traffic at 10x the
+    exchanges, what "flat" asks; 200 adds the cost of more connections).
 (c) 100,000 per-exchange items (10k with --quick): `--collect-only` and the run of a .gor of that many
     exchanges, beside bare pytest with as many trivial parametrized items. Target: within 1.3x of bare.
     Printed beside the run (info): its wall without the replay span (evidence run.wall_s), which is what
@@ -155,15 +157,15 @@ def record(path: str, packets: int, workdir: str) -> dict:
     return facts
 
 
-def gor(path: str, n: int) -> dict:
-    """n exchanges of GET /item.json on 200 connections, recorded as nginx answers them."""
+def gor(path: str, n: int, connections: int = bench_plugin.LANES) -> dict:
+    """n exchanges of GET /item.json on `connections` connections, recorded as nginx answers them."""
     def exchange(rng: random.Random, ts: int) -> tuple[bytes, bytes, int]:
         request = (b"GET /item.json HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: wrk\r\n"
                    b"Accept: application/json\r\n\r\n")
         latency = int(rng.lognormvariate(12.9, 0.5))
         return request, bench_plugin.nginx_response(ITEM, "application/json", MTIME, (ts + latency) / 1e9), latency
 
-    return bench_plugin.write_gor(path, n, bench_plugin.LANES, 3, 20_000, exchange)
+    return bench_plugin.write_gor(path, n, connections, 3, 20_000, exchange)
 
 
 def bare(workdir: str, n: int, collect_only: bool) -> dict:
@@ -380,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gor-sizes", metavar="N,N,...",
                     help="(b) at each of these sizes, a row each (e.g. 300000,1000000,3000000: the peak RSS should "
                          "be flat); default: 3,000,000 (300,000 with --quick)")
+    ap.add_argument("--gor-connections", metavar="N,N,...", default=str(bench_plugin.LANES),
+                    help=f"(b) on each of these numbers of connections, a row each (default {bench_plugin.LANES}; "
+                         "(a)'s capture has 8)")
     ap.add_argument("--skip-items", action="store_true", help="leave out (c)")
     ap.add_argument("--only-judge", action="store_true", help="only (d), the judging cost (no servers)")
     ap.add_argument("--judge-against", metavar="DIR",
@@ -453,20 +458,22 @@ def main(argv: list[str] | None = None) -> int:
         # (b) a generated .gor, 10x the exchanges (--gor-sizes: a row per size, to show the peak is flat)
         if not args.skip_gor:
             sizes = [int(n) for n in args.gor_sizes.split(",")] if args.gor_sizes else [cfg["gor"]]
-            for n in sizes:
-                big = os.path.join(workdir, f"scale-{n}.gor")
+            lanes = [int(c) for c in args.gor_connections.split(",")]
+            for n, conns in [(n, c) for c in lanes for n in sizes]:
+                big = os.path.join(workdir, f"scale-{n}.gor" if conns == bench_plugin.LANES else f"scale-{n}-c{conns}.gor")
                 if not os.path.exists(big):
-                    log(f"generating {n:,} exchanges")
-                    gor(big, n)
+                    log(f"generating {n:,} exchanges on {conns} connections")
+                    gor(big, n, conns)
                 b = pytest_replay(big, url, workdir, "gor", ["--replay-group", "connection"])
                 ratio_b = b["wall"] / b["span"]
-                rows.append((f"(b) pytest, generated .gor, {n:,}",
+                what = f"{n:,} on {conns} connections"
+                rows.append((f"(b) pytest, generated .gor, {what}",
                              f"{b['wall']:.2f} s wall, span {b['span']:.2f} s, {b['requests']:,} requests, "
                              f"{b['failed']} failed", f"wall/span {ratio_b:.2f}x (a: {ratio_a:.2f}x)"))
-                rows.append((f"(b) peak RSS, {n:,}", f"{b['rss_mb']:.0f} MB",
+                rows.append((f"(b) peak RSS, {what}", f"{b['rss_mb']:.0f} MB",
                              judge(b["rss_mb"] <= a["rss_mb"] * (1 + TARGET_FLAT),
                                    f"within 10% of (a)'s {a['rss_mb']:.0f} MB")))
-                rows.append((f"(b) wall / span, {n:,}", f"{ratio_b:.2f}x", judge(ratio_b <= TARGET_RATIO, f"<= {TARGET_RATIO}x")))
+                rows.append((f"(b) wall / span, {what}", f"{ratio_b:.2f}x", judge(ratio_b <= TARGET_RATIO, f"<= {TARGET_RATIO}x")))
 
         # (c) per-exchange items
         if not args.skip_items:
