@@ -45,6 +45,18 @@ def replayed_exchanges(items: Iterable) -> list[Exchange]:
             for e in item.exchanges if e.sendable]
 
 
+_judge = None  # verdicts.judge.judge, imported at the first verdict (a --collect-only run never needs it)
+
+
+def _import_judge():
+    """verdicts.judge.judge, kept in a global: an import statement in ReplayRun.judge, run once per
+    exchange by the judge thread, cost ~8% of that thread's time in a streamed run (py-spy)."""
+    global _judge
+    from ..verdicts.judge import judge
+    _judge = judge
+    return judge
+
+
 class ReplayRun:
     """One replay: started by the `replay_engine` fixture, waited on and judged by the items.
 
@@ -548,8 +560,7 @@ class ReplayRun:
 
     # -- verdicts and counts -----------------------------------------------------------------
     def judge(self, exchange: Exchange, observation):
-        from ..verdicts.judge import judge
-
+        judge = _judge or _import_judge()
         error = None if observation.ok else f"{observation.error_kind}: {observation.error}"
         blocked = self.outbound.failure(exchange.index, self.redactor.text) if self.outbound is not None else None
         error = error or blocked
