@@ -498,3 +498,58 @@ def test_container_variants_read_as_the_reference_and_at_the_right_times(tmp_pat
         assert built == in_place, name
         if "cut to 80" in name:  # the responses (longer than 80 bytes on the wire) are flagged truncated
             assert got[1]["incomplete"] == {"truncated": 60}, (name, got[1])
+
+
+
+_SHRINKS = """
+import os, sys
+from pytest_replay.capture import Capture, pcap
+pcap.FAST_PATH = sys.argv[2] == "fast"
+capture = Capture(sys.argv[1])
+count = 0
+for exchange in capture:
+    count += 1
+    if count == 10:  # another process rewrites the file (tcpdump -w started again on the same name)
+        os.truncate(sys.argv[1], int(sys.argv[3]))
+print(count)
+for warning in capture.stats.warnings:
+    print(warning)
+"""
+
+
+@pytest.mark.parametrize("cut", [8192, 2_000_000], ids=["behind the loop", "ahead of the loop"])
+@pytest.mark.parametrize("ng", [False, True], ids=["pcap", "pcapng"])
+def test_a_capture_cut_short_while_it_is_read(tmp_path: Path, ng: bool, cut: int) -> None:
+    """The fast loop reads the file through mmap: touching a mapped page past the end of a file that
+    shrank after it was mapped kills the process with SIGBUS (no report, no evidence). A streamed run
+    reads its capture for as long as the replay lasts. The reference, reading with read(), sees the
+    file end. The loop looks at the file's size again whenever it may have waited (each time it hands
+    exchanges out), says that the file shrank, and reads it to its new end (or stops where it is, if
+    the new end is behind it)."""
+    import subprocess
+    import sys
+
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
+    start = 1_700_000_000_000_000
+    frames = conversation([(REQUESTS[0], response)] * 3000, port=47000, start_us=start)
+    # ~1 ms between exchanges (the conversation's ~21 us, x50): exchanges are handed out as the loop
+    # goes, and 3.3 MB: more than the reference's first 1 MiB read
+    frames = [(start + (ts - start) * 50, data) for ts, data in frames]
+    path = tmp_path / ("shrinks.pcapng" if ng else "shrinks.pcap")
+    script = tmp_path / "shrinks.py"
+    script.write_text(_SHRINKS)
+    for mode in ("reference", "fast"):
+        path.write_bytes((_pcapng if ng else _pcap)(frames))
+        run = subprocess.run([sys.executable, str(script), str(path), mode, str(cut)], capture_output=True,
+                             text=True)
+        assert run.returncode == 0, (mode, run.returncode, run.stderr[-2000:])
+        count, *warnings = run.stdout.splitlines()
+        assert 10 <= int(count) < 3000, (mode, run.stdout)
+    shrank = [w for w in warnings if "shrank" in w]
+    assert len(shrank) == 1 and shrank[0].startswith(f"{path} (frame "), warnings
+    assert f"the file shrank to {cut} bytes while it was read" in shrank[0], shrank
+    if cut > 1_000_000:  # read on to the new end, which cuts a packet: the reference says so
+        assert shrank[0].endswith("it is read to its new end") and len(warnings) == 2, warnings
+        assert "the file ends inside" in warnings[1] and int(count) > 1500, (count, warnings)
+    else:
+        assert shrank[0].endswith("the packets from here on were not read") and warnings == shrank, warnings
