@@ -617,3 +617,32 @@ def test_the_schedule_figures_follow_the_evidence_a_stop_and_speed_0() -> None:
     unscheduled = render_html(dict(data, lateness=None))
     assert "sched p99" not in unscheduled.split('id="endpoints"')[1]
     assert "<th>response time from schedule</th>" not in unscheduled and 'class="stopped"' in unscheduled
+
+
+def test_the_schedule_parts_escape_what_a_user_wrote_and_take_missing_figures() -> None:
+    """The capacity table, the stop line, the sched columns and curves, the headline: a stage's pace, a
+    stop condition (both as the user wrote them), what it measured and an endpoint (from the capture)
+    are escaped wherever they appear; missing figures show as '-', and a run without stages, without
+    figures or with empty sections renders."""
+    bad = "<script>alert(1)</script>&\"'"
+    stage = {"stage": 1, "pace": bad, "duration_s": None, "target_rate": None, "sent": None, "planned": None,
+             "errors": None, "service_p99_ms": None, "scheduled_p99_ms": 3, "lateness_p99_ms": None}
+    stop = {"stage": bad, "into_stage_s": None, "offered_rate": None, "condition": bad, "window_s": None,
+            "measures": bad, "measured": bad, "requests_in_window": None}
+    row = {"endpoint": ALL, "requests": 5, "replayed_ms": {"p50": 1, "p95": 2, "p99": 3},
+           "scheduled_ms": {"p50": None, "p95": 20, "p99": 30}}
+    data = {"lateness": {"p50_ms": 1}, "totals": row, "endpoints": [dict(row, endpoint="GET /" + bad)],
+            "capacity": {"stages": [stage], "stopped": stop}}
+    page = render_html(data)
+    assert "<script>alert" not in page and "&quot;'" not in page
+    shown = "&lt;script&gt;alert(1)&lt;/script&gt;&amp;&quot;&#x27;"
+    stages = page.split('id="stages"')[1].split("</table>")[0]
+    assert f"<td>{shown}</td>" in stages
+    assert stages.count('<td data-v="">-</td>') == 7  # every missing figure of the stage (all but 2)
+    stopped = page.split('class="stopped"')[1].split("</p>")[0]
+    assert stopped.count(shown) == 4 and "offered" not in stopped  # stage, condition, measures, measured
+    endpoints = page.split('id="endpoints"')[1].split("</table>")[0]
+    assert f"GET /{shown}" in endpoints
+    for empty in ({}, {"capacity": {}}, {"capacity": {"stages": [], "stopped": None}}, {"lateness": {}, "totals": {}},
+                  {"lateness": {}, "totals": {"replayed_ms": {"p50": 1}}}):
+        assert 'id="capacity"' not in render_html(empty)

@@ -30,7 +30,7 @@ from pytest_replay.policy.redact import Redactor
 from pytest_replay.verdicts import diff, lookup
 from pytest_replay.verdicts.diff import DiffConfig, compare, learn_noise
 from pytest_replay.verdicts.judge import judge
-from pytest_replay.verdicts.origin import OriginResolver
+from pytest_replay.verdicts.origin import OriginResolver, Origins
 
 NAMES = [b"Content-Encoding", b"content-encoding", b"CONTENT-ENCODING", b"Content-Encoding ", b"Content-Type",
          b"Host", b"X-Forwarded-Proto", b"Forwarded", b"X-Content-Encoding", b"Content-Encodings", b"Vary",
@@ -43,9 +43,11 @@ WANTED = [b"content-encoding", b"content-type", b"host", b"x-forwarded-proto", b
 
 @st.composite
 def heads(draw) -> bytes:
-    """A message head as a capture may hold it: any case, duplicates, folded lines, bare LF, odd names."""
+    """A message head as a capture may hold it: any case, duplicates, folded lines, bare LF, odd names;
+    and heads a capture's framer never makes but a lookup must still answer as the reference does: no
+    empty line at the end, no line ending at all after the last field, an empty start line."""
     eol = draw(st.sampled_from([b"\r\n", b"\n"]))
-    start = draw(st.sampled_from([b"HTTP/1.1 200 OK", b"GET / HTTP/1.1", b"GET /content-encoding: HTTP/1.1"]))
+    start = draw(st.sampled_from([b"HTTP/1.1 200 OK", b"GET / HTTP/1.1", b"GET /content-encoding: HTTP/1.1", b""]))
     lines = [start]
     for _ in range(draw(st.integers(0, 8))):
         if lines[1:] and draw(st.integers(0, 9)) == 0:
@@ -53,7 +55,7 @@ def heads(draw) -> bytes:
             continue
         sep = draw(st.sampled_from([b": ", b":", b":\t", b" : "]))
         lines.append(draw(st.sampled_from(NAMES)) + sep + draw(st.sampled_from(VALUES)))
-    return eol.join(lines) + eol + eol
+    return eol.join(lines) + draw(st.sampled_from([eol + eol, eol + eol, eol, b""]))
 
 
 @settings(max_examples=400, deadline=None)
@@ -77,6 +79,12 @@ def test_the_lookup_answers_plain_heads_without_splitting_them() -> None:
 # -- compare(): fast path against the full path -------------------------------------------------------------
 BODIES = [b"", b'{"a": 1}', b'{"a": 2}', b'{"a": 1, "id": "x"}', b"plain text\n", b"\x00\x01binary",
           gzip.compress(b'{"a": 1}', mtime=0), gzip.compress(b'{"a": 2}', mtime=0), b"not gzip at all"]
+# the recorded and replayed origins treated as one (verdicts/origin.py): the full path rewrites bodies and
+# headers with them, and counts each rewrite as ignored; bodies that name them, alike or differing by origin
+ORIGINS = [None, Origins(("http://shop.example",), ("http://127.0.0.1:9",))]
+ORIGIN_BODIES = [(b'{"next": "http://shop.example/p/2"}', b'{"next": "http://127.0.0.1:9/p/2"}'),
+                 (b'{"next": "http://127.0.0.1:9/p/2"}', b'{"next": "http://127.0.0.1:9/p/2"}'),
+                 (b"see http://shop.example/", b"see http://127.0.0.1:9/")]
 HEADER_SETS = [
     [(b"Content-Type", b"application/json")],
     [(b"Content-Type", b"application/json"), (b"Content-Encoding", b"gzip")],
@@ -120,11 +128,13 @@ def _message(status: int, headers: list, body: bytes, parsed_form: bool) -> Resp
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(statuses=st.tuples(st.sampled_from([200, 404, 500]), st.sampled_from([200, 404, 500])),
        headers=st.tuples(st.sampled_from(HEADER_SETS), st.sampled_from(HEADER_SETS)),
-       bodies=st.tuples(st.sampled_from(BODIES), st.sampled_from(BODIES)), same_body=st.booleans(),
+       bodies=st.one_of(st.tuples(st.sampled_from(BODIES), st.sampled_from(BODIES)), st.sampled_from(ORIGIN_BODIES)),
+       same_body=st.booleans(),
        config=st.sampled_from(CONFIGS), latency_ns=st.sampled_from([None, 10, 5_000_000]),
-       flagged=st.booleans(), parsed_form=st.booleans(), path=st.sampled_from(["/n", "/other?x=1"]))
+       flagged=st.booleans(), parsed_form=st.booleans(), path=st.sampled_from(["/n", "/other?x=1"]),
+       origins=st.sampled_from(ORIGINS))
 def test_the_fast_path_gives_the_full_paths_verdict_and_text(statuses, headers, bodies, same_body, config,
-                                                             latency_ns, flagged, parsed_form, path) -> None:
+                                                             latency_ns, flagged, parsed_form, path, origins) -> None:
     body_a, body_b = bodies[0], bodies[0] if same_body else bodies[1]
     flags = (Flag("cut", "response", "by a gap"),) if flagged else ()
     request = Request.build("GET", path, ((b"Host", b"shop.example"),))
@@ -140,14 +150,14 @@ def test_the_fast_path_gives_the_full_paths_verdict_and_text(statuses, headers, 
     for fast in (True, False):
         e = exchange()
         verdicts[fast] = compare(e.response, replayed(), config, exchange=e, latency_ns=latency_ns,
-                                 recorded_latency_ns=1, fast=fast)
+                                 recorded_latency_ns=1, origins=origins, fast=fast)
     assert verdicts[True] == verdicts[False]
     texts = []
     for fast in (True, False):
         old, diff.FAST_PATH = diff.FAST_PATH, fast
         try:
             texts.append(judge(exchange(), replayed(), config, Redactor(key="k"), error=None, latency_ns=latency_ns,
-                               origins=None))
+                               origins=origins))
         finally:
             diff.FAST_PATH = old
     assert texts[0] == texts[1]

@@ -29,6 +29,7 @@ compares the two on random captures; tests/test_real_captures_unchanged.py on th
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from collections import deque
 from heapq import heappop, heappush
@@ -38,7 +39,7 @@ from ..http.message import NO_RESPONSE, Exchange, Flag
 from ..http.parser import _MAX_REMEMBERED, _WHOLE, BODY_FRAMING_METHODS, HEAD, Framer, whole_request, whole_response
 from ..reassembly.draft import Draft
 from ..reassembly.flows import Connection
-from ..reassembly.stats import CaptureStats
+from ..reassembly.stats import CaptureStats, CaptureWarning
 from .limits import MAX_PACKET
 from . import pcapng
 from .pcap import (RELEASE_EVERY, RELEASE_LAG_NS, RESPONSE_WINDOW_NS, Reading, _classic_frames, _classic_header,
@@ -81,7 +82,7 @@ def read_fast(name: str, stream: BinaryIO, size: int, stats: CaptureStats, info:
         return
     info["format"] = "pcap (nanosecond)" if header.nano else "pcap"
     with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        pos = yield from _loop(buf, min(size, len(buf)), header, limit, reading)
+        pos = yield from _loop(buf, stream.fileno(), min(size, len(buf)), header, limit, reading)
     # The file's end (or a damaged record): the reference reads the rest, every connection on it.
     stream.seek(pos)
     yield from packets(_classic_frames(name, header, size, stats, info, limit, pos, reading.frame), reading)
@@ -103,7 +104,7 @@ def _read_pcapng(name: str, stream: BinaryIO, size: int, stats: CaptureStats, in
         else:
             pos, structs, interfaces = start
             header = (structs, [(i.linktype, i.scale, i.offset_ns) for i in interfaces])
-            pos = yield from _loop(buf, size, header, limit, reading, pos)
+            pos = yield from _loop(buf, stream.fileno(), size, header, limit, reading, pos)
             resume = (pos, reading.frame, structs, interfaces, reading.now_block)
     if resume is not None:
         stream.seek(resume[0])
@@ -139,10 +140,15 @@ def _pcapng_start(buf, size: int, limit: int):
     return None
 
 
-def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
-    """The packet loop over the mapped file from `pos`; returns where it stopped (the reference reads
-    from there). `header`: a classic pcap's, or for pcapng (_Structs, [(link type, ns per unit or None,
-    offset ns) per interface])."""
+def _loop(buf, fd: int, size: int, header, limit: int, reading: Reading, pos: int = 24):
+    """The packet loop over the mapped file (`fd`) from `pos`; returns where it stopped (the reference
+    reads from there). `header`: a classic pcap's, or for pcapng (_Structs, [(link type, ns per unit or
+    None, offset ns) per interface]).
+
+    Every read of the mapping stays below `size`. A mapped page past the end of a file that shrank
+    after it was mapped is SIGBUS when touched: the process dies (no report, no evidence). So after
+    each wait (the exchanges handed out: a streamed run reads its capture for as long as the replay
+    lasts) the file's size is looked at again (_shrunk), and the loop stops at its new end."""
     file = reading.name
     reorder, table, decoder = reading.reorder, reading.table, reading.decoder
     run, late = reorder.run, reorder.late
@@ -169,11 +175,15 @@ def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
     frame = now = nbytes = last_ts = 0
     first = None
     plain_request = plain_response = None  # the last messages that passed the checks below
+    waited = False  # the exchanges were handed out since the file's size was last looked at
     rn, rlast = reorder._n, reorder.last  # the Reorder's counter and last timestamp (written back around
     try:                                    # the reference's calls, which push Drafts)
         forget_at = pos + FORGET_EVERY if _DONTNEED is not None else 1 << 62  # (never, without madvise)
         forgotten = 0
         while True:
+            if waited:
+                waited = False
+                size = _shrunk(fd, size, reading, pos, frame)
             if pos >= forget_at:
                 upto = pos & _PAGE_MASK
                 buf.madvise(_DONTNEED, forgotten, upto - forgotten)
@@ -230,6 +240,7 @@ def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
                                     state[S_ACK if from_client else C_ACK] = ack
                                     if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
                                         yield out
+                                        waited = True
                                     continue
                                 payload = buf[p_start:p_end]
                                 length = p_end - p_start
@@ -265,6 +276,7 @@ def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
                                         rn += 1
                                         if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
                                             yield out
+                                            waited = True
                                         continue
                                 else:
                                     waiting = state[WAITING]
@@ -292,6 +304,7 @@ def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
                                                 x._at += (frame,)
                                                 if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
                                                     yield out
+                                                    waited = True
                                                 continue
                             _demote(state, fast, reorder)
                         # -- the reference: Connection.packet() ----------------------------------------
@@ -309,6 +322,7 @@ def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
                             _promote(entry[0], fast)
                         if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
                             yield out
+                            waited = True
                         continue
             # -- anything else: the decoder tables (link.py), then the reference --------------------
             seg = decode(1, buf[start:end], ts)
@@ -322,6 +336,7 @@ def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
                 rn, rlast = reorder._n, reorder.last
             if frame % RELEASE_EVERY == 0 and (out := _release(reorder, now)):
                 yield out
+                waited = True
         return pos
     finally:
         reorder._n, reorder.last = rn, rlast
@@ -333,6 +348,19 @@ def _loop(buf, size: int, header, limit: int, reading: Reading, pos: int = 24):
         reading.frame, reading.now, reading.first = frame, now, first
         reading.nbytes = nbytes if ng else pos - 24 - 16 * frame
         reading.now_block = last_ts  # pcapng: the timestamp a Simple Packet Block after these would take
+
+
+def _shrunk(fd: int, size: int, reading: Reading, pos: int, frame: int) -> int:
+    """The bytes of the mapping the loop may read: `size`, or the file's new size if it has shrunk
+    (said once per shrink, where the loop is)."""
+    now = os.fstat(fd).st_size
+    if now >= size:
+        return size
+    rest = "the packets from here on were not read" if pos >= now else "it is read to its new end"
+    reading.stats.warn(CaptureWarning(reading.name, "truncated-file", f"the file shrank to {now} bytes while it "
+                                      f"was read (from {size}): another program rewrote or cut it; {rest}",
+                                      offset=pos, frame=frame + 1))
+    return now
 
 
 def _ports(key: bytes) -> tuple[int, int]:
