@@ -293,3 +293,51 @@ def test_ctrl_c_in_a_streamed_run_exits_promptly_with_partial_evidence(tmp_path:
     evidence = json.loads((report / "replay-evidence.json").read_text())
     assert evidence["run"]["interrupted"] is True
     assert 0 < evidence["totals"]["requests"] < 3000
+
+
+CUT = """
+import os
+from pytest_replay.capture import pcap
+
+pcap.FAST_PATH = {fast}
+cut = []
+
+
+def pytest_runtest_setup(item):  # (before the replay starts: the first item's fixture starts it)
+    if not cut:
+        cut.append(os.truncate({path!r}, {size}))
+"""
+
+
+@pytest.mark.parametrize("kind, fast, group", [("gor", True, "exchange"), ("pcap", True, "exchange"),
+                                               ("pcap", False, "connection"), ("pcap", True, "connection")])
+def test_a_capture_cut_between_its_two_reads_fails_the_run_and_names_where_it_stopped(
+        pytester: pytest.Pytester, server: str, kind: str, fast: bool, group: str) -> None:
+    """Pass 1 read the whole capture; the file is cut before pass 2 reads it again (another program
+    rewrote it). Items whose exchanges never come were waiting forever when no terminal showed progress
+    lines (found in review): the run now ends, replays what was read, and says where the second read
+    stopped."""
+    from test_pcap_paths import REQUESTS, _pcap, conversation
+
+    if kind == "gor":
+        path = capture(pytester.path / "cut.gor", 600, 2)
+    else:
+        start = 1_700_000_000_000_000
+        frames = conversation([(REQUESTS[0], OK)] * 600, port=47000, start_us=start)
+        path = pytester.path / "cut.pcap"
+        path.write_bytes(_pcap([(start + (ts - start) * 50, data) for ts, data in frames]))
+    size = 8190  # inside a record: the second read warns where it ends
+    pytester.makeconftest(CUT.format(fast=fast, path=str(path), size=size))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", "-rs", "--speed", "0", "--replay", str(path),
+                                           "--replay-target", server, "--replay-group", group, timeout=90)
+    text = result.stdout.str()
+    replayed = re.search(r"replayed: (\d+) of 600 requests", text)
+    assert replayed and 0 < int(replayed[1]) < 600, text[-3000:]
+    stopped = re.search(r"the capture changed since it was collected: its second read ended after ([\d,]+) of the "
+                        r"600 exchanges the first found: (cut\.\w+ \([^)]*byte \d+\)): ", text)
+    assert stopped and int(stopped[1]) == int(replayed[1]), text[-3000:]
+    assert result.ret == 1
+    outcomes = result.parseoutcomes()
+    if group == "exchange":  # what was read is judged; the rest are skipped with the reason
+        assert outcomes == {"passed": int(replayed[1]), "skipped": 600 - int(replayed[1])}, outcomes
+    assert "Traceback" not in text

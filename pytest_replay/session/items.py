@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .collection import Collection
     from .run import ReplayRun
 
+LOOK_S = 1.0  # a streamed item without progress lines looks at the engine this often while it waits
 MAX_NAME = 100  # item names show at most this much of a request target
 
 
@@ -231,10 +232,11 @@ class ReplayItem(pytest.Function):
         the item waits for the last of them and reads its failures back from the spill file."""
         stream = self.replay.stream
         state = stream.selected[self.key]
-        while not state.wait(self.replay.progress.interval):
-            if engine.finished:
+        interval = self.replay.progress.interval  # (None: no progress lines; it still looks at the engine)
+        while not state.wait(interval or LOOK_S):
+            if engine.finished:  # its exchanges may never come (a capture cut since pass 1 read it)
                 stream.settle()
-            else:
+            elif interval:
                 self.replay.progress.write(engine, None)
         self.own_ns = state.own_ns
         self.user_properties.extend(state.properties)

@@ -286,6 +286,22 @@ class ItemState:
         return True
 
 
+def short_read(capture, read: int, planned: int, first=None) -> str:
+    """The error of a second read that ended before the exchanges pass 1 found (the file was cut or
+    rewritten in between): how many came, and where the read stopped: the second read's first warning
+    the first read did not have (`first`: its CaptureStats) names the file and offset, e.g. a record
+    cut short; the files' names when there is none (the file was cut between two records)."""
+    seen = {str(w) for w in first.warnings} if first is not None else set()
+    new = [w for w in (capture.stats.warnings if capture is not None else []) if str(w) not in seen]
+    if new:
+        where = f": {new[0]}"
+    else:
+        files = capture.paths if capture is not None else []
+        where = f" ({', '.join(map(str, files))}: no damage found; cut or rewritten at a record's end)" if files else ""
+    return (f"while streaming the replay: the capture changed since it was collected: its second read ended "
+            f"after {read:,} of the {planned:,} exchanges the first found{where}")
+
+
 class Skips:
     """`ReplayRun.skipped` in a streamed run: the first EXAMPLES (exchange, reason) pairs as they came,
     every later skip only counted by its reason, so that a run skipping millions of exchanges (writes
@@ -485,13 +501,17 @@ class Stream:
         chunk: list = []
         offsets = self.run.offsets()
         ends_connection = self.index.ends_connection
+        read = 0  # the selected exchanges read: pass 1 found feed.planned of them
+        capture = None
         try:
-            for exchange in self.open_capture():
+            capture = self.open_capture()
+            for exchange in capture:
                 if self.stopping.is_set():
                     break
                 state = selected.get(self.key_of(exchange))
                 if state is None or not exchange.sendable:
                     continue
+                read += 1
                 need = self.cost(exchange)
                 for _ in range(need):
                     if slots.acquire(blocking=False):
@@ -518,6 +538,8 @@ class Stream:
                 if len(chunk) >= CHUNK:
                     feed.put(chunk)
                     chunk = []
+            if read < feed.planned and not self.stopping.is_set() and self.run.collection.error is None:
+                self.error = short_read(capture, read, feed.planned, self.run.collection.stats)
         except CaptureError as exc:  # damaged where pass 1 stopped (reported), or changed since
             if self.run.collection.error is None:
                 self.error = f"while streaming the replay: {exc}"
