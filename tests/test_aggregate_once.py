@@ -5,10 +5,15 @@ and compared on to_dict() (and its JSON text: the counters' key order too), tabl
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import re
+import sys
 import threading
 from collections import Counter
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +29,8 @@ from pytest_replay.report.timeline import Timeline
 from pytest_replay.schedule.target import Observation
 from pytest_replay.verdicts.budgets import evaluate
 from pytest_replay.verdicts.diff import Difference, Verdict
+from support import GOR_SEP as SEP
+from support import free_port, serving
 
 
 # -- the reference: recording into the endpoint's and the overall Stats, as before ---------------------------
@@ -415,6 +422,141 @@ def test_counters_list_their_keys_in_the_order_they_came() -> None:
     assert list(new.overall.status) == list(ref.overall.status) == ["2xx", "5xx", "4xx"]
     assert list(new.overall.failures) == list(ref.overall.failures)
     assert Counter(new.overall.failures).most_common() == Counter(ref.overall.failures).most_common()
+
+
+# -- end to end: a streamed run's evidence and table, as recorded at main before the change ---------------------
+# A single captured connection (the judge sees the exchanges in capture order: which reasons the run-wide cap
+# on ignored reasons keeps is then fixed), 1,250 endpoints (more than MAX_ENDPOINTS: OTHER), a scoped ignore rule
+# per endpoint (over 1,100 reasons: more than MAX_IGNORED), body and status failures, transport errors (the server
+# closes without answering), writes skipped (Aggregate.skip), incomplete exchanges. Only what timing changes is left out of the
+# comparison: the replayed latency, lateness and response-time histograms count their values (their buckets vary
+# run to run), the timeline's latency and lateness sums, the table's replayed milliseconds.
+E2E_SERVER = """
+import asyncio, sys, re
+
+def answer(line):
+    k = int(re.search(rb"k=(\\d+)", line).group(1))
+    if k % 25 == 11:
+        return None
+    status, v = (500, 1) if k % 10 == 7 else (404, 1) if k % 40 == 21 else (200, 2) if k % 10 == 3 else (200, 1)
+    body = b'{"rid": "replayed-%d", "v": %d}' % (k, v)
+    return (b"HTTP/1.1 %d X\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n" % (status, len(body))
+            + body)
+
+class Server(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.data = transport, b""
+
+    def data_received(self, data):
+        self.data += data
+        while b"\\r\\n\\r\\n" in self.data:
+            head, self.data = self.data.split(b"\\r\\n\\r\\n", 1)
+            response = answer(head.split(b"\\r\\n", 1)[0])
+            if response is None:
+                self.transport.close()
+                return
+            self.transport.write(response)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+E2E_ENDPOINTS = 1250
+# Recorded from main before the change (a317fb6), gzipped (~70 KB; 1.2 MB of JSON: 1,001 endpoints' HDR strings):
+#   AGGREGATE_ONCE_RECORD=1 PYTHONPATH=<git archive of that commit> python -m pytest tests/test_aggregate_once.py -k evidence
+EXPECTED = Path(__file__).resolve().parent.parent / "fixtures" / "aggregate_once" / "expected.json.gz"
+RECORD = "AGGREGATE_ONCE_RECORD"  # set (to anything): write EXPECTED instead of comparing with it
+
+
+def _name(k: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return "s" + letters[k // 676 % 26] + letters[k // 26 % 26] + letters[k % 26]
+
+
+def e2e_capture(path: Path) -> tuple[Path, Path]:
+    """The .gor (one connection) and the ignore rules (one per endpoint, as --replay-noise-export writes them)."""
+    records = []
+    for k in range(E2E_ENDPOINTS + 60):
+        e = k % E2E_ENDPOINTS  # the last 60 are second requests of the first endpoints
+        method = "POST" if k % 20 == 5 else "GET"
+        ts = T0 + k * 3_000_000
+        rid = f"{1:016x}{k:08x}"
+        body = b"" if method == "GET" else b'{"a": 1}'
+        head = f"{method} /{_name(e)}/x?k={k} HTTP/1.1\r\nHost: shop.example\r\n"
+        head += f"Content-Length: {len(body)}\r\n\r\n" if body else "\r\n"
+        records.append(f"1 {rid} {ts} -1\n".encode() + head.encode() + body)
+        if k % 30 == 17:  # no response recorded: incomplete, skipped
+            continue
+        recorded_status = 404 if k % 40 == 21 else 200
+        answer = b'{"rid": "recorded-%d", "v": 1}' % k
+        records.append(f"2 {rid} {ts + 200_000 + (k * 7919) % 900_000} -1\n".encode()
+                       + b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                       % (recorded_status, len(answer)) + answer)
+    path.write_bytes(b"".join(r + SEP for r in records))
+    rules = path.with_suffix(".rules")
+    rules.write_text("".join(f"GET /{_name(e)}/x: json:$.rid\n" for e in range(E2E_ENDPOINTS)))
+    return path, rules
+
+
+def _timing_free(stats: dict) -> dict:
+    out = dict(stats)
+    for name in ("latency", "lateness", "response"):
+        out[name] = (stats[name] or {}).get("count")
+    out["late_causes"] = sorted(stats.get("late_causes") or {})
+    return out
+
+
+def projection(evidence: dict, terminal: str) -> dict:
+    """What the run's evidence and terminal table say that timing does not change."""
+    data = evidence["aggregate"]
+    timeline = dict(data["timeline"])
+    timeline["rows"] = [row[:8] for row in timeline["rows"]]  # (requests .. latency_n; not the sums and maxima)
+    aggregate = {**data, "overall": _timing_free(data["overall"]), "timeline": timeline,
+                 "endpoints": {key: _timing_free(value) for key, value in data["endpoints"].items()}}
+    rows = [{key: value for key, value in row.items()
+             if key not in ("replayed_ms", "scheduled_ms", "lateness_ms", "lateness_causes")}
+            for row in evidence["endpoints"]]
+    section = terminal.split("traffic replay")[1]
+    table = [" ".join(re.sub(r"(\d+(\.\d+)?|-)/(\d+(\.\d+)?|-)", r"\1/*", line).split())  # (widths follow
+             for line in section.splitlines()                                              # the replayed values)
+             if line.startswith("  ") and ("/x" in line or "(all)" in line or "(other)" in line or "endpoint" in line
+                                            or "more endpoints" in line)]
+    out = {"aggregate": aggregate, "endpoints": rows, "diff": evidence["diff"], "errors": evidence["errors"],
+           "table": table}
+    # failure examples say "replayed: 200 in 0.4 ms": the time is the run's
+    return json.loads(re.sub(r"(replayed: [^\"]*? in )\d+(\.\d+)? ms", r"\1* ms", json.dumps(out)))
+
+
+@pytest.fixture
+def e2e_server() -> str:
+    port = free_port()
+    with serving([sys.executable, "-c", E2E_SERVER, str(port)], port, "answering server") as url:
+        yield url
+
+
+def test_a_streamed_runs_evidence_and_table_are_those_recorded_before(pytester: pytest.Pytester,
+                                                                      e2e_server: str) -> None:
+    gor, rules = e2e_capture(pytester.path / "one.gor")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-q", "--speed", "0", "--replay", str(gor), "--replay-target", e2e_server,
+        "--replay-group", "connection", "--replay-noise-from", str(rules), "--replay-writes", "skip", "--replay-report",
+        str(pytester.path / "report"), timeout=300)
+    evidence = json.loads((pytester.path / "report" / "replay-evidence.json").read_text())
+    got = projection(evidence, result.stdout.str())
+    overall = got["aggregate"]["overall"]
+    # the run went where the comparison needs it to: beyond both caps, every kind of exchange counted
+    assert len(got["aggregate"]["endpoints"]) == agg.MAX_ENDPOINTS + 1 and got["aggregate"]["folded"] > 0
+    assert len(overall["ignored"]) == agg.MAX_IGNORED + 1 and overall["ignored"][OTHER] > 0
+    assert overall["failures"] and overall["errors"] and overall["writes"]["skipped"] and overall["skipped"]
+    if os.environ.get(RECORD):
+        EXPECTED.parent.mkdir(parents=True, exist_ok=True)
+        EXPECTED.write_bytes(gzip.compress(json.dumps(got, indent=1).encode() + b"\n", mtime=0))
+        pytest.skip(f"recorded {EXPECTED}")
+    expected = json.loads(gzip.decompress(EXPECTED.read_bytes()))
+    assert json.dumps(got["aggregate"]["overall"]) == json.dumps(expected["aggregate"]["overall"])  # key order too
+    assert got == expected
 
 
 if __name__ == "__main__":  # pragma: no cover
