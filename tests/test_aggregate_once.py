@@ -5,8 +5,10 @@ and compared on to_dict() (and its JSON text: the counters' key order too), tabl
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
+import pickle
 import os
 import re
 import sys
@@ -405,6 +407,18 @@ def test_a_reader_in_another_thread_sees_whole_exchanges() -> None:
         thread.join(60)
     assert not errors and aggregate.overall.requests == 20_000 and seen > 1
     assert aggregate.overall.ignored[OTHER] == 20_000 - sum(1 for i in range(20_000) if i % 1500 < agg.MAX_IGNORED)
+
+
+def test_an_aggregate_copies_and_pickles_as_before() -> None:
+    """(it holds a lock now: copies get their own)"""
+    aggregate = Aggregate()
+    exchange = Exchange(0, Request.build("GET", "/a/1", ()), None, T0, None, "c", 0, Source("f", 0, 0, ()))
+    aggregate.add(exchange, Observation(0, 0, 1000, 2000, 3000, Response.build(200, "", (), b"")))
+    for other in (copy.deepcopy(aggregate), pickle.loads(pickle.dumps(aggregate))):
+        assert other == aggregate and other.to_dict() == aggregate.to_dict()
+        other.add(exchange, Observation(0, 0, 1000, 2000, 3000, Response.build(500, "", (), b"")))
+        assert other.overall.requests == 2
+    assert aggregate.overall.requests == 1 and aggregate.overall.status == {"2xx": 1}
 
 
 def test_counters_list_their_keys_in_the_order_they_came() -> None:

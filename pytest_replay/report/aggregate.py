@@ -521,6 +521,15 @@ class Aggregate:
         # each summed counter's keys in the order they first came (dicts as ordered sets)
         self._order: dict[str, dict[str, None]] = {name: {} for name in _SUMMED}
 
+    def __getstate__(self) -> dict:  # copy and pickle: a lock does not copy (a fresh one, the memo empty)
+        state = dict(self.__dict__)
+        state.update(_lock=None, _memo={}, _overall=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     # -- the overall Stats, derived ----------------------------------------------------------
     @property
     def overall(self) -> Stats:
