@@ -25,8 +25,8 @@
     Printed beside the run (info): its wall without the replay span (evidence run.wall_s), which is what
     pytest's item loop and the plugin's per-item work cost beside bare pytest's.
 (d) The judge thread's cost per exchange (a passing small exchange, and a failing one): compare() alone,
-    judge(), and the whole step (Stream._judge_one: origins, ReplayRun.judge and .record into the aggregate);
-    target <= 40 us for the passing step. `--judge-against DIR` measures the same on another checkout's package
+    judge(), record() (Aggregate.add alone, the verdict judged beforehand), and the whole step
+    (Stream._judge_one: origins, ReplayRun.judge and .record into the aggregate); target <= 40 us for the passing step. `--judge-against DIR` measures the same on another checkout's package
     (a `git archive` of the base) in alternation, the best of 3 children each.
     Whether a process pool pays for judging: one response's judging (verdicts.diff.compare) beside
     pickling its exchange and response to another process and back, 300 B / 20 KB / 200 KB JSON bodies,
@@ -337,6 +337,14 @@ def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int
 
         out[f"{kind} judge thread step"] = timed(fresh, step, prepare)
         out[f"{kind} failed"] = run.aggregate.overall.failed
+        judged, counted = [], [Aggregate()]
+
+        def prepare_record(pairs, judged=judged, counted=counted):  # judged untimed: Aggregate.add alone is timed
+            counted[0] = Aggregate()
+            judged[:] = [(observation(i, r), judge(e, r, config, redactor, error=None, latency_ns=220_000,
+                                                   origins=origins(e))[0]) for i, (e, r) in enumerate(pairs)]
+
+        out[f"{kind} record()"] = timed(fresh, lambda e, r, i: counted[0].add(e, *judged[i]), prepare_record)
     return out
 
 
@@ -363,8 +371,8 @@ def judge_record_rows(against: str | None) -> list[tuple[str, str, str]]:
                 best[key] = min(best[key], value)
     rows = []
     mine = figures["this checkout"]
-    for what in ("passing compare()", "passing judge()", "passing judge thread step", "failing compare()",
-                 "failing judge()", "failing judge thread step"):
+    for what in ("passing compare()", "passing judge()", "passing record()", "passing judge thread step",
+                 "failing compare()", "failing judge()", "failing record()", "failing judge thread step"):
         others = "; ".join(f"{name} {f[what]:.1f} us" for name, f in figures.items() if name != "this checkout")
         note = "per exchange" + (f"; {others}" if others else "")
         if what == "passing judge thread step":

@@ -474,34 +474,130 @@ def _count(counter: Counter, key: str | None) -> None:
         counter[key if key in counter or len(counter) < MAX_REASONS else OTHER] += 1
 
 
+_CLASSES = {status: f"{status // 100}xx" for status in range(100, 600)}  # (an f-string per status cost ~0.2 us)
+
+
 def _status_class(status: int) -> str:
-    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+    return _CLASSES.get(status, "other")
+
+
+# The overall Stats of an Aggregate are derived from its endpoints' when read (Aggregate.overall), except the
+# counters with a cap on distinct keys: which reasons the overall keeps and which go under OTHER depends on the
+# order they came in across all endpoints, which the endpoints' counters (capped apart) do not hold.
+_CAPPED = ("ignored", "skipped", "write_reasons")
+_SUMMED = tuple(name for name in _COUNTERS if name not in _CAPPED)
+MEMO = 4096  # (method, target) -> endpoint Stats remembered by Aggregate._stats, at most
 
 
 class Aggregate:
-    """Per-endpoint (method + path template) and overall statistics of a replay; mergeable."""
+    """Per-endpoint (method + path template) and overall statistics of a replay; mergeable.
+
+    Each exchange is recorded once, into its endpoint's Stats (issue 13.1: recording it into the overall
+    Stats too was half the judge thread's time in a streamed run). `overall` is derived when read: the sum
+    of the endpoints' (histograms and counters add exactly, so its percentiles are those of one histogram fed
+    every value), kept until the next add, skip or merge. Kept as the run goes, for the overall: the counters
+    with a cap on distinct keys (`ignored`, `skipped`, `write_reasons`: which keys the run-wide cap keeps
+    depends on the order they came in) and the order in which each summed counter's keys first came (so that
+    the overall's counters list their keys as they did when recorded directly: the evidence, `most_common`
+    ties). Threads: add/skip/merge and the derivation hold one lock, so a reader in another thread sees
+    whole exchanges; the Stats `overall` returns is shared until the next change (do not mutate it unless
+    that is what you mean: session/baseline.py's view does, on a copy it does not add to)."""
 
     SCHEMA = 2  # 2: `ignored` counters and `failure_groups`
 
     def __init__(self, max_endpoints: int = MAX_ENDPOINTS) -> None:
         self.max_endpoints = max_endpoints
-        self.overall = Stats()
         self.endpoints: dict[str, Stats] = {}
         self.folded = 0  # exchanges counted under OTHER because the endpoint cap was reached
         self.failure_groups = FailureGroups()
         self.timeline = Timeline()  # per-second counts on the capture's timeline (report/timeline.py)
+        self._lock = threading.RLock()
+        self._overall: Stats | None = None  # the derived overall Stats, until the next change
+        self._memo: dict[tuple[str, str], Stats] = {}  # (method, target) -> its endpoint's Stats (not folded)
+        # the overall's capped counters, counted as the exchanges come (as the overall's were)
+        self._ignored: Counter = Counter()
+        self._skipped: Counter = Counter()
+        self._write_reasons: Counter = Counter()
+        # each summed counter's keys in the order they first came (dicts as ordered sets)
+        self._order: dict[str, dict[str, None]] = {name: {} for name in _SUMMED}
+
+    def __getstate__(self) -> dict:  # copy and pickle: a lock does not copy (a fresh one, the memo empty)
+        state = dict(self.__dict__)
+        state.update(_lock=None, _memo={}, _overall=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    # -- the overall Stats, derived ----------------------------------------------------------
+    @property
+    def overall(self) -> Stats:
+        """The whole run's Stats: the endpoints' summed (derived on first read after a change)."""
+        overall = self._overall
+        if overall is None:
+            with self._lock:
+                overall = self._overall
+                if overall is None:
+                    overall = self._overall = self._derive()
+        return overall
+
+    def _derive(self) -> Stats:
+        total = Stats()
+        causes = total.late_causes
+        for stats in self.endpoints.values():
+            total.requests += stats.requests
+            total.early += stats.early
+            total.judged += stats.judged
+            total.failed += stats.failed
+            total.spilled += stats.spilled
+            total.latency.merge(stats.latency)
+            total.recorded.merge(stats.recorded)
+            total.lateness.merge(stats.lateness)
+            total.response.merge(stats.response)
+            for cause, hist in stats.late_causes.items():
+                mine = causes.get(cause)
+                if mine is None:
+                    mine = causes[cause] = Histogram()
+                mine.merge(hist)
+            for name in _SUMMED:
+                counter = getattr(stats, name)
+                if counter:
+                    getattr(total, name).update(counter)
+        for name, order in self._order.items():  # the keys in the order they came, as recorded directly
+            summed = getattr(total, name)
+            if summed and list(summed) != list(order)[:len(summed)]:
+                ordered = Counter({key: summed[key] for key in order if key in summed})
+                for key, n in summed.items():
+                    if key not in ordered:
+                        ordered[key] = n
+                setattr(total, name, ordered)
+        total.ignored = Counter(self._ignored)
+        total.skipped = Counter(self._skipped)
+        total.write_reasons = Counter(self._write_reasons)
+        return total
 
     # -- feeding ----------------------------------------------------------------------------
     def _stats(self, method: str, target: str) -> Stats:
+        """The Stats an exchange counts in: its endpoint's, or OTHER's once the endpoint cap is reached
+        (`folded` counts those). Remembered per (method, target) unless folded (each fold is counted)."""
+        memo = self._memo
+        stats = memo.get((method, target))
+        if stats is not None:
+            return stats
         key = endpoint_of(method, target)
         stats = self.endpoints.get(key)
         if stats is None:
             if len(self.endpoints) >= self.max_endpoints and key != OTHER:
                 self.folded += 1
-                key = OTHER
                 stats = self.endpoints.get(OTHER)
-            if stats is None:
-                stats = self.endpoints[key] = Stats()
+                if stats is None:
+                    stats = self.endpoints[OTHER] = Stats()
+                return stats
+            stats = self.endpoints[key] = Stats()
+        if len(memo) >= MEMO:
+            memo.clear()
+        memo[(method, target)] = stats
         return stats
 
     def add(self, exchange, observation, verdict=None, *, write: str | None = None, why: str | None = None,
@@ -513,100 +609,136 @@ class Aggregate:
         `why`: the reason it is a write (or flagged). `shown`: a failed verdict's rendered failure
         (masked), kept as an example of its failure group."""
         request = exchange.request
-        endpoint = self._stats(request.method, request.target)
-        if write is not None:
-            write = WRITE_OUTCOMES.get(write, write)
-            for stats in (endpoint, self.overall):
+        self._lock.acquire()  # (released in the finally below: whole exchanges for a reader in another thread)
+        try:
+            stats = self._stats(request.method, request.target)
+            order = self._order
+            if write is not None:
+                write = WRITE_OUTCOMES.get(write, write)
                 stats.writes[write] += 1
-                _count(stats.write_reasons, why)
-        if write in ("mocked", "skipped") or observation is None:
-            return
-        kind = observation.error_kind
-        if kind == CANCELLED:
-            endpoint.errors[kind] += 1
-            self.overall.errors[kind] += 1
-            return
-        # each figure computed once, then a few stores into the endpoint's and the overall numbers
-        lateness = observation.sent_ns - observation.deadline_ns
-        lateness_us = to_us(lateness)
-        causes = [(cause, us) for cause, ns in _causes_of(observation).items() if ns > 0 and (us := to_us(ns))]
-        spilled = getattr(observation, "spilled", False)
-        response = observation.response
-        answered = kind is None
-        status = _status_class(response.status) if response is not None and answered else None
-        latency = observation.latency_ns if answered else None
-        latency_us = to_us(latency) if latency is not None else None
-        response_ns = getattr(observation, "response_ns", None) if latency is not None else None
-        response_us = to_us(response_ns) if response_ns is not None else None  # (a baseline's has none)
-        recorded = exchange.response
-        recorded_status = _status_class(recorded.status) if recorded is not None else None
-        recorded_ns = exchange.recorded_latency_ns if recorded is not None else None
-        recorded_us = to_us(recorded_ns) if recorded_ns is not None else None
-        ignored = verdict.ignored if verdict is not None else ()
-        failed_parts = ({d.part for d in verdict.differences} or {"?"}) if verdict is not None \
-            and not verdict.passed else None
-        for stats in (endpoint, self.overall):
+                if write not in order["writes"]:
+                    order["writes"][write] = None
+                if why:
+                    _count(stats.write_reasons, why)
+                    _count(self._write_reasons, why)
+            if write in ("mocked", "skipped") or observation is None:
+                return
+            kind = observation.error_kind
+            if kind == CANCELLED:
+                stats.errors[kind] += 1
+                if kind not in order["errors"]:
+                    order["errors"][kind] = None
+                return
             stats.requests += 1
+            lateness = observation.sent_ns - observation.deadline_ns
+            lateness_us = (lateness + 500) // 1000 if lateness > 0 else 0  # to_us(), inlined
             if lateness < 0:
                 stats.early += 1
             stats.lateness.record(lateness_us)
-            for cause, us in causes:
-                stats.late_cause(cause).record(us)
-            if spilled:
+            for cause, ns in _causes_of(observation).items():
+                if ns > 0:
+                    us = (ns + 500) // 1000
+                    if us:
+                        hist = stats.late_causes.get(cause)
+                        if hist is None:
+                            hist = stats.late_causes[cause] = Histogram()
+                        hist.record(us)
+            if getattr(observation, "spilled", False):
                 stats.spilled += 1
-            if not answered:
+            response = observation.response
+            latency_us = None
+            if kind is None:
+                if response is not None:
+                    status = _CLASSES.get(response.status, "other")
+                    stats.status[status] += 1
+                    if status not in order["status"]:
+                        order["status"][status] = None
+                latency = observation.latency_ns
+                if latency is not None:
+                    latency_us = (latency + 500) // 1000 if latency > 0 else 0
+                    stats.latency.record(latency_us)
+                    response_ns = getattr(observation, "response_ns", None)  # (a baseline's has none)
+                    if response_ns is not None:
+                        stats.response.record((response_ns + 500) // 1000 if response_ns > 0 else 0)
+            else:
                 stats.errors[kind] += 1
-            if status is not None:
-                stats.status[status] += 1
-            if latency_us is not None:
-                stats.latency.record(latency_us)
-                if response_us is not None:
-                    stats.response.record(response_us)
-            if recorded_status is not None:
-                stats.recorded_status[recorded_status] += 1
-                if recorded_us is not None:
-                    stats.recorded.record(recorded_us)
+                if kind not in order["errors"]:
+                    order["errors"][kind] = None
+            recorded = exchange.response
+            if recorded is not None:
+                status = _CLASSES.get(recorded.status, "other")
+                stats.recorded_status[status] += 1
+                if status not in order["recorded_status"]:
+                    order["recorded_status"][status] = None
+                recorded_ns = exchange.recorded_latency_ns
+                if recorded_ns is not None:
+                    stats.recorded.record((recorded_ns + 500) // 1000 if recorded_ns > 0 else 0)
             if verdict is not None:
                 stats.judged += 1
-                for why, n in ignored:
-                    key = why if why in stats.ignored or len(stats.ignored) < MAX_IGNORED else OTHER
-                    stats.ignored[key] += n
-                if failed_parts is not None:
+                ignored = verdict.ignored
+                if ignored:
+                    mine, run_wide = stats.ignored, self._ignored
+                    for why, n in ignored:
+                        mine[why if why in mine or len(mine) < MAX_IGNORED else OTHER] += n
+                        run_wide[why if why in run_wide or len(run_wide) < MAX_IGNORED else OTHER] += n
+                if not verdict.passed:
                     stats.failed += 1
-                    for part in failed_parts:
-                        stats.failures[part] += 1
-        self.timeline.add(exchange.request_ts_ns, None if response is None else response.status, not answered,
-                          latency_us, lateness_us)
-        if verdict is not None and not verdict.passed:
-            self.failure_groups.add(endpoint_of(request.method, request.target), verdict, exchange.index, shown)
+                    failures, seen = stats.failures, order["failures"]
+                    for part in {d.part for d in verdict.differences} or {"?"}:
+                        failures[part] += 1
+                        if part not in seen:
+                            seen[part] = None
+            self.timeline.add(exchange.request_ts_ns, None if response is None else response.status, kind is not None,
+                              latency_us, lateness_us)
+            if verdict is not None and not verdict.passed:
+                self.failure_groups.add(endpoint_of(request.method, request.target), verdict, exchange.index, shown)
+        finally:
+            self._overall = None
+            self._lock.release()
 
     def skip(self, exchange, reason: str, *, write: bool = False, why: str | None = None) -> None:
         """Count an exchange that was selected but not replayed (incomplete, a write skipped by the
         policy, ...). `reason` is a short stable code; `why` the reason a write is one."""
-        endpoint = self._stats(exchange.request.method, exchange.request.target)
-        for stats in (endpoint, self.overall):
-            _count(stats.skipped, reason)
-            if write:
-                stats.writes["skipped"] += 1
-                _count(stats.write_reasons, why)
+        with self._lock:
+            try:
+                stats = self._stats(exchange.request.method, exchange.request.target)
+                _count(stats.skipped, reason)
+                _count(self._skipped, reason)
+                if write:
+                    stats.writes["skipped"] += 1
+                    self._order["writes"].setdefault("skipped")
+                    _count(stats.write_reasons, why)
+                    _count(self._write_reasons, why)
+            finally:
+                self._overall = None
 
     # -- combining --------------------------------------------------------------------------
     def merge(self, other: Aggregate) -> Aggregate:
         """Add `other` into this aggregate (exact: histogram buckets and counters add)."""
-        self.overall.merge(other.overall)
-        self.folded += other.folded
-        self.failure_groups.merge(other.failure_groups)
-        self.timeline.merge(other.timeline)
-        for key, stats in other.endpoints.items():
-            mine = self.endpoints.get(key)
-            if mine is None:
-                if len(self.endpoints) >= self.max_endpoints and key != OTHER:
-                    self.folded += stats.requests + sum(stats.writes.values()) + sum(stats.skipped.values())
-                    key = OTHER
-                    mine = self.endpoints.get(OTHER)
-                if mine is None:
-                    mine = self.endpoints[key] = Stats()
-            mine.merge(stats)
+        theirs = other.overall  # (before taking our lock: two aggregates merged into each other never wait)
+        with self._lock:
+            try:
+                for name, order in self._order.items():  # new keys after ours, in their order (Counter.update)
+                    for key in getattr(theirs, name):
+                        order.setdefault(key)
+                self._ignored.update(theirs.ignored)  # (uncapped, as the overall's were merged)
+                self._skipped.update(theirs.skipped)
+                self._write_reasons.update(theirs.write_reasons)
+                self.folded += other.folded
+                self.failure_groups.merge(other.failure_groups)
+                self.timeline.merge(other.timeline)
+                for key, stats in list(other.endpoints.items()):
+                    mine = self.endpoints.get(key)
+                    if mine is None:
+                        if len(self.endpoints) >= self.max_endpoints and key != OTHER:
+                            self.folded += stats.requests + sum(stats.writes.values()) + sum(stats.skipped.values())
+                            key = OTHER
+                            mine = self.endpoints.get(OTHER)
+                        if mine is None:
+                            mine = self.endpoints[key] = Stats()
+                    mine.merge(stats)
+            finally:
+                self._overall = None
         return self
 
     @classmethod
@@ -617,23 +749,43 @@ class Aggregate:
         return total
 
     def to_dict(self) -> dict:
-        """JSON-safe (histograms as HDR base64 strings): for xdist's workeroutput and evidence files."""
-        return {"schema": self.SCHEMA, "max_endpoints": self.max_endpoints, "folded": self.folded,
-                "overall": self.overall.to_dict(),
-                "endpoints": {key: stats.to_dict() for key, stats in sorted(self.endpoints.items())},
-                "failure_groups": self.failure_groups.to_dict(), "timeline": self.timeline.to_dict()}
+        """JSON-safe (histograms as HDR base64 strings): for xdist's workeroutput and evidence files. The
+        overall Stats are written as before (derived: other tools read them from the evidence)."""
+        with self._lock:
+            return {"schema": self.SCHEMA, "max_endpoints": self.max_endpoints, "folded": self.folded,
+                    "overall": self.overall.to_dict(),
+                    "endpoints": {key: stats.to_dict() for key, stats in sorted(self.endpoints.items())},
+                    "failure_groups": self.failure_groups.to_dict(), "timeline": self.timeline.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> Aggregate:
+        """An aggregate written by to_dict(), now or by earlier versions. Its overall Stats are derived from
+        its endpoints, as when it was recorded, not read from the stored "overall": every writer so far
+        wrote the overall as the sum of the endpoints for everything summed (add, skip and merge kept both),
+        and one source keeps a loaded aggregate's overall true to its endpoints after it is merged or added
+        to. From the stored "overall" come what the endpoints cannot give: the capped counters (`ignored`,
+        `skipped`, `write_reasons`: which reasons the run-wide cap kept) and the order of the summed
+        counters' keys; without a stored "overall" (not written by us), the endpoints' sums."""
         if data.get("schema") != cls.SCHEMA:
             raise ValueError(f"aggregate schema {data.get('schema')!r} is not {cls.SCHEMA}: written by "
                              "another version of pytest-traffic-replay")
         aggregate = cls(int(data.get("max_endpoints", MAX_ENDPOINTS)))
         aggregate.folded = int(data.get("folded", 0))
-        aggregate.overall = Stats.from_dict(data["overall"])
         aggregate.endpoints = {key: Stats.from_dict(value) for key, value in data["endpoints"].items()}
         aggregate.failure_groups = FailureGroups.from_dict(data.get("failure_groups"))
         aggregate.timeline = Timeline.from_dict(data.get("timeline"))  # absent in older files: empty
+        stored = data.get("overall")
+        for name in _CAPPED:
+            if stored is not None:
+                counter = Counter({k: int(v) for k, v in (stored.get(name) or {}).items()})
+            else:
+                counter = Counter()
+                for stats in aggregate.endpoints.values():
+                    counter.update(getattr(stats, name))
+            setattr(aggregate, f"_{name}", counter)
+        for name, order in aggregate._order.items():
+            for key in (stored or {}).get(name) or {}:
+                order.setdefault(key)
         return aggregate
 
     def __eq__(self, other: object) -> bool:
@@ -666,8 +818,9 @@ class Aggregate:
 
     def table(self) -> list[dict]:
         """One row per endpoint (most requests first), then the overall row (endpoint ALL). Times in ms."""
-        keys = sorted(self.endpoints, key=lambda k: (-self.endpoints[k].requests, k))
-        return [row(key, self.endpoints[key]) for key in keys] + [row(ALL, self.overall)]
+        with self._lock:
+            keys = sorted(self.endpoints, key=lambda k: (-self.endpoints[k].requests, k))
+            return [row(key, self.endpoints[key]) for key in keys] + [row(ALL, self.overall)]
 
 
 QS = (50, 95, 99, 100)

@@ -18,7 +18,6 @@ MAX_BUCKETS = 2000
 FIELDS = ("requests", "1xx", "2xx", "3xx", "4xx", "5xx", "errors", "latency_n", "latency_sum_us", "latency_max_us",
           "lateness_sum_us", "lateness_max_us")
 _MAXED = {FIELDS.index("latency_max_us"), FIELDS.index("lateness_max_us")}
-_CLASS = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}
 
 
 class Timeline:
@@ -32,7 +31,8 @@ class Timeline:
 
     def add(self, ts_ns: int, status: int | None, error: bool, latency_us: int | None, lateness_us: int) -> None:
         key = ts_ns // 1_000_000_000
-        key -= key % self.width
+        if self.width != 1:
+            key -= key % self.width
         row = self.buckets.get(key)
         if row is None:
             while len(self.buckets) >= MAX_BUCKETS and row is None:  # no room for one more: coarser buckets
@@ -45,18 +45,18 @@ class Timeline:
         if error:
             row[6] += 1
         elif status is not None:
-            column = _CLASS.get(status // 100)
-            if column:
+            column = status // 100  # (1xx..5xx: columns 1..5)
+            if 0 < column < 6:
                 row[column] += 1
         if latency_us is not None:
             row[7] += 1
             row[8] += latency_us
             if latency_us > row[9]:
                 row[9] = latency_us
-        lateness_us = max(lateness_us, 0)
-        row[10] += lateness_us
-        if lateness_us > row[11]:
-            row[11] = lateness_us
+        if lateness_us > 0:
+            row[10] += lateness_us
+            if lateness_us > row[11]:
+                row[11] = lateness_us
 
     def _widen(self) -> None:
         while len(self.buckets) > MAX_BUCKETS:
