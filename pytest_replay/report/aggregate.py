@@ -544,26 +544,8 @@ class Aggregate:
 
     def _derive(self) -> Stats:
         total = Stats()
-        causes = total.late_causes
         for stats in self.endpoints.values():
-            total.requests += stats.requests
-            total.early += stats.early
-            total.judged += stats.judged
-            total.failed += stats.failed
-            total.spilled += stats.spilled
-            total.latency.merge(stats.latency)
-            total.recorded.merge(stats.recorded)
-            total.lateness.merge(stats.lateness)
-            total.response.merge(stats.response)
-            for cause, hist in stats.late_causes.items():
-                mine = causes.get(cause)
-                if mine is None:
-                    mine = causes[cause] = Histogram()
-                mine.merge(hist)
-            for name in _SUMMED:
-                counter = getattr(stats, name)
-                if counter:
-                    getattr(total, name).update(counter)
+            total.merge(stats)  # (the capped counters summed too, then replaced below by the run-wide ones)
         for name, order in self._order.items():  # the keys in the order they came, as recorded directly
             summed = getattr(total, name)
             if summed and list(summed) != list(order)[:len(summed)]:
