@@ -684,15 +684,18 @@ class Engine:
                         lane = lanes[p.lane] = _Lane(p.lane, 1)  # (remaining: 1 until the feed ends)
                     to = self._queue(p, lane, loop, spill)
                     if p.last:  # its captured connection has no more: the lane ends when drained (_drop)
-                        lane.remaining = 0
-                        for other in lane.all():
-                            if other is not to:
-                                self._wake(other, None)
+                        self._end_lane(lane, but=to)
         finally:
             for lane in list(lanes.values()):  # the feed is over (or the dispatch stopped): lanes end when drained
-                lane.remaining = 0
-                for each in lane.all():
-                    self._wake(each, None)
+                self._end_lane(lane)
+
+    def _end_lane(self, lane: _Lane, but=None) -> None:
+        """A feed's lane gets no more requests: it ends once drained; its idle connections are woken to
+        see that (`but`: the one just given a request)."""
+        lane.remaining = 0
+        for each in lane.all():
+            if each is not but:
+                self._wake(each, None)
 
     async def _run_lane(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()

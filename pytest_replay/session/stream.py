@@ -286,18 +286,15 @@ class ItemState:
         return True
 
 
-def short_read(capture, read: int, planned: int, first=None) -> str:
+def short_read(capture, read: int, planned: int, first) -> str:
     """The error of a second read that ended before the exchanges pass 1 found (the file was cut or
     rewritten in between): how many came, and where the read stopped: the second read's first warning
     the first read did not have (`first`: its CaptureStats) names the file and offset, e.g. a record
     cut short; the files' names when there is none (the file was cut between two records)."""
     seen = {str(w) for w in first.warnings} if first is not None else set()
-    new = [w for w in (capture.stats.warnings if capture is not None else []) if str(w) not in seen]
-    if new:
-        where = f": {new[0]}"
-    else:
-        files = capture.paths if capture is not None else []
-        where = f" ({', '.join(map(str, files))}: no damage found; cut or rewritten at a record's end)" if files else ""
+    new = [w for w in capture.stats.warnings if str(w) not in seen]
+    where = f": {new[0]}" if new else \
+        f" ({', '.join(map(str, capture.paths))}: no damage found; cut or rewritten at a record's end)"
     return (f"while streaming the replay: the capture changed since it was collected: its second read ended "
             f"after {read:,} of the {planned:,} exchanges the first found{where}")
 
@@ -502,7 +499,6 @@ class Stream:
         offsets = self.run.offsets()
         ends_connection = self.index.ends_connection
         read = 0  # the selected exchanges read: pass 1 found feed.planned of them
-        capture = None
         try:
             capture = self.open_capture()
             for exchange in capture:
