@@ -341,3 +341,92 @@ def test_a_capture_cut_between_its_two_reads_fails_the_run_and_names_where_it_st
     if group == "exchange":  # what was read is judged; the rest are skipped with the reason
         assert outcomes == {"passed": int(replayed[1]), "skipped": 600 - int(replayed[1])}, outcomes
     assert "Traceback" not in text
+
+
+# The window is made small, judging slow (or the server), and what the stream held is written down.
+AHEAD_PROBE = """
+import json, time
+import pytest_replay.session.stream as stream
+from pytest_replay.plugin import RUN
+
+stream.WINDOW, stream.AHEAD = 400, 40
+peaks = {{"pending": 0, "in_flight": 0}}
+judge_one, observe = stream.Stream._judge_one, stream.Stream.observe
+
+
+def slow_judge(self, *args):
+    time.sleep({judge_s})  # judging heavier than sending (large bodies that differ)
+    return judge_one(self, *args)
+
+
+def watched(self, observation):
+    engine = self.run.engine
+    peaks["pending"] = max(peaks["pending"], len(self.pending))
+    peaks["in_flight"] = max(peaks["in_flight"], engine.sent - engine.completed + 1)  # (this one is counted done)
+    return observe(self, observation)
+
+
+stream.Stream._judge_one, stream.Stream.observe = slow_judge, watched
+
+
+def pytest_sessionfinish(session):
+    run = session.config.stash[RUN]
+    with open("probe.json", "w") as f:
+        json.dump({{**peaks, "streamed": run.stream is not None}}, f)
+"""
+
+SLOW_SERVER = """
+import asyncio, sys
+OK = %r
+
+class Server(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.data = transport, b""
+
+    def data_received(self, data):
+        self.data += data
+        while b"\\r\\n\\r\\n" in self.data:
+            _, self.data = self.data.split(b"\\r\\n\\r\\n", 1)
+            asyncio.get_running_loop().call_later(0.4, self.transport.write, OK)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", int(sys.argv[1]), backlog=1024)
+    await server.serve_forever()
+
+asyncio.run(main())
+""" % OK
+
+
+def test_a_judge_bound_run_holds_few_exchanges_out_of_flight_and_says_judging_set_the_pace(
+        pytester: pytest.Pytester, server: str) -> None:
+    """At --speed 0 against a fast server the judge thread is the slowest stage. The reader used to
+    fill the whole window (exchanges answered and waiting for a verdict: 4,096 by default, the peak
+    RSS of a 3M-exchange replay 22% above a 307k one); now it waits once AHEAD exchanges are held out
+    of flight, and the run says judging set its pace."""
+    pytester.makeconftest(AHEAD_PROBE.format(judge_s=0.0005))
+    gor = capture(pytester.path / "many.gor", 2000, 8)
+    result = replay(pytester, "--replay", str(gor), "--replay-target", server, "--replay-group", "connection")
+    result.assert_outcomes(passed=8)
+    probe = json.loads((pytester.path / "probe.json").read_text())
+    assert probe["streamed"]
+    # AHEAD out of flight, the 8 connections' requests in flight, and the chunk the reader had read
+    assert 40 <= probe["pending"] <= 40 + 8 + 1, probe  # (the window, 400, before)
+    text = result.stdout.str()
+    assert re.search(r"judging was the slowest stage for \d+\.\d s of the replay's \d+\.\d s: the reader waited for "
+                     r"verdicts \(40 exchanges answered or read ahead and not yet judged\)", text), text[-3000:]
+
+
+def test_the_bound_out_of_flight_does_not_cap_the_requests_in_flight(pytester: pytest.Pytester) -> None:
+    """A slow target (0.4 s per answer) and 200 connections of one request each, all due at once:
+    the 200 are in flight together, though only 40 may be held out of flight; judging keeps up, so
+    the run says nothing about it."""
+    port = free_port()
+    pytester.makeconftest(AHEAD_PROBE.format(judge_s=0))
+    gor = capture(pytester.path / "wide.gor", 200, 200)
+    with serving([sys.executable, "-c", SLOW_SERVER, str(port)], port, "slow server") as url:
+        result = replay(pytester, "--replay", str(gor), "--replay-target", url, "--replay-group", "connection",
+                        "--replay-concurrency", "1000")
+    result.assert_outcomes(passed=200)
+    probe = json.loads((pytester.path / "probe.json").read_text())
+    assert probe["in_flight"] >= 150, probe
+    assert "judging was the slowest stage" not in result.stdout.str()

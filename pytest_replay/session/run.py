@@ -644,6 +644,9 @@ class ReplayRun:
             baseline=self.differential.counts.to_dict() if self.differential is not None else {},
             baseline_aggregate=self.differential.aggregate.to_dict() if self.differential is not None else {},
             capacity=self.capacity())
+        judge_bound = self.stream.judge_bound(own.wall_s) if self.stream is not None else None
+        if judge_bound:
+            own.notes.append(judge_bound)
         if engine is not None and engine.extra_connections:
             own.notes.append(f"--replay-connections spill: {engine.spilled} requests went out on "
                              f"{engine.extra_connections} extra connections, closed when their captured connection "

@@ -10,7 +10,8 @@ Pass 2, the run (`Stream`): a reader thread reads the capture again and feeds th
 requests in deadline order through a bounded window (`Feed`, the engine's `PlanFeed`); each
 observation goes to a judge thread, which judges it against its exchange, counts it in the
 aggregate, spills a failure's text to a temporary file and tells the item waiting for it. An
-exchange lives from its read to its verdict: at most `window` of them at a time. What the run keeps
+exchange lives from its read to its verdict: at most WINDOW of them at a time, of which at most AHEAD
+not in flight (read ahead, or waiting for the judge thread). What the run keeps
 is what a report needs: the aggregate (histograms, counters), the noise model, and per item its
 counts and the offsets of its failures in the spill file.
 
@@ -27,6 +28,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -37,6 +39,7 @@ from ..policy.guard import server_address
 from ..policy.writes import SEND, SKIP, WriteCounts
 
 WINDOW = 4096  # exchanges read and not yet judged, at most (read-ahead + in flight + waiting for a verdict)
+AHEAD = 1024  # of them, not in flight, at most: read ahead of the engine, or answered and waiting for a verdict
 WINDOW_BYTES = 64 << 20  # and their recorded messages' bytes, at most (beyond one exchange larger than that)
 CHUNK = 256  # planned requests handed to the engine at once
 NOISE_SAMPLE = 4096  # exchanges kept for noise learning, at most
@@ -443,6 +446,13 @@ class Stream:
         self.error: str | None = None  # the capture could not be read again (named file and offset)
         self.stopping = threading.Event()
         self.feed = Feed(sum(s.expected for s in selected.values()), self._planned)
+        self.fed = 0  # exchanges the reader planned (reader thread)
+        self.done = 0  # of them, judged (judge thread)
+        self._caught_up = threading.Event()  # set by the judge thread for a reader waiting in _behind()
+        self._reader_waits = False
+        self.judge_wait_ns = 0  # of the reader's waits, the time the judge thread was busy: it set the pace
+        self.judge_idle_ns = 0  # the judge thread's time waiting for observations (judge thread)
+        self._idle_since: int | None = None  # when its current wait began (None: judging)
         self._unit = max(WINDOW_BYTES // WINDOW, 1)  # bytes per slot beyond an exchange's first
         self.reader: threading.Thread | None = None
         self.judge_thread: threading.Thread | None = None
@@ -464,6 +474,52 @@ class Stream:
         response = exchange.response
         size = len(exchange.request.raw) + (len(response.raw) if response is not None else 0)
         return min(1 + size // self._unit, WINDOW)
+
+    def ahead(self) -> int:
+        """Exchanges read and not in flight: read ahead of the engine, or answered and not yet judged
+        (fed, judged, sent and completed are each counted by one thread; read here, as ints, from any).
+        A request cancelled before it was sent is completed and never sent: the engine's in-flight
+        count is taken at 0 at least, so the figure errs high (the reader waits longer), never below
+        what is held, and falls to 0 once everything fed is judged."""
+        engine = self.run.engine
+        in_flight = max(0, engine.sent - engine.completed) if engine is not None else 0
+        return self.fed - self.done - in_flight
+
+    def judge_bound(self, wall_s: float | None) -> str | None:
+        """The run's note when the reader waited for verdicts a tenth of the replay's wall time or more:
+        judging, not the engine nor the target, set the pace of those stretches (at --speed 0, the rate
+        the target saw is the replayer's)."""
+        waited = self.judge_wait_ns / 1e9
+        if not wall_s or waited < 0.1 * wall_s:
+            return None
+        return (f"judging was the slowest stage for {waited:.1f} s of the replay's {wall_s:.1f} s: the reader "
+                f"waited for verdicts ({AHEAD:,} exchanges answered or read ahead and not yet judged), so the "
+                "target got fewer requests per second than the engine could send (at --speed 0: the "
+                "throughput is the replayer's, not the target's)")
+
+    def _behind(self) -> bool:
+        """The reader waits while AHEAD exchanges are held out of flight, until half of them are gone
+        (False: the run stops). They are held because the engine has not sent them yet (a schedule read
+        ahead, connections busy) or because the judge thread has not judged them yet: the time of the
+        wait the judge thread spent judging, not waiting for observations, is counted (`judge_wait_ns`:
+        judging set the pace)."""
+        started, idle = time.perf_counter_ns(), self._judge_idle()
+        self._reader_waits = True
+        try:
+            while True:
+                self._caught_up.clear()  # (before the look: a wake-up after it is not lost)
+                if self.ahead() <= AHEAD // 2 or self.stopping.is_set():
+                    break
+                self._caught_up.wait(0.05)  # (the judge thread wakes it; the timeout covers sends alone)
+        finally:
+            self._reader_waits = False
+            self.judge_wait_ns += max(0, time.perf_counter_ns() - started - (self._judge_idle() - idle))
+        return not self.stopping.is_set()
+
+    def _judge_idle(self) -> int:
+        """The judge thread's idle time so far, its current wait included."""
+        since = self._idle_since
+        return self.judge_idle_ns + (time.perf_counter_ns() - since if since is not None else 0)
 
     def key_of(self, exchange: Exchange):
         return exchange.index if self.index.group == "exchange" else exchange.connection
@@ -508,6 +564,12 @@ class Stream:
                 if state is None or not exchange.sendable:
                     continue
                 read += 1
+                if self.fed - self.done >= AHEAD and self.ahead() >= AHEAD:
+                    if chunk:  # what is read goes to the engine before waiting
+                        feed.put(chunk)
+                        chunk = []
+                    if not self._behind():
+                        return
                 need = self.cost(exchange)
                 for _ in range(need):
                     if slots.acquire(blocking=False):
@@ -526,6 +588,7 @@ class Stream:
                         slots.release()
                     continue
                 self.pending[exchange.index] = exchange
+                self.fed += 1
                 if need > 1:
                     self._slots_of[exchange.index] = need
                 if ends_connection(exchange.index):  # its lane ends once it is answered (one per connection)
@@ -551,9 +614,15 @@ class Stream:
         self.judged.put(observation)
 
     def _judge_main(self) -> None:
-        run = self.run
+        run, judged = self.run, self.judged
         while True:
-            observation = self.judged.get()
+            try:
+                observation = judged.get_nowait()
+            except queue.Empty:  # idle: timed (the reader's waits count only what the judge was busy for)
+                self._idle_since = since = time.perf_counter_ns()
+                observation = judged.get()
+                self._idle_since = None
+                self.judge_idle_ns += time.perf_counter_ns() - since
             if observation is None:
                 break
             if type(observation) is tuple:  # ("skip", exchange, decision): a write the reader did not plan
@@ -574,6 +643,9 @@ class Stream:
                 release()
                 for _ in range(self._slots_of.pop(exchange.index, 1) - 1):  # (cost() taken again: 3% of the thread)
                     release()
+                self.done += 1
+                if self._reader_waits and self.ahead() <= AHEAD // 2:
+                    self._caught_up.set()
                 state = self.selected.get(self.key_of(exchange))
                 if state is not None:
                     state.finished_one()
