@@ -119,14 +119,15 @@ METHOD = {
                "request start in the capture",
     "response_time_from_schedule": "scheduled_ms: first byte - (deadline + the time the request queued for the "
                                    "target: its connection busy, a write barrier, a concurrency slot); the "
-                                   "replayer's own lateness left out (coordinated omission corrected, as wrk2)",
+                                   "replayer's own lateness left out (coordinated omission corrected, as wrk2); "
+                                   "at --speed 0 (no schedule) the latency from send",
     "histograms": f"HDR histograms, 1 us .. {HIGHEST_US // 1_000_000} s, {SIGNIFICANT_FIGURES} significant "
                   "figures; mean and max are exact",
     "requests": "requests that reached the target: mocked writes and requests cancelled by a stop excluded",
     "error_rates": "percent of requests; errors = transport failures + 5xx; recorded rates are over the "
                    "recorded responses of the same requests",
     "lateness": "send time - deadline; early sends are counted, clamped at 0 in the histogram; not measured "
-                "at --speed 0 (no schedule)",
+                "at --speed 0 (no schedule: recorded as 0)",
     "throughput": "requests that reached the target / the replay's wall time (its start to its last response)",
 }
 _SUMMARY_KEYS = ("first_ts_ns", "last_ts_ns", "duration_s", "exchanges", "complete", "incomplete",

@@ -40,6 +40,9 @@ class RunResults:
     updates: list[dict] = field(default_factory=list)
     updates_truncated: bool = False
     capacity: dict = field(default_factory=dict)  # capacity runs: per stage planned/sent, the stop (session.run)
+    # a replay without stages that a stop condition (--replay-abort-on) ended: {condition, measured, measures,
+    # at_s, window_s, requests, in_flight, worker, relayed} (capacity runs say it in `capacity`)
+    stopped: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -78,6 +81,8 @@ class RunResults:
         self.updates += other.updates
         self.updates_truncated = self.updates_truncated or other.updates_truncated
         self.capacity = merge_capacity(self.capacity, other.capacity)
+        if other.stopped and (not self.stopped or self.stopped.get("relayed") and not other.stopped.get("relayed")):
+            self.stopped = dict(other.stopped)  # the process whose window tripped, before those it stopped
         return self
 
 
@@ -127,8 +132,8 @@ class RunReport:
         report.wall_s = None if results.wall_s is None else round(results.wall_s, 3)
         report.planned, report.sent = results.planned, results.sent
         report.failure = "; ".join(results.failures)
-        report.interrupted = report.sent < report.planned and not (results.capacity or {}).get("stopped")
-        report.stopped = bool((results.capacity or {}).get("stopped"))
+        report.stopped = bool((results.capacity or {}).get("stopped") or results.stopped)
+        report.interrupted = report.sent < report.planned and not report.stopped
         aggregate = results.aggregate
         overall = aggregate.overall
         report.requests = overall.requests

@@ -302,7 +302,7 @@ class Engine:
                  switch_interval: float | None = SWITCH_INTERVAL_S, freeze_gc: bool = True,
                  pipeline: RequestPipeline | None = None, barriers: Barriers | None = None,
                  monitor=None, connections: str = "strict", loop: str = "auto", observer=None,
-                 fast: bool | None = None) -> None:
+                 fast: bool | None = None, scheduled: bool = True) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if loop not in LOOPS:
@@ -313,6 +313,10 @@ class Engine:
             raise ValueError(f"connections must be one of {', '.join(CONNECTION_MODES)}, got {connections!r}")
         self.feed: PlanFeed | None = plan if hasattr(plan, "take") else None
         self.observer = observer  # called with each observation, in the engine's thread
+        # False (--speed 0 without a rate): the plan has no schedule, every request due at once; what an
+        # observation would say about a schedule (lateness, its causes, the time queued since the
+        # deadline) means nothing, so observations leave without it (Observation.unscheduled).
+        self.scheduled = scheduled
         self._last_done_ns: int | None = None
         plan = [] if self.feed is not None else list(plan)
         if any(a.offset_ns > b.offset_ns for a, b in zip(plan, plan[1:])):
@@ -1065,6 +1069,8 @@ class Engine:
         conditions: a target that stops answering trips them before the timeouts come."""
         now, t0 = self.clock.now_ns(), self.t0_ns or 0
         out: list[tuple[int, int | None]] = []
+        if not self.scheduled:  # no schedule: nothing queues behind one; a request waits from its send
+            return [(max(now - lane.start, 0),) * 2 for lane in list(self._busy)]
         for lane in list(self._busy):
             deadline, start = lane.deadline, lane.start
             age = max(now - start, 0) + _queued(deadline, start, lane.waits)
@@ -1130,6 +1136,10 @@ class Engine:
     def _record(self, obs: Observation, ideal: int | None = None) -> None:
         """Keep (or hand on) `obs`; `ideal`: when its request would have completed had the engine been on
         time (_Lane.free_ns; worked out from `obs` when not given)."""
+        if not self.scheduled:
+            if ideal is None and self._gate is not None:
+                ideal = _ideal_done(obs)  # (the barriers' bookkeeping keeps the engine's own times)
+            obs = obs.unscheduled()
         if self.feed is None:
             self._obs[obs.key] = obs
         elif self._last_done_ns is None or obs.done_ns > self._last_done_ns:

@@ -81,6 +81,16 @@ class Observation:
     def lateness_ns(self) -> int:
         return self.sent_ns - self.deadline_ns
 
+    def unscheduled(self) -> Observation:
+        """This observation in a replay without a schedule (--speed 0 without a rate: every request due
+        at t0): its deadline is when it was sent and it waited for nothing, so its lateness and its
+        causes are 0 and its response time from schedule is its latency. Kept as measured, a request
+        that waited its turn on a busy captured connection would count all of that wait since t0:
+        'response time from schedule' p99 of minutes against a healthy target, every `scheduled`
+        budget and default stop condition broken, and lateness histograms of no use filling memory."""
+        return Observation(self.key, self.sent_ns, self.sent_ns, self.first_byte_ns, self.done_ns, self.response,
+                           self.error_kind, self.error, 0, 0, 0, self.spilled)
+
     @property
     def lateness_causes(self) -> dict[str, int]:
         """Its lateness split by cause (ns, each >= 0, summing to the lateness when it is positive):

@@ -23,7 +23,7 @@ from .collection import Collection
 from .items import ItemDurations
 from .progress import Progress
 from .reporting import Reporting
-from .run import ReplayRun
+from .run import ReplayRun, unscheduled
 from .xdist import Controller, Worker, is_controller, worker_setup
 
 
@@ -40,7 +40,7 @@ def start(config: pytest.Config, settings: Settings) -> ReplayRun:
     collection = Collection(config, settings, redactor, distributed=controller, worker=setup is not None)
     run = ReplayRun(config, settings, collection, redactor,
                     Progress(config, worker=setup is not None, every_s=settings.progress_every,
-                             unscheduled=settings.speed == 0 and not settings.rate))
+                             unscheduled=unscheduled(settings)))
     config.pluginmanager.register(ItemDurations(), "pytest-replay-item-durations")
     from . import html_extras
 

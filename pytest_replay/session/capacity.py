@@ -141,6 +141,20 @@ def report_stop(config: pytest.Config, session: pytest.Session, data: dict) -> N
           [("stage", stop["stage"]), ("measured", stop["measured"])])
 
 
+def report_plain_stop(config: pytest.Config, session: pytest.Session, stop: dict, sent: int, planned: int) -> str:
+    """A replay without stages that a stop condition ended: a failing entry, as in a capacity run.
+    Returns its sentence (for the notes)."""
+    what = f"{stop['measures']} " if stop.get("measures") else ""
+    waiting = f", {stop['in_flight']} of them still waiting for the target" if stop.get("in_flight") else ""
+    where = f" on {stop['worker']}" if stop.get("worker") else ""
+    sentence = (f"'{stop['condition']}' tripped{where} after {_s(round(stop['at_s'], 1))} (measured {what}"
+                f"{stop['measured']} over the last {stop['window_s']:g} s, {stop['requests']} requests{waiting}): "
+                f"{sent:,} of {planned:,} planned requests were sent")
+    _fail(config, session, STOP_NODE, stop["condition"], f"the replay was stopped: {sentence}",
+          [("measured", stop["measured"]), ("at_s", stop["at_s"])])
+    return f"replay stopped by --replay-abort-on: {sentence}"
+
+
 def _fail(config: pytest.Config, session: pytest.Session, node: str, name: str, message: str,
           properties: list) -> None:
     """A failing entry of the run (setup, call, teardown reports), the run's exit status 1."""

@@ -11,7 +11,7 @@ import pytest
 
 from ..policy.redact import REDACTION_NOTES
 from ..report.run import RunReport, RunResults, render_terminal
-from .run import ReplayRun, now_iso
+from .run import ReplayRun, now_iso, unscheduled
 
 
 BUDGET_NODE = "replay-budgets::"  # the node ids of budgets' test reports
@@ -25,11 +25,6 @@ def pace_text(settings) -> str:
         how = f"{s.loop} loops" if s.loop else f"for {s.duration:g} s"
         return (f"rate {s.rate:g}/s" if s.rate else f"speed {s.speed:g}x") + f", {how}"
     return f"rate {s.rate:g}/s" if s.rate else "speed 0 (no waiting)" if s.speed == 0 else f"speed {s.speed:g}x"
-
-
-def unscheduled(settings) -> bool:
-    """--speed 0 without --rate: every request is due at once, so lateness means nothing."""
-    return settings.speed == 0 and not settings.rate
 
 
 def item_outcomes(reporter) -> dict:
@@ -103,6 +98,10 @@ class Reporting:
         if results.capacity:
             from .capacity import report_stop
             report_stop(self.config, session, results.capacity)
+        elif results.stopped:
+            from .capacity import report_plain_stop
+            results.notes.append(report_plain_stop(self.config, session, results.stopped, results.sent,
+                                                   results.planned))
         from .capacity import capture_loss, report_loss
         self._loss = capture_loss(self.collection.capture_summary(), self.settings.max_capture_loss)
         report_loss(self.config, session, self._loss)

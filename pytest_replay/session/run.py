@@ -57,6 +57,11 @@ def _import_judge():
     return judge
 
 
+def unscheduled(settings) -> bool:
+    """--speed 0 without --rate: every request is due at once, so lateness means nothing."""
+    return settings.speed == 0 and not settings.rate
+
+
 class ReplayRun:
     """One replay: started by the `replay_engine` fixture, waited on and judged by the items.
 
@@ -236,7 +241,8 @@ class ReplayRun:
         self.engine = Engine(plan, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              pipeline=self._pipeline(planned, wire), lead_ns=self.lead_ns(items),
                              barriers=barriers, monitor=monitor, connections=s.connection_mode,
-                             loop="asyncio" if in_process else s.event_loop)  # uvloop bypasses the app's socket blocker
+                             loop="asyncio" if in_process else s.event_loop,  # uvloop bypasses the app's socket blocker
+                             scheduled=not unscheduled(s) or self.stage_plan is not None)
         _running.add(self)
         self.engine.start()
         if self.stage_plan is not None:
@@ -364,7 +370,8 @@ class ReplayRun:
         monitor = self.stop_monitor(s.abort_on, s.abort_window) if s.abort_on else None
         self.engine = Engine(stream.feed, self.target, concurrency=s.concurrency, timeout_s=s.timeout,
                              lead_ns=self.lead_ns(items), monitor=monitor, observer=stream.observe,
-                             connections=s.connection_mode, loop="asyncio" if in_process else s.event_loop)
+                             connections=s.connection_mode, loop="asyncio" if in_process else s.event_loop,
+                             scheduled=not unscheduled(s))
         stream.recorded = recorded
         _running.add(self)
         stream.start()
@@ -624,6 +631,13 @@ class ReplayRun:
         noise = self.diff_config.noise if self.diff_config is not None else None
         return noise.summary() if noise is not None and (noise.learned or noise.separated) else {}
 
+    def _stopped(self, trip) -> dict:
+        """RunResults.stopped: where a stop condition ended a replay without stages."""
+        return {"condition": trip.condition, "measured": trip.measured, "at_s": round(trip.at_ns / 1e9, 3),
+                "window_s": trip.window_s, "requests": trip.requests, "in_flight": trip.in_flight,
+                "measures": next((c.measures for c in self.settings.abort_on if str(c) == trip.condition), None),
+                "worker": trip.worker or None, "relayed": trip.relayed}
+
     def results(self) -> RunResults:
         """What this process did, merged with what other processes reported to it."""
         engine = self.engine
@@ -644,6 +658,8 @@ class ReplayRun:
             baseline=self.differential.counts.to_dict() if self.differential is not None else {},
             baseline_aggregate=self.differential.aggregate.to_dict() if self.differential is not None else {},
             capacity=self.capacity())
+        if engine is not None and engine.halted is not None and self.stage_plan is None:
+            own.stopped = self._stopped(engine.halted)
         judge_bound = self.stream.judge_bound(own.wall_s) if self.stream is not None else None
         if judge_bound:
             own.notes.append(judge_bound)
