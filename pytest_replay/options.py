@@ -11,6 +11,7 @@ converts a value (the vocabularies' StrEnums, the policy parsers).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from importlib import metadata
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 
+@functools.cache  # pytest_addoption and pytest_configure both ask; a look-up costs ~0.2 ms
 def clashing_plugin() -> str | None:
     """ESSS's pytest-replay also installs a module named pytest_replay and a --replay flag."""
     try:
