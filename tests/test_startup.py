@@ -114,9 +114,13 @@ def test_noise_thresholds_are_checked_percentages(pytester: pytest.Pytester) -> 
     assert options.BY_DEST["replay_noise_absolute"].convert(" 0.03% ") == 0.03
 
 
-def test_bench_startup_measures_against_a_base_tree() -> None:
+def test_bench_startup_measures_against_a_base_tree(tmp_path: Path) -> None:
     """bench/bench_startup.py --against DIR runs a base tree (a `git archive`) with PYTHONPATH in the
-    same run: the option exists and is described."""
+    same run; a directory that is not such a tree is refused before anything is measured."""
     bench = Path(__file__).resolve().parent.parent / "bench" / "bench_startup.py"
     out = subprocess.run([sys.executable, str(bench), "--help"], capture_output=True, text=True, check=True).stdout
-    assert "--against" in out
+    assert "--against DIR" in out
+    done = subprocess.run([sys.executable, str(bench), "--against", str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"--against {tmp_path}: expected a tree with pytest_replay/plugin.py" in done.stderr
