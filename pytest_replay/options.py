@@ -3,23 +3,27 @@
 Precedence: the command line, then the ini file ([tool.pytest.ini_options] or pytest.ini), then
 the default. Repeatable options (captures, filters, ignore rules) add the command line's values to
 the ini file's. A bad value is a pytest.UsageError naming the option and the accepted forms.
+
+Every pytest run imports this module, replay or not (issue 13.5: the plugin costs pytest's start-up
+at most 5 ms): it imports nothing of ours at import, and a converter imports what it needs when it
+converts a value (the vocabularies' StrEnums, the policy parsers).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from dataclasses import dataclass, make_dataclass
+from dataclasses import FrozenInstanceError, make_dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
 import pytest
 
-from .vocab import DiffPart, Group, Judge, NoiseMode, Origins
 
-
+@functools.cache  # pytest_addoption and pytest_configure both ask; a look-up costs ~0.2 ms
 def clashing_plugin() -> str | None:
     """ESSS's pytest-replay also installs a module named pytest_replay and a --replay flag."""
     try:
@@ -32,8 +36,16 @@ def clashing_plugin() -> str | None:
             "(or use separate virtual environments).")
 
 
-GROUPS = tuple(Group)
-DIFF_PARTS = tuple(DiffPart)
+def _vocabulary(name: str) -> tuple[str, ...]:
+    """The members of vocab.py's StrEnum `name`, imported on first use (building the StrEnums costs
+    ~1.7 ms, which a pytest run without --replay does not pay)."""
+    from . import vocab
+
+    return tuple(getattr(vocab, name))
+
+
+# options.GROUPS, options.DIFF_PARTS: the vocabularies' members (module __getattr__ below).
+_VOCABULARIES = {"GROUPS": "Group", "DIFF_PARTS": "DiffPart"}
 
 
 # Ranges of the numeric options. The schedule computes gap / speed and i * 1e9 / rate in floats and
@@ -115,20 +127,24 @@ def regex(flag: str) -> Callable[[str], re.Pattern[str]]:
     return convert
 
 
-def choice(flag: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+def choice(flag: str, choices: tuple[str, ...] | str) -> Callable[[str], str]:
+    """`choices`: the accepted strings, or the name of a vocabulary of vocab.py ("Group"), whose
+    member the value becomes (imported when a value is converted, not at import)."""
     def convert(text: str) -> str:
-        for value in choices:  # the vocabulary's member (a StrEnum is equal to its string)
+        values = _vocabulary(choices) if isinstance(choices, str) else choices
+        for value in values:  # the vocabulary's member (a StrEnum is equal to its string)
             if value == text:
                 return value
-        raise pytest.UsageError(f"{flag}: expected one of {', '.join(choices)}, got {text!r}")
+        raise pytest.UsageError(f"{flag}: expected one of {', '.join(values)}, got {text!r}")
     return convert
 
 
 def diff_parts(text: str) -> frozenset[str]:
+    accepted = _vocabulary("DiffPart")
     parts = {p.strip() for p in text.split(",") if p.strip()}
-    unknown = parts - set(DIFF_PARTS)
+    unknown = parts - set(accepted)
     if not parts or unknown:
-        raise pytest.UsageError(f"--replay-diff: expected a comma-separated subset of {', '.join(DIFF_PARTS)}, "
+        raise pytest.UsageError(f"--replay-diff: expected a comma-separated subset of {', '.join(accepted)}, "
                                 f"got {text!r}")
     return frozenset(parts)
 
@@ -283,8 +299,7 @@ def link(text: str) -> tuple[str, str]:
 
 
 def _percent(flag: str) -> Callable[[str], float]:
-    return lambda text: _number(flag, text.strip().removesuffix("%"), minimum=0, inclusive=True,
-                                meaning="a percentage, e.g. 20 or 0.03%")
+    return lambda text: _number(flag, text.strip().removesuffix("%"), (0, 100), meaning="a percentage, e.g. 20 or 0.03%")
 
 
 def _window(text: str):
@@ -316,19 +331,53 @@ def ports(text: str) -> tuple[int, ...]:
     return values
 
 
-@dataclass(frozen=True)
 class Option:
-    """One setting: its flag, its ini twin, how its text becomes a value, and its help."""
+    """One setting: its flag, its ini twin, how its text becomes a value, and its help. Frozen, and
+    compared by value, as a frozen dataclass would be; written by hand because @dataclass generates
+    and compiles its methods when the class is made: ~1.3 ms of every pytest start-up."""
 
+    __slots__ = ("dest", "flag", "help", "default", "convert", "many", "flag_only", "metavar", "field")
     dest: str
     flag: str
     help: str
-    default: Any = None
-    convert: Callable[[str], Any] | None = None
-    many: bool = False  # repeatable (append); the ini twin is a list of lines
-    flag_only: bool = False  # a boolean switch
-    metavar: str | None = None
-    field: str = ""  # its Settings attribute; default: dest without the replay_ prefix
+    default: Any
+    convert: Callable[[str], Any] | None
+    many: bool  # repeatable (append); the ini twin is a list of lines
+    flag_only: bool  # a boolean switch
+    metavar: str | None
+    field: str  # its Settings attribute; default: dest without the replay_ prefix
+
+    def __init__(self, dest: str, flag: str, help: str, default: Any = None,
+                 convert: Callable[[str], Any] | None = None, many: bool = False, flag_only: bool = False,
+                 metavar: str | None = None, field: str = "") -> None:
+        init = object.__setattr__
+        init(self, "dest", dest)
+        init(self, "flag", flag)
+        init(self, "help", help)
+        init(self, "default", default)
+        init(self, "convert", convert)
+        init(self, "many", many)
+        init(self, "flag_only", flag_only)
+        init(self, "metavar", metavar)
+        init(self, "field", field)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return self._values() == other._values() if other.__class__ is self.__class__ else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"Option({', '.join(f'{name}={value!r}' for name, value in zip(self.__slots__, self._values()))})"
 
     @property
     def ini(self) -> str:
@@ -428,7 +477,7 @@ OPTIONS: tuple[Option, ...] = (
            many=True, convert=ignore_rule, metavar="RULE"),
     Option("replay_noise", "--replay-noise", "treat fields that differ between recorded responses of "
            "identical requests as noise: auto or off. Default: auto.", "auto",
-           choice("--replay-noise", tuple(NoiseMode)), metavar="MODE"),
+           choice("--replay-noise", "NoiseMode"), metavar="MODE"),
     Option("replay_noise_export", "--replay-noise-export", "write the noise learned from the capture to FILE as "
            "ignore rules, one a line, ready to review and put under replay_ignore in the ini file. Default: none.",
            metavar="FILE"),
@@ -441,12 +490,12 @@ OPTIONS: tuple[Option, ...] = (
            "address - and the replayed one - the Host the target was sent, and the target URL's origin - are "
            "one value in headers such as Location and Link and in JSON, text and HTML bodies; counted in the "
            "summary) or strict (compared as captured). Default: same.", "same",
-           choice("--replay-origins", tuple(Origins)), metavar="MODE"),
+           choice("--replay-origins", "Origins"), metavar="MODE"),
     Option("replay_max_latency", "--replay-max-latency", "fail an exchange whose replayed latency exceeds this "
            "many seconds. Default: no cap.", None, seconds("--replay-max-latency"), metavar="SECONDS"),
     Option("replay_group", "--replay-group", "one test item per exchange, per endpoint (method and path "
            "template) or per captured connection; group huge captures (pytest costs ~1 ms per item). "
-           "Default: exchange.", "exchange", choice("--replay-group", GROUPS), metavar="BY"),
+           "Default: exchange.", "exchange", choice("--replay-group", "Group"), metavar="BY"),
     Option("replay_server_ports", "--replay-server-ports", "ports that are servers, for pcap connections "
            "captured without their SYN on unusual ports. Default: common HTTP ports.", None, ports,
            metavar="P1,P2"),
@@ -544,7 +593,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_judge", "--replay-judge", "when items are judged: 'after' the whole replay (pytest's own "
            "work, ~1 ms per item, then never competes with the replay for the CPU and the GIL: best timing and "
            "throughput) or 'during' it (results stream as requests complete). Default: after.", "after",
-           choice("--replay-judge", tuple(Judge)), metavar="WHEN"),
+           choice("--replay-judge", "Judge"), metavar="WHEN"),
     Option("replay_judge_workers", "--replay-judge-workers", "processes that judge, while the engine sends, the "
            "exchanges whose bodies differ and are large (16 KB or more together: a 200 KB JSON body takes ~20 ms of "
            "Python, holding the GIL the engine's thread needs to send on time): N processes, 'auto' (1 if a core "
@@ -688,6 +737,8 @@ _SETTINGS: type | None = None
 def __getattr__(name: str):
     if name == "Settings":
         return _settings_class()
+    if name in _VOCABULARIES:
+        return _vocabulary(_VOCABULARIES[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
