@@ -575,6 +575,11 @@ def test_a_streamed_runs_evidence_and_table_are_those_recorded_before(pytester: 
         EXPECTED.write_bytes(gzip.compress(json.dumps(got, indent=1).encode() + b"\n", mtime=0))
         pytest.skip(f"recorded {EXPECTED}")
     expected = json.loads(gzip.decompress(EXPECTED.read_bytes()))
+    # Recorded at a317fb6, when a --speed 0 run still split lateness by cause (every request due at t0, its
+    # wait for its connection counted as its lateness); since 3c0ff6f a --speed 0 run has no schedule, so
+    # nothing is late and no cause is counted (the lateness histograms count each request at 0, as compared).
+    for stats in [expected["aggregate"]["overall"], *expected["aggregate"]["endpoints"].values()]:
+        stats["late_causes"] = []
     assert json.dumps(got["aggregate"]["overall"]) == json.dumps(expected["aggregate"]["overall"])  # key order too
     assert got == expected
 
