@@ -35,7 +35,9 @@ from urllib.parse import urlsplit
 from ..http.message import Exchange, Request
 from ..policy.guard import server_address
 from ..vocab import Origins
-from .lookup import header as _header
+from .lookup import header as _header, headers as _headers
+
+_ORIGIN_FIELDS = (b"host", b"x-forwarded-proto", b"forwarded")  # what an exchange's origins are made of (the memo key)
 
 SAME, STRICT = Origins.SAME, Origins.STRICT
 MODES = (SAME, STRICT)
@@ -215,8 +217,7 @@ class OriginResolver:
         up without splitting its head) and its connection (the server address). `resolve` is the
         reference, which computes them every time."""
         request = exchange.request
-        key = (_header(request, b"host"), _header(request, b"x-forwarded-proto"), _header(request, b"forwarded"),
-               exchange.connection)
+        key = (*_headers(request, _ORIGIN_FIELDS), exchange.connection)
         cache = self._cache
         try:
             return cache[key]

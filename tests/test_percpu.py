@@ -1,0 +1,158 @@
+"""The streamed path's per-exchange fast paths (issue 13.1, CPU per exchange) against their references.
+
+- targets/raw.py `wire_bytes()`: the plain case cut from the head's bytes (`_plain_wire`) against the
+  reference, which splits the head into lines and fields, on random request heads;
+- verdicts/lookup.py `headers()`: several fields from one lowered head, against `Message.header()`;
+- report/aggregate.py: a histogram of small values counted in one C call, and the lateness causes of an
+  observation without waits taken without their dict, against the references (values, evidence JSON);
+- end to end: a streamed `pytest --replay` of a pcap against nginx gives the same evidence with the fast
+  paths as with the references.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_judgefast import WANTED, heads  # (the judge's lookups are tested on these heads)
+
+from pytest_replay.http.message import Request
+from pytest_replay.targets import raw
+
+START = [b"GET / HTTP/1.1", b"POST /x?host:=1 HTTP/1.1", b"GET /hostile HTTP/1.0", b"", b"host: GET / HTTP/1.1"]
+NAMES = [b"Host", b"host", b"HOST", b"Host ", b" Host", b"\x0bHost", b"Hostile", b"X-Host", b"Content-Length",
+         b"content-length", b"Transfer-Encoding", b"User-Agent", b"Accept", b"X-Forwarded-Host", b"\rHost"]
+VALUES = [b"shop.example", b"localhost:8080", b"", b"chunked", b"gzip, chunked", b"3", b"0", b"x\rhost: y",
+          b"a\x0cb", b"wrk", b"*/*", b"  spaced  "]
+
+
+@st.composite
+def requests(draw) -> Request:
+    """A captured request as the fast reader makes them: a head (any case, duplicates, folded lines,
+    bare LF, odd names and separators, no empty line at its end) and a body after it."""
+    eol = draw(st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
+    lines = [draw(st.sampled_from(START))]
+    for _ in range(draw(st.integers(0, 6))):
+        if lines[1:] and draw(st.integers(0, 9)) == 0:
+            lines.append(draw(st.sampled_from([b" folded", b"\tmore"])))
+            continue
+        sep = draw(st.sampled_from([b": ", b":", b":\t", b" : "]))
+        lines.append(draw(st.sampled_from(NAMES)) + sep + draw(st.sampled_from(VALUES)))
+    head = eol.join(lines) + draw(st.sampled_from([eol + eol, eol + eol, eol, b"", b"\r\n\r\n"]))
+    body = draw(st.sampled_from([b"", b"", b"abc", b"0\r\n\r\n"]))
+    return Request("GET", "/", "1.1", head, body, head + body)
+
+
+def reference_wire(request: Request, host) -> bytes:
+    old, raw.FAST_WIRE = raw.FAST_WIRE, False
+    try:
+        return raw.wire_bytes(request, host)
+    finally:
+        raw.FAST_WIRE = old
+
+
+@settings(max_examples=1500, deadline=None)
+@given(request=requests(), host=st.sampled_from([None, "127.0.0.1:8080", "shop.example"]))
+def test_plain_wire_bytes_are_the_references(request: Request, host) -> None:
+    assert raw.FAST_WIRE
+    assert raw.wire_bytes(request, host) == reference_wire(request, host)
+
+
+def test_plain_wire_bytes_take_the_fast_path_for_the_plain_case_only() -> None:
+    plain = b"GET /item.json HTTP/1.1\r\nHost: localhost:9\r\nUser-Agent: wrk\r\n\r\n"
+    request = Request("GET", "/item.json", "1.1", plain, b"", plain)
+    assert raw._plain_wire(request, "127.0.0.1:80") == \
+        b"GET /item.json HTTP/1.1\r\nHost: 127.0.0.1:80\r\nUser-Agent: wrk\r\n\r\n"
+    assert raw._plain_wire(request, None) == plain
+    hostless = b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n"
+    assert raw._plain_wire(Request("GET", "/", "1.1", hostless, b"", hostless), "h:1") == \
+        b"GET / HTTP/1.1\r\nHost: h:1\r\nAccept: */*\r\n\r\n"
+    for head in (b"GET / HTTP/1.1\nHost: a\n\n", b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"):
+        assert raw._plain_wire(Request("GET", "/", "1.1", head, b"", head), "h:1") is None, head
+    assert raw._plain_wire(Request("GET", "/", "1.1", plain, b"x", plain + b"x"), "h:1") is None
+
+
+# -- lookup.headers: several fields from one lowered head ---------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_headers_looked_up_together_are_the_references(data) -> None:
+    from pytest_replay.http.message import Response
+    from pytest_replay.verdicts import lookup
+    head = data.draw(heads())
+    names = tuple(data.draw(st.lists(st.sampled_from(WANTED), min_size=1, max_size=4)))
+    fresh = lambda: Response(200, "OK", "1.1", head, b"", head)  # noqa: E731 - its headers not parsed yet
+    assert lookup.headers(fresh(), names) == tuple(fresh().header(name.decode()) for name in names)
+    parsed = fresh()
+    parsed.headers  # noqa: B018 - parsed first: the pairs are walked
+    assert lookup.headers(parsed, names) == tuple(parsed.header(name.decode()) for name in names)
+
+
+# -- the report's histograms and lateness causes ----------------------------------------------------------
+def test_a_value_in_hdrs_first_bucket_is_its_own_index() -> None:
+    from pytest_replay.report import aggregate
+    assert aggregate._FIRST_BUCKET_TOP == 2047
+    assert [aggregate._index(v) for v in range(aggregate._FIRST_BUCKET_TOP + 1)] == \
+        list(range(aggregate._FIRST_BUCKET_TOP + 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.integers(-50, 2100), max_size=300), pending=st.sampled_from([1, 7, 4096]))
+def test_small_values_counted_in_bulk_are_the_immediate_ones(values, pending) -> None:
+    from pytest_replay.report import aggregate
+    old, aggregate.PENDING = aggregate.PENDING, pending
+    try:
+        deferred, immediate = aggregate.Histogram(), aggregate.Histogram()
+        for us in values:
+            deferred.record(us)
+            immediate.record_now(us)
+    finally:
+        aggregate.PENDING = old
+    assert deferred == immediate and deferred.to_dict() == immediate.to_dict()
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 200))
+def test_lateness_causes_split_without_their_dict_are_the_references(seed: int, n: int) -> None:
+    """Aggregate.add's split of lateness by cause against Observation.lateness_causes (FAST_CAUSES=False):
+    the evidence's JSON text equal, over early, on-time and late requests, each kind of wait (and none,
+    negative and larger than the lateness), baselines' observations without waits."""
+    from types import SimpleNamespace
+
+    from pytest_replay.http.message import Exchange, Response, Source
+    from pytest_replay.report import aggregate
+    from pytest_replay.schedule.target import Observation
+
+    rng = random.Random(seed)
+    waits = [0, 0, 0, 1, 400, 499, 500, 10**6, 3 * 10**9, -1000]
+    rows = []
+    for i in range(n):
+        request = Request.build("GET", f"/item/{i % 3}", ((b"Host", b"h"),))
+        e = Exchange(i, request, Response.build(200, "", (), b""), 10**18 + i, 10**18 + i + 5000, "c", i,
+                     Source("f", 0, i, ()))
+        deadline = i * 10**6
+        sent = deadline + rng.choice([-10**5, 0, 1, 499, 500, 10**6, 2 * 10**9, rng.randint(-10**6, 10**9)])
+        if rng.random() < 0.1:  # a baseline's observation: no waits, no causes
+            o = SimpleNamespace(deadline_ns=deadline, sent_ns=sent, response=None, error_kind=None,
+                                latency_ns=None)
+        else:
+            o = Observation(i, deadline, sent, sent + 1000, sent + 2000, Response.build(200, "", (), b""),
+                            lane_wait_ns=rng.choice(waits), barrier_wait_ns=rng.choice(waits[:4] + [0] * 6),
+                            slot_wait_ns=rng.choice(waits[:4] + [0] * 6))
+        rows.append((e, o))
+    out = []
+    for fast in (True, False):
+        old, aggregate.FAST_CAUSES = aggregate.FAST_CAUSES, fast
+        try:
+            agg = aggregate.Aggregate()
+            for e, o in rows:
+                agg.add(e, o, None)
+            out.append(json.dumps(agg.to_dict()))
+        finally:
+            aggregate.FAST_CAUSES = old
+    assert out[0] == out[1]
+    assert '"late_causes"' in out[0]
