@@ -66,8 +66,8 @@ SIGNIFICANT_FIGURES = 3
 MAX_ENDPOINTS = 1000  # endpoints tracked one by one; the rest are folded into OTHER
 MAX_REASONS = 100  # distinct skip reasons kept; the rest are counted under OTHER
 MAX_IGNORED = 1000  # distinct reasons for ignored differences kept; the rest are counted under OTHER
-FAST_CAUSES = True  # Aggregate.add: lateness causes of an observation that waited at most for its connection
-# split without Observation.lateness_causes's dict (False: always through it, the reference)
+FAST_CAUSES = True  # Aggregate.add: lateness causes (and response time) of an observation that waited at most for
+# its connection, from its fields (False: through Observation.lateness_causes and .response_ns, the reference)
 PENDING = 4096  # values a Histogram holds before folding them into its buckets (Histogram.record)
 _FLUSHING = threading.Lock()
 OTHER = "(other)"
@@ -634,16 +634,19 @@ class Aggregate:
             if lateness < 0:
                 stats.early += 1
             stats.lateness.record(lateness_us)
-            lane = getattr(observation, "lane_wait_ns", 0)  # (a baseline's has no waits: all the engine's)
-            if not FAST_CAUSES or lane < 0 or getattr(observation, "barrier_wait_ns", 0) \
-                    or getattr(observation, "slot_wait_ns", 0):
+            queued = None  # Observation.queued_ns, when known here
+            lane = getattr(observation, "lane_wait_ns", None)  # (a baseline's has no waits: all the engine's)
+            if not FAST_CAUSES or lane is not None and (lane < 0 or observation.barrier_wait_ns
+                                                        or observation.slot_wait_ns):
                 self._causes(stats, observation)
-            elif lateness > 0:  # Observation.lateness_causes without its dict: the connection's part, the rest
-                part = lane if lane < lateness else lateness  # the engine's (not late: no part, nothing recorded)
+            else:  # Observation.lateness_causes without its dict: the connection's part, the engine's the rest
+                part = 0 if lateness <= 0 or lane is None else lane if lane < lateness else lateness
                 if part > 0:
                     _late(stats.late_causes, "connection", part)
                 if lateness - part > 0:
                     _late(stats.late_causes, "engine", lateness - part)
+                if lane is not None:
+                    queued = part
             if getattr(observation, "spilled", False):
                 stats.spilled += 1
             response = observation.response
@@ -658,7 +661,8 @@ class Aggregate:
                 if latency is not None:
                     latency_us = (latency + 500) // 1000 if latency > 0 else 0
                     stats.latency.record(latency_us)
-                    response_ns = getattr(observation, "response_ns", None)  # (a baseline's has none)
+                    response_ns = latency + queued if queued is not None else \
+                        getattr(observation, "response_ns", None)  # (Observation.response_ns; a baseline's has none)
                     if response_ns is not None:
                         stats.response.record((response_ns + 500) // 1000 if response_ns > 0 else 0)
             else:
