@@ -156,3 +156,109 @@ def test_lateness_causes_split_without_their_dict_are_the_references(seed: int, 
             aggregate.FAST_CAUSES = old
     assert out[0] == out[1]
     assert '"late_causes"' in out[0]
+
+
+# -- end to end: a streamed run against nginx, fast paths and references --------------------------------------
+ITEM = b'{"id": 7, "name": "shoe", "tags": ["a", "b"], "price": 12.5}'
+SEP = "\n🐵🙈🙉\n".encode()
+T0 = 1_700_000_000_000_000_000
+REFERENCES = """
+import pytest_replay.report.aggregate as aggregate
+import pytest_replay.targets.raw as raw
+aggregate.FAST_CAUSES = False
+raw.FAST_WIRE = False
+"""
+HEADS = [  # plain (the fast paths), and heads the references decide
+    b"GET /item.json HTTP/1.1\r\nHost: 127.0.0.1:40123\r\n\r\n",
+    b"GET /item.json HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
+    b"GET /item.json HTTP/1.1\r\nUser-Agent: no-host\r\n\r\n",
+    b"GET /item.json HTTP/1.1\r\nHost: shop.example\r\nX-Note: a\r\n folded\r\n\r\n",
+    b"GET /item.json HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 0\r\n\r\n",
+    b"GET /other.json HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-Proto: https\r\n\r\n",
+]
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    """nginx serving /item.json and /other.json (another body), logging what each request it received
+    said: request line, Host, Content-Length, X-Note."""
+    import getpass
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from support import free_port, require
+    require("nginx")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "item.json").write_bytes(ITEM)
+    (www / "other.json").write_bytes(ITEM.replace(b"12.5", b"13.5"))
+    for name in ("item.json", "other.json"):
+        os.utime(www / name, (1_700_000_000, 1_700_000_000))
+    (tmp_path / "logs").mkdir()
+    port = free_port()
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off; master_process off; user {getpass.getuser()}; pid {tmp_path}/nginx.pid; "
+        f"error_log {tmp_path}/logs/error.log;\nevents {{ worker_connections 64; }}\n"
+        "http { types { application/json json; } log_format seen '$request|$http_host|$http_content_length|"
+        f"$http_x_note'; access_log {tmp_path}/logs/access.log seen; keepalive_requests 100000; "
+        f"server {{ listen 127.0.0.1:{port}; root {www}; }} }}\n")
+    server = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                              stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port, tmp_path / "logs" / "access.log"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def nginx_answer(port: int) -> bytes:
+    """What nginx answers for /item.json (recorded as the capture's response: the replay differs in Date)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /item.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_a_streamed_run_against_nginx_is_the_same_with_the_fast_paths_as_with_the_references(
+        pytester: pytest.Pytester, nginx) -> None:
+    port, log = nginx
+    answer = nginx_answer(port)
+    assert b"ETag:" in answer and b"Last-Modified:" in answer
+    records = []
+    for i in range(400):
+        rid = f"{i % 4 + 1:016x}{i:08x}"
+        records.append(f"1 {rid} {T0 + i * 1000} -1\n".encode() + HEADS[i % len(HEADS)])
+        records.append(f"2 {rid} {T0 + i * 1000 + 500} -1\n".encode() + answer)
+    gor = pytester.path / "nginx.gor"
+    gor.write_bytes(b"".join(r + SEP for r in records))
+    results = {}
+    for name in ("fast", "reference"):
+        work = pytester.mkdir(name)
+        if name == "reference":
+            (work / "conftest.py").write_text(REFERENCES)
+        log.write_text("")
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-q", "--speed", "0", "--replay", str(gor), "--replay-target",
+            f"http://127.0.0.1:{port}", "--replay-group", "connection", "--replay-report", str(work / "report"),
+            f"--rootdir={work}", str(work), timeout=300)
+        evidence = json.loads((work / "report" / "replay-evidence.json").read_text())
+        totals = evidence["totals"]
+        results[name] = (result.parseoutcomes(), sorted(log.read_text().splitlines()), evidence["diff"],
+                         evidence["errors"]["requests"], sorted(totals.get("lateness_causes") or {}),
+                         [(row["endpoint"], row.get("requests")) for row in evidence["endpoints"]])
+    assert results["fast"] == results["reference"]
+    outcomes, seen, diff, requests, causes, _ = results["fast"]
+    assert requests == 400 and diff["failed"] and len(seen) == 400
+    assert "GET /item.json HTTP/1.1|127.0.0.1:%d|-|-" % port in seen  # the Host set by the fast path
+    assert "GET /item.json HTTP/1.1|127.0.0.1:%d|-|a folded" % port in seen  # (the reference's)
