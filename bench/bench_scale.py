@@ -228,7 +228,7 @@ print("FIGURES", json.dumps(judge_record_figures()))
 """
 
 
-def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int = 3000) -> dict:
+def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int = 8192, n_failing: int = 1000) -> dict:
     """(d) What the judge thread of a streamed run spends on one exchange, in microseconds: compare()
     alone, judge() (compare, the failure text masked), and the whole step of the judge thread
     (session.stream.Stream._judge_one: the origins resolved, ReplayRun.judge and .record into the
@@ -245,7 +245,9 @@ def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int
     pairs parsed, as the run's first lookups leave them; the observations of a replay at --speed 0 (every
     deadline t0: lateness grows through the run, most of it waiting for the connection's previous response,
     the rest the engine's); the origins as the run resolves them (a RawTarget's sent Host and URL); a
-    judging pool as the run has one (`auto`: not started, asked per exchange). The configuration is the
+    judging pool as the run has one (`auto`: not started, asked per exchange); `n` passing exchanges a round,
+    twice the report's PENDING values, so that each histogram folds its pending values into its buckets as
+    often as in a run (3,000 before: never within the timed loop). The configuration is the
     plugin's default: learned noise, clock noise, origins `same`, a keyed Redactor. Only APIs that exist
     at the base commit are used, so that the same function measures another checkout (`--judge-against DIR`)."""
     import functools
@@ -355,7 +357,7 @@ def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int
             if kind == "passing":
                 return [(exchange(i), replayed(i)) for i in range(n)]
             return [(exchange(i, "/item.json" + query), replayed(i, ITEM.replace(b'"count": ', b'"count": 1')))
-                    for i in range(n)]
+                    for i in range(n_failing)]
 
         out[f"{kind} compare()"] = timed(fresh, lambda e, r, i: compare(
             e.response, r, config, exchange=e, latency_ns=220_000, recorded_latency_ns=e.recorded_latency_ns,
