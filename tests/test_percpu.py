@@ -263,3 +263,24 @@ def test_a_streamed_run_against_nginx_is_the_same_with_the_fast_paths_as_with_th
     assert "GET /item.json HTTP/1.1|127.0.0.1:%d|-|-" % port in seen  # the Host set by the fast path
     assert {f"GET /item.json HTTP/1.1|127.0.0.1:{port}|{length}|{note}" for length, note in
             (("-", "a"), ("0", "-"))} <= set(seen)  # (the references': a folded field, a Content-Length)
+
+
+def test_a_streamed_run_sends_its_rewrites(pytester: pytest.Pytester, nginx) -> None:
+    """The reader plans each request once with the run's rewrites (asked once per run, not per request)."""
+    port, log = nginx
+    answer = nginx_answer(port)
+    log.write_text("")
+    records = []
+    for i in range(60):
+        rid = f"{i % 2 + 1:016x}{i:08x}"
+        records.append(f"1 {rid} {T0 + i * 1000} -1\n".encode() + HEADS[i % len(HEADS)])
+        records.append(f"2 {rid} {T0 + i * 1000 + 500} -1\n".encode() + answer)
+    gor = pytester.path / "nginx.gor"
+    gor.write_bytes(b"".join(r + SEP for r in records))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-q", "--speed", "0", "--replay", str(gor), "--replay-target",
+        f"http://127.0.0.1:{port}", "--replay-group", "connection", "--replay-set-header", "X-Note: set",
+        "--replay-rewrite-url", "^/other.json:/item.json", "--replay-report", "report", timeout=300)
+    result.assert_outcomes(passed=2)  # /other.json's requests went to /item.json: the recorded body again
+    seen = log.read_text().splitlines()
+    assert len(seen) == 60 and all(line.startswith("GET /item.json ") and line.endswith("|set") for line in seen), seen
