@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CPU per exchange of a streamed replay, per thread (issue 13.1), beside another checkout in the same run.
 
-    python bench/bench_percpu.py [--pcap FILE] [--against DIR] [--rounds N] [--keep DIR]
+    python bench/bench_percpu.py [--pcap FILE] [--against DIR] [--rounds N] [--keep DIR] [--quick]
 
 `pytest --replay PCAP --replay-target NGINX --speed 0 --replay-group connection` (bench_scale (a)'s run: wrk's
 keep-alive capture of GET /item.json, replayed against an nginx serving the same file) in a child, with each of
@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--against", metavar="DIR", help="another checkout (a `git archive` of the base), alternated")
     ap.add_argument("--rounds", type=int, default=3, help="replays per checkout (default 3); the median is printed")
     ap.add_argument("--keep", metavar="DIR", help="work directory (kept); default: a temporary one")
+    ap.add_argument("--quick", action="store_true", help="one replay per checkout (--rounds 1)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds = 1
     workdir = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="bench-percpu-")
     os.makedirs(workdir, exist_ok=True)
     site = tempfile.mkdtemp(prefix="nginx-", dir=workdir)

@@ -284,3 +284,17 @@ def test_a_streamed_run_sends_its_rewrites(pytester: pytest.Pytester, nginx) -> 
     result.assert_outcomes(passed=2)  # /other.json's requests went to /item.json: the recorded body again
     seen = log.read_text().splitlines()
     assert len(seen) == 60 and all(line.startswith("GET /item.json ") and line.endswith("|set") for line in seen), seen
+
+
+def test_plain_wire_bytes_are_remembered_per_head_within_a_bound(monkeypatch) -> None:
+    monkeypatch.setattr(raw, "_PLAIN", {})
+    monkeypatch.setattr(raw, "PLAIN_MEMO", 50)
+    for i in range(400):
+        head = b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % (i % 120)
+        request = Request("GET", "/", "1.1", head, b"", head)
+        assert raw.wire_bytes(request, "h:%d" % (i % 3)) == reference_wire(request, "h:%d" % (i % 3))
+        assert len(raw._PLAIN) <= 50
+    long_head = b"GET / HTTP/1.1\r\nX: " + b"x" * raw.PLAIN_MEMO_HEAD + b"\r\n\r\n"
+    before = dict(raw._PLAIN)
+    raw.wire_bytes(Request("GET", "/", "1.1", long_head, b"", long_head), "h")
+    assert raw._PLAIN == before  # (a long head is not remembered)
