@@ -184,11 +184,8 @@ def nginx(tmp_path):
     said: request line, Host, Content-Length, X-Note."""
     import getpass
     import os
-    import socket
-    import subprocess
-    import time
 
-    from support import free_port, require
+    from support import free_port, require, serving
     require("nginx")
     www = tmp_path / "www"
     www.mkdir()
@@ -204,19 +201,22 @@ def nginx(tmp_path):
         "http { types { application/json json; } log_format seen '$request|$http_host|$http_content_length|"
         f"$http_x_note'; access_log {tmp_path}/logs/access.log seen; keepalive_requests 100000; "
         f"server {{ listen 127.0.0.1:{port}; root {www}; }} }}\n")
-    server = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                              stderr=subprocess.PIPE)
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    with serving(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], port, "nginx"):
         yield port, tmp_path / "logs" / "access.log"
-    finally:
-        server.terminate()
-        server.wait(10)
+
+
+def nginx_capture(path, port: int, n: int, connections: int):
+    """n of HEADS in turn on `connections` connections, each recorded with what nginx answers for
+    /item.json (the replay's answers differ in their Date; /other.json's in their body too)."""
+    answer = nginx_answer(port)
+    assert b"ETag:" in answer and b"Last-Modified:" in answer
+    records = []
+    for i in range(n):
+        rid = f"{i % connections + 1:016x}{i:08x}"
+        records.append(f"1 {rid} {T0 + i * 1000} -1\n".encode() + HEADS[i % len(HEADS)])
+        records.append(f"2 {rid} {T0 + i * 1000 + 500} -1\n".encode() + answer)
+    path.write_bytes(b"".join(r + SEP for r in records))
+    return path
 
 
 def nginx_answer(port: int) -> bytes:
@@ -233,15 +233,7 @@ def nginx_answer(port: int) -> bytes:
 def test_a_streamed_run_against_nginx_is_the_same_with_the_fast_paths_as_with_the_references(
         pytester: pytest.Pytester, nginx) -> None:
     port, log = nginx
-    answer = nginx_answer(port)
-    assert b"ETag:" in answer and b"Last-Modified:" in answer
-    records = []
-    for i in range(400):
-        rid = f"{i % 4 + 1:016x}{i:08x}"
-        records.append(f"1 {rid} {T0 + i * 1000} -1\n".encode() + HEADS[i % len(HEADS)])
-        records.append(f"2 {rid} {T0 + i * 1000 + 500} -1\n".encode() + answer)
-    gor = pytester.path / "nginx.gor"
-    gor.write_bytes(b"".join(r + SEP for r in records))
+    gor = nginx_capture(pytester.path / "nginx.gor", port, 400, 4)
     results = {}
     for name in ("fast", "reference"):
         work = pytester.mkdir(name)
@@ -268,15 +260,8 @@ def test_a_streamed_run_against_nginx_is_the_same_with_the_fast_paths_as_with_th
 def test_a_streamed_run_sends_its_rewrites(pytester: pytest.Pytester, nginx) -> None:
     """The reader plans each request once with the run's rewrites (asked once per run, not per request)."""
     port, log = nginx
-    answer = nginx_answer(port)
-    log.write_text("")
-    records = []
-    for i in range(60):
-        rid = f"{i % 2 + 1:016x}{i:08x}"
-        records.append(f"1 {rid} {T0 + i * 1000} -1\n".encode() + HEADS[i % len(HEADS)])
-        records.append(f"2 {rid} {T0 + i * 1000 + 500} -1\n".encode() + answer)
-    gor = pytester.path / "nginx.gor"
-    gor.write_bytes(b"".join(r + SEP for r in records))
+    gor = nginx_capture(pytester.path / "nginx.gor", port, 60, 2)
+    log.write_text("")  # (nginx_capture's own request)
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-q", "--speed", "0", "--replay", str(gor), "--replay-target",
         f"http://127.0.0.1:{port}", "--replay-group", "connection", "--replay-set-header", "X-Note: set",
