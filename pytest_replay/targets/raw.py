@@ -113,14 +113,14 @@ def _plain_wire_memo(request: Request, host: str | None) -> bytes | None:
 
 
 def _plain_wire(request: Request, host: str | None) -> bytes | None:
-    """wire_bytes() for the plain case, from the head's bytes without splitting it (issue 13.1: the
-    reader thread of a streamed run split every head into lines and fields, a fifth of its time), or
-    None: not plain, the reference decides. Plain: no body; CRLF line endings only, the one empty line
-    at the end; no line starting with a blank (folded), a CR, a vertical tab or a form feed (whitespace
-    `strip()` takes from a name); no Content-Length or Transfer-Encoding anywhere in the head (not even
-    inside a value); at most one line starting "host" (case-insensitively), and that one "host:". The reference keeps every line of
-    such a head as it is and sets the Host line's value (or adds "Host:" after the request line): so
-    does this. Tested against the reference (tests/test_percpu.py)."""
+    """wire_bytes() for the plain case, from the head's bytes without splitting it (issue 13.1: the reader
+    thread of a streamed run split every head into lines and fields, a fifth of its time), or None: not plain,
+    the reference decides. Plain: no body; CRLF line endings only, the one empty line at the end; no line
+    starting with a blank (folded), a CR, a vertical tab or a form feed (whitespace `strip()` takes from a
+    name); no Content-Length or Transfer-Encoding anywhere in the head (not even inside a value); at most one
+    line starting "host" (case-insensitively), and that one "host:". The reference keeps every line of such a
+    head as it is and sets the Host line's value (or adds "Host:" after the request line): so does this. Tested
+    against the reference (tests/test_percpu.py)."""
     head = request.head
     if request.body or not head.endswith(b"\r\n\r\n") or _ODD_LINE_START(head, 0, len(head) - 2) \
             or head.count(b"\n") != head.count(b"\r\n"):  # (bare LF)
