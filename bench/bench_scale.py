@@ -228,24 +228,43 @@ print("FIGURES", json.dumps(judge_record_figures()))
 """
 
 
-def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int = 3000) -> dict:
+def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int = 8192, n_failing: int = 1000) -> dict:
     """(d) What the judge thread of a streamed run spends on one exchange, in microseconds: compare()
     alone, judge() (compare, the failure text masked), and the whole step of the judge thread
     (session.stream.Stream._judge_one: the origins resolved, ReplayRun.judge and .record into the
-    aggregate), for a passing small exchange (an nginx answer like bench (a)'s: 300 B JSON, its Date a
-    second later) and for a failing one (another body, a token in the query and a Bearer header: the
-    failure text is rendered and masked). The configuration is the plugin's default: learned noise, clock
-    noise, origins `same`, a keyed Redactor. Only APIs that exist at the base commit are used, so that the
-    same function measures another checkout (`--judge-against DIR`)."""
+    aggregate), for a passing small exchange and for a failing one (another body, a token in the query
+    and a Bearer header: the failure text is rendered and masked).
+
+    As in bench (a)'s run (`--speed 0 --replay-group connection`, wrk's capture of nginx, 8 connections):
+    wrk's request (`GET /item.json`, Host the recorded nginx's address); nginx's answers (Server, Date,
+    Content-Type, Content-Length, Last-Modified, Connection: keep-alive, ETag, Accept-Ranges: the Date
+    differs between the recording and the replay, the ETag and Last-Modified do not); the messages shared
+    as the run shares them (the capture's framer hands out the same message for the same bytes, the
+    target's framer the same response for the same head and body: one recorded response per second of
+    the capture, ~25,000 exchanges, one replayed per second of the replay, ~10,000) with their header
+    pairs parsed, as the run's first lookups leave them; the observations of a replay at --speed 0 (every
+    deadline t0: lateness grows through the run, most of it waiting for the connection's previous response,
+    the rest the engine's); the origins as the run resolves them (a RawTarget's sent Host and URL); a
+    judging pool as the run has one (`auto`: not started, asked per exchange); `n` passing exchanges a round,
+    twice the report's PENDING values, so that each histogram folds its pending values into its buckets as
+    often as in a run (3,000 before: never within the timed loop). The configuration is the
+    plugin's default: learned noise, clock noise, origins `same`, a keyed Redactor. Only APIs that exist
+    at the base commit are used, so that the same function measures another checkout (`--judge-against DIR`)."""
+    import functools
+    import queue
     import time as _time
+    from types import SimpleNamespace
 
     from pytest_replay.http.parser import fast_message
     from pytest_replay.http.message import Exchange, Source
     from pytest_replay.policy.redact import Redactor
+    from pytest_replay.policy.writes import WritePolicy
     from pytest_replay.report.aggregate import Aggregate
     from pytest_replay.schedule.target import Observation
+    from pytest_replay.session.judging import JudgePool
     from pytest_replay.session.run import ReplayRun
     from pytest_replay.session.stream import Index, ItemState, Stream
+    from pytest_replay.targets.raw import RawTarget
     from pytest_replay.verdicts.clock import ClockNoise
     from pytest_replay.verdicts.diff import DiffConfig, compare, learn_noise
     from pytest_replay.verdicts.judge import judge
@@ -253,33 +272,49 @@ def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int
 
     mtime, t0 = MTIME, 1_765_000_000.0
     query = "?q=shoes&api_key=sk_live_51abcdefghijklmnop"
+    recorded_per_s, replayed_per_s = 25_000, 10_000  # exchanges per second: recorded with wrk, replayed
+    shared: dict = {}  # bytes -> the one message made of them (the framers' sharing), for one round
+
+    def message(data: bytes, is_request: bool):
+        found = shared.get(data)
+        if found is None:
+            found = shared[data] = fast_message(data, is_request, None if is_request else "GET")
+            found.headers  # noqa: B018 - parsed, as the run's first lookups leave a shared message
+        return found
 
     def request(target: str = "/item.json") -> bytes:
+        if target == "/item.json":  # wrk's request
+            return b"GET /item.json HTTP/1.1\r\nHost: 127.0.0.1:40123\r\n\r\n"
         return (f"GET {target} HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: wrk\r\n"
                 "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl\r\n\r\n").encode()
 
     def exchange(i: int, target: str = "/item.json", body: bytes = ITEM):
-        ts = int((t0 + i * 1e-4) * 1e9)
-        req = fast_message(request(target), True)
-        resp = fast_message(bench_plugin.nginx_response(body, "application/json", mtime, t0 + i * 1e-4), False,
-                            "GET")
+        at = t0 + i / recorded_per_s
+        ts = int(at * 1e9)
+        req = message(request(target), True)
+        resp = message(bench_plugin.nginx_response(body, "application/json", mtime, int(at)), False)
         return Exchange(i, req, resp, ts, ts + 200_000, f"10.0.0.1:{40000 + i % 8} -> 10.0.0.2:80", i // 8,
                         Source("bench.pcap", i * 600, i, ()))
 
     def replayed(i: int, body: bytes = ITEM):  # nginx's answer during the replay: another Date
-        return fast_message(bench_plugin.nginx_response(body, "application/json", mtime, t0 + 3600 + i * 1e-4),
-                            False, "GET")
+        return message(bench_plugin.nginx_response(body, "application/json", mtime, int(t0 + 3600 + i / replayed_per_s)),
+                       False)
 
     sample = [exchange(i) for i in range(64)]
+    shared.clear()
     redactor = Redactor(key="bench")
     config = DiffConfig(noise=learn_noise(sample), clock=ClockNoise.of(sample, _time.time_ns(), _time.time_ns),
                         redactor=redactor)
-    origins = OriginResolver(lambda r: "127.0.0.1:8080", "http://127.0.0.1:8080")
+    url = "http://127.0.0.1:8080"
+    origins = OriginResolver(RawTarget(url).sent_host, url, ())
+    policy = WritePolicy(mode="mock")  # the plugin's default against a network target
 
     def make_run():
         run = ReplayRun.__new__(ReplayRun)
         run.redactor, run.diff_config, run.origins = redactor, config, origins
-        run.outbound = run.differential = run.judging = run.updates = run.engine = None
+        run.outbound = run.differential = run.updates = None
+        run.judging = JudgePool(1, config, redactor, eager=False)  # ('auto': started by the first large body)
+        run.engine = SimpleNamespace(finished=False)
         run.decisions, run.aggregate, run.counted = {}, Aggregate(), set()
         from collections import Counter
         run.origin_counts = Counter()
@@ -293,14 +328,19 @@ def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int
         return run, stream
 
     def observation(i: int, response):
-        return Observation(i, 1_000_000 * i, 1_000_000 * i + 30_000, 1_000_000 * i + 250_000,
-                           1_000_000 * i + 260_000, response)
+        """At --speed 0: every deadline t0; request i sent ~110 us after the one before (the lead's run:
+        30k exchanges in 3.3 s), most of its lateness spent waiting for its connection (8 of them)."""
+        sent = 110_000 * i + 40_000
+        latency = 150_000 + (i * 7919) % 100_000
+        return Observation(i, 0, sent, sent + latency, sent + latency + 20_000, response,
+                           lane_wait_ns=(sent * 6) // 10 + (i % 5) * 1000)
 
     def timed(fresh, step, prepare=None) -> float:
-        """Microseconds per call of step(exchange, response, i) over fresh pairs (nothing parsed or cached
-        on them yet, as in a run), the best of 3 rounds."""
+        """Microseconds per call of step(exchange, response, i) over fresh pairs (made anew each round,
+        shared and parsed as in a run), the best of 3 rounds."""
         best = None
         for _ in range(3):
+            shared.clear()
             pairs = fresh()
             if prepare is not None:
                 prepare(pairs)
@@ -317,7 +357,7 @@ def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int
             if kind == "passing":
                 return [(exchange(i), replayed(i)) for i in range(n)]
             return [(exchange(i, "/item.json" + query), replayed(i, ITEM.replace(b'"count": ', b'"count": 1')))
-                    for i in range(n)]
+                    for i in range(n_failing)]
 
         out[f"{kind} compare()"] = timed(fresh, lambda e, r, i: compare(
             e.response, r, config, exchange=e, latency_ns=220_000, recorded_latency_ns=e.recorded_latency_ns,
@@ -327,15 +367,39 @@ def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int
         run, stream = make_run()
         observations = []
 
-        def prepare(pairs, stream=stream, observations=observations):
+        def prepare(pairs, stream=stream, observations=observations, run=run):
             for e, _ in pairs:  # the items' states exist before the run (one per connection, as grouped items)
                 stream.selected.setdefault(e.connection, ItemState(1_000_000))
+                run.decisions[e.index] = policy.decision(e.request)  # (the reader's plan_one decided it)
             observations[:] = [observation(i, r) for i, (_, r) in enumerate(pairs)]  # (the engine's thread's)
 
         def step(e, r, i, run=run, stream=stream, observations=observations):
             stream._judge_one(run, e, observations[i])
 
         out[f"{kind} judge thread step"] = timed(fresh, step, prepare)
+        run, stream = make_run()
+        loop: list = []
+
+        def prepare_loop(pairs, stream=stream, run=run, loop=loop):
+            """The judge thread's loop itself (Stream._judge_main) over the exchanges queued by the engine:
+            the step and what surrounds it (the exchange taken from the pending ones, its decision and window
+            slot freed, its item told)."""
+            stream.pending, stream._slots_of, stream.recorded, stream.error, stream.run = {}, {}, None, None, run
+            stream.feed = SimpleNamespace(slots=SimpleNamespace(release=functools.partial(queue.SimpleQueue().put, None)))
+            stream.judged = queue.SimpleQueue()
+            for i, (e, r) in enumerate(pairs):
+                stream.selected.setdefault(e.connection, ItemState(1_000_000))
+                run.decisions[e.index] = policy.decision(e.request)
+                stream.pending[e.index] = e
+                stream.judged.put(observation(i, r))
+            stream.judged.put(None)
+            loop[:] = [len(pairs)]
+
+        def whole_loop(e, r, i, stream=stream, loop=loop):  # (called once per round: the loop judges them all)
+            if i == 0:
+                stream._judge_main()
+
+        out[f"{kind} judge thread loop"] = timed(fresh, whole_loop, prepare_loop)
         out[f"{kind} failed"] = run.aggregate.overall.failed
         judged, counted = [], [Aggregate()]
 
@@ -372,7 +436,8 @@ def judge_record_rows(against: str | None) -> list[tuple[str, str, str]]:
     rows = []
     mine = figures["this checkout"]
     for what in ("passing compare()", "passing judge()", "passing record()", "passing judge thread step",
-                 "failing compare()", "failing judge()", "failing record()", "failing judge thread step"):
+                 "passing judge thread loop", "failing compare()", "failing judge()", "failing record()",
+                 "failing judge thread step", "failing judge thread loop"):
         others = "; ".join(f"{name} {f[what]:.1f} us" for name, f in figures.items() if name != "this checkout")
         note = "per exchange" + (f"; {others}" if others else "")
         if what == "passing judge thread step":

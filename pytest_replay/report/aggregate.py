@@ -66,6 +66,8 @@ SIGNIFICANT_FIGURES = 3
 MAX_ENDPOINTS = 1000  # endpoints tracked one by one; the rest are folded into OTHER
 MAX_REASONS = 100  # distinct skip reasons kept; the rest are counted under OTHER
 MAX_IGNORED = 1000  # distinct reasons for ignored differences kept; the rest are counted under OTHER
+FAST_CAUSES = True  # Aggregate.add: lateness causes (and response time) of an observation that waited at most for
+# its connection, from its fields (False: through Observation.lateness_causes and .response_ns, the reference)
 PENDING = 4096  # values a Histogram holds before folding them into its buckets (Histogram.record)
 _FLUSHING = threading.Lock()
 OTHER = "(other)"
@@ -87,6 +89,8 @@ _HALF_MAG = _TEMPLATE.sub_bucket_half_count_magnitude
 _HALF = _TEMPLATE.sub_bucket_half_count
 _MASK = _TEMPLATE.sub_bucket_mask
 _SHIFT = _UNIT + _HALF_MAG + 1
+# values 0.._MASK (2047 us) lie in HDR's first bucket, where a value's index is itself (_index; tested exhaustively)
+_FIRST_BUCKET_TOP = _MASK if _UNIT == 0 else -1
 _HIGHEST_EQUIVALENT: dict[int, int] = {}  # bucket index -> highest value it holds (memo)
 
 
@@ -169,10 +173,13 @@ class Histogram:
             if low < 0 or high > HIGHEST_US:
                 values = [0 if us < 0 else HIGHEST_US if us > HIGHEST_US else us for us in values]
                 low, high = min(values), max(values)
-            mask, shift, half_mag, unit, half = _MASK, _SHIFT, _HALF_MAG, _UNIT, _HALF
-            _count_elements(self._counts, [  # _index(us), inlined (a call per value cost as much again)
-                (((b := (us | mask).bit_length() - shift) + 1) << half_mag) + (us >> (b + unit)) - half
-                for us in values])
+            if high <= _FIRST_BUCKET_TOP:  # every value its own index (a latency under 2 ms): counted in C
+                _count_elements(self._counts, values)
+            else:
+                mask, shift, half_mag, unit, half = _MASK, _SHIFT, _HALF_MAG, _UNIT, _HALF
+                _count_elements(self._counts, [  # _index(us), inlined (a call per value cost as much again)
+                    (((b := (us | mask).bit_length() - shift) + 1) << half_mag) + (us >> (b + unit)) - half
+                    for us in values])
             self._total += n
             self._sum += sum(values)
             if self._min is None or low < self._min:
@@ -468,6 +475,16 @@ def _causes_of(observation) -> dict[str, int]:
     return {"engine": max(observation.sent_ns - observation.deadline_ns, 0)}
 
 
+def _late(causes: dict, cause: str, ns: int) -> None:
+    """`ns` (> 0) of lateness for `cause` into its histogram (made on first use; under 0.5 us: none)."""
+    us = (ns + 500) // 1000
+    if us:
+        hist = causes.get(cause)
+        if hist is None:
+            hist = causes[cause] = Histogram()
+        hist.record(us)
+
+
 def _count(counter: Counter, key: str | None) -> None:
     """One more `key` (none for None or ""), under OTHER once MAX_REASONS distinct keys are kept."""
     if key:
@@ -617,14 +634,19 @@ class Aggregate:
             if lateness < 0:
                 stats.early += 1
             stats.lateness.record(lateness_us)
-            for cause, ns in _causes_of(observation).items():
-                if ns > 0:
-                    us = (ns + 500) // 1000
-                    if us:
-                        hist = stats.late_causes.get(cause)
-                        if hist is None:
-                            hist = stats.late_causes[cause] = Histogram()
-                        hist.record(us)
+            queued = None  # Observation.queued_ns, when known here
+            lane = getattr(observation, "lane_wait_ns", None)  # (a baseline's has no waits: all the engine's)
+            if not FAST_CAUSES or lane is not None and (lane < 0 or observation.barrier_wait_ns
+                                                        or observation.slot_wait_ns):
+                self._causes(stats, observation)
+            else:  # Observation.lateness_causes without its dict: the connection's part, the engine's the rest
+                part = 0 if lateness <= 0 or lane is None else lane if lane < lateness else lateness
+                if part > 0:
+                    _late(stats.late_causes, "connection", part)
+                if lateness - part > 0:
+                    _late(stats.late_causes, "engine", lateness - part)
+                if lane is not None:
+                    queued = part
             if getattr(observation, "spilled", False):
                 stats.spilled += 1
             response = observation.response
@@ -639,7 +661,8 @@ class Aggregate:
                 if latency is not None:
                     latency_us = (latency + 500) // 1000 if latency > 0 else 0
                     stats.latency.record(latency_us)
-                    response_ns = getattr(observation, "response_ns", None)  # (a baseline's has none)
+                    response_ns = latency + queued if queued is not None else \
+                        getattr(observation, "response_ns", None)  # (Observation.response_ns; a baseline's has none)
                     if response_ns is not None:
                         stats.response.record((response_ns + 500) // 1000 if response_ns > 0 else 0)
             else:
@@ -677,6 +700,13 @@ class Aggregate:
         finally:
             self._overall = None
             self._lock.release()
+
+    @staticmethod
+    def _causes(stats: Stats, observation) -> None:
+        """Its lateness by cause into the cause's histograms (the reference of add()'s case without waits)."""
+        for cause, ns in _causes_of(observation).items():
+            if ns > 0:
+                _late(stats.late_causes, cause, ns)
 
     def skip(self, exchange, reason: str, *, write: bool = False, why: str | None = None) -> None:
         """Count an exchange that was selected but not replayed (incomplete, a write skipped by the

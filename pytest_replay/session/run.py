@@ -350,15 +350,22 @@ class ReplayRun:
         self.write_counts = LockedWriteCounts()  # the engine's thread and the judge's both count
         decisions, rewrites = self.decisions, self.rewrites
 
+        rewriting = bool(rewrites)  # (frozen: asked once, not twice per request)
+        mark = policy.mark if policy.dry_run_header is not None else None  # (else it returns the request)
+
         def plan_one(exchange, offset: int):
-            decision = policy.decision(rewrites.apply(exchange.request))
+            request = exchange.request
+            decision = policy.decision(rewrites.apply(request) if rewriting else request)
             if decision.action == SKIP:  # counted by the judge thread, which does all the counting
                 stream.judged.put(("skip", exchange, decision))
                 return None
             decisions[exchange.index] = decision
             if decision.action == MOCK:
                 recorded.responses[exchange.index] = exchange.response
-            request = rewrites.apply(policy.mark(exchange.request, decision=decision))
+            if mark is not None:
+                request = mark(request, decision=decision)
+            if rewriting:
+                request = rewrites.apply(request)
             return PlannedRequest(exchange.index, offset, exchange.connection, request, wire(request))
 
         stream = self.stream = Stream(self, index, selected, plan_one, self.collection.open_capture)

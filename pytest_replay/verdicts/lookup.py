@@ -30,7 +30,21 @@ def header(message, name: bytes) -> bytes | None:
     if pairs is not None:  # given (built messages, HTTP/2) or parsed already: a walk of the pairs
         return header_value(pairs, name)
     head = message.head
+    return _in_head(message, head, head.lower(), name)
+
+
+def headers(message, names: tuple[bytes, ...]) -> tuple[bytes | None, ...]:
+    """`header(message, name)` for each of `names`, the head lowered once for all of them (the origins of
+    every exchange ask for three fields of its request)."""
+    pairs = message._headers
+    if pairs is not None:
+        return tuple(header_value(pairs, name) for name in names)
+    head = message.head
     lower = head.lower()
+    return tuple(_in_head(message, head, lower, name) for name in names)
+
+
+def _in_head(message, head: bytes, lower: bytes, name: bytes) -> bytes | None:
     at = lower.find(name)
     if at < 0:
         return None
