@@ -197,6 +197,21 @@ def test_memoised_origins_are_the_references(hosts, keep_host) -> None:
         assert resolver(e) == reference.resolve(e)
 
 
+def test_origins_remembered_per_head_stay_few_whatever_the_capture() -> None:
+    """A capture of distinct targets (an id in every path) repeats no head: the memo of whole heads stays
+    within MEMO_HEADS, and every answer is still the reference's."""
+    from pytest_replay.verdicts import origin
+
+    resolver = OriginResolver(lambda r: "127.0.0.1:8080", "http://127.0.0.1:8080")
+    for i in range(3 * origin.MEMO_HEADS):
+        head = b"GET /item/%d HTTP/1.1\r\nHost: shop.example\r\n\r\n" % i
+        e = Exchange(i, Request("GET", "/item/%d" % i, "1.1", head, b"", head), None, 1, None, "c", 0,
+                     Source("f", 0, 0, ()))
+        assert resolver(e) == resolver.resolve(e)
+        assert len(resolver._heads) <= origin.MEMO_HEADS
+    assert len(resolver._cache) == 1  # (one host: one key of headers)
+
+
 # -- end to end ---------------------------------------------------------------------------------------------
 SERVER = """
 import asyncio, sys

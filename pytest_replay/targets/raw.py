@@ -89,8 +89,10 @@ FAST_WIRE = True  # wire_bytes()'s default: the plain case without splitting the
 _ODD_LINE_START = re.compile(rb"\n[\r \t\x0b\x0c]").search
 
 
-PLAIN_MEMO = 4096  # heads remembered by _plain_wire_memo, at most (then forgotten all at once)
-PLAIN_MEMO_HEAD = 1024  # and only heads up to this long: 4 MB at most
+PLAIN_MEMO = 256  # heads remembered by _plain_wire_memo, at most (then forgotten all at once): a steady client
+# repeats a few heads; a capture of distinct targets (an id in every path) repeats none, and a larger memo would
+# only hold MBs of heads for the run's length
+PLAIN_MEMO_HEAD = 1024  # and only heads up to this long: 512 KB at most (head and wire bytes)
 _PLAIN: dict = {}  # (head, host) -> _plain_wire()'s answer
 _MISS = object()
 

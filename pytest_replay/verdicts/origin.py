@@ -38,7 +38,9 @@ from ..vocab import Origins
 from .lookup import header as _header, headers as _headers
 
 _ORIGIN_FIELDS = (b"host", b"x-forwarded-proto", b"forwarded")  # what an exchange's origins are made of (the memo key)
-MEMO_HEAD = 1024  # a request head up to this long is a memo key itself (4,096 keys: 4 MB at most)
+MEMO_HEAD = 1024  # a request head up to this long is a memo key itself,
+MEMO_HEADS = 256  # in a memo of its own of this many heads at most (256 KB): a capture of distinct targets
+# (an id in every path) would otherwise fill 4,096 keys of heads no later request repeats, MBs for nothing
 _MISS = object()
 
 SAME, STRICT = Origins.SAME, Origins.STRICT
@@ -201,6 +203,7 @@ class OriginResolver:
         self.set_host = headers[b"host"].decode("latin-1") if b"host" in headers else None
         self.set_scheme = _scheme(headers.get(b"x-forwarded-proto"), headers.get(b"forwarded"))
         self._cache: dict[tuple, Origins | None] = {}
+        self._heads: dict[tuple, Origins | None] = {}  # (short head, connection) -> origins: MEMO_HEADS at most
 
     @staticmethod
     def treated(ignored: Iterable[tuple[str, int]]) -> list[str]:
@@ -222,11 +225,11 @@ class OriginResolver:
         `resolve` is the reference, which computes them every time."""
         request = exchange.request
         head = request.head
-        cache = self._cache
+        cache, heads = self._cache, self._heads
         whole = None  # a short HTTP/1 head holds what its origins are made of: the head itself, a first key
         if len(head) <= MEMO_HEAD and request.protocol == "http/1":  # (its hash is kept by the bytes, and a
             whole = (head, exchange.connection)  # capture's framer hands out the same bytes for the same head)
-            found = cache.get(whole, _MISS)
+            found = heads.get(whole, _MISS)
             if found is not _MISS:
                 return found
         key = (*_headers(request, _ORIGIN_FIELDS), exchange.connection)
@@ -236,7 +239,9 @@ class OriginResolver:
                 cache.clear()
             origins = cache[key] = self.resolve(exchange)
         if whole is not None:
-            cache[whole] = origins
+            if len(heads) >= MEMO_HEADS:
+                heads.clear()
+            heads[whole] = origins
         return origins
 
     def resolve(self, exchange: Exchange) -> Origins | None:
