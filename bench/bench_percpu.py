@@ -13,8 +13,8 @@ which a loaded machine inflates less than wall time or py-spy's samples (a threa
 the lock gets samples, not CPU time). `--against DIR` (a `git archive` of the base) runs the same replay with
 that checkout's package, the two in alternation, `--rounds` each; printed: the median of each figure.
 
-Needs nginx, and a pcap (`--pcap`, default bench_scale's quick capture in /tmp/benchkeep_scale, or record one
-with `bench_scale.py --quick --keep DIR`). Stdlib plus the project only.
+Needs nginx, and a pcap (`--pcap`; without it bench_scale's quick capture is recorded into the work
+directory, or reused from `--keep DIR`: root, tcpdump and wrk). Stdlib plus the project only.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import bench_scale  # noqa: E402 - ITEM and MTIME: what the capture's nginx serv
 from _common import cpu_model, log, start_nginx, stop  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_PCAP = "/tmp/benchkeep_scale/scale-60000.pcap"
+QUICK_PACKETS = bench_scale.QUICK["packets"]  # the capture recorded when --pcap is not given
 
 CHILD = r"""
 import json, os, sys, threading, time
@@ -94,7 +94,9 @@ def one(root: str, pcap: str, url: str, workdir: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pcap", default=DEFAULT_PCAP, help=f"the keep-alive capture of GET /item.json (default {DEFAULT_PCAP})")
+    ap.add_argument("--pcap", help="the keep-alive capture of GET /item.json to replay (default: bench_scale's quick "
+                    f"capture, {QUICK_PACKETS:,} packets of wrk against nginx, recorded into the work directory "
+                    "unless --keep DIR already holds it; recording needs root, tcpdump and wrk)")
     ap.add_argument("--against", metavar="DIR", help="another checkout (a `git archive` of the base), alternated")
     ap.add_argument("--rounds", type=int, default=3, help="replays per checkout (default 3); the median is printed")
     ap.add_argument("--keep", metavar="DIR", help="work directory (kept); default: a temporary one")
@@ -111,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(item, "wb") as f:
         f.write(bench_scale.ITEM)
     os.utime(item, (bench_scale.MTIME, bench_scale.MTIME))
+    if args.pcap is None:
+        args.pcap = os.path.join(workdir, f"scale-{QUICK_PACKETS}.pcap")
+        if not os.path.exists(args.pcap):
+            bench_scale.record(args.pcap, QUICK_PACKETS, workdir)
     roots = {"this checkout": ROOT}
     if args.against:
         roots[f"against {args.against}"] = os.path.abspath(args.against)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import free_port, serving
-from test_stream import SERVER, SLOW_SERVER, capture
+from test_stream import SERVER, capture
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def fast_server() -> str:
 @pytest.fixture(scope="module")
 def slow_server() -> str:
     port = free_port()
-    with serving([sys.executable, "-c", SLOW_SERVER, str(port)], port, "slow server") as url:
+    with serving([sys.executable, "-c", SERVER, str(port), "0.4"], port, "slow server") as url:
         yield url
 
 

@@ -30,6 +30,7 @@ BAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d
 SERVER = """
 import asyncio, sys
 OK = %r
+DELAY = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0  # seconds before each answer (a slow target)
 
 class Server(asyncio.Protocol):
     def connection_made(self, transport):
@@ -39,10 +40,13 @@ class Server(asyncio.Protocol):
         self.data += data
         while b"\\r\\n\\r\\n" in self.data:
             _, self.data = self.data.split(b"\\r\\n\\r\\n", 1)
-            self.transport.write(OK)
+            if DELAY:
+                asyncio.get_running_loop().call_later(DELAY, self.transport.write, OK)
+            else:
+                self.transport.write(OK)
 
 async def main():
-    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", int(sys.argv[1]))
+    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", int(sys.argv[1]), backlog=1024)
     await server.serve_forever()
 
 asyncio.run(main())
@@ -375,26 +379,6 @@ def pytest_sessionfinish(session):
         json.dump({{**peaks, "streamed": run.stream is not None}}, f)
 """
 
-SLOW_SERVER = """
-import asyncio, sys
-OK = %r
-
-class Server(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.data = transport, b""
-
-    def data_received(self, data):
-        self.data += data
-        while b"\\r\\n\\r\\n" in self.data:
-            _, self.data = self.data.split(b"\\r\\n\\r\\n", 1)
-            asyncio.get_running_loop().call_later(0.4, self.transport.write, OK)
-
-async def main():
-    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", int(sys.argv[1]), backlog=1024)
-    await server.serve_forever()
-
-asyncio.run(main())
-""" % OK
 
 
 def test_a_judge_bound_run_holds_few_exchanges_out_of_flight_and_says_judging_set_the_pace(
@@ -423,7 +407,7 @@ def test_the_bound_out_of_flight_does_not_cap_the_requests_in_flight(pytester: p
     port = free_port()
     pytester.makeconftest(AHEAD_PROBE.format(judge_s=0))
     gor = capture(pytester.path / "wide.gor", 200, 200)
-    with serving([sys.executable, "-c", SLOW_SERVER, str(port)], port, "slow server") as url:
+    with serving([sys.executable, "-c", SERVER, str(port), "0.4"], port, "slow server") as url:
         result = replay(pytester, "--replay", str(gor), "--replay-target", url, "--replay-group", "connection",
                         "--replay-concurrency", "1000")
     result.assert_outcomes(passed=200)
