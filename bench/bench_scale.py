@@ -324,6 +324,9 @@ def judge_record_figures(kinds: tuple[str, ...] = ("passing", "failing"), n: int
         stream.pdb = False
         import tempfile as _tempfile, threading as _threading
         stream.spill, stream._spill_lock = _tempfile.TemporaryFile(), _threading.Lock()
+        # what Stream.__init__ sets for the reader's bound out of flight (AHEAD; harmless on a checkout before it)
+        stream.fed = stream.done = stream.judge_idle_ns = stream.judge_wait_ns = 0
+        stream._reader_waits, stream._idle_since, stream._caught_up = False, None, _threading.Event()
         run.stream = stream
         return run, stream
 
