@@ -120,6 +120,42 @@ def serving(argv: Sequence[str], port: int, what: str, **popen) -> Iterator[str]
             proc.wait()
 
 
+
+_KEEP_ALIVE = r"""
+import asyncio, sys
+DELAY = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0  # seconds before each answer (a slow target)
+
+class Server(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.data = transport, b""
+
+    def data_received(self, data):
+        self.data += data
+        while b"\r\n\r\n" in self.data:
+            head, self.data = self.data.split(b"\r\n\r\n", 1)
+            response = answer(head)
+            if response is None:  # (no answer: the connection closes)
+                self.transport.close()
+                return
+            if DELAY:
+                asyncio.get_running_loop().call_later(DELAY, self.transport.write, response)
+            else:
+                self.transport.write(response)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", int(sys.argv[1]), backlog=1024)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def keep_alive_server(answer: str) -> str:
+    """The source of a keep-alive HTTP/1.1 server for `python -c SOURCE PORT [DELAY]` (for `serving`): each
+    request head (bodies are not read) is answered with `answer(head)`, bytes, defined by `answer`'s source;
+    None closes the connection. DELAY: seconds before each answer."""
+    return answer + _KEEP_ALIVE
+
 def uvicorn(app: str, *, app_dir: Path | None = None, **popen) -> contextlib.AbstractContextManager[str]:
     """`app` ('module:attribute') under uvicorn on a free port of 127.0.0.1."""
     port = free_port()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import free_port, serving
+from support import free_port, keep_alive_server, serving
 
 from pytest_replay.http.message import Exchange, Flag, Request, Response, Source
 from pytest_replay.http.parser import fast_message
@@ -213,8 +213,7 @@ def test_origins_remembered_per_head_stay_few_whatever_the_capture() -> None:
 
 
 # -- end to end ---------------------------------------------------------------------------------------------
-SERVER = """
-import asyncio, sys
+SERVER = keep_alive_server("""
 BODY = b'{"ok": true, "n": 1}'
 OTHER = b'{"ok": false, "n": 1}'
 
@@ -222,23 +221,7 @@ def answer(head):
     body = OTHER if b"/bad" in head.split(b"\\r\\n", 1)[0] else BODY
     return (b"HTTP/1.1 200 OK\\r\\nServer: t\\r\\nDate: Sun, 06 Dec 2026 15:00:00 GMT\\r\\n"
             b"Content-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
-
-class Server(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.data = transport, b""
-
-    def data_received(self, data):
-        self.data += data
-        while b"\\r\\n\\r\\n" in self.data:
-            head, self.data = self.data.split(b"\\r\\n\\r\\n", 1)
-            self.transport.write(answer(head))
-
-async def main():
-    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", int(sys.argv[1]))
-    await server.serve_forever()
-
-asyncio.run(main())
-"""
+""")
 SEP = "\n🐵🙈🙉\n".encode()
 T0 = 1_700_000_000_000_000_000
 REFERENCE_PATHS = """

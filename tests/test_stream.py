@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, pytest_to_interrupt, serving
+from support import free_port, keep_alive_server, pytest_to_interrupt, serving
 
 from pytest_replay.schedule.plan import StreamedOffsets, Timing, offsets
 
@@ -27,30 +27,7 @@ BAD_BODY = b'{"ok": false}'
 BAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BAD_BODY)
        + BAD_BODY)
 
-SERVER = """
-import asyncio, sys
-OK = %r
-DELAY = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0  # seconds before each answer (a slow target)
-
-class Server(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.data = transport, b""
-
-    def data_received(self, data):
-        self.data += data
-        while b"\\r\\n\\r\\n" in self.data:
-            _, self.data = self.data.split(b"\\r\\n\\r\\n", 1)
-            if DELAY:
-                asyncio.get_running_loop().call_later(DELAY, self.transport.write, OK)
-            else:
-                self.transport.write(OK)
-
-async def main():
-    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", int(sys.argv[1]), backlog=1024)
-    await server.serve_forever()
-
-asyncio.run(main())
-""" % OK
+SERVER = keep_alive_server(f"def answer(head):\n    return {OK!r}\n")
 
 # The window is made small, and the run's state is written down when the session ends.
 PROBE = """

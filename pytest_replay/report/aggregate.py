@@ -475,14 +475,11 @@ def _causes_of(observation) -> dict[str, int]:
     return {"engine": max(observation.sent_ns - observation.deadline_ns, 0)}
 
 
-def _late(causes: dict, cause: str, ns: int) -> None:
-    """`ns` (> 0) of lateness for `cause` into its histogram (made on first use; under 0.5 us: none)."""
+def _late(stats: Stats, cause: str, ns: int) -> None:
+    """`ns` (> 0) of lateness for `cause` into its histogram (under 0.5 us: none)."""
     us = (ns + 500) // 1000
     if us:
-        hist = causes.get(cause)
-        if hist is None:
-            hist = causes[cause] = Histogram()
-        hist.record(us)
+        stats.late_cause(cause).record(us)
 
 
 def _count(counter: Counter, key: str | None) -> None:
@@ -492,10 +489,6 @@ def _count(counter: Counter, key: str | None) -> None:
 
 
 _CLASSES = {status: f"{status // 100}xx" for status in range(100, 600)}  # (an f-string per status cost ~0.2 us)
-
-
-def _status_class(status: int) -> str:
-    return _CLASSES.get(status, "other")
 
 
 # The overall Stats of an Aggregate are derived from its endpoints' when read (Aggregate.overall), except the
@@ -615,8 +608,7 @@ class Aggregate:
             if write is not None:
                 write = WRITE_OUTCOMES.get(write, write)
                 stats.writes[write] += 1
-                if write not in order["writes"]:
-                    order["writes"][write] = None
+                order["writes"].setdefault(write)
                 if why:
                     _count(stats.write_reasons, why)
                     _count(self._write_reasons, why)
@@ -625,8 +617,7 @@ class Aggregate:
             kind = observation.error_kind
             if kind == CANCELLED:
                 stats.errors[kind] += 1
-                if kind not in order["errors"]:
-                    order["errors"][kind] = None
+                order["errors"].setdefault(kind)
                 return
             stats.requests += 1
             lateness = observation.sent_ns - observation.deadline_ns
@@ -642,9 +633,9 @@ class Aggregate:
             else:  # Observation.lateness_causes without its dict: the connection's part, the engine's the rest
                 part = 0 if lateness <= 0 or lane is None else lane if lane < lateness else lateness
                 if part > 0:
-                    _late(stats.late_causes, "connection", part)
+                    _late(stats, "connection", part)
                 if lateness - part > 0:
-                    _late(stats.late_causes, "engine", lateness - part)
+                    _late(stats, "engine", lateness - part)
                 if lane is not None:
                     queued = part
             if getattr(observation, "spilled", False):
@@ -655,8 +646,7 @@ class Aggregate:
                 if response is not None:
                     status = _CLASSES.get(response.status, "other")
                     stats.status[status] += 1
-                    if status not in order["status"]:
-                        order["status"][status] = None
+                    order["status"].setdefault(status)
                 latency = observation.latency_ns
                 if latency is not None:
                     latency_us = (latency + 500) // 1000 if latency > 0 else 0
@@ -667,14 +657,12 @@ class Aggregate:
                         stats.response.record((response_ns + 500) // 1000 if response_ns > 0 else 0)
             else:
                 stats.errors[kind] += 1
-                if kind not in order["errors"]:
-                    order["errors"][kind] = None
+                order["errors"].setdefault(kind)
             recorded = exchange.response
             if recorded is not None:
                 status = _CLASSES.get(recorded.status, "other")
                 stats.recorded_status[status] += 1
-                if status not in order["recorded_status"]:
-                    order["recorded_status"][status] = None
+                order["recorded_status"].setdefault(status)
                 recorded_ns = exchange.recorded_latency_ns
                 if recorded_ns is not None:
                     stats.recorded.record((recorded_ns + 500) // 1000 if recorded_ns > 0 else 0)
@@ -691,8 +679,7 @@ class Aggregate:
                     failures, seen = stats.failures, order["failures"]
                     for part in {d.part for d in verdict.differences} or {"?"}:
                         failures[part] += 1
-                        if part not in seen:
-                            seen[part] = None
+                        seen.setdefault(part)
             self.timeline.add(exchange.request_ts_ns, None if response is None else response.status, kind is not None,
                               latency_us, lateness_us)
             if verdict is not None and not verdict.passed:
@@ -706,7 +693,7 @@ class Aggregate:
         """Its lateness by cause into the cause's histograms (the reference of add()'s case without waits)."""
         for cause, ns in _causes_of(observation).items():
             if ns > 0:
-                _late(stats.late_causes, cause, ns)
+                _late(stats, cause, ns)
 
     def skip(self, exchange, reason: str, *, write: bool = False, why: str | None = None) -> None:
         """Count an exchange that was selected but not replayed (incomplete, a write skipped by the
