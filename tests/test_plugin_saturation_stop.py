@@ -114,8 +114,14 @@ def test_a_ramp_past_saturation_stops_although_the_service_latency_stays_low(pyt
     held, ramp = capacity["stages"]
     assert held["sent"] == held["planned"] and held["not_sent"] == 0
     assert ramp["not_sent"] > 0
-    # both figures shown per stage: the service's own latency stayed under the threshold
-    assert ramp["service_p99_ms"] < 250 < ramp["scheduled_p99_ms"], ramp
+    # what tripped was the last window's response time from schedule; the stage's own p99 covers the
+    # whole stage (its calm start included), so it can sit on either side of 250 ms
+    tripped_ms = float(match[3]) * (1000 if match[4] == "s" else 1)
+    assert tripped_ms > 250, text
+    # both figures shown per stage: the service's own latency stayed under the threshold, the queueing
+    # behind the target shows in the figure from schedule only
+    assert ramp["service_p99_ms"] < 250, ramp
+    assert ramp["scheduled_p99_ms"] > 2 * ramp["service_p99_ms"], ramp
     assert f"p99 service {ramp['service_p99_ms']:g} ms / from schedule {ramp['scheduled_p99_ms']:g} ms" in text
 
 
