@@ -19,6 +19,9 @@ Three figures, each kind interleaved with the others so that all see the same ma
    cachegrind with PYTHONHASHSEED=0, counting the instructions they execute: the plugin's whole cost as
    the difference of two counts, which the machine's load does not change (the same count twice). Turned
    into ms at the rate of the reference process's native CPU time (figure 2's 'off' runs timed whole).
+2c. Figure 2 again in a project whose ini file holds its replay gate's settings (GATE_INI: budgets, a stop
+   condition, noise rules, a sampler): what those settings add to a run without --replay (its figure
+   2 minus figure 2 with an empty pytest.ini, same tree). Their parsers wait for a run with --replay.
 3. Whole `pytest --collect-only` processes with every installed plugin, with the plugin and with
    -p no:traffic_replay (wall and CPU of the child): the real thing, but a ~1-2 s start-up's spread
    here is tens of ms, so this difference cannot resolve a few milliseconds.
@@ -59,6 +62,22 @@ MAIN = ("import sys, time, pytest, json, _pytest.cacheprovider, importlib.metada
         "    import pytest_replay.plugin\n"
         "pytest.main(sys.argv[2:], plugins=[sys.modules['pytest_replay.plugin']] if sys.argv[1] == 'on' else [])\n"
         "sys.stderr.write(f'\\n@cpu {(time.process_time() - cpu) * 1000:.3f}\\n')\n")
+
+# A project's replay settings, kept in its ini file while most of its pytest runs do not replay.
+GATE_INI = """[pytest]
+replay_target = http://127.0.0.1:8000
+replay_budget =
+    p95<200ms
+    GET /api/users/*: 5xx<1%
+replay_abort_on = p99>2s
+replay_group = endpoint
+replay_ignore =
+    json:$.meta.generated_at
+    header:x-request-id
+replay_sample = header:X-User-Id:10%
+replay_allow_write = POST /api/search
+replay_set_header = X-Replay: 1
+"""
 
 
 def _children_cpu() -> float:
@@ -140,9 +159,14 @@ def main() -> int:
     trees = {"this tree": _tree_env(env, ROOT)}
     if args.against:
         trees["base"] = _tree_env(env, args.against.resolve())
-    with tempfile.TemporaryDirectory() as cwd:
-        with open(os.path.join(cwd, "test_one.py"), "w") as f:
-            f.write("def test_one():\n    pass\n")
+    with tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryDirectory() as gate, \
+            tempfile.TemporaryDirectory() as plain:
+        for directory in (cwd, gate, plain):
+            with open(os.path.join(directory, "test_one.py"), "w") as f:
+                f.write("def test_one():\n    pass\n")
+        for directory, ini in ((gate, GATE_INI), (plain, "[pytest]\n")):
+            with open(os.path.join(directory, "pytest.ini"), "w") as f:
+                f.write(ini)
         for tree_env in trees.values():  # write bytecode, warm the file cache
             _pytest_ms(cwd, [], tree_env)
             _importtime_us(cwd, tree_env)
@@ -161,6 +185,10 @@ def main() -> int:
             for name, tree_env in trees.items():
                 mains[name].append(_main_cpu_ms(cwd, True, tree_env))
             mains["off"].append(_main_cpu_ms(cwd, False, trees["this tree"]))
+        gated: dict[str, list[float]] = {name: [] for name in trees}
+        for _ in range(args.mains // 2):
+            for name, tree_env in trees.items():
+                gated[name].append(_main_cpu_ms(gate, True, tree_env) - _main_cpu_ms(plain, True, tree_env))
         counts: dict[str, int] = {}
         if args.instructions:
             counts = {name: _instructions(cwd, True, tree_env) for name, tree_env in trees.items()}
@@ -183,6 +211,9 @@ def main() -> int:
           + " ('off': without the plugin, the reference)")
     for name in trees:
         print(f"  {name}: the plugin's whole cost at start-up {main[name] - main['off']:+.1f} ms CPU")
+    print(f"  the gate's settings in the ini file (figure 2 with GATE_INI minus with an empty pytest.ini, pairs, median of "
+          f"{args.mains // 2}): " + ", ".join(f"{name} {statistics.median(values):+.1f} ms CPU"
+                                             for name, values in gated.items()))
     if counts:
         per_ms = counts["off"] / native
         print(f"instructions (valgrind, PYTHONHASHSEED=0): " + ", ".join(f"{name} {count:,}" for name, count in counts.items())

@@ -693,15 +693,16 @@ def register(parser: pytest.Parser, *, skip: tuple[str, ...] = ()) -> None:
             parser.addini(option.ini, option.help, type="string", default=None)
 
 
-def _value(config: pytest.Config, option: Option) -> Any:
+def _value(config: pytest.Config, option: Option, *, ini: bool = True) -> Any:
+    """The option's value: the command line's, else (ini=True) the ini twin's, else the default;
+    converted, so a bad value stops the run with the converter's UsageError."""
     cli = config.getoption(option.dest, default=None)
     if option.many:
-        ini = config.getini(option.ini) or []
-        texts = [*ini, *(cli or [])]
+        texts = [*((config.getini(option.ini) or []) if ini else ()), *(cli or [])]
         return tuple(option.convert(t) if option.convert else t for t in texts)
     if option.flag_only:
-        return bool(cli) or bool(config.getini(option.ini))
-    text = cli if cli is not None else config.getini(option.ini)
+        return bool(cli) or (ini and bool(config.getini(option.ini)))
+    text = cli if cli is not None or not ini else config.getini(option.ini)
     if text is None or text == "":
         return option.default
     return option.convert(str(text)) if option.convert else text
@@ -743,23 +744,29 @@ def __getattr__(name: str):
 
 
 def load(config: pytest.Config) -> Settings | None:  # noqa: F821 (made by _settings_class)
-    value = {option.dest: _value(config, option) for option in OPTIONS}
+    """The run's Settings, or None when replay is off. Off, only the values given on this command line
+    are checked: a project's ini may hold its replay budgets, stages and noise rules, whose parsers
+    would cost its every other pytest run tens of ms; they are checked when a run turns replay on."""
+    captures = _value(config, BY_DEST["replay"])
+    on = bool(captures)
+    value = {option.dest: captures if option.dest == "replay" else _value(config, option, ini=on)
+             for option in OPTIONS}
     if value["replay_rate"] is not None and config.getoption("replay_speed") is not None:
         raise pytest.UsageError("--rate and --speed exclude each other: --speed scales the recorded timing, "
                                 "--rate replaces it with a fixed arrival rate")
-    _exclusive(config, value)
-    if not value["replay"]:
-        return None  # replay is off: the values were checked, the Settings class is not needed
+    _exclusive(config, value, ini=on)
+    if not on:
+        return None  # the command line's values were checked, the Settings class is not needed
     return _settings_class()(**{option.name: value[option.dest] for option in OPTIONS})
 
 
-def _exclusive(config: pytest.Config, value: dict) -> None:
+def _exclusive(config: pytest.Config, value: dict, *, ini: bool) -> None:
     """--replay-stages sets the pace itself; --replay-loop and --replay-duration say how long."""
     if value["replay_stages"]:
         given = [flag for flag, dest in (("--speed", "replay_speed"), ("--rate", "replay_rate"),
                                          ("--replay-duration", "replay_duration"), ("--replay-loop", "replay_loop"))
                  if value[dest] is not None and (dest != "replay_speed" or config.getoption(dest) is not None
-                                                 or config.getini(dest))]
+                                                 or (ini and config.getini(dest)))]
         if given:
             raise pytest.UsageError(f"--replay-stages sets the pace and the length of the run: it excludes "
                                     f"{', '.join(given)} (put the pace in a stage: '2x:60s', '500/s:60s', "

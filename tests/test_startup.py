@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import DEMO
 
 from pytest_replay import options
 
@@ -38,6 +39,19 @@ def pytest_unconfigure(config):
 """
 
 
+INI = """[pytest]
+replay_speed = 2
+replay_concurrency = 8
+replay_budget =
+    p95<200ms
+    GET /api/users/*: 5xx<1%
+replay_abort_on = p99>2s
+replay_group = endpoint
+replay_ignore = {ignore}
+replay_sample = header:X-User-Id:10%
+"""
+
+
 def _modules_of_a_run(pytester: pytest.Pytester, tag: str, *args: str) -> set[str]:
     pytester.makeconftest(CONFTEST.format(tag=tag))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
@@ -50,11 +64,29 @@ def test_a_run_without_replay_imports_nothing_more_than_the_plugin_module(pytest
     plugin installed but unused imports the same modules as with the plugin disabled, but the three
     of RUN_IMPORTS."""
     pytester.makepyfile(test_one="def test_one():\n    pass\n")
-    pytester.makeini("[pytest]\nreplay_speed = 2\nreplay_concurrency = 8\n")  # values checked, replay still off
+    # a project's ini holding its gate's settings, replay off in this run: their parsers (budgets,
+    # stages, noise rules, samplers; ~15 modules of ours, tens of ms) wait for a run with --replay
+    pytester.makeini(INI.format(ignore="json:$.meta.now"))
     with_plugin = _modules_of_a_run(pytester, "with")
     without = _modules_of_a_run(pytester, "without", "-p", "no:traffic_replay")
     assert "pytest_replay.plugin" in with_plugin and "pytest_replay" not in without
     assert sorted(with_plugin - without) == RUN_IMPORTS
+
+
+def test_a_bad_ini_value_stops_the_runs_that_replay_and_a_bad_flag_stops_any(pytester: pytest.Pytester) -> None:
+    """With replay off the ini's values are not parsed (above), so a bad one stops only the runs that
+    replay, naming the option and what it accepts; a value given on the command line is always checked."""
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    pytester.makeini(INI.format(ignore="nonsense"))
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    capture = pytester.path / "demo.pcap"  # inside the rootdir: pytest takes it from the paths it is given
+    capture.write_bytes(DEMO.read_bytes())
+    replaying = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay", str(capture))
+    assert replaying.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: --replay-ignore: invalid ignore rule 'nonsense': no rule kind; accepted forms:" in replaying.stderr.str()
+    flag = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--replay-budget", "p95<fast")
+    assert flag.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: --replay-budget: invalid budget 'p95<fast'" in flag.stderr.str()
 
 
 def test_a_run_with_replay_imports_the_vocabularies_and_the_session() -> None:
