@@ -21,6 +21,7 @@ from ..options import Settings
 from ..policy.redact import Redactor
 from .collection import Collection
 from .items import ItemDurations
+from . import rootdir
 from .progress import Progress
 from .reporting import Reporting
 from .run import ReplayRun, unscheduled
@@ -30,6 +31,8 @@ from .xdist import Controller, Worker, is_controller, worker_setup
 def start(config: pytest.Config, settings: Settings) -> ReplayRun:
     """Make the run's objects and register the roles this process plays."""
     setup = worker_setup(config)
+    if setup is None:  # (workers are handed `--flag=VALUE` and the controller's rootdir)
+        rootdir.check(config)
     # Stand-ins are keyed per run (an unkeyed short hash of a card number can be reversed by trying
     # candidates); xdist workers get the controller's key so they agree.
     key = setup.redaction_key if setup else os.urandom(16).hex()
