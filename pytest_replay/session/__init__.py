@@ -19,9 +19,9 @@ import pytest
 
 from ..options import Settings
 from ..policy.redact import Redactor
+from . import rootdir
 from .collection import Collection
 from .items import ItemDurations
-from . import rootdir
 from .progress import Progress
 from .reporting import Reporting
 from .run import ReplayRun, unscheduled

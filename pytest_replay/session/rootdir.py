@@ -29,9 +29,10 @@ def check(config: pytest.Config) -> None:
     rootpath, inipath = expected
     ignored = [f"the ini file {inipath}"] if inipath and inipath != config.inipath else []
     if rootpath != config.rootpath:
-        # a conftest.py's fixtures (a replay_target) serve the items under its directory when it lies
-        # below the rootdir (outside it, or at it, they serve every item): one of this directory's
-        # conftest.py files that the rootdir pytest took puts below it, above none of the captures, is lost
+        # a conftest.py's fixtures (a replay_target) reach only the items under its directory when that
+        # directory lies below the rootdir (at it or outside it, they reach every item): a conftest.py
+        # here or above, up to the rootdir pytest should have taken, that the rootdir it took puts below
+        # it, no longer reaches the captures' items unless a capture lies under it
         where = Path(config.invocation_params.dir)
         captures = [Path(os.path.abspath(where / value)) for flag, value in taken if flag == "--replay"]
         for path in _conftests(where, rootpath):
