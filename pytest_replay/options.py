@@ -702,7 +702,7 @@ def _value(config: pytest.Config, option: Option, *, ini: bool = True) -> Any:
         return tuple(option.convert(t) if option.convert else t for t in texts)
     if option.flag_only:
         return bool(cli) or (ini and bool(config.getini(option.ini)))
-    text = cli if cli is not None or not ini else config.getini(option.ini)
+    text = config.getini(option.ini) if cli is None and ini else cli
     if text is None or text == "":
         return option.default
     return option.convert(str(text)) if option.convert else text

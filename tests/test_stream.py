@@ -357,7 +357,6 @@ def pytest_sessionfinish(session):
 """
 
 
-
 def test_a_judge_bound_run_holds_few_exchanges_out_of_flight_and_says_judging_set_the_pace(
         pytester: pytest.Pytester, server: str) -> None:
     """At --speed 0 against a fast server the judge thread is the slowest stage. The reader used to
